@@ -1,0 +1,80 @@
+"""The one channel factory: every client in the project (labeling -> coordinator, coordinator ->
+EEM, EEM -> inference, trainer -> repository) gets its channel here.
+
+Targets: "host:port", a comma-separated static list "h1:p1,h2:p2" (spread with round_robin; the
+local rehearsal of several replicas), or "dns:///svc.ns:port" (Kubernetes headless Service;
+round_robin over every pod IP, since one long-lived HTTP/2 connection to a ClusterIP would pin
+all requests to one pod).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from services.common.server import MAX_MESSAGE_BYTES
+
+
+@dataclass
+class ChannelConfig:
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    keepalive_ms: int = 30_000  # detect dead peers behind NATs / load balancers
+    tls_ca: str | None = None  # PEM of the CA that signed the servers: enables TLS
+    tls_cert: str | None = None  # client cert + key: mutual TLS
+    tls_key: str | None = None
+    tls_server_name: str | None = None  # override the name checked in the server certificate
+    bearer_token: str | None = None  # sent as "authorization: Bearer <token>" on every call
+
+
+def _options(target: str, cfg: ChannelConfig) -> list[tuple]:
+    opts = [
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.keepalive_time_ms", cfg.keepalive_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.lb_policy_name", "round_robin"),
+    ]
+    if cfg.tls_server_name:
+        opts.append(("grpc.ssl_target_name_override", cfg.tls_server_name))
+    return opts
+
+
+def resolve_target(target: str) -> str:
+    """'h1:p1,h2:p2' -> 'ipv4:h1:p1,h2:p2' (gRPC's static address list); others unchanged."""
+    if "," in target and "://" not in target and not target.startswith(("ipv4:", "ipv6:")):
+        return "ipv4:" + target
+    return target
+
+
+def _credentials(cfg: ChannelConfig) -> grpc.ChannelCredentials | None:
+    creds = None
+    if cfg.tls_ca:
+        ca = open(cfg.tls_ca, "rb").read()
+        key = open(cfg.tls_key, "rb").read() if cfg.tls_key else None
+        cert = open(cfg.tls_cert, "rb").read() if cfg.tls_cert else None
+        creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+    if cfg.bearer_token:
+        call = grpc.access_token_call_credentials(cfg.bearer_token)
+        if creds is None:
+            # token over plaintext: only for local tests/rehearsal; clusters use TLS
+            creds = grpc.local_channel_credentials()
+        creds = grpc.composite_channel_credentials(creds, call)
+    return creds
+
+
+def make_channel(target: str, cfg: ChannelConfig | None = None) -> grpc.Channel:
+    cfg = cfg or ChannelConfig()
+    creds = _credentials(cfg)
+    t = resolve_target(target)
+    if creds is None:
+        return grpc.insecure_channel(t, options=_options(t, cfg))
+    return grpc.secure_channel(t, creds, options=_options(t, cfg))
+
+
+def make_aio_channel(target: str, cfg: ChannelConfig | None = None) -> grpc.aio.Channel:
+    cfg = cfg or ChannelConfig()
+    creds = _credentials(cfg)
+    t = resolve_target(target)
+    if creds is None:
+        return grpc.aio.insecure_channel(t, options=_options(t, cfg))
+    return grpc.aio.secure_channel(t, creds, options=_options(t, cfg))

@@ -1,0 +1,131 @@
+"""The one gRPC server set-up: thread pool, message limits, keepalive, error interceptor,
+grpc.health.v1, TLS / mutual TLS, and start/stop with a grace period."""
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from services.common.errors import status_for
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a 1024x2048 float32 logit tensor is 160 MB
+
+
+@dataclass
+class ServerConfig:
+    address: str = "127.0.0.1:0"  # port 0 = ephemeral (tests); services pass a fixed one
+    max_workers: int = 16
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    grace_s: float = 10.0  # in-flight RPCs get this long to finish on stop
+    tls_cert: str | None = None  # PEM paths; cert+key enable TLS
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # set: mutual TLS, clients must present a cert it signed
+    interceptors: list = field(default_factory=list)
+
+
+def _wrap(behavior: Callable, streaming_response: bool) -> Callable:
+    """Run a handler; our exceptions abort with their status code."""
+    if streaming_response:
+        def stream(request, context):
+            try:
+                yield from behavior(request, context)
+            except Exception as e:  # noqa: BLE001 - the one edge that maps every error
+                if isinstance(e, grpc.RpcError) or context.code() is not None:
+                    raise
+                context.abort(*status_for(e))
+        return stream
+
+    def unary(request, context):
+        try:
+            return behavior(request, context)
+        except Exception as e:  # noqa: BLE001
+            if isinstance(e, grpc.RpcError):
+                raise
+            context.abort(*status_for(e))
+    return unary
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Maps segxal.errors exceptions to status codes; anything else is INTERNAL, logged."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        if handler.unary_unary:
+            return handler._replace(unary_unary=_wrap(handler.unary_unary, False))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=_wrap(handler.unary_stream, True))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=_wrap(handler.stream_unary, False))
+        if handler.stream_stream:
+            return handler._replace(stream_stream=_wrap(handler.stream_stream, True))
+        return handler
+
+
+class GrpcServer:
+    """A started gRPC server with health. `add` registers servicers before `start`."""
+
+    def __init__(self, cfg: ServerConfig):
+        self.cfg = cfg
+        opts = [
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.so_reuseport", 0),  # two servers must never share a port by accident
+        ]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers),
+                                  options=opts,
+                                  interceptors=[ErrorInterceptor(), *cfg.interceptors])
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port: int | None = None
+
+    def add(self, register: Callable, servicer) -> None:
+        register(servicer, self.server)
+
+    def set_serving(self, service: str, serving: bool) -> None:
+        """Switch a service's health (and the overall "" entry) between SERVING and NOT_SERVING."""
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.health.set(service, status)
+        self.health.set("", status)
+
+    def start(self) -> int:
+        cfg = self.cfg
+        if cfg.tls_cert and cfg.tls_key:
+            with open(cfg.tls_key, "rb") as k, open(cfg.tls_cert, "rb") as c:
+                pair = [(k.read(), c.read())]
+            ca = open(cfg.tls_client_ca, "rb").read() if cfg.tls_client_ca else None
+            creds = grpc.ssl_server_credentials(pair, root_certificates=ca,
+                                                require_client_auth=ca is not None)
+            self.port = self.server.add_secure_port(cfg.address, creds)
+        else:
+            self.port = self.server.add_insecure_port(cfg.address)
+        if not self.port:
+            raise OSError(f"could not bind {cfg.address}")
+        self.server.start()
+        log.info("gRPC server listening on port %d", self.port)
+        return self.port
+
+    @property
+    def target(self) -> str:
+        host = self.cfg.address.rsplit(":", 1)[0]
+        if host in ("0.0.0.0", "[::]", ""):
+            host = "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new RPCs, let in-flight ones finish within the grace period."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(self.cfg.grace_s if grace is None else grace).wait()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
