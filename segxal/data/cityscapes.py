@@ -155,6 +155,7 @@ class SegDataset:
         self.with_depth = with_depth
         self.label_override = label_override or {}
         self._cache: dict[int, tuple] | None = {} if cache else None
+        self._parent: tuple[SegDataset, list[int]] | None = None  # set by subset()
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -180,8 +181,16 @@ class SegDataset:
             self._cache[i] = item
         return item
 
+    def subset(self, indices: list[int], label_override: dict[str, np.ndarray] | None = None) -> "SegDataset":
+        """A view on some frames that shares this dataset's decode cache (AL cycles re-train on
+        growing subsets without decoding a frame twice)."""
+        sub = SegDataset([self.frames[i] for i in indices], self.size, self.with_labels,
+                         self.with_depth, label_override, cache=False)
+        sub._parent = (self, list(indices))
+        return sub
+
     def __getitem__(self, i: int):
-        rgb, lab, depth = self.raw(i)
+        rgb, lab, depth = self._parent[0].raw(self._parent[1][i]) if self._parent else self.raw(i)
         img = normalize_image(rgb)  # [3, H, W]
         fid = self.frames[i].frame_id
         if fid in self.label_override:

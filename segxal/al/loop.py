@@ -1,0 +1,375 @@
+"""The in-process active-learning loop (`segxal al run`): the whole method in one process.
+
+seed set (whole frames, ground truth) -> train -> cycles of:
+    score the unlabeled pool (segmentation + depth -> EEM, segxal.al.scoring)
+    -> pick the top frames by the strategy -> annotate with the oracle (regions to fix from the EEM)
+    -> DICE(prediction, annotation): frames >= threshold leave the query pool
+    -> fine-tune on every label so far -> evaluate mIoU on the held-out split
+until the cycle's mean DICE reaches the threshold, the budget is spent, or the cycles run out.
+Writes cycles.json (one record per cycle) and miou_vs_pixels.png.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from segxal import imageio
+from segxal.al.oracles import Cost, machine_oracle, simulated_human
+from segxal.al.scoring import STRATEGIES, EEMOptions, score_frame, strategy_score
+from segxal.data.cityscapes import SegDataset, list_frames
+from segxal.eem.explain import ExplainedSegmenter
+from segxal.eem.regions import rle_to_mask
+from segxal.errors import InvalidInput
+from segxal.labels import IGNORE
+from segxal.metrics import iou_report, macro_dice
+from segxal.models.depth import DepthConfig, DepthNet
+from segxal.models.unet import UNet, UNetConfig
+from segxal.train import (TrainConfig, disparity_scale_from, evaluate_depth, evaluate_segmentation,
+                          load_model, parse_size, save_checkpoint, train_depth, train_segmentation)
+
+log = logging.getLogger(__name__)
+ORACLES = ("human", "human-frame", "machine")
+
+
+@dataclass
+class ALConfig:
+    data: str
+    out: str
+    size: tuple[int, int] = (128, 256)
+    strategy: str = "eem"
+    oracle: str = "human"  # human: region-level simulated person; human-frame: whole frames; machine
+    cycles: int = 4
+    budget: int = 64  # frames the oracle may be asked for, after the seed set
+    per_cycle: int = 0  # frames queried per cycle; 0 = budget // cycles
+    seed_frames: int = 24
+    width: int = 16
+    unet_depth: int = 4
+    init_epochs: int = 12
+    finetune_epochs: int = 4
+    batch_size: int = 8
+    lr: float = 2e-3
+    tau: float = 0.9  # machine oracle: keep predictions with p_max >= tau
+    outside: str = "prediction"  # human oracle: labels outside the regions ("prediction" | "ignore")
+    dice_threshold: float = 0.95
+    eem: EEMOptions = field(default_factory=EEMOptions)
+    depth_source: str = "model"  # "model": monocular depth net; "gt": ground-truth disparity
+    depth_checkpoint: str | None = None  # reuse a trained depth net (else trained and cached)
+    depth_epochs: int = 6
+    cache_dir: str | None = None  # shares the depth net and the seed model between runs
+    seed: int = 0
+    progress: bool = True
+
+    def validate(self) -> "ALConfig":
+        if self.strategy not in STRATEGIES:
+            raise InvalidInput(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.oracle not in ORACLES:
+            raise InvalidInput(f"--oracle must be one of {', '.join(ORACLES)}, got {self.oracle!r}")
+        if self.depth_source not in ("model", "gt"):
+            raise InvalidInput(f"--depth-source must be 'model' or 'gt', got {self.depth_source!r}")
+        for name in ("cycles", "budget", "seed_frames"):
+            if getattr(self, name) <= 0:
+                raise InvalidInput(f"--{name.replace('_', '-')} must be positive")
+        if not 0 < self.dice_threshold <= 1:
+            raise InvalidInput("--dice-threshold must be in (0, 1]")
+        self.eem.validate()
+        return self
+
+    @property
+    def frames_per_cycle(self) -> int:
+        return self.per_cycle or max(1, self.budget // self.cycles)
+
+
+@dataclass
+class _State:
+    """What the loop knows about the training split between cycles."""
+    labels: dict[int, np.ndarray] = field(default_factory=dict)  # index -> annotation (trainIds)
+    human: dict[int, np.ndarray] = field(default_factory=dict)  # index -> bool mask of human pixels
+    pool: set[int] = field(default_factory=set)  # indices that may still be queried
+    cost: Cost = field(default_factory=Cost)
+    queried: int = 0
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _train_cfg(cfg: ALConfig, epochs: int, seed: int) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed,
+                       progress=cfg.progress)
+
+
+def _cache_path(cfg: ALConfig, name: str) -> Path:
+    base = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out)
+    base.mkdir(parents=True, exist_ok=True)
+    return base / name
+
+
+def _depth_model(cfg: ALConfig, train: SegDataset) -> DepthNet | None:
+    """The monocular depth net: a given checkpoint, a cached one, or trained now."""
+    if cfg.depth_source == "gt":
+        return None
+    if cfg.depth_checkpoint:
+        model = load_model(cfg.depth_checkpoint)
+        if not isinstance(model, DepthNet):
+            raise InvalidInput(f"{cfg.depth_checkpoint}: not a depth checkpoint")
+        return model
+    path = _cache_path(cfg, f"depth_{cfg.size[0]}x{cfg.size[1]}_e{cfg.depth_epochs}.pt")
+    if path.is_file():
+        return load_model(path)
+    train_d = SegDataset(train.frames, cfg.size, with_labels=False, with_depth=True)
+    model = DepthNet(DepthConfig(disparity_scale=disparity_scale_from(train_d)))
+    train_depth(model, train_d, _train_cfg(cfg, cfg.depth_epochs, cfg.seed), ckpt_path=None)
+    save_checkpoint(path, model, kind="depth", meta=evaluate_depth(model, train_d.subset(range(min(32, len(train_d))))))
+    return model
+
+
+def _seed_model(cfg: ALConfig, train: SegDataset, state: _State) -> UNet:
+    """The cycle-0 model trained on the seed set; cached so strategies compared on the same seed
+    start from the very same weights."""
+    path = _cache_path(cfg, f"seed_{cfg.seed}_{cfg.seed_frames}_{cfg.size[0]}x{cfg.size[1]}"
+                            f"_w{cfg.width}d{cfg.unet_depth}_e{cfg.init_epochs}.pt")
+    if path.is_file():
+        return load_model(path)
+    model = UNet(UNetConfig(width=cfg.width, depth=cfg.unet_depth))
+    ds = train.subset(sorted(state.labels), {i_fid(train, i): m for i, m in state.labels.items()})
+    train_segmentation(model, ds, _train_cfg(cfg, cfg.init_epochs, cfg.seed))
+    save_checkpoint(path, model, kind="unet")
+    return model
+
+
+def i_fid(ds: SegDataset, i: int) -> str:
+    return ds.frames[i].frame_id
+
+
+@torch.no_grad()
+def _pool_outputs(explained: ExplainedSegmenter, depth: DepthNet | None, ds: SegDataset,
+                  indices: list[int], batch: int, progress: bool):
+    """Yield (index, labels, ebu, cam, pmax, inverse_depth) for pool frames, batched."""
+    dev = _device()
+    for s in tqdm(range(0, len(indices), batch), desc="score pool", disable=not progress, leave=False):
+        idx = indices[s:s + batch]
+        items = [ds[i] for i in idx]
+        x = torch.from_numpy(np.stack([it[0] for it in items])).to(dev)  # [B, 3, H, W]
+        labels, ebu, cam, pmax = (t.cpu().numpy() for t in explained(x))
+        if depth is not None:
+            inv = depth(x).cpu().numpy()  # [B, H, W]
+        else:
+            inv = np.stack([it[2] for it in items])
+        for k, i in enumerate(idx):
+            yield i, labels[k], ebu[k], cam[k], pmax[k], inv[k]
+
+
+def _annotate(cfg: ALConfig, gt: np.ndarray, labels: np.ndarray, pmax: np.ndarray, frame) -> tuple:
+    if cfg.oracle == "machine":
+        return machine_oracle(labels, pmax, cfg.tau)
+    if cfg.oracle == "human-frame":
+        return simulated_human(gt, labels, None)
+    masks = [rle_to_mask(r.rle) for r in frame.regions]
+    return simulated_human(gt, labels, masks, outside=cfg.outside)
+
+
+def run(cfg: ALConfig) -> dict:
+    """Run the loop; returns the report also written to <out>/cycles.json."""
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    train = SegDataset(list_frames(cfg.data, "train", require_labels=True), cfg.size,
+                       with_depth=cfg.depth_source == "gt")
+    val = SegDataset(list_frames(cfg.data, "val", require_labels=True), cfg.size)
+    if cfg.seed_frames >= len(train):
+        raise InvalidInput(f"--seed-frames {cfg.seed_frames} leaves no pool ({len(train)} training frames)")
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(train))
+    state = _State(pool=set(order[cfg.seed_frames:].tolist()))
+    h, w = cfg.size
+    for i in order[:cfg.seed_frames].tolist():  # seed set: whole frames, ground truth
+        state.labels[i] = train.raw(i)[1]
+        state.human[i] = np.ones((h, w), bool)
+        state.cost += Cost(frames=1, pixels=h * w)
+
+    t0 = time.time()
+    depth = _depth_model(cfg, train)
+    model = _seed_model(cfg, train, state).to(_device())
+    depth = depth.to(_device()) if depth is not None else None
+    records = [_record(0, model, val, state, [], t0, "")]
+    log.info("cycle 0: mIoU %.2f on %d seed frames", 100 * records[0]["miou"], cfg.seed_frames)
+    stop = "cycles"
+    for cycle in range(1, cfg.cycles + 1):
+        tc = time.time()
+        n_query = min(cfg.frames_per_cycle, cfg.budget - state.queried, len(state.pool))
+        if n_query <= 0:
+            stop = "budget" if state.queried >= cfg.budget else "pool empty"
+            break
+        picked = _select(cfg, model, depth, train, state, n_query, rng)
+        dices = []
+        for i, frame, pmax in picked:
+            ann = _annotate(cfg, train.raw(i)[1], frame.labels, pmax, frame)
+            prev_h = state.human.get(i)
+            if prev_h is not None:  # re-queried frame: earlier human labels stay
+                ann.mask[prev_h] = state.labels[i][prev_h]
+                ann.human |= prev_h
+            state.labels[i], state.human[i] = ann.mask, ann.human
+            state.cost += ann.cost
+            d = macro_dice(frame.labels, ann.mask)
+            dices.append(d)
+            if d >= cfg.dice_threshold or cfg.oracle != "human":
+                state.pool.discard(i)  # high-confidence (or fully labeled) frames leave the pool
+        state.queried += len(picked)
+        ds = train.subset(sorted(state.labels), {i_fid(train, i): m for i, m in state.labels.items()})
+        train_segmentation(model, ds, _train_cfg(cfg, cfg.finetune_epochs, cfg.seed + cycle))
+        rec = _record(cycle, model, val, state, dices, tc, "")
+        records.append(rec)
+        log.info("cycle %d: mIoU %.2f, %d human pixels, mean DICE %.3f", cycle, 100 * rec["miou"],
+                 state.cost.pixels, rec["mean_dice"])
+        # machine pseudo-labels equal the prediction where kept, so their DICE is 1 by construction:
+        # DICE stopping only means something for a human oracle
+        if cfg.oracle != "machine" and rec["mean_dice"] >= cfg.dice_threshold:
+            stop = "dice"
+            break
+        if state.queried >= cfg.budget:
+            stop = "budget"
+            break
+    records[-1]["stop_reason"] = stop
+    report = {"config": _config_dict(cfg), "cycles": records, "stop_reason": stop,
+              "seconds": time.time() - t0}
+    imageio.atomic_write_bytes(out / "cycles.json", json.dumps(report, indent=2).encode())
+    plot_curves({cfg.strategy: records}, out / "miou_vs_pixels.png")
+    save_checkpoint(out / "model.pt", model, kind="unet")
+    return report
+
+
+def _select(cfg, model, depth, train, state, n_query, rng) -> list:
+    """Score the pool and return the top `n_query` as (index, FrameEEM with regions, pmax)."""
+    explained = ExplainedSegmenter(model).eval()
+    pool = sorted(state.pool)
+    if cfg.strategy == "random":
+        pool = sorted(rng.choice(pool, size=n_query, replace=False).tolist())
+    scored = []  # (score, index)
+    for i, labels, ebu, cam, pmax, inv in _pool_outputs(explained, depth, train, pool,
+                                                         cfg.batch_size, cfg.progress):
+        if cfg.strategy == "random":
+            scored.append((0.0, i))
+            continue
+        f = score_frame(labels, ebu, cam, inv, cfg.eem, with_regions=False)
+        scored.append((strategy_score(cfg.strategy, f, cfg.eem.q), i))
+    scored.sort(key=lambda t: (-t[0], t[1]))
+    chosen = [i for _, i in scored[:n_query]]
+    picked = []
+    for i, labels, ebu, cam, pmax, inv in _pool_outputs(explained, depth, train, chosen,
+                                                         cfg.batch_size, False):
+        picked.append((i, score_frame(labels, ebu, cam, inv, cfg.eem, with_regions=True), pmax))
+    return picked
+
+
+def _record(cycle: int, model: UNet, val: SegDataset, state: _State, dices: list[float],
+            t_start: float, stop: str) -> dict:
+    rep = iou_report(evaluate_segmentation(model, val))
+    labeled_px = int(sum(int((m != IGNORE).sum()) for m in state.labels.values()))
+    return {
+        "cycle": cycle, "miou": rep["miou"], "per_class": rep["per_class"],
+        "labeled": {**state.cost.to_dict(), "frames_with_labels": len(state.labels),
+                    "pixels_with_labels": labeled_px},
+        "queried_this_cycle": len(dices),
+        "mean_dice": float(np.mean(dices)) if dices else None,
+        "pool_size": len(state.pool), "seconds": time.time() - t_start, "stop_reason": stop,
+    }
+
+
+def _config_dict(cfg: ALConfig) -> dict:
+    d = asdict(cfg)
+    d["size"] = list(cfg.size)
+    return d
+
+
+def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
+    """mIoU against human-labeled pixels, one line per strategy."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for name, recs in curves.items():
+        ax.plot([r["labeled"]["pixels"] / 1e6 for r in recs], [100 * r["miou"] for r in recs],
+                marker="o", label=name)
+    ax.set_xlabel("human-labeled pixels (millions)")
+    ax.set_ylabel("val mIoU (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    imageio.atomic_write_bytes(path, buf.getvalue())
+
+
+def add_al_arguments(p: argparse.ArgumentParser) -> None:
+    d = ALConfig(data="", out="")
+    p.add_argument("--data", required=True, help="Cityscapes-layout folder with train and val splits")
+    p.add_argument("--out", required=True, help="folder for cycles.json, the plot and the model")
+    p.add_argument("--size", default=f"{d.size[0]}x{d.size[1]}")
+    p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES)
+    p.add_argument("--oracle", default=d.oracle, choices=ORACLES)
+    p.add_argument("--cycles", type=int, default=d.cycles)
+    p.add_argument("--budget", type=int, default=d.budget, help="frames queried in total after the seed set")
+    p.add_argument("--per-cycle", type=int, default=d.per_cycle)
+    p.add_argument("--seed-frames", type=int, default=d.seed_frames)
+    p.add_argument("--width", type=int, default=d.width)
+    p.add_argument("--init-epochs", type=int, default=d.init_epochs)
+    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--alpha", type=float, default=d.eem.alpha)
+    p.add_argument("--beta", type=float, default=d.eem.beta)
+    p.add_argument("--threshold-mode", default=d.eem.threshold_mode, choices=("otsu", "fixed"))
+    p.add_argument("--threshold", type=float, default=d.eem.threshold)
+    p.add_argument("--tau", type=float, default=d.tau)
+    p.add_argument("--dice-threshold", type=float, default=d.dice_threshold)
+    p.add_argument("--depth-source", default=d.depth_source, choices=("model", "gt"))
+    p.add_argument("--depth-checkpoint")
+    p.add_argument("--depth-epochs", type=int, default=d.depth_epochs)
+    p.add_argument("--cache-dir")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def config_from_args(args) -> ALConfig:
+    return ALConfig(
+        data=args.data, out=args.out, size=parse_size(args.size), strategy=args.strategy,
+        oracle=args.oracle, cycles=args.cycles, budget=args.budget, per_cycle=args.per_cycle,
+        seed_frames=args.seed_frames, width=args.width, init_epochs=args.init_epochs,
+        finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, tau=args.tau,
+        dice_threshold=args.dice_threshold,
+        eem=EEMOptions(alpha=args.alpha, beta=args.beta, threshold_mode=args.threshold_mode,
+                       threshold=args.threshold),
+        depth_source=args.depth_source, depth_checkpoint=args.depth_checkpoint,
+        depth_epochs=args.depth_epochs, cache_dir=args.cache_dir, seed=args.seed,
+        progress=not args.no_progress)
+
+
+def _cmd_run(args) -> int:
+    report = run(config_from_args(args))
+    print(f"{'cycle':>5} {'mIoU':>6} {'frames':>6} {'regions':>7} {'pixels':>9} {'DICE':>6}")
+    for r in report["cycles"]:
+        lab = r["labeled"]
+        dice = "-" if r["mean_dice"] is None else f"{r['mean_dice']:.3f}"
+        print(f"{r['cycle']:>5} {100 * r['miou']:6.2f} {lab['frames']:>6} {lab['regions']:>7} "
+              f"{lab['pixels']:>9} {dice:>6}")
+    print(f"stopped: {report['stop_reason']}; {report['seconds']:.0f} s; "
+          f"wrote {Path(args.out) / 'cycles.json'} and miou_vs_pixels.png")
+    return 0
+
+
+def register_cli(sub) -> None:
+    al = sub.add_parser("al", help="active learning").add_subparsers(dest="al_cmd", required=True)
+    p = al.add_parser("run", help="run the in-process active-learning loop")
+    add_al_arguments(p)
+    p.set_defaults(func=_cmd_run)

@@ -1,0 +1,57 @@
+"""Oracles and the shared per-frame EEM scoring, on inputs whose answer is known."""
+import numpy as np
+import pytest
+
+from segxal.al.oracles import machine_oracle, simulated_human
+from segxal.al.scoring import EEMOptions, score_frame, strategy_score
+from segxal.errors import InvalidInput
+from segxal.labels import IGNORE, NAME_TO_TRAIN_ID
+
+
+def test_machine_oracle_keeps_only_confident_pixels():
+    labels = np.array([[1, 2], [3, 4]], np.uint8)
+    pmax = np.array([[0.95, 0.5], [0.9, 0.89]], np.float16)
+    ann = machine_oracle(labels, pmax, tau=0.9)
+    assert ann.mask.tolist() == [[1, IGNORE], [3, IGNORE]]
+    assert ann.cost.pixels == 0 and ann.cost.frames == 1 and not ann.human.any()
+    with pytest.raises(InvalidInput):
+        machine_oracle(labels, pmax, tau=1.5)
+
+
+def test_simulated_human_copies_ground_truth_inside_regions_only():
+    gt = np.full((4, 6), 7, np.uint8)
+    pred = np.full((4, 6), 2, np.uint8)
+    region = np.zeros((4, 6), bool)
+    region[1:3, 2:5] = True
+    ann = simulated_human(gt, pred, [region])
+    assert (ann.mask[region] == 7).all() and (ann.mask[~region] == 2).all()
+    assert ann.cost.pixels == 6 and ann.cost.regions == 1
+    ann = simulated_human(gt, pred, [region], outside="ignore")
+    assert (ann.mask[~region] == IGNORE).all()
+    whole = simulated_human(gt, pred, None)
+    assert (whole.mask == 7).all() and whole.cost.pixels == 24
+
+
+def test_score_frame_finds_the_uncertain_near_blob():
+    h, w = 32, 64
+    labels = np.full((h, w), NAME_TO_TRAIN_ID["road"], np.uint8)
+    labels[:8] = NAME_TO_TRAIN_ID["sky"]
+    ebu = np.zeros((h, w), np.float32)
+    ebu[20:28, 10:20] = 1.0  # an uncertain object
+    cam = np.zeros((h, w), np.float16)
+    cam[20:28, 10:20] = 1.0
+    inv = np.tile(np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None], (1, w))  # nearer at the bottom
+    f = score_frame(labels, ebu, cam, inv, EEMOptions(threshold_mode="fixed", threshold=0.3))
+    assert f.proximity[:8].max() == 0  # sky is never near
+    assert len(f.regions) == 1
+    x, y, bw, bh = f.regions[0].bbox
+    assert (x, y, bw, bh) == (10, 20, 10, 8)
+    assert f.score == pytest.approx(f.eem.mean())
+    assert strategy_score("entropy", f) == pytest.approx(ebu.mean())
+    assert strategy_score("eem-topq", f) >= strategy_score("eem", f)
+
+
+@pytest.mark.parametrize("bad", [dict(alpha=0.7, beta=0.7), dict(threshold=-1.0), dict(score_mode="max")])
+def test_invalid_options_are_refused_with_a_message(bad):
+    with pytest.raises(InvalidInput):
+        EEMOptions(**bad).validate()
