@@ -62,6 +62,18 @@ def _credentials(cfg: ChannelConfig) -> grpc.ChannelCredentials | None:
     return creds
 
 
+def channel_options(target: str, cfg: ChannelConfig | None = None) -> list[tuple]:
+    """The channel arguments make_channel uses, for clients that build their own channel
+    (tritonclient's InferenceServerClient takes them as `channel_args`)."""
+    return _options(resolve_target(target), cfg or ChannelConfig())
+
+
+def channel_credentials(cfg: ChannelConfig | None = None) -> grpc.ChannelCredentials | None:
+    """The credentials make_channel uses (None: plaintext), for clients that build their own
+    channel (tritonclient's `creds`)."""
+    return _credentials(cfg or ChannelConfig())
+
+
 def make_channel(target: str, cfg: ChannelConfig | None = None) -> grpc.Channel:
     cfg = cfg or ChannelConfig()
     creds = _credentials(cfg)

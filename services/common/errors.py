@@ -36,6 +36,12 @@ def error_from_rpc(e: grpc.RpcError) -> E.SegxalError:
     only where a mapping exists; the rest is a plain SegxalError carrying code and details)."""
     code = e.code() if hasattr(e, "code") else None
     details = e.details() if hasattr(e, "details") else str(e)
+    return error_from_status(code, details)
+
+
+def error_from_status(code: grpc.StatusCode | None, details: str) -> E.SegxalError:
+    """Our exception for a status code and message (for clients such as tritonclient that report
+    the status without a grpc.RpcError); the same mapping as error_from_rpc."""
     cls = _ERROR_FOR.get(code)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         cls = E.NotReady

@@ -1,0 +1,217 @@
+"""What a served model takes and gives, and how a client must prepare its images: the contract
+between segxal.export (writes it), the model repository (stores it in config.pbtxt `parameters`)
+and the inference client (applies it). Plain data, no torch and no gRPC, so the client and the
+server can import it cheaply.
+
+Datatypes are the open inference protocol's names ("UINT8", "FP16", "FP32", ...), the same
+strings `ModelInferRequest` carries; the repository maps them to config.pbtxt's TYPE_* names.
+
+Our config.pbtxt parameters (all string values, as Triton stores them):
+    model_kind        "segmentation" | "depth"
+    input_layout      "NHWC" | "NCHW"  (layout of the model's image input, batch first)
+    normalization     "in_graph": send uint8 RGB as is (our exports);
+                      "client": send float32 (pixel * pixel_scale - mean) / std (user models)
+    mean, std         "0.485,0.456,0.406" (per RGB channel)
+    pixel_scale       "0.00392156862745098" (1/255)
+    num_classes       "19"            (segmentation)
+    spatial_multiple  "32"            (input H and W must be multiples of it)
+    output_<role>     tensor name of a role, e.g. output_labels: "labels", output_inverse_depth:
+                      "predicted_depth" (defaults: the role's own name)
+A user-supplied model (a Cityscapes U-Net with float NCHW input, MiDaS, Depth Anything) is served
+by writing these parameters in its config.pbtxt; nothing in code names its tensors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from segxal.errors import InvalidInput
+
+SEGMENTATION = "segmentation"
+DEPTH = "depth"
+MODEL_KINDS = (SEGMENTATION, DEPTH)
+
+# roles of output tensors, mapped to tensor names through output_<role> parameters
+SEGMENTATION_ROLES = ("labels", "ebu", "cam", "pmax", "logits")
+DEPTH_ROLES = ("inverse_depth",)
+
+_NP_FOR_DATATYPE = {
+    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
+}
+_DATATYPE_FOR_NP = {v: k for k, v in _NP_FOR_DATATYPE.items()}
+
+
+def numpy_dtype(datatype: str) -> np.dtype:
+    """Protocol datatype ("FP16") -> numpy dtype.
+
+    Raises:
+        InvalidInput: a datatype this project does not serve (BYTES, BF16, unknown names).
+    """
+    try:
+        return _NP_FOR_DATATYPE[datatype]
+    except KeyError:
+        raise InvalidInput(f"unsupported datatype {datatype!r}; expected one of "
+                           f"{sorted(_NP_FOR_DATATYPE)}") from None
+
+
+def datatype_of(dtype: np.dtype | type) -> str:
+    """numpy dtype -> protocol datatype ("FP16").
+
+    Raises:
+        InvalidInput: a dtype without a protocol name here (object, strings, complex).
+    """
+    try:
+        return _DATATYPE_FOR_NP[np.dtype(dtype)]
+    except KeyError:
+        raise InvalidInput(f"unsupported numpy dtype {np.dtype(dtype)}") from None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str  # protocol name, e.g. "UINT8"
+    dims: tuple[int, ...]  # without the batch dimension; -1 = any size
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB uint8 image [H, W, 3] becomes the model input (DESIGN.md: the client applies
+    what the config says; our own exports do it in the graph and take uint8 as is)."""
+    layout: str = "NHWC"  # "NHWC" | "NCHW"
+    normalization: str = "in_graph"  # "in_graph" | "client"
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    pixel_scale: float = 1.0 / 255.0  # applied before mean/std: x = (pixel * scale - mean) / std
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("NHWC", "NCHW"):
+            raise InvalidInput(f"input_layout must be NHWC or NCHW, got {self.layout!r}")
+        if self.normalization not in ("in_graph", "client"):
+            raise InvalidInput(f"normalization must be in_graph or client, got {self.normalization!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s == 0 for s in self.std):
+            raise InvalidInput(f"mean and std need 3 values each, std non-zero; got {self.mean}, {self.std}")
+
+    def apply(self, images: np.ndarray, dtype: np.dtype = np.dtype(np.float32)) -> np.ndarray:
+        """uint8 RGB [B, H, W, 3] -> the model input in its layout and dtype.
+
+        Args:
+            images: uint8 [B, H, W, 3].
+            dtype: the input tensor's dtype; uint8 inputs are passed through untouched.
+
+        Returns:
+            [B, H, W, 3] or [B, 3, H, W], contiguous.
+
+        Raises:
+            InvalidInput: images are not uint8 [B, H, W, 3].
+        """
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise InvalidInput(f"images must be uint8 [B, H, W, 3], got {images.dtype} {list(images.shape)}")
+        x = images
+        if self.normalization == "client":
+            mean = np.asarray(self.mean, np.float32)
+            std = np.asarray(self.std, np.float32)
+            x = (images.astype(np.float32) * np.float32(self.pixel_scale) - mean) / std  # [B, H, W, 3]
+            x = x.astype(dtype, copy=False)
+        if self.layout == "NCHW":
+            x = x.transpose(0, 3, 1, 2)  # [B, 3, H, W]
+        return np.ascontiguousarray(x)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model's serving contract: tensors, pre-processing, kind, and the output role names."""
+    kind: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    num_classes: int | None = None
+    spatial_multiple: int = 1
+    output_names: dict[str, str] = field(default_factory=dict)  # role -> tensor name
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise InvalidInput(f"model_kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+        if len(self.inputs) != 1:
+            raise InvalidInput(f"an image model takes exactly one input, got {[t.name for t in self.inputs]}")
+
+    @property
+    def image_input(self) -> TensorSpec:
+        return self.inputs[0]
+
+    def output_name(self, role: str) -> str | None:
+        """Tensor name of an output role ("labels", "inverse_depth"), or None if the model lacks it."""
+        name = self.output_names.get(role, role)
+        return name if any(t.name == name for t in self.outputs) else None
+
+    def to_parameters(self) -> dict[str, str]:
+        """The config.pbtxt `parameters` describing this spec (see the module docstring)."""
+        p = self.preprocessing
+        params = {
+            "model_kind": self.kind,
+            "input_layout": p.layout,
+            "normalization": p.normalization,
+            "mean": ",".join(repr(float(v)) for v in p.mean),
+            "std": ",".join(repr(float(v)) for v in p.std),
+            "pixel_scale": repr(float(p.pixel_scale)),
+            "spatial_multiple": str(self.spatial_multiple),
+        }
+        if self.num_classes is not None:
+            params["num_classes"] = str(self.num_classes)
+        for role, name in self.output_names.items():
+            params[f"output_{role}"] = name
+        return params
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str], inputs: tuple[TensorSpec, ...],
+                        outputs: tuple[TensorSpec, ...], where: str = "config") -> "ModelSpec":
+        """Rebuild a spec from config.pbtxt parameters and tensors.
+
+        Args:
+            params: parameter key -> string value.
+            inputs, outputs: the config's tensors.
+            where: named in error messages (e.g. the model name).
+
+        Raises:
+            InvalidInput: a parameter is missing or malformed (the message names it and `where`).
+        """
+        try:
+            kind = params["model_kind"]
+        except KeyError:
+            raise InvalidInput(f"{where}: parameter model_kind is missing; expected one of {MODEL_KINDS}") from None
+
+        def floats(key: str, default: tuple[float, ...]) -> tuple[float, ...]:
+            if key not in params:
+                return default
+            try:
+                return tuple(float(v) for v in params[key].split(","))
+            except ValueError:
+                raise InvalidInput(f"{where}: parameter {key}={params[key]!r} is not a comma-separated "
+                                   f"list of numbers") from None
+
+        def integer(key: str, default: int | None) -> int | None:
+            if key not in params:
+                return default
+            try:
+                return int(params[key])
+            except ValueError:
+                raise InvalidInput(f"{where}: parameter {key}={params[key]!r} is not an integer") from None
+
+        roles = SEGMENTATION_ROLES if kind == SEGMENTATION else DEPTH_ROLES
+        try:
+            pre = Preprocessing(
+                layout=params.get("input_layout", "NHWC"),
+                normalization=params.get("normalization", "in_graph"),
+                mean=floats("mean", (0.0, 0.0, 0.0)), std=floats("std", (1.0, 1.0, 1.0)),
+                pixel_scale=floats("pixel_scale", (1.0 / 255.0,))[0])
+            return cls(kind=kind, inputs=inputs, outputs=outputs, preprocessing=pre,
+                       num_classes=integer("num_classes", None),
+                       spatial_multiple=integer("spatial_multiple", 1) or 1,
+                       output_names={r: params[f"output_{r}"] for r in roles if f"output_{r}" in params})
+        except InvalidInput as e:
+            if str(e).startswith(where):
+                raise
+            raise InvalidInput(f"{where}: {e}") from None

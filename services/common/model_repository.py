@@ -1,0 +1,307 @@
+"""The one reader/writer of the model repository, in Triton's layout so that the same folder
+serves our ONNX Runtime server and Triton unchanged:
+
+    <root>/<model>/config.pbtxt              Triton's ModelConfig in protobuf text format
+    <root>/<model>/<version>/model.onnx      version = a positive integer; the graph is one file
+                                             (or model.onnx + external data beside it)
+
+Publishing is atomic: files go into a hidden temp folder beside the versions (`.publish-*`,
+ignored by readers here and by Triton, whose loader skips non-numeric names), are fsynced, and
+the folder is renamed to the next version number; a reader never sees a half-written version.
+config.pbtxt is parsed and written with Triton's own `model_config_pb2.ModelConfig` (no copied proto).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from segxal.errors import FailedPrecondition, InvalidInput, NotFound
+from segxal.modelspec import ModelSpec, TensorSpec
+
+CONFIG_FILE = "config.pbtxt"
+DEFAULT_MODEL_FILE = "model.onnx"
+PLATFORM = "onnxruntime_onnx"
+_TEMP_PREFIX = ".publish-"
+
+
+def config_datatype(datatype: str) -> int:
+    """Protocol datatype ("FP16") -> config enum (TYPE_FP16)."""
+    try:
+        return mc.DataType.Value(f"TYPE_{datatype}")
+    except ValueError:
+        raise InvalidInput(f"datatype {datatype!r} has no config.pbtxt TYPE_ counterpart") from None
+
+
+def protocol_datatype(config_type: int) -> str:
+    """Config enum (TYPE_FP16) -> protocol datatype ("FP16"); TYPE_STRING is "BYTES" on the wire."""
+    name = mc.DataType.Name(config_type)[len("TYPE_"):]
+    return "BYTES" if name == "STRING" else name
+
+
+@dataclass
+class BatchingConfig:
+    """Scheduling fields written into a new config.pbtxt (Triton's names, Triton's meaning)."""
+    max_batch_size: int = 8  # 0 would mean "no batch dimension" to Triton; our models always have one
+    max_queue_delay_us: int = 2_000  # wait this long for more requests to fill a batch
+    max_queue_size: int = 64  # requests waiting beyond this are refused (RESOURCE_EXHAUSTED)
+    instance_count: int = 1  # concurrent executions of the model (threads sharing one session)
+    num_versions: int = 1  # version_policy latest { num_versions }: how many newest versions serve
+
+
+def build_config(name: str, spec: ModelSpec, batching: BatchingConfig | None = None) -> mc.ModelConfig:
+    """A complete ModelConfig for an exported model.
+
+    Args:
+        name: the model's folder name (Triton requires config name == folder name).
+        spec: tensors and parameters, e.g. from segxal.export.
+        batching: scheduling; defaults as BatchingConfig.
+
+    Returns:
+        The config, ready for `ModelRepository.write_config` or `publish`.
+    """
+    b = batching or BatchingConfig()
+    cfg = mc.ModelConfig(name=name, platform=PLATFORM, max_batch_size=b.max_batch_size)
+    cfg.version_policy.latest.num_versions = b.num_versions
+    for t in spec.inputs:
+        cfg.input.add(name=t.name, data_type=config_datatype(t.datatype), dims=list(t.dims))
+    for t in spec.outputs:
+        cfg.output.add(name=t.name, data_type=config_datatype(t.datatype), dims=list(t.dims))
+    cfg.dynamic_batching.max_queue_delay_microseconds = b.max_queue_delay_us
+    cfg.dynamic_batching.default_queue_policy.max_queue_size = b.max_queue_size
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=b.instance_count)
+    for key, value in spec.to_parameters().items():
+        cfg.parameters[key].string_value = value
+    return cfg
+
+
+def spec_from_config(config: mc.ModelConfig) -> ModelSpec:
+    """The serving contract stored in a config (tensors + our parameters).
+
+    Raises:
+        InvalidInput: our parameters are missing or malformed, or the model has not one input.
+    """
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    tensors = lambda ts: tuple(  # noqa: E731 - two uses, one line each
+        TensorSpec(t.name, protocol_datatype(t.data_type), tuple(t.dims)) for t in ts)
+    return ModelSpec.from_parameters(params, tensors(config.input), tensors(config.output),
+                                     where=f"model {config.name!r}")
+
+
+def parse_config(text: str, where: str = CONFIG_FILE) -> mc.ModelConfig:
+    """Parse config.pbtxt text with Triton's ModelConfig.
+
+    Raises:
+        InvalidInput: not valid ModelConfig text (the parser's message, naming `where`).
+    """
+    try:
+        return text_format.Parse(text, mc.ModelConfig())
+    except text_format.ParseError as e:
+        raise InvalidInput(f"{where}: not a valid Triton ModelConfig: {e}") from None
+
+
+def format_config(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def candidate_versions(config: mc.ModelConfig, available: list[int]) -> tuple[list[int], int]:
+    """Which versions the config's version_policy allows, in order of preference, and how many to serve.
+
+    Triton's policies: latest { num_versions: N } (the default, N = 1), all {}, specific { versions }.
+    All allowed versions are returned (newest first for `latest`) so that a caller can fall back to
+    an older one when the newest fails to load.
+
+    Args:
+        config: the model's config.
+        available: versions present on disk.
+
+    Returns:
+        (allowed versions in preference order, number to serve).
+    """
+    newest_first = sorted(available, reverse=True)
+    policy = config.version_policy
+    which = policy.WhichOneof("policy_choice")
+    if which == "all":
+        return newest_first, len(newest_first)
+    if which == "specific":
+        wanted = [v for v in newest_first if v in set(policy.specific.versions)]
+        return wanted, len(set(policy.specific.versions))
+    n = policy.latest.num_versions if which == "latest" else 1
+    return newest_first, max(n, 1)
+
+
+class ModelRepository:
+    """Reads and publishes models under `root` (the Triton model repository layout)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def _model_dir(self, model: str) -> Path:
+        if not model or model.startswith(".") or "/" in model or "\\" in model:
+            raise InvalidInput(f"model name {model!r} must be a plain folder name")
+        return self.root / model
+
+    def list_models(self) -> list[str]:
+        """Names of the model folders (hidden folders excluded), sorted.
+
+        Raises:
+            NotFound: the repository folder does not exist.
+        """
+        if not self.root.is_dir():
+            raise NotFound(f"{self.root}: model repository folder does not exist")
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def list_versions(self, model: str) -> list[int]:
+        """Versions on disk (positive integer folder names), ascending.
+
+        Raises:
+            NotFound: no such model folder.
+        """
+        d = self._model_dir(model)
+        if not d.is_dir():
+            raise NotFound(f"model {model!r} is not in the repository {self.root}")
+        return sorted(int(p.name) for p in d.iterdir()
+                      if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+
+    def config_text(self, model: str) -> str:
+        """Raw config.pbtxt text (for change detection: a new text means a new config).
+
+        Raises:
+            NotFound: the model or its config.pbtxt is missing.
+        """
+        path = self._model_dir(model) / CONFIG_FILE
+        try:
+            return path.read_text()
+        except FileNotFoundError:
+            raise NotFound(f"{path}: missing; every model needs a config.pbtxt") from None
+
+    def read_config(self, model: str) -> mc.ModelConfig:
+        """The parsed, checked config of a model.
+
+        Raises:
+            NotFound: the model or its config.pbtxt is missing.
+            InvalidInput: the text does not parse, names another model, or is not for ONNX Runtime.
+        """
+        path = self._model_dir(model) / CONFIG_FILE
+        config = parse_config(self.config_text(model), where=str(path))
+        if not config.name:
+            config.name = model  # Triton fills it in from the folder name too
+        if config.name != model:
+            raise InvalidInput(f"{path}: name {config.name!r} differs from its folder {model!r}")
+        if config.platform not in ("", PLATFORM) or config.backend not in ("", "onnxruntime"):
+            raise InvalidInput(f"{path}: platform {config.platform!r} / backend {config.backend!r}; "
+                               f"this server runs {PLATFORM} only")
+        if not config.platform:
+            config.platform = PLATFORM
+        return config
+
+    def version_dir(self, model: str, version: int) -> Path:
+        return self._model_dir(model) / str(version)
+
+    def model_file(self, model: str, version: int, config: mc.ModelConfig | None = None) -> Path:
+        """Path of a version's graph (config's default_model_filename, else model.onnx).
+
+        Raises:
+            NotFound: the file is missing.
+        """
+        name = (config.default_model_filename if config is not None else "") or DEFAULT_MODEL_FILE
+        path = self.version_dir(model, version) / name
+        if not path.is_file():
+            raise NotFound(f"model {model!r} version {version}: {path} is missing")
+        return path
+
+    def write_config(self, model: str, config: mc.ModelConfig) -> bool:
+        """Write config.pbtxt atomically; unchanged text is not rewritten (readers key reloads on it).
+
+        Returns:
+            True if the file changed.
+        """
+        d = self._model_dir(model)
+        d.mkdir(parents=True, exist_ok=True)
+        text = format_config(config)
+        path = d / CONFIG_FILE
+        if path.is_file() and path.read_text() == text:
+            return False
+        _write_atomically(path, text.encode())
+        return True
+
+    def publish(self, model: str, source: str | os.PathLike, config: mc.ModelConfig | None = None) -> int:
+        """Publish a new version atomically as the next version number.
+
+        The config (if given) is written first, so that a reader that sees the new version also sees
+        the config it belongs to. Rollback is publishing an older version's folder again.
+
+        Args:
+            model: model folder name.
+            source: a model.onnx file, or a folder whose files (model.onnx and any external data)
+                all go into the version folder.
+            config: the model's config.pbtxt; required for the first version.
+
+        Returns:
+            The new version number.
+
+        Raises:
+            NotFound: `source` does not exist.
+            FailedPrecondition: no config given and the model has none yet.
+        """
+        src = Path(source)
+        if not src.exists():
+            raise NotFound(f"{src}: nothing to publish")
+        d = self._model_dir(model)
+        if config is not None:
+            if config.name and config.name != model:
+                raise InvalidInput(f"config name {config.name!r} differs from the model {model!r}")
+            self.write_config(model, config)
+        elif not (d / CONFIG_FILE).is_file():
+            raise FailedPrecondition(f"model {model!r} has no {CONFIG_FILE}; pass a config with its first version")
+        tmp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=d))
+        try:
+            files = [src] if src.is_file() else sorted(p for p in src.iterdir() if p.is_file())
+            for f in files:
+                dest = tmp / (DEFAULT_MODEL_FILE if src.is_file() else f.name)
+                shutil.copyfile(f, dest)
+                with open(dest, "rb+") as fh:
+                    os.fsync(fh.fileno())
+            _fsync_dir(tmp)
+            while True:
+                version = max(self.list_versions(model), default=0) + 1
+                try:
+                    os.rename(tmp, d / str(version))
+                    break
+                except OSError as e:
+                    # another publisher took this number first: try the next one
+                    if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+            _fsync_dir(d)
+            return version
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

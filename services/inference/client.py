@@ -1,0 +1,429 @@
+"""The one inference client of the project (EEM scoring, trainer checks, benchmarks), over the open
+inference protocol with `tritonclient`, so the same code talks to our ONNX Runtime server and to
+Triton.
+
+    with InferenceClient("localhost:8001") as client:
+        seg = client.infer_segmentation(images)          # images uint8 [B, H, W, 3]
+        seg["labels"], seg["ebu"], seg["cam"], seg["pmax"], seg["model_version"]
+        inverse_depth, version = client.infer_depth(images)
+
+    async with AsyncInferenceClient("localhost:8001") as client:
+        seg = await client.infer_segmentation(images)
+
+Pre-processing comes from the model's config.pbtxt parameters (segxal.modelspec), fetched once per
+model and cached: our exports take uint8 RGB NHWC as is; a user model (float NCHW, its own mean/std,
+a fixed input size) gets its input prepared here and its outputs resized back to the image size.
+Channel options (message size, keepalive, TLS, token) come from services.common.channel.
+Errors are our exceptions (segxal.errors), mapped from the status code at this one edge.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import grpc
+import numpy as np
+import tritonclient.grpc as triton_grpc
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.utils import InferenceServerException
+
+from segxal.errors import InvalidInput, SegxalError
+from segxal.modelspec import DEPTH, SEGMENTATION, ModelSpec, datatype_of, numpy_dtype
+from services.common.channel import ChannelConfig, channel_credentials, channel_options, resolve_target
+from services.common.errors import error_from_status
+from services.common.model_repository import spec_from_config
+
+DEFAULT_SEGMENTATION_MODEL = "segmentation"
+DEFAULT_DEPTH_MODEL = "depth"
+
+
+@dataclass
+class InferOutputs:
+    """One inference response.
+
+    Attributes:
+        tensors: output name -> array (read-only views on the response bytes; copy to modify).
+        model_name: the model that answered.
+        model_version: the version that answered (a string, as in the protocol).
+    """
+    tensors: dict[str, np.ndarray]
+    model_name: str
+    model_version: str
+
+
+@contextmanager
+def _our_errors() -> Iterator[None]:
+    """tritonclient's exceptions -> ours (the status code survives as the exception type)."""
+    try:
+        yield
+    except InferenceServerException as e:
+        status = e.status() or ""  # "StatusCode.NOT_FOUND"; None for client-side checks
+        code = getattr(grpc.StatusCode, status.rsplit(".", 1)[-1], None) if status else None
+        raise error_from_status(code, e.message() or str(e)) from None
+
+
+def _client_kwargs(target: str, channel_cfg: ChannelConfig | None) -> dict:
+    cfg = channel_cfg or ChannelConfig()
+    return dict(url=resolve_target(target), creds=channel_credentials(cfg),
+                channel_args=channel_options(target, cfg))
+
+
+def _make_inputs(inputs: dict[str, np.ndarray], infer_input_cls) -> list:
+    made = []
+    for name, array in inputs.items():
+        array = np.ascontiguousarray(array)
+        inp = infer_input_cls(name, list(array.shape), datatype_of(array.dtype))
+        with _our_errors():
+            inp.set_data_from_numpy(array)
+        made.append(inp)
+    return made
+
+
+def _make_outputs(outputs: list[str] | None, requested_output_cls) -> list | None:
+    return None if outputs is None else [requested_output_cls(name) for name in outputs]
+
+
+def _read_result(result, model: str) -> InferOutputs:
+    response = result.get_response()
+    return InferOutputs(tensors={o.name: result.as_numpy(o.name) for o in response.outputs},
+                        model_name=response.model_name or model,
+                        model_version=response.model_version)
+
+
+# ---- pre- and post-processing from the model's spec (shared by the sync and async clients) ----
+
+def _check_images(images: np.ndarray) -> None:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
+            or images.shape[-1] != 3:
+        got = f"{images.dtype} {list(images.shape)}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise InvalidInput(f"images must be uint8 RGB [B, H, W, 3], got {got}")
+
+
+def _model_hw(spec: ModelSpec) -> tuple[int, int]:
+    """The (H, W) a model requires, -1 where any size goes."""
+    dims = spec.image_input.dims  # without batch
+    return (dims[0], dims[1]) if spec.preprocessing.layout == "NHWC" else (dims[1], dims[2])
+
+
+def _resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+    return np.stack([np.asarray(Image.fromarray(im).resize((size[1], size[0]), Image.BILINEAR))
+                     for im in images])  # [B, h, w, 3]
+
+
+def _resize_maps(maps: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
+    """[B, h, w] -> [B, H, W]: labels nearest, continuous maps bilinear (in float32)."""
+    if maps.shape[1:] == tuple(size):
+        return maps
+    from PIL import Image
+    mode = Image.NEAREST if nearest else Image.BILINEAR
+    out = [np.asarray(Image.fromarray(m if nearest else m.astype(np.float32)).resize((size[1], size[0]), mode))
+           for m in maps]
+    return np.stack(out).astype(maps.dtype, copy=False)
+
+
+def _prepare_images(spec: ModelSpec, images: np.ndarray) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+    """Images -> the model's input dict, and the (H, W) the outputs must be brought back to."""
+    _check_images(images)
+    size = images.shape[1:3]
+    want_h, want_w = _model_hw(spec)
+    if (want_h > 0 and want_h != size[0]) or (want_w > 0 and want_w != size[1]):
+        images = _resize_images(images, (want_h if want_h > 0 else size[0], want_w if want_w > 0 else size[1]))
+    m = spec.spatial_multiple
+    if images.shape[1] % m or images.shape[2] % m:
+        raise InvalidInput(f"image height and width must be multiples of {m} for this model, "
+                           f"got {list(images.shape[1:3])}")
+    x = spec.preprocessing.apply(images, numpy_dtype(spec.image_input.datatype))
+    return {spec.image_input.name: x}, size
+
+
+def _segmentation_outputs(spec: ModelSpec, with_logits: bool) -> list[str]:
+    names = [spec.output_name(r) for r in ("labels", "ebu", "cam", "pmax")]
+    if with_logits or spec.output_name("labels") is None:
+        names.append(spec.output_name("logits"))
+    names = [n for n in names if n is not None]
+    if not names:
+        raise InvalidInput(f"segmentation model has none of the outputs labels/ebu/cam/pmax/logits; "
+                           f"its outputs are {[t.name for t in spec.outputs]} (map them with output_<role> "
+                           f"parameters in config.pbtxt)")
+    return names
+
+
+def _from_logits(logits: np.ndarray) -> dict[str, np.ndarray]:
+    """labels, EBU and p_max from logits [B, C, H, W], for models without the compact outputs
+    (same definitions as segxal.eem.ebu: entropy of softmax / log C)."""
+    z = logits.astype(np.float32)
+    z = z - z.max(1, keepdims=True)  # [B, C, H, W]
+    log_p = z - np.log(np.exp(z).sum(1, keepdims=True))  # [B, C, H, W]
+    p = np.exp(log_p)
+    ebu = np.clip(-(p * log_p).sum(1) / np.log(z.shape[1]), 0.0, 1.0)  # [B, H, W]
+    return {"labels": logits.argmax(1).astype(np.uint8), "ebu": ebu.astype(np.float16),
+            "pmax": p.max(1).astype(np.float16)}
+
+
+def _segmentation_result(spec: ModelSpec, out: InferOutputs, size: tuple[int, int], with_logits: bool) -> dict:
+    t = out.tensors
+    get = lambda role: t.get(spec.output_name(role)) if spec.output_name(role) else None  # noqa: E731
+    maps = {r: get(r) for r in ("labels", "ebu", "cam", "pmax")}
+    logits = get("logits")
+    if maps["labels"] is None and logits is not None:
+        derived = _from_logits(logits)
+        maps.update({k: v for k, v in derived.items() if maps[k] is None})
+    result = {r: (None if m is None else _resize_maps(m, size, nearest=(r == "labels"))) for r, m in maps.items()}
+    if with_logits:
+        result["logits"] = logits
+    result["model_version"] = out.model_version
+    return result
+
+
+def _depth_result(spec: ModelSpec, out: InferOutputs, size: tuple[int, int]) -> tuple[np.ndarray, str]:
+    name = spec.output_name("inverse_depth")
+    if name is None:
+        raise InvalidInput(f"depth model has no output for inverse_depth; its outputs are "
+                           f"{[t.name for t in spec.outputs]} (set parameter output_inverse_depth)")
+    d = out.tensors[name]
+    if d.ndim == 4 and d.shape[1] == 1:
+        d = d[:, 0]  # [B, 1, H, W] -> [B, H, W], MiDaS style
+    return _resize_maps(d, size, nearest=False), out.model_version
+
+
+def _check_kind(spec: ModelSpec, model: str, kind: str) -> None:
+    if spec.kind != kind:
+        raise InvalidInput(f"model {model!r} is a {spec.kind} model, not {kind}")
+
+
+class InferenceClient:
+    """Synchronous client (thread-safe: one channel, calls from many threads).
+
+    Args:
+        target: "host:port", "h1:p1,h2:p2" or "dns:///svc:port" (services.common.channel).
+        channel_cfg: message size, keepalive, TLS, token; defaults as ChannelConfig.
+        segmentation_model: model name used by infer_segmentation.
+        depth_model: model name used by infer_depth.
+        timeout_s: default deadline of each call (None: no deadline).
+    """
+
+    def __init__(self, target: str, channel_cfg: ChannelConfig | None = None, *,
+                 segmentation_model: str = DEFAULT_SEGMENTATION_MODEL,
+                 depth_model: str = DEFAULT_DEPTH_MODEL, timeout_s: float | None = None):
+        self.target = target
+        self.segmentation_model = segmentation_model
+        self.depth_model = depth_model
+        self.timeout_s = timeout_s
+        self._client = triton_grpc.InferenceServerClient(**_client_kwargs(target, channel_cfg))
+        self._specs: dict[str, ModelSpec] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "InferenceClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def is_ready(self, model: str | None = None, version: str = "") -> bool:
+        """Server readiness, or one model's (version's) readiness.
+
+        Raises:
+            NotReady: the server cannot be reached.
+        """
+        with _our_errors():
+            if model is None:
+                return self._client.is_server_ready(client_timeout=self.timeout_s)
+            return self._client.is_model_ready(model, version, client_timeout=self.timeout_s)
+
+    def model_spec(self, model: str, refresh: bool = False) -> ModelSpec:
+        """The model's serving contract from its config (fetched once, then cached).
+
+        Raises:
+            NotFound: no such model. InvalidInput: its config lacks our parameters.
+        """
+        with self._lock:
+            spec = self._specs.get(model)
+        if spec is None or refresh:
+            with _our_errors():
+                config = self._client.get_model_config(model, client_timeout=self.timeout_s).config
+            spec = spec_from_config(config)
+            with self._lock:
+                self._specs[model] = spec
+        return spec
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray], *, outputs: list[str] | None = None,
+              version: str = "", timeout_s: float | None = None) -> InferOutputs:
+        """Run a model on raw input tensors (no pre-processing).
+
+        Args:
+            model: model name.
+            inputs: input name -> array (batch first).
+            outputs: output names to return; None returns all.
+            version: "" for the server's policy (latest), or a pinned version such as "3".
+            timeout_s: deadline of this call; None uses the client's default.
+
+        Returns:
+            InferOutputs with the tensors and the version that answered.
+
+        Raises:
+            NotFound: unknown model or version. InvalidInput: wrong names, shapes or dtypes.
+            ResourceExhausted: server queue full or tensor too large. NotReady: server down or
+            deadline exceeded.
+        """
+        made = _make_inputs(inputs, triton_grpc.InferInput)
+        with _our_errors():
+            result = self._client.infer(
+                model, made, model_version=version,
+                outputs=_make_outputs(outputs, triton_grpc.InferRequestedOutput),
+                client_timeout=self.timeout_s if timeout_s is None else timeout_s)
+        return _read_result(result, model)
+
+    def infer_segmentation(self, images: np.ndarray, *, version: str = "", with_logits: bool = False,
+                           timeout_s: float | None = None) -> dict:
+        """Segment a batch of images.
+
+        Args:
+            images: uint8 RGB [B, H, W, 3].
+            version: "" (latest) or a pinned version.
+            with_logits: also return logits [B, C, H, W] (only if the model exports them; large).
+            timeout_s: deadline of this call.
+
+        Returns:
+            dict with labels uint8 [B, H, W], ebu, cam, pmax float16 [B, H, W] (cam is None for a
+            model without a CAM output; ebu/pmax are derived from logits when the model gives only
+            logits), "logits" when asked, and "model_version" (str).
+
+        Raises:
+            InvalidInput: images not uint8 [B, H, W, 3], or sizes the model cannot take; and as infer.
+        """
+        spec = self.model_spec(self.segmentation_model)
+        _check_kind(spec, self.segmentation_model, SEGMENTATION)
+        inputs, size = _prepare_images(spec, images)
+        out = self.infer(self.segmentation_model, inputs, outputs=_segmentation_outputs(spec, with_logits),
+                         version=version, timeout_s=timeout_s)
+        return _segmentation_result(spec, out, size, with_logits)
+
+    def infer_depth(self, images: np.ndarray, *, version: str = "",
+                    timeout_s: float | None = None) -> tuple[np.ndarray, str]:
+        """Relative inverse depth (larger = nearer) of a batch of images.
+
+        Args:
+            images: uint8 RGB [B, H, W, 3].
+            version: "" (latest) or a pinned version.
+            timeout_s: deadline of this call.
+
+        Returns:
+            (inverse depth [B, H, W] in the model's dtype, model_version).
+
+        Raises:
+            As infer_segmentation.
+        """
+        spec = self.model_spec(self.depth_model)
+        _check_kind(spec, self.depth_model, DEPTH)
+        inputs, size = _prepare_images(spec, images)
+        out = self.infer(self.depth_model, inputs, outputs=[spec.output_name("inverse_depth") or ""],
+                         version=version, timeout_s=timeout_s)
+        return _depth_result(spec, out, size)
+
+    def load_model(self, model: str) -> None:
+        """Ask the server to (re)load a model from its repository (the newest versions by policy).
+
+        Raises:
+            NotFound: not in the repository. FailedPrecondition / InvalidInput: the load failed
+            (the previously loaded versions keep serving).
+        """
+        with _our_errors():
+            self._client.load_model(model, client_timeout=self.timeout_s)
+        with self._lock:
+            self._specs.pop(model, None)
+
+    def unload_model(self, model: str) -> None:
+        """Ask the server to stop serving a model (in-flight requests finish)."""
+        with _our_errors():
+            self._client.unload_model(model, client_timeout=self.timeout_s)
+        with self._lock:
+            self._specs.pop(model, None)
+
+
+class AsyncInferenceClient:
+    """asyncio twin of InferenceClient (same arguments, same results, awaitable methods)."""
+
+    def __init__(self, target: str, channel_cfg: ChannelConfig | None = None, *,
+                 segmentation_model: str = DEFAULT_SEGMENTATION_MODEL,
+                 depth_model: str = DEFAULT_DEPTH_MODEL, timeout_s: float | None = None):
+        self.target = target
+        self.segmentation_model = segmentation_model
+        self.depth_model = depth_model
+        self.timeout_s = timeout_s
+        self._client = triton_aio.InferenceServerClient(**_client_kwargs(target, channel_cfg))
+        self._specs: dict[str, ModelSpec] = {}
+
+    async def __aenter__(self) -> "AsyncInferenceClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def is_ready(self, model: str | None = None, version: str = "") -> bool:
+        """As InferenceClient.is_ready."""
+        with _our_errors():
+            if model is None:
+                return await self._client.is_server_ready(client_timeout=self.timeout_s)
+            return await self._client.is_model_ready(model, version, client_timeout=self.timeout_s)
+
+    async def model_spec(self, model: str, refresh: bool = False) -> ModelSpec:
+        """As InferenceClient.model_spec."""
+        spec = self._specs.get(model)
+        if spec is None or refresh:
+            with _our_errors():
+                config = (await self._client.get_model_config(model, client_timeout=self.timeout_s)).config
+            spec = self._specs[model] = spec_from_config(config)
+        return spec
+
+    async def infer(self, model: str, inputs: dict[str, np.ndarray], *, outputs: list[str] | None = None,
+                    version: str = "", timeout_s: float | None = None) -> InferOutputs:
+        """As InferenceClient.infer."""
+        made = _make_inputs(inputs, triton_aio.InferInput)
+        with _our_errors():
+            result = await self._client.infer(
+                model, made, model_version=version,
+                outputs=_make_outputs(outputs, triton_aio.InferRequestedOutput),
+                client_timeout=self.timeout_s if timeout_s is None else timeout_s)
+        return _read_result(result, model)
+
+    async def infer_segmentation(self, images: np.ndarray, *, version: str = "", with_logits: bool = False,
+                                 timeout_s: float | None = None) -> dict:
+        """As InferenceClient.infer_segmentation."""
+        spec = await self.model_spec(self.segmentation_model)
+        _check_kind(spec, self.segmentation_model, SEGMENTATION)
+        inputs, size = _prepare_images(spec, images)
+        out = await self.infer(self.segmentation_model, inputs,
+                               outputs=_segmentation_outputs(spec, with_logits),
+                               version=version, timeout_s=timeout_s)
+        return _segmentation_result(spec, out, size, with_logits)
+
+    async def infer_depth(self, images: np.ndarray, *, version: str = "",
+                          timeout_s: float | None = None) -> tuple[np.ndarray, str]:
+        """As InferenceClient.infer_depth."""
+        spec = await self.model_spec(self.depth_model)
+        _check_kind(spec, self.depth_model, DEPTH)
+        inputs, size = _prepare_images(spec, images)
+        out = await self.infer(self.depth_model, inputs, outputs=[spec.output_name("inverse_depth") or ""],
+                               version=version, timeout_s=timeout_s)
+        return _depth_result(spec, out, size)
+
+    async def load_model(self, model: str) -> None:
+        """As InferenceClient.load_model."""
+        with _our_errors():
+            await self._client.load_model(model, client_timeout=self.timeout_s)
+        self._specs.pop(model, None)
+
+    async def unload_model(self, model: str) -> None:
+        """As InferenceClient.unload_model."""
+        with _our_errors():
+            await self._client.unload_model(model, client_timeout=self.timeout_s)
+        self._specs.pop(model, None)
