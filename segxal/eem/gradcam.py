@@ -1,0 +1,253 @@
+"""Class-agnostic GradCAM for segmentation: the autograd reference and the analytic fast path.
+
+Definition (DESIGN.md, "GradCAM"): predicted masks M_c = {i : argmax_c z(i) = c}, target
+    T = sum_c w_c * sum_{i in M_c} z_c(i)          (w_c = 1 unless class weights are given)
+one backward pass for all classes and the whole batch (each image's T only depends on that image,
+so the gradient of the batch sum is the per-image gradient), weights
+    alpha_k = mean_{h,w} dT/dA_k
+for the target layer A [B, K, h, w], and map CAM = ReLU(sum_k alpha_k A_k).
+
+Scaling, exactly as pytorch-grad-cam 1.5.7 (`BaseCAM.compute_cam_per_layer` then
+`aggregate_multi_layers`, both through `utils.image.scale_cam_image`), so that both agree:
+ReLU -> per image x <- x - min(x); x <- x / (max(x) + 1e-7) -> bilinear resize to H x W
+(torch `align_corners=False`, which is cv2 INTER_LINEAR's half-pixel convention) -> the same
+min-max again. An all-zero CAM stays all zero.
+
+Fast path: when A is the input of a 1x1 classifier head followed by a bilinear upsampling,
+z = Up(W A + b) as in segxal.models.unet.UNet, every output pixel's interpolation weights sum to 1, so
+    alpha_k = (1 / |A|) * sum_c w_c * W_ck * n_c
+with n_c the number of full-resolution pixels predicted as c and |A| = h * w. No backward pass:
+the CAM is a weighted sum of A and can be an output of the exported ONNX graph.
+
+References:
+    Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+    Localization", ICCV 2017.
+    SegXAL, arXiv 2408.04482 (class-agnostic GradCAM in the EEM).
+    jacobgil/pytorch-grad-cam: `SemanticSegmentationTarget` is the per-class term of T.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segxal.errors import InvalidInput
+from segxal.labels import NAME_TO_TRAIN_ID, NUM_CLASSES, SAFETY_CRITICAL
+
+_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image adds this to the max
+
+
+def safety_class_weights(critical_weight: float = 2.0, names: Sequence[str] = SAFETY_CRITICAL,
+                         num_classes: int = NUM_CLASSES) -> torch.Tensor:
+    """Per-class GradCAM weights w_c: `critical_weight` for safety-critical classes, 1 elsewhere.
+
+    2.0 is a starting point, not a tuned value; the benchmark decides whether weighting helps.
+
+    Args:
+        critical_weight: weight of the classes in `names` (>= 0).
+        names: Cityscapes class names to up-weight (default segxal.labels.SAFETY_CRITICAL).
+        num_classes: length of the returned vector.
+
+    Returns:
+        float32 tensor [num_classes].
+
+    Raises:
+        InvalidInput: a negative or non-finite weight, or a name that is not a Cityscapes class.
+    """
+    if not (critical_weight >= 0 and critical_weight < float("inf")):
+        raise InvalidInput(f"critical_weight must be a finite number >= 0, got {critical_weight}")
+    unknown = [n for n in names if n not in NAME_TO_TRAIN_ID or NAME_TO_TRAIN_ID[n] >= num_classes]
+    if unknown:
+        raise InvalidInput(f"unknown class names {unknown}; expected names from segxal.labels.CLASS_NAMES")
+    weights = torch.ones(num_classes, dtype=torch.float32)  # [C]
+    weights[[NAME_TO_TRAIN_ID[n] for n in names]] = critical_weight
+    return weights
+
+
+def check_class_weights(class_weights: torch.Tensor | None, num_classes: int) -> None:
+    """Validate optional GradCAM class weights w_c.
+
+    Skipped while tracing for ONNX (shape checks would become graph constants with warnings): the
+    eager call before export, or ExplainedSegmenter's constructor, has checked them.
+
+    Args:
+        class_weights: None (all 1) or a tensor [num_classes].
+        num_classes: C of the model.
+
+    Raises:
+        InvalidInput: wrong shape, or a negative or non-finite weight.
+    """
+    if class_weights is None or torch.jit.is_tracing():
+        return
+    if class_weights.shape != (num_classes,):
+        raise InvalidInput(f"class_weights must have shape [{num_classes}], got {tuple(class_weights.shape)}")
+    if not (torch.isfinite(class_weights).all() and (class_weights >= 0).all()):
+        raise InvalidInput("class_weights must be finite and >= 0")
+
+
+def _minmax(cam: torch.Tensor) -> torch.Tensor:
+    """Per image: cam - min, then / (max + 1e-7), as pytorch-grad-cam's scale_cam_image. cam [B, h, w]."""
+    cam = cam - cam.flatten(1).amin(1)[:, None, None]  # [B, h, w]
+    return cam / (cam.flatten(1).amax(1)[:, None, None] + _EPS)  # [B, h, w]
+
+
+def cam_from_weights(features: torch.Tensor, weights: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """CAM = ReLU(sum_k alpha_k A_k), scaled to [0, 1] and resized like pytorch-grad-cam.
+
+    Args:
+        features: A [B, K, h, w].
+        weights: alpha [B, K].
+        size: output (H, W).
+
+    Returns:
+        CAM [B, H, W] in [0, 1], same dtype as `features`.
+
+    Raises:
+        InvalidInput: shapes do not match.
+    """
+    if not torch.jit.is_tracing() and (features.dim() != 4 or weights.shape != features.shape[:2]):
+        raise InvalidInput(f"expected features [B, K, h, w] and weights [B, K], got "
+                           f"{tuple(features.shape)} and {tuple(weights.shape)}")
+    # one matmul per image rather than a broadcast product: a single MatMul node in ONNX
+    cam = torch.matmul(weights[:, None, :], features.flatten(2))  # [B, 1, h*w]
+    cam = _minmax(torch.relu(cam.reshape(features.shape[0], *features.shape[2:])))  # [B, h, w]
+    # always resize: at equal size bilinear with align_corners=False is the identity, and no
+    # shape-dependent branch ends up frozen in a traced graph
+    cam = F.interpolate(cam[:, None], size=(size[0], size[1]),
+                        mode="bilinear", align_corners=False)  # [B, 1, H, W]
+    return _minmax(cam[:, 0])  # [B, H, W]
+
+
+def _class_agnostic_target(logits: torch.Tensor, labels: torch.Tensor,
+                           class_weights: torch.Tensor | None) -> torch.Tensor:
+    """T = sum_c w_c sum_{i in M_c} z_c(i), summed over the batch. logits [B, C, H, W], labels [B, H, W]."""
+    z_pred = logits.gather(1, labels[:, None])[:, 0]  # [B, H, W], z of the predicted class
+    if class_weights is not None:
+        z_pred = z_pred * class_weights.to(logits.dtype)[labels]  # [B, H, W]
+    return z_pred.sum()
+
+
+def autograd_weights(model: nn.Module, target_layer: nn.Module, x: torch.Tensor,
+                     class_weights: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GradCAM weights alpha = mean_{h,w} dT/dA by autograd, for any target layer.
+
+    A forward hook replaces the layer's output by a detached copy that requires grad, so the
+    backward pass stops at A (cheaper, and works when the model's parameters are frozen). The
+    model's train/eval mode is left as the caller set it (pytorch-grad-cam forces eval()). A layer
+    that runs more than once per forward counts with its last call.
+
+    Args:
+        model: returns logits [B, C, H, W] for x.
+        target_layer: a submodule of `model` whose output is a tensor A [B, K, h, w].
+        x: input batch [B, ...].
+        class_weights: optional w_c [C] (see safety_class_weights); None means all 1.
+
+    Returns:
+        (alpha [B, K], A [B, K, h, w] detached, labels [B, H, W] int64 argmax of the logits).
+
+    Raises:
+        InvalidInput: the target layer did not run, returned a non-tensor or non-4-D output, or
+            class_weights has the wrong shape or values.
+    """
+    captured: dict[str, torch.Tensor] = {}
+
+    def _capture(module: nn.Module, inputs: tuple, output: object) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            raise InvalidInput(f"target layer {type(module).__name__} must output a tensor [B, K, h, w]")
+        leaf = output.detach().requires_grad_(True)
+        captured["A"] = leaf
+        return leaf.clone()  # a non-leaf, so an in-place op after the layer (ReLU(inplace)) stays legal
+
+    handle = target_layer.register_forward_hook(_capture)
+    try:
+        # the caller may hold no_grad or inference_mode; an inference tensor cannot enter autograd
+        with torch.inference_mode(False), torch.enable_grad():
+            logits = model(x.clone() if x.is_inference() else x)  # [B, C, H, W]
+            if "A" not in captured:
+                raise InvalidInput("target_layer did not run during model(x); pass a submodule of the model")
+            check_class_weights(class_weights, logits.shape[1])
+            labels = logits.detach().argmax(1)  # [B, H, W]
+            target = _class_agnostic_target(logits, labels, class_weights)
+            (grad,) = torch.autograd.grad(target, captured["A"])  # [B, K, h, w]
+    finally:
+        handle.remove()
+    return grad.mean(dim=(2, 3)), captured["A"].detach(), labels
+
+
+def gradcam_autograd(model: nn.Module, target_layer: nn.Module, x: torch.Tensor,
+                     class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Class-agnostic GradCAM by one backward pass (the reference; any target layer).
+
+    Args:
+        model: returns logits [B, C, H, W] for x [B, 3, H, W].
+        target_layer: a submodule of `model` whose output is A [B, K, h, w].
+        x: input batch [B, 3, H, W].
+        class_weights: optional w_c [C]; None means all 1.
+
+    Returns:
+        CAM [B, H, W] in [0, 1] (scaled as pytorch-grad-cam, see the module docstring), detached.
+
+    Raises:
+        InvalidInput: as autograd_weights.
+    """
+    alpha, features, labels = autograd_weights(model, target_layer, x, class_weights)
+    return cam_from_weights(features, alpha, labels.shape[-2:])
+
+
+def analytic_weights(head_weight: torch.Tensor, labels: torch.Tensor, feature_hw: Sequence[int],
+                     class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """GradCAM weights at the input of a 1x1 head + bilinear upsampling, without autograd.
+
+    alpha_k = (1/|A|) sum_c w_c W_ck n_c, n_c = number of pixels of `labels` equal to c.
+    Pure tensor ops (an equality against arange(C) and a sum, no bincount), traceable to ONNX.
+
+    Args:
+        head_weight: W of the 1x1 conv head, [C, K] or [C, K, 1, 1].
+        labels: predicted classes at full resolution [B, H, W] (any integer dtype).
+        feature_hw: (h, w) of A; |A| = h * w.
+        class_weights: optional w_c [C]; None means all 1.
+
+    Returns:
+        alpha [B, K], dtype of head_weight.
+
+    Raises:
+        InvalidInput: head_weight is not [C, K(, 1, 1)], or class_weights has the wrong shape or values.
+    """
+    if not torch.jit.is_tracing() and not (
+            head_weight.dim() == 2 or (head_weight.dim() == 4 and head_weight.shape[2:] == (1, 1))):
+        raise InvalidInput(f"head_weight must be [C, K] or [C, K, 1, 1], got {tuple(head_weight.shape)}")
+    head_weight = head_weight.flatten(1)  # [C, K]
+    num_classes = head_weight.shape[0]
+    check_class_weights(class_weights, num_classes)
+    classes = torch.arange(num_classes, device=labels.device, dtype=labels.dtype)  # [C]
+    counts = (labels[:, None] == classes[None, :, None, None]).to(head_weight.dtype).sum((2, 3))  # [B, C]
+    if class_weights is not None:
+        counts = counts * class_weights.to(head_weight.dtype)[None]  # [B, C]
+    return counts @ head_weight / (feature_hw[0] * feature_hw[1])  # [B, K]
+
+
+def analytic_cam(features: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor,
+                 class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Class-agnostic GradCAM at the input A of a 1x1 head + bilinear upsampling, no backward pass.
+
+    Equals gradcam_autograd(model, model.target_layer, x) for segxal.models.unet.UNet, where
+    features = model.forward_features(x), head_weight = model.head.weight and labels the argmax of
+    model(x).
+
+    Args:
+        features: A [B, K, h, w].
+        head_weight: W [C, K] or [C, K, 1, 1].
+        labels: predicted classes [B, H, W].
+        class_weights: optional w_c [C]; None means all 1.
+
+    Returns:
+        CAM [B, H, W] in [0, 1], dtype of features.
+
+    Raises:
+        InvalidInput: as analytic_weights and cam_from_weights.
+    """
+    alpha = analytic_weights(head_weight, labels, features.shape[-2:], class_weights)  # [B, K]
+    return cam_from_weights(features, alpha.to(features.dtype), labels.shape[-2:])

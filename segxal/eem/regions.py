@@ -1,0 +1,220 @@
+"""Regions to fix: connected components of the EEM above a threshold (DESIGN.md, "Regions to fix").
+
+Each region carries what a labeler or platform needs: bounding box, outer polygon, a COCO RLE mask,
+area, mean EEM and the dominant predicted class. The threshold is fixed or chosen per frame by
+Otsu's method on the EEM histogram. A pixel belongs to the foreground when eem > threshold.
+
+RLE is COCO's uncompressed format: the mask flattened column-major (Fortran order), counts of
+alternating runs starting with a background run (0 when the first pixel is set), size [H, W];
+pycocotools.mask.frPyObjects turns it into the compressed form.
+
+References:
+    SegXAL, arXiv 2408.04482 (region-level annotation of the EEM's hot spots).
+    Otsu, "A Threshold Selection Method from Gray-Level Histograms", IEEE SMC 1979.
+    COCO data format (cocodataset/cocoapi, PythonAPI/pycocotools/mask.py) for RLE.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from segxal.errors import InvalidInput
+from segxal.labels import CLASS_NAMES, IGNORE, NUM_CLASSES
+
+DEFAULT_THRESHOLD = 0.5  # fixed mode when no threshold is given
+DEFAULT_MIN_AREA = 64  # pixels; an 8 x 8 patch at 256 x 512 is about the smallest thing worth a click
+THRESHOLD_MODES = ("fixed", "otsu")
+
+
+@dataclass(frozen=True)
+class Region:
+    """One connected component of EEM > threshold."""
+
+    bbox: tuple[int, int, int, int]  # x, y, w, h in pixels (COCO order)
+    polygon: list[list[int]]  # outer contour [[x, y], ...] from cv2.findContours (CHAIN_APPROX_SIMPLE)
+    rle: dict  # {"size": [H, W], "counts": [int, ...]}: COCO uncompressed RLE over the whole image
+    area: int  # pixels
+    mean_eem: float
+    class_id: int  # dominant predicted trainId (255 = ignore)
+    class_name: str
+
+
+def _run_lengths(flat: np.ndarray) -> list[int]:
+    """Runs of a 1-D bool array, starting with a (possibly empty) background run."""
+    if flat.size == 0:
+        return []
+    starts = np.flatnonzero(flat[1:] != flat[:-1]) + 1  # [n_changes]
+    counts = np.diff(np.concatenate(([0], starts, [flat.size])))  # [n_runs]
+    if flat[0]:
+        counts = np.concatenate(([0], counts))  # [n_runs + 1]
+    return counts.tolist()
+
+
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """Binary mask -> COCO uncompressed RLE.
+
+    Args:
+        mask: [H, W], nonzero = set.
+
+    Returns:
+        {"size": [H, W], "counts": [int, ...]}, column-major runs starting with background.
+
+    Raises:
+        InvalidInput: the mask is not 2-D.
+    """
+    if mask.ndim != 2:
+        raise InvalidInput(f"mask must be [H, W], got shape {mask.shape}")
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])],
+            "counts": _run_lengths(mask.astype(bool).ravel(order="F"))}
+
+
+def rle_to_mask(rle: dict) -> np.ndarray:
+    """COCO uncompressed RLE -> binary mask.
+
+    Args:
+        rle: {"size": [H, W], "counts": [int, ...]} as mask_to_rle writes it.
+
+    Returns:
+        uint8 mask [H, W] of 0 and 1.
+
+    Raises:
+        InvalidInput: counts are negative or do not sum to H * W.
+    """
+    h, w = (int(v) for v in rle["size"])
+    counts = np.asarray(rle["counts"], dtype=np.int64)  # [n_runs]
+    if (counts < 0).any() or counts.sum() != h * w:
+        raise InvalidInput(f"RLE counts must be >= 0 and sum to H * W = {h * w}, got sum {counts.sum()}")
+    values = (np.arange(counts.size) % 2).astype(np.uint8)  # [n_runs]: 0, 1, 0, ...
+    return np.repeat(values, counts).reshape((h, w), order="F")  # [H, W]
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256, value_range: tuple[float, float] | None = None) -> float:
+    """Otsu's threshold: the histogram split maximising the between-class variance w0 w1 (mu0 - mu1)^2.
+
+    Returns the bin edge t between the two classes, so class 1 is values > t (values exactly at t,
+    a measure-zero event for real maps, fall in class 0). When every value lies in one bin there is
+    no split: t is that bin's upper edge, so nothing lies above it.
+
+    Args:
+        values: any shape, finite.
+        bins: number of histogram bins.
+        value_range: histogram range; default the data's (min, max), as skimage does.
+
+    Returns:
+        the threshold.
+
+    Raises:
+        InvalidInput: empty or non-finite values, bins < 2.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()  # [N]
+    if values.size == 0 or not np.isfinite(values).all():
+        raise InvalidInput("otsu_threshold needs a non-empty array of finite values")
+    if bins < 2:
+        raise InvalidInput(f"bins must be >= 2, got {bins}")
+    lo, hi = value_range if value_range is not None else (values.min(), values.max())
+    if hi <= lo:
+        return float(hi)
+    hist, edges = np.histogram(values, bins=bins, range=(lo, hi))  # [bins], [bins + 1]
+    hist = hist.astype(np.float64)
+    centers = (edges[:-1] + edges[1:]) / 2  # [bins]
+    w0 = np.cumsum(hist)[:-1]  # [bins - 1]: pixels in bins 0..k
+    w1 = hist.sum() - w0  # [bins - 1]
+    m0 = np.cumsum(hist * centers)[:-1]  # [bins - 1]
+    m1 = (hist * centers).sum() - m0  # [bins - 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        between = w0 * w1 * (m0 / w0 - m1 / w1) ** 2  # [bins - 1]
+    between = np.where((w0 > 0) & (w1 > 0), between, -1.0)
+    if between.max() < 0:
+        return float(edges[np.flatnonzero(hist)[-1] + 1])
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def _component_rle(comp: np.ndarray, y0: int, x0: int, height: int, width: int) -> list[int]:
+    """Whole-image RLE counts of a component given as its bbox crop, in O(H * bbox width)."""
+    band = np.zeros((height, comp.shape[1]), dtype=bool)  # [H, bbox w]: the columns the bbox spans
+    band[y0:y0 + comp.shape[0]] = comp
+    counts = _run_lengths(band.ravel(order="F"))
+    counts[0] += x0 * height  # columns left of the bbox are background
+    right = (width - x0 - comp.shape[1]) * height
+    if len(counts) % 2:  # ends with a background run
+        counts[-1] += right
+    elif right:
+        counts.append(right)
+    return counts
+
+
+def _outer_polygon(comp: np.ndarray, y0: int, x0: int) -> list[list[int]]:
+    """Outer contour of a component (its bbox crop) in image coordinates."""
+    padded = np.pad(comp.astype(np.uint8), 1)  # [h + 2, w + 2]: contours need a background border
+    contours, _ = cv2.findContours(padded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x0 - 1, y0 - 1))
+    outer = max(contours, key=len)  # [n_points, 1, 2]; one contour for an 8-connected component
+    return outer[:, 0, :].tolist()
+
+
+def extract_regions(eem: np.ndarray, labels: np.ndarray, threshold: float | None = None, mode: str = "fixed",
+                    min_area: int = DEFAULT_MIN_AREA, connectivity: int = 8) -> list[Region]:
+    """Connected components of eem > threshold, largest mean EEM first.
+
+    Args:
+        eem: EEM map [H, W] (float16 or float32), in [0, 1].
+        labels: predicted trainIds [H, W] (0..C-1, or 255 = ignore).
+        threshold: in [0, 1] for mode "fixed" (None: DEFAULT_THRESHOLD); must be None for "otsu".
+        mode: "fixed" or "otsu" (threshold from otsu_threshold on this map).
+        min_area: components with fewer pixels are dropped (0 or 1: none are).
+        connectivity: 4 or 8 (pixel neighbourhood of a component).
+
+    Returns:
+        list of Region, sorted by mean_eem descending (ties: larger area first).
+
+    Raises:
+        InvalidInput: shapes differ or are not 2-D, non-finite EEM, a threshold outside [0, 1] or given
+            in otsu mode, unknown mode, min_area < 0, connectivity not 4 or 8, labels out of range.
+    """
+    eem = np.asarray(eem, dtype=np.float32)
+    if eem.ndim != 2 or labels.shape != eem.shape:
+        raise InvalidInput(f"eem and labels must both be [H, W], got {eem.shape} and {labels.shape}")
+    if not np.isfinite(eem).all():
+        raise InvalidInput("eem holds NaN or infinite values")
+    if mode not in THRESHOLD_MODES:
+        raise InvalidInput(f"threshold mode must be one of {THRESHOLD_MODES}, got {mode!r}")
+    if mode == "otsu":
+        if threshold is not None:
+            raise InvalidInput(f"threshold={threshold} given with mode 'otsu', which computes it; pass None")
+        threshold = otsu_threshold(eem)
+    elif threshold is None:
+        threshold = DEFAULT_THRESHOLD
+    elif not 0.0 <= threshold <= 1.0:
+        raise InvalidInput(f"threshold must be in [0, 1] (EEM range), got {threshold}")
+    if min_area < 0:
+        raise InvalidInput(f"min_area must be >= 0, got {min_area}")
+    if connectivity not in (4, 8):
+        raise InvalidInput(f"connectivity must be 4 or 8, got {connectivity}")
+    labels = np.asarray(labels).astype(np.int64)  # [H, W]
+    if ((labels < 0) | ((labels >= NUM_CLASSES) & (labels != IGNORE))).any():
+        raise InvalidInput(f"labels must be trainIds 0..{NUM_CLASSES - 1} or {IGNORE}")
+
+    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)  # [3, 3]
+    components, n = ndimage.label(eem > threshold, structure=structure)  # [H, W] int32, 0 = background
+    areas = np.bincount(components.ravel(), minlength=n + 1)  # [n + 1]
+    eem_sums = np.bincount(components.ravel(), weights=eem.ravel(), minlength=n + 1)  # [n + 1]
+    height, width = eem.shape
+    regions = []
+    for idx, (rows, cols) in enumerate(ndimage.find_objects(components), start=1):
+        if areas[idx] < min_area:
+            continue
+        comp = components[rows, cols] == idx  # [bbox h, bbox w]
+        class_id = int(np.argmax(np.bincount(labels[rows, cols][comp], minlength=IGNORE + 1)))
+        regions.append(Region(
+            bbox=(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start),
+            polygon=_outer_polygon(comp, rows.start, cols.start),
+            rle={"size": [height, width], "counts": _component_rle(comp, rows.start, cols.start, height, width)},
+            area=int(areas[idx]),
+            mean_eem=float(eem_sums[idx] / areas[idx]),
+            class_id=class_id,
+            class_name=CLASS_NAMES[class_id] if class_id < NUM_CLASSES else "ignore",
+        ))
+    regions.sort(key=lambda r: (-r.mean_eem, -r.area))
+    return regions

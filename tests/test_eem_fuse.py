@@ -1,0 +1,71 @@
+"""PAE, EEM and frame score (segxal.eem.fuse) on arrays whose answer is known by construction."""
+import numpy as np
+import pytest
+
+from segxal.errors import InvalidInput
+from segxal.eem.fuse import eem, frame_score, pae
+
+
+def test_pae_is_min_max_of_the_product():
+    cam = np.array([[0.0, 0.5], [1.0, 1.0]], dtype=np.float16)
+    prox = np.array([[1.0, 1.0], [0.5, 0.0]], dtype=np.float32)
+    out = pae(cam, prox)  # product [[0, .5], [.5, 0]] -> already spans [0, 0.5]
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[0.0, 1.0], [1.0, 0.0]])
+    assert (pae(np.ones((3, 3)), np.full((3, 3), 0.4)) == 0).all()  # constant: no hot spot
+
+
+def test_pae_batched_equals_per_image():
+    rng = np.random.default_rng(0)
+    cam, prox = rng.random((3, 6, 7)), rng.random((3, 6, 7))  # [B, H, W]
+    batched = pae(cam, prox)
+    for i in range(3):
+        np.testing.assert_array_equal(batched[i], pae(cam[i], prox[i]))
+    assert batched.min(axis=(1, 2)).max() == 0.0 and batched.max(axis=(1, 2)).min() == 1.0
+
+
+@pytest.mark.parametrize("alpha, beta", [(0.5, 0.5), (1.0, 0.0), (0.3, 0.7)])
+def test_eem_is_the_weighted_sum(alpha, beta):
+    ebu = np.array([[0.2, 1.0]], dtype=np.float16)
+    pae_map = np.array([[0.6, 0.0]], dtype=np.float16)
+    out = eem(ebu, pae_map, alpha, beta)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, alpha * ebu.astype(np.float32) + beta * pae_map.astype(np.float32), atol=1e-7)
+
+
+@pytest.mark.parametrize("alpha, beta", [(0.5, 0.6), (0.2, 0.2), (1.5, -0.5), (0.0, 0.0)])
+def test_eem_rejects_weights_not_summing_to_one(alpha, beta):
+    with pytest.raises(InvalidInput, match=f"alpha={alpha}, beta={beta}"):
+        eem(np.zeros((2, 2)), np.zeros((2, 2)), alpha, beta)
+
+
+def test_eem_rejects_shape_mismatch_and_nan():
+    with pytest.raises(InvalidInput, match="shape"):
+        eem(np.zeros((2, 2)), np.zeros((2, 3)))
+    with pytest.raises(InvalidInput, match="NaN"):
+        eem(np.full((2, 2), np.nan), np.zeros((2, 2)))
+
+
+def test_frame_score_mean_and_topq():
+    m = np.arange(100, dtype=np.float32).reshape(10, 10) / 100  # 0.00 .. 0.99
+    assert frame_score(m) == pytest.approx(0.495)
+    assert frame_score(m, "topq", q=0.05) == pytest.approx(np.mean([0.95, 0.96, 0.97, 0.98, 0.99]))
+    assert frame_score(m, "topq", q=0.07) == pytest.approx(0.96)  # exactly 7 pixels, not 8
+    assert frame_score(m, "topq", q=0.001) == pytest.approx(0.99)  # at least one pixel
+    assert frame_score(m, "topq", q=1.0) == pytest.approx(frame_score(m))
+    assert frame_score(m.astype(np.float16)) == pytest.approx(0.495, abs=1e-4)
+
+
+def test_frame_score_batched_equals_per_image():
+    maps = np.random.default_rng(0).random((4, 8, 8))  # [B, H, W]
+    for mode in ("mean", "topq"):
+        scores = frame_score(maps, mode, q=0.1)
+        assert scores.shape == (4,)
+        np.testing.assert_allclose(scores, [frame_score(m, mode, q=0.1) for m in maps], rtol=1e-12)
+
+
+def test_frame_score_rejects_bad_arguments():
+    with pytest.raises(InvalidInput, match="mode"):
+        frame_score(np.zeros((2, 2)), "max")
+    with pytest.raises(InvalidInput, match="q must be"):
+        frame_score(np.zeros((2, 2)), "topq", q=0.0)
