@@ -62,9 +62,9 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
 def encode_png(arr: np.ndarray) -> bytes:
     """uint8 [H, W] / [H, W, 3] or uint16 [H, W] -> PNG bytes."""
     if arr.dtype == np.uint16:
-        im = Image.fromarray(arr.astype(np.uint16), mode="I;16") if arr.ndim == 2 else None
-        if im is None:
+        if arr.ndim != 2:
             raise InvalidInput("16-bit PNG must be single-channel")
+        im = Image.fromarray(arr)  # Pillow picks "I;16" itself; its `mode=` argument is gone in Pillow 13
     elif arr.dtype == np.uint8:
         im = Image.fromarray(arr)
     else:
