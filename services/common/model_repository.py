@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -253,7 +254,8 @@ class ModelRepository:
         _write_atomically(path, text.encode())
         return True
 
-    def publish(self, model: str, source: str | os.PathLike, config: mc.ModelConfig | None = None) -> int:
+    def publish(self, model: str, source: str | os.PathLike, config: mc.ModelConfig | None = None,
+                before_rename: Callable[[Path], None] | None = None) -> int:
         """Publish a new version atomically as the next version number.
 
         The config (if given) is written first, so that a reader that sees the new version also sees
@@ -264,6 +266,8 @@ class ModelRepository:
             source: a model.onnx file, or a folder whose files (model.onnx and any external data)
                 all go into the version folder.
             config: the model's config.pbtxt; required for the first version.
+            before_rename: called with the complete, fsynced temp folder just before it is renamed
+                into place (the crash-consistency tests stop a publisher exactly there).
 
         Returns:
             The new version number.
@@ -291,6 +295,8 @@ class ModelRepository:
                 with open(dest, "rb+") as fh:
                     os.fsync(fh.fileno())
             _fsync_dir(tmp)
+            if before_rename is not None:
+                before_rename(tmp)
             while True:
                 version = max(self.list_versions(model), default=0) + 1
                 try:
@@ -305,3 +311,19 @@ class ModelRepository:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def discard_unfinished_publishes(self, model: str) -> list[Path]:
+        """Remove the temp folders of publishers that died before their rename (readers ignore
+        them, but they hold a model's worth of disk each). Only safe while nobody else publishes
+        this model: call it when the only publisher (the trainer) starts.
+
+        Returns:
+            The folders removed.
+        """
+        d = self._model_dir(model)
+        if not d.is_dir():
+            return []
+        stale = [p for p in d.iterdir() if p.is_dir() and p.name.startswith(_TEMP_PREFIX)]
+        for p in stale:
+            shutil.rmtree(p, ignore_errors=True)
+        return stale
