@@ -1,0 +1,97 @@
+"""Entry point of the EEM scoring service.
+
+    python -m services.eem.main --seg-target host:port --depth-target host:port \
+        --storage-root DIR [--storage-root DIR ...] --port N
+
+Every flag has an environment variable (SEGXAL_EEM_<FLAG>, e.g. SEGXAL_EEM_SEG_TARGET;
+SEGXAL_EEM_STORAGE_ROOTS is a list separated by the OS path separator); flags win. The config is
+built once here and passed down. SIGTERM / SIGINT drain in-flight frames, then exit.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from segxal.errors import InvalidInput, SegxalError
+from services.eem.pipeline import PipelineConfig
+from services.eem.server import EemServer, EemServiceConfig
+
+ENV_PREFIX = "SEGXAL_EEM_"
+
+
+def _env(name: str, default=None):
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = PipelineConfig()
+    p = argparse.ArgumentParser(prog="python -m services.eem.main", description=__doc__.splitlines()[0])
+    p.add_argument("--seg-target", default=_env("SEG_TARGET"), help="segmentation inference server host:port")
+    p.add_argument("--depth-target", default=_env("DEPTH_TARGET"),
+                   help="depth inference server host:port (default: --seg-target)")
+    env_roots = [r for r in (_env("STORAGE_ROOTS") or "").split(os.pathsep) if r]
+    p.add_argument("--storage-root", dest="storage_roots", action="append", default=None,
+                   help="folder or fsspec URL prefix frames may be read from (repeatable)")
+    p.set_defaults(env_roots=env_roots)
+    p.add_argument("--host", default=_env("HOST", "0.0.0.0"))
+    p.add_argument("--port", type=int, default=int(_env("PORT", "50053")))
+    p.add_argument("--seg-model", default=_env("SEG_MODEL", "segmentation"))
+    p.add_argument("--depth-model", default=_env("DEPTH_MODEL", "depth"))
+    p.add_argument("--max-concurrency", type=int, default=int(_env("MAX_CONCURRENCY", defaults.max_concurrency)),
+                   help="frames scored at once across all calls")
+    p.add_argument("--stream-window", type=int, default=int(_env("STREAM_WINDOW", defaults.stream_window)),
+                   help="requests a stream reads ahead of its results")
+    p.add_argument("--inference-timeout-s", type=float,
+                   default=float(_env("INFERENCE_TIMEOUT_S", defaults.inference_timeout_s)))
+    p.add_argument("--grace-s", type=float, default=float(_env("GRACE_S", "10")))
+    p.add_argument("--tls-cert", default=_env("TLS_CERT"))
+    p.add_argument("--tls-key", default=_env("TLS_KEY"))
+    p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA"))
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> EemServiceConfig:
+    """Raises:
+        InvalidInput: a required setting is missing.
+    """
+    roots = args.storage_roots or args.env_roots
+    if not args.seg_target:
+        raise InvalidInput("--seg-target (or SEGXAL_EEM_SEG_TARGET) is required")
+    if not roots:
+        raise InvalidInput("at least one --storage-root (or SEGXAL_EEM_STORAGE_ROOTS) is required")
+    return EemServiceConfig(
+        seg_target=args.seg_target, depth_target=args.depth_target or args.seg_target, storage_roots=roots,
+        address=f"{args.host}:{args.port}", seg_model=args.seg_model, depth_model=args.depth_model,
+        pipeline=PipelineConfig(max_concurrency=args.max_concurrency, stream_window=args.stream_window,
+                                inference_timeout_s=args.inference_timeout_s),
+        grace_s=args.grace_s, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server = EemServer(config_from_args(args))
+        port = server.start()
+    except (SegxalError, OSError) as e:
+        print(f"eem: {e}", file=sys.stderr)
+        return 2
+    print(f"EEM scoring listening on port {port}", flush=True)  # the line tests and scripts wait for
+
+    def _stop(signum, frame):
+        signal.signal(signum, signal.SIG_DFL)  # a second signal kills at once
+        server.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    server.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""The EEM scoring pipeline behind the service: frame URI -> decoded image -> segmentation and
+depth through the project's one inference client -> segxal.al.scoring.score_frame (the very
+function the in-process loop uses) -> score, regions, PNG maps.
+
+Concurrency. Frames are scored on one thread pool of `max_concurrency` workers shared by every
+RPC, so the inference servers see a bounded number of requests at once whatever the number of
+callers. Within a frame, segmentation and depth run at the same time (depth on a second pool).
+Frames are sent to the inference servers one image per request: those servers batch concurrent
+requests themselves (dynamic batching, config.pbtxt `dynamic_batching`), so keeping
+`max_concurrency` frames in flight is what fills their batches; batching again here would only
+add latency. A stream reads at most `stream_window` requests ahead of the results it has sent,
+so a caller streaming 5,000 URIs never makes this process hold 5,000 frames (flat memory), and
+gRPC flow control pushes back on the caller.
+
+Deadlines. Every inference call carries `inference_timeout_s`; a down backend fails fast
+(connection refused is UNAVAILABLE at once) and a hung one fails at the deadline: NotReady.
+
+No gRPC types here: requests and results are services.eem.api dataclasses, errors are
+segxal.errors exceptions (per frame in streams).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from segxal import imageio
+from segxal.al.scoring import FrameEEM, score_frame
+from segxal.eem.regions import otsu_threshold
+from segxal.errors import InvalidInput, SegxalError
+from segxal.storage import FrameStorage
+from services.eem.api import FrameRequest, ModelVersions, ScoredFrame, Stats, quantise_map
+from services.inference.client import InferenceClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineConfig:
+    # Frames scored at once across all RPCs. 2 x the inference servers' batch of interest keeps
+    # them busy while this process decodes and fuses; more only queues.
+    max_concurrency: int = 4
+    # Requests a stream reads ahead of the results it has sent (bounds memory per stream).
+    stream_window: int = 8
+    inference_timeout_s: float = 30.0  # deadline of each segmentation / depth call
+    latency_window: int = 1024  # recent frame latencies kept for the stats percentiles
+
+
+class _Counters:
+    """Frames scored/failed and a bounded window of recent latencies (memory stays flat)."""
+
+    def __init__(self, window: int):
+        self._lock = threading.Lock()
+        self._latencies: deque[float] = deque(maxlen=window)
+        self._started = time.monotonic()
+        self.scored = self.failed = self.in_flight = 0
+
+    def begin(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+
+    def end(self, latency_ms: float, ok: bool) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            if ok:
+                self.scored += 1
+                self._latencies.append(latency_ms)
+            else:
+                self.failed += 1
+
+    def snapshot(self) -> Stats:
+        with self._lock:
+            lat = np.asarray(self._latencies, dtype=np.float64)
+            scored, failed, in_flight = self.scored, self.failed, self.in_flight
+        mean, p50, p95 = (float(lat.mean()), *map(float, np.percentile(lat, [50, 95]))) if lat.size else (0.0,) * 3
+        return Stats(scored, failed, in_flight, mean, p50, p95, time.monotonic() - self._started)
+
+
+def _frame_error(uri: str, e: SegxalError) -> SegxalError:
+    """The same kind of error, its message naming the frame (once)."""
+    msg = str(e)
+    if uri in msg:
+        return e
+    err = type(e)(f"{uri}: {msg}")
+    if hasattr(e, "code"):
+        err.code = e.code
+    return err
+
+
+class ScoringPipeline:
+    """Scores frames named by URI. Thread-safe; `close` when done.
+
+    Args:
+        storage: where frames are read from (confined to its roots).
+        segmentation: inference client whose `infer_segmentation` gives labels, EBU, CAM.
+        depth: inference client whose `infer_depth` gives relative inverse depth (may be the
+            same object as `segmentation` when one server serves both models).
+        cfg: concurrency and deadlines.
+    """
+
+    def __init__(self, storage: FrameStorage, segmentation: InferenceClient, depth: InferenceClient,
+                 cfg: PipelineConfig | None = None):
+        self.cfg = cfg = cfg or PipelineConfig()
+        if cfg.max_concurrency < 1 or cfg.stream_window < 1:
+            raise InvalidInput("max_concurrency and stream_window must be >= 1")
+        self.storage = storage
+        self.segmentation = segmentation
+        self.depth = depth
+        self._frames = ThreadPoolExecutor(cfg.max_concurrency, thread_name_prefix="eem-frame")
+        self._depth_calls = ThreadPoolExecutor(cfg.max_concurrency, thread_name_prefix="eem-depth")
+        self._counters = _Counters(cfg.latency_window)
+
+    # -- one frame -----------------------------------------------------------------------------
+
+    def score(self, request: FrameRequest) -> ScoredFrame:
+        """Score one frame (on the shared pool, so it counts against max_concurrency).
+
+        Raises:
+            InvalidInput: bad options, a corrupt image or a size the models cannot take.
+            NotFound / PermissionDenied: missing file / outside the storage roots.
+            NotReady: an inference backend is down or missed its deadline.
+            (Every message names the frame.)
+        """
+        return self._frames.submit(self._score_counted, request).result()
+
+    def _score_counted(self, request: FrameRequest) -> ScoredFrame:
+        started = time.perf_counter()
+        self._counters.begin()
+        ok = False
+        try:
+            result = self._score(request, started)
+            ok = True
+            return result
+        except SegxalError as e:
+            raise _frame_error(request.uri, e) from None
+        finally:
+            self._counters.end((time.perf_counter() - started) * 1e3, ok)
+
+    def _score(self, request: FrameRequest, started: float) -> ScoredFrame:
+        if request.rejected is not None:
+            raise request.rejected
+        opts = request.options.validate()
+        image = self.storage.read_rgb(request.uri)  # uint8 [H, W, 3], decoded once
+        batch = image[None]  # [1, H, W, 3]
+        timeout = self.cfg.inference_timeout_s
+        depth_call = self._depth_calls.submit(self.depth.infer_depth, batch, timeout_s=timeout)
+        seg_error = None
+        try:
+            seg = self.segmentation.infer_segmentation(batch, timeout_s=timeout)
+        except SegxalError as e:
+            seg_error = e  # still wait for depth: the frame holds its slot until both calls end
+        inverse_depth, depth_version = depth_call.result()  # [1, H, W]
+        if seg_error is not None:
+            raise seg_error
+        if seg["cam"] is None:
+            raise InvalidInput(f"segmentation model {self.segmentation.segmentation_model!r} has no CAM "
+                               f"output; the EEM needs one (export it with segxal.export)")
+        frame = score_frame(seg["labels"][0], seg["ebu"][0], seg["cam"][0], inverse_depth[0], opts.eem,
+                            with_regions=opts.regions)
+        return self._result(request, frame, image.shape[:2],
+                            ModelVersions(f"{self.segmentation.segmentation_model}:{seg['model_version']}",
+                                          f"{self.depth.depth_model}:{depth_version}"),
+                            started)
+
+    def _result(self, request: FrameRequest, frame: FrameEEM, size: tuple[int, int],
+                versions: ModelVersions, started: float) -> ScoredFrame:
+        opts = request.options
+        maps = {"ebu": frame.ebu, "cam": frame.cam, "proximity": frame.proximity, "eem": frame.eem}
+        threshold = 0.0
+        if opts.regions:
+            # extract_regions computes the same Otsu threshold internally; it is recomputed here
+            # only to report it (one histogram, ~1 ms)
+            threshold = opts.eem.threshold if opts.eem.threshold_mode == "fixed" else otsu_threshold(frame.eem)
+        return ScoredFrame(
+            frame_id=request.frame_id, uri=request.uri, score=frame.score,
+            height=int(size[0]), width=int(size[1]), model_versions=versions, threshold=float(threshold),
+            maps_png={k: imageio.encode_png(quantise_map(maps[k], opts.map_bits)) for k in opts.maps},
+            map_bits=opts.map_bits, regions=frame.regions,
+            labels_png=imageio.encode_png(frame.labels.astype(np.uint8)) if opts.labels else b"",
+            latency_ms=(time.perf_counter() - started) * 1e3)
+
+    def _score_or_error(self, request: FrameRequest) -> ScoredFrame:
+        """A result either way: a frame's failure must not end the stream it came in."""
+        try:
+            return self._score_counted(request)
+        except Exception as e:  # noqa: BLE001 - per-frame isolation; the edge maps it to a status
+            return ScoredFrame(frame_id=request.frame_id, uri=request.uri, error=e)
+
+    # -- many frames ---------------------------------------------------------------------------
+
+    def score_many(self, requests: Iterable[FrameRequest]) -> Iterator[ScoredFrame]:
+        """Score frames as they come, yielding results as they finish (not in request order).
+
+        A frame that fails yields a ScoredFrame with `error` set; the others go on. At most
+        `stream_window` requests are read ahead of the yielded results. Closing the iterator
+        (the caller went away) stops reading requests; frames already started finish.
+
+        Raises:
+            whatever iterating `requests` raises, after the results already started are yielded.
+        """
+        done = queue.SimpleQueue()  # ScoredFrame | _FeedEnd
+        window = threading.Semaphore(self.cfg.stream_window)
+        stop = threading.Event()
+
+        def feed() -> None:
+            submitted, error = 0, None
+            try:
+                for request in requests:
+                    window.acquire()
+                    if stop.is_set():
+                        break
+                    self._frames.submit(self._score_or_error, request).add_done_callback(
+                        lambda f: done.put(f.result()))
+                    submitted += 1
+            except Exception as e:  # noqa: BLE001 - handed to the consumer thread, raised there
+                error = e
+            done.put(_FeedEnd(submitted, error))
+
+        feeder = threading.Thread(target=feed, name="eem-stream-feed", daemon=True)
+        feeder.start()
+        yielded, end = 0, None
+        try:
+            while end is None or yielded < end.submitted:
+                item = done.get()
+                if isinstance(item, _FeedEnd):
+                    end = item
+                    continue
+                window.release()
+                yielded += 1
+                yield item
+            if end.error is not None:
+                raise end.error
+        finally:
+            stop.set()
+            window.release()  # wake the feeder if it waits for room, so it sees `stop`
+
+    # -- backends, stats, shutdown -------------------------------------------------------------
+
+    def backends_ready(self) -> bool:
+        """True when both inference servers answer and report their model ready."""
+        try:
+            return bool(self.segmentation.is_ready(self.segmentation.segmentation_model)
+                        and self.depth.is_ready(self.depth.depth_model))
+        except SegxalError as e:
+            log.debug("inference backend not ready: %s", e)
+            return False
+
+    def stats(self) -> Stats:
+        return self._counters.snapshot()
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the pools (frames in progress finish when wait=True)."""
+        self._frames.shutdown(wait=wait, cancel_futures=not wait)
+        self._depth_calls.shutdown(wait=wait, cancel_futures=not wait)
+
+
+@dataclass
+class _FeedEnd:
+    submitted: int
+    error: BaseException | None
+
