@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -128,23 +128,21 @@ def _fit(model: torch.nn.Module, dataset, cfg: TrainConfig, loss_fn: Callable, *
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
     total = max(1, cfg.epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     start_epoch = 0
     if ckpt_path is not None and Path(ckpt_path).is_file():
         ck = read_checkpoint(ckpt_path)
         if ck.get("kind") == kind and ck.get("meta", {}).get("train_epochs") == cfg.epochs \
-                and ck.get("optimizer") is not None and ck["epoch"] < cfg.epochs:
+                and ck.get("optimizer") is not None:
             model.load_state_dict(ck["state_dict"])
             opt.load_state_dict(ck["optimizer"])
             start_epoch = ck["epoch"]
-            for _ in range(start_epoch * steps_per_epoch):
-                sched.step()
-            gen.manual_seed(cfg.seed + start_epoch)
             log.info("resuming %s from epoch %d", ckpt_path, start_epoch)
-    losses = []
+    losses: list[float] = []  # this call's epochs (a finished checkpoint: none)
     t0 = time.time()
+    step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, cfg.epochs):
+        # re-seeded per epoch so a resumed run shuffles and flips exactly like an unbroken one
+        gen.manual_seed(cfg.seed * 100_003 + epoch)
         running, n = 0.0, 0
         it = _loader(dataset, cfg.batch_size, True, gen)
         bar = tqdm(it, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False)
@@ -152,12 +150,14 @@ def _fit(model: torch.nn.Module, dataset, cfg: TrainConfig, loss_fn: Callable, *
             img, lab, depth = img.to(device), lab.to(device), depth.to(device)
             if cfg.flip and torch.rand(1, generator=gen).item() < 0.5:
                 img, lab, depth = img.flip(-1), lab.flip(-1), depth.flip(-1)
+            for g in opt.param_groups:  # cosine decay by global step (resumes exactly)
+                g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
             loss = loss_fn(model, img, lab, depth)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
-            running += float(loss) * img.shape[0]
+            step += 1
+            running += float(loss.detach()) * img.shape[0]
             n += img.shape[0]
             bar.set_postfix(loss=f"{running / n:.4f}")
         losses.append(running / max(n, 1))

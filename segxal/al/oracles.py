@@ -72,7 +72,7 @@ def simulated_human(gt: np.ndarray, pred: np.ndarray, region_masks: list[np.ndar
         for m in region_masks:
             if m.shape != gt.shape:
                 raise InvalidInput(f"region mask {m.shape} does not match the frame {gt.shape}")
-            touched |= m
+            touched |= m.astype(bool)
         n_regions = len(region_masks)
     rest = pred if outside == "prediction" else np.full_like(gt, IGNORE)
     mask = np.where(touched, gt, rest).astype(np.uint8)  # [H, W]

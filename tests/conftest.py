@@ -1,0 +1,12 @@
+"""Shared fixtures: a tiny synthetic Cityscapes-layout dataset, generated once per session."""
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """64x128 frames: 6 train, 2 val, 1 test sequences of 4 frames (real generator, real files)."""
+    from segxal.data.synth import SynthConfig, generate
+    out = tmp_path_factory.mktemp("synth") / "data"
+    generate(SynthConfig(height=64, width=128, train_sequences=6, val_sequences=2,
+                         test_sequences=1, frames_per_sequence=4, seed=7), out)
+    return out
