@@ -117,9 +117,12 @@ def _loader(dataset, batch_size: int, shuffle: bool, gen: torch.Generator | None
 
 
 def _fit(model: torch.nn.Module, dataset, cfg: TrainConfig, loss_fn: Callable, *, kind: str,
-         ckpt_path: str | Path | None, desc: str, meta: dict | None = None) -> dict:
+         ckpt_path: str | Path | None, desc: str, meta: dict | None = None,
+         on_epoch: Callable[[int, float], None] | None = None) -> dict:
     """Shared epoch loop: AdamW + cosine LR, flip augmentation, per-epoch atomic checkpoint,
-    resume from `ckpt_path` when it holds an unfinished run of the same length."""
+    resume from `ckpt_path` when it holds an unfinished run of the same length. `on_epoch(epochs
+    done, mean loss)` runs after each epoch's checkpoint (progress reports; raising stops the run
+    there, resumable)."""
     if len(dataset) == 0:
         raise InvalidInput("training set is empty")
     device = resolve_device(cfg.device)
@@ -164,6 +167,8 @@ def _fit(model: torch.nn.Module, dataset, cfg: TrainConfig, loss_fn: Callable, *
         if ckpt_path is not None:
             save_checkpoint(ckpt_path, model, kind=kind, optimizer=opt, epoch=epoch + 1,
                             meta={**(meta or {}), "train_epochs": cfg.epochs, "losses": losses})
+        if on_epoch is not None:
+            on_epoch(epoch + 1, losses[-1])
     model.eval()
     return {"losses": losses, "seconds": time.time() - t0,
             "seconds_per_epoch": (time.time() - t0) / max(1, cfg.epochs - start_epoch)}
@@ -173,10 +178,11 @@ def _seg_loss(model, img, lab, _depth):
     return F.cross_entropy(model(img), lab, ignore_index=IGNORE)
 
 
-def train_segmentation(model: UNet, dataset, cfg: TrainConfig, ckpt_path=None, meta=None) -> dict:
+def train_segmentation(model: UNet, dataset, cfg: TrainConfig, ckpt_path=None, meta=None,
+                       on_epoch: Callable[[int, float], None] | None = None) -> dict:
     """Fine-tune / train a U-Net with cross-entropy (255 = not labeled, ignored)."""
     return _fit(model, dataset, cfg, _seg_loss, kind="unet", ckpt_path=ckpt_path,
-                desc="train seg", meta=meta)
+                desc="train seg", meta=meta, on_epoch=on_epoch)
 
 
 def train_depth(model: DepthNet, dataset, cfg: TrainConfig, ckpt_path=None, meta=None) -> dict:
