@@ -10,7 +10,14 @@ from segxal import errors as E
 
 log = logging.getLogger(__name__)
 
+
+class DeadlineExceeded(E.NotReady):
+    """The caller's deadline passed before the work ran (DEADLINE_EXCEEDED rather than UNAVAILABLE,
+    so that a client racing its own deadline sees one code either way)."""
+
+
 STATUS_FOR = {
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,  # before NotReady: the first match wins
     E.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     E.NotFound: grpc.StatusCode.NOT_FOUND,
     E.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,

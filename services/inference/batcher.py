@@ -1,0 +1,237 @@
+"""Dynamic batching of concurrent requests for one model version (Triton's dynamic batcher, in
+small): requests queue up; an instance thread takes the oldest, waits up to `max_queue_delay_s`
+for more requests of the same shape, concatenates up to `max_batch_size` rows, runs the model once
+and hands each caller its slice.
+
+- The queue is bounded: past `max_queue_size` waiting requests, `submit` raises ResourceExhausted.
+- Deadlines: a request whose deadline has passed is dropped before it reaches the model, and its
+  caller stops waiting at the deadline.
+- `close()` refuses new requests and finishes every queued one before the threads exit, so a
+  version swapped out (hot reload) or a server stopping drops nothing it accepted.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from segxal.errors import NotReady, ResourceExhausted
+from services.common.errors import DeadlineExceeded
+
+log = logging.getLogger(__name__)
+
+
+class BatcherClosed(NotReady):
+    """The batcher stopped taking requests (its version was swapped out); resolve the version again."""
+
+
+class DeadlineExpired(DeadlineExceeded):
+    """The request's deadline passed before the model ran it (DEADLINE_EXCEEDED at the edge)."""
+
+
+@dataclass
+class BatchPolicy:
+    max_batch_size: int = 8  # rows per execution; 0 = the model has no batch dimension, no batching
+    max_queue_delay_s: float = 0.002  # how long the oldest request may wait for company
+    max_queue_size: int = 64  # waiting requests (not rows); more are refused
+    instances: int = 1  # threads executing batches in parallel
+
+
+class _Pending:
+    __slots__ = ("inputs", "outputs", "rows", "key", "deadline", "enqueued", "done", "result", "error")
+
+    def __init__(self, inputs: dict[str, np.ndarray], outputs: list[str] | None, rows: int,
+                 deadline: float | None, batched: bool):
+        self.inputs = inputs
+        self.outputs = outputs
+        self.rows = rows
+        # requests batch together only when every non-batch dimension and dtype agree
+        self.key = tuple((n, a.shape[1:] if batched else a.shape, a.dtype.str) for n, a in sorted(inputs.items()))
+        self.deadline = deadline
+        self.enqueued = time.monotonic()
+        self.done = threading.Event()
+        self.result: dict[str, np.ndarray] | None = None
+        self.error: BaseException | None = None
+
+
+RunFn = Callable[[dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]
+
+
+class Batcher:
+    """Queue + instance threads in front of one model's `run(feeds, output_names)`.
+
+    Args:
+        run: executes feeds (batch first) and returns the named outputs.
+        output_names: all outputs of the model, in config order (the default when none are requested).
+        policy: batching limits.
+        name: for thread names and logs, e.g. "segmentation/3".
+    """
+
+    def __init__(self, run: RunFn, output_names: list[str], policy: BatchPolicy, name: str):
+        self._run = run
+        self._all_outputs = list(output_names)
+        self.policy = policy
+        self.name = name
+        self._batching = policy.max_batch_size > 0
+        self._queue: deque[_Pending] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._flushing = False  # shutting down: run queued requests without waiting for company
+        self._threads = [threading.Thread(target=self._instance_loop, name=f"batcher-{name}-{i}", daemon=True)
+                         for i in range(max(1, policy.instances))]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, inputs: dict[str, np.ndarray], outputs: list[str] | None, rows: int,
+               deadline: float | None) -> dict[str, np.ndarray]:
+        """Queue a request and wait for its outputs.
+
+        Args:
+            inputs: name -> array, already checked against the model (batch first when batched).
+            outputs: requested names, None = all.
+            rows: the request's batch size.
+            deadline: time.monotonic() after which the caller no longer waits.
+
+        Returns:
+            name -> this request's slice of each output.
+
+        Raises:
+            BatcherClosed: closed before the request was queued (nothing ran).
+            ResourceExhausted: the queue holds max_queue_size requests already.
+            DeadlineExpired: the deadline passed first.
+            Whatever the model raised for the batch holding this request.
+        """
+        pending = _Pending(inputs, outputs, rows, deadline, self._batching)
+        with self._cond:
+            if self._closed:
+                raise BatcherClosed(f"{self.name}: no longer accepting requests")
+            if len(self._queue) >= self.policy.max_queue_size:
+                raise ResourceExhausted(f"model {self.name}: queue full ({self.policy.max_queue_size} "
+                                        f"requests waiting); retry later")
+            self._queue.append(pending)
+            self._cond.notify_all()
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not pending.done.wait(timeout):
+            with self._cond:
+                try:
+                    self._queue.remove(pending)  # free its queue slot; if running, its result is dropped
+                    self._cond.notify_all()  # it may have been the head an instance waits on
+                except ValueError:
+                    pass
+            raise DeadlineExpired(f"model {self.name}: deadline passed while waiting for execution")
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def queue_length(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def flush(self) -> None:
+        """Stop holding requests back for batching (shutdown: finish in-flight work quickly);
+        requests are still accepted."""
+        with self._cond:
+            self._flushing = True
+            self._cond.notify_all()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new requests, finish the queued ones, stop the threads."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout)
+
+    # ---- instance threads ----
+
+    def _take_batch(self) -> list[_Pending] | None:
+        """Wait for work and take one batch of compatible requests (None: closed and drained)."""
+        p = self.policy
+        with self._cond:
+            while True:
+                while not self._queue:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                first = self._queue[0]
+                if self._batching and not (self._closed or self._flushing) and not self._window_closes(first):
+                    continue  # the head left (expired, or another instance took it): start over
+                break
+            batch, rows, keep = [], 0, deque()
+            while self._queue:
+                q = self._queue.popleft()
+                if (not batch) or (self._batching and q.key == first.key and rows + q.rows <= p.max_batch_size):
+                    batch.append(q)
+                    rows += q.rows
+                else:
+                    keep.append(q)
+                if not self._batching or rows >= p.max_batch_size:
+                    break
+            keep.extend(self._queue)
+            self._queue = keep
+            if self._queue:
+                self._cond.notify_all()  # work left for another instance
+            return batch
+
+    def _window_closes(self, first: _Pending) -> bool:
+        """Wait (holding the condition) until `first`'s batch is full or its delay is over: True;
+        False if `first` stopped being the head of the queue meanwhile."""
+        flush_at = first.enqueued + self.policy.max_queue_delay_s
+        while not (self._closed or self._flushing):
+            if not self._queue or self._queue[0] is not first:
+                return False
+            rows = sum(q.rows for q in self._queue if q.key == first.key)
+            remaining = flush_at - time.monotonic()
+            if rows >= self.policy.max_batch_size or remaining <= 0:
+                return True
+            self._cond.wait(remaining)
+        return bool(self._queue)  # closing or flushing: run what is queued without waiting
+
+    def _instance_loop(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            if batch:
+                self._execute(batch)
+
+    def _execute(self, batch: list[_Pending]) -> None:
+        now = time.monotonic()
+        live = []
+        for q in batch:
+            if q.deadline is not None and q.deadline <= now:
+                q.error = DeadlineExpired(f"model {self.name}: deadline passed in the queue; not run")
+                q.done.set()
+            else:
+                live.append(q)
+        if not live:
+            return
+        wanted = set()
+        for q in live:
+            wanted.update(q.outputs or self._all_outputs)
+        names = [n for n in self._all_outputs if n in wanted]
+        if len(live) == 1:
+            feeds = live[0].inputs  # no copy for a lone request
+        else:
+            feeds = {n: np.concatenate([q.inputs[n] for q in live]) for n in live[0].inputs}  # [rows, ...]
+        try:
+            out = self._run(feeds, names)
+        except BaseException as e:  # noqa: BLE001 - handed to every caller of the batch
+            if not isinstance(e, Exception):
+                raise
+            for q in live:
+                q.error = e
+                q.done.set()
+            return
+        start = 0
+        for q in live:
+            stop = start + q.rows if self._batching else start
+            # slices along the batch axis of C-contiguous arrays are contiguous views: no copy
+            q.result = {n: (out[n][start:stop] if self._batching else out[n]) for n in (q.outputs or names)}
+            start = stop
+            q.done.set()

@@ -1,0 +1,74 @@
+"""Entry point: `python -m services.inference.main --repo DIR --port N`.
+
+Flags override environment variables (SEGXAL_INFERENCE_*), which override the defaults of
+InferenceServerConfig. SIGTERM / SIGINT stop gracefully (in-flight requests finish).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+
+from services.common.server import ServerConfig
+from services.inference.config import InferenceServerConfig, RuntimeConfig
+from services.inference.server import InferenceServer
+
+log = logging.getLogger("services.inference")
+
+
+def _env(name: str, default):
+    return os.environ.get(f"SEGXAL_INFERENCE_{name}", default)
+
+
+def build_config(argv: list[str] | None = None) -> InferenceServerConfig:
+    d = InferenceServerConfig()
+    p = argparse.ArgumentParser(description="SegXAL inference server (open inference protocol, ONNX Runtime)")
+    p.add_argument("--repo", default=_env("REPO", d.repository), help="model repository (Triton layout)")
+    p.add_argument("--host", default=_env("HOST", "0.0.0.0"))
+    p.add_argument("--port", type=int, default=int(_env("PORT", 8001)))
+    p.add_argument("--poll-interval", type=float, default=float(_env("POLL_INTERVAL_S", d.poll_interval_s)),
+                   help="seconds between repository polls; 0 = explicit loads only")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=_env("DEVICE", d.runtime.device))
+    p.add_argument("--intra-op-threads", type=int,
+                   default=int(_env("INTRA_OP_THREADS", d.runtime.intra_op_threads)))
+    p.add_argument("--max-workers", type=int, default=int(_env("MAX_WORKERS", d.server.max_workers)))
+    p.add_argument("--max-tensor-mb", type=float,
+                   default=float(_env("MAX_TENSOR_MB", d.max_tensor_bytes / 2**20)))
+    p.add_argument("--grace", type=float, default=float(_env("GRACE_S", d.server.grace_s)))
+    p.add_argument("--tls-cert", default=_env("TLS_CERT", None))
+    p.add_argument("--tls-key", default=_env("TLS_KEY", None))
+    p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA", None))
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    a = p.parse_args(argv)
+    logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return InferenceServerConfig(
+        repository=a.repo,
+        server=ServerConfig(address=f"{a.host}:{a.port}", max_workers=a.max_workers, grace_s=a.grace,
+                            tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca),
+        runtime=RuntimeConfig(device=a.device, intra_op_threads=a.intra_op_threads),
+        poll_interval_s=a.poll_interval,
+        max_tensor_bytes=int(a.max_tensor_mb * 2**20))
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = build_config(argv)
+    server = InferenceServer(cfg)
+    port = server.start()
+    log.info("inference server on port %d, repository %s", port, cfg.repository)
+    stopping = threading.Event()
+
+    def _stop(signum, frame):
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    stopping.wait()
+    log.info("stopping (grace %.1f s)", cfg.server.grace_s)
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,350 @@
+"""The inference core: which model versions are loaded, how requests reach them, and hot reload.
+
+Each model has an immutable mapping version -> loaded version (ONNX Runtime session + batcher).
+Loading never touches that mapping until the new version is fully loaded; then the mapping is
+replaced in one assignment (atomic under the GIL), and the versions that left it are drained
+(their batchers finish every queued request) in the background. A request that picked a version
+just before the swap and finds its batcher closed resolves the version again, so a swap fails no
+request. Versions follow config.pbtxt's version_policy (latest N by default); a request may pin
+a version by number.
+
+Polling (every `poll_interval_s`) picks up new versions, new models, changed configs and removed
+models; a version that fails to load is skipped (the previous versions keep serving) and is not
+retried until its files or the config change. An explicit load (RepositoryModelLoad) retries and
+reports the failure to the caller.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from segxal.errors import FailedPrecondition, NotFound, NotReady, SegxalError
+from segxal.modelspec import TensorSpec
+from services.common.model_repository import (
+    ModelRepository, candidate_versions, format_config)
+from services.inference.batcher import Batcher, BatcherClosed, BatchPolicy
+from services.inference.config import InferenceServerConfig
+from services.inference.protocol import InferRequest, InferResult, ModelStatus
+from services.inference.runtime import OnnxModel
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_MAX_QUEUE_SIZE = 1024  # Triton's max_queue_size 0 means unbounded; we still keep a cap
+_SWAP_RETRIES = 5  # a request can meet this many swaps in a row before giving up (UNAVAILABLE)
+
+
+@dataclass
+class _Version:
+    number: int
+    signature: tuple  # config text + file stats: a change means "load again"
+    model: OnnxModel
+    batcher: Batcher
+
+
+@dataclass
+class _ModelState:
+    name: str
+    versions: dict[int, _Version] = field(default_factory=dict)  # replaced wholesale, never mutated
+    failed: dict[int, tuple] = field(default_factory=dict)  # version -> signature that failed to load
+    reason: str = ""  # why the last load failed (RepositoryIndex shows it)
+    unloaded: bool = False  # explicitly unloaded: polling leaves it alone until loaded again
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What ModelMetadata / ModelConfig report about a loaded model version."""
+    name: str
+    versions: list[int]
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    batched: bool
+    config: mc.ModelConfig
+
+
+def batch_policy(config: mc.ModelConfig) -> BatchPolicy:
+    """Batching limits from a config (Triton's fields and meaning).
+
+    Without `dynamic_batching` each request runs alone (with its own batch dimension).
+    """
+    instances = sum(g.count for g in config.instance_group) or 1
+    if not config.HasField("dynamic_batching") or config.max_batch_size <= 0:
+        return BatchPolicy(max_batch_size=0, max_queue_delay_s=0.0,
+                           max_queue_size=_DEFAULT_MAX_QUEUE_SIZE, instances=instances)
+    db = config.dynamic_batching
+    return BatchPolicy(max_batch_size=config.max_batch_size,
+                       max_queue_delay_s=db.max_queue_delay_microseconds / 1e6,
+                       max_queue_size=db.default_queue_policy.max_queue_size or _DEFAULT_MAX_QUEUE_SIZE,
+                       instances=instances)
+
+
+class ModelManager:
+    """Loads, serves, swaps and unloads the repository's models.
+
+    Args:
+        repository: the model repository.
+        cfg: server configuration (runtime, polling, limits).
+        on_readiness: called with (model name, ready) whenever a model's readiness may have changed.
+    """
+
+    def __init__(self, repository: ModelRepository, cfg: InferenceServerConfig,
+                 on_readiness: Callable[[str, bool], None] | None = None):
+        self.repository = repository
+        self.cfg = cfg
+        self._on_readiness = on_readiness or (lambda name, ready: None)
+        self._models: dict[str, _ModelState] = {}
+        self._lock = threading.Lock()  # serialises loads/unloads/polls; inference never takes it
+        self._retiring: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    # ---- life cycle ----
+
+    def start(self) -> None:
+        """Load every model in the repository (failures are logged), then start polling."""
+        self.poll()
+        if self.cfg.poll_interval_s > 0:
+            self._poller = threading.Thread(target=self._poll_loop, name="model-poller", daemon=True)
+            self._poller.start()
+
+    def begin_shutdown(self) -> None:
+        """Stop polling and stop holding requests back for batching, so that in-flight requests
+        finish within the server's grace period; still serving."""
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join()
+        with self._lock:
+            for state in self._models.values():
+                for lv in state.versions.values():
+                    lv.batcher.flush()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop polling and drain every loaded version (queued requests finish)."""
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout)
+        with self._lock:
+            for state in self._models.values():
+                self._retire(state, list(state.versions.values()))
+                state.versions = {}
+        for t in self._retiring:
+            t.join(timeout)
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.cfg.poll_interval_s):
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - the poller must survive anything on disk
+                log.exception("model repository poll failed")
+
+    def poll(self) -> None:
+        """One pass over the repository: load new/changed versions, drop removed models."""
+        try:
+            names = self.repository.list_models()
+        except NotFound as e:
+            log.error("%s", e)
+            names = []
+        with self._lock:
+            for name in names:
+                state = self._models.get(name)
+                if state is not None and state.unloaded:
+                    continue
+                self._sync(name, explicit=False)
+            for name in [n for n in self._models if n not in names]:
+                state = self._models.pop(name)
+                self._retire(state, list(state.versions.values()))
+                log.info("model %s: removed from the repository, unloaded", name)
+                self._on_readiness(name, False)
+
+    # ---- loading ----
+
+    def _signature(self, model: str, version: int, config: mc.ModelConfig) -> tuple:
+        d = self.repository.version_dir(model, version)
+        files = []
+        for entry in sorted(os.scandir(d), key=lambda e: e.name):
+            st = entry.stat()
+            files.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ino))
+        return format_config(config), tuple(files)
+
+    def _load_version(self, model: str, version: int, config: mc.ModelConfig, signature: tuple) -> _Version:
+        own_config = mc.ModelConfig()
+        own_config.CopyFrom(config)  # completed from the graph per version; never shared
+        path = self.repository.model_file(model, version, own_config)
+        onnx_model = OnnxModel(path, own_config, self.cfg.runtime)
+        batcher = Batcher(onnx_model.run, onnx_model.output_names, batch_policy(own_config),
+                          name=f"{model}/{version}")
+        log.info("model %s: version %d loaded (%s)", model, version, ", ".join(onnx_model.providers))
+        return _Version(version, signature, onnx_model, batcher)
+
+    def _sync(self, name: str, explicit: bool) -> list[str]:
+        """Bring one model in line with the repository; returns the load errors (caller holds _lock)."""
+        state = self._models.setdefault(name, _ModelState(name))
+        errors: list[str] = []
+        try:
+            config = self.repository.read_config(name)
+            candidates, wanted = candidate_versions(config, self.repository.list_versions(name))
+        except SegxalError as e:
+            errors.append(str(e))
+            candidates, wanted, config = [], 0, None
+        current = state.versions
+        chosen: dict[int, _Version] = {}
+        for v in candidates:
+            if len(chosen) >= wanted:
+                break
+            try:
+                signature = self._signature(name, v, config)
+            except OSError:  # the version folder vanished while we looked
+                continue
+            loaded = current.get(v)
+            if loaded is not None and loaded.signature == signature:
+                chosen[v] = loaded
+                continue
+            if not explicit and state.failed.get(v) == signature:
+                continue  # failed before, unchanged since: don't retry (or log) every poll
+            try:
+                chosen[v] = self._load_version(name, v, config, signature)
+                state.failed.pop(v, None)
+            except SegxalError as e:
+                state.failed[v] = signature
+                errors.append(f"version {v}: {e}")
+                log.error("model %s: version %d failed to load: %s", name, v, e)
+        if errors and not chosen:
+            chosen = current  # nothing new works: whatever served before keeps serving
+        if errors or chosen:
+            state.reason = "; ".join(errors)  # else: only known failures were skipped, keep their reason
+        if chosen is not current:
+            state.versions = chosen  # the swap: one assignment
+            retired = [lv for v, lv in current.items() if chosen.get(v) is not lv]
+            self._retire(state, retired)
+            if chosen.keys() != current.keys() or retired:
+                log.info("model %s: serving versions %s", name, sorted(chosen))
+        self._on_readiness(name, bool(state.versions))
+        return errors
+
+    def _retire(self, state: _ModelState, versions: list[_Version]) -> None:
+        """Drain swapped-out versions in the background (their queued requests still complete)."""
+        for lv in versions:
+            t = threading.Thread(target=lv.batcher.close, name=f"retire-{state.name}/{lv.number}", daemon=True)
+            t.start()
+            self._retiring.append(t)
+        self._retiring = [t for t in self._retiring if t.is_alive()]
+
+    def load(self, name: str) -> None:
+        """(Re)load a model now, as RepositoryModelLoad asks.
+
+        Raises:
+            NotFound: the model is not in the repository.
+            FailedPrecondition: a version or the config failed to load; the versions served before
+                keep serving (the message lists both).
+        """
+        if name not in self.repository.list_models():
+            raise NotFound(f"model {name!r} is not in the repository {self.repository.root}")
+        with self._lock:
+            state = self._models.setdefault(name, _ModelState(name))
+            state.unloaded = False
+            errors = self._sync(name, explicit=True)
+            serving = sorted(state.versions)
+        if errors:
+            raise FailedPrecondition(f"model {name!r}: {'; '.join(errors)} (serving versions {serving})")
+
+    def unload(self, name: str) -> None:
+        """Stop serving a model; queued requests finish. Polling leaves it unloaded until `load`.
+
+        Raises:
+            NotFound: the model is neither loaded nor in the repository.
+        """
+        with self._lock:
+            state = self._models.get(name)
+            if state is None:
+                if name not in self.repository.list_models():
+                    raise NotFound(f"model {name!r} is not in the repository {self.repository.root}")
+                state = self._models[name] = _ModelState(name)
+            state.unloaded = True
+            old = list(state.versions.values())
+            state.versions = {}
+            state.reason = "unloaded"
+            self._retire(state, old)
+        self._on_readiness(name, False)
+
+    # ---- serving ----
+
+    def _resolve(self, name: str, version: int | None) -> _Version:
+        state = self._models.get(name)
+        if state is None:
+            raise NotFound(f"model {name!r} is not served; models: {sorted(self._models)}")
+        versions = state.versions
+        if not versions:
+            raise NotReady(f"model {name!r} has no version loaded ({state.reason or 'loading'})")
+        number = max(versions) if version is None else version
+        loaded = versions.get(number)
+        if loaded is None:
+            raise NotFound(f"model {name!r} version {number} is not served; serving versions {sorted(versions)}")
+        return loaded
+
+    def infer(self, request: InferRequest) -> InferResult:
+        """Run one request on the requested (or latest) version, batched with concurrent ones.
+
+        Raises:
+            NotFound: unknown model or version. NotReady: no version loaded, or the deadline passed.
+            InvalidInput: tensors do not fit the model. ResourceExhausted: queue full.
+        """
+        for _ in range(_SWAP_RETRIES):
+            loaded = self._resolve(request.model, request.version)
+            rows = loaded.model.check_request(request.inputs, request.outputs)
+            try:
+                outputs = loaded.batcher.submit(request.inputs, request.outputs, rows, request.deadline)
+            except BatcherClosed:
+                continue  # swapped out between resolve and submit: the new mapping is in place
+            return InferResult(model=request.model, version=loaded.number, outputs=outputs,
+                               request_id=request.request_id)
+        raise NotReady(f"model {request.model!r} is being reloaded; retry")
+
+    def model_ready(self, name: str, version: int | None = None) -> bool:
+        state = self._models.get(name)
+        if state is None or not state.versions:
+            return False
+        return version is None or version in state.versions
+
+    def pending_requests(self, name: str) -> int:
+        """Requests queued (not yet executing) for a model, all versions together."""
+        state = self._models.get(name)
+        return sum(v.batcher.queue_length() for v in state.versions.values()) if state else 0
+
+    def server_ready(self) -> bool:
+        """Ready when every model meant to serve (not explicitly unloaded) has a version loaded."""
+        return all(s.versions for s in list(self._models.values()) if not s.unloaded)
+
+    def describe(self, name: str, version: int | None = None) -> ModelDescription:
+        """Metadata and config of a served model version (latest if None).
+
+        Raises:
+            NotFound / NotReady: as infer.
+        """
+        loaded = self._resolve(name, version)
+        m = loaded.model
+        return ModelDescription(
+            name=name, versions=sorted(self._models[name].versions), platform=m.config.platform,
+            inputs=[io.spec for io in m.inputs], outputs=[io.spec for io in m.outputs],
+            batched=m.batched, config=m.config)
+
+    def repository_index(self, ready_only: bool = False) -> list[ModelStatus]:
+        """Every model in the repository (and any still loaded), with its versions' state."""
+        try:
+            names = set(self.repository.list_models())
+        except NotFound:
+            names = set()
+        names |= set(self._models)
+        rows = []
+        for name in sorted(names):
+            state = self._models.get(name)
+            versions = state.versions if state else {}
+            for v in sorted(versions):
+                rows.append(ModelStatus(name, str(v), "READY"))
+            if not versions and not ready_only:
+                rows.append(ModelStatus(name, "", "UNAVAILABLE", (state.reason if state else "") or "not loaded"))
+        return rows

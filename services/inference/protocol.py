@@ -1,0 +1,168 @@
+"""The one place that converts between open-inference-protocol messages (tritonclient's generated
+`service_pb2`) and the core's plain objects: infer requests and responses (raw and typed tensor
+contents), model metadata, repository index. The servicer calls these and nothing else touches
+`raw_input_contents` / `raw_output_contents`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+
+from segxal.errors import InvalidInput, ResourceExhausted
+from segxal.modelspec import TensorSpec, datatype_of, numpy_dtype
+
+# typed `contents` field for each datatype (FP16/BF16 have none: raw only, as in the protocol)
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+    "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+_NO_DEADLINE_S = 1e8  # grpc reports "no deadline" as an enormous time remaining
+
+
+@dataclass
+class InferRequest:
+    model: str
+    version: int | None  # None: the version policy picks (latest)
+    inputs: dict[str, np.ndarray]  # name -> [batch, ...], possibly read-only views on the message
+    outputs: list[str] | None  # requested output names; None = all
+    deadline: float | None  # time.monotonic() after which nobody waits for the answer
+    request_id: str = ""
+
+
+@dataclass
+class InferResult:
+    model: str
+    version: int
+    outputs: dict[str, np.ndarray]  # in response order
+    request_id: str = ""
+
+
+@dataclass
+class ModelStatus:
+    """One row of the repository index."""
+    name: str
+    version: str  # "" for a model with no version loaded
+    state: str  # "READY" | "UNAVAILABLE"
+    reason: str = ""
+
+
+def _deadline(time_remaining_s: float | None, timeout_us: int) -> float | None:
+    now = time.monotonic()
+    deadlines = []
+    if time_remaining_s is not None and time_remaining_s < _NO_DEADLINE_S:
+        deadlines.append(now + time_remaining_s)
+    if timeout_us > 0:  # Triton's per-request "timeout" parameter, in microseconds
+        deadlines.append(now + timeout_us / 1e6)
+    return min(deadlines) if deadlines else None
+
+
+def _decode_tensor(tensor, raw: bytes | None, max_tensor_bytes: int) -> np.ndarray:
+    name = tensor.name
+    shape = list(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"input {name!r}: shape {shape} has negative dimensions")
+    dtype = numpy_dtype(tensor.datatype)
+    count = math.prod(shape)
+    nbytes = count * dtype.itemsize
+    if nbytes > max_tensor_bytes:
+        raise ResourceExhausted(f"input {name!r}: {nbytes} bytes ({tensor.datatype} {shape}) exceeds the "
+                                f"limit of {max_tensor_bytes} bytes per tensor")
+    if raw is not None:
+        if len(raw) != nbytes:
+            raise InvalidInput(f"input {name!r}: {len(raw)} bytes of raw content, expected {nbytes} "
+                               f"for {tensor.datatype} {shape}")
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)  # zero-copy view on the message bytes
+    field = _CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        raise InvalidInput(f"input {name!r}: {tensor.datatype} has no typed contents; send it in raw_input_contents")
+    values = getattr(tensor.contents, field)
+    if len(values) != count:
+        raise InvalidInput(f"input {name!r}: {len(values)} values in contents.{field}, expected {count} "
+                           f"for shape {shape}")
+    return np.asarray(values, dtype=dtype).reshape(shape)
+
+
+def request_from_proto(msg: pb.ModelInferRequest, max_tensor_bytes: int,
+                       time_remaining_s: float | None = None) -> InferRequest:
+    """Decode a ModelInferRequest.
+
+    Raw contents become zero-copy numpy views; typed contents are copied. Sizes are checked from
+    the declared shapes before anything is decoded.
+
+    Args:
+        msg: the request.
+        max_tensor_bytes: per-tensor limit.
+        time_remaining_s: the RPC's remaining deadline (context.time_remaining()).
+
+    Returns:
+        The decoded request.
+
+    Raises:
+        InvalidInput: bad version string, duplicate input, byte count or value count not matching
+            the shape, unsupported datatype, raw and typed contents mixed up (message names the tensor).
+        ResourceExhausted: a tensor over max_tensor_bytes.
+    """
+    version = parse_version(msg.model_version)
+    raw = msg.raw_input_contents
+    if raw and len(raw) != len(msg.inputs):
+        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(msg.inputs)} inputs; when raw contents "
+                           f"are used, every input needs one, in order")
+    inputs: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(msg.inputs):
+        if tensor.name in inputs:
+            raise InvalidInput(f"input {tensor.name!r} appears twice")
+        inputs[tensor.name] = _decode_tensor(tensor, raw[i] if raw else None, max_tensor_bytes)
+    outputs = [o.name for o in msg.outputs] or None
+    timeout_us = msg.parameters["timeout"].int64_param if "timeout" in msg.parameters else 0
+    return InferRequest(model=msg.model_name, version=version, inputs=inputs, outputs=outputs,
+                        deadline=_deadline(time_remaining_s, timeout_us), request_id=msg.id)
+
+
+def response_to_proto(result: InferResult) -> pb.ModelInferResponse:
+    """Encode a result; every output goes in raw_output_contents (the protocol's fast path)."""
+    response = pb.ModelInferResponse(model_name=result.model, model_version=str(result.version),
+                                     id=result.request_id)
+    for name, array in result.outputs.items():
+        response.outputs.add(name=name, datatype=datatype_of(array.dtype), shape=list(array.shape))
+        # the one unavoidable copy: protobuf bytes fields take bytes
+        response.raw_output_contents.append(array.tobytes())
+    return response
+
+
+def _tensor_metadata(t: TensorSpec, batched: bool) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=t.name, datatype=t.datatype, shape=([-1] if batched else []) + list(t.dims))
+
+
+def metadata_to_proto(name: str, versions: list[int], platform: str, inputs: list[TensorSpec],
+                      outputs: list[TensorSpec], batched: bool) -> pb.ModelMetadataResponse:
+    """ModelMetadataResponse; shapes carry the batch dimension as -1 when the model batches."""
+    return pb.ModelMetadataResponse(
+        name=name, versions=[str(v) for v in versions], platform=platform,
+        inputs=[_tensor_metadata(t, batched) for t in inputs],
+        outputs=[_tensor_metadata(t, batched) for t in outputs])
+
+
+def repository_index_to_proto(rows: list[ModelStatus]) -> pb.RepositoryIndexResponse:
+    return pb.RepositoryIndexResponse(models=[
+        pb.RepositoryIndexResponse.ModelIndex(name=r.name, version=r.version, state=r.state, reason=r.reason)
+        for r in rows])
+
+
+def parse_version(version: str) -> int | None:
+    """'' -> None (policy), '3' -> 3.
+
+    Raises:
+        InvalidInput: not a positive integer.
+    """
+    if not version:
+        return None
+    if not version.isdigit() or int(version) <= 0:
+        raise InvalidInput(f"model version must be a positive integer or empty, got {version!r}")
+    return int(version)

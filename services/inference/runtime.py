@@ -1,0 +1,204 @@
+"""One model version on ONNX Runtime: load the graph, check it against its config.pbtxt, check
+requests against the config, run a batch.
+
+Like Triton's onnxruntime backend, the config is the contract: its inputs and outputs must exist
+in the graph with the same datatypes and compatible shapes, and a config without inputs/outputs
+is completed from the graph (Triton's auto-complete), so a user model needs only a few lines.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+from tritonclient.grpc import model_config_pb2 as mc
+
+from segxal.errors import FailedPrecondition, InvalidInput
+from segxal.modelspec import TensorSpec, datatype_of, numpy_dtype
+from services.common.model_repository import config_datatype, protocol_datatype
+from services.inference.config import RuntimeConfig
+
+log = logging.getLogger(__name__)
+
+_DATATYPE_FOR_ORT = {
+    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
+    "tensor(string)": "BYTES", "tensor(bfloat16)": "BF16",
+}
+
+
+def _providers(runtime: RuntimeConfig) -> list:
+    if runtime.device == "cuda":
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        log.warning("device=cuda asked, but this onnxruntime has no CUDAExecutionProvider; using CPU")
+    elif runtime.device != "cpu":
+        raise InvalidInput(f"runtime device must be cpu or cuda, got {runtime.device!r}")
+    return ["CPUExecutionProvider"]
+
+
+def _graph_dims(arg) -> list[int]:
+    return [d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape]  # symbolic/None -> -1
+
+
+def _dims_compatible(config_dims: list[int], graph_dims: list[int]) -> bool:
+    return len(config_dims) == len(graph_dims) and all(
+        c == -1 or g == -1 or c == g for c, g in zip(config_dims, graph_dims))
+
+
+@dataclass(frozen=True)
+class _IO:
+    spec: TensorSpec
+    dtype: np.dtype
+
+
+class OnnxModel:
+    """A loaded model version.
+
+    Args:
+        path: the version's model.onnx.
+        config: the model's config (completed in place from the graph when it lists no tensors).
+        runtime: provider and thread settings.
+
+    Raises:
+        FailedPrecondition: the file is not a loadable ONNX graph, or disagrees with the config
+            (the message names the tensor); the caller keeps serving what it served before.
+    """
+
+    def __init__(self, path: Path, config: mc.ModelConfig, runtime: RuntimeConfig):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = runtime.intra_op_threads
+        opts.inter_op_num_threads = 1  # parallelism comes from instances and intra-op threads
+        opts.log_severity_level = 3  # ORT warnings about unused initializers etc. are noise here
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=_providers(runtime))
+        except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types for bad files
+            raise FailedPrecondition(f"{path}: cannot load ONNX graph: {str(e).splitlines()[0][:300]}") from None
+        if runtime.device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            log.warning("%s: CUDAExecutionProvider failed to initialise; running on CPU", path)
+        self.config = config
+        self.batched = config.max_batch_size > 0
+        self._complete_config()
+        self.inputs = self._check_tensors("input", config.input, self.session.get_inputs())
+        self.outputs = self._check_tensors("output", config.output, self.session.get_outputs())
+        self.output_names = [o.spec.name for o in self.outputs]
+        params = {k: v.string_value for k, v in config.parameters.items()}
+        self.spatial_multiple = int(params.get("spatial_multiple", "1") or 1)
+        self.layout = params.get("input_layout", "")
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def _complete_config(self) -> None:
+        skip = 1 if self.batched else 0
+        for kind, field, args in (("input", self.config.input, self.session.get_inputs()),
+                                  ("output", self.config.output, self.session.get_outputs())):
+            if len(field):
+                continue
+            for a in args:
+                datatype = _DATATYPE_FOR_ORT.get(a.type)
+                if datatype is None:
+                    raise FailedPrecondition(f"{kind} {a.name!r}: graph type {a.type} is not servable")
+                field.add(name=a.name, data_type=config_datatype(datatype), dims=_graph_dims(a)[skip:])
+
+    def _check_tensors(self, kind: str, declared, graph_args) -> list[_IO]:
+        by_name = {a.name: a for a in graph_args}
+        checked = []
+        for t in declared:
+            a = by_name.get(t.name)
+            if a is None:
+                raise FailedPrecondition(f"config {kind} {t.name!r} is not in the graph; graph {kind}s: "
+                                         f"{sorted(by_name)}")
+            datatype = protocol_datatype(t.data_type)
+            if _DATATYPE_FOR_ORT.get(a.type) != datatype:
+                raise FailedPrecondition(f"{kind} {t.name!r}: config says {datatype}, graph has {a.type}")
+            dims = list(t.dims)
+            expect = ([-1] if self.batched else []) + dims
+            if not _dims_compatible(expect, _graph_dims(a)):
+                raise FailedPrecondition(f"{kind} {t.name!r}: config dims {expect} (batch first) do not fit "
+                                         f"the graph's {_graph_dims(a)}")
+            try:
+                dtype = numpy_dtype(datatype)
+            except InvalidInput as e:
+                raise FailedPrecondition(f"{kind} {t.name!r}: {e}") from None
+            checked.append(_IO(TensorSpec(t.name, datatype, tuple(dims)), dtype))
+        if kind == "input":
+            missing = sorted(set(by_name) - {t.name for t in declared})
+            if missing:
+                raise FailedPrecondition(f"graph inputs {missing} are not in the config")
+        return checked
+
+    def check_request(self, inputs: dict[str, np.ndarray], outputs: list[str] | None) -> int:
+        """Check a request's tensors against the config.
+
+        Args:
+            inputs: name -> array.
+            outputs: requested output names or None.
+
+        Returns:
+            The request's batch size (1 for a model without a batch dimension).
+
+        Raises:
+            InvalidInput: missing/unknown tensor, wrong datatype or shape, batch over
+                max_batch_size, image sides not multiples of spatial_multiple (names the tensor).
+        """
+        expected = {io.spec.name for io in self.inputs}
+        unknown = sorted(set(inputs) - expected)
+        missing = sorted(expected - set(inputs))
+        if unknown or missing:
+            raise InvalidInput(f"model {self.config.name!r} takes inputs {sorted(expected)}; "
+                               f"missing {missing}, unknown {unknown}")
+        batch = None
+        for io in self.inputs:
+            array = inputs[io.spec.name]
+            name = io.spec.name
+            if array.dtype != io.dtype:
+                raise InvalidInput(f"input {name!r}: datatype {_datatype(array.dtype)}, expected {io.spec.datatype}")
+            shape = list(array.shape)
+            expect = ([-1] if self.batched else []) + list(io.spec.dims)
+            if not _dims_compatible(expect, shape):
+                raise InvalidInput(f"input {name!r}: shape {shape}, expected {expect} (-1 = any)")
+            if self.batched:
+                if not 1 <= shape[0] <= self.config.max_batch_size:
+                    raise InvalidInput(f"input {name!r}: batch size {shape[0]}, expected 1.."
+                                       f"{self.config.max_batch_size}")
+                if batch is not None and shape[0] != batch:
+                    raise InvalidInput(f"input {name!r}: batch size {shape[0]} differs from other inputs' {batch}")
+                batch = shape[0]
+            if self.spatial_multiple > 1 and self.layout in ("NHWC", "NCHW") and len(shape) == 4:
+                hw = shape[1:3] if self.layout == "NHWC" else shape[2:4]
+                if hw[0] % self.spatial_multiple or hw[1] % self.spatial_multiple:
+                    raise InvalidInput(f"input {name!r}: height and width {hw} must be multiples of "
+                                       f"{self.spatial_multiple}")
+        if outputs is not None:
+            unknown = sorted(set(outputs) - set(self.output_names))
+            if unknown:
+                raise InvalidInput(f"model {self.config.name!r} has no outputs {unknown}; "
+                                   f"outputs: {self.output_names}")
+        return batch or 1
+
+    def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
+        """Execute one (batched) request; releases the GIL while ONNX Runtime computes.
+
+        Raises:
+            InvalidInput: ONNX Runtime rejected the input values (e.g. a size the graph cannot take).
+        """
+        try:
+            values = self.session.run(output_names, feeds)
+        except ort_state.InvalidArgument as e:
+            raise InvalidInput(f"model {self.config.name!r} rejected the inputs: "
+                               f"{str(e).splitlines()[0][:300]}") from None
+        return dict(zip(output_names, values))
+
+
+def _datatype(dtype: np.dtype) -> str:
+    try:
+        return datatype_of(dtype)
+    except InvalidInput:
+        return str(dtype)

@@ -1,0 +1,116 @@
+"""The dynamic batcher on its own, with a plain numpy function as the model (its whole interface):
+concurrent requests share executions, shapes never mix, the queue is bounded, expired requests
+never reach the model, and close() finishes what was accepted."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from segxal.errors import InvalidInput, ResourceExhausted
+from services.inference.batcher import Batcher, BatcherClosed, BatchPolicy, DeadlineExpired
+
+
+class _Model:
+    """y = 2x, recording the batch sizes it was run with."""
+
+    def __init__(self, delay_s: float = 0.0):
+        self.batches: list[int] = []
+        self.delay_s = delay_s
+
+    def __call__(self, feeds, names):
+        self.batches.append(feeds["x"].shape[0])
+        time.sleep(self.delay_s)
+        return {"y": feeds["x"] * 2, "z": feeds["x"][:, :1]}
+
+
+def _submit_all(batcher, arrays, deadline=None):
+    results, errors = [None] * len(arrays), []
+
+    def one(i):
+        try:
+            results[i] = batcher.submit({"x": arrays[i]}, None, arrays[i].shape[0], deadline)
+        except Exception as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(arrays))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
+def test_concurrent_requests_are_batched_and_split_back():
+    model = _Model()
+    b = Batcher(model, ["y", "z"], BatchPolicy(max_batch_size=8, max_queue_delay_s=0.2), "t/1")
+    arrays = [np.full((r, 3), i, np.float32) for i, r in enumerate([1, 2, 1, 3])]
+    results, errors = _submit_all(b, arrays)
+    b.close()
+    assert not errors
+    assert sum(model.batches) == 7 and len(model.batches) < 4  # at least two requests shared a run
+    for a, r in zip(arrays, results):
+        np.testing.assert_array_equal(r["y"], a * 2)
+        assert r["z"].shape == (a.shape[0], 1)
+
+
+def test_different_shapes_never_share_a_batch_and_max_batch_is_respected():
+    model = _Model()
+    b = Batcher(model, ["y"], BatchPolicy(max_batch_size=2, max_queue_delay_s=0.05), "t/1")
+    arrays = [np.ones((1, 3), np.float32), np.ones((1, 4), np.float32)] * 3
+    results, errors = _submit_all(b, arrays)
+    b.close()
+    assert not errors and max(model.batches) <= 2
+    assert [r["y"].shape for r in results] == [a.shape for a in arrays]
+
+
+def test_bounded_queue_refuses_with_resource_exhausted():
+    b = Batcher(_Model(), ["y"], BatchPolicy(max_batch_size=8, max_queue_delay_s=0.5, max_queue_size=2), "t/1")
+    results, errors = _submit_all(b, [np.ones((1, 3), np.float32)] * 5)
+    b.close()
+    assert len(errors) == 3 and all(isinstance(e, ResourceExhausted) for e in errors)
+    assert "queue full" in str(errors[0])
+    assert sum(r is not None for r in results) == 2
+
+
+def test_expired_request_is_skipped_not_run():
+    model = _Model(delay_s=0.3)
+    b = Batcher(model, ["y"], BatchPolicy(max_batch_size=1), "t/1")
+    slow = threading.Thread(target=b.submit, args=({"x": np.ones((1, 3), np.float32)}, None, 1, None))
+    slow.start()
+    time.sleep(0.05)  # the first request is running; the next one waits in the queue
+    with pytest.raises(DeadlineExpired):
+        b.submit({"x": np.ones((1, 3), np.float32)}, None, 1, time.monotonic() + 0.1)
+    slow.join()
+    b.close()
+    assert model.batches == [1]  # the expired request never reached the model
+
+
+def test_close_finishes_queued_requests_then_refuses():
+    model = _Model(delay_s=0.05)
+    b = Batcher(model, ["y"], BatchPolicy(max_batch_size=1), "t/1")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        b.submit({"x": np.ones((1, 3), np.float32)}, None, 1, None))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.02)
+    b.close()
+    for t in threads:
+        t.join()
+    assert len(results) == 4
+    with pytest.raises(BatcherClosed):
+        b.submit({"x": np.ones((1, 3), np.float32)}, None, 1, None)
+
+
+def test_model_error_reaches_every_caller_of_the_batch_and_the_batcher_survives():
+    def failing(feeds, names):
+        if feeds["x"].shape[1] == 5:
+            raise InvalidInput("bad width")
+        return {"y": feeds["x"]}
+    b = Batcher(failing, ["y"], BatchPolicy(max_batch_size=4, max_queue_delay_s=0.01), "t/1")
+    with pytest.raises(InvalidInput, match="bad width"):
+        b.submit({"x": np.ones((1, 5), np.float32)}, None, 1, None)
+    assert b.submit({"x": np.ones((1, 3), np.float32)}, None, 1, None)["y"].shape == (1, 3)
+    b.close()

@@ -1,0 +1,288 @@
+"""The inference server through the real protocol: tritonclient (sync and aio), the raw generated
+stub for malformed requests, grpc.health.v1. Every bad request is followed by a valid one."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as tg
+import tritonclient.grpc.aio as tga
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from inference_support import export_models, images, make_repository, running_server
+from services.common.model_repository import BatchingConfig
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    return export_models(tmp_path_factory.mktemp("exports"))
+
+
+def _in_process(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": x})))
+
+
+def _infer_input(x):
+    inp = tg.InferInput("image", list(x.shape), "UINT8")
+    inp.set_data_from_numpy(x)
+    return inp
+
+
+def _raw_request(x, model="depth", version="", name="image", datatype="UINT8", shape=None, raw=None):
+    """A ModelInferRequest built by hand, so that it can be malformed on purpose."""
+    req = pb.ModelInferRequest(model_name=model, model_version=version)
+    req.inputs.add(name=name, datatype=datatype, shape=list(x.shape if shape is None else shape))
+    req.raw_input_contents.append(x.tobytes() if raw is None else raw)
+    return req
+
+
+def _health(channel, service):
+    stub = health_pb2_grpc.HealthStub(channel)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(
+        stub.Check(health_pb2.HealthCheckRequest(service=service)).status)
+
+
+def test_metadata_config_index_and_health(tmp_path, exports):
+    repo = make_repository(tmp_path / "repo", exports)
+    with running_server(repo) as server, tg.InferenceServerClient(server.target) as client:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("segmentation") and client.is_model_ready("depth", "1")
+        assert not client.is_model_ready("depth", "2")
+        assert client.get_server_metadata().name == "segxal-inference"
+        meta = client.get_model_metadata("segmentation")
+        assert meta.versions == ["1"] and meta.platform == "onnxruntime_onnx"
+        assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("image", "UINT8", [-1, -1, -1, 3])]
+        assert {t.name: t.datatype for t in meta.outputs} == {
+            "labels": "UINT8", "ebu": "FP16", "cam": "FP16", "pmax": "FP16"}
+        config = client.get_model_config("segmentation").config
+        assert config.max_batch_size == 8 and config.parameters["model_kind"].string_value == "segmentation"
+        index = client.get_model_repository_index()
+        assert {(m.name, m.version, m.state) for m in index.models} == {
+            ("depth", "1", "READY"), ("segmentation", "1", "READY")}
+        with grpc.insecure_channel(server.target) as channel:
+            for service in ("", "inference.GRPCInferenceService", "segmentation", "depth"):
+                assert _health(channel, service) == "SERVING"
+        with pytest.raises(InferenceServerException) as e:
+            client.get_model_metadata("missing")
+        assert e.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_inference_equals_in_process_onnx_runtime_sync_and_aio(tmp_path, exports):
+    repo = make_repository(tmp_path / "repo", exports)
+    xs = [images(b, seed=b) for b in (1, 2, 3, 1)]
+    seg_path = exports["segmentation"][0].path
+    expected = [_in_process(seg_path, x) for x in xs]
+    with running_server(repo) as server:
+        with tg.InferenceServerClient(server.target) as client:
+            for x, ref in zip(xs, expected):
+                result = client.infer("segmentation", [_infer_input(x)])
+                assert result.get_response().model_version == "1"
+                for name, want in ref.items():
+                    got = result.as_numpy(name)
+                    assert got.dtype == want.dtype and got.shape == want.shape
+                    np.testing.assert_array_equal(got, want, err_msg=name)
+            only = client.infer("segmentation", [_infer_input(xs[0])], outputs=[tg.InferRequestedOutput("cam")])
+            assert [o.name for o in only.get_response().outputs] == ["cam"]
+
+        async def concurrent():  # concurrent requests get batched together on the server
+            async with tga.InferenceServerClient(server.target) as aclient:
+                inputs = []
+                for x in xs:
+                    inp = tga.InferInput("image", list(x.shape), "UINT8")
+                    inp.set_data_from_numpy(x)
+                    inputs.append(inp)
+                return await asyncio.gather(*(aclient.infer("segmentation", [i]) for i in inputs))
+        for result, ref in zip(asyncio.run(concurrent()), expected):
+            for name, want in ref.items():
+                np.testing.assert_array_equal(result.as_numpy(name), want, err_msg=name)
+
+
+def test_typed_contents_equal_raw_contents(tmp_path, exports):
+    repo = make_repository(tmp_path / "repo", exports)
+    x = images(1, seed=5)
+    with running_server(repo) as server, grpc.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        typed = pb.ModelInferRequest(model_name="depth")
+        tensor = typed.inputs.add(name="image", datatype="UINT8", shape=list(x.shape))
+        tensor.contents.uint_contents.extend(x.ravel().tolist())
+        a = stub.ModelInfer(typed)
+        b = stub.ModelInfer(_raw_request(x))
+        assert a.raw_output_contents[0] == b.raw_output_contents[0]
+        want = _in_process(exports["depth"][0].path, x)["inverse_depth"]
+        np.testing.assert_array_equal(np.frombuffer(a.raw_output_contents[0], np.float32).reshape(want.shape), want)
+
+
+def test_every_bad_request_is_refused_and_the_server_keeps_serving(tmp_path, exports):
+    repo = make_repository(tmp_path / "repo", exports)
+    x = images(1)
+    big = images(8)  # 196608 bytes: over the 100 kB limit below
+    typed_fp16 = pb.ModelInferRequest(model_name="depth")
+    typed_fp16.inputs.add(name="image", datatype="FP16", shape=[1, 64, 128, 3])
+    typed_short = pb.ModelInferRequest(model_name="depth")
+    typed_short.inputs.add(name="image", datatype="UINT8", shape=[1, 64, 128, 3]).contents.uint_contents.extend([1, 2])
+    two_raw = _raw_request(x)
+    two_raw.raw_input_contents.append(b"extra")
+    unknown_output = _raw_request(x)
+    unknown_output.outputs.add(name="depth_map")
+    cases = [  # (request, expected status, words the message must contain)
+        (_raw_request(x, model="nope"), grpc.StatusCode.NOT_FOUND, "nope"),
+        (_raw_request(x, version="7"), grpc.StatusCode.NOT_FOUND, "version 7"),
+        (_raw_request(x, version="latest"), grpc.StatusCode.INVALID_ARGUMENT, "model version"),
+        (_raw_request(x.astype(np.float32), datatype="FP32"), grpc.StatusCode.INVALID_ARGUMENT, "'image'"),
+        (_raw_request(x[..., :2].copy()), grpc.StatusCode.INVALID_ARGUMENT, "'image': shape"),
+        (_raw_request(x[0]), grpc.StatusCode.INVALID_ARGUMENT, "'image': shape"),
+        (_raw_request(images(1, h=60)), grpc.StatusCode.INVALID_ARGUMENT, "multiples of 8"),
+        (_raw_request(x, raw=x.tobytes()[:-1]), grpc.StatusCode.INVALID_ARGUMENT, "'image': 24575 bytes"),
+        (_raw_request(x, name="img"), grpc.StatusCode.INVALID_ARGUMENT, "unknown ['img']"),
+        (_raw_request(x, datatype="BYTES"), grpc.StatusCode.INVALID_ARGUMENT, "BYTES"),
+        (_raw_request(big), grpc.StatusCode.RESOURCE_EXHAUSTED, "'image'"),
+        (_raw_request(x, shape=[1, 6400, 12800, 3]), grpc.StatusCode.RESOURCE_EXHAUSTED, "'image'"),
+        (_raw_request(images(9, h=8, w=8), shape=[9, 8, 8, 3]), grpc.StatusCode.INVALID_ARGUMENT, "batch size 9"),
+        (_raw_request(x, shape=[1, -64, 128, 3]), grpc.StatusCode.INVALID_ARGUMENT, "negative"),
+        (typed_fp16, grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents"),
+        (typed_short, grpc.StatusCode.INVALID_ARGUMENT, "2 values"),
+        (two_raw, grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents"),
+        (unknown_output, grpc.StatusCode.INVALID_ARGUMENT, "depth_map"),
+    ]
+    with running_server(repo, max_tensor_bytes=100_000) as server, grpc.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for request, code, words in cases:
+            with pytest.raises(grpc.RpcError) as e:
+                stub.ModelInfer(request)
+            assert e.value.code() == code, (words, e.value.details())
+            assert words in e.value.details(), e.value.details()
+            ok = stub.ModelInfer(_raw_request(x))  # the server survived
+            assert ok.model_version == "1"
+
+
+def test_pinned_versions_and_latest(tmp_path, exports):
+    repo = make_repository(tmp_path / "repo", exports, BatchingConfig(num_versions=2), versions=3)
+    x = images(1, seed=7)
+    with running_server(repo) as server, tg.InferenceServerClient(server.target) as client:
+        assert client.get_model_metadata("depth").versions == ["2", "3"]
+        for version, export in (("", exports["depth"][2]), ("3", exports["depth"][2]), ("2", exports["depth"][1])):
+            result = client.infer("depth", [_infer_input(x)], model_version=version)
+            assert result.get_response().model_version == (version or "3")
+            np.testing.assert_array_equal(result.as_numpy("inverse_depth"),
+                                          _in_process(export.path, x)["inverse_depth"])
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("depth", [_infer_input(x)], model_version="1")  # on disk, outside the policy
+        assert e.value.status() == "StatusCode.NOT_FOUND" and "serving versions [2, 3]" in e.value.message()
+
+
+def test_corrupt_or_missing_model_file_keeps_the_old_version_serving(tmp_path, exports):
+    repo = make_repository(tmp_path / "repo", exports)
+    x = images(1)
+    with running_server(repo) as server, tg.InferenceServerClient(server.target) as client:
+        garbage = tmp_path / "garbage.onnx"
+        garbage.write_bytes(b"\x08\x07not an onnx graph" * 100)
+        assert repo.publish("depth", garbage) == 2
+        with pytest.raises(InferenceServerException) as e:
+            client.load_model("depth")
+        assert e.value.status() == "StatusCode.FAILED_PRECONDITION"
+        assert "version 2" in e.value.message() and "serving versions [1]" in e.value.message()
+        assert client.infer("depth", [_infer_input(x)]).get_response().model_version == "1"
+        (repo.version_dir("depth", 3) / "notes.txt").parent.mkdir()
+        (repo.version_dir("depth", 3) / "notes.txt").write_text("model.onnx forgotten")
+        with pytest.raises(InferenceServerException) as e:
+            client.load_model("depth")
+        assert "model.onnx is missing" in e.value.message()
+        assert client.infer("depth", [_infer_input(x)]).get_response().model_version == "1"
+        assert client.is_model_ready("depth") and client.is_server_ready()
+        with pytest.raises(InferenceServerException) as e:
+            client.load_model("not-there")
+        assert e.value.status() == "StatusCode.NOT_FOUND"
+        # a good version published afterwards loads and serves
+        assert repo.publish("depth", exports["depth"][1].path) == 4
+        client.load_model("depth")
+        assert client.infer("depth", [_infer_input(x)]).get_response().model_version == "4"
+
+
+def test_unload_then_load_switches_readiness_and_health(tmp_path, exports):
+    repo = make_repository(tmp_path / "repo", exports)
+    with running_server(repo, poll_interval_s=0.05) as server, \
+            tg.InferenceServerClient(server.target) as client, grpc.insecure_channel(server.target) as channel:
+        client.unload_model("depth")
+        time.sleep(0.2)  # polls must not bring an explicitly unloaded model back
+        assert not client.is_model_ready("depth")
+        assert _health(channel, "depth") == "NOT_SERVING" and _health(channel, "segmentation") == "SERVING"
+        # as Triton: a model unloaded on purpose does not make the server unready
+        assert client.is_server_ready() and _health(channel, "") == "SERVING"
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("depth", [_infer_input(images(1))])
+        assert e.value.status() == "StatusCode.UNAVAILABLE"
+        index = {m.name: m for m in client.get_model_repository_index().models}
+        assert index["depth"].state == "UNAVAILABLE" and index["depth"].reason == "unloaded"
+        client.load_model("depth")
+        assert client.is_model_ready("depth") and _health(channel, "depth") == "SERVING"
+
+
+def test_bounded_queue_and_deadlines(tmp_path, exports):
+    # a 1 s batching window holds requests in the queue: deterministic queue-full and deadline cases
+    repo = make_repository(tmp_path / "repo", exports,
+                           BatchingConfig(max_queue_delay_us=1_000_000, max_queue_size=2))
+    x = images(1)
+    with running_server(repo) as server, tg.InferenceServerClient(server.target) as client:
+        outcomes = []
+
+        def one():
+            try:
+                outcomes.append(client.infer("depth", [_infer_input(x)]).get_response().model_version)
+            except InferenceServerException as e:
+                outcomes.append(e.status())
+        threads = [threading.Thread(target=one) for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(outcomes) == ["1", "1"] + ["StatusCode.RESOURCE_EXHAUSTED"] * 3
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("depth", [_infer_input(x)], client_timeout=0.2)
+        assert e.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        # Triton's per-request "timeout" parameter (microseconds) is honoured the same way
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("depth", [_infer_input(x)], timeout=200_000)
+        assert e.value.status() == "StatusCode.DEADLINE_EXCEEDED" and "deadline" in e.value.message()
+        assert client.infer("depth", [_infer_input(x)]).get_response().model_version == "1"
+
+
+def test_graceful_shutdown_completes_in_flight_requests(tmp_path, exports):
+    # a 30 s batching window: the requests are surely still queued when stop() begins
+    repo = make_repository(tmp_path / "repo", exports, BatchingConfig(max_queue_delay_us=30_000_000))
+    x = images(1)
+    with running_server(repo) as server:
+        target = server.target
+        results, errors = [], []
+
+        def one():
+            try:
+                with tg.InferenceServerClient(target) as c:
+                    results.append(c.infer("depth", [_infer_input(x)]).as_numpy("inverse_depth"))
+            except Exception as e:  # noqa: BLE001 - collected for the assertion
+                errors.append(e)
+        threads = [threading.Thread(target=one) for _ in range(4)]
+        for t in threads:
+            t.start()
+        waited = time.monotonic()
+        while server.models.pending_requests("depth") < 4:  # all four queued in the batching window
+            assert time.monotonic() - waited < 20, "requests never reached the queue"
+            time.sleep(0.01)
+        started = time.monotonic()
+        server.stop(grace=5.0)
+        stopped_in = time.monotonic() - started
+        for t in threads:
+            t.join()
+        assert not errors and len(results) == 4, [str(e) for e in errors]
+        assert stopped_in < 5.0
+        with pytest.raises(InferenceServerException):
+            with tg.InferenceServerClient(target) as c:
+                c.infer("depth", [_infer_input(x)], client_timeout=2)
