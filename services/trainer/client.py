@@ -1,0 +1,142 @@
+"""The trainer's client (what the active-learning main loop calls).
+
+    with TrainerClient("localhost:50055") as trainer:
+        job = trainer.start_job(JobRequest(cycle_id="c3", annotations=[AnnotationRef(frame_uri, mask_uri)],
+                                           publish=True))
+        for p in trainer.watch(job.job_id):
+            print(p.phase.value, p.epoch, p.loss, p.eta_s)
+        job = trainer.get_job(job.job_id)
+        job.report.candidate.miou, job.report.published_version, job.report.publish_refused
+        trainer.publish(job.job_id, PublishPolicy(force=True))
+        trainer.rollback(version=2)
+        versions, current = trainer.list_versions()
+
+Results are services.trainer.api dataclasses. Channels come from services.common.channel (message
+size, keepalive, TLS, token). Errors are our exceptions (segxal.errors), mapped from the status code.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from segxal.errors import NotReady
+from segxalpb.trainer.v1 import trainer_pb2 as pb
+from segxalpb.trainer.v1 import trainer_pb2_grpc
+from services.common.channel import ChannelConfig, make_channel
+from services.common.errors import error_from_rpc
+from services.trainer import wire
+from services.trainer.api import Job, JobProgress, JobRequest, PublishPolicy, VersionInfo
+from services.trainer.wire import SERVICE_NAME
+
+
+class TrainerClient:
+    """Thread-safe; a context manager that closes its channel.
+
+    Args:
+        target: "host:port" (services.common.channel targets).
+        channel_cfg: message size, keepalive, TLS, token; defaults as ChannelConfig.
+        timeout_s: deadline of each unary call (None: none). StartJob reads and decodes every
+            frame before it answers: give it room on large cycles.
+    """
+
+    def __init__(self, target: str, channel_cfg: ChannelConfig | None = None, *, timeout_s: float | None = 120.0):
+        self.target = target
+        self.timeout_s = timeout_s
+        self._channel = make_channel(target, channel_cfg)
+        self._stub = trainer_pb2_grpc.TrainerStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> "TrainerClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: str, request):
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout_s)
+        except grpc.RpcError as e:
+            raise error_from_rpc(e) from None
+
+    def start_job(self, request: JobRequest) -> Job:
+        """Queue a fine-tuning job (its data is checked and decoded before this returns).
+
+        Raises:
+            FailedPrecondition: no annotations, repository not writable, no training state.
+            InvalidInput: a malformed annotation or unreadable file (named in the message).
+            NotFound / PermissionDenied: a missing file, or one outside the trainer's storage roots.
+            ResourceExhausted: the trainer's queue is full.
+        """
+        return wire.job_from_proto(self._call("StartJob", wire.request_to_proto(request)))
+
+    def watch(self, job_id: str, timeout_s: float | None = None) -> Iterator[JobProgress]:
+        """Progress events until the job ends (timeout_s: deadline of the whole stream).
+
+        Raises:
+            NotFound: no such job. NotReady: the trainer went away or the deadline passed.
+        """
+        call = self._stub.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=timeout_s)
+        try:
+            for msg in call:
+                yield wire.progress_from_proto(msg)
+        except grpc.RpcError as e:
+            raise error_from_rpc(e) from None
+        finally:
+            call.cancel()  # the caller stopped early: free the server's stream (no-op when done)
+
+    def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
+        """Block until the job ends; returns it with its report."""
+        for _ in self.watch(job_id, timeout_s):
+            pass
+        return self.get_job(job_id)
+
+    def get_job(self, job_id: str) -> Job:
+        return wire.job_from_proto(self._call("GetJob", pb.GetJobRequest(job_id=job_id)))
+
+    def list_jobs(self) -> list[Job]:
+        return [wire.job_from_proto(j) for j in self._call("ListJobs", pb.ListJobsRequest()).jobs]
+
+    def publish(self, job_id: str, policy: PublishPolicy | None = None) -> tuple[VersionInfo, Job]:
+        """Publish a succeeded job's candidate as the next version.
+
+        Raises:
+            FailedPrecondition: parity failed, a regression beyond the tolerance, the current
+                version changed since the job started (the last two: unless policy.force).
+        """
+        reply = self._call("Publish", pb.PublishRequest(job_id=job_id,
+                                                        policy=wire.policy_to_proto(policy or PublishPolicy())))
+        return wire.version_from_proto(reply.version), wire.job_from_proto(reply.job)
+
+    def rollback(self, version: int, model_name: str = "") -> VersionInfo:
+        """Serve `version` again, re-published as the newest version."""
+        return wire.version_from_proto(self._call("Rollback", pb.RollbackRequest(model_name=model_name,
+                                                                                 version=version)))
+
+    def list_versions(self, model_name: str = "") -> tuple[list[VersionInfo], int]:
+        """(every version oldest first, the current version or 0)."""
+        reply = self._call("ListVersions", pb.ListVersionsRequest(model_name=model_name))
+        return [wire.version_from_proto(v) for v in reply.versions], reply.current_version
+
+    def is_serving(self) -> bool:
+        try:
+            reply = self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=self.timeout_s)
+        except grpc.RpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def wait_until_serving(self, timeout_s: float = 30.0) -> None:
+        """Raises:
+            NotReady: not SERVING within timeout_s.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.is_serving():
+                return
+            time.sleep(0.1)
+        raise NotReady(f"trainer at {self.target} not SERVING after {timeout_s:.0f} s")

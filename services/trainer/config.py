@@ -1,0 +1,63 @@
+"""Configuration of the trainer service: one dataclass, built once in main() from flags and env and
+passed down."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from segxal.errors import InvalidInput
+from segxal.export import ExportConfig
+from segxal.models.unet import UNetConfig
+from services.common.model_repository import BatchingConfig
+from services.common.server import ServerConfig
+from services.inference.client import DEFAULT_SEGMENTATION_MODEL
+
+
+@dataclass
+class TrainerConfig:
+    repository: str  # model repository (Triton layout) the inference servers poll
+    state_dir: str  # jobs and per-version training state (checkpoints)
+    data: str  # Cityscapes-layout folder holding the held-out split
+    storage_roots: list[str]  # frames and masks are read only from under these (segxal.storage)
+    eval_split: str = "val"  # the held-out split of `data`
+    # The seed set: the labeled frames of a Cityscapes-layout split, always trained on (ground
+    # truth, whole frames); None: no seed set. Must lie under a storage root.
+    seed_data: str | None = None
+    seed_split: str = "train"
+    seed_frames: int = 0  # the first N frames by id; 0 = every frame of the split
+    model_name: str = DEFAULT_SEGMENTATION_MODEL
+    size: tuple[int, int] = (256, 512)  # (H, W) frames are resized to for training and evaluation
+    unet: UNetConfig = field(default_factory=lambda: UNetConfig(width=16))  # the first version only
+    epochs: int = 4  # per fine-tuning job
+    batch_size: int = 8
+    learning_rate: float = 1e-3  # below segxal.train's 2e-3: fine-tuning starts from a trained model
+    seed: int = 0
+    device: str = "auto"  # segxal.train.resolve_device: cuda when present, else cpu
+    torch_threads: int = 0  # torch intra-op threads; 0 = torch's default
+    miou_tolerance: float = 0.01  # a candidate may lose this much held-out mIoU (fraction) and publish
+    # Parity thresholds and trace size (trace_hw is set to `size`); the parity check also runs on
+    # this many real training frames.
+    export: ExportConfig = field(default_factory=ExportConfig)
+    parity_frames: int = 2
+    batching: BatchingConfig = field(default_factory=BatchingConfig)  # written into config.pbtxt
+    max_queued_jobs: int = 8  # StartJob beyond this answers RESOURCE_EXHAUSTED
+    coordinator: str | None = None  # coordinator target; enables StartJob's pool_id
+    server: ServerConfig = field(default_factory=lambda: ServerConfig(address="0.0.0.0:50055"))
+    # Debugging crash safety only: seconds to sleep inside a publish, after the version's files are
+    # complete in the temp folder and before the rename (the kill-mid-publish test).
+    publish_pause_s: float = 0.0
+
+    def validate(self) -> "TrainerConfig":
+        """Raises:
+            InvalidInput: a size, count or threshold out of range.
+        """
+        h, w = self.size
+        if h <= 0 or w <= 0:
+            raise InvalidInput(f"training size must be positive, got {h}x{w}")
+        for name in ("epochs", "batch_size", "max_queued_jobs"):
+            if getattr(self, name) <= 0:
+                raise InvalidInput(f"{name} must be positive, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise InvalidInput(f"learning_rate must be positive, got {self.learning_rate}")
+        if not self.storage_roots:
+            raise InvalidInput("at least one storage root is required (frames are read only from under them)")
+        return self

@@ -1,0 +1,122 @@
+"""Entry point of the trainer service.
+
+    python -m services.trainer.main --repo DIR --state DIR --data DIR --storage-root DIR --port N
+
+--data is a Cityscapes-layout folder holding the held-out split (--eval-split, default val);
+--seed-data (with --seed-split, --seed-frames) names the seed set, which must lie under a
+--storage-root like every frame and mask the trainer reads. Every flag has an environment variable
+(SEGXAL_TRAINER_<FLAG>, e.g. SEGXAL_TRAINER_REPO; SEGXAL_TRAINER_STORAGE_ROOTS is a list separated
+by the OS path separator); flags win. The config is built once here and passed down. SIGTERM /
+SIGINT stop after the running job's current epoch (it resumes at the next start).
+
+SEGXAL_TRAINER_DEBUG_PUBLISH_PAUSE_S (no flag: for crash-safety tests only) sleeps inside every
+publish between the complete temp folder and its rename.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from segxal.errors import InvalidInput, SegxalError
+from segxal.export import ExportConfig
+from segxal.models.unet import UNetConfig
+from segxal.train import parse_size
+from services.common.server import ServerConfig
+from services.trainer.config import TrainerConfig
+from services.trainer.server import TrainerServer
+
+ENV_PREFIX = "SEGXAL_TRAINER_"
+
+
+def _env(name: str, default=None):
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainerConfig(repository="", state_dir="", data="", storage_roots=[])
+    p = argparse.ArgumentParser(prog="python -m services.trainer.main", description=__doc__.splitlines()[0])
+    p.add_argument("--repo", default=_env("REPO"), help="model repository (Triton layout) to publish into")
+    p.add_argument("--state", default=_env("STATE"), help="folder for jobs and per-version checkpoints")
+    p.add_argument("--data", default=_env("DATA"), help="Cityscapes-layout folder with the held-out split")
+    p.add_argument("--eval-split", default=_env("EVAL_SPLIT", d.eval_split))
+    env_roots = [r for r in (_env("STORAGE_ROOTS") or "").split(os.pathsep) if r]
+    p.add_argument("--storage-root", dest="storage_roots", action="append", default=None,
+                   help="folder or fsspec URL prefix frames and masks may be read from (repeatable)")
+    p.set_defaults(env_roots=env_roots)
+    p.add_argument("--seed-data", default=_env("SEED_DATA"), help="Cityscapes-layout folder of the seed set")
+    p.add_argument("--seed-split", default=_env("SEED_SPLIT", d.seed_split))
+    p.add_argument("--seed-frames", type=int, default=int(_env("SEED_FRAMES", d.seed_frames)),
+                   help="the first N labeled frames of the seed split (0: all)")
+    p.add_argument("--model-name", default=_env("MODEL_NAME", d.model_name))
+    p.add_argument("--size", default=_env("SIZE", f"{d.size[0]}x{d.size[1]}"), help="HxW to train and evaluate at")
+    p.add_argument("--width", type=int, default=int(_env("WIDTH", d.unet.width)), help="U-Net width (first version)")
+    p.add_argument("--unet-depth", type=int, default=int(_env("UNET_DEPTH", d.unet.depth)),
+                   help="U-Net levels (first version)")
+    p.add_argument("--epochs", type=int, default=int(_env("EPOCHS", d.epochs)))
+    p.add_argument("--batch-size", type=int, default=int(_env("BATCH_SIZE", d.batch_size)))
+    p.add_argument("--lr", type=float, default=float(_env("LR", d.learning_rate)))
+    p.add_argument("--seed", type=int, default=int(_env("SEED", d.seed)))
+    p.add_argument("--device", default=_env("DEVICE", d.device), help="auto (cuda when present), cpu, cuda")
+    p.add_argument("--torch-threads", type=int, default=int(_env("TORCH_THREADS", d.torch_threads)))
+    p.add_argument("--miou-tolerance", type=float, default=float(_env("MIOU_TOLERANCE", d.miou_tolerance)),
+                   help="held-out mIoU a new version may lose and still publish (fraction)")
+    p.add_argument("--coordinator", default=_env("COORDINATOR"), help="coordinator host:port (enables pool_id)")
+    p.add_argument("--host", default=_env("HOST", "0.0.0.0"))
+    p.add_argument("--port", type=int, default=int(_env("PORT", "50055")))
+    p.add_argument("--grace-s", type=float, default=float(_env("GRACE_S", "10")))
+    p.add_argument("--tls-cert", default=_env("TLS_CERT"))
+    p.add_argument("--tls-key", default=_env("TLS_KEY"))
+    p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA"))
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainerConfig:
+    """Raises:
+        InvalidInput: a required setting is missing or malformed.
+    """
+    for flag, value in (("--repo", args.repo), ("--state", args.state), ("--data", args.data)):
+        if not value:
+            raise InvalidInput(f"{flag} (or {ENV_PREFIX}{flag[2:].upper()}) is required")
+    roots = args.storage_roots or args.env_roots
+    size = parse_size(args.size)
+    return TrainerConfig(
+        repository=args.repo, state_dir=args.state, data=args.data, storage_roots=roots,
+        eval_split=args.eval_split, seed_data=args.seed_data, seed_split=args.seed_split,
+        seed_frames=args.seed_frames, model_name=args.model_name, size=size,
+        unet=UNetConfig(width=args.width, depth=args.unet_depth), epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, device=args.device,
+        torch_threads=args.torch_threads, miou_tolerance=args.miou_tolerance,
+        export=ExportConfig(trace_hw=size), coordinator=args.coordinator,
+        server=ServerConfig(address=f"{args.host}:{args.port}", grace_s=args.grace_s, tls_cert=args.tls_cert,
+                            tls_key=args.tls_key, tls_client_ca=args.tls_client_ca),
+        publish_pause_s=float(_env("DEBUG_PUBLISH_PAUSE_S", "0"))).validate()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server = TrainerServer(config_from_args(args))
+        port = server.start()
+    except (SegxalError, OSError) as e:
+        print(f"trainer: {e}", file=sys.stderr)
+        return 2
+    print(f"trainer listening on port {port}", flush=True)  # the line tests and scripts wait for
+
+    def _stop(signum, frame):
+        signal.signal(signum, signal.SIG_DFL)  # a second signal kills at once
+        server.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    server.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
