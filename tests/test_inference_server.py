@@ -286,3 +286,51 @@ def test_graceful_shutdown_completes_in_flight_requests(tmp_path, exports):
         with pytest.raises(InferenceServerException):
             with tg.InferenceServerClient(target) as c:
                 c.infer("depth", [_infer_input(x)], client_timeout=2)
+
+
+def test_cuda_request_falls_back_to_cpu_cleanly(tmp_path, exports):
+    from services.inference.config import RuntimeConfig
+    from services.inference.runtime import OnnxModel
+    repo = make_repository(tmp_path / "repo", exports)
+    model = OnnxModel(repo.model_file("depth", 1), repo.read_config("depth"), RuntimeConfig(device="cuda"))
+    assert model.providers[-1] == "CPUExecutionProvider"  # CUDA first where it loads, CPU always last
+    x = images(1)
+    out = model.run({"image": x}, ["inverse_depth"])["inverse_depth"]
+    np.testing.assert_allclose(out, _in_process(exports["depth"][0].path, x)["inverse_depth"], atol=1e-5)
+
+
+def test_entry_point_from_flags_and_env_stops_gracefully_on_sigterm(tmp_path, exports):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from services.inference.main import build_config
+    cfg = build_config(["--repo", "R", "--port", "9", "--device", "cuda", "--poll-interval", "0.5"])
+    assert (cfg.repository, cfg.server.address, cfg.runtime.device, cfg.poll_interval_s) == \
+        ("R", "0.0.0.0:9", "cuda", 0.5)
+    repo = make_repository(tmp_path / "repo", exports)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, SEGXAL_INFERENCE_HOST="127.0.0.1", SEGXAL_INFERENCE_INTRA_OP_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "services.inference.main", "--repo", str(repo.root),
+                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        with tg.InferenceServerClient(f"127.0.0.1:{port}") as client:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if client.is_server_ready():
+                        break
+                except InferenceServerException:
+                    pass
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read().decode()[-2000:]
+                time.sleep(0.1)
+            assert client.infer("depth", [_infer_input(images(1))]).get_response().model_version == "1"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -178,12 +178,16 @@ def _segmentation_result(spec: ModelSpec, out: InferOutputs, size: tuple[int, in
     return result
 
 
-def _depth_result(spec: ModelSpec, out: InferOutputs, size: tuple[int, int]) -> tuple[np.ndarray, str]:
+def _depth_output(spec: ModelSpec) -> str:
     name = spec.output_name("inverse_depth")
     if name is None:
         raise InvalidInput(f"depth model has no output for inverse_depth; its outputs are "
                            f"{[t.name for t in spec.outputs]} (set parameter output_inverse_depth)")
-    d = out.tensors[name]
+    return name
+
+
+def _depth_result(spec: ModelSpec, out: InferOutputs, size: tuple[int, int]) -> tuple[np.ndarray, str]:
+    d = out.tensors[_depth_output(spec)]
     if d.ndim == 4 and d.shape[1] == 1:
         d = d[:, 0]  # [B, 1, H, W] -> [B, H, W], MiDaS style
     return _resize_maps(d, size, nearest=False), out.model_version
@@ -322,7 +326,7 @@ class InferenceClient:
         spec = self.model_spec(self.depth_model)
         _check_kind(spec, self.depth_model, DEPTH)
         inputs, size = _prepare_images(spec, images)
-        out = self.infer(self.depth_model, inputs, outputs=[spec.output_name("inverse_depth") or ""],
+        out = self.infer(self.depth_model, inputs, outputs=[_depth_output(spec)],
                          version=version, timeout_s=timeout_s)
         return _depth_result(spec, out, size)
 
@@ -412,7 +416,7 @@ class AsyncInferenceClient:
         spec = await self.model_spec(self.depth_model)
         _check_kind(spec, self.depth_model, DEPTH)
         inputs, size = _prepare_images(spec, images)
-        out = await self.infer(self.depth_model, inputs, outputs=[spec.output_name("inverse_depth") or ""],
+        out = await self.infer(self.depth_model, inputs, outputs=[_depth_output(spec)],
                                version=version, timeout_s=timeout_s)
         return _depth_result(spec, out, size)
 

@@ -191,6 +191,8 @@ class ModelManager:
         except SegxalError as e:
             errors.append(str(e))
             candidates, wanted, config = [], 0, None
+            if state.reason != str(e):  # once per new problem, not every poll
+                log.error("model %s: %s", name, e)
         current = state.versions
         chosen: dict[int, _Version] = {}
         for v in candidates:
