@@ -48,7 +48,10 @@ class AnnotationRef:
     annotation_id: str = ""
 
     def describe(self, index: int) -> str:
-        """How error messages name this annotation."""
+        """How error messages name this annotation: its position in the request (negative: a seed
+        frame, which the request does not list), its id, its frame."""
+        if index < 0:
+            return f"seed frame {self.frame_uri}"
         name = f"annotation {index}" + (f" ({self.annotation_id})" if self.annotation_id else "")
         return f"{name} of frame {self.frame_uri}"
 

@@ -89,13 +89,16 @@ def _human_pixels(storage: FrameStorage, ref: AnnotationRef, annotated: np.ndarr
     return (human != 0) & annotated
 
 
-def build_training_set(storage: FrameStorage, refs: list[AnnotationRef], size: tuple[int, int]) -> LabeledFrames:
+def build_training_set(storage: FrameStorage, refs: list[AnnotationRef], size: tuple[int, int],
+                       seed_count: int = 0) -> LabeledFrames:
     """Read, check, decode and merge every annotation.
 
     Args:
         storage: where frames and masks are read (confined to its roots).
         refs: the seed frames then the annotations, in the order they were accepted.
         size: (H, W) to train at.
+        seed_count: how many of `refs` are seed frames (error messages number the rest from 0,
+            as the request did).
 
     Returns:
         One TrainingFrame per distinct frame, in order of first appearance.
@@ -110,7 +113,7 @@ def build_training_set(storage: FrameStorage, refs: list[AnnotationRef], size: t
         raise FailedPrecondition("no annotations to train on: the request names none, the pool has none "
                                  "accepted yet and the trainer has no seed set")
     merged: dict[str, TrainingFrame] = {}
-    for i, ref in enumerate(refs):
+    for i, ref in enumerate(refs, start=-seed_count):
         where = ref.validate(i).describe(i)
         key = str(storage.resolve(ref.frame_uri))
         frame = merged.get(key)
