@@ -54,8 +54,8 @@ def _add_user_models(repo, tmp_path):
                       input_names=["pixel_values"], output_names=["predicted_depth"],
                       dynamic_axes={"pixel_values": {0: "b"}, "predicted_depth": {0: "b"}},
                       opset_version=17, dynamo=False)
-    (repo.root / "user_depth" / "config.pbtxt").write_text(_user_config(
-        "user_depth", "depth", 'parameters { key: "output_inverse_depth" value { string_value: "predicted_depth" } }\n'))
+    mapping = 'parameters { key: "output_inverse_depth" value { string_value: "predicted_depth" } }\n'
+    (repo.root / "user_depth" / "config.pbtxt").write_text(_user_config("user_depth", "depth", mapping))
     return unet
 
 

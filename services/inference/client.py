@@ -29,7 +29,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
-from segxal.errors import InvalidInput, SegxalError
+from segxal.errors import InvalidInput
 from segxal.modelspec import DEPTH, SEGMENTATION, ModelSpec, datatype_of, numpy_dtype
 from services.common.channel import ChannelConfig, channel_credentials, channel_options, resolve_target
 from services.common.errors import error_from_status

@@ -13,6 +13,9 @@ class RuntimeConfig:
     # threads inside one model execution; 0 = ONNX Runtime's default (one per physical core).
     # Instances (config.pbtxt instance_group count) run in parallel, each with this many threads.
     intra_op_threads: int = 0
+    # ONNX Runtime's worker threads spin a little after each run waiting for more work: good for
+    # back-to-back runs, but on few cores the spinning takes CPU from gRPC and (de)serialisation
+    spinning: bool = True
 
 
 @dataclass

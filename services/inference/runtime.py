@@ -74,6 +74,8 @@ class OnnxModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = runtime.intra_op_threads
         opts.inter_op_num_threads = 1  # parallelism comes from instances and intra-op threads
+        if not runtime.spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3  # ORT warnings about unused initializers etc. are noise here
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=_providers(runtime))
