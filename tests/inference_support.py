@@ -60,11 +60,12 @@ def images(batch: int = 1, seed: int = 0, h: int = H, w: int = W) -> np.ndarray:
 
 @contextlib.contextmanager
 def running_server(repo: ModelRepository, poll_interval_s: float = 0.0, max_tensor_bytes: int = 64 << 20,
-                   grace_s: float = 5.0):
-    """The real server (services.inference.server) on 127.0.0.1:<ephemeral>, stopped on exit."""
+                   grace_s: float = 5.0, **tls):
+    """The real server (services.inference.server) on 127.0.0.1:<ephemeral>, stopped on exit.
+    `tls`: ServerConfig's tls_cert / tls_key / tls_client_ca."""
     cfg = InferenceServerConfig(
         repository=str(repo.root),
-        server=ServerConfig(address="127.0.0.1:0", max_workers=32, grace_s=grace_s),
+        server=ServerConfig(address="127.0.0.1:0", max_workers=32, grace_s=grace_s, **tls),
         runtime=RuntimeConfig(intra_op_threads=1),  # 2 shared cores: keep each test light
         poll_interval_s=poll_interval_s, max_tensor_bytes=max_tensor_bytes)
     server = InferenceServer(cfg)

@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from inference_support import export_models, images, make_repository, running_server, tiny_unet
+from tests.inference_support import export_models, images, make_repository, running_server, tiny_unet
 from segxal.eem.ebu import prediction_statistics
-from segxal.errors import InvalidInput, NotFound, ResourceExhausted
+from segxal.errors import InvalidInput, NotFound, NotReady, ResourceExhausted
 from services.common.channel import ChannelConfig
 from services.inference.client import AsyncInferenceClient, InferenceClient
 
@@ -134,3 +134,20 @@ def test_errors_arrive_as_our_exceptions_and_channel_options_apply(tmp_path, exp
         with InferenceClient(server.target, ChannelConfig(max_message_bytes=10_000)) as client:
             with pytest.raises(ResourceExhausted):
                 client.infer_segmentation(x)
+
+
+def test_tls_and_mutual_tls_through_the_channel_config(tmp_path, exports):
+    from tests.tls_support import TestCA
+    ca = TestCA(tmp_path / "pki")
+    server_cert, client_cert = ca.issue("localhost", server=True), ca.issue("eem", server=False)
+    repo = make_repository(tmp_path / "repo", exports)
+    with running_server(repo, tls_cert=server_cert.cert, tls_key=server_cert.key, tls_client_ca=ca.ca_path) as server:
+        target = f"localhost:{server.grpc.port}"
+        mtls = ChannelConfig(tls_ca=ca.ca_path, tls_cert=client_cert.cert, tls_key=client_cert.key)
+        with InferenceClient(target, mtls, timeout_s=10) as client:
+            assert client.infer_depth(images(1))[1] == "1"
+        with InferenceClient(target, ChannelConfig(tls_ca=ca.ca_path), timeout_s=5) as no_client_cert:
+            with pytest.raises(NotReady):
+                no_client_cert.infer_depth(images(1))
+        with InferenceClient(target, timeout_s=5) as plaintext, pytest.raises(NotReady):
+            plaintext.infer_depth(images(1))

@@ -12,7 +12,7 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from inference_support import TRACE, images, tiny_depth, tiny_unet
+from tests.inference_support import TRACE, images, tiny_depth, tiny_unet
 from segxal.data.cityscapes import normalize_image
 from segxal.eem.explain import ExplainedSegmenter
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound

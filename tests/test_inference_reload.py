@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tg
 
-from inference_support import export_models, images, make_repository, running_server
+from tests.inference_support import export_models, images, make_repository, running_server
 from services.inference.client import AsyncInferenceClient
 
 

@@ -17,7 +17,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from inference_support import export_models, images, make_repository, running_server
+from tests.inference_support import export_models, images, make_repository, running_server
 from services.common.model_repository import BatchingConfig
 
 
@@ -334,3 +334,23 @@ def test_entry_point_from_flags_and_env_stops_gracefully_on_sigterm(tmp_path, ex
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_weights_in_external_data_publish_and_serve(tmp_path, exports):
+    """The dynamo exporter's layout (model.onnx + model.onnx.data): the repository copies the folder,
+    ONNX Runtime finds the data beside the graph."""
+    import onnx
+    folder = tmp_path / "external"
+    folder.mkdir()
+    graph = onnx.load(str(exports["depth"][1].path))
+    onnx.save_model(graph, str(folder / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
+    assert (folder / "model.onnx.data").stat().st_size > (folder / "model.onnx").stat().st_size
+    repo = make_repository(tmp_path / "repo", exports)
+    assert repo.publish("depth", folder) == 2
+    x = images(1)
+    with running_server(repo) as server, tg.InferenceServerClient(server.target) as client:
+        result = client.infer("depth", [_infer_input(x)])
+        assert result.get_response().model_version == "2"
+        np.testing.assert_array_equal(result.as_numpy("inverse_depth"),
+                                      _in_process(exports["depth"][1].path, x)["inverse_depth"])
