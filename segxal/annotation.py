@@ -1,0 +1,188 @@
+"""Label masks sent by labelers: decoding (PNG or per-class COCO RLE, Cityscapes labelIds or
+trainIds), validation against the frame, and what an annotation costs (DESIGN.md: annotation cost
+is counted in frames, regions and pixels touched).
+
+Every decoded mask is a trainId array uint8 [H, W] with 255 (segxal.labels.IGNORE) where the
+labeler did not annotate, so masks from any encoding compare and hash alike.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pycocotools.mask as coco_mask
+
+from segxal import imageio
+from segxal.errors import InvalidInput
+from segxal.labels import IGNORE, NUM_CLASSES, label_ids_to_train_ids
+
+LABEL_IDS = "label_ids"
+TRAIN_IDS = "train_ids"
+LABEL_SPACES = (LABEL_IDS, TRAIN_IDS)
+
+
+@dataclass(frozen=True)
+class Rle:
+    """COCO run-length encoding of one binary mask: column-major counts, as pycocotools writes."""
+    height: int
+    width: int
+    counts: str = ""  # COCO's compressed string form
+    uncompressed_counts: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClassRle:
+    label_id: int  # in the mask's label space
+    rle: Rle
+
+
+@dataclass(frozen=True)
+class EncodedMask:
+    """A label mask as a client sends it: exactly one of png / rle."""
+    label_space: str  # LABEL_IDS or TRAIN_IDS
+    png: bytes | None = None
+    rle: tuple[ClassRle, ...] | None = None
+
+
+def decode_rle(rle: Rle, where: str = "rle") -> np.ndarray:
+    """One COCO RLE -> bool [H, W].
+
+    Raises:
+        InvalidInput: bad size, counts that do not cover exactly H * W pixels, unreadable string.
+    """
+    h, w = int(rle.height), int(rle.width)
+    if h <= 0 or w <= 0:
+        raise InvalidInput(f"{where}: RLE size must be positive, got {h} x {w}")
+    if rle.counts and rle.uncompressed_counts:
+        raise InvalidInput(f"{where}: give either counts (compressed) or uncompressed_counts, not both")
+    if rle.uncompressed_counts:
+        counts = [int(c) for c in rle.uncompressed_counts]
+    elif rle.counts:
+        counts = _compressed_counts(rle.counts, where)
+    else:
+        raise InvalidInput(f"{where}: RLE has no counts")
+    # pycocotools decodes whatever it is given; a mask whose runs do not cover the image exactly
+    # is a client bug we must not store as a shifted or truncated label map.
+    if min(counts) < 0 or sum(counts) != h * w:
+        raise InvalidInput(f"{where}: not a valid COCO RLE of size {h} x {w}: the runs must be "
+                           f"non-negative and cover {h * w} pixels, they cover {sum(counts)}")
+    mask = coco_mask.decode(coco_mask.frPyObjects({"size": [h, w], "counts": counts}, h, w))  # [H, W]
+    return np.ascontiguousarray(mask, dtype=bool)
+
+
+def _compressed_counts(text: str, where: str) -> list[int]:
+    """COCO's compressed RLE string -> run lengths: the inverse of rleToString in cocoapi's
+    maskApi.c (6-bit groups offset by 48, 5 value bits + a continuation bit, sign-extended, and
+    every count after the second stored as a difference to the one two back)."""
+    counts: list[int] = []
+    value = shift = 0
+    for ch in text:
+        c = ord(ch) - 48
+        if not 0 <= c < 64:
+            raise InvalidInput(f"{where}: not a valid COCO RLE string (character {ch!r})")
+        value |= (c & 0x1F) << shift
+        shift += 5
+        if c & 0x20:
+            continue
+        if c & 0x10:
+            value -= 1 << shift  # sign bit set: negative
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+        value = shift = 0
+    if shift:
+        raise InvalidInput(f"{where}: not a valid COCO RLE string (it ends inside a number)")
+    return counts
+
+
+def encode_rle(mask: np.ndarray) -> Rle:
+    """bool/uint8 [H, W] -> compressed COCO RLE (what labeling clients send)."""
+    enc = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    h, w = enc["size"]
+    return Rle(height=int(h), width=int(w), counts=enc["counts"].decode("ascii"))
+
+
+def encode_class_rles(train_ids: np.ndarray) -> tuple[ClassRle, ...]:
+    """A trainId mask (255 = not annotated) -> one RLE per present class, label space trainIds."""
+    return tuple(ClassRle(int(c), encode_rle(train_ids == c))
+                 for c in np.unique(train_ids) if c != IGNORE)
+
+
+def _to_train_ids(values: np.ndarray, label_space: str, where: str) -> np.ndarray:
+    if label_space == LABEL_IDS:
+        return label_ids_to_train_ids(values, where=where)
+    if label_space == TRAIN_IDS:
+        bad = (values >= NUM_CLASSES) & (values != IGNORE)
+        if bad.any():
+            ids = sorted(set(np.unique(values[bad]).tolist()))
+            raise InvalidInput(f"{where}: unknown trainIds {ids[:10]} (expected 0..{NUM_CLASSES - 1} "
+                               f"or {IGNORE} for not annotated)")
+        return values.astype(np.uint8)
+    raise InvalidInput(f"{where}: label space must be one of {LABEL_SPACES}, got {label_space!r}")
+
+
+def decode_mask(mask: EncodedMask, shape: tuple[int, int] | None, where: str = "mask") -> np.ndarray:
+    """A client's mask -> trainIds uint8 [H, W], 255 = not annotated.
+
+    Args:
+        mask: PNG (single-channel 8-bit) or per-class RLE, in labelIds or trainIds.
+        shape: (H, W) the frame has; None skips the size check.
+    Raises:
+        InvalidInput: no or both encodings, unreadable PNG / RLE, wrong size, unknown label ids,
+            overlapping class RLEs.
+    """
+    if (mask.png is None) == (mask.rle is None):
+        raise InvalidInput(f"{where}: give the mask as exactly one of png or rle")
+    if mask.label_space not in LABEL_SPACES:
+        raise InvalidInput(f"{where}: label space must be one of {LABEL_SPACES}, got {mask.label_space!r}")
+    if mask.png is not None:
+        values = imageio.decode_image(mask.png, where=where, mode=None)
+        if values.ndim != 2 or values.dtype != np.uint8:
+            raise InvalidInput(f"{where}: PNG must be single-channel 8-bit, got shape {values.shape} "
+                               f"dtype {values.dtype}")
+        if shape is not None and values.shape != tuple(shape):
+            raise InvalidInput(f"{where}: mask is {values.shape[0]} x {values.shape[1]}, "
+                               f"the frame is {shape[0]} x {shape[1]}")
+        return _to_train_ids(values, mask.label_space, where)
+    if not mask.rle:
+        raise InvalidInput(f"{where}: RLE mask has no classes")
+    first = mask.rle[0].rle
+    h, w = (int(first.height), int(first.width)) if shape is None else (int(shape[0]), int(shape[1]))
+    out = np.full((h, w), IGNORE, dtype=np.uint8)
+    covered = np.zeros((h, w), dtype=bool)
+    for i, cls in enumerate(mask.rle):
+        cw = f"{where}: class {i} (label id {cls.label_id})"
+        if (cls.rle.height, cls.rle.width) != (h, w):
+            raise InvalidInput(f"{cw}: RLE is {cls.rle.height} x {cls.rle.width}, the frame is {h} x {w}")
+        if not 0 <= cls.label_id <= 255:
+            raise InvalidInput(f"{cw}: label id must be 0..255")
+        train_id = int(_to_train_ids(np.array([cls.label_id], np.uint8), mask.label_space, cw)[0])
+        m = decode_rle(cls.rle, cw)
+        if (covered & m).any():
+            raise InvalidInput(f"{cw}: overlaps an earlier class ({int((covered & m).sum())} pixels)")
+        covered |= m
+        out[m] = train_id
+    return out
+
+
+@dataclass(frozen=True)
+class AnnotationCost:
+    frames: int
+    regions: int
+    pixels: int  # annotated (not ignored) pixels
+
+
+def annotation_cost(train_ids: np.ndarray, regions_fixed: int) -> AnnotationCost:
+    """What one accepted annotation spends of the budget."""
+    return AnnotationCost(frames=1, regions=int(regions_fixed), pixels=int((train_ids != IGNORE).sum()))
+
+
+def content_sha256(train_ids: np.ndarray, scope: str, region_ids: Sequence[int]) -> str:
+    """Hash of what an annotation says, independent of how it was encoded (PNG or RLE, labelIds or
+    trainIds), so the same annotation sent twice is recognised."""
+    h = hashlib.sha256()
+    h.update(f"{train_ids.shape[0]}x{train_ids.shape[1]}|{scope}|{sorted(set(region_ids))}|".encode())
+    h.update(np.ascontiguousarray(train_ids, dtype=np.uint8).tobytes())
+    return h.hexdigest()

@@ -1,0 +1,17 @@
+"""Ingest: turn image folders, Cityscapes-layout folders and MCAP drive logs into frame records
+(URI on shared storage, source, capture time, size, ground truth when there is one).
+
+Folders are referenced in place; drive-log frames are extracted once to storage, content-addressed.
+The functions here are generators: a source that breaks part-way (a truncated log) yields the
+frames it could read and then raises, so the caller keeps what came before the damage.
+"""
+from segxal.ingest.drivelog import (DEFAULT_NEAR_DUPLICATE_THRESHOLD, LogImage, NearDuplicateFilter,
+                                    extract_drive_log, iter_drive_log_images, write_drive_log)
+from segxal.ingest.folders import iter_cityscapes, iter_image_folder
+from segxal.ingest.records import IngestCounters, IngestedFrame
+
+__all__ = [
+    "DEFAULT_NEAR_DUPLICATE_THRESHOLD", "IngestCounters", "IngestedFrame", "LogImage",
+    "NearDuplicateFilter", "extract_drive_log", "iter_cityscapes", "iter_drive_log_images",
+    "iter_image_folder", "write_drive_log",
+]

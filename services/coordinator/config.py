@@ -1,0 +1,32 @@
+"""The coordinator's one configuration, built once in main() from flags and environment."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.coordinator.ranking import RankingConfig
+
+
+@dataclass
+class CoordinatorConfig:
+    # sqlite:///path/to.db (embedded, one replica) or postgresql://user@host:port/db (replicas)
+    db: str = "sqlite:///runs/coordinator/coordinator.db"
+    # Extracted drive-log frames, annotation masks and predictions go under this folder; with
+    # several replicas it must be shared storage, like the frames the EEM service reads.
+    storage: str = "runs/coordinator/storage"
+    eem_target: str = ""  # host:port of the EEM scoring service; empty: only random cycles rank
+    host: str = "127.0.0.1"
+    port: int = 50061  # 0 = ephemeral (tests)
+    model_name: str = "segmentation"  # the model whose versions pin cycles when none is named
+    default_lease_s: float = 300.0  # a labeler annotating one frame by hand takes minutes
+    max_lease_s: float = 3600.0     # longer leases hide crashed clients for too long
+    max_lease_batch: int = 64       # tasks per LeaseTasks call
+    default_dice_threshold: float = 0.95  # DESIGN.md: DICE stopping default
+    db_pool_size: int = 8           # connections per replica (PostgreSQL allows ~100 in all)
+    max_workers: int = 16           # gRPC handler threads
+    grace_s: float = 10.0           # in-flight RPCs get this long on shutdown
+    tls_cert: str | None = None     # PEM cert + key: serve TLS
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # set: mutual TLS
+    # Ingest reads server-side paths: when set, they must lie under one of these folders.
+    ingest_roots: tuple[str, ...] = ()
+    ranking: RankingConfig = field(default_factory=RankingConfig)
