@@ -15,6 +15,10 @@ from services.common.errors import status_for
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a 1024x2048 float32 logit tensor is 160 MB
+# Health entry that is SERVING from start() until stop(), whatever the service's readiness: the
+# liveness probe's. Readiness probes ask for the service's own name (NOT_SERVING while a model
+# loads or a backend is down: no traffic, but no restart either).
+LIVENESS_SERVICE = "liveness"
 
 
 @dataclass
@@ -26,7 +30,10 @@ class ServerConfig:
     tls_cert: str | None = None  # PEM paths; cert+key enable TLS
     tls_key: str | None = None
     tls_client_ca: str | None = None  # set: mutual TLS, clients must present a cert it signed
-    interceptors: list = field(default_factory=list)
+    interceptors: list = field(default_factory=list)  # run inside the error interceptor, in order
+    # "host:port" of a second, plaintext listener serving grpc.health.v1 only (the same statuses).
+    # The kubelet's gRPC probe cannot speak TLS: with TLS on the serving port, probes go here.
+    health_address: str | None = None
 
 
 def _wrap(behavior: Callable, streaming_response: bool) -> Callable:
@@ -45,8 +52,8 @@ def _wrap(behavior: Callable, streaming_response: bool) -> Callable:
         try:
             return behavior(request, context)
         except Exception as e:  # noqa: BLE001
-            if isinstance(e, grpc.RpcError):
-                raise
+            if isinstance(e, grpc.RpcError) or context.code() is not None:
+                raise  # the handler (or an interceptor) already aborted with its own status
             context.abort(*status_for(e))
     return unary
 
@@ -87,6 +94,12 @@ class GrpcServer:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port: int | None = None
+        self.health_port: int | None = None
+        self._health_server: grpc.Server | None = None
+        if cfg.health_address:
+            self._health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2),
+                                              options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
 
     def add(self, register: Callable, servicer) -> None:
         register(servicer, self.server)
@@ -111,7 +124,13 @@ class GrpcServer:
             self.port = self.server.add_insecure_port(cfg.address)
         if not self.port:
             raise OSError(f"could not bind {cfg.address}")
+        if self._health_server is not None:
+            self.health_port = self._health_server.add_insecure_port(cfg.health_address)
+            if not self.health_port:
+                raise OSError(f"could not bind the health address {cfg.health_address}")
+            self._health_server.start()
         self.server.start()
+        self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         log.info("gRPC server listening on port %d", self.port)
         return self.port
 
@@ -126,6 +145,8 @@ class GrpcServer:
         """Refuse new RPCs, let in-flight ones finish within the grace period."""
         self.health.enter_graceful_shutdown()
         self.server.stop(self.cfg.grace_s if grace is None else grace).wait()
+        if self._health_server is not None:
+            self._health_server.stop(0).wait()
 
     def wait(self) -> None:
         self.server.wait_for_termination()

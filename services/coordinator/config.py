@@ -27,6 +27,10 @@ class CoordinatorConfig:
     tls_cert: str | None = None     # PEM cert + key: serve TLS
     tls_key: str | None = None
     tls_client_ca: str | None = None  # set: mutual TLS
+    # JSON {client identity: "sha256:<token hex>"} (services.common.auth): every call but health
+    # must carry "authorization: Bearer <token>"; leases and submits act for that identity.
+    auth_tokens_file: str | None = None
+    health_port: int | None = None  # plaintext grpc.health.v1-only port (the kubelet's probe with TLS on)
     # Ingest reads server-side paths: when set, they must lie under one of these folders.
     ingest_roots: tuple[str, ...] = ()
     ranking: RankingConfig = field(default_factory=RankingConfig)

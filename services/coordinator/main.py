@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", default=_env("TLS_CERT", None))
     p.add_argument("--tls-key", default=_env("TLS_KEY", None))
     p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA", None))
+    p.add_argument("--auth-tokens-file", default=_env("AUTH_TOKENS_FILE", None),
+                   help="JSON {identity: 'sha256:<token hex>'}: require bearer tokens (services.common.auth)")
+    health_port = _env("HEALTH_PORT", None)
+    p.add_argument("--health-port", type=int, default=int(health_port) if health_port else None,
+                   help="also serve grpc.health.v1 alone, in plaintext, on this port (probes with TLS on)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -70,6 +75,7 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
         max_workers=args.max_workers, grace_s=args.grace_s,
         ingest_roots=tuple(args.ingest_roots or args.env_roots),
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+        auth_tokens_file=args.auth_tokens_file, health_port=args.health_port,
         ranking=RankingConfig(concurrency=args.scoring_concurrency, chunk_size=args.scoring_chunk,
                               deadline_s=args.scoring_deadline_s, max_attempts=args.scoring_attempts,
                               backoff_initial_s=args.scoring_backoff_s))

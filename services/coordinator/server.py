@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
 from segxalpb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
+from services.common.auth import BearerTokenAuth
 from services.common.server import GrpcServer, ServerConfig
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.coordinator import Coordinator
@@ -32,7 +33,9 @@ class CoordinatorServer:
         self.core = Coordinator(self.store, cfg, scorer)
         self.grpc = GrpcServer(ServerConfig(
             address=f"{cfg.host}:{cfg.port}", max_workers=cfg.max_workers, grace_s=cfg.grace_s,
-            tls_cert=cfg.tls_cert, tls_key=cfg.tls_key, tls_client_ca=cfg.tls_client_ca))
+            tls_cert=cfg.tls_cert, tls_key=cfg.tls_key, tls_client_ca=cfg.tls_client_ca,
+            interceptors=[BearerTokenAuth.from_file(cfg.auth_tokens_file)] if cfg.auth_tokens_file else [],
+            health_address=f"{cfg.host}:{cfg.health_port}" if cfg.health_port is not None else None))
         self.grpc.add(pb_grpc.add_CoordinatorServicer_to_server, CoordinatorServicer(self.core))
 
     def start(self) -> int:

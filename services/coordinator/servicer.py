@@ -3,8 +3,11 @@ encodes the reply. Errors are segxal.errors exceptions; services.common.server's
 them to status codes."""
 from __future__ import annotations
 
+import dataclasses
+
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
 from segxalpb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
+from services.common.auth import authenticated_client_id
 from services.coordinator import convert as cv
 from services.coordinator.coordinator import Coordinator
 
@@ -61,7 +64,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     # ---- tasks and annotations
     def LeaseTasks(self, request, context):
-        tasks, exhausted = self.core.lease_tasks(request.pool_id, request.cycle_id, request.client_id,
+        tasks, exhausted = self.core.lease_tasks(request.pool_id, request.cycle_id,
+                                                 authenticated_client_id(request.client_id),
                                                  request.max_tasks, request.lease_seconds)
         return pb.LeaseTasksResponse(tasks=[cv.task_to_proto(t) for t in tasks], budget_exhausted=exhausted)
 
@@ -70,7 +74,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         return pb.HeartbeatTaskResponse(lease_expires_unix_s=expires)
 
     def SubmitAnnotation(self, request, context):
-        r = self.core.submit(cv.submit_from_proto(request))
+        spec = cv.submit_from_proto(request)
+        r = self.core.submit(dataclasses.replace(spec, client_id=authenticated_client_id(spec.client_id)))
         return pb.SubmitAnnotationResponse(annotation=cv.annotation_to_proto(r.annotation), replayed=r.replayed,
                                            budget=cv.budget_to_proto(r.budget))
 
