@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from coordinator_support import CoordinatorProcess, database_url, labels_for, pool_with_tasks
+from tests.coordinator_support import CoordinatorProcess, database_url, labels_for, pool_with_tasks
 from services.coordinator.client import CoordinatorClient
 
 REPLICAS = 3

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator_support import BACKENDS, CoordinatorProcess, database_url, labels_for, pool_with_tasks
+from tests.coordinator_support import BACKENDS, CoordinatorProcess, database_url, labels_for, pool_with_tasks
 from segxal.errors import SegxalError
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
 from services.coordinator.client import CoordinatorClient

@@ -13,7 +13,7 @@ from mcap.reader import make_reader
 from mcap_protobuf.decoder import DecoderFactory
 from mcap_protobuf.writer import Writer as ProtobufMcapWriter
 
-from coordinator_support import (BACKENDS, coordinator_config, database_url, running_coordinator,
+from tests.coordinator_support import (BACKENDS, coordinator_config, database_url, running_coordinator,
                                  write_frames)
 from segxal import imageio
 from segxal.errors import InvalidInput, NotFound

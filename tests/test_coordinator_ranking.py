@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from coordinator_support import BACKENDS, coordinator_config, database_url, running_coordinator
-from inference_support import H, W, export_models, make_repository, running_server
+from tests.coordinator_support import BACKENDS, coordinator_config, database_url, running_coordinator
+from tests.inference_support import H, W, export_models, make_repository, running_server
 from segxal import imageio
 from segxal.errors import InvalidInput, NotReady
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb

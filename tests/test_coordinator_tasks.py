@@ -9,7 +9,7 @@ import numpy as np
 import pycocotools.mask as coco_mask
 import pytest
 
-from coordinator_support import (BACKENDS, coordinator_config, database_url, labels_for, pool_with_tasks,
+from tests.coordinator_support import (BACKENDS, coordinator_config, database_url, labels_for, pool_with_tasks,
                                  running_coordinator, write_frames)
 from segxal import imageio
 from segxal.annotation import LABEL_IDS, ClassRle, EncodedMask, Rle
