@@ -169,8 +169,6 @@ class JobRunner:
             raise InvalidInput(f"epochs, batch_size and learning_rate must be >= 0 (0: the default), got "
                                f"{opts.epochs}, {opts.batch_size}, {opts.learning_rate}")
         annotations = self._fetch_pool(request.pool_id) + list(request.annotations)
-        for i, ref in enumerate(annotations):
-            ref.validate(i)
         current = self.versions.current(model)
         if not annotations and current:
             raise FailedPrecondition(

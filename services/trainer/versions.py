@@ -106,19 +106,23 @@ class VersionStore:
             raise FailedPrecondition(f"{path}: not a segmentation checkpoint")
         return net
 
+    def _provenance(self, model: str, version: int) -> dict:
+        """A version's training.json; {} when it has none (published by someone else) or it is unreadable."""
+        path = self.repository.version_dir(model, version) / TRAINING_FILE
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            log.warning("%s: unreadable (%s); the version is listed without its history", path, e)
+            return {}
+
     def info(self, model: str, version: int, current: int | None = None) -> VersionInfo:
         """What is known about one version (training.json when present)."""
-        vdir = self.repository.version_dir(model, version)
-        info = VersionInfo(model_name=model, version=version, uri=str(vdir),
+        info = VersionInfo(model_name=model, version=version, uri=str(self.repository.version_dir(model, version)),
                            current=version == (self.current(model) if current is None else current),
                            has_training_state=self.checkpoint_path(model, version).is_file())
-        try:
-            d = json.loads((vdir / TRAINING_FILE).read_text())
-        except FileNotFoundError:
-            return info  # published by someone else: nothing known about its making
-        except (OSError, ValueError) as e:
-            log.warning("%s: unreadable %s (%s); listed without metrics", vdir, TRAINING_FILE, e)
-            return info
+        d = self._provenance(model, version)
         metrics = d.pop("metrics", None)
         info.metrics = Metrics(**metrics) if metrics else None
         for key in ("job_id", "cycle_id", "base_version", "rolled_back_from", "published_unix_s"):
@@ -135,7 +139,7 @@ class VersionStore:
     def find_published(self, model: str, job_id: str) -> int | None:
         """The version a job published, if any (newest first: a job publishes at most once)."""
         for v in reversed(self.versions(model)):
-            if self.info(model, v).job_id == job_id:
+            if self._provenance(model, v).get("job_id") == job_id:
                 return v
         return None
 
