@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -86,8 +87,9 @@ def _export(folder: Path, h: int, w: int) -> tuple[Path, Path, ModelRepository, 
 
 
 def _in_process(seg_path: Path, depth_path: Path, roots: list[str], uris: list[str], opts: ScoreOptions,
-                threads: int) -> float:
-    """Frames/s of the in-process pipeline over `uris` (after a 3-frame warm-up)."""
+                threads: int, workers: int) -> float:
+    """Frames/s of the in-process pipeline over `uris` (after a 3-frame warm-up), with `workers`
+    frames at a time on threads sharing the two sessions (1 = the AL loop's sequential path)."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     seg = ort.InferenceSession(str(seg_path), so, providers=["CPUExecutionProvider"])
@@ -106,8 +108,8 @@ def _in_process(seg_path: Path, depth_path: Path, roots: list[str], uris: list[s
     for uri in uris[:3]:
         one(uri)
     t0 = time.perf_counter()
-    for uri in uris:
-        one(uri)
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, uris))
     return len(uris) / (time.perf_counter() - t0)
 
 
@@ -186,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="cumulative streamed-frame counts at which the EEM server's RSS is read; "
                         "empty to skip")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = one per core)")
+    p.add_argument("--inproc-workers", default="1,2",
+                   help="in-process runs with this many frames at a time (comma list; the first is the "
+                        "baseline of the ratio: 1 = sequential, as the AL loop)")
     p.add_argument("--max-concurrency", type=int, default=4, help="EEM server --max-concurrency")
     p.add_argument("--regions", action="store_true", help="also extract regions and encode labels (both sides)")
     p.add_argument("--workdir", default=None, help="keep models, frames and server logs here")
@@ -203,8 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"set-up {time.perf_counter() - t0:.0f} s: {a.distinct} frames {h}x{w}, default UNet + DepthNet "
           f"exported to ONNX; {os.cpu_count()} CPUs; workdir {work}", flush=True)
 
-    inproc = _in_process(seg_path, depth_path, roots, uris, opts, a.threads)
-    print(f"in process : {inproc:6.2f} frames/s ({a.frames} frames)", flush=True)
+    rates = []
+    for workers in (int(v) for v in a.inproc_workers.split(",")):
+        rates.append(_in_process(seg_path, depth_path, roots, uris, opts, a.threads, workers))
+        print(f"in process : {rates[-1]:6.2f} frames/s ({a.frames} frames, {workers} at a time)", flush=True)
+    inproc = rates[0]
 
     services = _Services(seg_repo, depth_repo, roots, a.threads, a.max_concurrency, work)
     try:
@@ -214,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
             t1 = time.perf_counter()
             _stream(client, uris, opts)
             served = a.frames / (time.perf_counter() - t1)
-            print(f"services   : {served:6.2f} frames/s ({a.frames} frames)   ratio {served / inproc:.2f} "
-                  f"(target >= 0.90)", flush=True)
+            print(f"services   : {served:6.2f} frames/s ({a.frames} frames, EEM max-concurrency "
+                  f"{a.max_concurrency})   ratio {served / inproc:.2f} (target >= 0.90)"
+                  + "".join(f"; vs {r:.2f}: {served / r:.2f}" for r in rates[1:]), flush=True)
             eem_proc = psutil.Process(services.eem.pid)
             done, rss = 2 * a.max_concurrency + a.frames, []  # streamed so far (warm-up + timed)
             for n in rss_at:

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -443,6 +444,25 @@ def test_health_turns_serving_when_backends_come_up(models, frames):
             assert not client.is_serving()
     finally:
         server.stop(1.0)
+
+
+def test_stop_drains_a_stream_in_flight(inference, frames):
+    """Graceful shutdown: a stream under way when stop() is called still gets every result."""
+    server = EemServer(_eem_config(inference.target, inference.target, [str(frames["root"])]))
+    server.start()
+    uris = [str(p) for i, p in enumerate(frames["paths"]) if i != 25]
+    with EemClient(server.target, timeout_s=30) as client:
+        client.wait_until_serving(20)
+        stream = client.score_stream(uris)
+        results = [next(stream)]
+        stopper = threading.Thread(target=server.stop, args=(20.0,))
+        stopper.start()
+        results += list(stream)
+        stopper.join(30)
+        assert not stopper.is_alive()
+        assert len(results) == len(uris) and all(r.ok for r in results)
+        with pytest.raises(NotReady):
+            client.score(uris[0], timeout_s=5)
 
 
 # -- the entry point ----------------------------------------------------------------------------

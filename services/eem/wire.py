@@ -24,16 +24,9 @@ _MAP_KIND = {pb.MAP_KIND_EBU: "ebu", pb.MAP_KIND_CAM: "cam", pb.MAP_KIND_PROXIMI
 _BITS = {pb.MAP_BIT_DEPTH_UNSPECIFIED: 8, pb.MAP_BIT_DEPTH_8: 8, pb.MAP_BIT_DEPTH_16: 16}
 
 
-def _inverse(d: dict) -> dict:
-    out = {}
-    for k, v in d.items():
-        out.setdefault(v, k)  # the first (explicit) enum value wins over UNSPECIFIED
-    return out
-
-
 _SCORE_MODE_PB = {"mean": pb.SCORE_MODE_MEAN, "topq": pb.SCORE_MODE_TOP_Q}
 _THRESHOLD_MODE_PB = {"otsu": pb.THRESHOLD_MODE_OTSU, "fixed": pb.THRESHOLD_MODE_FIXED}
-_MAP_KIND_PB = _inverse(_MAP_KIND)
+_MAP_KIND_PB = {v: k for k, v in _MAP_KIND.items()}
 _BITS_PB = {8: pb.MAP_BIT_DEPTH_8, 16: pb.MAP_BIT_DEPTH_16}
 
 
