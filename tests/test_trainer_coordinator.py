@@ -9,8 +9,8 @@ from segxal.labels import IGNORE
 from services.coordinator.client import cityscapes_source
 from services.trainer.api import JobRequest, JobState
 from services.trainer.client import TrainerClient
-from coordinator_support import coordinator_config, database_url, running_coordinator
-from trainer_support import running_trainer, trainer_config
+from tests.coordinator_support import coordinator_config, database_url, running_coordinator
+from tests.trainer_support import running_trainer, trainer_config
 
 
 def _ground_truth(data, uri: str) -> np.ndarray:

@@ -22,7 +22,7 @@ from segxal.storage import local_uri
 from services.common.model_repository import ModelRepository
 from services.trainer.api import AnnotationRef, JobPhase, JobRequest, JobState, PublishPolicy, TrainingOptions
 from services.trainer.client import TrainerClient
-from trainer_support import pool_frames, region_annotations, running_trainer, trainer_config
+from tests.trainer_support import pool_frames, region_annotations, running_trainer, trainer_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ from services.common.model_repository import ModelRepository
 from services.inference.client import InferenceClient
 from services.trainer.api import JobRequest, JobState, PublishPolicy, TrainingOptions
 from services.trainer.client import TrainerClient
-from inference_support import running_server
-from trainer_support import SIZE, frame_images, region_annotations, running_trainer, trainer_config, wait_for_version
+from tests.inference_support import running_server
+from tests.trainer_support import SIZE, frame_images, region_annotations, running_trainer, trainer_config, wait_for_version
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from services.common.model_repository import ModelRepository
 from services.inference.client import InferenceClient
 from services.trainer.api import JobPhase, JobRequest, JobState, PublishPolicy, TrainingOptions
 from services.trainer.client import TrainerClient
-from inference_support import running_server
-from trainer_support import (frame_images, region_annotations, running_trainer, trainer_config,
+from tests.inference_support import running_server
+from tests.trainer_support import (frame_images, region_annotations, running_trainer, trainer_config,
                                    wait_for_version)
 
 # the service test checks the mechanics; the gates have their own file
