@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -270,6 +275,32 @@ def test_overwrite_replaces_a_previous_dataset(tmp_path):
                    out, overwrite=True)
     assert not (out / "leftImg8bit" / "train").exists() and (out / "leftImg8bit" / "val").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "empty"]
+
+
+def test_parallel_workers_write_the_same_bytes(tmp_path):
+    cfg = _small(train_sequences=2, val_sequences=1, test_sequences=0, frames_per_sequence=1)
+    assert _files(synth.generate(cfg, tmp_path / "one")) == _files(synth.generate(cfg, tmp_path / "two", workers=2))
+
+
+def test_sigterm_during_generation_leaves_nothing_behind(tmp_path):
+    out = tmp_path / "ds"
+    # the synth command alone (segxal.cli would also import torch for the other commands: slow)
+    command = ("import argparse, sys; from segxal.data import synth; p = argparse.ArgumentParser(); "
+               "synth.register_cli(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", command, "data", "synth", "--out", str(out), "--height", "64", "--width", "128",
+         "--train-sequences", "400", "--val-sequences", "0", "--test-sequences", "0"],
+        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".ds.synth-*/leftImg8bit")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):

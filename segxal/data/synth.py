@@ -19,9 +19,10 @@ is exact per pixel and follows the same geometry as the image.
   (kind, height, colour, window layout). The static scene is ray cast per pixel with numpy.
 * Objects (cars, trucks, buses, persons, riders on bicycles and motorcycles, parked two-wheelers,
   street lights, sign poles with signs, traffic lights at crossings, trees, bushes, street furniture
-  labelled `static`) are planar polygons in vertical planes (a rear face and a visible side face for
-  vehicles), projected exactly and drawn far to near (painter's order) with cv2.fillPoly into the
-  label, albedo and plane buffers at once, so label edges are image edges.
+  labelled `static`, which Cityscapes ignores) are planar polygons in vertical planes (a rear face
+  and the visible flank for vehicles), projected exactly and drawn far to near (painter's order)
+  with cv2.fillPoly as part ids; label, albedo and plane come from one table lookup per pixel, so
+  label edges are image edges.
 * A sequence is a drive log: the camera moves forward at the ego speed (with a little lateral sway),
   other road users move at their own speeds, so consecutive frames overlap heavily but differ.
 * Appearance: world-anchored procedural noise textures (they move with the scene), facades with
@@ -43,6 +44,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 import time
 import zlib
@@ -51,10 +53,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from cityscapesscripts.helpers.labels import id2label
 
 from segxal import imageio
 from segxal.errors import InvalidInput
-from segxal.labels import NAME_TO_LABEL_ID
+from segxal.labels import NAME_TO_LABEL_ID, label_ids_to_train_ids
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,8 @@ _ID = {n: NAME_TO_LABEL_ID[n] for n in (
 
 @dataclass
 class SynthConfig:
+    """What to generate. The files depend on nothing else. frames_per_sequence and frame_interval_s
+    set the route length, so changing them redraws the sequences; the sequence counts do not."""
     height: int = 256
     width: int = 512
     train_sequences: int = 80
@@ -280,7 +285,10 @@ class _Thing:
     phase: float = 0.0  # walking / pedalling phase at time 0 (rad)
     yaw: float = 0.0  # rad, parked two-wheelers: angle of their plane to the street axis
     side: int = 1  # street side (arms of street lights point to the road)
-    extra: float = 0.0  # kind-specific size (sign plate, canopy radius, cab height...)
+    # kind-specific: sign plate size, tree trunk height, truck cab height, street-light arm, overhead
+    # traffic-light arm; persons: a uniform draw that picks hair colour, helmet and bag
+    extra: float = 0.0
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # shapes by view, shadows
 
 
 @dataclass
@@ -300,7 +308,7 @@ class _World:
     stop_lines: list  # (z, x min, x max)
     road_span: tuple  # (left edge x, right edge x) of the carriageway, without cross streets
     things: list
-    colours: dict  # road, sidewalk, terrain, vegetation, wall, fence base albedos
+    colours: dict  # base albedos: road, sidewalk, terrain, vegetation, marking
     sun: tuple  # (elevation rad, azimuth rad from +Z toward +X)
     fog_visibility: float  # m (meteorological: contrast 5 % at this depth); inf = none
     hedge_noise: np.ndarray  # [n] irregular top of hedges / tree lines, sampled every 0.5 m
@@ -583,7 +591,7 @@ def _populate(rng: np.random.Generator, cfg: SynthConfig, world: _World, lanes: 
     _place_traffic(rng, things, lanes, world.speed, duration, dens, lo, hi)
     for side in world.sides:
         s = side.sign
-        _place_pedestrians(rng, things, side, dens, lo, hi, duration)
+        _place_pedestrians(rng, things, side, dens, lo, hi)
         _place_street_lights(rng, world, side, lo, hi)
         _place_signs(rng, things, side, lo, hi)
         _place_trees_and_furniture(rng, world, side, style, lo, hi)
@@ -603,11 +611,11 @@ def _populate(rng: np.random.Generator, cfg: SynthConfig, world: _World, lanes: 
             t = _person(rng, "cyclist", x, float(rng.uniform(lo + 25, hi)), 0.0, vz, 1 if right else -1)
             t.colour2 = _car_colour(rng)  # bicycle frame
             things.append(t)
-    for zc, width, zebra in crossings:
+    for zc, _, zebra in crossings:
         if not (lo < zc < hi + 40):
             continue
         if rng.random() < 0.75:
-            _place_traffic_lights(rng, world, zc, lanes)
+            _place_traffic_lights(rng, world, zc)
         if zebra and rng.random() < 0.5 * min(dens, 1.5):  # pedestrians crossing the street
             for _ in range(int(rng.integers(1, 4))):
                 dirn = 1 if rng.random() < 0.5 else -1
@@ -619,7 +627,7 @@ def _populate(rng: np.random.Generator, cfg: SynthConfig, world: _World, lanes: 
 def _place_traffic(rng: np.random.Generator, things: list, lanes: dict, ego_speed: float,
                    duration: float, dens: float, lo: float, hi: float) -> None:
     """Vehicles per lane at a common lane speed (gaps never close within a drive log)."""
-    for i, x in enumerate(lanes["same"]):
+    for x in lanes["same"]:
         lane_speed = max(0.0, ego_speed + float(rng.normal(0, 1.5))) if ego_speed > 1 else float(rng.uniform(0, 1))
         ego_lane = abs(x) < 0.1
         # nothing may come closer than 6 m to the ego camera within its lane
@@ -654,7 +662,7 @@ def _place_traffic(rng: np.random.Generator, things: list, lanes: dict, ego_spee
 
 
 def _place_pedestrians(rng: np.random.Generator, things: list, side: _Side, dens: float,
-                       lo: float, hi: float, duration: float) -> None:
+                       lo: float, hi: float) -> None:
     s = side.sign
     n_groups = rng.poisson(dens * 0.065 * (hi - lo))
     for _ in range(n_groups):
@@ -700,7 +708,7 @@ def _place_signs(rng: np.random.Generator, things: list, side: _Side, lo: float,
                              extra=float(rng.uniform(0.5, 0.75)), side=side.sign))
 
 
-def _place_traffic_lights(rng: np.random.Generator, world: _World, zc: float, lanes: dict) -> None:
+def _place_traffic_lights(rng: np.random.Generator, world: _World, zc: float) -> None:
     state = int(rng.integers(3))
     for side in world.sides:
         x = side.sign * (side.kerb + 0.5)
@@ -760,12 +768,13 @@ def _add_tree(rng: np.random.Generator, things: list, x: float, z: float, veg: n
 
 # --------------------------------------------------------------------------------- static scene
 class _Canvas:
-    """Per-frame buffers. Objects write label, albedo and plane at once (cv2.fillPoly), so the label
-    edge is the image edge by construction."""
+    """Per-frame buffers. The static ray cast fills surf/depth/block; objects fill part_id, from
+    which label, albedo and plane are looked up, so the label edge is the image edge."""
 
     def __init__(self, h: int, w: int):
         self.label = np.full((h, w), _ID["sky"], np.uint8)
-        self.albedo = np.zeros((h, w, 4), np.float32)  # [H, W, rgb + emissive gain]
+        self.albedo = np.zeros((h, w, 3), np.float32)  # [H, W, rgb]
+        self.emissive = np.zeros((h, w), np.float32)  # glow gain of lamps, lights, lit windows
         # [H, W, 4]: object plane n_x, n_z, c (n_x = n_z = 0 on static pixels) and the sun cosine
         self.plane = np.zeros((h, w, 4), np.float32)
         self.depth = np.full((h, w), np.inf, np.float32)  # static scene depth (inf = sky)
@@ -786,6 +795,20 @@ _GROUND_SURFACES = (_M_ROAD, _M_SIDEWALK, _M_TERRAIN)
 def _frac(x: np.ndarray) -> np.ndarray:
     """Fractional part in [0, 1) (np.mod is ~15x slower for floats)."""
     return x - np.floor(x)
+
+
+# numpy broadcasting over a trailing axis of 3 (m[..., None] * rgb) is ~8x slower than cv2.merge of
+# three single-channel products: these two helpers keep per-pixel colour arithmetic fast
+def _tint(m: np.ndarray, colour) -> np.ndarray:
+    """Scalar map m [H, W] or [n] times an RGB colour -> float32 m.shape + (3,)."""
+    m = np.asarray(m, np.float32)
+    return cv2.merge([m * np.float32(c) for c in colour]).reshape(m.shape + (3,))
+
+
+def _rgb3(m: np.ndarray) -> np.ndarray:
+    """Scalar map m [H, W] or [n] repeated over 3 channels -> float32 m.shape + (3,)."""
+    m = np.asarray(m, np.float32)
+    return cv2.merge([m, m, m]).reshape(m.shape + (3,))
 
 
 def _ray_cast_ground(world: _World, cam: Camera, rays: _Rays, cam_x: float, cam_z: float,
@@ -891,44 +914,48 @@ _FINE_SCALE, _COARSE_SCALE, _TEX_SNAP = 12.8, 0.8, 320.0
 def _shade_static(world: _World, cam: Camera, rays: _Rays, cv: _Canvas, tex: _Textures,
                   difficulty: float, cam_x: float, cam_z: float) -> None:
     """Albedo and sun cosine of the static pixels left visible by the objects: world-anchored
-    textures, markings, windows."""
-    amp = 0.35 + 0.65 * min(difficulty, 1.5)
-    ox, oy = world.tex_offset
-    snap_x, snap_z = math.floor(cam_x / _TEX_SNAP) * _TEX_SNAP, math.floor(cam_z / _TEX_SNAP) * _TEX_SNAP
+    textures, markings, windows. Pixels are grouped by material (one stable sort)."""
     width = cam.width
-    surf = np.where(cv.part_id == 0, cv.surf, _M_SKY).ravel()
+    surf_all = np.where(cv.part_id == 0, cv.surf, _M_SKY).reshape(-1)
+    idx = np.flatnonzero(surf_all)  # visible static pixels, sky excluded
+    if not idx.size:
+        return
+    order = np.argsort(surf_all[idx], kind="stable")
+    idx = idx[order]
+    surf = surf_all[idx]
+    r, c = idx // width, idx % width
+    t = cv.depth.reshape(-1)[idx]
+    ground = surf <= _M_TERRAIN  # road, sidewalk, terrain come first in the material order
+    fwd_t = rays.fwd32[r] * t
+    # surface coordinates: ground (X, Z), planes (Z, height), in world metres
+    ca = np.where(ground, rays.xd32[c] * t + np.float32(cam_x), fwd_t + np.float32(cam_z))
+    cb = np.where(ground, fwd_t + np.float32(cam_z), np.float32(cam.mount_height) - rays.down32[r] * t)
+    foot = t / np.float32(cam.fx)  # metres per pixel; on the ground, along Z it is longer:
+    foot = np.where(ground, np.maximum(foot, t * t / np.float32(cam.fy * cam.mount_height)), foot)
     elev, az = world.sun
-    albedo = cv.albedo.reshape(-1, 4)
-    sun_cos = cv.plane[..., 3].reshape(-1)
-    depth_flat = cv.depth.reshape(-1)
+    cv.plane[..., 3].reshape(-1)[idx] = np.where(
+        ground, np.float32(math.sin(elev)),  # facades face the road: normal -sign(X) * X
+        np.float32(math.cos(elev) * math.sin(az)) * -np.sign(rays.xd32[c]))
+    snap_x, snap_z = math.floor(cam_x / _TEX_SNAP) * _TEX_SNAP, math.floor(cam_z / _TEX_SNAP) * _TEX_SNAP
+    ua = ca - np.where(ground, np.float32(snap_x), np.float32(snap_z))
+    vb = cb - np.where(ground, np.float32(snap_z), np.float32(0.0))
+    ox, oy = world.tex_offset
+    fine = tex.sample(tex.fine, ua * _FINE_SCALE + ox, vb * _FINE_SCALE + oy) * np.clip(0.06 / foot, 0, 1)
+    coarse = tex.sample(tex.coarse, ua * _COARSE_SCALE + oy, vb * _COARSE_SCALE + ox) * np.clip(1.0 / foot, 0, 1)
+    blk = cv.block.reshape(-1)[idx]
+    amp = 0.35 + 0.65 * min(difficulty, 1.5)
+    albedo = cv.albedo.reshape(-1, 3)
+    bounds = np.searchsorted(surf, np.arange(_M_FENCE + 2))
     for m, fn in ((_M_ROAD, _shade_road), (_M_SIDEWALK, _shade_sidewalk), (_M_TERRAIN, _shade_terrain),
                   (_M_FACADE, _shade_facade), (_M_HEDGE, _shade_hedge), (_M_WALL, _shade_barrier),
                   (_M_FENCE, _shade_barrier)):
-        idx = np.flatnonzero(surf == m)
-        if not idx.size:
+        sl = slice(bounds[m], bounds[m + 1])
+        if sl.start == sl.stop:
             continue
-        r, c = idx // width, idx % width
-        t = depth_flat[idx]
-        if m in _GROUND_SURFACES:
-            ca = rays.xd32[c] * t + np.float32(cam_x)
-            cb = rays.fwd32[r] * t + np.float32(cam_z)
-            foot = np.maximum(t / cam.fx, t * t / (cam.fy * cam.mount_height))
-            ua, vb = (ca - snap_x), (cb - snap_z)
-            sun_cos[idx] = math.sin(elev)
-        else:
-            ca = rays.fwd32[r] * t + np.float32(cam_z)
-            cb = np.float32(cam.mount_height) - rays.down32[r] * t
-            foot = t / cam.fx
-            ua, vb = (ca - snap_z), cb
-            # facades face the road: normal -sign(X) * X
-            sun_cos[idx] = math.cos(elev) * math.sin(az) * -np.sign(rays.xd32[c])
-        fine = tex.sample(tex.fine, ua * _FINE_SCALE + ox, vb * _FINE_SCALE + oy) * np.clip(0.06 / foot, 0, 1)
-        coarse = tex.sample(tex.coarse, ua * _COARSE_SCALE + oy, vb * _COARSE_SCALE + ox) * np.clip(1.0 / foot, 0, 1)
-        patch = _Patch(idx, cv.block.reshape(-1)[idx], ca, cb, foot, fine, coarse, amp)
-        rgb, emissive = fn(world, patch)
-        albedo[idx, :3] = rgb
+        rgb, emissive = fn(world, _Patch(idx[sl], blk[sl], ca[sl], cb[sl], foot[sl], fine[sl], coarse[sl], amp))
+        albedo[idx[sl]] = rgb
         if emissive is not None:
-            albedo[idx, 3] = emissive
+            cv.emissive.reshape(-1)[idx[sl]] = emissive
 
 
 def _paint_mix(mask: np.ndarray, width_m: float, foot: np.ndarray) -> np.ndarray:
@@ -943,7 +970,7 @@ def _shade_road(world: _World, g: _Patch):
     k = k * np.where(g.coarse > 1.4, 0.86, 1.0)  # patched asphalt
     if world.weather == "rain":
         k = k * 0.72
-    out = world.colours["road"][None, :] * k[:, None]
+    out = _tint(k, world.colours["road"])
     paint = np.zeros(x.shape, bool)
     for mx, hw, period, duty in world.markings:
         on = np.abs(x - mx) < hw
@@ -955,8 +982,8 @@ def _shade_road(world: _World, g: _Patch):
         paint |= (z > z0) & (z < z1) & (x > left) & (x < right) & (_frac(x) < 0.5)
     for zs, xl, xr in world.stop_lines:
         paint |= (z > zs) & (z < zs + 0.4) & (x > xl) & (x < xr)
-    mix = _paint_mix(paint, 0.12, g.foot)[:, None]
-    out = out * (1 - mix) + world.colours["marking"][None, :] * (0.9 + 0.1 * k[:, None]) * mix
+    mix = _paint_mix(paint, 0.12, g.foot)
+    out = out * _rgb3(1 - mix) + _tint((0.9 + 0.1 * k) * mix, world.colours["marking"])
     return out, None
 
 
@@ -965,20 +992,20 @@ def _shade_sidewalk(world: _World, g: _Patch):
     k = (1.0 + g.amp * (0.06 * g.coarse + 0.12 * g.fine)) * (1 - 0.2 * _paint_mix(joint, 0.03, g.foot))
     if world.weather == "rain":
         k = k * 0.78
-    return world.colours["sidewalk"][None, :] * k[:, None], None
+    return _tint(k, world.colours["sidewalk"]), None
 
 
 def _shade_terrain(world: _World, g: _Patch):
-    dry = np.clip(0.5 + 0.35 * g.coarse, 0, 1)[:, None]
-    base = world.colours["terrain"][None, :] * (1 - 0.35 * dry) + np.array((0.45, 0.4, 0.3), np.float32) * 0.35 * dry
-    return base * (1.0 + g.amp * 0.25 * g.fine)[:, None], None
+    dry = np.clip(0.5 + 0.35 * g.coarse, 0, 1) * 0.35
+    k = 1.0 + g.amp * 0.25 * g.fine
+    return _tint((1 - dry) * k, world.colours["terrain"]) + _tint(dry * k, (0.45, 0.4, 0.3)), None
 
 
 def _shade_facade(world: _World, g: _Patch):
     tb = world.blocks
     blk = g.blk
     s, y = g.ca, g.cb
-    out = tb["colour"][blk] * (1.0 + g.amp * (0.08 * g.coarse + 0.06 * g.fine))[:, None]
+    out = tb["colour"][blk] * _rgb3(1.0 + g.amp * (0.08 * g.coarse + 0.06 * g.fine))
     top, floor_h, pitch, shop = tb["top"][blk], tb["floor_h"][blk], tb["win_pitch"][blk], tb["shop_h"][blk]
     first = np.maximum(shop, 0.8)
     col_f, row_f = s / pitch, (y - first) / floor_h
@@ -1006,20 +1033,20 @@ def _shade_facade(world: _World, g: _Patch):
 
 def _shade_hedge(world: _World, g: _Patch):
     k = (1.0 + 0.15 * g.coarse + g.amp * 0.3 * g.fine) * np.where(g.fine > 1.1, 0.65, 1.0)
-    return world.colours["vegetation"][None, :] * k[:, None], None
+    return _tint(k, world.colours["vegetation"]), None
 
 
 def _shade_barrier(world: _World, g: _Patch):
     tb = world.blocks
     blk = g.blk
     s, y = g.ca, g.cb
-    base = tb["barrier_colour"][blk] * (1.0 + g.amp * (0.1 * g.coarse + 0.1 * g.fine))[:, None]
+    base = tb["barrier_colour"][blk] * _rgb3(1.0 + g.amp * (0.1 * g.coarse + 0.1 * g.fine))
     fence = tb["barrier"][blk] == _FENCE
     height = tb["barrier_h"][blk]
     gap = fence & (_frac(s / 0.14) > 0.35) & (y < height - 0.08)
     rim = (y > height - 0.08) & ~fence
     k = 1.0 - 0.55 * _paint_mix(gap, 0.05, g.foot) + 0.15 * _paint_mix(rim, 0.05, g.foot)
-    return base * k[:, None], None
+    return base * _rgb3(k), None
 
 
 # ------------------------------------------------------------------------------------------ objects
@@ -1082,14 +1109,14 @@ _BLACK = (0.04, 0.04, 0.045, 0.0)
 _GLASS = (0.08, 0.1, 0.13, 0.0)
 
 
-def _car_parts(t: _Thing, x: float, z: float) -> list:
+def _car_parts(t: _Thing, view: "_View") -> list:
     W, H, L = t.width, t.height, t.length
     c = t.colour + (0.0,)
     lid = _ID["car"]
-    zn = z - L / 2
-    parts = _vehicle_side(t, x, zn, lid, c, _car_profile(t))
-    if zn > _NEAR:
-        pl = _frontal(x, zn)
+    zn = -L / 2
+    parts = _vehicle_side(t, view.flank, lid, _car_profile(t))
+    if view.front:
+        pl = _frontal(0.0, zn)
         parts += [
             _Part(pl, [_rect(-W / 2 + 0.05, -W / 2 + 0.32, 0.0, 0.34), _rect(W / 2 - 0.32, W / 2 - 0.05, 0.0, 0.34)],
                   lid, _BLACK, True),
@@ -1133,16 +1160,12 @@ def _car_profile(t: _Thing) -> list:
     ]
 
 
-def _vehicle_side(t: _Thing, x: float, zn: float, lid: int, c: tuple, profile: list) -> list:
-    """The side face a camera at X = 0 can see (none when the vehicle straddles X = 0)."""
+def _vehicle_side(t: _Thing, flank: int, lid: int, profile: list) -> list:
+    """The flank the camera sees: +1 the left one (vehicle right of the camera), -1 the right one."""
     W, L = t.width, t.length
-    if x - W / 2 > 0:
-        xs = x - W / 2
-    elif x + W / 2 < 0:
-        xs = x + W / 2
-    else:
+    if flank == 0:
         return []
-    pl = _lateral(xs, zn)
+    pl = _lateral(-W / 2 if flank > 0 else W / 2, -L / 2)
     parts = []
     for contours, rgba, core in profile:
         if t.facing > 0:  # the front is the far end: s = L - q
@@ -1151,12 +1174,12 @@ def _vehicle_side(t: _Thing, x: float, zn: float, lid: int, c: tuple, profile: l
     return parts
 
 
-def _truck_parts(t: _Thing, x: float, z: float) -> list:
+def _truck_parts(t: _Thing, view: "_View") -> list:
     W, H, L, cab = t.width, t.height, t.length, t.extra
     box = t.colour + (0.0,)
     cabc = t.colour2 + (0.0,)
     lid = _ID["truck"]
-    zn = z - L / 2
+    x, zn = 0.0, -L / 2
     wheels = [_disc(1.2, 0.5, 0.5), _disc(L - 1.6, 0.5, 0.5)] + ([_disc(L - 2.7, 0.5, 0.5)] if L > 8 else [])
     profile = [
         ([_rect(0, L, 0.45, 0.95)], (0.1, 0.1, 0.1, 0.0), True),
@@ -1165,8 +1188,8 @@ def _truck_parts(t: _Thing, x: float, z: float) -> list:
         ([_rect(2.35, L, 0.95, H)], box, True),
         (wheels, _BLACK, True),
     ]
-    parts = _vehicle_side(t, x, zn, lid, box, profile)
-    if zn <= _NEAR:
+    parts = _vehicle_side(t, view.flank, lid, profile)
+    if not view.front:
         return parts
     pl = _frontal(x, zn)
     if t.facing > 0:
@@ -1195,11 +1218,11 @@ def _truck_parts(t: _Thing, x: float, z: float) -> list:
     return parts
 
 
-def _bus_parts(t: _Thing, x: float, z: float) -> list:
+def _bus_parts(t: _Thing, view: "_View") -> list:
     W, H, L = t.width, t.height, t.length
     c = t.colour + (0.0,)
     lid = _ID["bus"]
-    zn = z - L / 2
+    x, zn = 0.0, -L / 2
     windows = [_rect(q, q + 1.25, 1.15, H - 0.4) for q in np.arange(2.0, L - 1.6, 1.45)]
     profile = [
         ([_rect(0, L, 0.3, H)], c, True),
@@ -1207,8 +1230,8 @@ def _bus_parts(t: _Thing, x: float, z: float) -> list:
         ([_rect(0.4, 1.5, 0.4, H - 0.4)] + windows, _GLASS, False),
         ([_disc(2.6, 0.5, 0.5), _disc(L - 3.0, 0.5, 0.5)], _BLACK, True),
     ]
-    parts = _vehicle_side(t, x, zn, lid, c, profile)
-    if zn <= _NEAR:
+    parts = _vehicle_side(t, view.flank, lid, profile)
+    if not view.front:
         return parts
     pl = _frontal(x, zn)
     parts += [
@@ -1233,16 +1256,15 @@ def _hair_colour(t: _Thing) -> tuple:
     return ((0.05, 0.04, 0.03), (0.25, 0.15, 0.08), (0.65, 0.55, 0.3), (0.5, 0.5, 0.5))[int(t.extra * 4) % 4]
 
 
-def _walker_parts(t: _Thing, x: float, z: float, time_s: float) -> list:
+def _walker_parts(t: _Thing, view: "_View") -> list:
     """A pedestrian in a frontal plane: from front/back (variant 0) or in profile (variant 1)."""
     u = t.height / 1.75
     lid = _ID["person"]
-    moving = abs(t.vx) + abs(t.vz) > 0.1
-    ph = t.phase + (2 * np.pi * 1.8 * time_s if moving else 0.0)
+    ph = view.pose
     top, legs = t.colour + (0.0,), t.colour2 + (0.0,)
     skin = t.colour3 + (0.0,)
     hair = _hair_colour(t) + (0.0,)
-    pl = _frontal(x, z)
+    pl = _frontal(0.0, 0.0)
     if t.variant == 1:
         d = 1.0 if t.vx >= 0 else -1.0
         sw = 0.3 * math.sin(ph)
@@ -1275,11 +1297,11 @@ def _walker_parts(t: _Thing, x: float, z: float, time_s: float) -> list:
     return [_Part(pl, [c * u for c in cs], lid, rgba, core) for cs, rgba, core in P]
 
 
-def _rider_parts(t: _Thing, x: float, z: float, time_s: float) -> list:
+def _rider_parts(t: _Thing, view: "_View") -> list:
     """Cyclist or motorcyclist: the two-wheeler in its own plane, the rider seated on it."""
     u = t.height / 1.75
     moto = t.kind == "motorcyclist"
-    ph = t.phase + 2 * np.pi * 1.2 * time_s
+    ph = view.pose
     hip = 0.85 if moto else 0.95
     top, legs = t.colour + (0.0,), t.colour2 + (0.0,) if moto else t.colour + (0.0,)
     head = (t.colour3 if moto or t.extra > 0.5 else _hair_colour(t)) + (0.0,)
@@ -1295,12 +1317,12 @@ def _rider_parts(t: _Thing, x: float, z: float, time_s: float) -> list:
          top, False),
         ([_disc(0, hip + 0.74, 0.14 if moto else 0.11, 10)], head, True),
     ]
-    rider = [_Part(_frontal(x, z), [c * u for c in cs], lid, rgba, core) for cs, rgba, core in body]
-    wheels = _two_wheeler_parts(t, x, z, _lateral(x, z - t.length / 2), moto)
+    rider = [_Part(_frontal(0.0, 0.0), [c * u for c in cs], lid, rgba, core) for cs, rgba, core in body]
+    wheels = _two_wheeler_parts(t, _lateral(0.0, -t.length / 2), moto)
     return wheels[:-1] + rider + wheels[-1:]  # the rear/front wheel seen end-on is nearest
 
 
-def _two_wheeler_parts(t: _Thing, x: float, z: float, plane: tuple, moto: bool) -> list:
+def _two_wheeler_parts(t: _Thing, plane: tuple, moto: bool) -> list:
     """Bicycle or motorcycle in side view in `plane` (s from 0 to length), plus the wheel seen end-on."""
     lid = _ID["motorcycle"] if moto else _ID["bicycle"]
     frame = (t.colour2 if t.kind in ("cyclist", "motorcyclist") else t.colour) + (0.0,)
@@ -1322,18 +1344,16 @@ def _two_wheeler_parts(t: _Thing, x: float, z: float, plane: tuple, moto: bool) 
               _disc(*crank, 0.1, 8)], frame, True),
         ]
         end_on = [_rect(-0.03, 0.03, 0.0, 0.7), _rect(-0.3, 0.3, 0.97, 1.03)]
-    x0, z0, dx, dz = plane
     parts = [_Part(plane, cs, lid, rgba, core) for cs, rgba, core in side]
-    if t.kind in ("cyclist", "motorcyclist"):
-        zn = z - t.length / 2 if t.facing > 0 else z - t.length / 2 + 0.05
-        parts.append(_Part(_frontal(x, max(zn, _NEAR)), end_on, lid, _BLACK, False))
+    if t.kind in ("cyclist", "motorcyclist"):  # the nearer wheel seen end-on, with the handlebar
+        parts.append(_Part(_frontal(0.0, -t.length / 2), end_on, lid, _BLACK, False))
     return parts
 
 
-def _pole_parts(t: _Thing, x: float, z: float) -> list:
+def _pole_parts(t: _Thing, view: "_View") -> list:
     """Street light: mast, arm over the road, lamp head (all `pole` in Cityscapes)."""
     H, w, arm = t.height, t.width, t.extra
-    pl = _frontal(x, z)
+    pl = _frontal(0.0, 0.0)
     c = t.colour + (0.0,)
     lid = _ID["pole"]
     end = -t.side * arm
@@ -1346,9 +1366,9 @@ def _pole_parts(t: _Thing, x: float, z: float) -> list:
     ]
 
 
-def _sign_parts(t: _Thing, x: float, z: float) -> list:
+def _sign_parts(t: _Thing, view: "_View") -> list:
     H, size = t.height, t.extra
-    pl = _frontal(x, z)
+    pl = _frontal(0.0, 0.0)
     lid = _ID["traffic sign"]
     parts = [_Part(pl, [_rect(-0.035, 0.035, 0, H + 0.1)], _ID["pole"], (0.55, 0.56, 0.57, 0.0), True)]
     cy, r = H + size / 2, size / 2
@@ -1375,9 +1395,9 @@ def _sign_parts(t: _Thing, x: float, z: float) -> list:
                     _Part(pl, [_rect(-r * 0.5, r * 0.5, cy - r * 0.12, cy + r * 0.12)], lid, white)]
 
 
-def _traffic_light_parts(t: _Thing, x: float, z: float) -> list:
+def _traffic_light_parts(t: _Thing, view: "_View") -> list:
     H = t.height
-    pl = _frontal(x, z)
+    pl = _frontal(0.0, 0.0)
     lid = _ID["traffic light"]
     pole = _ID["pole"]
     grey = (0.25, 0.26, 0.26, 0.0)
@@ -1397,9 +1417,9 @@ def _traffic_light_parts(t: _Thing, x: float, z: float) -> list:
     return parts
 
 
-def _tree_parts(t: _Thing, x: float, z: float) -> list:
+def _tree_parts(t: _Thing, view: "_View") -> list:
     r, trunk = t.width / 2, t.extra
-    pl = _frontal(x, z)
+    pl = _frontal(0.0, 0.0)
     lid = _ID["vegetation"]
     c = np.array(t.colour)
     return [
@@ -1413,15 +1433,15 @@ def _tree_parts(t: _Thing, x: float, z: float) -> list:
     ]
 
 
-def _bush_parts(t: _Thing, x: float, z: float) -> list:
+def _bush_parts(t: _Thing, view: "_View") -> list:
     r = t.width / 2
-    return [_Part(_frontal(x, z), [_blob(0, r * 0.65, r, r * 0.7, t.phase, 16)], _ID["vegetation"],
+    return [_Part(_frontal(0.0, 0.0), [_blob(0, r * 0.65, r, r * 0.7, t.phase, 16)], _ID["vegetation"],
                   t.colour + (0.0,), True)]
 
 
-def _furniture_parts(t: _Thing, x: float, z: float) -> list:
+def _furniture_parts(t: _Thing, view: "_View") -> list:
     w, h = t.width, t.height
-    pl = _frontal(x, z)
+    pl = _frontal(0.0, 0.0)
     lid = _ID["static"]
     parts = [_Part(pl, [_rect(-w / 2, w / 2, 0, h)], lid, t.colour + (0.0,), True)]
     if t.variant == 2:  # advertising column: lit poster
@@ -1430,34 +1450,99 @@ def _furniture_parts(t: _Thing, x: float, z: float) -> list:
     return parts
 
 
-def _thing_parts(t: _Thing, x: float, z: float, time_s: float) -> list:
+@dataclass(frozen=True)
+class _View:
+    """What an object looks like from the camera this frame (the key of its cached shape)."""
+    tiny: bool  # details would be sub-pixel: silhouette parts only
+    flank: int  # vehicles: +1 left flank visible, -1 right flank, 0 none
+    front: bool  # vehicles: the face toward the camera is in front of it
+    pose: float  # walking / pedalling phase, quantised (rad)
+
+
+_POSES = 12  # animation phases per stride: shapes can be cached, motion still shows
+
+
+def _view_of(t: _Thing, x: float, z: float, time_s: float, size_px: float) -> _View:
+    flank, front, pose = 0, False, 0.0
+    if t.kind in ("car", "truck", "bus"):
+        flank = 1 if x - t.width / 2 > 0 else (-1 if x + t.width / 2 < 0 else 0)
+        front = z - t.length / 2 > _NEAR
+    elif t.kind in ("person", "cyclist", "motorcyclist"):
+        steps = 1.8 if t.kind == "person" else 1.2  # strides / pedal turns per second
+        moving = abs(t.vx) + abs(t.vz) > 0.1 and t.kind != "motorcyclist"
+        ph = t.phase + (2 * np.pi * steps * time_s if moving else 0.0)
+        pose = (round(ph / (2 * np.pi) * _POSES) % _POSES) * 2 * np.pi / _POSES
+    return _View(size_px < 10.0, flank, front, pose)
+
+
+def _thing_parts(t: _Thing, view: _View) -> list:
+    """Parts of a thing in its own frame: origin at the footprint centre, camera-aligned axes."""
     if t.kind == "car":
-        return _car_parts(t, x, z)
+        return _car_parts(t, view)
     if t.kind == "truck":
-        return _truck_parts(t, x, z)
+        return _truck_parts(t, view)
     if t.kind == "bus":
-        return _bus_parts(t, x, z)
+        return _bus_parts(t, view)
     if t.kind == "person":
-        return _walker_parts(t, x, z, time_s)
+        return _walker_parts(t, view)
     if t.kind in ("cyclist", "motorcyclist"):
-        return _rider_parts(t, x, z, time_s)
+        return _rider_parts(t, view)
     if t.kind in ("bicycle", "motorcycle"):
         yaw = t.yaw
-        plane = (x - 0.5 * t.length * math.sin(yaw), z - 0.5 * t.length * math.cos(yaw), math.sin(yaw), math.cos(yaw))
-        return _two_wheeler_parts(t, x, z, plane, t.kind == "motorcycle")
+        plane = (-0.5 * t.length * math.sin(yaw), -0.5 * t.length * math.cos(yaw), math.sin(yaw), math.cos(yaw))
+        return _two_wheeler_parts(t, plane, t.kind == "motorcycle")
     if t.kind == "streetlight":
-        return _pole_parts(t, x, z)
+        return _pole_parts(t, view)
     if t.kind == "sign":
-        return _sign_parts(t, x, z)
+        return _sign_parts(t, view)
     if t.kind == "traffic_light":
-        return _traffic_light_parts(t, x, z)
+        return _traffic_light_parts(t, view)
     if t.kind == "tree":
-        return _tree_parts(t, x, z)
+        return _tree_parts(t, view)
     if t.kind == "bush":
-        return _bush_parts(t, x, z)
+        return _bush_parts(t, view)
     if t.kind == "furniture":
-        return _furniture_parts(t, x, z)
+        return _furniture_parts(t, view)
     raise ValueError(f"unknown thing kind {t.kind!r}")
+
+
+@dataclass
+class _Shape:
+    """A thing's parts flattened for drawing: all contour points in the thing's frame."""
+    x: np.ndarray  # [n] lateral offset of every contour point (m)
+    up: np.ndarray  # [n] height
+    z: np.ndarray  # [n] forward offset
+    contours: list  # per part: [(start, end)] ranges into the point arrays
+    planes: np.ndarray  # [P, 4] per part (x0, z0, dx, dz) in the thing's frame
+    labels: np.ndarray  # [P] labelIds
+    rgba: np.ndarray  # [P, 4] albedo + emissive gain
+
+
+def _make_shape(parts: list) -> _Shape:
+    xs, ups, zs, contours = [], [], [], []
+    n = 0
+    for part in parts:
+        x0, z0, dx, dz = part.plane
+        ranges = []
+        for c in part.contours:
+            xs.append(x0 + c[:, 0] * dx)
+            zs.append(z0 + c[:, 0] * dz)
+            ups.append(c[:, 1])
+            ranges.append((n, n + len(c)))
+            n += len(c)
+        contours.append(ranges)
+    return _Shape(np.concatenate(xs), np.concatenate(ups), np.concatenate(zs), contours,
+                  np.array([p.plane for p in parts], np.float64), np.array([p.label for p in parts], np.uint8),
+                  np.array([p.rgba for p in parts], np.float32))
+
+
+def _shape_of(t: _Thing, view: _View) -> _Shape:
+    if view not in t.cache:
+        parts = _thing_parts(t, view)
+        if view.tiny:
+            parts = [p for p in parts if p.core]
+        t.cache[view] = _make_shape(parts)
+    return t.cache[view]
 
 
 def _clip_near(cam: Camera, pts: np.ndarray) -> np.ndarray:
@@ -1477,114 +1562,60 @@ def _clip_near(cam: Camera, pts: np.ndarray) -> np.ndarray:
     return np.array(out) if len(out) >= 3 else np.zeros((0, 3))
 
 
-class _PartTable:
-    """Per-frame table of drawn parts. Each part is filled once, with its row index, into the
-    canvas' part-id buffer; label, albedo and plane are looked up from here at the end, so the
-    three always cover exactly the same pixels."""
-
-    def __init__(self):
-        self.label = [0]  # row 0: static scene
-        self.rgba = [(0.0, 0.0, 0.0, 0.0)]
-        self.plane = [(0.0, 0.0, 0.0, 0.0)]  # n_x, n_z, c, sun cosine
-
-    def add(self, part: _Part, sun: tuple) -> int:
-        x0, z0, dx, dz = part.plane
-        nx, nz = dz, -dx  # plane: nx * X + nz * Z = c
-        c = nx * x0 + nz * z0
-        toward = -1.0 if c > 0 else 1.0  # orient the normal toward the camera for the sun cosine
-        sun_cos = math.cos(sun[0]) * toward * (nx * math.sin(sun[1]) + nz * math.cos(sun[1]))
-        self.label.append(part.label)
-        self.rgba.append(part.rgba)
-        self.plane.append((nx, nz, c, sun_cos))
-        return len(self.label) - 1
-
-    def resolve(self, cv: _Canvas) -> None:
-        ids = cv.part_id.reshape(-1)
-        obj = np.flatnonzero(ids)
-        if not obj.size:
-            return
-        sel = ids[obj]
-        cv.label.reshape(-1)[obj] = np.asarray(self.label, np.uint8)[sel]
-        cv.albedo.reshape(-1, 4)[obj] = np.asarray(self.rgba, np.float32)[sel]
-        cv.plane.reshape(-1, 4)[obj] = np.asarray(self.plane, np.float32)[sel]
+def _fixed_point(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Pixel coordinates -> int32 with 4 fractional bits (cv2 shift=4): sub-pixel motion shows.
+    Points behind the camera are replaced by clipping, but must not overflow meanwhile."""
+    return np.clip(np.round(np.stack((u, v), 1) * 16.0), -2 ** 30, 2 ** 30).astype(np.int32)
 
 
-def _draw_parts(cv: _Canvas, cam: Camera, parts: list, table: _PartTable, sun: tuple) -> None:
-    """Project all contours of one object at once, then fill each part (in list order: later
-    parts cover earlier ones)."""
-    contours, planes, counts = [], [], []
-    for part in parts:
-        for c in part.contours:
-            contours.append(c)
-            planes.append(part.plane)
-            counts.append(len(c))
-    pts = np.concatenate(contours)  # [n, (s, up)]
-    pl = np.repeat(np.array(planes), counts, axis=0)  # [n, (x0, z0, dx, dz)]
-    x = pl[:, 0] + pts[:, 0] * pl[:, 2]
-    z = pl[:, 1] + pts[:, 0] * pl[:, 3]
-    u, v, zc = _project(cam, x, pts[:, 1], z)
-    fixed = np.round(np.stack((u, v), 1) * 16.0).astype(np.int32)  # 4 fractional bits (shift=4)
-    clip = zc.min() < _NEAR
-    i = 0
-    for part in parts:
-        polys = []
-        for c in part.contours:
-            j = i + len(c)
-            if clip and zc[i:j].min() < _NEAR:
-                kept = _clip_near(cam, np.column_stack((x[i:j], pts[i:j, 1], z[i:j])))
-                if len(kept):
-                    ku, kv, _ = _project(cam, kept[:, 0], kept[:, 1], kept[:, 2])
-                    polys.append(np.round(np.stack((ku, kv), 1) * 16.0).astype(np.int32))
-            else:
-                polys.append(fixed[i:j])
-            i = j
-        if polys:
-            cv2.fillPoly(cv.part_id, polys, table.add(part, sun), cv2.LINE_8, 4)
-
-
-def _ground_poly(cam: Camera, pts: np.ndarray) -> np.ndarray | None:
-    """Ground points [k, (x, z)] camera-relative -> fixed-point image polygon (None if behind)."""
-    pts = pts[pts[:, 1] > 1.0]
-    if len(pts) < 3:
-        return None
-    u, v, _ = _project(cam, pts[:, 0], np.zeros(len(pts)), pts[:, 1])
-    hull = cv2.convexHull(np.column_stack((u, v)).astype(np.float32))[:, 0]
-    return np.round(hull * 16.0).astype(np.int32)
-
-
-def _draw_shadows(cv: _Canvas, cam: Camera, t: _Thing, x: float, z: float, sun: tuple | None) -> None:
-    """Contact shadow under vehicles (any weather) and the cast sun shadow on the ground."""
-    hw, hl = t.width / 2, t.length / 2
-    if t.kind in ("tree", "bush"):
-        hw = hl = 0.2
-    foot = np.array(((x - hw, z - hl), (x + hw, z - hl), (x + hw, z + hl), (x - hw, z + hl)))
+def _ground_shadows(t: _Thing, sun: tuple | None) -> list:
+    """Shadow polygons on the ground in the thing's frame (cached): [(points [k, (x, z)], value)].
+    A contact shadow under vehicles in any weather (ambient occlusion, value 0.45 of the ambient
+    light) and, in sunshine, the cast shadow (no direct sun: 0)."""
+    if "shadows" in t.cache:
+        return t.cache["shadows"]
+    hw, hl = (0.2, 0.2) if t.kind in ("tree", "bush") else (t.width / 2, t.length / 2)
+    foot = np.array(((-hw, -hl), (hw, -hl), (hw, hl), (-hw, hl)))
+    polys = []
     if t.kind in ("car", "truck", "bus"):
-        poly = _ground_poly(cam, foot + np.array(((-0.1, -0.2), (0.1, -0.2), (0.1, 0.2), (-0.1, 0.2))))
-        if poly is not None:
-            cv2.fillPoly(cv.ao, [poly], 0.45, cv2.LINE_8, 4)
-    if sun is None:
-        return
-    elev, az = sun
-    reach = 1.0 / max(math.tan(elev), 0.08)  # shadow length per metre of height
-    away = -np.array((math.sin(az), math.cos(az)))
-    if t.kind == "tree":
-        r, top = t.width / 2, t.extra + t.width * 0.9
-        canopy = _disc(x, z, r, 12) + away * top * reach
-        poly = _ground_poly(cam, canopy)
-    else:
-        h = t.height + (t.extra if t.kind == "traffic_light" and t.extra > 0 else 0.0)
-        poly = _ground_poly(cam, np.vstack((foot, foot + away * h * reach)))
-    if poly is not None:
-        cv2.fillPoly(cv.shadow, [poly], 0.0, cv2.LINE_8, 4)
+        polys.append((foot * (1 + 0.2 / hw, 1 + 0.4 / hl), "ao"))
+    if sun is not None:
+        elev, az = sun
+        away = -np.array((math.sin(az), math.cos(az))) / max(math.tan(elev), 0.08)  # per metre of height
+        if t.kind == "tree":  # the canopy's shadow, offset from the trunk
+            top = t.extra + t.width * 0.9
+            pts = _disc(0, 0, t.width / 2, 12) + away * top
+        else:
+            top = t.height + (t.extra if t.kind == "traffic_light" and t.extra > 0 else 0.0)
+            pts = np.vstack((foot, foot + away * top))
+        polys.append((cv2.convexHull(pts.astype(np.float32))[:, 0].astype(np.float64), "sun"))
+    t.cache["shadows"] = polys
+    return polys
+
+
+def _draw_shadows(cv: _Canvas, cam: Camera, placed: list, sun: tuple | None) -> None:
+    """Fill the ground shadows of all placed things [(thing, x, z)] into cv.ao / cv.shadow."""
+    for t, x, z in placed:
+        for pts, kind in _ground_shadows(t, sun):
+            gx, gz = pts[:, 0] + x, pts[:, 1] + z
+            if gz.max() < 1.0:
+                continue
+            ground = np.column_stack((gx, np.zeros(len(gx)), gz))
+            if gz.min() < 1.0:  # beside the camera: keep the part in front of it
+                ground = _clip_near(cam, ground)
+                if not len(ground):
+                    continue
+            u, v, _ = _project(cam, ground[:, 0], ground[:, 1], ground[:, 2])
+            target, value = (cv.ao, 0.45) if kind == "ao" else (cv.shadow, 0.0)
+            cv2.fillPoly(target, [_fixed_point(u, v)], value, cv2.LINE_8, 4)
 
 
 def _position(t: _Thing, time_s: float, cam_x: float, cam_z: float) -> tuple:
     return t.x + t.vx * time_s - cam_x, t.z + t.vz * time_s - cam_z
 
 
-def _draw_things(world: _World, cam: Camera, cv: _Canvas, cam_x: float, cam_z: float, time_s: float,
-                 sun: tuple | None) -> None:
-    """Painter's algorithm: visible things sorted far to near, shadows first."""
+def _visible_things(world: _World, cam: Camera, cam_x: float, cam_z: float, time_s: float) -> list:
+    """[(thing, x, z, size_px)] in view and bigger than a pixel, sorted far to near."""
     visible = []
     for t in world.things:
         x, z = _position(t, time_s, cam_x, cam_z)
@@ -1595,21 +1626,74 @@ def _draw_things(world: _World, cam: Camera, cv: _Canvas, cam_x: float, cam_z: f
         size_px = cam.fy * t.height / depth
         if size_px < 1.5:  # would cover a pixel or less
             continue
-        ref = max(abs(x) - t.width / 2 - (t.extra if t.kind in ("streetlight", "traffic_light") else 0.0), 0.0)
-        if ref / depth * cam.fx > cam.width * 1.5:  # far outside the field of view
-            continue
+        reach = t.extra if t.kind in ("streetlight", "traffic_light") else 0.0  # arms over the road
+        if max(abs(x) - t.width / 2 - reach, 0.0) / depth * cam.fx > cam.width * 1.5:
+            continue  # far outside the field of view
         visible.append((near, t, x, z, size_px))
     visible.sort(key=lambda e: -e[0])
-    for _, t, x, z, _ in visible:
-        _draw_shadows(cv, cam, t, x, z, sun)
-    table = _PartTable()
-    for _, t, x, z, size_px in visible:
-        parts = _thing_parts(t, x, z, time_s)
-        if size_px < 10.0:  # details would be sub-pixel: silhouette only
-            parts = [p for p in parts if p.core]
-        _draw_parts(cv, cam, parts, table, world.sun)
-    table.resolve(cv)
+    return [(t, x, z, size_px) for _, t, x, z, size_px in visible]
 
+
+def _draw_things(world: _World, cam: Camera, cv: _Canvas, cam_x: float, cam_z: float, time_s: float,
+                 sun: tuple | None) -> None:
+    """Painter's algorithm: visible things far to near, each part filled with its own id into
+    cv.part_id; then label, albedo and plane (n_x, n_z, c, sun cosine) are looked up per pixel.
+    Projection and the part table are computed for all things of the frame at once."""
+    visible = _visible_things(world, cam, cam_x, cam_z, time_s)
+    if not visible:
+        return
+    _draw_shadows(cv, cam, [(t, x, z) for t, x, z, _ in visible], sun)
+    shapes = [_shape_of(t, _view_of(t, x, z, time_s, size_px)) for t, x, z, size_px in visible]
+    xs = np.array([x for _, x, _, _ in visible])
+    zs = np.array([z for _, _, z, _ in visible])
+    n_points = [len(sh.x) for sh in shapes]
+    n_parts = [len(sh.labels) for sh in shapes]
+    px = np.concatenate([sh.x for sh in shapes]) + np.repeat(xs, n_points)  # [n] camera-relative
+    pz = np.concatenate([sh.z for sh in shapes]) + np.repeat(zs, n_points)
+    up = np.concatenate([sh.up for sh in shapes])
+    u, v, zc = _project(cam, px, up, pz)
+    fixed = _fixed_point(u, v)
+    starts = np.cumsum([0] + n_points[:-1])
+    behind = np.maximum.reduceat(zc < _NEAR, starts)  # [things] some point behind the near plane
+
+    part = 1  # part ids start at 1: 0 is the static scene
+    for k, sh in enumerate(shapes):
+        base = starts[k]
+        for ranges in sh.contours:
+            polys = []
+            for i, j in ranges:
+                i, j = base + i, base + j
+                if behind[k] and zc[i:j].min() < _NEAR:
+                    kept = _clip_near(cam, np.column_stack((px[i:j], up[i:j], pz[i:j])))
+                    if len(kept):
+                        polys.append(_fixed_point(*_project(cam, kept[:, 0], kept[:, 1], kept[:, 2])[:2]))
+                else:
+                    polys.append(fixed[i:j])
+            if polys:
+                cv2.fillPoly(cv.part_id, polys, part, cv2.LINE_8, 4)
+            part += 1
+    planes = np.concatenate([sh.planes for sh in shapes])  # [parts, (x0, z0, dx, dz)] in own frames
+    _resolve_parts(cv, np.concatenate([sh.labels for sh in shapes]), np.concatenate([sh.rgba for sh in shapes]),
+                   planes, np.repeat(xs, n_parts), np.repeat(zs, n_parts), world.sun)
+
+
+def _resolve_parts(cv: _Canvas, labels: np.ndarray, rgba: np.ndarray, planes: np.ndarray,
+                   x: np.ndarray, z: np.ndarray, sun: tuple) -> None:
+    """Label, albedo and plane (n_x, n_z, c, sun cosine) of every object pixel from its part id."""
+    x0, z0, dx, dz = planes[:, 0] + x, planes[:, 1] + z, planes[:, 2], planes[:, 3]
+    nx, nz = dz, -dx  # plane: nx * X + nz * Z = c (camera-relative)
+    c = nx * x0 + nz * z0
+    toward = np.where(c > 0, -1.0, 1.0)  # the normal oriented toward the camera, for the sun cosine
+    sun_cos = math.cos(sun[0]) * toward * (nx * math.sin(sun[1]) + nz * math.cos(sun[1]))
+    ids = cv.part_id.reshape(-1)
+    obj = np.flatnonzero(ids)
+    if not obj.size:
+        return
+    sel = ids[obj] - 1
+    cv.label.reshape(-1)[obj] = labels[sel]
+    cv.albedo.reshape(-1, 3)[obj] = rgba[sel, :3]
+    cv.emissive.reshape(-1)[obj] = rgba[sel, 3]
+    cv.plane.reshape(-1, 4)[obj] = np.stack((nx, nz, c, sun_cos), 1).astype(np.float32)[sel]
 
 
 # ----------------------------------------------------------------------------- light and weather
@@ -1652,7 +1736,7 @@ def _lighting(world: _World) -> _Light:
                   tuple(np.array((0.64, 0.66, 0.7)) * dim), grey, (0.76, 0.77, 0.8), 900.0, 0.4)
 
 
-def _sky_image(world: _World, cam: Camera, rays: _Rays, tex: _Textures, light: _Light) -> np.ndarray:
+def _sky_image(world: _World, rays: _Rays, tex: _Textures, light: _Light) -> np.ndarray:
     """Sky at infinity (fixed per drive log: the camera does not rotate), float32 [H, W, 3]."""
     norm = np.sqrt(rays.fwd ** 2 + rays.down ** 2)
     elev = np.clip(-rays.down / norm, 0.0, 1.0)  # [H] sine of the elevation
@@ -1698,7 +1782,7 @@ def _light_map(world: _World, cam: Camera, rays: _Rays, cv: _Canvas, light: _Lig
                sky: np.ndarray, cam_x: float, cam_z: float) -> np.ndarray:
     """Irradiance [H, W, 3]: ambient (with contact shadows), sun with cast shadows, street lights,
     ego headlights."""
-    lm = cv.ao[..., None] * np.array(light.ambient, np.float32)
+    lm = _tint(cv.ao, light.ambient)
     if not (any(light.sun) or light.lamps > 0 or light.headlights > 0):
         return lm
     d = np.where(sky, np.float32(1e4), depth)
@@ -1709,7 +1793,7 @@ def _light_map(world: _World, cam: Camera, rays: _Rays, cv: _Canvas, light: _Lig
         ground = (cv.part_id == 0) & (cv.surf >= _M_ROAD) & (cv.surf <= _M_TERRAIN)
         soft = cv2.GaussianBlur(cv.shadow, (0, 0), max(0.6, cam.width / 700))  # penumbra
         vis = _facade_sun_visibility(world, cam_x, cam_z, xw, up, zw) * np.where(ground, soft, 1.0)
-        lm += (vis * np.maximum(cv.plane[..., 3], 0))[..., None] * np.array(light.sun, np.float32)
+        lm += _tint(vis * np.maximum(cv.plane[..., 3], 0), light.sun)
     if light.lamps > 0:
         acc = np.zeros(d.shape, np.float32)
         for lx, ly, lz in world.lamps:
@@ -1718,11 +1802,11 @@ def _light_map(world: _World, cam: Camera, rays: _Rays, cv: _Canvas, light: _Lig
                 continue
             d2 = (xw - lx) ** 2 + (up - ly) ** 2 + (zw - lz) ** 2
             acc += 40.0 / (40.0 + d2)  # inverse-square falloff, finite at the lamp
-        lm += acc[..., None] * (np.array((1.0, 0.78, 0.5), np.float32) * np.float32(light.lamps))
+        lm += _tint(acc * np.float32(light.lamps), (1.0, 0.78, 0.5))
     if light.headlights > 0:
         beam = np.exp(-(xw / (1.0 + 0.15 * np.maximum(zw, 0))) ** 2) / (1.0 + (zw / 18.0) ** 2)
         beam = np.where((zw > 1.5) & (up < 2.0), beam, 0.0).astype(np.float32)
-        lm += beam[..., None] * (np.array((1.0, 0.97, 0.9), np.float32) * np.float32(light.headlights))
+        lm += _tint(beam * np.float32(light.headlights), (1.0, 0.97, 0.9))
     return lm
 
 
@@ -1759,13 +1843,14 @@ def _compose(world: _World, cam: Camera, rays: _Rays, cv: _Canvas, light: _Light
     depth = _depth_map(cv, rays)
     sky = cv.label == _ID["sky"]
     disparity = (np.float32(cam.baseline * cam.fx) / depth).astype(np.float32)  # 0 where depth = inf
+    # the Cityscapes encoding has steps of 1/256 px: keep pixels kilometres away valid (not sky)
+    disparity = np.where(sky, np.float32(0), np.maximum(disparity, np.float32(1 / 256)))
 
     rgb = _light_map(world, cam, rays, cv, light, depth, sky, cam_x, cam_z)
-    rgb *= cv.albedo[..., :3]
-    lit = np.flatnonzero(cv.albedo[..., 3])
+    rgb *= cv.albedo
+    lit = np.flatnonzero(cv.emissive)
     if lit.size:  # lamps, car lights, lit windows
-        src = cv.albedo.reshape(-1, 4)[lit]
-        glow = src[:, :3] * (src[:, 3:] * np.float32(light.emissive_gain))
+        glow = cv.albedo.reshape(-1, 3)[lit] * (cv.emissive.reshape(-1)[lit, None] * np.float32(light.emissive_gain))
         rgb.reshape(-1, 3)[lit] += glow
         if light.emissive_gain > 0.5:  # bloom
             halo = np.zeros_like(rgb)
@@ -1776,13 +1861,12 @@ def _compose(world: _World, cam: Camera, rays: _Rays, cv: _Canvas, light: _Light
     fog_colour = np.array(light.fog_colour if fog else light.sky_horizon, np.float32)
     through = np.where(sky, np.float32(np.inf if fog else 0.0), depth)
     trans = np.exp(through * np.float32(-3.0 / (world.fog_visibility if fog else light.haze_m)))
-    rgb -= fog_colour
-    rgb *= trans[..., None]
-    rgb += fog_colour
+    rgb *= _rgb3(trans)
+    rgb += _tint(1 - trans, fog_colour)
     if world.weather == "rain":
         rgb *= 0.92
-        rgb += _rain_streaks(rng, cam.height, cam.width)[..., None] * np.float32(0.12 + 0.25 * light.exposure)
-    return _camera_response(rgb, world, cam, rng, cfg, light, optics), disparity
+        rgb += _rgb3(_rain_streaks(rng, cam.height, cam.width) * np.float32(0.12 + 0.25 * light.exposure))
+    return _camera_response(rgb, world, rng, cfg, light, optics), disparity
 
 
 @dataclass
@@ -1810,8 +1894,8 @@ def _optics(world: _World, cam: Camera, cfg: SynthConfig) -> _Optics:
     return _Optics(vignette[..., None] * world.wb, noise)
 
 
-def _camera_response(rgb: np.ndarray, world: _World, cam: Camera, rng: np.random.Generator,
-                     cfg: SynthConfig, light: _Light, optics: _Optics) -> np.ndarray:
+def _camera_response(rgb: np.ndarray, world: _World, rng: np.random.Generator, cfg: SynthConfig,
+                     light: _Light, optics: _Optics) -> np.ndarray:
     """Optics and sensor: white balance, vignetting, blur, noise, auto exposure, JPEG."""
     d = cfg.difficulty
     h, w = rgb.shape[:2]
@@ -1859,7 +1943,7 @@ def render_sequence(cfg: SynthConfig, split: str, index: int):
     rays = _Rays(cam)
     tex = _textures(cfg.seed)
     light = _lighting(world)
-    sky_img = _sky_image(world, cam, rays, tex, light)
+    sky_img = _sky_image(world, rays, tex, light)
     optics = _optics(world, cam, cfg)
     sun = world.sun if any(light.sun) else None
     for k in range(cfg.frames_per_sequence):
@@ -1888,7 +1972,6 @@ def render_sequence(cfg: SynthConfig, split: str, index: int):
 def _write_sequence(job: tuple) -> tuple:
     """Render and write one drive log into `root`; returns (split, labelId pixel counts [256])."""
     cfg, root, split, index = job
-    from segxal.labels import label_ids_to_train_ids
     counts = np.zeros(256, np.int64)
     city = CITIES[split][index % len(CITIES[split])]
     dirs = {kind: Path(root) / kind / split / city for kind in ("leftImg8bit", "gtFine", "disparity", "camera")}
@@ -1967,6 +2050,12 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _quiet_worker() -> None:
+    """Pool workers leave Ctrl-C to the parent (which terminates them) and die on SIGTERM."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def generate(cfg: SynthConfig, out: Path, *, overwrite: bool = False, workers: int = 1) -> Path:
     """Write a synthetic dataset in the Cityscapes layout to `out`.
 
@@ -1996,7 +2085,7 @@ def generate(cfg: SynthConfig, out: Path, *, overwrite: bool = False, workers: i
         jobs = [(cfg, str(tmp), split, i) for split in SPLITS for i in range(n[split])]
         counts = {split: np.zeros(256, np.int64) for split in SPLITS}
         if workers > 1 and len(jobs) > 1:
-            with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+            with multiprocessing.get_context("fork").Pool(min(workers, len(jobs)), _quiet_worker) as pool:
                 results = list(pool.imap(_write_sequence, jobs))
         else:
             results = map(_write_sequence, jobs)
@@ -2015,8 +2104,7 @@ def generate(cfg: SynthConfig, out: Path, *, overwrite: bool = False, workers: i
 
 
 def _write_sidecar(root: Path, cfg: SynthConfig, counts: dict) -> None:
-    from segxal.labels import _CS_LABELS  # names of every labelId we may have written
-    names = {l.id: l.name for l in _CS_LABELS if l.id >= 0}
+    names = {i: label.name for i, label in id2label.items() if i >= 0}
     record = {
         "generator": "segxal.data.synth", "format_version": FORMAT_VERSION, "config": asdict(cfg),
         "camera": Camera.cityscapes_like(cfg.height, cfg.width).to_json(),
@@ -2055,7 +2143,16 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         time_weights=_parse_weights(args.time_of_day, TIMES_OF_DAY, "time-of-day") if args.time_of_day
         else defaults.time_weights,
         sensor_noise=args.sensor_noise, blur_sigma=args.blur_sigma, jpeg_quality=args.jpeg_quality)
-    out = generate(cfg, args.out, overwrite=args.overwrite, workers=args.workers)
+    # SIGTERM (a CI timeout, `kill`) should clean up like Ctrl-C: raise, so that generate() removes
+    # its temporary folder
+    def _terminate(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        out = generate(cfg, args.out, overwrite=args.overwrite, workers=args.workers)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(out)
     return 0
 
