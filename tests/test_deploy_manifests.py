@@ -180,19 +180,27 @@ def test_coordinator_probes_use_the_plaintext_health_port_of_its_main_and_a_real
         assert _health_status(health_target, live["service"]) == "SERVING"
 
 
-def test_trainer_probes_match_its_config_and_proto(rendered):
-    # services/trainer/main.py is not written yet: the port is TrainerConfig's default, the
-    # service name the proto's; the args mirror TrainerConfig's fields.
-    from services.trainer.config import TrainerConfig
+def test_trainer_probes_match_its_main_and_a_real_server(rendered, monkeypatch, tmp_path, tiny_dataset):
+    from services.trainer import main as trainer_main
+    from services.trainer.server import TrainerServer
+    from services.trainer.wire import SERVICE_NAME
 
     c = _container(rendered["cpu"], "trainer")
-    port = int(TrainerConfig(repository="", state_dir="", data="", storage_roots=["x"]).server.address
-               .rsplit(":", 1)[1])
+    cfg = trainer_main.config_from_args(trainer_main.build_parser().parse_args(_configured(monkeypatch, c, {})))
+    port = int(cfg.server.address.rsplit(":", 1)[1])
     ready, live = _probe_pairs(c)
-    service = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
-    assert (ready["port"], ready["service"]) == (port, service)
+    assert (ready["port"], ready["service"]) == (port, SERVICE_NAME)
+    assert SERVICE_NAME == trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
     assert (live["port"], live["service"]) == (port, LIVENESS_SERVICE)
-    assert f"--port={port}" in c["args"]
+    assert cfg.repository == _env(_container(rendered["cpu"], "inference"))["SEGXAL_INFERENCE_REPO"]
+    for folder in ("repo", "state"):
+        (tmp_path / folder).mkdir()
+    cfg.repository, cfg.state_dir = str(tmp_path / "repo"), str(tmp_path / "state")
+    cfg.data, cfg.storage_roots, cfg.server.address = str(tiny_dataset), [str(tiny_dataset)], "127.0.0.1:0"
+    with _started(TrainerServer(cfg)) as server:
+        target = f"127.0.0.1:{server.grpc.port}"
+        assert _health_status(target, ready["service"]) != "NOT_FOUND"
+        assert _health_status(target, live["service"]) == "SERVING"
 
 
 @pytest.mark.parametrize("name", ["inference", "eem", "coordinator", "trainer"])
