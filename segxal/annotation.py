@@ -174,9 +174,19 @@ class AnnotationCost:
     pixels: int  # annotated (not ignored) pixels
 
 
-def annotation_cost(train_ids: np.ndarray, regions_fixed: int) -> AnnotationCost:
-    """What one accepted annotation spends of the budget."""
-    return AnnotationCost(frames=1, regions=int(regions_fixed), pixels=int((train_ids != IGNORE).sum()))
+def annotation_cost(train_ids: np.ndarray, regions_fixed: int,
+                    touched: np.ndarray | None = None) -> AnnotationCost:
+    """What one accepted annotation spends of the budget.
+
+    Args:
+        touched: bool [H, W], the pixels a person had to decide (a region-level annotation: the
+            fixed regions). Labels outside it came from a policy (the prediction) and cost nothing,
+            as in the in-process loop's accounting. None: every annotated pixel counts.
+    """
+    annotated = train_ids != IGNORE  # [H, W]
+    if touched is not None:
+        annotated &= touched
+    return AnnotationCost(frames=1, regions=int(regions_fixed), pixels=int(annotated.sum()))
 
 
 def content_sha256(train_ids: np.ndarray, scope: str, region_ids: Sequence[int]) -> str:

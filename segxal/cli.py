@@ -14,6 +14,7 @@ _COMMAND_MODULES = [
     "segxal.data.synth",     # segxal data synth
     "segxal.train",          # segxal train seg|depth, segxal eval
     "segxal.al.loop",        # segxal al run
+    "services.loop",         # segxal loop, segxal up
     "services.fleet.job",    # segxal fleet run|ranking
 ]
 

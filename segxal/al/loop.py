@@ -11,7 +11,6 @@ Writes cycles.json (one record per cycle) and miou_vs_pixels.png.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import time
@@ -91,11 +90,19 @@ class ALConfig:
 @dataclass
 class _State:
     """What the loop knows about the training split between cycles."""
-    labels: dict[int, np.ndarray] = field(default_factory=dict)  # index -> annotation (trainIds)
+    # index -> annotation (trainIds); insertion order = training order: the seed set by frame id,
+    # then frames in the order they were first annotated (the trainer service's order too)
+    labels: dict[int, np.ndarray] = field(default_factory=dict)
     human: dict[int, np.ndarray] = field(default_factory=dict)  # index -> bool mask of human pixels
     pool: set[int] = field(default_factory=set)  # indices that may still be queried
     cost: Cost = field(default_factory=Cost)
     queried: int = 0
+
+
+def seed_indices(cfg: ALConfig, n_train: int) -> list[int]:
+    """The seed set: `seed_frames` training frames drawn with the run's seed (indices into the
+    training split sorted by frame id). The services loop hands the same frames to the trainer."""
+    return np.random.default_rng(cfg.seed).permutation(n_train)[:cfg.seed_frames].tolist()
 
 
 def _device() -> torch.device:
@@ -113,7 +120,7 @@ def _cache_path(cfg: ALConfig, name: str) -> Path:
     return base / name
 
 
-def _depth_model(cfg: ALConfig, train: SegDataset) -> DepthNet | None:
+def depth_model_for(cfg: ALConfig, train: SegDataset) -> DepthNet | None:
     """The monocular depth net: a given checkpoint, a cached one, or trained now."""
     if cfg.depth_source == "gt":
         return None
@@ -139,15 +146,16 @@ def _seed_model(cfg: ALConfig, train: SegDataset, state: _State) -> UNet:
                             f"_w{cfg.width}d{cfg.unet_depth}_e{cfg.init_epochs}.pt")
     if path.is_file():
         return load_model(path)
+    torch.manual_seed(cfg.seed)  # initial weights repeat with the seed, as in the trainer service
     model = UNet(UNetConfig(width=cfg.width, depth=cfg.unet_depth))
-    ds = train.subset(sorted(state.labels), {i_fid(train, i): m for i, m in state.labels.items()})
+    ds = _training_set(train, state)
     train_segmentation(model, ds, _train_cfg(cfg, cfg.init_epochs, cfg.seed))
     save_checkpoint(path, model, kind="unet")
     return model
 
 
-def i_fid(ds: SegDataset, i: int) -> str:
-    return ds.frames[i].frame_id
+def _training_set(train: SegDataset, state: _State) -> SegDataset:
+    return train.subset(list(state.labels), {train.frames[i].frame_id: m for i, m in state.labels.items()})
 
 
 @torch.no_grad()
@@ -188,17 +196,17 @@ def run(cfg: ALConfig) -> dict:
     val = SegDataset(list_frames(cfg.data, "val", require_labels=True), cfg.size)
     if cfg.seed_frames >= len(train):
         raise InvalidInput(f"--seed-frames {cfg.seed_frames} leaves no pool ({len(train)} training frames)")
-    rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(len(train))
-    state = _State(pool=set(order[cfg.seed_frames:].tolist()))
+    rng = np.random.default_rng(cfg.seed + 1)  # random strategy's draws
+    seed_set = set(seed_indices(cfg, len(train)))
+    state = _State(pool=set(range(len(train))) - seed_set)
     h, w = cfg.size
-    for i in order[:cfg.seed_frames].tolist():  # seed set: whole frames, ground truth
+    for i in sorted(seed_indices(cfg, len(train))):  # seed set: whole frames, ground truth
         state.labels[i] = train.raw(i)[1]
         state.human[i] = np.ones((h, w), bool)
         state.cost += Cost(frames=1, pixels=h * w)
 
     t0 = time.time()
-    depth = _depth_model(cfg, train)
+    depth = depth_model_for(cfg, train)
     model = _seed_model(cfg, train, state).to(_device())
     depth = depth.to(_device()) if depth is not None else None
     records = [_record(0, model, val, state, [], t0, "")]
@@ -225,8 +233,7 @@ def run(cfg: ALConfig) -> dict:
             if d >= cfg.dice_threshold or cfg.oracle != "human":
                 state.pool.discard(i)  # high-confidence (or fully labeled) frames leave the pool
         state.queried += len(picked)
-        ds = train.subset(sorted(state.labels), {i_fid(train, i): m for i, m in state.labels.items()})
-        train_segmentation(model, ds, _train_cfg(cfg, cfg.finetune_epochs, cfg.seed + cycle))
+        train_segmentation(model, _training_set(train, state), _train_cfg(cfg, cfg.finetune_epochs, cfg.seed + cycle))
         rec = _record(cycle, model, val, state, dices, tc, "")
         records.append(rec)
         log.info("cycle %d: mIoU %.2f, %d human pixels, mean DICE %.3f", cycle, 100 * rec["miou"],

@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from segxal import imageio
-from segxal.annotation import EncodedMask, annotation_cost, content_sha256, decode_mask
+from segxal.annotation import EncodedMask, annotation_cost, content_sha256, decode_mask, decode_rle
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
 from segxal.ingest import (DEFAULT_NEAR_DUPLICATE_THRESHOLD, IngestCounters, IngestedFrame,
                            extract_drive_log, iter_cityscapes, iter_image_folder)
@@ -471,7 +471,13 @@ class Coordinator:
         dice = macro_dice(prediction, train_ids) if prediction is not None else None
         content = content_sha256(train_ids, spec.scope, region_ids)
         regions_fixed = len(region_ids) if spec.scope == REGIONS else len(task.regions)
-        cost = annotation_cost(train_ids, regions_fixed)
+        touched = None
+        if spec.scope == REGIONS:  # only the fixed regions are a person's work
+            touched = np.zeros(train_ids.shape, bool)
+            for r in task.regions:
+                if r.region_id in region_ids and r.rle is not None:
+                    touched |= decode_rle(r.rle, where=f"task {task.task_id} region {r.region_id}").astype(bool)
+        cost = annotation_cost(train_ids, regions_fixed, touched)
         mask_path = self.storage / "annotations" / content[:2] / f"{content}.png"
         if not mask_path.is_file():
             imageio.write_png(mask_path, train_ids)

@@ -1,0 +1,325 @@
+"""The main job: the full active-learning loop through the real services (`segxal loop`).
+
+    synthetic data -> depth model published -> version 1 trained by the trainer on the seed set
+    -> ingest the pool (Cityscapes layout) and a drive log (MCAP)
+    -> cycles of: rank (coordinator -> EEM -> inference) -> lease -> label (simulated human fixing
+       the EEM regions, or the machine oracle) -> train (trainer) -> publish -> hot reload
+    until DICE stopping or the budget ends; then a report: cycles.json, a table, the mIoU-vs-budget
+    plot and a few frames with their EEM overlay and regions.
+
+It takes the in-process loop's configuration (segxal.al.loop.ALConfig) and the same seed set,
+depth net and training order, so the two loops can be compared cycle by cycle.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from clients.labeling import LabelingConfig, LabelingSession, work
+from clients.machine import MachineOracle, MachineOracleConfig
+from clients.simulated_human import GroundTruth, SimulatedHuman, SimulatedHumanConfig
+from segxal import imageio
+from segxal.al.loop import ALConfig, add_al_arguments, config_from_args, depth_model_for, plot_curves, seed_indices
+from segxal.data.cityscapes import SegDataset, list_frames
+from segxal.errors import FailedPrecondition, InvalidInput, NotReady
+from segxal.export import export_depth
+from segxal.ingest.drivelog import write_drive_log
+from segxal.labels import colorize
+from segxal.storage import FrameStorage
+from segxalpb.coordinator.v1 import coordinator_pb2 as cpb
+from services.common.model_repository import ModelRepository, build_config
+from services.coordinator.client import CoordinatorClient
+from services.eem.api import ScoreOptions
+from services.eem.client import EemClient
+from services.inference.client import InferenceClient
+from services.stack import Stack, StackConfig
+from services.trainer.api import JobRequest, JobState, PublishPolicy, TrainingOptions
+from services.trainer.client import TrainerClient
+
+log = logging.getLogger(__name__)
+SEG_MODEL, DEPTH_MODEL = "segmentation", "depth"
+
+
+@dataclass
+class ServicesLoopConfig:
+    al: ALConfig
+    workdir: str = ""  # "" = <out>/services
+    db: str = ""  # "" = SQLite in the workdir; postgresql://... switches the coordinator
+    miou_tolerance: float = 0.05  # trainer's publish gate: refuse a version this much worse
+    drive_log_frames: int = 12  # frames of the test split written to an MCAP drive log and ingested
+    overlays: int = 4  # frames rendered with their EEM overlay and regions
+
+
+def _copy_frame(frame, dest_root: Path, with_label: bool) -> None:
+    for src, kind in ((frame.image, "leftImg8bit"), (frame.label if with_label else None, "gtFine")):
+        if src is None:
+            continue
+        dst = dest_root / kind / "train" / frame.city / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+
+
+def prepare_data(cfg: ALConfig, work: Path, drive_log_frames: int) -> dict:
+    """Split the training frames like the in-process loop: the seed set (with labels) for the
+    trainer, the rest (images only: the pool does not see ground truth) for the coordinator; and a
+    drive log of test-split frames. Copies, so storage roots stay simple (no symlinks out)."""
+    train = list_frames(cfg.data, "train", require_labels=True)
+    seed = set(seed_indices(cfg, len(train)))
+    root = work / "datasets"
+    if root.exists():
+        shutil.rmtree(root)
+    for i, f in enumerate(train):
+        _copy_frame(f, root / ("seed" if i in seed else "pool"), with_label=i in seed)
+    test = list_frames(cfg.data, "test")[:drive_log_frames]
+    log_path = root / "drive_logs" / "test_drive.mcap"
+    write_drive_log(log_path, ((int(1e9 * k / 10), imageio.read_rgb(f.image)) for k, f in enumerate(test)),
+                    image_format="png")
+    return {"seed": root / "seed", "pool": root / "pool", "drive_log": log_path,
+            "seed_frames": len(seed), "pool_frames": len(train) - len(seed)}
+
+
+def publish_depth(cfg: ALConfig, repo: Path) -> int:
+    """The depth net (the in-process loop's, cached) exported to ONNX and published."""
+    train = SegDataset(list_frames(cfg.data, "train", require_labels=True), cfg.size)
+    depth = depth_model_for(cfg, train)
+    if depth is None:
+        raise InvalidInput("the services loop needs a depth model (--depth-source model)")
+    onnx = repo.parent / "depth_export" / "model.onnx"
+    result = export_depth(depth.cpu(), onnx)
+    repo.mkdir(parents=True, exist_ok=True)
+    return ModelRepository(repo).publish(DEPTH_MODEL, onnx, build_config(DEPTH_MODEL, result.spec))
+
+
+def _train_and_publish(trainer: TrainerClient, cfg: ALConfig, *, cycle_id: str, pool_id: str, epochs: int,
+                       seed: int, tolerance: float) -> dict:
+    job = trainer.start_job(JobRequest(
+        cycle_id=cycle_id, pool_id=pool_id, publish=True,
+        options=TrainingOptions(epochs=epochs, batch_size=cfg.batch_size, learning_rate=cfg.lr, seed=seed),
+        policy=PublishPolicy(miou_tolerance=tolerance)))
+    bar = tqdm(total=epochs, desc=f"train {cycle_id}", disable=not cfg.progress, leave=False)
+    for p in trainer.watch(job.job_id):
+        if p.epoch and p.epoch > bar.n:
+            bar.update(p.epoch - bar.n)
+            bar.set_postfix(loss=f"{p.loss:.4f}")
+    bar.close()
+    job = trainer.get_job(job.job_id)
+    if job.state != JobState.SUCCEEDED:
+        raise FailedPrecondition(f"training job {job.job_id} for {cycle_id} failed: {job.error}")
+    rep = job.report
+    return {"job_id": job.job_id, "miou": rep.candidate.miou, "per_class": rep.candidate.per_class_iou,
+            "published_version": rep.published_version, "publish_refused": rep.publish_refused,
+            "train_seconds": rep.train_seconds}
+
+
+def _wait_served(target: str, version: int, timeout_s: float = 120.0) -> None:
+    """Block until the segmentation server answers with `version` (hot reload done)."""
+    deadline = time.monotonic() + timeout_s
+    with InferenceClient(target) as inf:
+        while time.monotonic() < deadline:
+            try:
+                if inf.is_ready(SEG_MODEL, str(version)):
+                    return
+            except Exception:  # noqa: BLE001 - not loaded yet
+                pass
+            time.sleep(0.5)
+    raise NotReady(f"segmentation version {version} not served after {timeout_s:.0f} s")
+
+
+def _label_cycle(cfg: ALConfig, stack: Stack, pool_id: str, cycle_id: str, storage: FrameStorage):
+    labeling = LabelingConfig(coordinator=stack.targets["coordinator"], pool=pool_id, cycle_id=cycle_id,
+                              client_id=f"{cfg.oracle}-oracle", lease_s=120.0)
+    with LabelingSession(labeling) as session:
+        if cfg.oracle == "machine":
+            with InferenceClient(stack.targets["segmentation"]) as inf:
+                oracle = MachineOracle(MachineOracleConfig(labeling=labeling, tau=cfg.tau), inf, storage)
+                return work(session, oracle)
+        scope = "frame" if cfg.oracle == "human-frame" else "regions"
+        human = SimulatedHuman(SimulatedHumanConfig(labeling=labeling, dataset=cfg.data, scope=scope,
+                                                    outside=cfg.outside, seed=cfg.seed), GroundTruth(cfg.data))
+        return work(session, human)
+
+
+def run(scfg: ServicesLoopConfig) -> dict:
+    cfg = scfg.al.validate()
+    if cfg.strategy not in ("eem", "random"):
+        raise InvalidInput(f"the services loop ranks with the coordinator's 'eem' or 'random' selection; "
+                           f"--strategy {cfg.strategy} is in-process only")
+    out = Path(cfg.out)
+    work_dir = Path(scfg.workdir or out / "services").resolve()
+    if work_dir.exists():
+        shutil.rmtree(work_dir)  # a fresh repository, database and state per run
+    work_dir.mkdir(parents=True)
+    t0 = time.time()
+    data = prepare_data(cfg, work_dir, scfg.drive_log_frames)
+    publish_depth(cfg, work_dir / "repo" / DEPTH_MODEL)
+    stack_cfg = StackConfig(workdir=str(work_dir), data=str(Path(cfg.data).resolve()), seed_data=str(data["seed"]),
+                            db=scfg.db, size=cfg.size, width=cfg.width, unet_depth=cfg.unet_depth,
+                            epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                            dice_threshold=cfg.dice_threshold,
+                            storage_roots=[str(Path(cfg.data).resolve()), str(work_dir / "datasets")])
+    h, w = cfg.size
+    seed_px = data["seed_frames"] * h * w
+    records = []
+    with Stack(stack_cfg) as stack, \
+            CoordinatorClient(stack.targets["coordinator"], client_id="segxal-loop") as coord, \
+            TrainerClient(stack.targets["trainer"]) as trainer:
+        print(f"services up: {stack.targets}", flush=True)
+        tc = time.time()
+        v1 = _train_and_publish(trainer, cfg, cycle_id="seed", pool_id="", epochs=cfg.init_epochs,
+                                seed=cfg.seed, tolerance=scfg.miou_tolerance)
+        version = v1["published_version"]
+        coord.register_model_version(SEG_MODEL, version=version)
+        _wait_served(stack.targets["segmentation"], version)
+        stack.wait_serving("eem")
+        pool = coord.create_pool("train-pool", max_frames=cfg.budget)
+        coord.ingest(pool.pool_id, [cpb.IngestSource(cityscapes=cpb.CityscapesSource(
+            root=str(data["pool"]), split="train"))])
+        drive = coord.create_pool("drive-log")
+        drive_result = coord.ingest(drive.pool_id, [cpb.IngestSource(drive_log=cpb.DriveLogSource(
+            path=str(data["drive_log"])))])
+        records.append(_record(0, v1, version, seed_px, None, None, tc, data["seed_frames"]))
+        print(_row(records[-1]), flush=True)
+        stop = "cycles"
+        storage = FrameStorage([str(work_dir), str(Path(cfg.data).resolve())])
+        for cycle in range(1, cfg.cycles + 1):
+            tc = time.time()
+            cyc = coord.start_cycle(pool.pool_id, cfg.frames_per_cycle,
+                                    selection="random" if cfg.strategy == "random" else "eem",
+                                    model_name=SEG_MODEL, model_version=version, random_seed=cfg.seed + cycle)
+            coord.rank_cycle(cyc.cycle_id)
+            summary = _label_cycle(cfg, stack, pool.pool_id, cyc.cycle_id, storage)
+            report = coord.cycle_report(cyc.cycle_id)
+            job = _train_and_publish(trainer, cfg, cycle_id=cyc.cycle_id, pool_id=pool.pool_id,
+                                     epochs=cfg.finetune_epochs, seed=cfg.seed + cycle, tolerance=scfg.miou_tolerance)
+            if job["published_version"]:
+                version = job["published_version"]
+                coord.register_model_version(SEG_MODEL, version=version)
+                _wait_served(stack.targets["segmentation"], version)
+            budget = coord.budget(pool.pool_id)
+            rec = _record(cycle, job, version, seed_px, budget, report, tc, data["seed_frames"])
+            rec.update(tasks=report.tasks_total, submitted=summary.submitted, released=summary.released,
+                       failed_frames=report.failed_frames)
+            records.append(rec)
+            print(_row(rec), flush=True)
+            if cfg.oracle != "machine" and report.stop_reason == cpb.STOP_REASON_DICE_THRESHOLD_REACHED:
+                stop = "dice"
+                break
+            if budget.exhausted or report.stop_reason == cpb.STOP_REASON_BUDGET_SPENT:
+                stop = "budget"
+                break
+            if report.stop_reason == cpb.STOP_REASON_POOL_EXHAUSTED:
+                stop = "pool empty"
+                break
+        records[-1]["stop_reason"] = stop
+        drive_top = _rank_drive_log(coord, drive.pool_id, version)
+        overlays = _render_overlays(stack, coord, pool.pool_id, storage, out / "overlays", scfg.overlays)
+    report = {"config": {"al": json.loads(json.dumps(cfg.__dict__, default=lambda o: o.__dict__)),
+                         "db": scfg.db or "sqlite", "workdir": str(work_dir)},
+              "cycles": records, "stop_reason": stop, "seconds": time.time() - t0,
+              "drive_log": {"frames_ingested": drive_result.frame_count, "top_frames": drive_top},
+              "overlays": overlays}
+    imageio.atomic_write_bytes(out / "cycles.json", json.dumps(report, indent=2).encode())
+    plot_curves({f"{cfg.strategy} (services)": records}, out / "miou_vs_pixels.png")
+    return report
+
+
+def _record(cycle, job, version, seed_px, budget, report, t_start, seed_frames) -> dict:
+    spent = (budget.spent_frames, budget.spent_regions, budget.spent_pixels) if budget else (0, 0, 0)
+    mean_dice = None
+    if report is not None and report.annotations_with_dice and np.isfinite(report.mean_dice):
+        mean_dice = float(report.mean_dice)
+    return {"cycle": cycle, "miou": job["miou"], "per_class": job["per_class"], "model_version": version,
+            "publish_refused": job["publish_refused"],
+            "labeled": {"frames": seed_frames + spent[0], "regions": spent[1], "pixels": seed_px + spent[2]},
+            "mean_dice": mean_dice, "seconds": time.time() - t_start, "stop_reason": ""}
+
+
+def _row(r: dict) -> str:
+    lab = r["labeled"]
+    dice = "-" if r["mean_dice"] is None else f"{r['mean_dice']:.3f}"
+    note = f"  (publish refused: {r['publish_refused']})" if r["publish_refused"] else ""
+    return (f"cycle {r['cycle']:>2}  mIoU {100 * r['miou']:6.2f}  v{r['model_version']:<3} frames {lab['frames']:>4} "
+            f"regions {lab['regions']:>4} pixels {lab['pixels']:>9}  DICE {dice:>6}  {r['seconds']:6.1f} s{note}")
+
+
+def _rank_drive_log(coord: CoordinatorClient, pool_id: str, version: int, top: int = 5) -> list[dict]:
+    """Rank the drive log with the final model: what a fleet run would send to labelers next."""
+    cyc = coord.start_cycle(pool_id, top, selection="eem", model_name=SEG_MODEL, model_version=version)
+    coord.rank_cycle(cyc.cycle_id)
+    tasks = coord.lease(pool_id, top, 60.0, cycle_id=cyc.cycle_id)
+    out = [{"frame_uri": t.frame_uri, "score": t.score, "regions": len(t.regions)} for t in tasks]
+    for t in tasks:
+        coord.release(t)
+    return out
+
+
+def _render_overlays(stack: Stack, coord: CoordinatorClient, pool_id: str, storage: FrameStorage,
+                     dest: Path, n: int) -> list[str]:
+    """A few pool frames with their EEM heat map and regions to fix drawn over them."""
+    import cv2
+    frames = [f for f in coord.frames(pool_id)][:n]
+    paths = []
+    opts = ScoreOptions(maps=("eem",), regions=True, labels=True)
+    with EemClient(stack.targets["eem"]) as eem:
+        for f in frames:
+            res = eem.score(f.uri, opts, frame_id=f.frame_id)
+            rgb = storage.read_rgb(f.uri)
+            heat = res.map("eem").astype(np.float32)
+            heat = heat / max(float(heat.max()), 1e-6)
+            colored = cv2.applyColorMap((255 * heat).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+            over = (0.55 * rgb + 0.45 * colored).astype(np.uint8)
+            for r in res.regions:
+                x, y, bw, bh = r.bbox
+                cv2.rectangle(over, (x, y), (x + bw - 1, y + bh - 1), (255, 255, 255), 1)
+            pred = colorize(res.labels())
+            panel = np.concatenate([rgb, over, pred], axis=1)
+            path = dest / f"{f.frame_id}_eem.png"
+            imageio.write_png(path, np.ascontiguousarray(panel))
+            paths.append(str(path))
+    return paths
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser("loop", help="the full active-learning loop through the real services")
+    add_al_arguments(p)
+    p.add_argument("--workdir", default="", help="services' state (default: <out>/services)")
+    p.add_argument("--db", default="", help="coordinator database URL (default: SQLite in the workdir)")
+    p.add_argument("--miou-tolerance", type=float, default=0.05)
+    p.set_defaults(func=_cmd_loop)
+    p = sub.add_parser("up", help="start the five services and wait (Ctrl-C stops them)")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--seed-data", default="")
+    p.add_argument("--db", default="")
+    p.set_defaults(func=_cmd_up)
+
+
+def _cmd_loop(args) -> int:
+    report = run(ServicesLoopConfig(al=config_from_args(args), workdir=args.workdir, db=args.db,
+                                    miou_tolerance=args.miou_tolerance))
+    print(f"stopped: {report['stop_reason']}; {report['seconds']:.0f} s; wrote {Path(args.out) / 'cycles.json'}, "
+          f"miou_vs_pixels.png and {len(report['overlays'])} overlays")
+    return 0
+
+
+def _cmd_up(args) -> int:
+    stack = Stack(StackConfig(workdir=args.workdir, data=args.data, seed_data=args.seed_data, db=args.db,
+                              storage_roots=[args.data]))
+    with stack:
+        for name, target in stack.targets.items():
+            print(f"{name:13s} {target}", flush=True)
+        print("all services healthy; Ctrl-C stops them", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            print("stopping...", flush=True)
+    return 0

@@ -1,0 +1,193 @@
+"""`segxal up`: the five services as separate processes on local ports, embedded defaults
+(SQLite, a local model repository, local frame storage, CPU). Waits for every health check, and
+stops them all cleanly (SIGTERM, grace, then SIGKILL) on Ctrl-C or when the caller is done.
+
+    workdir/repo/         model repository (Triton layout) served by both inference servers
+    workdir/state/        trainer jobs and per-version checkpoints
+    workdir/storage/      frames extracted from drive logs, annotation masks
+    workdir/coordinator.db
+    workdir/logs/<service>.log
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from segxal.errors import NotReady
+from services.common.channel import make_channel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StackConfig:
+    workdir: str
+    data: str  # Cityscapes-layout folder: held-out split for the trainer, ground truth for the human
+    seed_data: str = ""  # Cityscapes-layout folder of the trainer's seed set ("" = no seed set)
+    db: str = ""  # "" = sqlite under workdir; a postgresql:// URL switches the coordinator
+    host: str = "127.0.0.1"
+    size: tuple[int, int] = (128, 256)
+    width: int = 16
+    unet_depth: int = 4
+    epochs: int = 4  # trainer's default epochs per job
+    batch_size: int = 8
+    seed: int = 0
+    dice_threshold: float = 0.95
+    storage_roots: list[str] = field(default_factory=list)  # extra readable roots (the data folders)
+    health_timeout_s: float = 180.0
+    torch_threads: int = 0
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    port: int
+    proc: subprocess.Popen | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    """Start with `with Stack(cfg) as stack:`; targets in `stack.targets[name]`."""
+
+    def __init__(self, cfg: StackConfig):
+        self.cfg = cfg
+        self.work = Path(cfg.workdir).resolve()
+        self.services: dict[str, Service] = {}
+
+    @property
+    def repo(self) -> Path:
+        return self.work / "repo"
+
+    @property
+    def storage(self) -> Path:
+        return self.work / "storage"
+
+    @property
+    def targets(self) -> dict[str, str]:
+        return {n: s.target for n, s in self.services.items()}
+
+    def _plan(self) -> list[Service]:
+        c, py = self.cfg, sys.executable
+        port = {n: _free_port(c.host) for n in ("segmentation", "depth", "eem", "coordinator", "trainer")}
+        roots = [str(self.storage), *(str(Path(r).resolve()) for r in c.storage_roots)]
+        root_flags = [f for r in roots for f in ("--storage-root", r)]
+        db = c.db or f"sqlite:///{self.work / 'coordinator.db'}"
+        inference = lambda name: [py, "-m", "services.inference.main", "--repo", str(self.repo / name),
+                                  "--host", c.host, "--port", str(port[name]), "--poll-interval", "1.0"]
+        seed = ["--seed-data", c.seed_data, "--seed-split", "train"] if c.seed_data else []
+        return [
+            Service("segmentation", inference("segmentation"), port["segmentation"]),
+            Service("depth", inference("depth"), port["depth"]),
+            Service("eem", [py, "-m", "services.eem.main", "--seg-target", f"127.0.0.1:{port['segmentation']}",
+                            "--depth-target", f"127.0.0.1:{port['depth']}", "--host", c.host,
+                            "--port", str(port["eem"]), *root_flags], port["eem"]),
+            Service("coordinator", [py, "-m", "services.coordinator.main", "--db", db,
+                                    "--storage", str(self.storage), "--eem-target", f"127.0.0.1:{port['eem']}",
+                                    "--host", c.host, "--port", str(port["coordinator"]),
+                                    "--dice-threshold", str(c.dice_threshold)], port["coordinator"]),
+            Service("trainer", [py, "-m", "services.trainer.main", "--repo", str(self.repo / "segmentation"),
+                                "--state", str(self.work / "state"), "--data", c.data, *root_flags, *seed,
+                                "--size", f"{c.size[0]}x{c.size[1]}", "--width", str(c.width),
+                                "--unet-depth", str(c.unet_depth), "--epochs", str(c.epochs),
+                                "--batch-size", str(c.batch_size), "--seed", str(c.seed),
+                                "--coordinator", f"127.0.0.1:{port['coordinator']}",
+                                "--host", c.host, "--port", str(port["trainer"]),
+                                *(["--torch-threads", str(c.torch_threads)] if c.torch_threads else [])],
+                    port["trainer"]),
+        ]
+
+    def start(self) -> "Stack":
+        for d in ("repo/segmentation", "repo/depth", "state", "storage", "logs"):
+            (self.work / d).mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        try:
+            for svc in self._plan():
+                logf = open(self.work / "logs" / f"{svc.name}.log", "ab")
+                # own process group: Ctrl-C in the terminal reaches us, and we stop children in order
+                svc.proc = subprocess.Popen(svc.argv, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
+                logf.close()
+                self.services[svc.name] = svc
+            for svc in self.services.values():
+                self._wait_healthy(svc)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self, svc: Service) -> None:
+        """The process answers grpc.health.v1 (live). Readiness differs per service: EEM is
+        NOT_SERVING until both models are published, so callers wait for it with wait_serving()."""
+        deadline = time.monotonic() + self.cfg.health_timeout_s
+        with make_channel(svc.target) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while time.monotonic() < deadline:
+                if svc.proc.poll() is not None:
+                    raise NotReady(f"{svc.name} exited with code {svc.proc.returncode}; "
+                                   f"see {self.work / 'logs' / (svc.name + '.log')}")
+                try:
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                    log.info("%s live on %s", svc.name, svc.target)
+                    return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.3)
+        raise NotReady(f"{svc.name} not healthy after {self.cfg.health_timeout_s:.0f} s; "
+                       f"see {self.work / 'logs' / (svc.name + '.log')}")
+
+    def wait_serving(self, name: str, timeout_s: float = 120.0) -> None:
+        """Block until a service's health is SERVING (e.g. EEM, once both models are loaded)."""
+        svc = self.services[name]
+        deadline = time.monotonic() + timeout_s
+        with make_channel(svc.target) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while time.monotonic() < deadline:
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
+                            health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.3)
+        raise NotReady(f"{name} not SERVING after {timeout_s:.0f} s")
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM every service (they finish in-flight calls), then SIGKILL stragglers."""
+        for svc in reversed(list(self.services.values())):
+            if svc.proc and svc.proc.poll() is None:
+                svc.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for svc in self.services.values():
+            if svc.proc is None:
+                continue
+            try:
+                svc.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                svc.proc.kill()
+                svc.proc.wait()
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
