@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The README's first command: all set-up, synthetic driving scenes, then the active-learning loop
-# (EEM strategy, simulated human fixing the EEM regions) on small CPU defaults.
-# Extra flags go to `segxal al run` (e.g. --strategy entropy --oracle machine).
+# The README's first command: all set-up, synthetic driving scenes, then the full active-learning
+# loop through the real services (segmentation, depth, EEM, coordinator, trainer as separate
+# processes; SQLite, local files, CPU). Extra flags go to `segxal loop`
+# (e.g. --oracle machine, --cycles 6, --db postgresql://...); `SEGXAL_INPROCESS=1` runs the
+# in-process loop (`segxal al run`) instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -10,4 +12,7 @@ OUT=${SEGXAL_OUT:-runs/main}
 if [ ! -d "$DATA" ]; then
   .venv/bin/segxal data synth --out "$DATA" --height 128 --width 256 --seed 0
 fi
-.venv/bin/segxal al run --data "$DATA" --out "$OUT" --cache-dir runs/cache "$@"
+if [ "${SEGXAL_INPROCESS:-0}" = 1 ]; then
+  exec .venv/bin/segxal al run --data "$DATA" --out "$OUT" --cache-dir runs/cache "$@"
+fi
+exec .venv/bin/segxal loop --data "$DATA" --out "$OUT" --cache-dir runs/cache "$@"
