@@ -549,11 +549,11 @@ def _vehicle(rng: np.random.Generator, x: float, z: float, vz: float, facing: in
         return _Thing("truck", x, z, 2.45, float(rng.uniform(2.9, 3.8)), float(rng.uniform(6.5, 10.0)),
                       vz=vz, facing=facing, colour=tuple(rng.choice([0.85, 0.6, 0.3], 3).tolist()),
                       colour2=_car_colour(rng), extra=float(rng.uniform(2.5, 2.9)))
-    if allow_big and r < 0.04:
+    if allow_big and r < 0.045:
         bus_cols = ((0.85, 0.7, 0.1), (0.85, 0.85, 0.82), (0.7, 0.12, 0.1), (0.15, 0.3, 0.6))
         return _Thing("bus", x, z, 2.55, float(rng.uniform(3.0, 3.3)), float(rng.uniform(11.0, 13.0)),
                       vz=vz, facing=facing, colour=bus_cols[int(rng.integers(4))])
-    if r < 0.052:
+    if r < 0.065:
         return _motorcyclist(rng, x, z, vz, facing)
     suv = rng.random() < 0.22
     return _Thing("car", x, z, float(rng.uniform(1.65, 1.95)),
@@ -590,38 +590,54 @@ def _populate(rng: np.random.Generator, cfg: SynthConfig, world: _World, lanes: 
     things = world.things
     _place_traffic(rng, things, lanes, world.speed, duration, dens, lo, hi)
     for side in world.sides:
-        s = side.sign
         _place_pedestrians(rng, things, side, dens, lo, hi)
         _place_street_lights(rng, world, side, lo, hi)
         _place_signs(rng, things, side, lo, hi)
         _place_trees_and_furniture(rng, world, side, style, lo, hi)
-        for _ in range(rng.poisson(0.9 * dens)):  # bicycle racks, sometimes with a motorcycle
-            z = float(rng.uniform(lo + 10, hi - 40))
-            for k in range(int(rng.integers(1, 6))):
-                kind = "motorcycle" if rng.random() < 0.15 else "bicycle"
-                things.append(_Thing(kind, s * (side.walk - 0.6), z + 0.8 * k, 0.6, 1.0,
-                                     2.0 if kind == "motorcycle" else 1.7,
-                                     colour=_car_colour(rng), yaw=float(rng.uniform(0.6, 1.45)) * s,
-                                     side=s))
-    if rng.random() < 0.15 * dens:  # cyclists near the right kerb (and against traffic on the left)
-        for _ in range(int(rng.integers(1, 3))):
-            right = rng.random() < 0.75
-            x = (lanes["right_kerb"] - 0.9) if right else -(lanes["left_kerb"] - 0.9)
-            vz = float(rng.uniform(3.5, 6.5)) * (1 if right else -1)
-            t = _person(rng, "cyclist", x, float(rng.uniform(lo + 25, hi)), 0.0, vz, 1 if right else -1)
-            t.colour2 = _car_colour(rng)  # bicycle frame
-            things.append(t)
+        _place_bicycle_racks(rng, things, side, dens, lo, hi)
+    _place_cyclists(rng, things, lanes, world.speed, duration, dens)
     for zc, _, zebra in crossings:
         if not (lo < zc < hi + 40):
             continue
         if rng.random() < 0.75:
             _place_traffic_lights(rng, world, zc)
-        if zebra and rng.random() < 0.5 * min(dens, 1.5):  # pedestrians crossing the street
+        # pedestrians on the zebra, unless the ego car would drive through them
+        if zebra and zc - 4.0 > z_end + 6.0 and rng.random() < 0.5 * min(dens, 1.5):
             for _ in range(int(rng.integers(1, 4))):
                 dirn = 1 if rng.random() < 0.5 else -1
                 things.append(_person(rng, "person", float(rng.uniform(-lanes["left_kerb"], lanes["right_kerb"])),
                                       zc - 3.0 + float(rng.uniform(-1, 1)), dirn * float(rng.uniform(1.0, 1.6)),
                                       0.0, 1, variant=1))
+
+
+def _place_bicycle_racks(rng: np.random.Generator, things: list, side: _Side, dens: float,
+                         lo: float, hi: float) -> None:
+    """Groups of parked bicycles (now and then a motorcycle) at the sidewalk's outer edge, at an angle."""
+    s = side.sign
+    for _ in range(rng.poisson(1.2 * dens)):
+        z = float(rng.uniform(lo + 10, hi - 40))
+        for k in range(int(rng.integers(1, 6))):
+            kind = "motorcycle" if rng.random() < 0.15 else "bicycle"
+            things.append(_Thing(kind, s * (side.walk - 0.6), z + 0.8 * k, 0.6, 1.0,
+                                 2.0 if kind == "motorcycle" else 1.7, colour=_car_colour(rng),
+                                 yaw=float(rng.uniform(0.6, 1.45)) * s, side=s))
+
+
+def _place_cyclists(rng: np.random.Generator, things: list, lanes: dict, ego_speed: float,
+                    duration: float, dens: float) -> None:
+    """Cyclists near the right kerb, a few against the traffic on the left; met within the drive."""
+    if rng.random() >= 0.3 * dens:
+        return
+    for _ in range(int(rng.integers(1, 3))):
+        right = rng.random() < 0.75
+        speed = float(rng.uniform(3.5, 6.5))
+        if right:  # ahead, and still ahead of the (faster) ego car at the end of the drive log
+            x, vz, z = lanes["right_kerb"] - 0.9, speed, 8.0 + max(0.0, (ego_speed - speed) * duration)
+        else:
+            x, vz, z = -(lanes["left_kerb"] - 0.9), -speed, ego_speed * duration
+        t = _person(rng, "cyclist", x, z + float(rng.uniform(0.0, 80.0)), 0.0, vz, 1 if right else -1)
+        t.colour2 = _car_colour(rng)  # bicycle frame
+        things.append(t)
 
 
 def _place_traffic(rng: np.random.Generator, things: list, lanes: dict, ego_speed: float,
@@ -1318,12 +1334,29 @@ def _rider_parts(t: _Thing, view: "_View") -> list:
         ([_disc(0, hip + 0.74, 0.14 if moto else 0.11, 10)], head, True),
     ]
     rider = [_Part(_frontal(0.0, 0.0), [c * u for c in cs], lid, rgba, core) for cs, rgba, core in body]
-    wheels = _two_wheeler_parts(t, _lateral(0.0, -t.length / 2), moto)
-    return wheels[:-1] + rider + wheels[-1:]  # the rear/front wheel seen end-on is nearest
+    side = _two_wheeler_parts(t, _lateral(0.0, -t.length / 2), moto, mirror=t.facing < 0)
+    far, near = _end_on_parts(t, moto)
+    return side + far + rider + near  # painter's order within the group
 
 
-def _two_wheeler_parts(t: _Thing, plane: tuple, moto: bool) -> list:
-    """Bicycle or motorcycle in side view in `plane` (s from 0 to length), plus the wheel seen end-on."""
+def _end_on_parts(t: _Thing, moto: bool) -> tuple:
+    """A ridden two-wheeler's ends as seen along the street: (far parts, near parts). Moving away,
+    the rear wheel is near and the handlebar far; coming toward us, the other way round."""
+    lid = _ID["motorcycle"] if moto else _ID["bicycle"]
+    half = t.length / 2
+    wheel = _rect(-0.08, 0.08, 0.0, 0.6) if moto else _rect(-0.03, 0.03, 0.0, 0.7)
+    bar = _rect(-0.4, 0.4, 1.02, 1.08) if moto else _rect(-0.3, 0.3, 0.97, 1.03)
+    rear = [_Part(_frontal(0.0, -half if t.facing > 0 else half), [wheel], lid, _BLACK)]
+    front = [_Part(_frontal(0.0, half - 0.3 if t.facing > 0 else -half), [wheel, bar], lid, _BLACK)]
+    if moto:  # tail light at the back, head light at the front
+        rear.append(_Part(rear[0].plane, [_rect(-0.08, 0.08, 0.78, 0.86)], lid, (0.75, 0.06, 0.05, 1.0)))
+        front.append(_Part(front[0].plane, [_disc(0.0, 0.9, 0.09, 8)], lid, (0.9, 0.9, 0.82, 1.5)))
+    return (front, rear) if t.facing > 0 else (rear, front)
+
+
+def _two_wheeler_parts(t: _Thing, plane: tuple, moto: bool, mirror: bool = False) -> list:
+    """Bicycle or motorcycle in side view in `plane`, s from 0 (rear) to its length (front);
+    mirrored when it travels toward -s."""
     lid = _ID["motorcycle"] if moto else _ID["bicycle"]
     frame = (t.colour2 if t.kind in ("cyclist", "motorcyclist") else t.colour) + (0.0,)
     if moto:
@@ -1332,7 +1365,6 @@ def _two_wheeler_parts(t: _Thing, plane: tuple, moto: bool) -> list:
             ([_poly((0.35, 0.45), (1.6, 0.45), (1.75, 0.75), (1.3, 1.0), (0.5, 0.95), (0.2, 0.7))], frame, True),
             ([_rect(0.75, 1.2, 0.3, 0.6)], (0.15, 0.15, 0.15, 0.0), False),
         ]
-        end_on = [_rect(-0.08, 0.08, 0.0, 0.6), _rect(-0.4, 0.4, 1.02, 1.08)]
     else:
         r, r_in = 0.35, 0.285
         rear, front, crank, seat, head = (0.32, 0.34), (1.38, 0.34), (0.78, 0.32), (0.62, 0.85), (1.2, 0.88)
@@ -1343,11 +1375,9 @@ def _two_wheeler_parts(t: _Thing, plane: tuple, moto: bool) -> list:
               _bar(rear, seat, 0.045), _bar(head, (1.15, 1.02), 0.05), _rect(0.5, 0.74, 0.84, 0.91),
               _disc(*crank, 0.1, 8)], frame, True),
         ]
-        end_on = [_rect(-0.03, 0.03, 0.0, 0.7), _rect(-0.3, 0.3, 0.97, 1.03)]
-    parts = [_Part(plane, cs, lid, rgba, core) for cs, rgba, core in side]
-    if t.kind in ("cyclist", "motorcyclist"):  # the nearer wheel seen end-on, with the handlebar
-        parts.append(_Part(_frontal(0.0, -t.length / 2), end_on, lid, _BLACK, False))
-    return parts
+    if mirror:
+        side = [([np.column_stack((t.length - c[:, 0], c[:, 1])) for c in cs], rgba, core) for cs, rgba, core in side]
+    return [_Part(plane, cs, lid, rgba, core) for cs, rgba, core in side]
 
 
 def _pole_parts(t: _Thing, view: "_View") -> list:
