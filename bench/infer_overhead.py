@@ -11,7 +11,8 @@ time, as fast as answers come back:
   server minus gRPC);
 - server: `python -m services.inference.main` in its own process, N tritonclient sync clients.
 The two sides alternate (--rounds times) so that other load on a shared machine hits both alike;
-frames/s is the total over rounds, latencies are pooled. Then a per-frame cost of the protocol
+frames/s is the total over rounds, latencies are pooled; CPU ms/frame counts every process involved
+(robust to neighbours on a shared machine, unlike frames/s). Then a per-frame cost of the protocol
 codec (encode/serialize/parse on both ends) for one frame, to show where the difference goes.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,6 +126,11 @@ def _codec_costs(frame: np.ndarray, outputs: dict[str, np.ndarray], reps: int = 
     return costs
 
 
+def _cpu_seconds(procs) -> float:
+    """User + system CPU seconds of the processes (all their threads)."""
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) * 1e3 if values else float("nan")
 
@@ -135,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=8.0, help="timed seconds per side, per round")
     p.add_argument("--rounds", type=int, default=2, help="alternations in-process / server per concurrency")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = one per core)")
-    p.add_argument("--no-spin", action="store_true", help="ONNX Runtime threads do not spin (both sides)")
+    p.add_argument("--spin", action="store_true", help="ONNX Runtime threads spin for work (both sides)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--queue-delay-us", type=int, default=2000)
     p.add_argument("--workdir", default=None, help="keep the model and the server log here")
@@ -158,19 +165,20 @@ def main(argv: list[str] | None = None) -> int:
 
     frame = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
     config = repo.read_config("segmentation")
-    runtime = RuntimeConfig(intra_op_threads=a.threads, spinning=not a.no_spin)
+    runtime = RuntimeConfig(intra_op_threads=a.threads, spinning=a.spin)
     model = OnnxModel(repo.model_file("segmentation", 1), config, runtime)
     policy = batch_policy(model.config)
     print(f"ONNX Runtime {ort.__version__} {model.providers[0]}, intra-op threads "
-          f"{a.threads or 'default'}, spinning {not a.no_spin}, cores {os.cpu_count()}, batch policy {policy}")
+          f"{a.threads or 'default'}, spinning {a.spin}, cores {os.cpu_count()}, batch policy {policy}")
 
     port = _free_port()
     log = open(folder / "server.log", "w")
     command = [sys.executable, "-m", "services.inference.main", "--repo", str(repo.root), "--host", "127.0.0.1",
                "--port", str(port), "--poll-interval", "0", "--intra-op-threads", str(a.threads),
-               "--log-level", "WARNING"] + (["--no-ort-spinning"] if a.no_spin else [])
+               "--log-level", "WARNING"] + (["--ort-spinning"] if a.spin else [])
     server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     target = f"127.0.0.1:{port}"
+    me, server_proc = psutil.Process(), psutil.Process(server.pid)
     rows = []
     try:
         deadline = time.monotonic() + 120
@@ -199,20 +207,26 @@ def main(argv: list[str] | None = None) -> int:
                 for name in ("labels", "ebu", "cam", "pmax"):
                     r.as_numpy(name)
 
-            sides = {"in-process": [0, [], 0.0], "server": [0, [], 0.0]}
+            # per side: frames, latencies, wall s, CPU s (this process; + the server's for "server")
+            sides = {"in-process": [0, [], 0.0, 0.0], "server": [0, [], 0.0, 0.0]}
             _drive(n, 1.0, in_process)  # warm-up both
             _drive(n, 1.0, through_server)
             for _ in range(a.rounds):
                 for name, fn in (("in-process", in_process), ("server", through_server)):
+                    procs = [me] + ([server_proc] if name == "server" else [])
+                    cpu0 = _cpu_seconds(procs)
                     frames, lat, wall = _drive(n, a.seconds, fn)
                     sides[name][0] += frames
                     sides[name][1] += lat
                     sides[name][2] += wall
+                    sides[name][3] += _cpu_seconds(procs) - cpu0
             batcher.close()
             for c in clients:
                 c.close()
             fps = {k: v[0] / v[2] for k, v in sides.items()}
+            cpu_ms = {k: v[3] / v[0] * 1e3 for k, v in sides.items()}
             rows.append((n, fps["in-process"], fps["server"], fps["server"] / fps["in-process"],
+                         cpu_ms["in-process"], cpu_ms["server"], cpu_ms["in-process"] / cpu_ms["server"],
                          _pct(sides["in-process"][1], 50), _pct(sides["in-process"][1], 99),
                          _pct(sides["server"][1], 50), _pct(sides["server"][1], 99)))
             print(f"  concurrency {n} done", flush=True)
@@ -225,12 +239,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{h}x{w} uint8 frames, U-Net width 32 depth 4 + labels/ebu/cam/pmax, "
           f"{a.rounds} x {a.seconds:.0f} s per side, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'conc':>4} | {'in-proc f/s':>11} | {'server f/s':>10} | {'ratio':>5} | "
-          f"{'in-proc p50/p99 ms':>18} | {'server p50/p99 ms':>17}")
-    print("-" * 83)
-    for n, fi, fs, ratio, i50, i99, s50, s99 in rows:
-        print(f"{n:>4} | {fi:>11.2f} | {fs:>10.2f} | {ratio:>5.3f} | {i50:>8.1f} / {i99:<7.1f} | "
-              f"{s50:>7.1f} / {s99:<7.1f}")
+    print("CPU ms/frame: CPU time of every process involved (this one; + the server's) per frame, so the")
+    print("CPU ratio (in-proc / server) is the throughput ratio a dedicated CPU-bound machine would see,")
+    print("whatever else runs on this one.")
+    print(f"{'conc':>4} | {'in-proc f/s':>11} | {'server f/s':>10} | {'ratio':>5} | {'CPU ms/frame in/srv':>19} | "
+          f"{'CPU ratio':>9} | {'in-proc p50/p99 ms':>18} | {'server p50/p99 ms':>17}")
+    print("-" * 117)
+    for n, fi, fs, ratio, ci, cs, cratio, i50, i99, s50, s99 in rows:
+        print(f"{n:>4} | {fi:>11.2f} | {fs:>10.2f} | {ratio:>5.3f} | {ci:>8.1f} / {cs:<8.1f} | {cratio:>9.3f} | "
+              f"{i50:>8.1f} / {i99:<7.1f} | {s50:>7.1f} / {s99:<7.1f}")
 
     outputs = dict(zip(model.output_names, model.run({"image": frame}, model.output_names).values()))
     print("\nprotocol cost per frame (ms), one frame's real tensors:")

@@ -13,9 +13,11 @@ class RuntimeConfig:
     # threads inside one model execution; 0 = ONNX Runtime's default (one per physical core).
     # Instances (config.pbtxt instance_group count) run in parallel, each with this many threads.
     intra_op_threads: int = 0
-    # ONNX Runtime's worker threads spin a little after each run waiting for more work: good for
-    # back-to-back runs, but on few cores the spinning takes CPU from gRPC and (de)serialisation
-    spinning: bool = True
+    # ONNX Runtime's worker threads by default spin after each run waiting for more work. Measured
+    # (bench/infer_overhead.py, 2 cores, 256x512 U-Net): spinning raised CPU per frame from ~88 ms
+    # to 112-146 ms in process and 136-177 ms behind the server (the spin window is wasted whenever
+    # the next batch comes through gRPC), so it is off unless asked for.
+    spinning: bool = False
 
 
 @dataclass

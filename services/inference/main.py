@@ -33,9 +33,9 @@ def build_config(argv: list[str] | None = None) -> InferenceServerConfig:
     p.add_argument("--device", choices=("cpu", "cuda"), default=_env("DEVICE", d.runtime.device))
     p.add_argument("--intra-op-threads", type=int,
                    default=int(_env("INTRA_OP_THREADS", d.runtime.intra_op_threads)))
-    p.add_argument("--no-ort-spinning", action="store_true",
-                   default=_env("ORT_SPINNING", "1") in ("0", "false", "no"),
-                   help="ONNX Runtime threads sleep at once after a run instead of spinning")
+    p.add_argument("--ort-spinning", action="store_true",
+                   default=_env("ORT_SPINNING", "0").lower() in ("1", "true", "yes"),
+                   help="let ONNX Runtime threads spin for work after a run (off: see RuntimeConfig)")
     p.add_argument("--max-workers", type=int, default=int(_env("MAX_WORKERS", d.server.max_workers)))
     p.add_argument("--max-tensor-mb", type=float,
                    default=float(_env("MAX_TENSOR_MB", d.max_tensor_bytes / 2**20)))
@@ -51,7 +51,7 @@ def build_config(argv: list[str] | None = None) -> InferenceServerConfig:
         server=ServerConfig(address=f"{a.host}:{a.port}", max_workers=a.max_workers, grace_s=a.grace,
                             tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca),
         runtime=RuntimeConfig(device=a.device, intra_op_threads=a.intra_op_threads,
-                              spinning=not a.no_ort_spinning),
+                              spinning=a.ort_spinning),
         poll_interval_s=a.poll_interval,
         max_tensor_bytes=int(a.max_tensor_mb * 2**20))
 
