@@ -80,8 +80,17 @@ def encode_jpeg(arr: np.ndarray, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a folder, so a rename into it survives a power cut (not only a killed process)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file beside `path`, fsync, then rename over it."""
+    """Write to a temp file beside `path`, fsync, rename over it, fsync the folder."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
@@ -91,6 +100,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
+        fsync_dir(p.parent)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -37,12 +37,12 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from segxal import imageio
 from segxal.al.scoring import EEMOptions
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound, SegxalError
 from services.common.channel import ChannelConfig
@@ -157,16 +157,7 @@ class ShardResults:
         text = json.dumps({"index": self.index, "count": self.count, "logs": self.logs,
                            "entries": [asdict(e) for e in entries], "failed": self.failed,
                            "ingest_errors": self.ingest_errors}, indent=1)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        imageio.atomic_write_bytes(path, text.encode())
         return path
 
     def model_keys_of(self, frame_id: str) -> set[str]:
