@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     target = f"127.0.0.1:{port}"
     me, server_proc = psutil.Process(), psutil.Process(server.pid)
+    stats_client = tg.InferenceServerClient(target)
     rows = []
     try:
         deadline = time.monotonic() + 120
@@ -207,30 +208,46 @@ def main(argv: list[str] | None = None) -> int:
                 for name in ("labels", "ebu", "cam", "pmax"):
                     r.as_numpy(name)
 
-            # per side: frames, latencies, wall s, CPU s (this process; + the server's for "server")
-            sides = {"in-process": [0, [], 0.0, 0.0], "server": [0, [], 0.0, 0.0]}
+            def executions(name):  # (rows, executions) so far: the mean batch size actually formed
+                if name == "in-process":
+                    st = batcher.stats()
+                    return st.inference_count, st.execution_count
+                [st] = stats_client.get_inference_statistics("segmentation").model_stats
+                return st.inference_count, st.execution_count
+
+            # per side: frames, latencies, wall s, CPU s (this process; + the server's), rows, executions
+            sides = {"in-process": [0, [], 0.0, 0.0, 0, 0], "server": [0, [], 0.0, 0.0, 0, 0]}
             _drive(n, 1.0, in_process)  # warm-up both
             _drive(n, 1.0, through_server)
             for _ in range(a.rounds):
                 for name, fn in (("in-process", in_process), ("server", through_server)):
                     procs = [me] + ([server_proc] if name == "server" else [])
+                    rows0, execs0 = executions(name)
                     cpu0 = _cpu_seconds(procs)
                     frames, lat, wall = _drive(n, a.seconds, fn)
-                    sides[name][0] += frames
-                    sides[name][1] += lat
-                    sides[name][2] += wall
-                    sides[name][3] += _cpu_seconds(procs) - cpu0
+                    cpu1 = _cpu_seconds(procs)
+                    rows1, execs1 = executions(name)
+                    side = sides[name]
+                    side[0] += frames
+                    side[1] += lat
+                    side[2] += wall
+                    side[3] += cpu1 - cpu0
+                    side[4] += rows1 - rows0
+                    side[5] += execs1 - execs0
             batcher.close()
             for c in clients:
                 c.close()
             fps = {k: v[0] / v[2] for k, v in sides.items()}
             cpu_ms = {k: v[3] / v[0] * 1e3 for k, v in sides.items()}
+            batch = {k: v[4] / max(v[5], 1) for k, v in sides.items()}
             rows.append((n, fps["in-process"], fps["server"], fps["server"] / fps["in-process"],
                          cpu_ms["in-process"], cpu_ms["server"], cpu_ms["in-process"] / cpu_ms["server"],
+                         batch["in-process"], batch["server"],
                          _pct(sides["in-process"][1], 50), _pct(sides["in-process"][1], 99),
                          _pct(sides["server"][1], 50), _pct(sides["server"][1], 99)))
             print(f"  concurrency {n} done", flush=True)
     finally:
+        stats_client.close()
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=30)
@@ -243,11 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     print("CPU ratio (in-proc / server) is the throughput ratio a dedicated CPU-bound machine would see,")
     print("whatever else runs on this one.")
     print(f"{'conc':>4} | {'in-proc f/s':>11} | {'server f/s':>10} | {'ratio':>5} | {'CPU ms/frame in/srv':>19} | "
-          f"{'CPU ratio':>9} | {'in-proc p50/p99 ms':>18} | {'server p50/p99 ms':>17}")
-    print("-" * 117)
-    for n, fi, fs, ratio, ci, cs, cratio, i50, i99, s50, s99 in rows:
+          f"{'CPU ratio':>9} | {'batch in/srv':>12} | {'in-proc p50/p99 ms':>18} | {'server p50/p99 ms':>17}")
+    print("-" * 132)
+    for n, fi, fs, ratio, ci, cs, cratio, bi, bs, i50, i99, s50, s99 in rows:
         print(f"{n:>4} | {fi:>11.2f} | {fs:>10.2f} | {ratio:>5.3f} | {ci:>8.1f} / {cs:<8.1f} | {cratio:>9.3f} | "
-              f"{i50:>8.1f} / {i99:<7.1f} | {s50:>7.1f} / {s99:<7.1f}")
+              f"{bi:>5.2f} / {bs:<4.2f} | {i50:>8.1f} / {i99:<7.1f} | {s50:>7.1f} / {s99:<7.1f}")
 
     outputs = dict(zip(model.output_names, model.run({"image": frame}, model.output_names).values()))
     print("\nprotocol cost per frame (ms), one frame's real tensors:")

@@ -50,6 +50,9 @@ def test_concurrent_requests_are_batched_and_split_back():
     b.close()
     assert not errors
     assert sum(model.batches) == 7 and len(model.batches) < 4  # at least two requests shared a run
+    stats = b.stats()
+    assert (stats.inference_count, stats.execution_count, stats.success_count) == (7, len(model.batches), 4)
+    assert sum(rows * n for rows, (n, _) in stats.batches.items()) == 7 and stats.queue_count == 4
     for a, r in zip(arrays, results):
         np.testing.assert_array_equal(r["y"], a * 2)
         assert r["z"].shape == (a.shape[0], 1)

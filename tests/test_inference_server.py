@@ -104,6 +104,11 @@ def test_inference_equals_in_process_onnx_runtime_sync_and_aio(tmp_path, exports
         for result, ref in zip(asyncio.run(concurrent()), expected):
             for name, want in ref.items():
                 np.testing.assert_array_equal(result.as_numpy(name), want, err_msg=name)
+        with tg.InferenceServerClient(server.target) as client:  # Triton's statistics extension
+            [stats] = client.get_inference_statistics("segmentation").model_stats
+        assert (stats.name, stats.version, stats.inference_count) == ("segmentation", "1", 15)  # rows
+        assert stats.inference_stats.success.count == 9 and stats.execution_count <= 9
+        assert sum(b.batch_size * b.compute_infer.count for b in stats.batch_stats) == 15
 
 
 def test_typed_contents_equal_raw_contents(tmp_path, exports):

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -40,6 +40,23 @@ class BatchPolicy:
     max_queue_delay_s: float = 0.002  # how long the oldest request may wait for company
     max_queue_size: int = 64  # waiting requests (not rows); more are refused
     instances: int = 1  # threads executing batches in parallel
+
+
+@dataclass
+class BatcherStats:
+    """Cumulative counters in Triton's ModelStatistics terms (durations in ns)."""
+    inference_count: int = 0  # requests' rows executed
+    execution_count: int = 0  # model executions (one per batch)
+    success_count: int = 0
+    success_ns: int = 0  # submit -> result, per successful request
+    fail_count: int = 0
+    fail_ns: int = 0
+    queue_count: int = 0
+    queue_ns: int = 0  # submit -> its batch starts executing
+    compute_count: int = 0
+    compute_ns: int = 0  # execution time of the batch, counted for each request in it
+    last_inference_ms: int = 0  # wall-clock ms since the epoch
+    batches: dict[int, list[int]] = field(default_factory=dict)  # rows -> [executions, ns]
 
 
 class _Pending:
@@ -82,6 +99,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = False
         self._flushing = False  # shutting down: run queued requests without waiting for company
+        self._stats = BatcherStats()
+        self._stats_lock = threading.Lock()
         self._threads = [threading.Thread(target=self._instance_loop, name=f"batcher-{name}-{i}", daemon=True)
                          for i in range(max(1, policy.instances))]
         for t in self._threads:
@@ -116,6 +135,13 @@ class Batcher:
             self._queue.append(pending)
             self._cond.notify_all()
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return self._wait(pending, timeout)
+        except Exception:
+            self._count_outcome(pending, ok=False)
+            raise
+
+    def _wait(self, pending: _Pending, timeout: float | None) -> dict[str, np.ndarray]:
         if not pending.done.wait(timeout):
             with self._cond:
                 try:
@@ -126,7 +152,23 @@ class Batcher:
             raise DeadlineExpired(f"model {self.name}: deadline passed while waiting for execution")
         if pending.error is not None:
             raise pending.error
+        self._count_outcome(pending, ok=True)
         return pending.result
+
+    def _count_outcome(self, pending: _Pending, ok: bool) -> None:
+        ns = int((time.monotonic() - pending.enqueued) * 1e9)
+        with self._stats_lock:
+            if ok:
+                self._stats.success_count += 1
+                self._stats.success_ns += ns
+            else:
+                self._stats.fail_count += 1
+                self._stats.fail_ns += ns
+
+    def stats(self) -> BatcherStats:
+        """A snapshot of the counters."""
+        with self._stats_lock:
+            return replace(self._stats, batches={k: list(v) for k, v in self._stats.batches.items()})
 
     def queue_length(self) -> int:
         with self._cond:
@@ -192,6 +234,22 @@ class Batcher:
             self._cond.wait(remaining)
         return bool(self._queue)  # closing or flushing: run what is queued without waiting
 
+    def _count_execution(self, live: list[_Pending], started: float, finished: float) -> None:
+        rows = sum(q.rows for q in live)
+        compute_ns = int((finished - started) * 1e9)
+        with self._stats_lock:
+            st = self._stats
+            st.execution_count += 1
+            st.inference_count += rows
+            st.queue_count += len(live)
+            st.queue_ns += sum(int((started - q.enqueued) * 1e9) for q in live)
+            st.compute_count += len(live)
+            st.compute_ns += compute_ns * len(live)
+            st.last_inference_ms = int(time.time() * 1e3)
+            batch = st.batches.setdefault(rows, [0, 0])
+            batch[0] += 1
+            batch[1] += compute_ns
+
     def _instance_loop(self) -> None:
         while True:
             batch = self._take_batch()
@@ -219,6 +277,7 @@ class Batcher:
             feeds = live[0].inputs  # no copy for a lone request
         else:
             feeds = {n: np.concatenate([q.inputs[n] for q in live]) for n in live[0].inputs}  # [rows, ...]
+        started = time.monotonic()
         try:
             out = self._run(feeds, names)
         except BaseException as e:  # noqa: BLE001 - handed to every caller of the batch
@@ -228,6 +287,7 @@ class Batcher:
                 q.error = e
                 q.done.set()
             return
+        self._count_execution(live, started, time.monotonic())
         start = 0
         for q in live:
             stop = start + q.rows if self._batching else start

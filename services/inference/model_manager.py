@@ -27,7 +27,7 @@ from segxal.errors import FailedPrecondition, NotFound, NotReady, SegxalError
 from segxal.modelspec import TensorSpec
 from services.common.model_repository import (
     ModelRepository, candidate_versions, format_config)
-from services.inference.batcher import Batcher, BatcherClosed, BatchPolicy
+from services.inference.batcher import Batcher, BatcherClosed, BatcherStats, BatchPolicy
 from services.inference.config import InferenceServerConfig
 from services.inference.protocol import InferRequest, InferResult, ModelStatus
 from services.inference.runtime import OnnxModel
@@ -311,6 +311,23 @@ class ModelManager:
         if state is None or not state.versions:
             return False
         return version is None or version in state.versions
+
+    def statistics(self, name: str = "", version: int | None = None) -> list[tuple[str, int, BatcherStats]]:
+        """(model, version, counters) of the loaded versions: all models when `name` is empty.
+
+        Raises:
+            NotFound: a named model or version is not loaded.
+        """
+        if not name:
+            return [(n, v, lv.batcher.stats()) for n, st in sorted(self._models.items())
+                    for v, lv in sorted(st.versions.items())]
+        state = self._models.get(name)
+        if state is None:
+            raise NotFound(f"model {name!r} is not served; models: {sorted(self._models)}")
+        versions = state.versions
+        if version is not None and version not in versions:
+            raise NotFound(f"model {name!r} version {version} is not served; serving versions {sorted(versions)}")
+        return [(name, v, lv.batcher.stats()) for v, lv in sorted(versions.items()) if version in (None, v)]
 
     def pending_requests(self, name: str) -> int:
         """Requests queued (not yet executing) for a model, all versions together."""

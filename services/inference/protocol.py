@@ -166,3 +166,19 @@ def parse_version(version: str) -> int | None:
     if not version.isdigit() or int(version) <= 0:
         raise InvalidInput(f"model version must be a positive integer or empty, got {version!r}")
     return int(version)
+
+
+def statistics_to_proto(rows) -> pb.ModelStatisticsResponse:
+    """ModelStatisticsResponse from (model, version, BatcherStats) rows (Triton's counters)."""
+    response = pb.ModelStatisticsResponse()
+    for name, version, st in rows:
+        m = response.model_stats.add(name=name, version=str(version), last_inference=st.last_inference_ms,
+                                     inference_count=st.inference_count, execution_count=st.execution_count)
+        m.inference_stats.success.count, m.inference_stats.success.ns = st.success_count, st.success_ns
+        m.inference_stats.fail.count, m.inference_stats.fail.ns = st.fail_count, st.fail_ns
+        m.inference_stats.queue.count, m.inference_stats.queue.ns = st.queue_count, st.queue_ns
+        m.inference_stats.compute_infer.count, m.inference_stats.compute_infer.ns = st.compute_count, st.compute_ns
+        for rows_in_batch, (count, ns) in sorted(st.batches.items()):
+            b = m.batch_stats.add(batch_size=rows_in_batch)
+            b.compute_infer.count, b.compute_infer.ns = count, ns
+    return response

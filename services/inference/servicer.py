@@ -1,6 +1,6 @@
 """KServe v2 / Triton `inference.GRPCInferenceService`, thin: decode, one core call, encode.
 Errors are our exceptions, mapped to status codes by services.common.server's interceptor.
-RPCs not listed here (statistics, tracing, shared memory, streaming) answer UNIMPLEMENTED."""
+RPCs not listed here (tracing, logging, shared memory, streaming) answer UNIMPLEMENTED."""
 from __future__ import annotations
 
 from tritonclient.grpc import service_pb2 as pb
@@ -10,7 +10,7 @@ from services.inference import protocol
 from services.inference.config import InferenceServerConfig
 from services.inference.model_manager import ModelManager
 
-EXTENSIONS = ["model_repository", "model_configuration", "schedule_policy"]
+EXTENSIONS = ["model_repository", "model_configuration", "schedule_policy", "statistics"]
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -43,6 +43,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request, context):
         infer_request = protocol.request_from_proto(request, self.cfg.max_tensor_bytes, context.time_remaining())
         return protocol.response_to_proto(self.models.infer(infer_request))
+
+    def ModelStatistics(self, request, context):
+        rows = self.models.statistics(request.name, protocol.parse_version(request.version))
+        return protocol.statistics_to_proto(rows)
 
     def RepositoryIndex(self, request, context):
         return protocol.repository_index_to_proto(self.models.repository_index(request.ready))
