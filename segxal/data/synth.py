@@ -233,6 +233,10 @@ _CAR_COLOURS = (  # (colour, weight): whites, blacks and greys dominate as in re
     ((0.36, 0.37, 0.39), 0.14), ((0.12, 0.2, 0.45), 0.08), ((0.55, 0.07, 0.06), 0.08),
     ((0.12, 0.25, 0.15), 0.03), ((0.70, 0.64, 0.50), 0.04), ((0.85, 0.7, 0.1), 0.02),
     ((0.3, 0.45, 0.6), 0.03), ((0.45, 0.28, 0.16), 0.03))
+# walls are stone, brick or concrete masonry; fences painted metal (dark green, grey, black)
+_WALL_COLOURS = np.array([(0.62, 0.58, 0.5), (0.5, 0.5, 0.47), (0.55, 0.36, 0.28), (0.42, 0.43, 0.39)],
+                         dtype=np.float32)
+_FENCE_COLOURS = np.array([(0.13, 0.24, 0.16), (0.32, 0.33, 0.34), (0.08, 0.08, 0.09)], dtype=np.float32)
 _CLOTHES = np.array([(0.05, 0.05, 0.06), (0.12, 0.14, 0.25), (0.35, 0.35, 0.37), (0.6, 0.55, 0.45),
                      (0.55, 0.1, 0.1), (0.8, 0.8, 0.78), (0.2, 0.3, 0.2), (0.45, 0.3, 0.2),
                      (0.25, 0.45, 0.7), (0.75, 0.6, 0.2)], dtype=np.float32)
@@ -526,11 +530,10 @@ def _append_block(rng: np.random.Generator, table: dict, kind: int, style: dict,
     table["win_h"].append(rng.uniform(0.35, 0.6))
     table["shop_h"].append(rng.uniform(3.0, 4.5) if rng.random() < 0.5 else 0.0)
     table["barrier"].append(barrier)
-    table["barrier_h"].append(rng.uniform(0.6, 1.6) if barrier == _WALL else rng.uniform(1.0, 2.0))
-    grey = rng.uniform(0.35, 0.7)
-    table["barrier_colour"].append(
-        (grey * rng.uniform(0.9, 1.05), grey, grey * rng.uniform(0.9, 1.0)) if barrier == _WALL else
-        ((0.15, 0.25, 0.18) if rng.random() < 0.4 else (grey * 0.6,) * 3))
+    table["barrier_h"].append(rng.uniform(0.8, 2.2) if barrier == _WALL else rng.uniform(1.0, 2.2))
+    wall = _WALL_COLOURS[int(rng.integers(len(_WALL_COLOURS)))] * rng.uniform(0.9, 1.1)
+    fence = _FENCE_COLOURS[int(rng.integers(len(_FENCE_COLOURS)))] * rng.uniform(0.85, 1.15)
+    table["barrier_colour"].append(wall if barrier == _WALL else fence)
     table["garden"].append(1.0 if garden else 0.0)
 
 
@@ -712,7 +715,7 @@ def _place_street_lights(rng: np.random.Generator, world: _World, side: _Side, l
 
 
 def _place_signs(rng: np.random.Generator, things: list, side: _Side, lo: float, hi: float) -> None:
-    n = rng.poisson(0.025 * (hi - lo))
+    n = rng.poisson(0.035 * (hi - lo))
     for _ in range(n):
         z = float(rng.uniform(lo, hi))
         x = side.sign * (side.kerb + float(rng.uniform(0.3, 0.8)))
@@ -721,7 +724,7 @@ def _place_signs(rng: np.random.Generator, things: list, side: _Side, lo: float,
                              facing=1 if rng.random() < 0.35 else -1, variant=shape,
                              colour=((0.75, 0.08, 0.08), (0.1, 0.25, 0.65), (0.9, 0.75, 0.1),
                                      (0.1, 0.45, 0.25))[int(rng.integers(4))],
-                             extra=float(rng.uniform(0.5, 0.75)), side=side.sign))
+                             extra=float(rng.uniform(0.6, 0.9)), side=side.sign))
 
 
 def _place_traffic_lights(rng: np.random.Generator, world: _World, zc: float) -> None:
@@ -1059,9 +1062,14 @@ def _shade_barrier(world: _World, g: _Patch):
     base = tb["barrier_colour"][blk] * _rgb3(1.0 + g.amp * (0.1 * g.coarse + 0.1 * g.fine))
     fence = tb["barrier"][blk] == _FENCE
     height = tb["barrier_h"][blk]
-    gap = fence & (_frac(s / 0.14) > 0.35) & (y < height - 0.08)
-    rim = (y > height - 0.08) & ~fence
-    k = 1.0 - 0.55 * _paint_mix(gap, 0.05, g.foot) + 0.15 * _paint_mix(rim, 0.05, g.foot)
+    # fence: vertical bars between a top and a bottom rail, dark gaps; wall: staggered masonry
+    # courses (0.3 m x 0.6 m blocks) under a lighter coping
+    gap = fence & (_frac(s / 0.14) > 0.35) & (y < height - 0.1) & (y > 0.15)
+    course = np.floor(y / 0.3)
+    joint = ~fence & ((_frac(y / 0.3) < 0.1) | (_frac((s + 0.3 * (course % 2)) / 0.6) < 0.05))
+    coping = ~fence & (y > height - 0.12)
+    k = (1.0 - 0.6 * _paint_mix(gap, 0.05, g.foot) - 0.3 * _paint_mix(joint, 0.03, g.foot)
+         + 0.25 * _paint_mix(coping, 0.06, g.foot))
     return base * _rgb3(k), None
 
 
@@ -1437,13 +1445,13 @@ def _traffic_light_parts(t: _Thing, view: "_View") -> list:
         cx, y0 = -t.side * t.extra, H + 1.1
         parts += [_Part(pl, [_rect(-0.08, 0.08, H, H + 2.3)], pole, grey, True),
                   _Part(pl, [_bar((0, H + 2.2), (cx, H + 2.2), 0.12)], pole, grey, True)]
-    parts.append(_Part(pl, [_rect(cx - 0.2, cx + 0.2, y0 - 0.05, y0 + 0.95)], lid, (0.06, 0.06, 0.06, 0.0), True))
+    parts.append(_Part(pl, [_rect(cx - 0.23, cx + 0.23, y0 - 0.05, y0 + 1.05)], lid, (0.06, 0.06, 0.06, 0.0), True))
     if t.facing < 0:
         lamps = ((0.95, 0.15, 0.1), (0.95, 0.65, 0.1), (0.2, 0.9, 0.4))
         for i, col in enumerate(lamps):
             on = i == t.variant
             rgba = col + (2.0,) if on else tuple(0.12 * np.array(col) + 0.04) + (0.0,)
-            parts.append(_Part(pl, [_disc(cx, y0 + 0.75 - 0.28 * i, 0.085, 10)], lid, rgba))
+            parts.append(_Part(pl, [_disc(cx, y0 + 0.83 - 0.31 * i, 0.1, 10)], lid, rgba))
     return parts
 
 
@@ -1966,8 +1974,18 @@ def _ego_pose(world: _World, time_s: float) -> tuple:
 
 
 def render_sequence(cfg: SynthConfig, split: str, index: int):
-    """Yield (frame index, RGB uint8 [H, W, 3], labelIds uint8 [H, W], disparity float32 [H, W],
-    camera JSON dict) for every frame of one drive log. Deterministic in (cfg, split, index)."""
+    """Render one drive log in memory (generate() writes these to disk).
+
+    Yields, per frame: (frame index, RGB uint8 [H, W, 3], Cityscapes labelIds uint8 [H, W],
+    disparity float32 [H, W] (0 on sky), camera dict in the Cityscapes camera JSON format plus a
+    "synth" record of city, weather, time of day and ego pose). Deterministic in (cfg, split, index).
+
+    Raises:
+        InvalidInput: an invalid config, an unknown split or a negative index.
+    """
+    _validate(cfg)
+    if split not in SPLITS or index < 0:
+        raise InvalidInput(f"expected a split in {list(SPLITS)} and an index >= 0, got {split!r}, {index}")
     world = _build_world(cfg, split, index)
     cam = Camera.cityscapes_like(cfg.height, cfg.width)
     rays = _Rays(cam)
