@@ -133,6 +133,7 @@ class Camera:
 
     @classmethod
     def cityscapes_like(cls, height: int, width: int) -> "Camera":
+        """Cityscapes' camera scaled to height x width (a resized Cityscapes image)."""
         sx, sy = width / 2048.0, height / 1024.0
         return cls(width, height, _CS_FX * sx, _CS_FY * sy, _CS_U0 * sx, _CS_V0 * sy,
                    _CS_BASELINE, _CS_HEIGHT, _CS_PITCH)
@@ -323,10 +324,12 @@ class _World:
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
+    """Generator for one derived stream: sequences, frames and texture tiles each get their own key."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=tuple(key)))
 
 
 def _weighted(rng: np.random.Generator, weights: dict[str, float], names: tuple) -> str:
+    """Draw a name with the given relative weights (always one uniform draw, whatever the weights)."""
     w = np.array([max(0.0, float(weights.get(n, 0.0))) for n in names])
     return names[int(rng.choice(len(names), p=w / w.sum()))]
 
@@ -425,6 +428,7 @@ def _set_line_heights(world: _World) -> None:
 
 def _sidewalk_colour(rng: np.random.Generator, road: float, difficulty: float) -> np.ndarray:
     # every value is drawn whatever the outcome, so that the difficulty does not move the scene
+    """Pavement albedo; with probability 0.2 x difficulty almost the road's colour."""
     like_road = rng.random() < 0.2 * difficulty  # pavement that looks almost like the road
     grey = np.float32(road + rng.uniform(0.03, 0.08)) + rng.normal(0, 0.01, 3).astype(np.float32)
     options = ((0.58, 0.58, 0.57), (0.56, 0.44, 0.4), (0.63, 0.59, 0.52), (0.5, 0.5, 0.52))
@@ -508,6 +512,7 @@ def _draw_line(rng: np.random.Generator, table: dict, dist: float, z_range: tupl
 
 def _append_block(rng: np.random.Generator, table: dict, kind: int, style: dict, back: bool,
                   garden: bool) -> None:
+    """Draw one block (kind, height, colour, window layout, barrier) into the block table."""
     hscale = style["building_height"]
     if kind == _BUILDING:
         top = rng.uniform(10.0, 30.0) if back else rng.uniform(7.0, 24.0)
@@ -539,6 +544,7 @@ def _append_block(rng: np.random.Generator, table: dict, kind: int, style: dict,
 
 # --------------------------------------------------------------------------------- road users etc.
 def _car_colour(rng: np.random.Generator) -> tuple:
+    """A car paint colour, weighted as in real traffic, with a little jitter."""
     cols, w = zip(*_CAR_COLOURS)
     c = np.array(cols[int(rng.choice(len(cols), p=np.array(w) / sum(w)))])
     return tuple(np.clip(c * rng.uniform(0.85, 1.12) + rng.normal(0, 0.02, 3), 0, 1).tolist())
@@ -578,6 +584,7 @@ def _person(rng: np.random.Generator, kind: str, x: float, z: float, vx: float, 
 
 
 def _motorcyclist(rng: np.random.Generator, x: float, z: float, vz: float, facing: int) -> _Thing:
+    """A rider on a motorcycle (colour3 = helmet)."""
     t = _person(rng, "motorcyclist", x, z, 0.0, vz, facing)
     t.colour3 = _car_colour(rng)  # helmet
     t.length, t.width = 2.0, 0.8
@@ -682,6 +689,7 @@ def _place_traffic(rng: np.random.Generator, things: list, lanes: dict, ego_spee
 
 def _place_pedestrians(rng: np.random.Generator, things: list, side: _Side, dens: float,
                        lo: float, hi: float) -> None:
+    """Walkers and standers on the sidewalk, alone or in small groups."""
     s = side.sign
     n_groups = rng.poisson(dens * 0.065 * (hi - lo))
     for _ in range(n_groups):
@@ -699,6 +707,7 @@ def _place_pedestrians(rng: np.random.Generator, things: list, side: _Side, dens
 
 
 def _place_street_lights(rng: np.random.Generator, world: _World, side: _Side, lo: float, hi: float) -> None:
+    """Street lights at regular spacing along the kerb; their heads light the night."""
     if rng.random() < 0.1:
         return
     z = lo + float(rng.uniform(0, 30))
@@ -715,6 +724,7 @@ def _place_street_lights(rng: np.random.Generator, world: _World, side: _Side, l
 
 
 def _place_signs(rng: np.random.Generator, things: list, side: _Side, lo: float, hi: float) -> None:
+    """Sign poles near the kerb: discs, triangles, squares, rectangles, octagons; some seen from behind."""
     n = rng.poisson(0.035 * (hi - lo))
     for _ in range(n):
         z = float(rng.uniform(lo, hi))
@@ -728,6 +738,7 @@ def _place_signs(rng: np.random.Generator, things: list, side: _Side, lo: float,
 
 
 def _place_traffic_lights(rng: np.random.Generator, world: _World, zc: float) -> None:
+    """Traffic lights at a crossing, facing the ego lane (some overhead) and the cross traffic."""
     state = int(rng.integers(3))
     for side in world.sides:
         x = side.sign * (side.kerb + 0.5)
@@ -742,6 +753,7 @@ def _place_traffic_lights(rng: np.random.Generator, world: _World, zc: float) ->
 
 def _place_trees_and_furniture(rng: np.random.Generator, world: _World, side: _Side, style: dict,
                                lo: float, hi: float) -> None:
+    """Avenue trees, trees and bushes in open blocks, bins / bollards / advertising columns."""
     s = side.sign
     veg = world.colours["vegetation"]
     if rng.random() < style["trees"]:  # an avenue: trees at regular spacing near the kerb
@@ -778,9 +790,11 @@ def _place_trees_and_furniture(rng: np.random.Generator, world: _World, side: _S
 
 
 def _add_tree(rng: np.random.Generator, things: list, x: float, z: float, veg: np.ndarray, s: int) -> None:
+    """A tree: trunk and canopy (both `vegetation`, as Cityscapes annotates them)."""
     r = float(rng.uniform(1.3, 3.2))
     trunk = float(rng.uniform(2.2, 4.0))
-    things.append(_Thing("tree", x, z, 2 * r, trunk + 2 * r, 0.4, colour=tuple((veg * rng.uniform(0.8, 1.2, 3)).tolist()),
+    leaves = tuple((veg * rng.uniform(0.8, 1.2, 3)).tolist())
+    things.append(_Thing("tree", x, z, 2 * r, trunk + 2 * r, 0.4, colour=leaves,
                          colour2=(0.3, 0.25, 0.2) if rng.random() < 0.6 else (0.42, 0.4, 0.36),
                          extra=trunk, phase=float(rng.uniform(0, 100)), side=s))
 
@@ -984,6 +998,7 @@ def _paint_mix(mask: np.ndarray, width_m: float, foot: np.ndarray) -> np.ndarray
 
 
 def _shade_road(world: _World, g: _Patch):
+    """Asphalt with patches, lane markings, zebras and stop lines (all `road`); darker when wet."""
     x, z = g.ca, g.cb
     k = 1.0 + g.amp * (0.09 * g.coarse + 0.12 * g.fine)
     k = k * np.where(g.coarse > 1.4, 0.86, 1.0)  # patched asphalt
@@ -1007,6 +1022,7 @@ def _shade_road(world: _World, g: _Patch):
 
 
 def _shade_sidewalk(world: _World, g: _Patch):
+    """Paving slabs with joints."""
     joint = (_frac(g.ca / 0.4) < 0.075) | (_frac(g.cb / 0.4) < 0.075)
     k = (1.0 + g.amp * (0.06 * g.coarse + 0.12 * g.fine)) * (1 - 0.2 * _paint_mix(joint, 0.03, g.foot))
     if world.weather == "rain":
@@ -1015,12 +1031,14 @@ def _shade_sidewalk(world: _World, g: _Patch):
 
 
 def _shade_terrain(world: _World, g: _Patch):
+    """Grass blending into dry patches."""
     dry = np.clip(0.5 + 0.35 * g.coarse, 0, 1) * 0.35
     k = 1.0 + g.amp * 0.25 * g.fine
     return _tint((1 - dry) * k, world.colours["terrain"]) + _tint(dry * k, (0.45, 0.4, 0.3)), None
 
 
 def _shade_facade(world: _World, g: _Patch):
+    """Facades: per-block colour, storeys of windows, shop fronts, cornice; lit windows after dusk."""
     tb = world.blocks
     blk = g.blk
     s, y = g.ca, g.cb
@@ -1051,11 +1069,13 @@ def _shade_facade(world: _World, g: _Patch):
 
 
 def _shade_hedge(world: _World, g: _Patch):
+    """Leafy hedges and tree lines."""
     k = (1.0 + 0.15 * g.coarse + g.amp * 0.3 * g.fine) * np.where(g.fine > 1.1, 0.65, 1.0)
     return _tint(k, world.colours["vegetation"]), None
 
 
 def _shade_barrier(world: _World, g: _Patch):
+    """Walls and fences along the sidewalk's outer edge."""
     tb = world.blocks
     blk = g.blk
     s, y = g.ca, g.cb
@@ -1075,6 +1095,7 @@ def _shade_barrier(world: _World, g: _Patch):
 
 # ------------------------------------------------------------------------------------------ objects
 def _rect(s0: float, s1: float, y0: float, y1: float) -> np.ndarray:
+    """Axis-aligned rectangle in a part's (s, height) plane coordinates."""
     return np.array(((s0, y0), (s1, y0), (s1, y1), (s0, y1)), np.float64)
 
 
@@ -1082,6 +1103,7 @@ _CIRCLES: dict[int, np.ndarray] = {}  # unit circles by vertex count: shapes are
 
 
 def _unit_circle(n: int) -> np.ndarray:
+    """Cached unit circle with n vertices [n, 2]."""
     if n not in _CIRCLES:
         a = np.linspace(0, 2 * np.pi, n, endpoint=False)
         _CIRCLES[n] = np.stack((np.cos(a), np.sin(a)), 1)
@@ -1089,6 +1111,7 @@ def _unit_circle(n: int) -> np.ndarray:
 
 
 def _disc(cs: float, cy: float, r: float, n: int = 12, ry: float | None = None) -> np.ndarray:
+    """Disc (ellipse when ry is given) as a polygon with n vertices."""
     return _unit_circle(n) * (r, ry or r) + (cs, cy)
 
 
@@ -1109,6 +1132,7 @@ def _bar(p: tuple, q: tuple, w: float) -> np.ndarray:
 
 
 def _poly(*pts) -> np.ndarray:
+    """Polygon from (s, height) vertices."""
     return np.array(pts, np.float64)
 
 
@@ -1122,10 +1146,12 @@ class _Part:
 
 
 def _frontal(x: float, z: float) -> tuple:
+    """Plane facing the camera (normal along Z) through camera-relative (x, z)."""
     return (x, z, 1.0, 0.0)
 
 
 def _lateral(x: float, z: float) -> tuple:
+    """Plane along the street (normal along X) starting at camera-relative (x, z)."""
     return (x, z, 0.0, 1.0)
 
 
@@ -1134,6 +1160,8 @@ _GLASS = (0.08, 0.1, 0.13, 0.0)
 
 
 def _car_parts(t: _Thing, view: "_View") -> list:
+    """Car in its own frame: the face toward the camera (rear with tail lights, or front with head lights)
+    and the visible flank."""
     W, H, L = t.width, t.height, t.length
     c = t.colour + (0.0,)
     lid = _ID["car"]
@@ -1199,6 +1227,7 @@ def _vehicle_side(t: _Thing, flank: int, lid: int, profile: list) -> list:
 
 
 def _truck_parts(t: _Thing, view: "_View") -> list:
+    """Truck: cab and cargo box; rear doors, or the cab's front with the box rising behind it."""
     W, H, L, cab = t.width, t.height, t.length, t.extra
     box = t.colour + (0.0,)
     cabc = t.colour2 + (0.0,)
@@ -1243,6 +1272,7 @@ def _truck_parts(t: _Thing, view: "_View") -> list:
 
 
 def _bus_parts(t: _Thing, view: "_View") -> list:
+    """Bus: tall body with a band of windows; rear window or windscreen and destination display."""
     W, H, L = t.width, t.height, t.length
     c = t.colour + (0.0,)
     lid = _ID["bus"]
@@ -1266,17 +1296,20 @@ def _bus_parts(t: _Thing, view: "_View") -> list:
     ]
     if t.facing > 0:
         parts += [_Part(pl, [_rect(-W / 2 + 0.2, W / 2 - 0.2, 1.9, H - 0.35)], lid, _GLASS),
-                  _Part(pl, [_rect(-W / 2 + 0.1, -W / 2 + 0.35, 0.6, 0.95), _rect(W / 2 - 0.35, W / 2 - 0.1, 0.6, 0.95)],
+                  _Part(pl, [_rect(-W / 2 + 0.1, -W / 2 + 0.35, 0.6, 0.95),
+                             _rect(W / 2 - 0.35, W / 2 - 0.1, 0.6, 0.95)],
                         lid, (0.75, 0.06, 0.05, 1.0))]
     else:
         parts += [_Part(pl, [_rect(-W / 2 + 0.1, W / 2 - 0.1, 1.0, H - 0.45)], lid, _GLASS),
                   _Part(pl, [_rect(-W / 2 + 0.3, W / 2 - 0.3, H - 0.4, H - 0.12)], lid, (0.9, 0.55, 0.1, 1.2)),
-                  _Part(pl, [_rect(-W / 2 + 0.1, -W / 2 + 0.4, 0.55, 0.75), _rect(W / 2 - 0.4, W / 2 - 0.1, 0.55, 0.75)],
+                  _Part(pl, [_rect(-W / 2 + 0.1, -W / 2 + 0.4, 0.55, 0.75),
+                             _rect(W / 2 - 0.4, W / 2 - 0.1, 0.55, 0.75)],
                         lid, (0.9, 0.9, 0.82, 1.5))]
     return parts
 
 
 def _hair_colour(t: _Thing) -> tuple:
+    """Hair colour picked by the person's `extra` draw."""
     return ((0.05, 0.04, 0.03), (0.25, 0.15, 0.08), (0.65, 0.55, 0.3), (0.5, 0.5, 0.5))[int(t.extra * 4) % 4]
 
 
@@ -1405,6 +1438,7 @@ def _pole_parts(t: _Thing, view: "_View") -> list:
 
 
 def _sign_parts(t: _Thing, view: "_View") -> list:
+    """Sign pole (`pole`) and plate (`traffic sign`); the back of a plate is plain grey."""
     H, size = t.height, t.extra
     pl = _frontal(0.0, 0.0)
     lid = _ID["traffic sign"]
@@ -1434,6 +1468,7 @@ def _sign_parts(t: _Thing, view: "_View") -> list:
 
 
 def _traffic_light_parts(t: _Thing, view: "_View") -> list:
+    """Pole (`pole`), housing and lamps (`traffic light`), one lamp lit; overhead on an arm."""
     H = t.height
     pl = _frontal(0.0, 0.0)
     lid = _ID["traffic light"]
@@ -1456,6 +1491,7 @@ def _traffic_light_parts(t: _Thing, view: "_View") -> list:
 
 
 def _tree_parts(t: _Thing, view: "_View") -> list:
+    """Trunk and three overlapping canopy blobs of slightly different greens."""
     r, trunk = t.width / 2, t.extra
     pl = _frontal(0.0, 0.0)
     lid = _ID["vegetation"]
@@ -1472,12 +1508,14 @@ def _tree_parts(t: _Thing, view: "_View") -> list:
 
 
 def _bush_parts(t: _Thing, view: "_View") -> list:
+    """A low irregular blob."""
     r = t.width / 2
     return [_Part(_frontal(0.0, 0.0), [_blob(0, r * 0.65, r, r * 0.7, t.phase, 16)], _ID["vegetation"],
                   t.colour + (0.0,), True)]
 
 
 def _furniture_parts(t: _Thing, view: "_View") -> list:
+    """Bin, bollard or advertising column: void (`static`) clutter."""
     w, h = t.width, t.height
     pl = _frontal(0.0, 0.0)
     lid = _ID["static"]
@@ -1501,6 +1539,8 @@ _POSES = 12  # animation phases per stride: shapes can be cached, motion still s
 
 
 def _view_of(t: _Thing, x: float, z: float, time_s: float, size_px: float) -> _View:
+    """The view key of a thing at camera-relative (x, z): visible flank, front, animation pose, detail
+    level."""
     flank, front, pose = 0, False, 0.0
     if t.kind in ("car", "truck", "bus"):
         flank = 1 if x - t.width / 2 > 0 else (-1 if x + t.width / 2 < 0 else 0)
@@ -1557,6 +1597,7 @@ class _Shape:
 
 
 def _make_shape(parts: list) -> _Shape:
+    """Flatten parts into one point array with per-part contour ranges."""
     xs, ups, zs, contours = [], [], [], []
     n = 0
     for part in parts:
@@ -1575,6 +1616,7 @@ def _make_shape(parts: list) -> _Shape:
 
 
 def _shape_of(t: _Thing, view: _View) -> _Shape:
+    """A thing's shape for a view, built once and cached on the thing."""
     if view not in t.cache:
         parts = _thing_parts(t, view)
         if view.tiny:
@@ -1649,6 +1691,7 @@ def _draw_shadows(cv: _Canvas, cam: Camera, placed: list, sun: tuple | None) -> 
 
 
 def _position(t: _Thing, time_s: float, cam_x: float, cam_z: float) -> tuple:
+    """Camera-relative footprint centre of a thing at time_s."""
     return t.x + t.vx * time_s - cam_x, t.z + t.vz * time_s - cam_z
 
 
@@ -1751,6 +1794,7 @@ class _Light:
 
 
 def _lighting(world: _World) -> _Light:
+    """Light, sky and fog colours for the drive log's weather and time of day."""
     tod, w = world.time_of_day, world.weather
     if tod == "night":
         return _Light((0.03, 0.035, 0.05), (0, 0, 0), 1.6, 1.4, 1.2, (0.1, 0.08, 0.07), (0.01, 0.015, 0.03),
@@ -1918,6 +1962,7 @@ _NOISE: dict[tuple, np.ndarray] = {}  # per process: (seed, H, W) -> noise pool
 
 
 def _optics(world: _World, cam: Camera, cfg: SynthConfig) -> _Optics:
+    """Per drive log optics: white balance x vignetting, and the shared noise pool."""
     h, w = cam.height, cam.width
     yy = (np.arange(h, dtype=np.float32)[:, None] - h / 2) / (h / 2)
     xx = (np.arange(w, dtype=np.float32)[None, :] - w / 2) / (w / 2)
@@ -1963,12 +2008,14 @@ _TEXTURES: dict[int, _Textures] = {}  # per process and seed: the tiles take ~10
 
 
 def _textures(seed: int) -> _Textures:
+    """The noise tiles of a seed, made once per process."""
     if seed not in _TEXTURES:
         _TEXTURES[seed] = _Textures(seed)
     return _TEXTURES[seed]
 
 
 def _ego_pose(world: _World, time_s: float) -> tuple:
+    """Camera (x, z) in the world at time_s: constant speed forward, slow lateral sway."""
     amp, period, phase = world.sway
     return amp * math.sin(2 * math.pi * time_s / period + phase), world.speed * time_s
 
@@ -2042,6 +2089,7 @@ def _write_sequence(job: tuple) -> tuple:
 
 # ------------------------------------------------------------------------------------ dataset API
 def _validate(cfg: SynthConfig) -> None:
+    """Raise InvalidInput for a config that cannot be generated, before anything is written."""
     if not (32 <= cfg.height <= 8192 and 32 <= cfg.width <= 8192):
         raise InvalidInput(f"image size must be 32..8192 pixels per side, got {cfg.height}x{cfg.width}")
     counts = (cfg.train_sequences, cfg.val_sequences, cfg.test_sequences)
@@ -2065,6 +2113,7 @@ def _validate(cfg: SynthConfig) -> None:
 
 
 def _check_destination(out: Path, overwrite: bool) -> None:
+    """Refuse an existing `out` that is a file, or not empty without overwrite, or not ours."""
     if not out.exists():
         return
     if not out.is_dir():
@@ -2152,6 +2201,7 @@ def generate(cfg: SynthConfig, out: Path, *, overwrite: bool = False, workers: i
 
 
 def _write_sidecar(root: Path, cfg: SynthConfig, counts: dict) -> None:
+    """synth.json: generator, config, camera, cities and labelId pixel counts per split."""
     names = {i: label.name for i, label in id2label.items() if i >= 0}
     record = {
         "generator": "segxal.data.synth", "format_version": FORMAT_VERSION, "config": asdict(cfg),
@@ -2180,6 +2230,7 @@ def _parse_weights(text: str, allowed: tuple, what: str) -> dict[str, float]:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    """`segxal data synth`: build the config from the flags, generate, print the folder."""
     defaults = SynthConfig()
     cfg = SynthConfig(
         height=args.height, width=args.width, train_sequences=args.train_sequences,
