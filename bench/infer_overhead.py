@@ -99,6 +99,7 @@ def _codec_costs(frame: np.ndarray, outputs: dict[str, np.ndarray], reps: int = 
     from tritonclient.grpc._utils import _get_inference_request
 
     from services.inference import protocol
+    from services.inference.api import InferResult
 
     def timed(fn):
         fn()
@@ -116,7 +117,7 @@ def _codec_costs(frame: np.ndarray, outputs: dict[str, np.ndarray], reps: int = 
     costs["client: serialize request"], wire = timed(req.SerializeToString)
     costs["server: parse request"], msg = timed(lambda: pb.ModelInferRequest.FromString(wire))
     costs["server: decode tensors"], _ = timed(lambda: protocol.request_from_proto(msg, 1 << 30))
-    result = protocol.InferResult("segmentation", 1, outputs)
+    result = InferResult("segmentation", 1, outputs)
     costs["server: encode outputs"], resp = timed(lambda: protocol.response_to_proto(result))
     costs["server: serialize response"], wire = timed(resp.SerializeToString)
     costs["client: parse response"], parsed = timed(lambda: pb.ModelInferResponse.FromString(wire))

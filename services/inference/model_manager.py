@@ -29,7 +29,7 @@ from services.common.model_repository import (
     ModelRepository, candidate_versions, format_config)
 from services.inference.batcher import Batcher, BatcherClosed, BatcherStats, BatchPolicy
 from services.inference.config import InferenceServerConfig
-from services.inference.protocol import InferRequest, InferResult, ModelStatus
+from services.inference.api import InferRequest, InferResult, ModelStatus
 from services.inference.runtime import OnnxModel
 
 log = logging.getLogger(__name__)

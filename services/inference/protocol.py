@@ -1,19 +1,20 @@
 """The one place that converts between open-inference-protocol messages (tritonclient's generated
-`service_pb2`) and the core's plain objects: infer requests and responses (raw and typed tensor
-contents), model metadata, repository index. The servicer calls these and nothing else touches
-`raw_input_contents` / `raw_output_contents`.
+`service_pb2`) and the core's plain objects (services.inference.api): infer requests and responses
+(raw and typed tensor contents), model metadata, repository index, statistics. The servicer calls
+these and nothing else touches `raw_input_contents` / `raw_output_contents`.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from segxal.errors import InvalidInput, ResourceExhausted
 from segxal.modelspec import TensorSpec, datatype_of, numpy_dtype
+from services.inference.api import InferRequest, InferResult, ModelStatus
+from services.inference.batcher import BatcherStats
 
 # typed `contents` field for each datatype (FP16/BF16 have none: raw only, as in the protocol)
 _CONTENTS_FIELD = {
@@ -23,33 +24,6 @@ _CONTENTS_FIELD = {
     "FP64": "fp64_contents",
 }
 _NO_DEADLINE_S = 1e8  # grpc reports "no deadline" as an enormous time remaining
-
-
-@dataclass
-class InferRequest:
-    model: str
-    version: int | None  # None: the version policy picks (latest)
-    inputs: dict[str, np.ndarray]  # name -> [batch, ...], possibly read-only views on the message
-    outputs: list[str] | None  # requested output names; None = all
-    deadline: float | None  # time.monotonic() after which nobody waits for the answer
-    request_id: str = ""
-
-
-@dataclass
-class InferResult:
-    model: str
-    version: int
-    outputs: dict[str, np.ndarray]  # in response order
-    request_id: str = ""
-
-
-@dataclass
-class ModelStatus:
-    """One row of the repository index."""
-    name: str
-    version: str  # "" for a model with no version loaded
-    state: str  # "READY" | "UNAVAILABLE"
-    reason: str = ""
 
 
 def _deadline(time_remaining_s: float | None, timeout_us: int) -> float | None:
@@ -168,7 +142,7 @@ def parse_version(version: str) -> int | None:
     return int(version)
 
 
-def statistics_to_proto(rows) -> pb.ModelStatisticsResponse:
+def statistics_to_proto(rows: list[tuple[str, int, BatcherStats]]) -> pb.ModelStatisticsResponse:
     """ModelStatisticsResponse from (model, version, BatcherStats) rows (Triton's counters)."""
     response = pb.ModelStatisticsResponse()
     for name, version, st in rows:
