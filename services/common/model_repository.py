@@ -76,7 +76,9 @@ def build_config(name: str, spec: ModelSpec, batching: BatchingConfig | None = N
         cfg.output.add(name=t.name, data_type=config_datatype(t.datatype), dims=list(t.dims))
     cfg.dynamic_batching.max_queue_delay_microseconds = b.max_queue_delay_us
     cfg.dynamic_batching.default_queue_policy.max_queue_size = b.max_queue_size
-    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=b.instance_count)
+    # KIND_AUTO: Triton puts the instances on the GPU when there is one (the gpu overlay), else CPU;
+    # our own server takes the device from its --device flag
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_AUTO, count=b.instance_count)
     for key, value in spec.to_parameters().items():
         cfg.parameters[key].string_value = value
     return cfg
