@@ -5,13 +5,15 @@
 Both sides score the same PNG frames with the same default-size models (random weights: speed
 does not depend on them) exported to ONNX:
 - in process: segxal.storage reads and decodes a frame, ONNX Runtime runs segmentation then depth
-  in this process, segxal.al.scoring.score_frame fuses (the AL loop's path, one frame at a time);
+  in this process, segxal.al.scoring.score_frame fuses (the AL loop's path, one frame at a time;
+  also 2 frames at a time on threads, a stronger in-process baseline);
 - services: two inference servers (python -m services.inference.main, one model each) and the
   EEM server (python -m services.eem.main) as separate processes; this process streams frame URIs
   through services.eem.client.EemClient.score_stream.
 Then it streams more frames and reads the EEM server's resident memory (psutil RSS) after
 each count in --rss-frames (cumulative), to show that a long stream does not grow it.
-On a shared 2-core machine the numbers move with other load; each side is timed after a warm-up.
+On a shared 2-core machine the numbers move with other load: both sides are timed after a
+warm-up, in interleaved rounds (the servers idle while the in-process side runs).
 """
 from __future__ import annotations
 
@@ -86,31 +88,33 @@ def _export(folder: Path, h: int, w: int) -> tuple[Path, Path, ModelRepository, 
     return seg.path, depth.path, seg_repo, depth_repo
 
 
-def _in_process(seg_path: Path, depth_path: Path, roots: list[str], uris: list[str], opts: ScoreOptions,
-                threads: int, workers: int) -> float:
-    """Frames/s of the in-process pipeline over `uris` (after a 3-frame warm-up), with `workers`
-    frames at a time on threads sharing the two sessions (1 = the AL loop's sequential path)."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    seg = ort.InferenceSession(str(seg_path), so, providers=["CPUExecutionProvider"])
-    depth = ort.InferenceSession(str(depth_path), so, providers=["CPUExecutionProvider"])
-    storage = FrameStorage(roots)
+class _InProcess:
+    """The in-process pipeline: segxal.storage decodes, ONNX Runtime runs segmentation then depth
+    in this process, segxal.al.scoring.score_frame fuses (the AL loop's path)."""
 
-    def one(uri: str) -> float:
-        image = storage.read_rgb(uri)[None]  # [1, H, W, 3]
-        labels, ebu, cam = seg.run(["labels", "ebu", "cam"], {"image": image})
-        (inv,) = depth.run(["inverse_depth"], {"image": image})
-        frame = score_frame(labels[0], ebu[0], cam[0], inv[0], opts.eem, with_regions=opts.regions)
-        if opts.labels:
+    def __init__(self, seg_path: Path, depth_path: Path, roots: list[str], opts: ScoreOptions, threads: int):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        self.seg = ort.InferenceSession(str(seg_path), so, providers=["CPUExecutionProvider"])
+        self.depth = ort.InferenceSession(str(depth_path), so, providers=["CPUExecutionProvider"])
+        self.storage = FrameStorage(roots)
+        self.opts = opts
+
+    def one(self, uri: str) -> float:
+        image = self.storage.read_rgb(uri)[None]  # [1, H, W, 3]
+        labels, ebu, cam = self.seg.run(["labels", "ebu", "cam"], {"image": image})
+        (inv,) = self.depth.run(["inverse_depth"], {"image": image})
+        frame = score_frame(labels[0], ebu[0], cam[0], inv[0], self.opts.eem, with_regions=self.opts.regions)
+        if self.opts.labels:
             imageio.encode_png(frame.labels)
         return frame.score
 
-    for uri in uris[:3]:
-        one(uri)
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(one, uris))
-    return len(uris) / (time.perf_counter() - t0)
+    def seconds(self, uris: list[str], workers: int) -> float:
+        """Wall time to score `uris`, `workers` frames at a time (threads sharing the sessions)."""
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(self.one, uris))
+        return time.perf_counter() - t0
 
 
 class _Services:
@@ -170,19 +174,20 @@ class _Services:
                 p.kill()
 
 
-def _stream(client: EemClient, uris: list[str], opts: ScoreOptions) -> int:
-    failed = 0
-    for r in client.score_stream(uris, opts):
-        failed += not r.ok
+def _stream(client: EemClient, uris: list[str], opts: ScoreOptions) -> float:
+    """Stream `uris` through the EEM service; returns the wall time."""
+    t0 = time.perf_counter()
+    failed = sum(not r.ok for r in client.score_stream(uris, opts))
     if failed:
         raise RuntimeError(f"{failed} frames failed in the stream")
-    return len(uris)
+    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="256x512", help="frame size HxW (models are default-size)")
     p.add_argument("--frames", type=int, default=200, help="frames timed on each side")
+    p.add_argument("--rounds", type=int, default=4, help="interleaved in-process / services rounds")
     p.add_argument("--distinct", type=int, default=50, help="distinct PNG frames written (cycled)")
     p.add_argument("--rss-frames", default="200,5000",
                    help="cumulative streamed-frame counts at which the EEM server's RSS is read; "
@@ -195,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--regions", action="store_true", help="also extract regions and encode labels (both sides)")
     p.add_argument("--workdir", default=None, help="keep models, frames and server logs here")
     a = p.parse_args(argv)
+    # SIGTERM (e.g. from `timeout`) unwinds through the finally below, so the servers stop too
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     h, w = (int(v) for v in a.size.lower().split("x"))
     rss_at = [int(v) for v in a.rss_frames.split(",") if v.strip()]
     opts = ScoreOptions(eem=EEMOptions(), regions=a.regions, labels=a.regions)
@@ -208,31 +215,42 @@ def main(argv: list[str] | None = None) -> int:
     print(f"set-up {time.perf_counter() - t0:.0f} s: {a.distinct} frames {h}x{w}, default UNet + DepthNet "
           f"exported to ONNX; {os.cpu_count()} CPUs; workdir {work}", flush=True)
 
-    rates = []
-    for workers in (int(v) for v in a.inproc_workers.split(",")):
-        rates.append(_in_process(seg_path, depth_path, roots, uris, opts, a.threads, workers))
-        print(f"in process : {rates[-1]:6.2f} frames/s ({a.frames} frames, {workers} at a time)", flush=True)
-    inproc = rates[0]
-
+    workers = [int(v) for v in a.inproc_workers.split(",")]
+    in_process = _InProcess(seg_path, depth_path, roots, opts, a.threads)
     services = _Services(seg_repo, depth_repo, roots, a.threads, a.max_concurrency, work)
     try:
         services.wait_ready()
         with EemClient(services.eem_target, timeout_s=60) as client:
-            _stream(client, uris[:2 * a.max_concurrency], opts)  # warm-up
-            t1 = time.perf_counter()
-            _stream(client, uris, opts)
-            served = a.frames / (time.perf_counter() - t1)
+            warm = uris[:2 * a.max_concurrency]
+            in_process.seconds(warm, 1)
+            _stream(client, warm, opts)
+            # Interleaved rounds: load from other users of a shared machine drifts over minutes,
+            # so each side gets slices of every period instead of one side the quiet one.
+            chunk = max(1, a.frames // a.rounds)
+            inproc_s = {k: 0.0 for k in workers}
+            served_s = 0.0
+            for r in range(a.rounds):
+                part = uris[r * chunk:(r + 1) * chunk] if r < a.rounds - 1 else uris[r * chunk:]
+                for k in workers:
+                    inproc_s[k] += in_process.seconds(part, k)
+                served_s += _stream(client, part, opts)
+            rates = {k: a.frames / t for k, t in inproc_s.items()}
+            served = a.frames / served_s
+            for k, rate in rates.items():
+                print(f"in process : {rate:6.2f} frames/s ({a.frames} frames, {k} at a time)", flush=True)
+            base = rates[workers[0]]
             print(f"services   : {served:6.2f} frames/s ({a.frames} frames, EEM max-concurrency "
-                  f"{a.max_concurrency})   ratio {served / inproc:.2f} (target >= 0.90)"
-                  + "".join(f"; vs {r:.2f}: {served / r:.2f}" for r in rates[1:]), flush=True)
+                  f"{a.max_concurrency}, {a.rounds} interleaved rounds)", flush=True)
+            print(f"ratio services / in process: {served / base:.2f} vs {workers[0]} at a time (target >= 0.90)"
+                  + "".join(f", {served / rates[k]:.2f} vs {k} at a time" for k in workers[1:]), flush=True)
             eem_proc = psutil.Process(services.eem.pid)
-            done, rss = 2 * a.max_concurrency + a.frames, []  # streamed so far (warm-up + timed)
+            done, rss = len(warm) + a.frames, []  # streamed so far (warm-up + timed)
             for n in rss_at:
-                t2 = time.perf_counter()
                 step = max(0, n - done)
-                done += _stream(client, list(itertools.islice(itertools.cycle(frames), step)), opts)
+                took = _stream(client, list(itertools.islice(itertools.cycle(frames), step)), opts)
+                done += step
                 rss.append((done, eem_proc.memory_info().rss / 2 ** 20))
-                rate = f", {step / (time.perf_counter() - t2):.2f} frames/s over the last {step}" if step else ""
+                rate = f", {step / took:.2f} frames/s over the last {step}" if step else ""
                 print(f"EEM server RSS after {done:5d} streamed frames: {rss[-1][1]:7.1f} MiB{rate}", flush=True)
             if len(rss) > 1:
                 print(f"RSS growth {rss[0][0]} -> {rss[-1][0]} frames: {rss[-1][1] - rss[0][1]:+.1f} MiB", flush=True)
