@@ -477,7 +477,7 @@ def _draw_crossings(rng: np.random.Generator, z_range: tuple) -> list:
     z = z_range[0] + float(rng.uniform(40, 200))
     while z < z_range[1]:
         out.append((z, float(rng.uniform(9.0, 16.0)), bool(rng.random() < 0.6)))
-        z += float(rng.uniform(50.0, 170.0))
+        z += float(rng.uniform(40.0, 130.0))
     return out
 
 
@@ -554,15 +554,15 @@ def _vehicle(rng: np.random.Generator, x: float, z: float, vz: float, facing: in
              allow_big: bool = True) -> _Thing:
     """A car most of the time; trucks, buses and motorcycles are rare."""
     r = rng.random()
-    if allow_big and r < 0.03:
+    if allow_big and r < 0.026:
         return _Thing("truck", x, z, 2.45, float(rng.uniform(2.9, 3.8)), float(rng.uniform(6.5, 10.0)),
                       vz=vz, facing=facing, colour=tuple(rng.choice([0.85, 0.6, 0.3], 3).tolist()),
                       colour2=_car_colour(rng), extra=float(rng.uniform(2.5, 2.9)))
-    if allow_big and r < 0.045:
+    if allow_big and r < 0.05:
         bus_cols = ((0.85, 0.7, 0.1), (0.85, 0.85, 0.82), (0.7, 0.12, 0.1), (0.15, 0.3, 0.6))
         return _Thing("bus", x, z, 2.55, float(rng.uniform(3.0, 3.3)), float(rng.uniform(11.0, 13.0)),
                       vz=vz, facing=facing, colour=bus_cols[int(rng.integers(4))])
-    if r < 0.065:
+    if r < 0.08:
         return _motorcyclist(rng, x, z, vz, facing)
     suv = rng.random() < 0.22
     return _Thing("car", x, z, float(rng.uniform(1.65, 1.95)),
@@ -624,7 +624,7 @@ def _place_bicycle_racks(rng: np.random.Generator, things: list, side: _Side, de
                          lo: float, hi: float) -> None:
     """Groups of parked bicycles (now and then a motorcycle) at the sidewalk's outer edge, at an angle."""
     s = side.sign
-    for _ in range(rng.poisson(1.2 * dens)):
+    for _ in range(rng.poisson(1.6 * dens)):
         z = float(rng.uniform(lo + 10, hi - 40))
         for k in range(int(rng.integers(1, 6))):
             kind = "motorcycle" if rng.random() < 0.15 else "bicycle"
@@ -636,7 +636,7 @@ def _place_bicycle_racks(rng: np.random.Generator, things: list, side: _Side, de
 def _place_cyclists(rng: np.random.Generator, things: list, lanes: dict, ego_speed: float,
                     duration: float, dens: float) -> None:
     """Cyclists near the right kerb, a few against the traffic on the left; met within the drive."""
-    if rng.random() >= 0.3 * dens:
+    if rng.random() >= 0.45 * dens:
         return
     for _ in range(int(rng.integers(1, 3))):
         right = rng.random() < 0.75
