@@ -1,0 +1,187 @@
+"""What the bridge shows in Label Studio and reads back: the project's label config (BrushLabels with
+the 19 Cityscapes classes in their colours), a coordinator task as Label Studio task data and
+pre-annotations, the EEM heat map beside the frame, and a person's brush annotation as trainIds.
+
+Pre-annotations: each EEM region to fix becomes brush regions labeled with the model's prediction
+inside it (one per predicted class; the region's dominant class when the prediction is not
+readable). A task without regions (a random cycle) gets the prediction over the whole frame, when
+there is one. A person corrects these and submits.
+
+Reading an annotation back: every result must be a `brushlabels` result of the `label` control with
+exactly one of the 19 class names; a pixel is painted where the region's alpha is >= the threshold
+(the frontend's strokes are antialiased at their edges), and where brush regions overlap the later
+one wins (it is drawn on top). Anything else is refused with InvalidInput naming the result.
+"""
+from __future__ import annotations
+
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+
+from clients.label_studio import brush
+from clients.labeling import region_masks
+from segxal import imageio
+from segxal.errors import InvalidInput
+from segxal.labels import CLASS_COLORS, CLASS_NAMES, IGNORE, NAME_TO_TRAIN_ID, NUM_CLASSES
+from segxalpb.coordinator.v1 import coordinator_pb2 as pb
+
+FROM_NAME = "label"  # the BrushLabels control
+TO_NAME = "image"  # the frame
+EEM_NAME = "eem"  # the EEM heat map, shown beside the frame
+TASK_KEY = "segxal_task_id"  # task data field linking a Label Studio task to its coordinator task
+DEFAULT_ALPHA_THRESHOLD = 128
+
+
+def class_colour_hex(train_id: int) -> str:
+    r, g, b = (int(v) for v in CLASS_COLORS[train_id])
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def label_config() -> str:
+    """The project's labeling interface: the frame with BrushLabels, the EEM heat map beside it."""
+    labels = "\n".join(f"    <Label value={quoteattr(name)} background={quoteattr(class_colour_hex(i))}/>"
+                       for i, name in enumerate(CLASS_NAMES))
+    return f"""<View>
+  <Header value="Fix the pre-annotated regions: the heat map (right) shows where the model is unsure"/>
+  <View style="display: flex; gap: 12px; align-items: flex-start">
+    <View style="flex: 3">
+      <Image name="{TO_NAME}" value="${TO_NAME}" zoom="true" zoomControl="true"/>
+    </View>
+    <View style="flex: 2">
+      <Header value="EEM heat map" size="6"/>
+      <Image name="{EEM_NAME}" value="${EEM_NAME}"/>
+    </View>
+  </View>
+  <BrushLabels name="{FROM_NAME}" toName="{TO_NAME}">
+{labels}
+  </BrushLabels>
+</View>"""
+
+
+def check_label_config(parsed: dict) -> None:
+    """Refuse a project whose labeling interface the bridge cannot read.
+
+    Args:
+        parsed: the project's `parsed_label_config`.
+
+    Raises:
+        InvalidInput: no BrushLabels control named "label" on the image "image".
+    """
+    control = parsed.get(FROM_NAME) or {}
+    if control.get("type") != "BrushLabels" or TO_NAME not in (control.get("to_name") or []):
+        raise InvalidInput(f"Label Studio project: expected a BrushLabels control named {FROM_NAME!r} on an "
+                           f"Image named {TO_NAME!r} (the bridge's label config), found {sorted(parsed)}")
+
+
+def _brush_result(result_id: str, mask: np.ndarray, class_name: str) -> dict:
+    height, width = mask.shape
+    return {"id": result_id, "from_name": FROM_NAME, "to_name": TO_NAME, "type": "brushlabels",
+            "original_width": int(width), "original_height": int(height), "image_rotation": 0,
+            "value": {"format": "rle", "rle": brush.encode_mask(mask), "brushlabels": [class_name]}}
+
+
+def prediction_results(task: pb.Task, predicted: np.ndarray | None) -> list[dict]:
+    """Pre-annotations of a task as brush results.
+
+    Args:
+        task: the coordinator task (its regions, size).
+        predicted: the model's trainIds [H, W] for the frame, or None when unknown.
+
+    Returns:
+        brush results: per region, one per predicted class inside it (or the region's dominant class);
+        without regions, one per predicted class over the frame; [] when there is nothing to show.
+    """
+    results = []
+    if task.regions:
+        for region, mask in zip(task.regions, region_masks(task)):
+            if predicted is None:
+                if region.dominant_train_id < NUM_CLASSES:
+                    results.append(_brush_result(f"r{region.region_id}", mask,
+                                                 CLASS_NAMES[region.dominant_train_id]))
+                continue
+            for c in np.unique(predicted[mask]):
+                if c < NUM_CLASSES:
+                    results.append(_brush_result(f"r{region.region_id}c{c}", mask & (predicted == c),
+                                                 CLASS_NAMES[c]))
+    elif predicted is not None:
+        for c in np.unique(predicted):
+            if c < NUM_CLASSES:
+                results.append(_brush_result(f"c{c}", predicted == c, CLASS_NAMES[c]))
+    return results
+
+
+def annotation_to_train_ids(result: list[dict], height: int, width: int,
+                            alpha_threshold: int = DEFAULT_ALPHA_THRESHOLD) -> np.ndarray:
+    """A Label Studio annotation's result as trainIds.
+
+    Args:
+        result: the annotation's `result` list.
+        height, width: the frame's size.
+        alpha_threshold: a pixel is painted where the brush alpha is >= this (1..255).
+
+    Returns:
+        trainIds uint8 [H, W], 255 where nothing was painted.
+
+    Raises:
+        InvalidInput: a result that is not a brush region of the "label" control, an unknown or
+            missing label, a region of another size, a bad RLE, or nothing painted at all.
+    """
+    out = np.full((height, width), IGNORE, dtype=np.uint8)  # [H, W]
+    for i, r in enumerate(result):
+        where = f"result {i} ({r.get('id', 'no id')})"
+        if r.get("type") != "brushlabels" or r.get("from_name") != FROM_NAME:
+            raise InvalidInput(f"{where}: a {r.get('type')!r} result of {r.get('from_name')!r}; the bridge reads "
+                               f"only brushlabels results of {FROM_NAME!r}")
+        value = r.get("value") or {}
+        names = value.get("brushlabels") or []
+        if len(names) != 1:
+            raise InvalidInput(f"{where}: a brush region needs exactly one label, got {names}")
+        name = names[0]
+        if name not in NAME_TO_TRAIN_ID:
+            raise InvalidInput(f"{where}: unknown label {name!r}; the project's labels are the "
+                               f"{NUM_CLASSES} Cityscapes classes ({', '.join(CLASS_NAMES)})")
+        if value.get("format", "rle") != "rle" or "rle" not in value:
+            raise InvalidInput(f"{where}: brush region without an RLE (format {value.get('format')!r})")
+        size = (r.get("original_height"), r.get("original_width"))
+        if size != (height, width):
+            raise InvalidInput(f"{where}: drawn on a {size[0]} x {size[1]} image, the frame is {height} x {width}")
+        painted = brush.decode_alpha(value["rle"], height, width) >= alpha_threshold  # [H, W]
+        out[painted] = NAME_TO_TRAIN_ID[name]
+    if not (out != IGNORE).any():
+        raise InvalidInput("empty annotation: no pixel is painted with a class")
+    return out
+
+
+def regions_touched(task: pb.Task, labels: np.ndarray) -> tuple[int, ...]:
+    """Ids of the task's regions where the annotation labels at least one pixel."""
+    annotated = labels != IGNORE
+    return tuple(r.region_id for r, m in zip(task.regions, region_masks(task)) if (annotated & m).any())
+
+
+def region_eem_map(task: pb.Task) -> np.ndarray:
+    """An EEM map from the task alone: each region filled with its mean EEM, 0 elsewhere (used when
+    no EEM service is configured). float32 [H, W]."""
+    out = np.zeros((task.height, task.width), dtype=np.float32)
+    for region, mask in zip(task.regions, region_masks(task)):
+        out[mask] = region.mean_eem
+    return out
+
+
+# Anchors of matplotlib's "inferno" colour map (dark = sure, bright = unsure), interpolated linearly.
+_INFERNO = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32)
+
+
+def heat_map_png(eem: np.ndarray, frame: np.ndarray | None = None) -> bytes:
+    """The EEM map as a colour PNG, over a dimmed grey copy of the frame so a person can find the spot.
+
+    Args:
+        eem: [H, W] in [0, 1].
+        frame: uint8 RGB [H, W, 3] of the same size, or None.
+    """
+    x = np.clip(np.asarray(eem, dtype=np.float32), 0.0, 1.0)  # [H, W]
+    stops = np.linspace(0.0, 1.0, len(_INFERNO))
+    heat = np.stack([np.interp(x, stops, _INFERNO[:, k]) for k in range(3)], axis=-1)  # [H, W, 3]
+    if frame is not None and frame.shape[:2] == x.shape:
+        grey = frame.astype(np.float32).mean(axis=-1, keepdims=True)  # [H, W, 1]
+        heat = 0.3 * grey + 0.7 * heat
+    return imageio.encode_png(np.clip(heat, 0, 255).astype(np.uint8))
