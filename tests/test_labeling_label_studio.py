@@ -259,6 +259,14 @@ def test_restarted_bridge_adopts_its_leases_and_collects_what_came_in_meanwhile(
         assert _still_leased(stack, pool.pool_id, tasks[1].task_id)
 
 
+def test_a_personal_access_token_works_like_the_legacy_token(ls):
+    pat = ls.api.request("POST", "/api/token/")["token"]  # a JWT refresh token (Account & Settings)
+    api = LabelStudioAPI(ls.url, pat)
+    assert api.whoami()["email"] == ls.server.username  # exchanged at /api/token/refresh for an access token
+    with pytest.raises(PermissionDenied, match="401"):
+        LabelStudioAPI(ls.url, pat[:-4] + "abcd").whoami()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
