@@ -550,19 +550,24 @@ def _car_colour(rng: np.random.Generator) -> tuple:
     return tuple(np.clip(c * rng.uniform(0.85, 1.12) + rng.normal(0, 0.02, 3), 0, 1).tolist())
 
 
+# Shares of road vehicles (the rest are cars). Trucks and buses are big, so a small share already
+# gives them about half a percent of the pixels each; motorcycles only come ridden, in traffic.
+_P_TRUCK, _P_BUS, _P_MOTORCYCLIST = 0.016, 0.018, 0.06
+
+
 def _vehicle(rng: np.random.Generator, x: float, z: float, vz: float, facing: int,
-             allow_big: bool = True) -> _Thing:
-    """A car most of the time; trucks, buses and motorcycles are rare."""
+             allow_big: bool = True, parked: bool = False) -> _Thing:
+    """A car most of the time; trucks, buses and motorcyclists are rare."""
     r = rng.random()
-    if allow_big and r < 0.026:
+    if allow_big and r < _P_TRUCK:
         return _Thing("truck", x, z, 2.45, float(rng.uniform(2.9, 3.8)), float(rng.uniform(6.5, 10.0)),
                       vz=vz, facing=facing, colour=tuple(rng.choice([0.85, 0.6, 0.3], 3).tolist()),
                       colour2=_car_colour(rng), extra=float(rng.uniform(2.5, 2.9)))
-    if allow_big and r < 0.05:
+    if allow_big and r < _P_TRUCK + _P_BUS:
         bus_cols = ((0.85, 0.7, 0.1), (0.85, 0.85, 0.82), (0.7, 0.12, 0.1), (0.15, 0.3, 0.6))
         return _Thing("bus", x, z, 2.55, float(rng.uniform(3.0, 3.3)), float(rng.uniform(11.0, 13.0)),
                       vz=vz, facing=facing, colour=bus_cols[int(rng.integers(4))])
-    if r < 0.08:
+    if not parked and r > 1.0 - _P_MOTORCYCLIST:
         return _motorcyclist(rng, x, z, vz, facing)
     suv = rng.random() < 0.22
     return _Thing("car", x, z, float(rng.uniform(1.65, 1.95)),
@@ -679,7 +684,8 @@ def _place_traffic(rng: np.random.Generator, things: list, lanes: dict, ego_spee
         while z < hi:
             if rng.random() < 0.6:
                 t = _vehicle(rng, x + float(rng.normal(0, 0.12)), 0.0, 0.0,
-                             1 if sign > 0 or rng.random() < 0.5 else -1, allow_big=rng.random() < 0.3)
+                             1 if sign > 0 or rng.random() < 0.5 else -1, allow_big=rng.random() < 0.3,
+                             parked=True)
                 t.z = z + t.length / 2
                 things.append(t)
                 z += t.length + float(rng.uniform(0.8, 3.0))
