@@ -2178,6 +2178,8 @@ def generate(cfg: SynthConfig, out: Path, *, overwrite: bool = False, workers: i
         InvalidInput: an invalid config, or `out` exists and may not be replaced.
     """
     _validate(cfg)
+    if workers < 1:
+        raise InvalidInput(f"workers must be >= 1, got {workers}")
     out = Path(out)
     _check_destination(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -2235,18 +2237,19 @@ def _parse_weights(text: str, allowed: tuple, what: str) -> dict[str, float]:
     return out
 
 
+def _format_weights(weights: dict[str, float]) -> str:
+    return ",".join(f"{name}={value:g}" for name, value in weights.items())
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     """`segxal data synth`: build the config from the flags, generate, print the folder."""
-    defaults = SynthConfig()
     cfg = SynthConfig(
         height=args.height, width=args.width, train_sequences=args.train_sequences,
         val_sequences=args.val_sequences, test_sequences=args.test_sequences,
         frames_per_sequence=args.frames_per_sequence, seed=args.seed, frame_interval_s=args.frame_interval,
         difficulty=args.difficulty, traffic_density=args.traffic_density,
-        weather_weights=_parse_weights(args.weather, WEATHERS, "weather") if args.weather
-        else defaults.weather_weights,
-        time_weights=_parse_weights(args.time_of_day, TIMES_OF_DAY, "time-of-day") if args.time_of_day
-        else defaults.time_weights,
+        weather_weights=_parse_weights(args.weather, WEATHERS, "weather"),
+        time_weights=_parse_weights(args.time_of_day, TIMES_OF_DAY, "time-of-day"),
         sensor_noise=args.sensor_noise, blur_sigma=args.blur_sigma, jpeg_quality=args.jpeg_quality)
     # SIGTERM (a CI timeout, `kill`) should clean up like Ctrl-C: raise, so that generate() removes
     # its temporary folder
@@ -2270,23 +2273,26 @@ def register_cli(subparsers) -> None:
     p = data_sub.add_parser(
         "synth", help="generate a synthetic driving-scene dataset (Cityscapes layout)",
         description="Generate procedural driving scenes with labels, disparity and camera files in the "
-                    "Cityscapes layout (leftImg8bit/, gtFine/, disparity/, camera/).")
+                    "Cityscapes layout (leftImg8bit/, gtFine/, disparity/, camera/).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="destination folder (absent or empty)")
-    p.add_argument("--height", type=int, default=d.height)
-    p.add_argument("--width", type=int, default=d.width)
-    p.add_argument("--train-sequences", type=int, default=d.train_sequences)
-    p.add_argument("--val-sequences", type=int, default=d.val_sequences)
-    p.add_argument("--test-sequences", type=int, default=d.test_sequences)
-    p.add_argument("--frames-per-sequence", type=int, default=d.frames_per_sequence)
+    p.add_argument("--height", type=int, default=d.height, help="image height (px)")
+    p.add_argument("--width", type=int, default=d.width, help="image width (px)")
+    p.add_argument("--train-sequences", type=int, default=d.train_sequences, help="drive logs in train")
+    p.add_argument("--val-sequences", type=int, default=d.val_sequences, help="drive logs in val")
+    p.add_argument("--test-sequences", type=int, default=d.test_sequences, help="drive logs in test")
+    p.add_argument("--frames-per-sequence", type=int, default=d.frames_per_sequence, help="frames per drive log")
     p.add_argument("--frame-interval", type=float, default=d.frame_interval_s, help="seconds between frames")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="same seed, same bytes")
     p.add_argument("--difficulty", type=float, default=d.difficulty,
                    help="0 = clean renders, 1 = default realism, 2 = harsh camera")
-    p.add_argument("--traffic-density", type=float, default=d.traffic_density)
-    p.add_argument("--weather", default="", help="weights, e.g. clear=0.5,overcast=0.25,rain=0.13,fog=0.12")
-    p.add_argument("--time-of-day", default="", help="weights, e.g. day=0.72,dusk=0.13,night=0.15")
-    p.add_argument("--sensor-noise", type=float, default=d.sensor_noise)
-    p.add_argument("--blur-sigma", type=float, default=d.blur_sigma)
+    p.add_argument("--traffic-density", type=float, default=d.traffic_density, help="scales road users")
+    p.add_argument("--weather", default=_format_weights(d.weather_weights),
+                   help=f"relative weights of {', '.join(WEATHERS)} per sequence")
+    p.add_argument("--time-of-day", default=_format_weights(d.time_weights),
+                   help=f"relative weights of {', '.join(TIMES_OF_DAY)} per sequence")
+    p.add_argument("--sensor-noise", type=float, default=d.sensor_noise, help="read noise std at difficulty 1")
+    p.add_argument("--blur-sigma", type=float, default=d.blur_sigma, help="optical blur (px at 512 wide)")
     p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="0 = no JPEG artefacts")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (same output)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing synthetic dataset at --out")
