@@ -221,7 +221,8 @@ def run(scfg: ServicesLoopConfig) -> dict:
                 break
         records[-1]["stop_reason"] = stop
         drive_top = _rank_drive_log(coord, drive.pool_id, version)
-        overlays = _render_overlays(stack, coord, pool.pool_id, storage, out / "overlays", scfg.overlays)
+        overlays = _render_overlays(stack, [f["frame_uri"] for f in drive_top][:scfg.overlays], storage,
+                                    out / "overlays")
     report = {"config": {"al": json.loads(json.dumps(cfg.__dict__, default=lambda o: o.__dict__)),
                          "db": scfg.db or "sqlite", "workdir": str(work_dir)},
               "cycles": records, "stop_reason": stop, "seconds": time.time() - t0,
@@ -262,17 +263,16 @@ def _rank_drive_log(coord: CoordinatorClient, pool_id: str, version: int, top: i
     return out
 
 
-def _render_overlays(stack: Stack, coord: CoordinatorClient, pool_id: str, storage: FrameStorage,
-                     dest: Path, n: int) -> list[str]:
-    """A few pool frames with their EEM heat map and regions to fix drawn over them."""
+def _render_overlays(stack: Stack, uris: list[str], storage: FrameStorage, dest: Path) -> list[str]:
+    """The drive log's top frames with their EEM heat map and regions to fix drawn over them:
+    frame | EEM overlay with region boxes | prediction."""
     import cv2
-    frames = [f for f in coord.frames(pool_id)][:n]
     paths = []
     opts = ScoreOptions(maps=("eem",), regions=True, labels=True)
     with EemClient(stack.targets["eem"]) as eem:
-        for f in frames:
-            res = eem.score(f.uri, opts, frame_id=f.frame_id)
-            rgb = storage.read_rgb(f.uri)
+        for rank, uri in enumerate(uris, 1):
+            res = eem.score(uri, opts)
+            rgb = storage.read_rgb(uri)
             heat = res.map("eem").astype(np.float32)
             heat = heat / max(float(heat.max()), 1e-6)
             colored = cv2.applyColorMap((255 * heat).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
@@ -282,7 +282,7 @@ def _render_overlays(stack: Stack, coord: CoordinatorClient, pool_id: str, stora
                 cv2.rectangle(over, (x, y), (x + bw - 1, y + bh - 1), (255, 255, 255), 1)
             pred = colorize(res.labels())
             panel = np.concatenate([rgb, over, pred], axis=1)
-            path = dest / f"{f.frame_id}_eem.png"
+            path = dest / f"drive_log_top{rank}_eem.png"
             imageio.write_png(path, np.ascontiguousarray(panel))
             paths.append(str(path))
     return paths

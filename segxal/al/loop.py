@@ -46,14 +46,14 @@ class ALConfig:
     size: tuple[int, int] = (128, 256)
     strategy: str = "eem"
     oracle: str = "human"  # human: region-level simulated person; human-frame: whole frames; machine
-    cycles: int = 4
-    budget: int = 64  # frames the oracle may be asked for, after the seed set
+    cycles: int = 5
+    budget: int = 120  # frames the oracle may be asked for, after the seed set
     per_cycle: int = 0  # frames queried per cycle; 0 = budget // cycles
-    seed_frames: int = 24
+    seed_frames: int = 48
     width: int = 16
     unet_depth: int = 4
-    init_epochs: int = 12
-    finetune_epochs: int = 4
+    init_epochs: int = 40
+    finetune_epochs: int = 10
     batch_size: int = 8
     lr: float = 2e-3
     tau: float = 0.9  # machine oracle: keep predictions with p_max >= tau
