@@ -90,3 +90,27 @@ def make_aio_channel(target: str, cfg: ChannelConfig | None = None) -> grpc.aio.
     if creds is None:
         return grpc.aio.insecure_channel(t, options=_options(t, cfg))
     return grpc.aio.secure_channel(t, creds, options=_options(t, cfg))
+
+
+def add_channel_args(parser, flag: str, env_prefix: str, what: str) -> None:
+    """Flags (and SEGXAL_* env defaults) for one outbound channel's TLS / mTLS / bearer token, e.g.
+    flag="backend" -> --backend-tls-ca, --backend-tls-cert, --backend-tls-key, --backend-token-file.
+    Only main() functions call this: configuration is read once at the edge."""
+    import os
+    env = env_prefix + flag.upper().replace("-", "_")
+    parser.add_argument(f"--{flag}-tls-ca", default=os.environ.get(env + "_TLS_CA"),
+                        help=f"PEM of the CA that signed {what}: enables TLS to it")
+    parser.add_argument(f"--{flag}-tls-cert", default=os.environ.get(env + "_TLS_CERT"),
+                        help=f"client certificate for mutual TLS to {what}")
+    parser.add_argument(f"--{flag}-tls-key", default=os.environ.get(env + "_TLS_KEY"))
+    parser.add_argument(f"--{flag}-token-file", default=os.environ.get(env + "_TOKEN_FILE"),
+                        help=f"file holding the bearer token for {what} (a mounted Secret)")
+
+
+def channel_config_from_args(args, flag: str) -> ChannelConfig:
+    """The ChannelConfig of the flags add_channel_args made."""
+    attr = flag.replace("-", "_")
+    token_file = getattr(args, f"{attr}_token_file")
+    token = open(token_file).read().strip() if token_file else None
+    return ChannelConfig(tls_ca=getattr(args, f"{attr}_tls_ca"), tls_cert=getattr(args, f"{attr}_tls_cert"),
+                         tls_key=getattr(args, f"{attr}_tls_key"), bearer_token=token)

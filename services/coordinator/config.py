@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.coordinator.ranking import RankingConfig
+from services.common.channel import ChannelConfig
 
 
 @dataclass
@@ -14,6 +15,7 @@ class CoordinatorConfig:
     # several replicas it must be shared storage, like the frames the EEM service reads.
     storage: str = "runs/coordinator/storage"
     eem_target: str = ""  # host:port of the EEM scoring service; empty: only random cycles rank
+    eem_channel: ChannelConfig = field(default_factory=ChannelConfig)  # TLS / mTLS / token to EEM
     host: str = "127.0.0.1"
     port: int = 50061  # 0 = ephemeral (tests)
     model_name: str = "segmentation"  # the model whose versions pin cycles when none is named

@@ -18,6 +18,7 @@ import signal
 import sys
 
 from segxal.errors import SegxalError
+from services.common.channel import add_channel_args, channel_config_from_args
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.ranking import RankingConfig
 from services.coordinator.server import CoordinatorServer
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=_env("DB", d.db), help="sqlite:///path or postgresql://user@host:port/db")
     p.add_argument("--storage", default=_env("STORAGE", d.storage),
                    help="folder for extracted frames, annotation masks and predictions")
+    add_channel_args(p, "eem", ENV_PREFIX, "the EEM scoring service")
     p.add_argument("--eem-target", default=_env("EEM_TARGET", d.eem_target),
                    help="EEM scoring service host:port (empty: only random cycles can rank)")
     p.add_argument("--host", default=_env("HOST", d.host))
@@ -69,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
     return CoordinatorConfig(
-        db=args.db, storage=args.storage, eem_target=args.eem_target, host=args.host, port=args.port,
+        db=args.db, storage=args.storage, eem_target=args.eem_target, eem_channel=channel_config_from_args(args, "eem"), host=args.host, port=args.port,
         model_name=args.model_name, default_lease_s=args.default_lease_s, max_lease_s=args.max_lease_s,
         default_dice_threshold=args.dice_threshold, db_pool_size=args.db_pool_size,
         max_workers=args.max_workers, grace_s=args.grace_s,

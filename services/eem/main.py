@@ -17,6 +17,7 @@ import sys
 
 from segxal.errors import InvalidInput, SegxalError
 from services.eem.pipeline import PipelineConfig
+from services.common.channel import add_channel_args, channel_config_from_args
 from services.eem.server import EemServer, EemServiceConfig
 
 ENV_PREFIX = "SEGXAL_EEM_"
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", default=_env("TLS_CERT"))
     p.add_argument("--tls-key", default=_env("TLS_KEY"))
     p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA"))
+    add_channel_args(p, "backend", ENV_PREFIX, "the inference servers")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -68,7 +70,8 @@ def config_from_args(args: argparse.Namespace) -> EemServiceConfig:
         address=f"{args.host}:{args.port}", seg_model=args.seg_model, depth_model=args.depth_model,
         pipeline=PipelineConfig(max_concurrency=args.max_concurrency, stream_window=args.stream_window,
                                 inference_timeout_s=args.inference_timeout_s),
-        grace_s=args.grace_s, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
+        grace_s=args.grace_s, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+        backend_channel=channel_config_from_args(args, "backend"))
 
 
 def main(argv: list[str] | None = None) -> int:

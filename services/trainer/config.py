@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from segxal.errors import InvalidInput
 from segxal.export import ExportConfig
 from segxal.models.unet import UNetConfig
+from services.common.channel import ChannelConfig
 from services.common.model_repository import BatchingConfig
 from services.common.server import ServerConfig
 from services.inference.client import DEFAULT_SEGMENTATION_MODEL
@@ -41,6 +42,7 @@ class TrainerConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)  # written into config.pbtxt
     max_queued_jobs: int = 8  # StartJob beyond this answers RESOURCE_EXHAUSTED
     coordinator: str | None = None  # coordinator target; enables StartJob's pool_id
+    coordinator_channel: ChannelConfig = field(default_factory=ChannelConfig)  # TLS / token to it
     server: ServerConfig = field(default_factory=lambda: ServerConfig(address="0.0.0.0:50055"))
     # Debugging crash safety only: seconds to sleep inside a publish, after the version's files are
     # complete in the temp folder and before the rename (the kill-mid-publish test).

@@ -38,7 +38,7 @@ class TrainerServer:
         self.storage = FrameStorage(StorageConfig(roots=list(cfg.storage_roots)))
         self.versions = VersionStore(ModelRepository(cfg.repository), cfg.state_dir,
                                      before_rename=self._pause_before_rename if cfg.publish_pause_s > 0 else None)
-        self.coordinator = CoordinatorClient(cfg.coordinator, client_id="trainer") if cfg.coordinator else None
+        self.coordinator = CoordinatorClient(cfg.coordinator, cfg.coordinator_channel, client_id="trainer") if cfg.coordinator else None
         self.runner = JobRunner(cfg, self.storage, self.versions,
                                 self._pool_annotations if self.coordinator else None)
         self.grpc = GrpcServer(cfg.server)
