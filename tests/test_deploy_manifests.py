@@ -186,7 +186,17 @@ def test_trainer_probes_match_its_main_and_a_real_server(rendered, monkeypatch, 
     from services.trainer.wire import SERVICE_NAME
 
     c = _container(rendered["cpu"], "trainer")
-    cfg = trainer_main.config_from_args(trainer_main.build_parser().parse_args(_configured(monkeypatch, c, {})))
+    args = []
+    for a in _configured(monkeypatch, c, {}):  # files mounted from Secrets: stand-ins in tmp_path
+        flag, _, value = a.partition("=")
+        if value.startswith("/etc/segxal/"):
+            stand_in = tmp_path / "secrets" / value.strip("/").replace("/", "_")
+            stand_in.parent.mkdir(exist_ok=True)
+            stand_in.write_text("stand-in")
+            a = f"{flag}={stand_in}"
+        args.append(a)
+    cfg = trainer_main.config_from_args(trainer_main.build_parser().parse_args(args))
+    assert cfg.coordinator and cfg.coordinator_channel.tls_ca and cfg.coordinator_channel.bearer_token
     port = int(cfg.server.address.rsplit(":", 1)[1])
     ready, live = _probe_pairs(c)
     assert (ready["port"], ready["service"]) == (port, SERVICE_NAME)
