@@ -10,14 +10,13 @@ built once here and passed down. SIGTERM / SIGINT drain in-flight frames, then e
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import signal
 import sys
 
-from segxal.errors import InvalidInput, SegxalError
+from segxal.errors import InvalidInput
 from services.eem.pipeline import PipelineConfig
 from services.common.channel import add_channel_args, channel_config_from_args
+from services.common.runner import serve_until_signal
 from services.eem.server import EemServer, EemServiceConfig
 
 ENV_PREFIX = "SEGXAL_EEM_"
@@ -76,24 +75,8 @@ def config_from_args(args: argparse.Namespace) -> EemServiceConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        server = EemServer(config_from_args(args))
-        port = server.start()
-    except (SegxalError, OSError) as e:
-        print(f"eem: {e}", file=sys.stderr)
-        return 2
-    print(f"EEM scoring listening on port {port}", flush=True)  # the line tests and scripts wait for
-
-    def _stop(signum, frame):
-        signal.signal(signum, signal.SIG_DFL)  # a second signal kills at once
-        server.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    server.wait()
-    return 0
+    # the banner is the line tests and scripts wait for
+    return serve_until_signal("eem", "EEM scoring listening on port {port}", lambda: EemServer(config_from_args(args)), args.verbose)
 
 
 if __name__ == "__main__":

@@ -15,16 +15,15 @@ publish between the complete temp folder and its rename.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import signal
 import sys
 
-from segxal.errors import InvalidInput, SegxalError
+from segxal.errors import InvalidInput
 from segxal.export import ExportConfig
 from segxal.models.unet import UNetConfig
 from segxal.train import parse_size
 from services.common.channel import add_channel_args, channel_config_from_args
+from services.common.runner import serve_until_signal
 from services.common.server import ServerConfig
 from services.trainer.config import TrainerConfig
 from services.trainer.server import TrainerServer
@@ -101,24 +100,8 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        server = TrainerServer(config_from_args(args))
-        port = server.start()
-    except (SegxalError, OSError) as e:
-        print(f"trainer: {e}", file=sys.stderr)
-        return 2
-    print(f"trainer listening on port {port}", flush=True)  # the line tests and scripts wait for
-
-    def _stop(signum, frame):
-        signal.signal(signum, signal.SIG_DFL)  # a second signal kills at once
-        server.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    server.wait()
-    return 0
+    # the banner is the line tests and scripts wait for
+    return serve_until_signal("trainer", "trainer listening on port {port}", lambda: TrainerServer(config_from_args(args)), args.verbose)
 
 
 if __name__ == "__main__":
