@@ -24,6 +24,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound
+from segxal.imageio import atomic_write_bytes, fsync_dir
 from segxal.modelspec import ModelSpec, TensorSpec
 
 CONFIG_FILE = "config.pbtxt"
@@ -111,28 +112,6 @@ def parse_config(text: str, where: str = CONFIG_FILE) -> mc.ModelConfig:
 
 def format_config(config: mc.ModelConfig) -> str:
     return text_format.MessageToString(config)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def candidate_versions(config: mc.ModelConfig, available: list[int]) -> tuple[list[int], int]:
@@ -253,7 +232,7 @@ class ModelRepository:
         path = d / CONFIG_FILE
         if path.is_file() and path.read_text() == text:
             return False
-        _write_atomically(path, text.encode())
+        atomic_write_bytes(path, text.encode())
         return True
 
     def publish(self, model: str, source: str | os.PathLike, config: mc.ModelConfig | None = None,
@@ -296,7 +275,7 @@ class ModelRepository:
                 shutil.copyfile(f, dest)
                 with open(dest, "rb+") as fh:
                     os.fsync(fh.fileno())
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             if before_rename is not None:
                 before_rename(tmp)
             while True:
@@ -308,7 +287,7 @@ class ModelRepository:
                     # another publisher took this number first: try the next one
                     if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                         raise
-            _fsync_dir(d)
+            fsync_dir(d)
             return version
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
