@@ -339,6 +339,8 @@ def add_al_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold-mode", default=d.eem.threshold_mode, choices=("otsu", "fixed"))
     p.add_argument("--threshold", type=float, default=d.eem.threshold)
     p.add_argument("--tau", type=float, default=d.tau)
+    p.add_argument("--outside", default=d.outside, choices=("prediction", "ignore"),
+                   help="human oracle: labels outside the fixed regions (the prediction, or none)")
     p.add_argument("--dice-threshold", type=float, default=d.dice_threshold)
     p.add_argument("--depth-source", default=d.depth_source, choices=("model", "gt"))
     p.add_argument("--depth-checkpoint")
@@ -353,7 +355,7 @@ def config_from_args(args) -> ALConfig:
         data=args.data, out=args.out, size=parse_size(args.size), strategy=args.strategy,
         oracle=args.oracle, cycles=args.cycles, budget=args.budget, per_cycle=args.per_cycle,
         seed_frames=args.seed_frames, width=args.width, init_epochs=args.init_epochs,
-        finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, tau=args.tau,
+        finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, tau=args.tau, outside=args.outside,
         dice_threshold=args.dice_threshold,
         eem=EEMOptions(alpha=args.alpha, beta=args.beta, threshold_mode=args.threshold_mode,
                        threshold=args.threshold),
