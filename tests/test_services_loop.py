@@ -49,6 +49,7 @@ def test_services_loop_agrees_with_the_in_process_loop(both_loops):
     assert s[0]["miou"] == pytest.approx(p[0]["miou"], abs=1e-9)
     assert s[0]["labeled"]["pixels"] == p[0]["labeled"]["pixels"]
     # later cycles rank on float16 maps from ONNX Runtime (in-process: float32 torch), so a near
-    # tie may pick another frame; the measured spread at this size is a few mIoU points
+    # tie may pick another frame; measured at the main job's size: identical at cycle 0, within 2.5
+    # points after (the services loop alone varies ~1.6 points run to run: dynamic batching)
     for a, b in zip(s[1:], p[1:]):
         assert abs(a["miou"] - b["miou"]) <= 0.10
