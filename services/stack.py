@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from segxal.errors import NotReady
 from services.common.channel import make_channel
+from services.common.health import wait_until_serving
 
 log = logging.getLogger(__name__)
 
@@ -157,19 +158,8 @@ class Stack:
 
     def wait_serving(self, name: str, timeout_s: float = 120.0) -> None:
         """Block until a service's health is SERVING (e.g. EEM, once both models are loaded)."""
-        svc = self.services[name]
-        deadline = time.monotonic() + timeout_s
-        with make_channel(svc.target) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            while time.monotonic() < deadline:
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.3)
-        raise NotReady(f"{name} not SERVING after {timeout_s:.0f} s")
+        with make_channel(self.services[name].target) as ch:
+            wait_until_serving(ch, "", name, timeout_s, poll_s=0.3)
 
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM every service (they finish in-flight calls), then SIGKILL stragglers."""

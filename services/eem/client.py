@@ -13,14 +13,12 @@ replicas). Errors of a whole call are our exceptions (segxal.errors), mapped fro
 """
 from __future__ import annotations
 
-import time
 from typing import Iterable, Iterator
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from segxal.errors import NotReady
 from segxalpb.eem.v1 import eem_pb2, eem_pb2_grpc
+from services.common.health import is_serving, wait_until_serving
 from services.common.channel import ChannelConfig, make_channel
 from services.common.errors import error_from_rpc
 from services.eem import wire
@@ -48,7 +46,6 @@ class EemClient:
         self.timeout_s = timeout_s
         self._channel = make_channel(target, channel_cfg)
         self._stub = eem_pb2_grpc.EemScoringStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def __enter__(self) -> "EemClient":
         return self
@@ -110,22 +107,11 @@ class EemClient:
             raise error_from_rpc(e) from None
 
     def is_serving(self) -> bool:
-        """grpc.health.v1 says SERVING (both inference backends ready)."""
-        try:
-            reply = self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=self.timeout_s)
-        except grpc.RpcError:
-            return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+        """grpc.health.v1 says SERVING."""
+        return is_serving(self._channel, SERVICE_NAME, self.timeout_s)
 
     def wait_until_serving(self, timeout_s: float = 30.0) -> None:
-        """Block until the service reports SERVING.
-
-        Raises:
+        """Raises:
             NotReady: not SERVING within timeout_s.
         """
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.is_serving():
-                return
-            time.sleep(0.1)
-        raise NotReady(f"EEM scoring at {self.target} not SERVING after {timeout_s:.0f} s")
+        wait_until_serving(self._channel, SERVICE_NAME, f"EEM scoring at {self.target}", timeout_s)

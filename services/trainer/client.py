@@ -16,15 +16,13 @@ size, keepalive, TLS, token). Errors are our exceptions (segxal.errors), mapped 
 """
 from __future__ import annotations
 
-import time
 from typing import Iterator
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from segxal.errors import NotReady
 from segxalpb.trainer.v1 import trainer_pb2 as pb
 from segxalpb.trainer.v1 import trainer_pb2_grpc
+from services.common.health import is_serving, wait_until_serving
 from services.common.channel import ChannelConfig, make_channel
 from services.common.errors import error_from_rpc
 from services.trainer import wire
@@ -47,7 +45,6 @@ class TrainerClient:
         self.timeout_s = timeout_s
         self._channel = make_channel(target, channel_cfg)
         self._stub = trainer_pb2_grpc.TrainerStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def __enter__(self) -> "TrainerClient":
         return self
@@ -124,19 +121,11 @@ class TrainerClient:
         return [wire.version_from_proto(v) for v in reply.versions], reply.current_version
 
     def is_serving(self) -> bool:
-        try:
-            reply = self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=self.timeout_s)
-        except grpc.RpcError:
-            return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+        """grpc.health.v1 says SERVING."""
+        return is_serving(self._channel, SERVICE_NAME, self.timeout_s)
 
     def wait_until_serving(self, timeout_s: float = 30.0) -> None:
         """Raises:
             NotReady: not SERVING within timeout_s.
         """
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.is_serving():
-                return
-            time.sleep(0.1)
-        raise NotReady(f"trainer at {self.target} not SERVING after {timeout_s:.0f} s")
+        wait_until_serving(self._channel, SERVICE_NAME, f"trainer at {self.target}", timeout_s)
