@@ -85,6 +85,8 @@ class EemServer:
     def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING, refuse new calls, let in-flight frames finish within the grace period."""
         self._stopping.set()
+        if self._watcher.is_alive():  # it polls the backends: let it finish before their channels close
+            self._watcher.join()
         self.grpc.stop(grace)
         self.pipeline.close(wait=True)
         self.seg_client.close()
