@@ -42,6 +42,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     flip: bool = True  # random horizontal flip: driving scenes are left/right symmetric enough
+    # Per-class loss weights from the training labels: "none" or "enet" (Paszke et al., ENet 2016:
+    # w_c = 1 / ln(1.02 + p_c), p_c the class's pixel share), the usual Cityscapes recipe that keeps
+    # rare classes (rider, motorcycle, traffic light) from being drowned by road and building.
+    class_weights: str = "none"
     device: str = "auto"  # auto = cuda when available
     progress: bool = True
 
@@ -174,14 +178,41 @@ def _fit(model: torch.nn.Module, dataset, cfg: TrainConfig, loss_fn: Callable, *
             "seconds_per_epoch": (time.time() - t0) / max(1, cfg.epochs - start_epoch)}
 
 
-def _seg_loss(model, img, lab, _depth):
-    return F.cross_entropy(model(img), lab, ignore_index=IGNORE)
+CLASS_WEIGHTINGS = ("none", "enet")
+
+
+def class_pixel_counts(dataset) -> np.ndarray:
+    """Labeled pixels per train class over a dataset (annotations included; 255 not counted)."""
+    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    for i in range(len(dataset)):
+        lab = dataset[i][1]
+        counts += np.bincount(lab[lab != IGNORE].ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
+    return counts
+
+
+def class_weights_for(dataset, method: str) -> torch.Tensor | None:
+    if method not in CLASS_WEIGHTINGS:
+        raise InvalidInput(f"class weighting must be one of {CLASS_WEIGHTINGS}, got {method!r}")
+    if method == "none":
+        return None
+    counts = class_pixel_counts(dataset)
+    p = counts / max(1, counts.sum())
+    w = 1.0 / np.log(1.02 + p)
+    w[counts == 0] = 0.0  # absent classes never appear as targets; keep the weights finite and plain
+    return torch.tensor(w, dtype=torch.float32)
 
 
 def train_segmentation(model: UNet, dataset, cfg: TrainConfig, ckpt_path=None, meta=None,
                        on_epoch: Callable[[int, float], None] | None = None) -> dict:
-    """Fine-tune / train a U-Net with cross-entropy (255 = not labeled, ignored)."""
-    return _fit(model, dataset, cfg, _seg_loss, kind="unet", ckpt_path=ckpt_path,
+    """Fine-tune / train a U-Net with cross-entropy (255 = not labeled, ignored), class-weighted
+    when cfg.class_weights says so."""
+    weight = class_weights_for(dataset, cfg.class_weights)
+    if weight is not None:
+        weight = weight.to(resolve_device(cfg.device))
+
+    def loss(m, img, lab, _depth):
+        return F.cross_entropy(m(img), lab, weight=weight, ignore_index=IGNORE)
+    return _fit(model, dataset, cfg, loss, kind="unet", ckpt_path=ckpt_path,
                 desc="train seg", meta=meta, on_epoch=on_epoch)
 
 
@@ -276,7 +307,8 @@ def _check_size(size: tuple[int, int], multiple: int) -> None:
 
 def _train_cfg(args) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress,
+                       class_weights=getattr(args, "class_weights", "none"))
 
 
 def _limit(frames, n):
@@ -358,6 +390,8 @@ def register_cli(sub) -> None:
         dest="what", required=True)
     p = train.add_parser("seg", help="train the U-Net on all labels; prints val mIoU per class")
     _common(p, width=32)
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTINGS, default="none",
+                   help="per-class loss weights from the training labels (enet: 1/ln(1.02+p))")
     p.set_defaults(func=_cmd_train_seg)
     p = train.add_parser("depth", help="train the depth net; prints AbsRel and δ<1.25")
     _common(p, width=16)

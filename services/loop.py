@@ -13,8 +13,11 @@ depth net and training order, so the two loops can be compared cycle by cycle.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -28,7 +31,8 @@ from clients.labeling import LabelingConfig, LabelingSession, work
 from clients.machine import MachineOracle, MachineOracleConfig
 from clients.simulated_human import GroundTruth, SimulatedHuman, SimulatedHumanConfig
 from segxal import imageio
-from segxal.al.loop import ALConfig, add_al_arguments, config_from_args, depth_model_for, plot_curves, seed_indices
+from segxal.al.loop import (SERVICES_ORACLES, ALConfig, add_al_arguments, config_from_args, depth_model_for,
+                            plot_curves, seed_indices)
 from segxal.data.cityscapes import SegDataset, list_frames
 from segxal.errors import FailedPrecondition, InvalidInput, NotReady
 from segxal.export import export_depth
@@ -41,6 +45,7 @@ from services.coordinator.client import CoordinatorClient
 from services.eem.api import ScoreOptions
 from services.eem.client import EemClient
 from services.inference.client import InferenceClient
+from services.label_studio_oracle import LabelStudioOracle, LabelStudioOracleConfig
 from services.stack import Stack, StackConfig
 from services.trainer.api import JobRequest, JobState, PublishPolicy, TrainingOptions
 from services.trainer.client import TrainerClient
@@ -57,6 +62,7 @@ class ServicesLoopConfig:
     miou_tolerance: float = 0.05  # trainer's publish gate: refuse a version this much worse
     drive_log_frames: int = 12  # frames of the test split written to an MCAP drive log and ingested
     overlays: int = 4  # frames rendered with their EEM overlay and regions
+    label_studio: LabelStudioOracleConfig = dataclasses.field(default_factory=LabelStudioOracleConfig)
 
 
 def _copy_frame(frame, dest_root: Path, with_label: bool) -> None:
@@ -134,9 +140,12 @@ def _wait_served(target: str, version: int, timeout_s: float = 120.0) -> None:
     raise NotReady(f"segmentation version {version} not served after {timeout_s:.0f} s")
 
 
-def _label_cycle(cfg: ALConfig, stack: Stack, pool_id: str, cycle_id: str, storage: FrameStorage):
+def _label_cycle(cfg: ALConfig, stack: Stack, pool_id: str, cycle_id: str, storage: FrameStorage,
+                 coord: CoordinatorClient, ls: LabelStudioOracle | None):
     labeling = LabelingConfig(coordinator=stack.targets["coordinator"], pool=pool_id, cycle_id=cycle_id,
                               client_id=f"{cfg.oracle}-oracle", lease_s=120.0)
+    if ls is not None:  # people answer in Label Studio; the bridge leases, heartbeats and submits
+        return ls.label_cycle(labeling, coord, cycle_id)
     with LabelingSession(labeling) as session:
         if cfg.oracle == "machine":
             with InferenceClient(stack.targets["segmentation"]) as inf:
@@ -149,10 +158,13 @@ def _label_cycle(cfg: ALConfig, stack: Stack, pool_id: str, cycle_id: str, stora
 
 
 def run(scfg: ServicesLoopConfig) -> dict:
-    cfg = scfg.al.validate()
-    if cfg.strategy not in ("eem", "random"):
-        raise InvalidInput(f"the services loop ranks with the coordinator's 'eem' or 'random' selection; "
-                           f"--strategy {cfg.strategy} is in-process only")
+    cfg = scfg.al.validate(SERVICES_ORACLES)
+    if cfg.strategy not in ("eem", "eem-topq", "random"):
+        raise InvalidInput(f"the services loop ranks with the coordinator's 'eem' (mean or top-q score) or 'random' "
+                           f"selection; --strategy {cfg.strategy} is in-process only")
+    eem = dataclasses.replace(cfg.eem, score_mode="topq") if cfg.strategy == "eem-topq" else cfg.eem
+    if cfg.oracle == "label-studio":
+        scfg.label_studio.validate()
     out = Path(cfg.out)
     work_dir = Path(scfg.workdir or out / "services").resolve()
     if work_dir.exists():
@@ -164,15 +176,20 @@ def run(scfg: ServicesLoopConfig) -> dict:
     stack_cfg = StackConfig(workdir=str(work_dir), data=str(Path(cfg.data).resolve()), seed_data=str(data["seed"]),
                             db=scfg.db, size=cfg.size, width=cfg.width, unet_depth=cfg.unet_depth,
                             epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                            dice_threshold=cfg.dice_threshold,
+                            dice_threshold=cfg.dice_threshold, eem=eem,
                             storage_roots=[str(Path(cfg.data).resolve()), str(work_dir / "datasets")])
     h, w = cfg.size
     seed_px = data["seed_frames"] * h * w
     records = []
     with Stack(stack_cfg) as stack, \
             CoordinatorClient(stack.targets["coordinator"], client_id="segxal-loop") as coord, \
-            TrainerClient(stack.targets["trainer"]) as trainer:
+            TrainerClient(stack.targets["trainer"]) as trainer, contextlib.ExitStack() as extras:
         print(f"services up: {stack.targets}", flush=True)
+        ls = None
+        if cfg.oracle == "label-studio":
+            ls = extras.enter_context(LabelStudioOracle(
+                scfg.label_studio, work_dir, [str(work_dir), str(Path(cfg.data).resolve())],
+                stack.targets["eem"], progress=cfg.progress))
         tc = time.time()
         v1 = _train_and_publish(trainer, cfg, cycle_id="seed", pool_id="", epochs=cfg.init_epochs,
                                 seed=cfg.seed, tolerance=scfg.miou_tolerance)
@@ -196,7 +213,7 @@ def run(scfg: ServicesLoopConfig) -> dict:
                                     selection="random" if cfg.strategy == "random" else "eem",
                                     model_name=SEG_MODEL, model_version=version, random_seed=cfg.seed + cycle)
             coord.rank_cycle(cyc.cycle_id)
-            summary = _label_cycle(cfg, stack, pool.pool_id, cyc.cycle_id, storage)
+            summary = _label_cycle(cfg, stack, pool.pool_id, cyc.cycle_id, storage, coord, ls)
             report = coord.cycle_report(cyc.cycle_id)
             job = _train_and_publish(trainer, cfg, cycle_id=cyc.cycle_id, pool_id=pool.pool_id,
                                      epochs=cfg.finetune_epochs, seed=cfg.seed + cycle, tolerance=scfg.miou_tolerance)
@@ -290,10 +307,20 @@ def _render_overlays(stack: Stack, uris: list[str], storage: FrameStorage, dest:
 
 def register_cli(sub) -> None:
     p = sub.add_parser("loop", help="the full active-learning loop through the real services")
-    add_al_arguments(p)
+    add_al_arguments(p, SERVICES_ORACLES)
     p.add_argument("--workdir", default="", help="services' state (default: <out>/services)")
     p.add_argument("--db", default="", help="coordinator database URL (default: SQLite in the workdir)")
     p.add_argument("--miou-tolerance", type=float, default=0.05)
+    ls = LabelStudioOracleConfig()
+    p.add_argument("--ls-url", default=ls.url,
+                   help="--oracle label-studio: a running Label Studio (default: start a local one)")
+    p.add_argument("--ls-token", default=os.environ.get("SEGXAL_LS_TOKEN", ls.token),
+                   help="its API token (or SEGXAL_LS_TOKEN)")
+    p.add_argument("--ls-document-root", default=ls.document_root,
+                   help="with --ls-url: that server's LOCAL_FILES_DOCUMENT_ROOT, as this machine sees it")
+    p.add_argument("--ls-venv", default=ls.venv, help="the local Label Studio's venv (made when missing)")
+    p.add_argument("--ls-wait", type=float, default=ls.wait_s,
+                   help="longest wait in seconds for the people per cycle (0: as long as it takes)")
     p.set_defaults(func=_cmd_loop)
     p = sub.add_parser("up", help="start the five services and wait (Ctrl-C stops them)")
     p.add_argument("--workdir", required=True)
@@ -304,8 +331,10 @@ def register_cli(sub) -> None:
 
 
 def _cmd_loop(args) -> int:
+    ls = LabelStudioOracleConfig(url=args.ls_url, token=args.ls_token, document_root=args.ls_document_root,
+                                 venv=args.ls_venv, wait_s=args.ls_wait)
     report = run(ServicesLoopConfig(al=config_from_args(args), workdir=args.workdir, db=args.db,
-                                    miou_tolerance=args.miou_tolerance))
+                                    miou_tolerance=args.miou_tolerance, label_studio=ls))
     print(f"stopped: {report['stop_reason']}; {report['seconds']:.0f} s; wrote {Path(args.out) / 'cycles.json'}, "
           f"miou_vs_pixels.png and {len(report['overlays'])} overlays")
     return 0

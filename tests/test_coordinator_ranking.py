@@ -247,6 +247,37 @@ def test_rank_cycle_ranks_by_the_eem_services_scores(coord_eem):
     assert report.annotations_with_dice == 2 and report.frames_retired == 1 and report.failed_frames == 1
 
 
+def test_the_coordinators_eem_options_reach_the_eem_service(tmp_path, eem_stack):
+    """--eem-alpha/--eem-beta/--eem-score... (the loop's α/β and strategy) rank a cycle exactly as
+    the EEM service scores with those options."""
+    from segxal.al.scoring import EEMOptions
+    from services.coordinator import main as coordinator_main
+    argv = ["--db", f"sqlite:///{tmp_path / 'c.db'}", "--storage", str(tmp_path / "storage"), "--port", "0",
+            "--eem-target", eem_stack.eem.target, "--eem-alpha", "0.8", "--eem-beta", "0.2", "--eem-score", "topq",
+            "--eem-q", "0.1", "--eem-threshold-mode", "fixed", "--eem-threshold", "0.3", "--eem-min-region-area", "4"]
+    cfg = coordinator_main.config_from_args(coordinator_main.build_parser().parse_args(argv))
+    opts = EEMOptions(alpha=0.8, beta=0.2, score_mode="topq", q=0.1, threshold_mode="fixed", threshold=0.3,
+                      min_region_area=4)
+    assert cfg.eem == opts
+    cfg.ranking = FAST
+    with running_coordinator(cfg) as (_, c):
+        pool = c.create_pool("eem-options")
+        c.ingest(pool.pool_id, [image_folder_source(str(eem_stack.frames))])
+        c.register_model_version("segmentation", "repo/segmentation/1")
+        ranked = c.rank_cycle(c.start_cycle(pool.pool_id, 3).cycle_id)
+    good = sorted(p for p in eem_stack.frames.glob("*.png") if p != eem_stack.corrupt)
+    direct = {str(p): eem_stack.eem_client.score(str(p), EemScoreOptions(eem=opts, regions=True)) for p in good}
+    default = {u: eem_stack.eem_client.score(u, EemScoreOptions(regions=True)).score for u in direct}
+    assert [t.frame_uri for t in ranked.tasks] == sorted(direct, key=lambda u: direct[u].score, reverse=True)[:3]
+    for t in ranked.tasks:
+        assert t.score == pytest.approx(direct[t.frame_uri].score, abs=1e-9)
+        assert t.score != pytest.approx(default[t.frame_uri], abs=1e-6)  # not the default options
+        assert [r.area for r in t.regions] == [r.area for r in direct[t.frame_uri].regions]
+    with pytest.raises(InvalidInput, match="alpha \\+ beta must be 1"):
+        coordinator_main.config_from_args(coordinator_main.build_parser().parse_args(
+            argv[:8] + ["--eem-alpha", "0.5", "--eem-beta", "0.9"]))
+
+
 def test_scores_of_one_model_version_never_rank_a_cycle_of_another(coord_eem):
     c = coord_eem.client
     c.register_model_version("segmentation", "repo/segmentation/1")

@@ -115,3 +115,22 @@ def test_loader_rejects_size_mismatch_and_unknown_ids(tiny_dataset, tmp_path):
         SegDataset([frame], SIZE)[0]
     with pytest.raises(NotFound):
         list_frames(root, "nosuchsplit")
+
+
+def test_enet_class_weights_favour_rare_classes_and_absent_ones_weigh_nothing(tiny_dataset):
+    from segxal.labels import IGNORE, NUM_CLASSES
+    from segxal.train import class_pixel_counts, class_weights_for
+    train, _ = _datasets(tiny_dataset)
+    counts = class_pixel_counts(train)
+    labels = np.concatenate([train.raw(i)[1].ravel() for i in range(len(train))])
+    np.testing.assert_array_equal(counts, np.bincount(labels[labels != IGNORE], minlength=NUM_CLASSES)[:NUM_CLASSES])
+    w = class_weights_for(train, "enet").numpy()
+    p = counts / counts.sum()
+    present = counts > 0
+    np.testing.assert_allclose(w[present], 1 / np.log(1.02 + p[present]), rtol=1e-6)
+    assert (w[~present] == 0).all()
+    rare, common = np.argmin(np.where(present, counts, np.inf)), np.argmax(counts)
+    assert w[rare] > 5 * w[common]
+    assert class_weights_for(train, "none") is None
+    with pytest.raises(InvalidInput, match="class weighting must be one of"):
+        class_weights_for(train, "median")

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 WEBHOOK_PATH = "/webhook"
 WEBHOOK_SECRET_HEADER = "X-Segxal-Webhook-Secret"
 WEBHOOK_ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "TASKS_DELETED"]
+PUSH_FAILED = "could not put the task into Label Studio"  # the reason given with such a release
 
 
 @dataclass
@@ -362,7 +363,7 @@ class Bridge:
                 version = f"{task.model.model_name}:{task.model.version}" if task.model.model_name else "eem-regions"
                 self.api.create_prediction(waiting.ls_task_id, results, model_version=version, score=task.score)
         except SegxalError as e:
-            self._give_back(task.task_id, lease, f"could not put the task into Label Studio: {e}",
+            self._give_back(task.task_id, lease, f"{PUSH_FAILED}: {e}",
                             delete_in_ls=waiting.ls_task_id is not None)
             return
         log.info("task %s waits in Label Studio as task %d (%d regions)", task.task_id, waiting.ls_task_id,

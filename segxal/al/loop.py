@@ -24,6 +24,7 @@ from tqdm import tqdm
 from segxal import imageio
 from segxal.al.oracles import Cost, machine_oracle, simulated_human
 from segxal.al.scoring import STRATEGIES, EEMOptions, score_frame, strategy_score
+from segxal.cli import add_config_argument
 from segxal.data.cityscapes import SegDataset, list_frames
 from segxal.eem.explain import ExplainedSegmenter
 from segxal.eem.regions import rle_to_mask
@@ -37,6 +38,8 @@ from segxal.train import (TrainConfig, disparity_scale_from, evaluate_depth, eva
 
 log = logging.getLogger(__name__)
 ORACLES = ("human", "human-frame", "machine")
+# Label Studio needs the coordinator and a bridge: the services loop (`segxal loop`) only.
+SERVICES_ORACLES = ORACLES + ("label-studio",)
 
 
 @dataclass
@@ -67,11 +70,12 @@ class ALConfig:
     seed: int = 0
     progress: bool = True
 
-    def validate(self) -> "ALConfig":
+    def validate(self, oracles: tuple[str, ...] = ORACLES) -> "ALConfig":
         if self.strategy not in STRATEGIES:
             raise InvalidInput(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        if self.oracle not in ORACLES:
-            raise InvalidInput(f"--oracle must be one of {', '.join(ORACLES)}, got {self.oracle!r}")
+        if self.oracle not in oracles:
+            extra = " (label-studio: `segxal loop` only)" if self.oracle in SERVICES_ORACLES else ""
+            raise InvalidInput(f"--oracle must be one of {', '.join(oracles)}, got {self.oracle!r}{extra}")
         if self.depth_source not in ("model", "gt"):
             raise InvalidInput(f"--depth-source must be 'model' or 'gt', got {self.depth_source!r}")
         for name in ("cycles", "budget", "seed_frames"):
@@ -319,13 +323,15 @@ def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
     imageio.atomic_write_bytes(path, buf.getvalue())
 
 
-def add_al_arguments(p: argparse.ArgumentParser) -> None:
+def add_al_arguments(p: argparse.ArgumentParser, oracles: tuple[str, ...] = ORACLES) -> None:
     d = ALConfig(data="", out="")
-    p.add_argument("--data", required=True, help="Cityscapes-layout folder with train and val splits")
-    p.add_argument("--out", required=True, help="folder for cycles.json, the plot and the model")
+    add_config_argument(p)
+    # --data and --out are required, from a flag or the --config file (checked in config_from_args)
+    p.add_argument("--data", help="Cityscapes-layout folder with train and val splits (required)")
+    p.add_argument("--out", help="folder for cycles.json, the plot and the model (required)")
     p.add_argument("--size", default=f"{d.size[0]}x{d.size[1]}")
     p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES)
-    p.add_argument("--oracle", default=d.oracle, choices=ORACLES)
+    p.add_argument("--oracle", default=d.oracle, choices=oracles)
     p.add_argument("--cycles", type=int, default=d.cycles)
     p.add_argument("--budget", type=int, default=d.budget, help="frames queried in total after the seed set")
     p.add_argument("--per-cycle", type=int, default=d.per_cycle)
@@ -351,6 +357,9 @@ def add_al_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> ALConfig:
+    for name in ("data", "out"):
+        if not getattr(args, name):
+            raise InvalidInput(f"--{name} is required (a flag, or `{name} = ...` in the --config file)")
     return ALConfig(
         data=args.data, out=args.out, size=parse_size(args.size), strategy=args.strategy,
         oracle=args.oracle, cycles=args.cycles, budget=args.budget, per_cycle=args.per_cycle,
