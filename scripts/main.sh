@@ -10,7 +10,8 @@ bash scripts/setup.sh
 DATA=${SEGXAL_DATA:-data/synth-128x256}
 OUT=${SEGXAL_OUT:-runs/main}
 if [ ! -d "$DATA" ]; then
-  .venv/bin/segxal data synth --out "$DATA" --height 128 --width 256 --seed 0
+  # the main job's small split (400/100/100 frames): each cycle ranks the whole training pool
+  .venv/bin/segxal data synth --out "$DATA" --height 128 --width 256 --seed 0 --train-sequences 80 --val-sequences 20
 fi
 if [ "${SEGXAL_INPROCESS:-0}" = 1 ]; then
   exec .venv/bin/segxal al run --data "$DATA" --out "$OUT" --cache-dir runs/cache "$@"

@@ -46,6 +46,10 @@ class TrainConfig:
     # w_c = 1 / ln(1.02 + p_c), p_c the class's pixel share), the usual Cityscapes recipe that keeps
     # rare classes (rider, motorcycle, traffic light) from being drowned by road and building.
     class_weights: str = "none"
+    # Random crop (height, width) of each batch at full resolution, or None: whole frames. Objects
+    # keep their size (small ones their pixels) while a step costs what a smaller image costs; the
+    # usual Cityscapes recipe. Evaluation always runs on whole frames.
+    crop: tuple[int, int] | None = None
     device: str = "auto"  # auto = cuda when available
     progress: bool = True
 
@@ -120,6 +124,16 @@ def _loader(dataset, batch_size: int, shuffle: bool, gen: torch.Generator | None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=0)
 
 
+def _random_crop(crop: tuple[int, int], gen: torch.Generator, *tensors: torch.Tensor) -> tuple:
+    """The same random window [.., y:y+ch, x:x+cw] of every tensor (one window per batch)."""
+    (h, w), (ch, cw) = tensors[0].shape[-2:], crop
+    if ch > h or cw > w:
+        raise InvalidInput(f"crop {ch}x{cw} is larger than the training frames ({h}x{w})")
+    y = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+    x = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+    return tuple(t[..., y:y + ch, x:x + cw] for t in tensors)
+
+
 def _fit(model: torch.nn.Module, dataset, cfg: TrainConfig, loss_fn: Callable, *, kind: str,
          ckpt_path: str | Path | None, desc: str, meta: dict | None = None,
          on_epoch: Callable[[int, float], None] | None = None) -> dict:
@@ -155,6 +169,8 @@ def _fit(model: torch.nn.Module, dataset, cfg: TrainConfig, loss_fn: Callable, *
         bar = tqdm(it, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False)
         for img, lab, depth in bar:
             img, lab, depth = img.to(device), lab.to(device), depth.to(device)
+            if cfg.crop is not None:
+                img, lab, depth = _random_crop(cfg.crop, gen, img, lab, depth)
             if cfg.flip and torch.rand(1, generator=gen).item() < 0.5:
                 img, lab, depth = img.flip(-1), lab.flip(-1), depth.flip(-1)
             for g in opt.param_groups:  # cosine decay by global step (resumes exactly)
@@ -300,15 +316,16 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _check_size(size: tuple[int, int], multiple: int) -> None:
+def _check_size(size: tuple[int, int], multiple: int, flag: str = "--size") -> None:
     if size[0] % multiple or size[1] % multiple:
-        raise InvalidInput(f"--size {size[0]}x{size[1]}: height and width must be multiples of {multiple}")
+        raise InvalidInput(f"{flag} {size[0]}x{size[1]}: height and width must be multiples of {multiple}")
 
 
 def _train_cfg(args) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                        progress=not args.no_progress,
-                       class_weights=getattr(args, "class_weights", "none"))
+                       class_weights=getattr(args, "class_weights", "none"),
+                       crop=parse_size(args.crop) if getattr(args, "crop", "") else None)
 
 
 def _limit(frames, n):
@@ -319,6 +336,8 @@ def _cmd_train_seg(args) -> int:
     size = parse_size(args.size)
     model = UNet(UNetConfig(width=args.width, depth=args.depth))
     _check_size(size, model.multiple)
+    if args.crop:
+        _check_size(parse_size(args.crop), model.multiple, "--crop")
     train = SegDataset(_limit(list_frames(args.data, "train", require_labels=True), args.limit), size)
     val = SegDataset(list_frames(args.data, "val", require_labels=True), size)
     stats = train_segmentation(model, train, _train_cfg(args), ckpt_path=args.out)
@@ -390,8 +409,10 @@ def register_cli(sub) -> None:
         dest="what", required=True)
     p = train.add_parser("seg", help="train the U-Net on all labels; prints val mIoU per class")
     _common(p, width=32)
-    p.add_argument("--class-weights", choices=CLASS_WEIGHTINGS, default="none",
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTINGS, default="enet",
                    help="per-class loss weights from the training labels (enet: 1/ln(1.02+p))")
+    p.add_argument("--crop", default="", help="train on random HxW crops at full resolution (e.g. 128x256); "
+                   "evaluation uses whole frames")
     p.set_defaults(func=_cmd_train_seg)
     p = train.add_parser("depth", help="train the depth net; prints AbsRel and δ<1.25")
     _common(p, width=16)

@@ -134,3 +134,22 @@ def test_enet_class_weights_favour_rare_classes_and_absent_ones_weigh_nothing(ti
     assert class_weights_for(train, "none") is None
     with pytest.raises(InvalidInput, match="class weighting must be one of"):
         class_weights_for(train, "median")
+
+
+def test_random_crops_cut_the_same_window_from_image_labels_and_depth(tiny_dataset, tmp_path):
+    from segxal.train import _random_crop
+    g = torch.Generator().manual_seed(0)
+    img = torch.arange(2 * 3 * 8 * 16, dtype=torch.float32).reshape(2, 3, 8, 16)
+    lab = img[:, 0].long()
+    a, b = _random_crop((4, 8), g, img, lab)
+    assert a.shape == (2, 3, 4, 8) and b.shape == (2, 4, 8)
+    torch.testing.assert_close(a[:, 0].long(), b)  # the same window
+    windows = {tuple(_random_crop((4, 8), g, img)[0][0, 0, 0, :1].tolist()) for _ in range(20)}
+    assert len(windows) > 3  # it moves
+    with pytest.raises(InvalidInput, match="larger than the training frames"):
+        _random_crop((16, 8), g, img)
+    # the CLI trains on crops and evaluates on whole frames
+    assert cli(["train", "seg", "--data", str(tiny_dataset), "--out", str(tmp_path / "c.pt"), "--size", "64x128",
+                "--crop", "32x64", "--width", "8", "--depth", "2", "--epochs", "1", "--no-progress"]) == 0
+    assert cli(["train", "seg", "--data", str(tiny_dataset), "--out", str(tmp_path / "d.pt"), "--size", "64x128",
+                "--crop", "30x64", "--width", "8", "--depth", "2", "--epochs", "1", "--no-progress"]) == 2

@@ -85,8 +85,8 @@ class SynthConfig:
     set the route length, so changing them redraws the sequences; the sequence counts do not."""
     height: int = 256
     width: int = 512
-    train_sequences: int = 80
-    val_sequences: int = 20
+    train_sequences: int = 240  # 1,200 frames (Cityscapes: 2,975), 300 val: rare classes need the scenes
+    val_sequences: int = 60
     test_sequences: int = 20
     frames_per_sequence: int = 5
     seed: int = 0
