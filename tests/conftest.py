@@ -10,3 +10,13 @@ def tiny_dataset(tmp_path_factory):
     generate(SynthConfig(height=64, width=128, train_sequences=6, val_sequences=2,
                          test_sequences=1, frames_per_sequence=4, seed=7), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def ls_tools():
+    """Label Studio's own venv (scripts/setup_label_studio.sh); skips only when it cannot be made."""
+    from tests.labeling_support import setup_label_studio
+    try:
+        return setup_label_studio()
+    except RuntimeError as e:
+        pytest.skip(f"the Label Studio venv cannot be made here (no package index?): {e}")

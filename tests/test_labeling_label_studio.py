@@ -32,17 +32,9 @@ from segxal.labels import CLASS_NAMES, IGNORE, NAME_TO_TRAIN_ID
 from services.coordinator.client import CoordinatorClient
 from tests.coordinator_support import REPO_ROOT
 from tests.labeling_support import (LS_VENV, Chromium, annotations_by_task, django_login, eem_pool, sdk_brush,
-                                    serving_stack, setup_label_studio)
+                                    serving_stack)
 
 ARTIFACTS = REPO_ROOT / "artifacts" / "label_studio"
-
-
-@pytest.fixture(scope="module")
-def ls_tools():
-    try:
-        return setup_label_studio()
-    except RuntimeError as e:
-        pytest.skip(f"the Label Studio venv cannot be made here (no package index?): {e}")
 
 
 @pytest.fixture(scope="module")

@@ -25,15 +25,7 @@ from services.coordinator.server import CoordinatorServer
 from services.label_studio_oracle import PROJECT_TITLE, LabelStudioOracleConfig
 from services.loop import ServicesLoopConfig
 from services.loop import run as run_services
-from tests.labeling_support import LS_VENV, setup_label_studio
-
-
-@pytest.fixture(scope="module")
-def ls_tools():
-    try:
-        return setup_label_studio()
-    except RuntimeError as e:
-        pytest.skip(f"the Label Studio venv cannot be made here (no package index?): {e}")
+from tests.labeling_support import LS_VENV
 
 
 class Person(threading.Thread):
