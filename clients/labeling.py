@@ -30,12 +30,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from segxal.al.oracles import Cost
-from segxal.annotation import decode_rle
+from segxal.annotation import Rle, decode_rle
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound, SegxalError
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
 from services.common.channel import ChannelConfig
 from services.coordinator.client import CoordinatorClient
-from services.coordinator.convert import rle_from_proto
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +286,8 @@ def region_masks(task: pb.Task) -> list[np.ndarray]:
     Raises:
         InvalidInput: a region's RLE does not cover the frame.
     """
-    return [decode_rle(rle_from_proto(r.rle), where=f"task {task.task_id} region {r.region_id}")
+    return [decode_rle(Rle(r.rle.height, r.rle.width, r.rle.counts, tuple(r.rle.uncompressed_counts)),
+                       where=f"task {task.task_id} region {r.region_id}")
             for r in task.regions]
 
 

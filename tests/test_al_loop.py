@@ -5,7 +5,7 @@ import pytest
 
 from segxal.al.loop import ALConfig, run
 from segxal.al.scoring import EEMOptions
-from segxal.cli import main as cli
+from app.cli import main as cli
 
 
 @pytest.fixture(scope="module")

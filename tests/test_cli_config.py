@@ -1,7 +1,8 @@
 """`--config FILE` for `segxal loop` and `segxal al run`: one TOML file of flags, flags win."""
 import pytest
 
-from segxal import cli
+from app import cli
+from segxal.config_file import apply_config_file
 from segxal.al.loop import config_from_args
 from segxal.errors import InvalidInput, NotFound
 
@@ -10,7 +11,7 @@ def _parse(argv: list[str]):
     parser = cli.build_parser()
     args = parser.parse_args(argv)
     if args.config:
-        cli.apply_config_file(args._parser, args.config)
+        apply_config_file(args._parser, args.config)
         args = parser.parse_args(argv)
     return args
 

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from kubernetes import client as k
 
-from segxal import cli
+from app import cli
 from segxal.errors import InvalidInput, NotReady
-from services.fleet.job import FleetJobConfig, build_job, job_progress, job_to_dict, watch_job
+from app.fleet_job import FleetJobConfig, build_job, job_progress, job_to_dict, watch_job
 from services.fleet.worker import ScoredEntry, ShardResults, merge_shards, shard_logs, shard_of
 
 REPO = Path(__file__).resolve().parents[1]

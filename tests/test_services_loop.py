@@ -6,8 +6,8 @@ import pytest
 
 from segxal.al.loop import ALConfig
 from segxal.al.loop import run as run_in_process
-from services.loop import ServicesLoopConfig
-from services.loop import run as run_services
+from app.loop import ServicesLoopConfig
+from app.loop import run as run_services
 
 
 def _cfg(data, out, cache, **kw):

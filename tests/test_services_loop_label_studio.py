@@ -22,9 +22,9 @@ from segxal.labels import CLASS_NAMES, IGNORE
 from services.coordinator.client import CoordinatorClient
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.server import CoordinatorServer
-from services.label_studio_oracle import PROJECT_TITLE, LabelStudioOracleConfig
-from services.loop import ServicesLoopConfig
-from services.loop import run as run_services
+from app.label_studio_oracle import PROJECT_TITLE, LabelStudioOracleConfig
+from app.loop import ServicesLoopConfig
+from app.loop import run as run_services
 from tests.labeling_support import LS_VENV
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from segxal import cli, imageio
+from app import cli
+from segxal import imageio
 from segxal.data import cityscapes, synth
 from segxal.errors import InvalidInput
 from segxal.labels import KNOWN_LABEL_IDS, NAME_TO_LABEL_ID
@@ -284,7 +285,7 @@ def test_parallel_workers_write_the_same_bytes(tmp_path):
 
 def test_sigterm_during_generation_leaves_nothing_behind(tmp_path):
     out = tmp_path / "ds"
-    # the synth command alone (segxal.cli would also import torch for the other commands: slow)
+    # the synth command alone (app.cli would also import torch for the other commands: slow)
     command = ("import argparse, sys; from segxal.data import synth; p = argparse.ArgumentParser(); "
                "synth.register_cli(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
     proc = subprocess.Popen(

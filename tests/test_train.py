@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from segxal.cli import main as cli
+from app.cli import main as cli
 from segxal.data.cityscapes import SegDataset, list_frames
 from segxal.errors import InvalidInput, NotFound
 from segxal.metrics import confusion_matrix, iou_report, mean_iou

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from segxal import imageio
 from segxal.al.oracles import Cost, machine_oracle, simulated_human
 from segxal.al.scoring import STRATEGIES, EEMOptions, score_frame, strategy_score
-from segxal.cli import add_config_argument
+from segxal.config_file import add_config_argument
 from segxal.data.cityscapes import SegDataset, list_frames
 from segxal.eem.explain import ExplainedSegmenter
 from segxal.eem.regions import rle_to_mask

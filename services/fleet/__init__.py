@@ -1,1 +1,1 @@
-"""Fleet-scale ranking of drive logs: the Indexed Job worker (worker.py) and its Job builder and watcher (job.py)."""
+"""Fleet-scale ranking of drive logs: the Indexed Job worker (worker.py); the Job is built and watched by app/fleet_job.py."""

@@ -1,5 +1,5 @@
 """Fleet ranking worker: one index of the Kubernetes Indexed Job that ranks a large set of drive
-logs (services/fleet/job.py builds the Job).
+logs (app/fleet_job.py builds the Job).
 
     python -m services.fleet.worker --index $JOB_COMPLETION_INDEX --count N --logs /data/drive-logs \
         --pool fleet --coordinator dns:///coordinator.segxal.svc.cluster.local:50061 \

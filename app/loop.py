@@ -45,8 +45,8 @@ from services.coordinator.client import CoordinatorClient
 from services.eem.api import ScoreOptions
 from services.eem.client import EemClient
 from services.inference.client import InferenceClient
-from services.label_studio_oracle import LabelStudioOracle, LabelStudioOracleConfig
-from services.stack import Stack, StackConfig
+from app.label_studio_oracle import LabelStudioOracle, LabelStudioOracleConfig
+from app.stack import Stack, StackConfig
 from services.trainer.api import JobRequest, JobState, PublishPolicy, TrainingOptions
 from services.trainer.client import TrainerClient
 
