@@ -5,13 +5,16 @@ Folders are referenced in place; drive-log frames are extracted once to storage,
 The functions here are generators: a source that breaks part-way (a truncated log) yields the
 frames it could read and then raises, so the caller keeps what came before the damage.
 """
-from segxal.ingest.drivelog import (DEFAULT_NEAR_DUPLICATE_THRESHOLD, LogImage, NearDuplicateFilter,
-                                    extract_drive_log, iter_drive_log_images, write_drive_log)
+from segxal.ingest.drivelog import (DEFAULT_NEAR_DUPLICATE_THRESHOLD, NearDuplicateFilter, extract_drive_log,
+                                    iter_drive_log_images, write_drive_log)
 from segxal.ingest.folders import iter_cityscapes, iter_image_folder
+from segxal.ingest.messages import IMAGE_SCHEMAS, LogImage
+from segxal.ingest.pixels import SUPPORTED_ENCODINGS, rgb_to_raw
 from segxal.ingest.records import IngestCounters, IngestedFrame
+from segxal.ingest.writers import CameraMessage, write_camera_log
 
 __all__ = [
-    "DEFAULT_NEAR_DUPLICATE_THRESHOLD", "IngestCounters", "IngestedFrame", "LogImage",
-    "NearDuplicateFilter", "extract_drive_log", "iter_cityscapes", "iter_drive_log_images",
-    "iter_image_folder", "write_drive_log",
+    "DEFAULT_NEAR_DUPLICATE_THRESHOLD", "IMAGE_SCHEMAS", "SUPPORTED_ENCODINGS", "CameraMessage", "IngestCounters",
+    "IngestedFrame", "LogImage", "NearDuplicateFilter", "extract_drive_log", "iter_cityscapes",
+    "iter_drive_log_images", "iter_image_folder", "rgb_to_raw", "write_camera_log", "write_drive_log",
 ]

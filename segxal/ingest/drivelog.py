@@ -1,11 +1,19 @@
-"""Drive logs as MCAP files of compressed camera images (foxglove.CompressedImage, protobuf).
+"""Drive logs: MCAP files of camera images (the schemas of segxal.ingest.messages: foxglove,
+ROS 2 and ROS 1, compressed or raw), read as a stream and sampled into frames.
 
-Reading streams the file record by record (mcap's NonSeekingReader, no summary needed), so a
-truncated log still yields every image before the damage and then raises InvalidInput.
+Reading streams the file record by record (mcap's NonSeekingReader, no summary needed), so memory
+does not grow with the log, and a truncated log still yields every image before the damage and
+then raises InvalidInput saying where it broke.
 
-Extraction writes each image's bytes unchanged (no re-encoding, so no quality loss) to
-`<storage>/frames/<sha256[:2]>/<sha256>.<ext>`: content-addressed, so ingesting a log twice
-writes nothing new and the same frame is never stored twice.
+Extraction writes a compressed image's bytes unchanged (no re-encoding, so no quality loss) and a
+raw image as a lossless PNG (debayered first) to `<storage>/frames/<sha256[:2]>/<sha256>.<ext>`:
+content-addressed, so ingesting a log twice writes nothing new and the same frame is never stored
+twice. Each frame keeps its topic (one topic = one camera: the frame's source is
+`mcap:<log>#<topic>`) and its timestamp.
+
+Sampling, per topic: a 30 Hz camera gives 108,000 frames an hour. `min_gap_s` keeps a frame only
+when at least that much log time has passed since the last kept frame of its topic (checked before
+the image is decoded, so skipped frames cost little).
 
 Near-duplicates: a parked car records the same scene for minutes; labeling those frames twice
 wastes budget. A frame is skipped when the mean absolute difference between its 32 x 64 grayscale
@@ -18,6 +26,7 @@ change of a car moving at walking speed between frames at 10 Hz.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import struct
 import tempfile
@@ -25,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import cv2
 import numpy as np
 from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
 from mcap.exceptions import McapError
@@ -33,22 +43,32 @@ from mcap_protobuf.writer import Writer as ProtobufMcapWriter
 
 from segxal import imageio
 from segxal.errors import InvalidInput, NotFound
+from segxal.ingest.messages import IMAGE_SCHEMAS, RAW, LogImage, MessageReader
 from segxal.ingest.records import IngestCounters, IngestedFrame
 
-FOXGLOVE_COMPRESSED_IMAGE = "foxglove.CompressedImage"
-ROS2_COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 DEFAULT_TOPIC = "/camera/front/image/compressed"
 DEFAULT_NEAR_DUPLICATE_THRESHOLD = 2.0  # grey levels, see the module docstring
 THUMBNAIL_SHAPE = (32, 64)  # (rows, cols): the 1:2 aspect of the default 256 x 512 frames
-_EXTENSION_FOR_FORMAT = {"jpeg": ".jpg", "jpg": ".jpg", "png": ".png", "webp": ".webp"}
+_EXTENSION_FOR_FORMAT = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", RAW: ".png"}
 
 
-@dataclass(frozen=True)
-class LogImage:
-    topic: str
-    timestamp_ns: int  # capture time from the message, else the log time
-    image_format: str  # "jpeg", "png", ...
-    data: bytes
+class _Problems:
+    """Images skipped because they could not be read: counted by reason, reported once at the end
+    (after every readable frame was yielded)."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+
+    def add(self, reason: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+
+    def raise_if_any(self, where: str) -> None:
+        if not self.counts:
+            return
+        total = sum(self.counts.values())
+        listed = "; ".join(f"{reason} ({n} image{'s' * (n != 1)})" for reason, n in list(self.counts.items())[:3])
+        more = f"; and {len(self.counts) - 3} more reasons" if len(self.counts) > 3 else ""
+        raise InvalidInput(f"{where}: {total} images could not be read and were skipped: {listed}{more}")
 
 
 def write_drive_log(path: str | Path, frames: Iterable[tuple[int, np.ndarray | bytes]],
@@ -95,6 +115,7 @@ def write_drive_log(path: str | Path, frames: Iterable[tuple[int, np.ndarray | b
 def _records(reader: NonSeekingReader, topics: Sequence[str] | None, where: str, counted: list[int]):
     """The reader's messages; a broken file becomes InvalidInput saying how far it got."""
     it = reader.iter_messages(topics=list(topics) if topics else None, log_time_order=False)
+    last_time = [None]
     while True:
         try:
             item = next(it)
@@ -104,46 +125,78 @@ def _records(reader: NonSeekingReader, topics: Sequence[str] | None, where: str,
         # McapError or ValueError; all mean the same to us: the log ends here.
         except (McapError, struct.error, EOFError, ValueError) as e:
             kind = type(e).__name__
+            at = f" (last message read: log time {last_time[0]} ns)" if last_time[0] is not None else ""
             raise InvalidInput(
                 f"{where}: truncated or corrupt MCAP ({kind}{': ' + str(e) if str(e) else ''}) after "
-                f"{counted[0]} images; the images before the damage were kept") from None
+                f"{counted[0]} images{at}; the images before the damage were kept") from None
+        last_time[0] = item[2].log_time
         yield item
 
 
-def iter_drive_log_images(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[LogImage]:
-    """Every compressed camera image of a log, in file order.
+def iter_drive_log_images(path: str | Path, topics: Sequence[str] | None = None, min_gap_s: float = 0.0,
+                          counters: IngestCounters | None = None,
+                          problems: _Problems | None = None) -> Iterator[LogImage]:
+    """Every camera image of a log (foxglove, ROS 2 or ROS 1; compressed or raw), in file order.
 
+    Args:
+        topics: only these topics (each must hold images); None: every image topic.
+        min_gap_s: per topic, skip an image less than this many seconds after the last one yielded.
+        counters: frames_read and frames_skipped_min_gap are counted here.
+        problems: collects the images that cannot be read (the caller reports them); None: raised
+            here at the end.
     Raises:
         NotFound: no such file.
-        InvalidInput: not an MCAP file, truncated / corrupt (raised after the readable images), no
-            image message on the wanted topics, or images in an encoding we do not read.
+        InvalidInput: not an MCAP file, truncated / corrupt (raised after the readable images), a
+            wanted topic that holds no images (names its schema), no image message at all, or
+            (at the end) images in an unsupported encoding or format (names topic and encoding).
     """
     path = Path(path).resolve()
     where = str(path)
     if not path.is_file():
         raise NotFound(f"{where}: drive log does not exist")
+    if min_gap_s < 0 or not math.isfinite(min_gap_s):
+        raise InvalidInput(f"min_gap_s must be >= 0 (0 keeps every frame), got {min_gap_s}")
+    min_gap_ns = int(round(min_gap_s * 1e9))
+    counters = counters if counters is not None else IngestCounters()
+    own_problems = problems is None
+    problems = _Problems() if problems is None else problems
     counted = [0]
     channels_seen: dict[str, str] = {}
+    last_kept: dict[str, int] = {}
+    messages = MessageReader()
     with open(path, "rb") as f:
         reader = NonSeekingReader(f)
         for schema, channel, message in _records(reader, topics, where, counted):
             schema_name = schema.name if schema is not None else ""
             channels_seen[channel.topic] = schema_name
-            if schema_name == ROS2_COMPRESSED_IMAGE:
-                raise InvalidInput(f"{where}: topic {channel.topic} holds ROS 2 {ROS2_COMPRESSED_IMAGE}, "
-                                   f"which this coordinator does not read yet; record "
-                                   f"{FOXGLOVE_COMPRESSED_IMAGE} (protobuf) instead")
-            if schema_name != FOXGLOVE_COMPRESSED_IMAGE or channel.message_encoding != "protobuf":
+            if not messages.is_image(schema, channel):
                 continue
-            msg = CompressedImage.FromString(message.data)
-            ts = msg.timestamp.ToNanoseconds() if msg.HasField("timestamp") else 0
             counted[0] += 1
-            yield LogImage(topic=channel.topic, timestamp_ns=ts or int(message.log_time),
-                           image_format=msg.format.lower(), data=msg.data)
+            counters.frames_read += 1
+            try:
+                image = messages.to_image(schema, channel, message.data, int(message.log_time),
+                                          f"{where}#{channel.topic}@{message.log_time}")
+            except InvalidInput as e:
+                problems.add(str(e))
+                continue
+            last = last_kept.get(image.topic)
+            if min_gap_ns and last is not None and abs(image.timestamp_ns - last) < min_gap_ns:
+                counters.frames_skipped_min_gap += 1
+                continue
+            last_kept[image.topic] = image.timestamp_ns
+            yield image
+    not_images = {t: s for t, s in channels_seen.items() if s not in IMAGE_SCHEMAS}
+    if topics and not_images:
+        listed = ", ".join(f"{t} ({s or 'no schema'})" for t, s in sorted(not_images.items()))
+        raise InvalidInput(f"{where}: topics that hold no camera images: {listed}; image schemas read: "
+                           f"{', '.join(IMAGE_SCHEMAS)}")
     if counted[0] == 0:
         seen = ", ".join(f"{t} ({s or 'no schema'})" for t, s in sorted(channels_seen.items())) or "none"
         wanted = f" on topics {list(topics)}" if topics else ""
-        raise InvalidInput(f"{where}: no {FOXGLOVE_COMPRESSED_IMAGE} messages{wanted}; channels: {seen}")
+        raise InvalidInput(f"{where}: no camera image messages{wanted} (read: {', '.join(IMAGE_SCHEMAS)}); "
+                           f"channels: {seen}")
+    if own_problems:
+        problems.raise_if_any(where)
 
 
 def _thumbnail(gray: np.ndarray) -> np.ndarray:
@@ -179,12 +232,18 @@ class NearDuplicateFilter:
 
 def extract_drive_log(path: str | Path, storage_dir: str | Path, topics: Sequence[str] | None = None,
                       near_duplicate_threshold: float = DEFAULT_NEAR_DUPLICATE_THRESHOLD,
-                      counters: IngestCounters | None = None) -> Iterator[IngestedFrame]:
+                      counters: IngestCounters | None = None, min_gap_s: float = 0.0) -> Iterator[IngestedFrame]:
     """Extract a log's images to `<storage_dir>/frames/` and yield one record per kept frame.
 
+    Args:
+        topics: the camera topics to read (each frame's source names its topic); None: all.
+        near_duplicate_threshold: grey levels (module docstring); 0 keeps every frame.
+        counters: read / skipped counts, filled in as the log is read.
+        min_gap_s: per topic, the least log time between two kept frames; 0 keeps every frame.
     Raises:
         NotFound / InvalidInput: as iter_drive_log_images, after the frames read before the damage;
-            InvalidInput also at the end when some images could not be decoded (they are skipped).
+            InvalidInput also at the end when some images could not be read (they are skipped; the
+            message names each topic and unsupported encoding).
     """
     if near_duplicate_threshold < 0:
         raise InvalidInput(f"near_duplicate_threshold must be >= 0 (0 keeps every frame), "
@@ -193,28 +252,27 @@ def extract_drive_log(path: str | Path, storage_dir: str | Path, topics: Sequenc
     frames_dir = Path(storage_dir).resolve() / "frames"
     counters = counters if counters is not None else IngestCounters()
     dedup = NearDuplicateFilter(near_duplicate_threshold)
-    unreadable: list[str] = []
-    for image in iter_drive_log_images(path, topics):
-        counters.frames_read += 1
-        ext = _EXTENSION_FOR_FORMAT.get(image.image_format)
+    problems = _Problems()
+    for image in iter_drive_log_images(path, topics, min_gap_s, counters, problems):
         where = f"{path}#{image.topic}@{image.timestamp_ns}"
         try:
-            if ext is None:
-                raise InvalidInput(f"{where}: image format {image.image_format!r} is not one of "
-                                   f"{sorted(_EXTENSION_FOR_FORMAT)}")
-            gray = imageio.decode_image(image.data, where=where, mode="L")  # [H, W]
+            if image.image_format == RAW:
+                pixels = image.pixels(where)  # [H, W, 3] RGB or [H, W] grey
+                gray = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)  # [H, W]
+            else:
+                gray = imageio.decode_image(image.data, where=where, mode="L")  # [H, W]
         except InvalidInput as e:
-            unreadable.append(str(e))
+            problems.add(str(e))
             continue
         if not dedup.keep(image.topic, gray):
             counters.frames_skipped_near_duplicate += 1
             continue
-        digest = hashlib.sha256(image.data).hexdigest()
-        out = frames_dir / digest[:2] / f"{digest}{ext}"
+        # A raw image is stored as a lossless PNG: its pixels come back exactly.
+        data = imageio.encode_png(pixels) if image.image_format == RAW else image.data
+        digest = hashlib.sha256(data).hexdigest()
+        out = frames_dir / digest[:2] / f"{digest}{_EXTENSION_FOR_FORMAT[image.image_format]}"
         if not out.is_file():
-            imageio.atomic_write_bytes(out, image.data)
+            imageio.atomic_write_bytes(out, data)
         yield IngestedFrame(uri=str(out), source=f"mcap:{path}#{image.topic}",
                             timestamp_ns=image.timestamp_ns, width=gray.shape[1], height=gray.shape[0])
-    if unreadable:
-        raise InvalidInput(f"{path}: {len(unreadable)} images could not be decoded and were skipped "
-                           f"(first: {unreadable[0]})")
+    problems.raise_if_any(str(path))

@@ -19,3 +19,4 @@ class IngestCounters:
     """Filled in by a source while it is read (so the numbers survive an error part-way)."""
     frames_read: int = 0
     frames_skipped_near_duplicate: int = 0
+    frames_skipped_min_gap: int = 0  # drive logs: closer in time than the sampling gap
