@@ -97,7 +97,7 @@ def test_truncated_log_keeps_the_images_before_the_damage(tmp_path):
     cut = tmp_path / "cut.mcap"
     cut.write_bytes(data[: int(len(data) * 0.6)])
     got = []
-    with pytest.raises(InvalidInput, match=r"truncated or corrupt MCAP .* after \d+ images; the images "
+    with pytest.raises(InvalidInput, match=r"truncated or corrupt MCAP .* after \d+ images .*; the images "
                                            r"before the damage were kept"):
         for rec in extract_drive_log(cut, tmp_path / "storage"):
             got.append(rec)
@@ -112,11 +112,11 @@ def test_logs_without_images_and_non_mcap_files_are_clear_errors(tmp_path):
         w = ProtobufMcapWriter(f)
         w.write_message("/rosout", Log(message="hello", name="node"), log_time=T0, publish_time=T0)
         w.finish()
-    with pytest.raises(InvalidInput, match=r"no foxglove.CompressedImage messages; channels: /rosout \(foxglove.Log\)"):
+    with pytest.raises(InvalidInput, match=r"no camera image messages \(read: .*\); channels: /rosout \(foxglove.Log\)"):
         list(iter_drive_log_images(text_log))
     images = tmp_path / "images.mcap"
     write_drive_log(images, _distinct_frames(2))
-    with pytest.raises(InvalidInput, match=r"no foxglove.CompressedImage messages on topics \['/cam/rear'\]"):
+    with pytest.raises(InvalidInput, match=r"no camera image messages on topics \['/cam/rear'\]"):
         list(iter_drive_log_images(images, topics=["/cam/rear"]))
     not_mcap = tmp_path / "notes.mcap"
     not_mcap.write_text("just some text, not a drive log")
@@ -170,7 +170,7 @@ def test_ingest_every_source_kind_and_keep_the_rest_when_one_fails(coord, tiny_d
     assert r[3].frames_added == 0 and "have no *_gtFine_labelIds.png" in r[3].error
     assert (r[4].frames_added, r[4].frames_skipped_near_duplicate, r[4].error) == (6, 1, "")
     assert 0 < r[5].frames_added < 20 and "truncated or corrupt MCAP" in r[5].error
-    assert r[6].frames_added == 0 and "no foxglove.CompressedImage messages" in r[6].error
+    assert r[6].frames_added == 0 and "no camera image messages" in r[6].error
     assert r[7].frames_added == 0 and "does not exist" in r[7].error
     total = 3 + 24 + 4 + 6 + r[5].frames_added
     assert reply.frames_added == total and reply.frame_count == total

@@ -42,9 +42,9 @@ def cityscapes_source(root: str, split: str, require_labels: bool = False) -> pb
                                                           require_labels=require_labels))
 
 
-def drive_log_source(path: str, topics: Sequence[str] = (),
-                     near_duplicate_threshold: float | None = None) -> pb.IngestSource:
-    log = pb.DriveLogSource(path=str(path), topics=list(topics))
+def drive_log_source(path: str, topics: Sequence[str] = (), near_duplicate_threshold: float | None = None,
+                     min_gap_s: float = 0.0) -> pb.IngestSource:
+    log = pb.DriveLogSource(path=str(path), topics=list(topics), min_gap_s=min_gap_s)
     if near_duplicate_threshold is not None:
         log.near_duplicate_threshold = near_duplicate_threshold
     return pb.IngestSource(drive_log=log)

@@ -55,7 +55,8 @@ def ingest_sources_from_proto(sources) -> list[IngestSource]:
             d = s.drive_log
             out.append(IngestSource(DRIVE_LOG, d.path, topics=tuple(d.topics),
                                     near_duplicate_threshold=(d.near_duplicate_threshold
-                                                              if d.HasField("near_duplicate_threshold") else None)))
+                                                              if d.HasField("near_duplicate_threshold") else None),
+                                    min_gap_s=d.min_gap_s))
         else:
             raise InvalidInput(f"ingest source {i}: set one of image_folder, cityscapes, drive_log")
     return out
@@ -137,7 +138,8 @@ def frame_to_proto(f: Frame) -> pb.Frame:
 def ingest_result_to_proto(r: IngestSourceResult) -> pb.IngestSourceResult:
     return pb.IngestSourceResult(source=r.source, frames_added=r.frames_added,
                                  frames_already_present=r.frames_already_present,
-                                 frames_skipped_near_duplicate=r.frames_skipped_near_duplicate, error=r.error)
+                                 frames_skipped_near_duplicate=r.frames_skipped_near_duplicate, error=r.error,
+                                 frames_skipped_min_gap=r.frames_skipped_min_gap)
 
 
 def model_to_proto(m: ModelVersion) -> pb.ModelVersion:

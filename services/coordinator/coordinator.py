@@ -51,6 +51,7 @@ class IngestSource:
     require_labels: bool = False                 # Cityscapes
     topics: tuple[str, ...] = ()                 # drive logs; empty = every image topic
     near_duplicate_threshold: float | None = None  # drive logs; None = the default
+    min_gap_s: float = 0.0                       # drive logs: per topic, least time between kept frames
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ class Coordinator:
         if source.kind == DRIVE_LOG:
             thr = (DEFAULT_NEAR_DUPLICATE_THRESHOLD if source.near_duplicate_threshold is None
                    else source.near_duplicate_threshold)
-            return extract_drive_log(path, self.storage, source.topics or None, thr, counters)
+            return extract_drive_log(path, self.storage, source.topics or None, thr, counters, source.min_gap_s)
         raise InvalidInput(f"ingest: unknown source kind {source.kind!r}")
 
     def _ingest_one(self, pool_id: str, source: IngestSource) -> IngestSourceResult:
@@ -198,6 +199,7 @@ class Coordinator:
         flush()  # the frames read before an error are kept
         return IngestSourceResult(source=source.path, frames_added=added, frames_already_present=present,
                                   frames_skipped_near_duplicate=counters.frames_skipped_near_duplicate,
+                                  frames_skipped_min_gap=counters.frames_skipped_min_gap,
                                   error=error)
 
     def ingest(self, pool_id: str, sources: Sequence[IngestSource]) -> tuple[list[IngestSourceResult], Pool]:

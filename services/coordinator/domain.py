@@ -226,6 +226,7 @@ class IngestSourceResult:
     frames_already_present: int = 0
     frames_skipped_near_duplicate: int = 0
     error: str = ""
+    frames_skipped_min_gap: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,63 @@
+"""`segxal ingest log`: drive logs (MCAP: ROS 2, ROS 1 or foxglove camera messages) into a pool,
+through the coordinator, which extracts the frames to its storage.
+
+    segxal ingest log drive-0412.mcap --coordinator host:port --pool drive-2026-11 \
+        --topic /cam/front/image_raw --topic /cam/left/image_raw/compressed --min-gap-s 0.5
+
+Each frame keeps its topic (two topics land as two cameras) and timestamp. Sampling per topic: at
+most one frame per --min-gap-s of log time, and near-duplicates of the last kept frame are
+skipped. Prints one JSON line per log; exits 2 when a log failed (its frames read before the
+damage are kept and counted).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from segxal.errors import InvalidInput, NotFound
+from segxal.ingest import DEFAULT_NEAR_DUPLICATE_THRESHOLD
+from services.common.channel import add_channel_args, channel_config_from_args
+from services.coordinator.client import CoordinatorClient, drive_log_source
+
+ENV_PREFIX = "SEGXAL_"
+
+
+def ingest_logs(args: argparse.Namespace) -> int:
+    if args.min_gap_s < 0:
+        raise InvalidInput(f"--min-gap-s must be >= 0, got {args.min_gap_s}")
+    with CoordinatorClient(args.coordinator, channel_config_from_args(args, "coordinator"),
+                           client_id="segxal-ingest") as coord:
+        try:
+            pool = coord.get_pool(name=args.pool)
+        except NotFound:
+            if not args.create_pool:
+                raise NotFound(f"no pool {args.pool!r} (pass --create-pool to make it)") from None
+            pool = coord.create_pool(args.pool)
+        sources = [drive_log_source(path, args.topics, args.near_duplicate_threshold, args.min_gap_s)
+                   for path in args.logs]
+        reply = coord.ingest(pool.pool_id, sources)
+    for r in reply.results:
+        print(json.dumps({"log": r.source, "frames_added": r.frames_added,
+                          "frames_already_present": r.frames_already_present,
+                          "frames_skipped_min_gap": r.frames_skipped_min_gap,
+                          "frames_skipped_near_duplicate": r.frames_skipped_near_duplicate, "error": r.error}))
+    print(json.dumps({"pool": args.pool, "frames_added": reply.frames_added, "frame_count": reply.frame_count}))
+    return 2 if any(r.error for r in reply.results) else 0
+
+
+def register_cli(sub) -> None:
+    ingest = sub.add_parser("ingest", help="bring data into a pool").add_subparsers(dest="ingest_cmd", required=True)
+    p = ingest.add_parser("log", help="drive logs (MCAP camera topics) into a pool, through the coordinator",
+                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("logs", nargs="+", help=".mcap files (paths as the coordinator sees them)")
+    p.add_argument("--coordinator", required=True, help="coordinator host:port")
+    add_channel_args(p, "coordinator", ENV_PREFIX, "the coordinator")
+    p.add_argument("--pool", required=True, help="pool name")
+    p.add_argument("--create-pool", action="store_true", help="create the pool when it does not exist")
+    p.add_argument("--topic", dest="topics", action="append", default=[],
+                   help="camera topic to read (repeatable; default: every image topic)")
+    p.add_argument("--min-gap-s", type=float, default=0.0,
+                   help="per topic, the least log time between two kept frames (default 0: every frame)")
+    p.add_argument("--near-duplicate-threshold", type=float, default=None,
+                   help=f"grey levels; 0 keeps every frame (default {DEFAULT_NEAR_DUPLICATE_THRESHOLD})")
+    p.set_defaults(func=ingest_logs)
