@@ -31,6 +31,7 @@ from clients.labeling import LabelingConfig, LabelingSession, work
 from clients.machine import MachineOracle, MachineOracleConfig
 from clients.simulated_human import GroundTruth, SimulatedHuman, SimulatedHumanConfig
 from segxal import imageio
+from segxal.al.scoring import EEMOptions
 from segxal.al.loop import (SERVICES_ORACLES, ALConfig, add_al_arguments, config_from_args, depth_model_for,
                             plot_curves, seed_indices)
 from segxal.data.cityscapes import SegDataset, list_frames
@@ -176,7 +177,7 @@ def run(scfg: ServicesLoopConfig) -> dict:
     stack_cfg = StackConfig(workdir=str(work_dir), data=str(Path(cfg.data).resolve()), seed_data=str(data["seed"]),
                             db=scfg.db, size=cfg.size, width=cfg.width, unet_depth=cfg.unet_depth,
                             epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                            dice_threshold=cfg.dice_threshold, eem=eem,
+                            dice_threshold=cfg.dice_threshold,
                             storage_roots=[str(Path(cfg.data).resolve()), str(work_dir / "datasets")])
     h, w = cfg.size
     seed_px = data["seed_frames"] * h * w
@@ -211,7 +212,8 @@ def run(scfg: ServicesLoopConfig) -> dict:
             tc = time.time()
             cyc = coord.start_cycle(pool.pool_id, cfg.frames_per_cycle,
                                     selection="random" if cfg.strategy == "random" else "eem",
-                                    model_name=SEG_MODEL, model_version=version, random_seed=cfg.seed + cycle)
+                                    model_name=SEG_MODEL, model_version=version, random_seed=cfg.seed + cycle,
+                                    eem=eem)
             coord.rank_cycle(cyc.cycle_id)
             summary = _label_cycle(cfg, stack, pool.pool_id, cyc.cycle_id, storage, coord, ls)
             report = coord.cycle_report(cyc.cycle_id)
@@ -237,9 +239,9 @@ def run(scfg: ServicesLoopConfig) -> dict:
                 stop = "pool empty"
                 break
         records[-1]["stop_reason"] = stop
-        drive_top = _rank_drive_log(coord, drive.pool_id, version)
+        drive_top = _rank_drive_log(coord, drive.pool_id, version, eem)
         overlays = _render_overlays(stack, [f["frame_uri"] for f in drive_top][:scfg.overlays], storage,
-                                    out / "overlays")
+                                    out / "overlays", eem)
     report = {"config": {"al": json.loads(json.dumps(cfg.__dict__, default=lambda o: o.__dict__)),
                          "db": scfg.db or "sqlite", "workdir": str(work_dir)},
               "cycles": records, "stop_reason": stop, "seconds": time.time() - t0,
@@ -269,9 +271,10 @@ def _row(r: dict) -> str:
             f"regions {lab['regions']:>4} pixels {lab['pixels']:>9}  DICE {dice:>6}  {r['seconds']:6.1f} s{note}")
 
 
-def _rank_drive_log(coord: CoordinatorClient, pool_id: str, version: int, top: int = 5) -> list[dict]:
+def _rank_drive_log(coord: CoordinatorClient, pool_id: str, version: int, eem: EEMOptions,
+                    top: int = 5) -> list[dict]:
     """Rank the drive log with the final model: what a fleet run would send to labelers next."""
-    cyc = coord.start_cycle(pool_id, top, selection="eem", model_name=SEG_MODEL, model_version=version)
+    cyc = coord.start_cycle(pool_id, top, selection="eem", model_name=SEG_MODEL, model_version=version, eem=eem)
     coord.rank_cycle(cyc.cycle_id)
     tasks = coord.lease(pool_id, top, 60.0, cycle_id=cyc.cycle_id)
     out = [{"frame_uri": t.frame_uri, "score": t.score, "regions": len(t.regions)} for t in tasks]
@@ -280,12 +283,13 @@ def _rank_drive_log(coord: CoordinatorClient, pool_id: str, version: int, top: i
     return out
 
 
-def _render_overlays(stack: Stack, uris: list[str], storage: FrameStorage, dest: Path) -> list[str]:
+def _render_overlays(stack: Stack, uris: list[str], storage: FrameStorage, dest: Path,
+                     eem: EEMOptions) -> list[str]:
     """The drive log's top frames with their EEM heat map and regions to fix drawn over them:
     frame | EEM overlay with region boxes | prediction."""
     import cv2
     paths = []
-    opts = ScoreOptions(maps=("eem",), regions=True, labels=True)
+    opts = ScoreOptions(eem=eem, maps=("eem",), regions=True, labels=True)
     with EemClient(stack.targets["eem"]) as eem:
         for rank, uri in enumerate(uris, 1):
             res = eem.score(uri, opts)

@@ -23,7 +23,6 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from segxal.al.scoring import EEMOptions
 from segxal.errors import NotReady
 from services.common.channel import make_channel
 from services.common.health import wait_until_serving
@@ -46,7 +45,6 @@ class StackConfig:
     seed: int = 0
     dice_threshold: float = 0.95
     storage_roots: list[str] = field(default_factory=list)  # extra readable roots (the data folders)
-    eem: EEMOptions = field(default_factory=EEMOptions)  # the coordinator ranks with these
     health_timeout_s: float = 180.0
     torch_threads: int = 0
 
@@ -61,12 +59,6 @@ class Service:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-
-def _eem_flags(e: EEMOptions) -> list[str]:
-    return ["--eem-alpha", repr(e.alpha), "--eem-beta", repr(e.beta), "--eem-score", e.score_mode,
-            "--eem-q", repr(e.q), "--eem-threshold-mode", e.threshold_mode, "--eem-threshold", repr(e.threshold),
-            "--eem-min-region-area", str(e.min_region_area)]
 
 
 def _free_port(host: str) -> int:
@@ -113,7 +105,7 @@ class Stack:
             Service("coordinator", [py, "-m", "services.coordinator.main", "--db", db,
                                     "--storage", str(self.storage), "--eem-target", f"127.0.0.1:{port['eem']}",
                                     "--host", c.host, "--port", str(port["coordinator"]),
-                                    "--dice-threshold", str(c.dice_threshold), *_eem_flags(c.eem)],
+                                    "--dice-threshold", str(c.dice_threshold)],
                     port["coordinator"]),
             Service("trainer", [py, "-m", "services.trainer.main", "--repo", str(self.repo / "segmentation"),
                                 "--state", str(self.work / "state"), "--data", c.data, *root_flags, *seed,

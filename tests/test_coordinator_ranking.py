@@ -247,24 +247,17 @@ def test_rank_cycle_ranks_by_the_eem_services_scores(coord_eem):
     assert report.annotations_with_dice == 2 and report.frames_retired == 1 and report.failed_frames == 1
 
 
-def test_the_coordinators_eem_options_reach_the_eem_service(tmp_path, eem_stack):
-    """--eem-alpha/--eem-beta/--eem-score... (the loop's α/β and strategy) rank a cycle exactly as
-    the EEM service scores with those options."""
+def test_a_cycles_eem_options_reach_the_eem_service_and_are_stored_with_it(coord_eem, eem_stack):
+    """StartCycle's EEM options (the loop's alpha/beta and strategy) rank that cycle exactly as the
+    EEM service scores with those options, and come back with the cycle."""
     from segxal.al.scoring import EEMOptions
-    from services.coordinator import main as coordinator_main
-    argv = ["--db", f"sqlite:///{tmp_path / 'c.db'}", "--storage", str(tmp_path / "storage"), "--port", "0",
-            "--eem-target", eem_stack.eem.target, "--eem-alpha", "0.8", "--eem-beta", "0.2", "--eem-score", "topq",
-            "--eem-q", "0.1", "--eem-threshold-mode", "fixed", "--eem-threshold", "0.3", "--eem-min-region-area", "4"]
-    cfg = coordinator_main.config_from_args(coordinator_main.build_parser().parse_args(argv))
     opts = EEMOptions(alpha=0.8, beta=0.2, score_mode="topq", q=0.1, threshold_mode="fixed", threshold=0.3,
                       min_region_area=4)
-    assert cfg.eem == opts
-    cfg.ranking = FAST
-    with running_coordinator(cfg) as (_, c):
-        pool = c.create_pool("eem-options")
-        c.ingest(pool.pool_id, [image_folder_source(str(eem_stack.frames))])
-        c.register_model_version("segmentation", "repo/segmentation/1")
-        ranked = c.rank_cycle(c.start_cycle(pool.pool_id, 3).cycle_id)
+    c = coord_eem.client
+    c.register_model_version("segmentation", "repo/segmentation/1")
+    cycle = c.start_cycle(coord_eem.pool.pool_id, 3, eem=opts)
+    assert (cycle.eem_options.alpha, cycle.eem_options.top_q, cycle.eem_options.min_region_area) == (0.8, 0.1, 4)
+    ranked = c.rank_cycle(cycle.cycle_id)
     good = sorted(p for p in eem_stack.frames.glob("*.png") if p != eem_stack.corrupt)
     direct = {str(p): eem_stack.eem_client.score(str(p), EemScoreOptions(eem=opts, regions=True)) for p in good}
     default = {u: eem_stack.eem_client.score(u, EemScoreOptions(regions=True)).score for u in direct}
@@ -273,9 +266,6 @@ def test_the_coordinators_eem_options_reach_the_eem_service(tmp_path, eem_stack)
         assert t.score == pytest.approx(direct[t.frame_uri].score, abs=1e-9)
         assert t.score != pytest.approx(default[t.frame_uri], abs=1e-6)  # not the default options
         assert [r.area for r in t.regions] == [r.area for r in direct[t.frame_uri].regions]
-    with pytest.raises(InvalidInput, match="alpha \\+ beta must be 1"):
-        coordinator_main.config_from_args(coordinator_main.build_parser().parse_args(
-            argv[:8] + ["--eem-alpha", "0.5", "--eem-beta", "0.9"]))
 
 
 def test_scores_of_one_model_version_never_rank_a_cycle_of_another(coord_eem):
@@ -330,3 +320,34 @@ def test_eem_down_ranking_retries_then_reports_every_frame_and_succeeds_later(ba
             assert len(up.tasks) == 5 and up.frames_scored == 12
             assert [f.uri for f in up.failed] == [str(eem_stack.corrupt)]  # the others were cleared
             assert c.cycle_report(cycle.cycle_id).failed_frames == 1
+
+
+def test_stale_scores_after_options_change(coord_eem, eem_stack):
+    """Regression: scores were keyed by (frame, model version) only, so a ranking with other EEM
+    options reused the scores made with the old ones. Now they are keyed by the options too."""
+    from segxal.al.scoring import EEMOptions
+    c, pool = coord_eem.client, coord_eem.pool.pool_id
+    c.register_model_version("segmentation", "repo/segmentation/1")
+    first = c.rank_cycle(c.start_cycle(pool, 3).cycle_id)
+    assert (first.frames_scored, first.frames_reused) == (12, 0)
+    other = EEMOptions(alpha=0.2, beta=0.8, score_mode="topq", q=0.2)
+    second = c.rank_cycle(c.start_cycle(pool, 3, eem=other, cancel_unfinished=True).cycle_id)
+    assert (second.frames_scored, second.frames_reused) == (12, 0)  # nothing stale reused
+    for t in second.tasks:
+        want = eem_stack.eem_client.score(t.frame_uri, EemScoreOptions(eem=other)).score
+        assert t.score == pytest.approx(want, abs=1e-9)
+    # the first options' scores are still there for a cycle that ranks with them again
+    third = c.rank_cycle(c.start_cycle(pool, 3, eem=EEMOptions(), cancel_unfinished=True).cycle_id)
+    assert (third.frames_scored, third.frames_reused) == (0, 12)
+    assert [t.frame_uri for t in third.tasks] == [t.frame_uri for t in first.tasks]
+
+
+def test_bad_cycle_eem_options_are_refused_at_start_cycle(coord_eem):
+    from segxal.al.scoring import EEMOptions
+    c = coord_eem.client
+    c.register_model_version("segmentation", "repo/segmentation/1")
+    for bad, needle in ((EEMOptions(alpha=0.7, beta=0.7), "alpha"),
+                        (EEMOptions(threshold_mode="fixed", threshold=1.5), "threshold"),
+                        (EEMOptions(min_region_area=-1), "min_region_area")):
+        with pytest.raises(InvalidInput, match=needle):
+            c.start_cycle(coord_eem.pool.pool_id, 3, eem=bad)

@@ -265,12 +265,12 @@ def test_stream_bad_options_fail_each_frame_not_the_stream(eem, frames):
     good = eem_pb2.ScoreOptions()
     reqs = [eem_pb2.ScoreRequest(frame_id="a", uri=str(frames["paths"][0]), options=good),
             eem_pb2.ScoreRequest(frame_id="b", uri=str(frames["paths"][1]),
-                                 options=eem_pb2.ScoreOptions(alpha=0.7, beta=0.7)),
+                                 options=eem_pb2.ScoreOptions(eem=eem_pb2.EemOptions(alpha=0.7, beta=0.7))),
             eem_pb2.ScoreRequest(frame_id="c", uri=str(frames["paths"][2]),
-                                 options=eem_pb2.ScoreOptions(threshold_mode=eem_pb2.THRESHOLD_MODE_FIXED,
-                                                              threshold=-0.1)),
+                                 options=eem_pb2.ScoreOptions(eem=eem_pb2.EemOptions(
+                                     threshold_mode=eem_pb2.THRESHOLD_MODE_FIXED, threshold=-0.1))),
             eem_pb2.ScoreRequest(frame_id="d", uri=str(frames["paths"][3]),
-                                 options=eem_pb2.ScoreOptions(score_mode=42)),
+                                 options=eem_pb2.ScoreOptions(eem=eem_pb2.EemOptions(score_mode=42))),
             eem_pb2.ScoreRequest(frame_id="e", uri=str(frames["paths"][4]), options=good)]
     out = {r.frame_id: r for r in stub.ScoreStream(iter(reqs), timeout=30)}
     assert not out["a"].HasField("error") and not out["e"].HasField("error")
@@ -325,10 +325,10 @@ def test_single_call_bad_input_is_invalid_argument_naming_the_frame(eem, frames)
         (eem_pb2.ScoreRequest(uri=corrupt), grpc.StatusCode.INVALID_ARGUMENT, corrupt),
         (eem_pb2.ScoreRequest(uri=str(frames["root"] / "odd_size.png")), grpc.StatusCode.INVALID_ARGUMENT,
          "odd_size.png"),
-        (eem_pb2.ScoreRequest(uri=str(frames["paths"][0]), options=eem_pb2.ScoreOptions(alpha=0.6, beta=0.6)),
+        (eem_pb2.ScoreRequest(uri=str(frames["paths"][0]), options=eem_pb2.ScoreOptions(eem=eem_pb2.EemOptions(alpha=0.6, beta=0.6))),
          grpc.StatusCode.INVALID_ARGUMENT, "alpha"),
-        (eem_pb2.ScoreRequest(uri=str(frames["paths"][0]), options=eem_pb2.ScoreOptions(
-            threshold_mode=eem_pb2.THRESHOLD_MODE_FIXED, threshold=-1)), grpc.StatusCode.INVALID_ARGUMENT,
+        (eem_pb2.ScoreRequest(uri=str(frames["paths"][0]), options=eem_pb2.ScoreOptions(eem=eem_pb2.EemOptions(
+            threshold_mode=eem_pb2.THRESHOLD_MODE_FIXED, threshold=-1))), grpc.StatusCode.INVALID_ARGUMENT,
          "threshold"),
         (eem_pb2.ScoreRequest(uri=str(frames["root"] / "nope.png")), grpc.StatusCode.NOT_FOUND, "nope.png"),
         (eem_pb2.ScoreRequest(uri=""), grpc.StatusCode.INVALID_ARGUMENT, "empty"),

@@ -10,43 +10,65 @@ Acquisition strategies for the benchmark reuse the same maps: `entropy` ranks by
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from segxal.eem.fuse import eem as fuse_eem
-from segxal.eem.fuse import frame_score, pae as fuse_pae
+from segxal.eem.fuse import WEIGHT_SUM_TOLERANCE, frame_score, pae as fuse_pae
 from segxal.eem.proximity import proximity_from_inverse_depth
-from segxal.eem.regions import Region, extract_regions
+from segxal.eem.regions import DEFAULT_MIN_AREA, Region, extract_regions
 from segxal.errors import InvalidInput
 
 STRATEGIES = ("random", "entropy", "pae", "eem", "eem-topq")
 
 
+SCORE_MODES = ("mean", "topq")
+THRESHOLD_MODES = ("otsu", "fixed")
+
+
 @dataclass
 class EEMOptions:
+    """The EEM maths of a ranking: everything that makes a frame's score and regions what they are.
+    One type for the in-process loop, the EEM service (per request) and the coordinator (per cycle)."""
     alpha: float = 0.5
     beta: float = 0.5
     score_mode: str = "mean"  # "mean" | "topq"
     q: float = 0.05  # fraction of pixels averaged by "topq"
     threshold_mode: str = "otsu"  # "otsu" | "fixed"
-    threshold: float = 0.5  # used when threshold_mode == "fixed"
-    min_region_area: int = 16  # pixels; smaller components are noise, not work for a labeler
+    threshold: float = 0.5  # used when threshold_mode == "fixed"; in [0, 1], the EEM's range
+    min_region_area: int = DEFAULT_MIN_AREA  # pixels; 0 keeps every component
 
     def validate(self) -> "EEMOptions":
-        if abs(self.alpha + self.beta - 1.0) > 1e-6 or self.alpha < 0 or self.beta < 0:
-            raise InvalidInput(f"alpha + beta must be 1 with both >= 0, got alpha={self.alpha}, beta={self.beta}")
-        if self.score_mode not in ("mean", "topq"):
+        """The one check of EEM options, wherever they come from (flags, TOML, the wire).
+
+        Raises:
+            InvalidInput: weights outside [0, 1] or not summing to 1 (within WEIGHT_SUM_TOLERANCE),
+                an unknown score or threshold mode, q outside (0, 1], a threshold outside [0, 1],
+                a negative minimum region area.
+        """
+        a, b = self.alpha, self.beta
+        if not (0.0 <= a <= 1.0 and 0.0 <= b <= 1.0 and abs(a + b - 1.0) <= WEIGHT_SUM_TOLERANCE):
+            raise InvalidInput(f"alpha and beta must lie in [0, 1] and sum to 1, got alpha={a}, beta={b}")
+        if self.score_mode not in SCORE_MODES:
             raise InvalidInput(f"score_mode must be 'mean' or 'topq', got {self.score_mode!r}")
         if not 0.0 < self.q <= 1.0:
             raise InvalidInput(f"q must be in (0, 1], got {self.q}")
-        if self.threshold_mode not in ("otsu", "fixed"):
+        if self.threshold_mode not in THRESHOLD_MODES:
             raise InvalidInput(f"threshold_mode must be 'otsu' or 'fixed', got {self.threshold_mode!r}")
-        if self.threshold < 0:
-            raise InvalidInput(f"threshold must be >= 0, got {self.threshold}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise InvalidInput(f"threshold must lie in [0, 1] (the EEM's range), got {self.threshold}")
         if self.min_region_area < 0:
             raise InvalidInput(f"min_region_area must be >= 0, got {self.min_region_area}")
         return self
+
+    def key(self) -> str:
+        """A short stable hash of these options: scores are stored per (frame, model version, key),
+        so a ranking with other options never reuses a score they did not make."""
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 @dataclass

@@ -25,7 +25,7 @@ from segxal.errors import InvalidInput
 from segxal.labels import CLASS_NAMES, IGNORE, NUM_CLASSES
 
 DEFAULT_THRESHOLD = 0.5  # fixed mode when no threshold is given
-DEFAULT_MIN_AREA = 64  # pixels; an 8 x 8 patch at 256 x 512 is about the smallest thing worth a click
+DEFAULT_MIN_AREA = 16  # pixels; smaller components are noise, not work for a labeler (EEMOptions' default)
 THRESHOLD_MODES = ("fixed", "otsu")
 
 

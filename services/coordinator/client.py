@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 
 from segxal import imageio
+from segxal.al.scoring import EEMOptions
 from segxal.annotation import LABEL_IDS, TRAIN_IDS, EncodedMask, encode_class_rles
 from segxal.errors import InvalidInput
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
@@ -29,6 +30,7 @@ from segxalpb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
 from services.common.channel import ChannelConfig, make_channel
 from services.common.errors import error_from_rpc
 from services.coordinator.convert import mask_to_proto
+from services.eem.wire import eem_options_to_proto
 
 _SELECTION = {"eem": pb.SELECTION_EEM, "random": pb.SELECTION_RANDOM}
 
@@ -146,7 +148,9 @@ class CoordinatorClient:
     # ---- cycles
     def start_cycle(self, pool_id: str, batch_size: int, *, selection: str = "eem", model_name: str = "",
                     model_version: int = 0, dice_threshold: float | None = None, random_seed: int = 0,
-                    cancel_unfinished: bool = False) -> pb.Cycle:
+                    cancel_unfinished: bool = False, eem: EEMOptions | None = None) -> pb.Cycle:
+        """Open the pool's next cycle. `eem`: the EEM maths it ranks with (None: the defaults),
+        stored with the cycle; scores are reused only under the same model version and options."""
         if selection not in _SELECTION:
             raise InvalidInput(f"selection must be one of {sorted(_SELECTION)}, got {selection!r}")
         req = pb.StartCycleRequest(pool_id=pool_id, batch_size=batch_size, selection=_SELECTION[selection],
@@ -154,6 +158,8 @@ class CoordinatorClient:
                                    random_seed=random_seed, cancel_unfinished=cancel_unfinished)
         if dice_threshold is not None:
             req.dice_threshold = dice_threshold
+        if eem is not None:
+            req.eem_options.CopyFrom(eem_options_to_proto(eem))
         return self._call("StartCycle", req)
 
     def rank_cycle(self, cycle_id: str, timeout_s: float | None = 3600.0) -> pb.RankCycleResponse:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from segxal.al.scoring import EEMOptions
 from services.coordinator.ranking import RankingConfig
 from services.common.channel import ChannelConfig
 
@@ -37,6 +36,4 @@ class CoordinatorConfig:
     # Ingest reads server-side paths: when set, they must lie under one of these folders.
     ingest_roots: tuple[str, ...] = ()
     ranking: RankingConfig = field(default_factory=RankingConfig)
-    # The EEM maths sent with every frame to score (alpha/beta, score mode, region threshold). Stored
-    # scores are kept per model version, not per options: change these with a fresh database.
-    eem: EEMOptions = field(default_factory=EEMOptions)
+    # The EEM maths come with each cycle (StartCycleRequest.eem_options), not from here.

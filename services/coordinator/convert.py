@@ -7,6 +7,7 @@ from segxal.errors import InvalidInput
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
 from services.coordinator.coordinator import (CITYSCAPES, DRIVE_LOG, IMAGE_FOLDER, IngestSource,
                                               StartCycleSpec, SubmitSpec)
+from services.eem.wire import eem_options_from_proto, eem_options_to_proto
 from services.coordinator.domain import (
     CANCELLED, CYCLE_CLOSED, CYCLE_COMPLETE, CYCLE_LABELING, CYCLE_STARTED, DONE, LEASED, OPEN, REGIONS,
     SELECTION_EEM, SELECTION_RANDOM, STOP_BUDGET_SPENT, STOP_DICE_REACHED, STOP_NONE, STOP_POOL_EXHAUSTED,
@@ -67,7 +68,8 @@ def start_cycle_from_proto(r: pb.StartCycleRequest) -> StartCycleSpec:
                           selection=_enum(_SELECTION, r.selection, "selection"), model_name=r.model_name,
                           model_version=r.model_version,
                           dice_threshold=r.dice_threshold if r.HasField("dice_threshold") else None,
-                          random_seed=r.random_seed, cancel_unfinished=r.cancel_unfinished)
+                          random_seed=r.random_seed, cancel_unfinished=r.cancel_unfinished,
+                          eem=eem_options_from_proto(r.eem_options) if r.HasField("eem_options") else None)
 
 
 def rle_from_proto(msg: pb.CocoRle) -> Rle:
@@ -151,7 +153,8 @@ def cycle_to_proto(c: Cycle) -> pb.Cycle:
     msg = pb.Cycle(cycle_id=c.cycle_id, pool_id=c.pool_id, number=c.number,
                    selection=_SELECTION_PB[c.selection], batch_size=c.batch_size,
                    dice_threshold=c.dice_threshold, state=_CYCLE_STATE_PB[c.state],
-                   started_unix_s=c.started_at, ranked_unix_s=c.ranked_at or 0.0)
+                   started_unix_s=c.started_at, ranked_unix_s=c.ranked_at or 0.0,
+                   eem_options=eem_options_to_proto(c.eem))
     if c.model is not None:
         msg.model.CopyFrom(model_to_proto(c.model))
     return msg

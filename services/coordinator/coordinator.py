@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from segxal import imageio
+from segxal.al.scoring import EEMOptions
 from segxal.annotation import EncodedMask, annotation_cost, content_sha256, decode_mask, decode_rle
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
 from segxal.ingest import (DEFAULT_NEAR_DUPLICATE_THRESHOLD, IngestCounters, IngestedFrame,
@@ -64,6 +65,7 @@ class StartCycleSpec:
     dice_threshold: float | None = None
     random_seed: int = 0
     cancel_unfinished: bool = False
+    eem: EEMOptions | None = None  # EEM cycles rank with these (None: EEMOptions' defaults)
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,10 @@ class Coordinator:
             raise InvalidInput(f"start cycle: unknown selection {spec.selection!r}")
         if spec.model_version < 0:
             raise InvalidInput(f"start cycle: model_version must be >= 0, got {spec.model_version}")
+        try:
+            eem = (spec.eem or EEMOptions()).validate()
+        except InvalidInput as e:
+            raise InvalidInput(f"start cycle: EEM options: {e}") from None
         budget = self.store.budget(spec.pool_id)  # NotFound for an unknown pool
         if budget.exhausted:
             raise FailedPrecondition(f"start cycle: pool {spec.pool_id} has no budget left ({budget.exhausted_reason})")
@@ -266,7 +272,7 @@ class Coordinator:
                         f"register one, or start a random cycle") from None
                 model = None  # a cold-start random cycle: no model yet
         return self.store.start_cycle(spec.pool_id, spec.selection, model, spec.batch_size, thr,
-                                      spec.random_seed, spec.cancel_unfinished)
+                                      spec.random_seed, spec.cancel_unfinished, eem)
 
     def rank_cycle(self, cycle_id: str) -> RankResult:
         """Rank the cycle's query pool and make the top K frames its open tasks.
@@ -291,11 +297,12 @@ class Coordinator:
                 raise FailedPrecondition("rank cycle: EEM ranking needs the EEM service: start the "
                                          "coordinator with --eem-target")
             assert cycle.model is not None  # EEM cycles always pin a model version (start_cycle)
+            options_key = cycle.eem.key()
             outcome = rank_frames(
                 candidates, self.scorer, cycle.batch_size, cycle.model.key, self.cfg.ranking,
-                ScoreOptions(deadline_s=self.cfg.ranking.deadline_s), on_scored=self.store.record_scores,
+                self._score_options(cycle), on_scored=lambda batch: self.store.record_scores(batch, options_key),
                 on_failed=lambda batch: self.store.record_score_failures(cycle.cycle_id, batch))
-            self.store.forget_resolved_failures(cycle.cycle_id, cycle.model.key)
+            self.store.forget_resolved_failures(cycle.cycle_id, cycle.model.key, options_key)
             scored, reused = outcome.scored, outcome.reused
             drafts = self._drafts_with_predictions(cycle, outcome.top)
         tasks = self.store.replace_open_tasks(cycle, drafts)
@@ -337,6 +344,9 @@ class Coordinator:
             self.store.record_score_failures(cycle.cycle_id, failed)
         return kept
 
+    def _score_options(self, cycle: Cycle) -> ScoreOptions:
+        return ScoreOptions(deadline_s=self.cfg.ranking.deadline_s, eem=cycle.eem)
+
     def _drafts_with_predictions(self, cycle: Cycle, top: list[Ranked]) -> list[TaskDraft]:
         """Tasks for the winners, each with the model's prediction saved for DICE at submit time.
         Winners ranked from stored scores have no prediction in memory: ask the scorer again for
@@ -345,8 +355,8 @@ class Coordinator:
         missing = [r for r in top if r.result.prediction_png is None]
         fetched: dict[str, FrameScore] = {}
         if missing:
-            again = score_candidates([r.candidate for r in missing], self.scorer,
-                                     ScoreOptions(deadline_s=self.cfg.ranking.deadline_s), self.cfg.ranking)
+            again = score_candidates([r.candidate for r in missing], self.scorer, self._score_options(cycle),
+                                     self.cfg.ranking)
             for cand, res in again:
                 if isinstance(res, FrameScore) and res.segmentation_version == cycle.model.key:
                     fetched[cand.frame_id] = res

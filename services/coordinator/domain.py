@@ -5,6 +5,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+from segxal.al.scoring import EEMOptions
 from segxal.annotation import Rle
 
 # Task states, as stored.
@@ -139,6 +140,7 @@ class Cycle:
     ranked_at: float | None = None
     closed_at: float | None = None
     state: str = CYCLE_STARTED
+    eem: EEMOptions = field(default_factory=EEMOptions)  # the EEM maths this cycle ranks with
 
 
 @dataclass(frozen=True)

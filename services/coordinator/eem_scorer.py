@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
-from segxal.al.scoring import EEMOptions
 from segxal.annotation import Rle
 from services.common.channel import ChannelConfig
 from services.coordinator.domain import FrameScore, Region
@@ -38,12 +37,12 @@ class EemScorer:
 
     Args:
         target: the EEM service, "host:port" or a replica list (services.common.channel).
-        eem: the EEM maths options sent with every frame (alpha / beta, score mode, threshold).
+        channel_cfg: TLS / mTLS / token to it.
+    The EEM maths come with each call (ScoreOptions.eem: the cycle's options).
     """
 
-    def __init__(self, target: str, channel_cfg: ChannelConfig | None = None, eem: EEMOptions | None = None):
+    def __init__(self, target: str, channel_cfg: ChannelConfig | None = None):
         self.target = target
-        self.eem = eem or EEMOptions()
         self._client = EemClient(target, channel_cfg)
 
     def __enter__(self) -> "EemScorer":
@@ -58,7 +57,7 @@ class EemScorer:
     def score_many(self, uris: Sequence[str], options: ScoreOptions) -> Iterator[tuple[str, FrameScore | Exception]]:
         """(uri, FrameScore or that frame's error) as results arrive; raises (NotReady...) when the
         stream as a whole fails, after the results that did arrive."""
-        opts = EemScoreOptions(eem=self.eem, regions=options.include_regions, labels=options.include_prediction)
+        opts = EemScoreOptions(eem=options.eem, regions=options.include_regions, labels=options.include_prediction)
         # Tag each request with its index: results come back in completion order.
         refs = [(str(i), uri) for i, uri in enumerate(uris)]
         for frame in self._client.score_stream(refs, opts, timeout_s=options.deadline_s):

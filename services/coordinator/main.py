@@ -17,7 +17,6 @@ import os
 import signal
 import sys
 
-from segxal.al.scoring import EEMOptions
 from segxal.errors import SegxalError
 from services.common.channel import add_channel_args, channel_config_from_args
 from services.coordinator.config import CoordinatorConfig
@@ -32,7 +31,7 @@ def _env(name: str, default):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d, r, e = CoordinatorConfig(), RankingConfig(), EEMOptions()
+    d, r = CoordinatorConfig(), RankingConfig()
     p = argparse.ArgumentParser(prog="python -m services.coordinator.main", description=__doc__.splitlines()[0])
     p.add_argument("--db", default=_env("DB", d.db), help="sqlite:///path or postgresql://user@host:port/db")
     p.add_argument("--storage", default=_env("STORAGE", d.storage),
@@ -58,16 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scoring-deadline-s", type=float, default=float(_env("SCORING_DEADLINE_S", r.deadline_s)))
     p.add_argument("--scoring-attempts", type=int, default=int(_env("SCORING_ATTEMPTS", r.max_attempts)))
     p.add_argument("--scoring-backoff-s", type=float, default=float(_env("SCORING_BACKOFF_S", r.backoff_initial_s)))
-    p.add_argument("--eem-alpha", type=float, default=float(_env("EEM_ALPHA", e.alpha)),
-                   help="weight of entropy uncertainty in EEM = alpha*EBU + beta*PAE")
-    p.add_argument("--eem-beta", type=float, default=float(_env("EEM_BETA", e.beta)),
-                   help="weight of proximity-aware GradCAM (alpha + beta = 1)")
-    p.add_argument("--eem-score", default=_env("EEM_SCORE", e.score_mode), choices=("mean", "topq"))
-    p.add_argument("--eem-q", type=float, default=float(_env("EEM_Q", e.q)), help="fraction averaged by topq")
-    p.add_argument("--eem-threshold-mode", default=_env("EEM_THRESHOLD_MODE", e.threshold_mode),
-                   choices=("otsu", "fixed"))
-    p.add_argument("--eem-threshold", type=float, default=float(_env("EEM_THRESHOLD", e.threshold)))
-    p.add_argument("--eem-min-region-area", type=int, default=int(_env("EEM_MIN_REGION_AREA", e.min_region_area)))
     p.add_argument("--tls-cert", default=_env("TLS_CERT", None))
     p.add_argument("--tls-key", default=_env("TLS_KEY", None))
     p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA", None))
@@ -91,10 +80,7 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
         auth_tokens_file=args.auth_tokens_file, health_port=args.health_port,
         ranking=RankingConfig(concurrency=args.scoring_concurrency, chunk_size=args.scoring_chunk,
                               deadline_s=args.scoring_deadline_s, max_attempts=args.scoring_attempts,
-                              backoff_initial_s=args.scoring_backoff_s),
-        eem=EEMOptions(alpha=args.eem_alpha, beta=args.eem_beta, score_mode=args.eem_score, q=args.eem_q,
-                       threshold_mode=args.eem_threshold_mode, threshold=args.eem_threshold,
-                       min_region_area=args.eem_min_region_area).validate())
+                              backoff_initial_s=args.scoring_backoff_s))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
+from segxal.al.scoring import EEMOptions
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
 from services.coordinator.domain import Candidate, FailedFrame, FrameScore
 
@@ -34,10 +35,11 @@ _PERMANENT = (InvalidInput, NotFound, PermissionDenied, FailedPrecondition)
 
 @dataclass(frozen=True)
 class ScoreOptions:
-    """What the coordinator asks of a scorer (the EEM options it cares about)."""
+    """What the coordinator asks of a scorer: the cycle's EEM maths and what to send back."""
     deadline_s: float = 60.0           # per score_many call
     include_prediction: bool = True    # predicted trainIds PNG, for DICE at submit time
     include_regions: bool = True
+    eem: EEMOptions = field(default_factory=EEMOptions)
 
 
 class FrameScorer(Protocol):

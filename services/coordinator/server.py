@@ -29,7 +29,7 @@ class CoordinatorServer:
         self._owned_scorer = None
         if scorer is None and cfg.eem_target:
             from services.coordinator.eem_scorer import EemScorer  # EEM client deps only when used
-            scorer = self._owned_scorer = EemScorer(cfg.eem_target, cfg.eem_channel, cfg.eem)
+            scorer = self._owned_scorer = EemScorer(cfg.eem_target, cfg.eem_channel)
         self.core = Coordinator(self.store, cfg, scorer)
         self.grpc = GrpcServer(ServerConfig(
             address=f"{cfg.host}:{cfg.port}", max_workers=cfg.max_workers, grace_s=cfg.grace_s,

@@ -45,8 +45,6 @@ class ScoreOptions:
             raise InvalidInput(f"unknown map kinds {unknown}; expected some of {MAP_KINDS}")
         if self.map_bits not in MAP_BITS:
             raise InvalidInput(f"map bit depth must be 8 or 16, got {self.map_bits}")
-        if self.eem.threshold_mode == "fixed" and self.eem.threshold > 1.0:
-            raise InvalidInput(f"a fixed threshold must lie in [0, 1] (the EEM's range), got {self.eem.threshold}")
         return self
 
 

@@ -37,7 +37,7 @@ def _enum(table: dict, value: int, what: str):
         raise InvalidInput(f"unknown {what} {value}") from None
 
 
-def _weights(msg: pb.ScoreOptions) -> tuple[float, float]:
+def _weights(msg: pb.EemOptions) -> tuple[float, float]:
     """alpha, beta with the proto's rule: both unset -> defaults, one set -> the other is 1 - it."""
     has_a, has_b = msg.HasField("alpha"), msg.HasField("beta")
     if has_a and has_b:
@@ -49,35 +49,61 @@ def _weights(msg: pb.ScoreOptions) -> tuple[float, float]:
     return _DEFAULTS.alpha, _DEFAULTS.beta
 
 
+def _field(msg, name: str, default):
+    """A field with presence: its value when set (0 included), else the default."""
+    return getattr(msg, name) if msg.HasField(name) else default
+
+
 # -- requests ------------------------------------------------------------------------------------
+
+def eem_options_from_proto(msg: pb.EemOptions) -> EEMOptions:
+    """The EEM maths of a request or a cycle; unset fields take EEMOptions' defaults, a set 0 stays
+    0. Not validated here: the caller validates (EEMOptions.validate) where the error is reported.
+
+    Raises:
+        InvalidInput: an unknown score or threshold mode.
+    """
+    alpha, beta = _weights(msg)
+    return EEMOptions(
+        alpha=alpha, beta=beta,
+        score_mode=_enum(_SCORE_MODE, msg.score_mode, "score mode"),
+        q=_field(msg, "top_q", _DEFAULTS.q),
+        threshold_mode=_enum(_THRESHOLD_MODE, msg.threshold_mode, "threshold mode"),
+        threshold=_field(msg, "threshold", _DEFAULTS.threshold),
+        min_region_area=_field(msg, "min_region_area", _DEFAULTS.min_region_area))
+
+
+def eem_options_to_proto(e: EEMOptions) -> pb.EemOptions:
+    """Every field set, so the receiver sees exactly these options.
+
+    Raises:
+        InvalidInput: an unknown score or threshold mode (never sent as the default).
+    """
+    return pb.EemOptions(alpha=e.alpha, beta=e.beta, score_mode=_enum(_SCORE_MODE_PB, e.score_mode, "score mode"),
+                         top_q=e.q, threshold_mode=_enum(_THRESHOLD_MODE_PB, e.threshold_mode, "threshold mode"),
+                         threshold=e.threshold, min_region_area=e.min_region_area)
+
 
 def options_from_proto(msg: pb.ScoreOptions) -> ScoreOptions:
     """Request options as the pipeline takes them (validated there, per frame).
 
     Raises:
-        InvalidInput: an enum value this server does not know.
+        InvalidInput: unknown enum values.
     """
-    alpha, beta = _weights(msg)
-    eem = EEMOptions(
-        alpha=alpha, beta=beta,
-        score_mode=_enum(_SCORE_MODE, msg.score_mode, "score mode"),
-        q=msg.top_q or _DEFAULTS.q,
-        threshold_mode=_enum(_THRESHOLD_MODE, msg.threshold_mode, "threshold mode"),
-        threshold=msg.threshold,
-        min_region_area=msg.min_region_area or _DEFAULTS.min_region_area)
     maps = tuple(dict.fromkeys(_enum(_MAP_KIND, k, "map kind") for k in msg.maps))
-    return ScoreOptions(eem=eem, maps=maps, map_bits=_enum(_BITS, msg.map_bit_depth, "map bit depth"),
+    return ScoreOptions(eem=eem_options_from_proto(msg.eem), maps=maps,
+                        map_bits=_enum(_BITS, msg.map_bit_depth, "map bit depth"),
                         regions=msg.return_regions, labels=msg.return_labels)
 
 
 def options_to_proto(opts: ScoreOptions) -> pb.ScoreOptions:
-    e = opts.eem
+    """Raises:
+        InvalidInput: an unknown mode, map kind or bit depth (sent as the default, it would be
+            scored with options the caller did not ask for).
+    """
     return pb.ScoreOptions(
-        alpha=e.alpha, beta=e.beta, score_mode=_SCORE_MODE_PB.get(e.score_mode, pb.SCORE_MODE_UNSPECIFIED),
-        top_q=e.q, threshold_mode=_THRESHOLD_MODE_PB.get(e.threshold_mode, pb.THRESHOLD_MODE_UNSPECIFIED),
-        threshold=e.threshold, min_region_area=e.min_region_area,
-        maps=[_MAP_KIND_PB[m] for m in opts.maps if m in _MAP_KIND_PB],
-        map_bit_depth=_BITS_PB.get(opts.map_bits, pb.MAP_BIT_DEPTH_UNSPECIFIED),
+        eem=eem_options_to_proto(opts.eem), maps=[_enum(_MAP_KIND_PB, m, "map kind") for m in opts.maps],
+        map_bit_depth=_enum(_BITS_PB, opts.map_bits, "map bit depth"),
         return_regions=opts.regions, return_labels=opts.labels)
 
 

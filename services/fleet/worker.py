@@ -298,8 +298,9 @@ def run_shard(cfg: WorkerConfig) -> ShardReport:
         frames = _shard_frames(coord, pool_id, logs) if logs else {}
     candidates = [cand for cand, _ in frames.values()]
     scored = 0
-    with EemScorer(cfg.eem_target, cfg.eem_channel, cfg.eem) as scorer:
-        options = ScoreOptions(deadline_s=cfg.ranking.deadline_s, include_prediction=False, include_regions=False)
+    with EemScorer(cfg.eem_target, cfg.eem_channel) as scorer:
+        options = ScoreOptions(deadline_s=cfg.ranking.deadline_s, include_prediction=False, include_regions=False,
+                           eem=cfg.eem)
 
         def score(todo: list[Candidate]) -> str | None:
             """Score `todo`, recording as results come; returns the model version that served."""

@@ -142,6 +142,26 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX annotations_by_pool ON annotations (pool_id, annotation_id)",
         "CREATE INDEX annotations_by_cycle ON annotations (cycle_id)",
     )),
+    # Per-cycle EEM options (StartCycleRequest.eem_options), and scores keyed by them too: a ranking
+    # with other options (another cycle, a replica configured otherwise) never reuses a score they
+    # did not make. Scores of version 1 were made with options nobody recorded: they are dropped
+    # (a cache; the next ranking scores those frames again).
+    Migration(2, "per-cycle EEM options; scores per (frame, model version, EEM options)", (
+        "ALTER TABLE cycles ADD COLUMN eem_options TEXT NOT NULL DEFAULT ''",
+        "DROP TABLE scores",
+        """CREATE TABLE scores (
+            frame_id TEXT NOT NULL REFERENCES frames (frame_id),
+            model_key TEXT NOT NULL,
+            options_key TEXT NOT NULL,
+            score DOUBLE PRECISION NOT NULL,
+            regions TEXT NOT NULL,
+            height INTEGER NOT NULL DEFAULT 0,
+            width INTEGER NOT NULL DEFAULT 0,
+            depth_model_key TEXT NOT NULL DEFAULT '',
+            scored_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (frame_id, model_key, options_key)
+        )""",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

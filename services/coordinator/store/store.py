@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from dataclasses import asdict
 from typing import Iterator, Sequence
 
+from segxal.al.scoring import EEMOptions
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound
 from segxal.ingest import IngestedFrame
 from services.coordinator.domain import (
@@ -47,7 +49,7 @@ FROM pools p"""
 
 _CYCLE_SELECT = """
 SELECT c.cycle_id, c.pool_id, c.number, c.selection, c.model_name, c.model_version, c.batch_size,
-       c.dice_threshold, c.random_seed, c.started_at, c.ranked_at, c.closed_at,
+       c.dice_threshold, c.random_seed, c.started_at, c.ranked_at, c.closed_at, c.eem_options,
        m.uri AS model_uri, m.registered_at AS model_registered_at,
        (SELECT COUNT(*) FROM tasks t WHERE t.cycle_id = c.cycle_id
                                        AND t.state IN ('open', 'leased')) AS unfinished,
@@ -102,7 +104,7 @@ def _cycle(r: dict) -> Cycle:
                  selection=r["selection"], model=model, batch_size=int(r["batch_size"]),
                  dice_threshold=float(r["dice_threshold"]), random_seed=int(r["random_seed"]),
                  started_at=float(r["started_at"]), ranked_at=r["ranked_at"], closed_at=r["closed_at"],
-                 state=state)
+                 state=state, eem=EEMOptions(**json.loads(r["eem_options"])) if r["eem_options"] else EEMOptions())
 
 
 def _task(r: dict, with_token: bool = False) -> Task:
@@ -289,7 +291,8 @@ class CoordinatorStore:
 
     # ================================================================ cycles
     def start_cycle(self, pool_id: str, selection: str, model: ModelVersion | None, batch_size: int,
-                    dice_threshold: float, random_seed: int, cancel_unfinished: bool) -> Cycle:
+                    dice_threshold: float, random_seed: int, cancel_unfinished: bool,
+                    eem: EEMOptions | None = None) -> Cycle:
         cycle_id = _new_id("cycle")
 
         def txn(tx: Tx) -> Cycle:
@@ -308,10 +311,11 @@ class CoordinatorStore:
                                    (pool_id,))) + 1
             tx.execute("""INSERT INTO cycles (cycle_id, pool_id, number, selection, model_name,
                                               model_version, batch_size, dice_threshold, random_seed,
-                                              started_at)
-                          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, {now})""",
+                                              eem_options, started_at)
+                          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {now})""",
                        (cycle_id, pool_id, number, selection, model.model_name if model else None,
-                        model.version if model else None, batch_size, dice_threshold, random_seed))
+                        model.version if model else None, batch_size, dice_threshold, random_seed,
+                        json.dumps(asdict(eem or EEMOptions()))))
             return _cycle(tx.one(_CYCLE_SELECT + " WHERE c.cycle_id = ?", (cycle_id,)))
         return self.db.run(txn)
 
@@ -336,21 +340,23 @@ class CoordinatorStore:
         """The cycle's query pool, in frame_id order, one short read per page (no transaction is
         held open while the caller scores): frames neither retired nor fully labeled, without a
         leased or annotated task in this cycle, and not waiting in another cycle's task. Each comes
-        with its score for the cycle's model version when it has one."""
+        with its score for the cycle's model version and EEM options when it has one."""
         model_key = cycle.model.key if cycle.model else ""
+        options_key = cycle.eem.key()
         after = ""
         while True:
             rows = self.db.run(lambda tx: tx.all(
                 """SELECT f.frame_id, f.uri, f.width, f.height, s.score, s.regions,
                           s.height AS s_height, s.width AS s_width, s.depth_model_key
                    FROM frames f LEFT JOIN scores s ON s.frame_id = f.frame_id AND s.model_key = ?
+                                                   AND s.options_key = ?
                    WHERE f.pool_id = ? AND f.retired = 0 AND f.fully_labeled = 0 AND f.frame_id > ?
                      AND NOT EXISTS (
                        SELECT 1 FROM tasks t WHERE t.frame_id = f.frame_id AND (
                          (t.cycle_id = ? AND t.state IN ('leased', 'done'))
                          OR (t.cycle_id <> ? AND t.state IN ('open', 'leased'))))
                    ORDER BY f.frame_id LIMIT ?""",
-                (model_key, cycle.pool_id, after, cycle.cycle_id, cycle.cycle_id, page_size)),
+                (model_key, options_key, cycle.pool_id, after, cycle.cycle_id, cycle.cycle_id, page_size)),
                 write=False)
             for r in rows:
                 cached = None
@@ -365,15 +371,16 @@ class CoordinatorStore:
                 return
             after = rows[-1]["frame_id"]
 
-    def record_scores(self, scored: Sequence[tuple[str, FrameScore]]) -> None:
-        """Upsert (frame_id, score) pairs, each under its own model version."""
-        rows = [(fid, s.segmentation_version, s.score, regions_to_json(s.regions), s.height, s.width,
-                 s.depth_version) for fid, s in scored]
+    def record_scores(self, scored: Sequence[tuple[str, FrameScore]], options_key: str) -> None:
+        """Upsert (frame_id, score) pairs, each under its own model version, made with the EEM
+        options whose EEMOptions.key() is `options_key`."""
+        rows = [(fid, s.segmentation_version, options_key, s.score, regions_to_json(s.regions), s.height,
+                 s.width, s.depth_version) for fid, s in scored]
         self.db.run(lambda tx: tx.executemany(
-            """INSERT INTO scores (frame_id, model_key, score, regions, height, width, depth_model_key,
-                                   scored_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, {now})
-               ON CONFLICT (frame_id, model_key) DO UPDATE SET
+            """INSERT INTO scores (frame_id, model_key, options_key, score, regions, height, width,
+                                   depth_model_key, scored_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, {now})
+               ON CONFLICT (frame_id, model_key, options_key) DO UPDATE SET
                  score = excluded.score, regions = excluded.regions, height = excluded.height,
                  width = excluded.width, depth_model_key = excluded.depth_model_key,
                  scored_at = excluded.scored_at""", rows))
@@ -389,11 +396,12 @@ class CoordinatorStore:
                  failed_at = excluded.failed_at""",
             [(cycle_id, f.frame_id, f.error, f.attempts) for f in failed]))
 
-    def forget_resolved_failures(self, cycle_id: str, model_key: str) -> None:
-        """Drop the cycle's failures of frames that now have a score of its model version."""
+    def forget_resolved_failures(self, cycle_id: str, model_key: str, options_key: str) -> None:
+        """Drop the cycle's failures of frames that now have a score of its model version and options."""
         self.db.run(lambda tx: tx.execute(
             """DELETE FROM score_failures WHERE cycle_id = ? AND frame_id IN (
-                 SELECT frame_id FROM scores WHERE model_key = ?)""", (cycle_id, model_key)))
+                 SELECT frame_id FROM scores WHERE model_key = ? AND options_key = ?)""",
+            (cycle_id, model_key, options_key)))
 
     def list_score_failures(self, cycle_id: str, limit: int = 1000) -> list[FailedFrame]:
         return self.db.run(lambda tx: [FailedFrame(r["frame_id"], r["uri"], r["error"], int(r["attempts"]))
