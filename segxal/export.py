@@ -4,7 +4,8 @@ PyTorch (parity) before anything is published.
 Wire format (DESIGN.md, "Services and data flow"): the graph takes `image`, uint8 RGB
 [B, H, W, 3], and normalises inside (x / 255 - MEAN) / STD, so a client sends 1 byte per channel
 instead of 4 and needs no knowledge of the statistics; batch, height and width are dynamic.
-Segmentation outputs are compact: `labels` uint8 argmax, `ebu`, `cam` (analytic GradCAM), `pmax`
+Segmentation outputs are compact: `labels` uint8 argmax, `ebu`, `cam` (GradCAM at the bottleneck,
+gradient written out in-graph: segxal.eem.gradcam.explained_forward), `pmax`
 float16, all [B, H, W]; `logits` [B, C, H, W] only on request. Depth outputs `inverse_depth`
 [B, H, W] float32 (float16 on request).
 

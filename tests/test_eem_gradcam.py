@@ -1,5 +1,5 @@
-"""GradCAM (segxal.eem.gradcam): against pytorch-grad-cam 1.5.7, and the analytic fast path
-against autograd, on a tiny random U-Net."""
+"""GradCAM (segxal.eem.gradcam): against pytorch-grad-cam 1.5.7, the analytic head-input path and the
+written-out bottleneck VJP against autograd, on tiny random and briefly trained U-Nets."""
 import numpy as np
 import pytest
 import torch
@@ -7,7 +7,8 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
 from segxal.errors import InvalidInput
-from segxal.eem.gradcam import (analytic_cam, analytic_weights, autograd_weights, gradcam_autograd,
+from segxal.eem.gradcam import (analytic_cam, analytic_weights, autograd_weights, bilinear_up2_adjoint,
+                                bottleneck_weights, cam_degenerate, explained_forward, gradcam_autograd,
                                 safety_class_weights)
 from segxal.labels import NAME_TO_TRAIN_ID, NUM_CLASSES
 from segxal.models.unet import UNet, UNetConfig
@@ -19,6 +20,10 @@ def _unet(head_stride: int = 2, seed: int = 0) -> UNet:
     # default init predicts one class everywhere; a wider head predicts ~6 classes, cars and persons included
     torch.nn.init.normal_(model.head.weight, std=1.0)
     torch.nn.init.zeros_(model.head.bias)
+    # BatchNorm statistics as after training (not 0 / 1), so the written-out BN adjoint is exercised
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
     return model
 
 
@@ -44,10 +49,10 @@ def _weights(kind: str) -> torch.Tensor | None:
 
 @pytest.mark.parametrize("head_stride", [1, 2])
 @pytest.mark.parametrize("weights", ["uniform", "safety"])
-@pytest.mark.parametrize("layer", ["target_layer", "dec0"])
+@pytest.mark.parametrize("layer", ["head_input_layer", "dec0"])
 def test_autograd_agrees_with_pytorch_grad_cam(head_stride, weights, layer):
     model, x = _unet(head_stride), _images()
-    target_layer = model.target_layer if layer == "target_layer" else model.dec[0]  # dec0: A at 1/(2s)
+    target_layer = model.head_input_layer if layer == "head_input_layer" else model.dec[0]  # dec0: 1/(2s)
     class_weights = _weights(weights)
     ours = gradcam_autograd(model, target_layer, x, class_weights)  # [B, H, W]
 
@@ -67,8 +72,8 @@ def test_autograd_agrees_with_pytorch_grad_cam(head_stride, weights, layer):
 def test_analytic_agrees_with_autograd(head_stride, weights):
     model, x = _unet(head_stride), _images(batch=3)
     class_weights = _weights(weights)
-    alpha_ref, features_ref, labels = autograd_weights(model, model.target_layer, x, class_weights)
-    cam_ref = gradcam_autograd(model, model.target_layer, x, class_weights)
+    alpha_ref, features_ref, labels = autograd_weights(model, model.head_input_layer, x, class_weights)
+    cam_ref = gradcam_autograd(model, model.head_input_layer, x, class_weights)
     with torch.no_grad():
         features = model.forward_features(x)  # [B, K, h, w]
         alpha = analytic_weights(model.head.weight, labels, features.shape[-2:], class_weights)  # [B, K]
@@ -128,3 +133,84 @@ def test_bad_inputs_are_rejected():
     with pytest.raises(InvalidInput, match="finite and >= 0"):
         analytic_weights(model.head.weight, torch.zeros(1, 4, 4, dtype=torch.long), (2, 2),
                          torch.full((NUM_CLASSES,), -1.0))
+
+
+# --- the shipped CAM: class-agnostic GradCAM at the bottleneck, gradient written out in-graph ------
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 6), (1, 5, 2, 2), (3, 2, 7, 3)])
+def test_bilinear_up2_adjoint_is_the_transpose_of_upsampling(shape):
+    gen = torch.Generator().manual_seed(0)
+    u = torch.randn(*shape, dtype=torch.float64, generator=gen)  # [B, K, h, w]
+    g = torch.randn(*shape[:2], 2 * shape[2], 2 * shape[3], dtype=torch.float64, generator=gen)
+    up = torch.nn.functional.interpolate(u, scale_factor=2, mode="bilinear", align_corners=False)
+    assert abs(float((up * g).sum() - (u * bilinear_up2_adjoint(g)).sum())) < 1e-10  # <Up u, g> = <u, Up^T g>
+
+
+@pytest.mark.parametrize("head_stride", [1, 2])
+@pytest.mark.parametrize("weights", ["uniform", "safety"])
+def test_bottleneck_weights_equal_autograd(head_stride, weights):
+    model, x = _unet(head_stride), _images(batch=3)
+    class_weights = _weights(weights)
+    alpha_ref, features_ref, labels = autograd_weights(model, model.bottleneck_layer, x, class_weights)
+    with torch.no_grad():
+        logits, bottleneck, alpha = bottleneck_weights(model, x, class_weights)
+        plain = model(x)
+    assert torch.equal(logits, plain) and torch.equal(bottleneck, features_ref)
+    assert alpha.shape == alpha_ref.shape == (3, 32) and alpha_ref.abs().max() > 1e-3
+    assert (alpha - alpha_ref).abs().max() < 1e-5 * alpha_ref.abs().max()
+    assert (alpha[0] - alpha[1]).abs().max() > 1e-4  # per image, the batch is not mixed
+
+
+def test_bottleneck_rejects_training_mode_batchnorm():
+    model, x = _unet(), _images()
+    model.train()
+    with pytest.raises(InvalidInput, match="eval mode"):
+        bottleneck_weights(model, x)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset):
+    """A tiny U-Net trained for a few epochs on the synthetic frames, with the CAM health per epoch."""
+    from segxal.data.cityscapes import SegDataset, list_frames
+    from segxal.train import TrainConfig, train_segmentation
+    train = SegDataset(list_frames(tiny_dataset, "train", True))
+    val = SegDataset(list_frames(tiny_dataset, "val", True))
+    x = torch.stack([torch.as_tensor(val[i][0]) for i in range(len(val))])  # [8, 3, 64, 128]
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(width=8, depth=2))
+    health = []
+    for epoch in range(6):
+        train_segmentation(model, train, TrainConfig(epochs=1, seed=epoch, batch_size=4, progress=False))
+        model.eval()
+        with torch.no_grad():
+            head = analytic_cam(model.forward_features(x), model.head.weight, model(x).argmax(1))
+            _, bottleneck = explained_forward(model, x)
+        health.append((cam_degenerate(head).float().mean().item(), cam_degenerate(bottleneck).float().mean().item()))
+    return model, x, health
+
+
+def test_bottleneck_cam_agrees_with_pytorch_grad_cam_on_a_trained_model(trained):
+    model, x, _ = trained
+    with torch.no_grad():
+        _, ours = explained_forward(model, x)  # [B, H, W]
+        labels = model(x).argmax(1).numpy()
+    with GradCAM(model=model, target_layers=[model.bottleneck_layer]) as cam:
+        reference = cam(input_tensor=x, targets=[_AllPredictedClassesTarget(lab, np.ones(NUM_CLASSES))
+                                                 for lab in labels])
+    assert np.abs(ours.numpy() - reference).max() < 1e-4
+    assert (reference.reshape(len(x), -1).max(1) > 0.99).mean() >= 0.95  # real maps, not vacuous
+
+
+@pytest.mark.slow
+def test_cam_does_not_degenerate_as_the_model_trains(trained):
+    """The shipped (bottleneck) CAM keeps a spatial map on >= 95 % of frames after every epoch."""
+    _, _, health = trained
+    assert all(bottleneck <= 0.05 for _, bottleneck in health), health
+
+
+def test_cam_degenerate_flags_zero_and_constant_maps():
+    maps = torch.zeros(3, 4, 4)
+    maps[1] = 0.7  # constant
+    maps[2, 1, 1] = 1.0  # a real map
+    assert cam_degenerate(maps).tolist() == [True, True, False]
+    assert bool(cam_degenerate(maps[2].numpy())) is False

@@ -1,4 +1,4 @@
-"""One forward pass that returns what the EEM needs: labels, EBU, analytic GradCAM and p_max.
+"""One forward pass that returns what the EEM needs: labels, EBU, GradCAM and p_max.
 
 This module is what the ONNX export (segxal.export) traces and what the in-process active-learning
 loop calls, so both see the same outputs in the same order, OUTPUT_NAMES. Full-resolution logits
@@ -6,7 +6,7 @@ never leave the graph (DESIGN.md, "Services and data flow": compact extra output
 
 References:
     SegXAL, arXiv 2408.04482 (EBU + GradCAM in the EEM); Selvaraju et al., Grad-CAM, ICCV 2017;
-    DESIGN.md, "GradCAM", fast path (segxal.eem.gradcam.analytic_cam).
+    DESIGN.md, "GradCAM" (segxal.eem.gradcam.explained_forward: the bottleneck CAM, in-graph).
 """
 from __future__ import annotations
 
@@ -14,33 +14,43 @@ import torch
 from torch import nn
 
 from segxal.eem.ebu import prediction_statistics
-from segxal.eem.gradcam import check_class_weights, analytic_cam
+from segxal.eem.gradcam import analytic_cam, check_class_weights, explained_forward
+from segxal.errors import InvalidInput
 from segxal.models.unet import UNet
 
 INPUT_NAME = "image"
 # labels uint8 [B, H, W] (trainIds); ebu, cam, pmax [B, H, W] float32 (float16 with half_outputs)
 OUTPUT_NAMES = ("labels", "ebu", "cam", "pmax")
+# where the CAM is taken: the bottleneck (shipped; semantic, stays alive as the model trains) or the
+# head's input (analytic and cheapest, but a linear function of the logits that collapses to zero)
+CAM_LAYERS = ("bottleneck", "head")
 
 
 class ExplainedSegmenter(nn.Module):
     """A UNet plus in-graph explanations: forward(x) -> (labels, ebu, cam, pmax), see OUTPUT_NAMES.
 
-    The CAM is the class-agnostic GradCAM at model.target_layer (the head input) by the analytic
-    fast path, so it costs one weighted sum, not a backward pass. Run it under torch.inference_mode()
-    (nothing here needs gradients) and with the model in eval mode.
+    The CAM is the class-agnostic GradCAM at the bottleneck (model.bottleneck_layer), its gradient
+    written out through the decoder (segxal.eem.gradcam.explained_forward), so it needs no autograd
+    and stays in the exported graph; cam_layer="head" gives the analytic head-input CAM instead. Run
+    it under torch.inference_mode() (nothing here needs gradients) and with the model in eval mode.
     """
 
-    def __init__(self, model: UNet, class_weights: torch.Tensor | None = None, half_outputs: bool = False):
+    def __init__(self, model: UNet, class_weights: torch.Tensor | None = None, half_outputs: bool = False,
+                 cam_layer: str = "bottleneck"):
         """
         Args:
             model: the segmentation model; its head is a 1x1 conv after forward_features, then upsample.
             class_weights: optional GradCAM class weights w_c [C] (segxal.eem.gradcam.safety_class_weights).
             half_outputs: return ebu, cam and pmax as float16, as the exported ONNX graph carries them.
+            cam_layer: one of CAM_LAYERS.
 
         Raises:
-            InvalidInput: class_weights has the wrong shape or values.
+            InvalidInput: class_weights has the wrong shape or values, or an unknown cam_layer.
         """
         super().__init__()
+        if cam_layer not in CAM_LAYERS:
+            raise InvalidInput(f"cam_layer must be one of {CAM_LAYERS}, got {cam_layer!r}")
+        self.cam_layer = cam_layer
         check_class_weights(class_weights, model.head.out_channels)
         self.model = model
         self.half_outputs = half_outputs
@@ -48,10 +58,14 @@ class ExplainedSegmenter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, 3, H, W] -> (labels uint8, ebu, cam, pmax), each [B, H, W]; see OUTPUT_NAMES."""
-        features = self.model.forward_features(x)  # [B, K, H/s, W/s]
-        logits = self.model.upsample(self.model.head(features))  # [B, C, H, W]
-        labels, ebu, pmax = prediction_statistics(logits, dim=1)  # [B, H, W] each, labels int64
-        cam = analytic_cam(features, self.model.head.weight, labels, self.class_weights)  # [B, H, W]
+        if self.cam_layer == "bottleneck":
+            logits, cam = explained_forward(self.model, x, self.class_weights)  # [B, C, H, W], [B, H, W]
+            labels, ebu, pmax = prediction_statistics(logits, dim=1)  # [B, H, W] each, labels int64
+        else:
+            features = self.model.forward_features(x)  # [B, K, H/s, W/s]
+            logits = self.model.upsample(self.model.head(features))  # [B, C, H, W]
+            labels, ebu, pmax = prediction_statistics(logits, dim=1)  # [B, H, W] each, labels int64
+            cam = analytic_cam(features, self.model.head.weight, labels, self.class_weights)  # [B, H, W]
         if self.half_outputs:
             ebu, cam, pmax = ebu.half(), cam.half(), pmax.half()
         return labels.to(torch.uint8), ebu, cam, pmax

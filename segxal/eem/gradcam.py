@@ -1,4 +1,9 @@
-"""Class-agnostic GradCAM for segmentation: the autograd reference and the analytic fast path.
+"""Class-agnostic GradCAM for segmentation: the autograd reference, the analytic head-input path and
+the shipped bottleneck CAM with its gradient written out (no autograd, so it exports to ONNX).
+
+Shipped definition (issue 15): target layer = the U-Net's bottleneck (deepest encoder block). At the
+head's input every GradCAM is a linear function of the logits and the class-agnostic map collapses to
+zero as training makes the classifier discriminative; see the section "The shipped definition" below.
 
 Definition (DESIGN.md, "GradCAM"): predicted masks M_c = {i : argmax_c z(i) = c}, target
     T = sum_c w_c * sum_{i in M_c} z_c(i)          (w_c = 1 unless class weights are given)
@@ -251,3 +256,148 @@ def analytic_cam(features: torch.Tensor, head_weight: torch.Tensor, labels: torc
     """
     alpha = analytic_weights(head_weight, labels, features.shape[-2:], class_weights)  # [B, K]
     return cam_from_weights(features, alpha.to(features.dtype), labels.shape[-2:])
+
+
+# --- The shipped definition: class-agnostic GradCAM at the U-Net's bottleneck, in-graph -------------
+#
+# At the head's input every GradCAM is a linear function of the logits (the head is linear), so the
+# class-agnostic map is ReLU(sum_c n_c (z_c - b_c)): it cancels and clips to zero as the classifier
+# becomes discriminative (DESIGN.md, "Measured flaw"). The bottleneck is semantic and does not
+# collapse, but its gradient crosses the decoder. ONNX has no autograd and torch's exporters do not
+# trace torch.autograd.grad, so the decoder's vector-Jacobian product is written out below with the
+# same weights: conv -> conv_transpose, BatchNorm (eval) -> per-channel scale, ReLU -> its mask,
+# concat -> the up-path slice (skips do not depend on the bottleneck), 2x2/2 transposed conv -> a
+# 2x2/2 conv, 2x bilinear upsampling -> its exact adjoint. Checked against autograd and
+# pytorch-grad-cam in tests/test_eem_gradcam.py.
+
+def _bilinear_up2_adjoint_axis(g: torch.Tensor, dim: int) -> torch.Tensor:
+    """Adjoint of 2x bilinear upsampling (align_corners=False) along `dim` (2 or 3) of g [B, K, ., .].
+
+    Output m collects 1/4, 3/4, 3/4, 1/4 from inputs 2m-1 .. 2m+2; at the two ends PyTorch clamps the
+    source index, so the first and last output also collect the 1/4 that would fall outside.
+    """
+    taps = [0.25, 0.75, 0.75, 0.25]
+    if dim == 2:
+        kernel, stride, padding = torch.tensor(taps).view(1, 1, 4, 1), (2, 1), (1, 0)
+    else:
+        kernel, stride, padding = torch.tensor(taps).view(1, 1, 1, 4), (1, 2), (0, 1)
+    # every channel alike: fold channels into the batch so the kernel's shape is a graph constant
+    low = F.conv2d(g.flatten(0, 1)[:, None], kernel.to(g.dtype), stride=stride, padding=padding)
+    low = low.reshape(g.shape[0], g.shape[1], low.shape[2], low.shape[3])  # [B, K, ., .] halved along dim
+    n = low.shape[dim]
+    first = low.narrow(dim, 0, 1) + 0.25 * g.narrow(dim, 0, 1)
+    last = low.narrow(dim, n - 1, 1) + 0.25 * g.narrow(dim, g.shape[dim] - 1, 1)
+    return torch.cat([first, low.narrow(dim, 1, n - 2), last], dim=dim)
+
+
+def bilinear_up2_adjoint(g: torch.Tensor) -> torch.Tensor:
+    """Adjoint (transpose) of F.interpolate(scale_factor=2, mode="bilinear", align_corners=False).
+
+    Args:
+        g: gradient at the upsampled size [B, K, 2h, 2w] (h, w >= 2).
+
+    Returns:
+        gradient at the input size [B, K, h, w].
+    """
+    return _bilinear_up2_adjoint_axis(_bilinear_up2_adjoint_axis(g, 2), 3)
+
+
+def _block_forward_with_tape(block: nn.Sequential, h: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """Run a decoder block, keeping what its VJP needs: (module, output) per layer."""
+    tape = []
+    for layer in block:
+        h = layer(h)
+        tape.append((layer, h))
+    return h, tape
+
+
+def _block_vjp(tape: list, g: torch.Tensor) -> torch.Tensor:
+    """Gradient at a block's input from the gradient at its output, for Conv2d (stride 1, groups 1,
+    no dilation), BatchNorm2d in eval mode, ReLU and eval-mode Dropout/Identity layers."""
+    for layer, out in reversed(tape):
+        if isinstance(layer, nn.ReLU):
+            g = g * (out > 0).to(g.dtype)
+        elif isinstance(layer, nn.BatchNorm2d):
+            if layer.training:
+                raise InvalidInput("the bottleneck GradCAM needs BatchNorm in eval mode (call model.eval())")
+            g = g * (layer.weight / torch.sqrt(layer.running_var + layer.eps)).to(g.dtype)[None, :, None, None]
+        elif isinstance(layer, nn.Conv2d):
+            if layer.stride != (1, 1) or layer.groups != 1 or layer.dilation != (1, 1):
+                raise InvalidInput(f"bottleneck GradCAM: unsupported decoder conv {layer}")
+            g = F.conv_transpose2d(g, layer.weight.to(g.dtype), padding=layer.padding)
+        elif isinstance(layer, (nn.Dropout, nn.Dropout2d, nn.Identity)):
+            if layer.training and not isinstance(layer, nn.Identity):
+                raise InvalidInput("the bottleneck GradCAM needs dropout in eval mode (call model.eval())")
+        else:
+            raise InvalidInput(f"bottleneck GradCAM: no VJP for decoder layer {type(layer).__name__}")
+    return g
+
+
+def bottleneck_weights(model: nn.Module, x: torch.Tensor, class_weights: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One U-Net forward pass plus the bottleneck GradCAM weights by the decoder's written-out VJP.
+
+    Target T = sum_c w_c sum_{i in M_c} z_c(i) (as gradcam_autograd), alpha_k = mean over the
+    bottleneck's positions of dT/dB_k. Traceable to ONNX (no autograd); equals
+    autograd_weights(model, model.bottleneck_layer, x, class_weights).
+
+    Args:
+        model: segxal.models.unet.UNet in eval mode.
+        x: normalised images [B, 3, H, W].
+        class_weights: optional w_c [C]; None means all 1.
+
+    Returns:
+        (logits [B, C, H, W], bottleneck B [B, K_b, h_b, w_b], alpha [B, K_b]).
+
+    Raises:
+        InvalidInput: a layer in training mode or without a VJP here, bad class weights.
+    """
+    bottleneck, skips = model.encode(x)  # [B, K_b, h_b, w_b]
+    h, tapes = bottleneck, []
+    for up, dec, skip in zip(model.up, model.dec, reversed(skips)):
+        h, tape = _block_forward_with_tape(dec, torch.cat([up(h), skip], dim=1))
+        tapes.append((up, tape))
+    logits = model.upsample(model.head(h))  # [B, C, H, W]
+    labels = logits.argmax(1)  # [B, H, W]
+    head_w = model.head.weight.flatten(1)  # [C, K]
+    check_class_weights(class_weights, head_w.shape[0])
+    rows = head_w if class_weights is None else head_w * class_weights.to(head_w.dtype)[:, None]
+    g = F.embedding(labels, rows).permute(0, 3, 1, 2)  # [B, K, H, W]: dT/d(head input) at full size
+    if model.cfg.head_stride == 2:
+        g = bilinear_up2_adjoint(g)  # [B, K, H/2, W/2]
+    for up, tape in reversed(tapes):
+        g = _block_vjp(tape, g)[:, :up.out_channels]  # the up-path half of the concat
+        g = F.conv2d(g, up.weight.to(g.dtype), stride=up.stride)  # adjoint of the 2x2/2 transposed conv
+    return logits, bottleneck, g.mean(dim=(2, 3))  # alpha [B, K_b]
+
+
+def explained_forward(model: nn.Module, x: torch.Tensor, class_weights: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One U-Net forward pass plus the shipped CAM: class-agnostic GradCAM at the bottleneck,
+    CAM = ReLU(sum_k alpha_k B_k) scaled as pytorch-grad-cam. Equals
+    gradcam_autograd(model, model.bottleneck_layer, x, class_weights), with no backward pass.
+
+    Args, Raises: as bottleneck_weights.
+
+    Returns:
+        (logits [B, C, H, W], CAM [B, H, W] in [0, 1]).
+    """
+    logits, bottleneck, alpha = bottleneck_weights(model, x, class_weights)
+    return logits, cam_from_weights(bottleneck, alpha, logits.shape[-2:])
+
+
+def cam_degenerate(cam: torch.Tensor | "np.ndarray", tol: float = 1e-3) -> "torch.Tensor | np.ndarray":
+    """Per image: True when the CAM carries no spatial information (all zero or constant).
+
+    Args:
+        cam: [B, H, W] or [H, W] maps (torch or numpy).
+        tol: max - min at or below this counts as constant (float16 maps step 4.9e-4 below 1).
+
+    Returns:
+        bool per image ([B], or a 0-d value for one map).
+    """
+    flat = cam.reshape(cam.shape[0], -1) if cam.ndim == 3 else cam.reshape(1, -1)
+    spread = flat.max(1)[0] - flat.min(1)[0] if isinstance(flat, torch.Tensor) else \
+        flat.max(1) - flat.min(1)
+    out = spread <= tol
+    return out if cam.ndim == 3 else out[0]

@@ -1,9 +1,10 @@
 """U-Net for semantic segmentation, shaped for the analytic GradCAM fast path.
 
-The decoder ends at 1/`head_stride` of the input resolution in a feature map A (the GradCAM
-target layer), then a 1x1 classifier head and a bilinear upsampling to full size:
+The decoder ends at 1/`head_stride` of the input resolution in a feature map A, then a 1x1
+classifier head and a bilinear upsampling to full size:
     logits = Up(W · A + b)
-so the class-agnostic GradCAM weights are analytic (DESIGN.md, segxal.eem.gradcam).
+The shipped GradCAM targets the bottleneck (the deepest encoder block); its gradient is written out
+through the decoder's layers (segxal.eem.gradcam.bottleneck_weights), so it stays in the exported graph.
 Ronneberger et al., "U-Net", MICCAI 2015.
 """
 from __future__ import annotations
@@ -56,7 +57,12 @@ class UNet(nn.Module):
 
     @property
     def target_layer(self) -> nn.Module:
-        """The module whose output is A, the default GradCAM target layer."""
+        """The shipped GradCAM target layer: the bottleneck (see bottleneck_layer)."""
+        return self.bottleneck_layer
+
+    @property
+    def head_input_layer(self) -> nn.Module:
+        """The module whose output is A, the head's input (the analytic, head-input GradCAM layer)."""
         return self.dec[-1]
 
     @property
@@ -64,8 +70,14 @@ class UNet(nn.Module):
         """Input height and width must be multiples of this."""
         return self.cfg.head_stride * 2 ** self.cfg.depth
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, 3, H, W] -> A [B, width, H/s, W/s]."""
+    @property
+    def bottleneck_layer(self) -> nn.Module:
+        """The deepest encoder block: its output B is the shipped GradCAM target (segxal.eem.gradcam)."""
+        return self.down[-1]
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x [B, 3, H, W] -> (bottleneck B [B, width*2^depth, H/(s*2^depth), W/(s*2^depth)], skips,
+        shallowest first)."""
         if x.shape[-2] % self.multiple or x.shape[-1] % self.multiple:
             raise ValueError(f"input H, W must be multiples of {self.multiple}, got {tuple(x.shape[-2:])}")
         skips = []
@@ -73,9 +85,18 @@ class UNet(nn.Module):
         for blk in self.down:
             skips.append(h)
             h = blk(F.max_pool2d(h, 2))
+        return h, skips
+
+    def decode(self, bottleneck: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """(B, skips) from encode -> A [B, width, H/s, W/s], the head's input."""
+        h = bottleneck
         for up, dec, skip in zip(self.up, self.dec, reversed(skips)):
             h = dec(torch.cat([up(h), skip], dim=1))
         return h
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, 3, H, W] -> A [B, width, H/s, W/s]."""
+        return self.decode(*self.encode(x))
 
     def upsample(self, z: torch.Tensor) -> torch.Tensor:
         if self.cfg.head_stride == 1:
