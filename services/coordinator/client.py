@@ -170,15 +170,16 @@ class CoordinatorClient:
 
     # ---- tasks and annotations
     def lease(self, pool_id: str, max_tasks: int = 1, lease_seconds: float = 0.0, *,
-              cycle_id: str = "") -> list[pb.Task]:
-        """Tasks leased to this client (each carries its lease_token), best first; [] when none wait."""
-        return list(self.lease_tasks(pool_id, max_tasks, lease_seconds, cycle_id=cycle_id).tasks)
+              cycle_id: str = "", frame_id: str = "") -> list[pb.Task]:
+        """Tasks leased to this client (each carries its lease_token), best first; [] when none wait.
+        frame_id: only that frame's waiting task."""
+        return list(self.lease_tasks(pool_id, max_tasks, lease_seconds, cycle_id=cycle_id, frame_id=frame_id).tasks)
 
     def lease_tasks(self, pool_id: str, max_tasks: int = 1, lease_seconds: float = 0.0, *,
-                    cycle_id: str = "") -> pb.LeaseTasksResponse:
+                    cycle_id: str = "", frame_id: str = "") -> pb.LeaseTasksResponse:
         return self._call("LeaseTasks", pb.LeaseTasksRequest(
             pool_id=pool_id, cycle_id=cycle_id, client_id=self.client_id, max_tasks=max_tasks,
-            lease_seconds=lease_seconds))
+            lease_seconds=lease_seconds, frame_id=frame_id))
 
     def heartbeat(self, task: pb.Task, lease_seconds: float = 0.0) -> float:
         """Extend the lease; returns the new expiry (UNIX seconds)."""

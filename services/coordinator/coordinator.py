@@ -405,8 +405,9 @@ class Coordinator:
         return secs
 
     def lease_tasks(self, pool_id: str, cycle_id: str, client_id: str, max_tasks: int,
-                    lease_seconds: float) -> tuple[list[Task], bool]:
-        """Lease up to max_tasks tasks, best first. Returns (tasks, budget exhausted).
+                    lease_seconds: float, frame_id: str = "") -> tuple[list[Task], bool]:
+        """Lease up to max_tasks tasks, best first (only frame_id's, when given). Returns (tasks,
+        budget exhausted).
 
         Raises:
             NotFound: no such pool / cycle of that pool.
@@ -421,7 +422,7 @@ class Coordinator:
         if cycle_id and self.store.get_cycle(cycle_id).pool_id != pool_id:
             raise NotFound(f"pool {pool_id} has no cycle {cycle_id}")
         return self.store.lease_tasks(pool_id, cycle_id, client_id, max_tasks or 1,
-                                      self._lease_seconds(lease_seconds))
+                                      self._lease_seconds(lease_seconds), frame_id)
 
     def heartbeat(self, task_id: str, lease_token: str, lease_seconds: float) -> float:
         return self.store.heartbeat(task_id, lease_token, self._lease_seconds(lease_seconds))

@@ -66,7 +66,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def LeaseTasks(self, request, context):
         tasks, exhausted = self.core.lease_tasks(request.pool_id, request.cycle_id,
                                                  authenticated_client_id(request.client_id),
-                                                 request.max_tasks, request.lease_seconds)
+                                                 request.max_tasks, request.lease_seconds,
+                                                 frame_id=request.frame_id)
         return pb.LeaseTasksResponse(tasks=[cv.task_to_proto(t) for t in tasks], budget_exhausted=exhausted)
 
     def HeartbeatTask(self, request, context):

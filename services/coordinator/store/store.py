@@ -443,7 +443,7 @@ class CoordinatorStore:
         return self.db.run(txn, write=False)
 
     def lease_tasks(self, pool_id: str, cycle_id: str, client_id: str, max_tasks: int,
-                    lease_seconds: float) -> tuple[list[Task], bool]:
+                    lease_seconds: float, frame_id: str = "") -> tuple[list[Task], bool]:
         """Lease up to max_tasks waiting tasks (open, or leased with an expired lease), best first.
 
         Returns:
@@ -473,11 +473,11 @@ class CoordinatorStore:
                                     lease_expires_at = {now} + ?, lease_count = lease_count + 1
                    WHERE task_id IN (
                      SELECT task_id FROM tasks
-                     WHERE pool_id = ? AND (? = '' OR cycle_id = ?)
+                     WHERE pool_id = ? AND (? = '' OR cycle_id = ?) AND (? = '' OR frame_id = ?)
                        AND (state = 'open' OR (state = 'leased' AND lease_expires_at <= {now}))
                      ORDER BY score DESC, rank, task_id LIMIT ? {skip_locked})
                    RETURNING task_id""",
-                (client_id, token, lease_seconds, pool_id, cycle_id, cycle_id, n))
+                (client_id, token, lease_seconds, pool_id, cycle_id, cycle_id, frame_id, frame_id, n))
             if not leased:
                 return [], False
             ids = [r["task_id"] for r in leased]
