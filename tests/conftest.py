@@ -20,3 +20,23 @@ def ls_tools():
         return setup_label_studio()
     except RuntimeError as e:
         pytest.skip(f"the Label Studio venv cannot be made here (no package index?): {e}")
+
+
+@pytest.fixture(scope="session")
+def zoo_exports(tmp_path_factory):
+    """name -> (model, zoo entry, EEM ONNX path, EEMGraphInfo), built and exported once per session."""
+    from segxal.graph.add_eem import add_eem_file
+    from segxal.models import zoo
+    from segxal.models.external import export_logits_onnx
+    from tests.zoo_support import H, NUM_CLASSES, W
+    root = tmp_path_factory.mktemp("zoo")
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            model, entry = zoo.build(name, NUM_CLASSES)
+            raw = export_logits_onnx(model, root / name / "logits.onnx", (H, W))
+            info = add_eem_file(raw, root / name / "model.onnx")
+            cache[name] = (model, entry, root / name / "model.onnx", info)
+        return cache[name]
+    return get
