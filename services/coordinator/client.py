@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
-import grpc
 import numpy as np
 
 from segxal import imageio
@@ -27,9 +26,9 @@ from segxal.annotation import LABEL_IDS, TRAIN_IDS, EncodedMask, encode_class_rl
 from segxal.errors import InvalidInput
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
 from segxalpb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
-from services.common.channel import ChannelConfig, make_channel
-from services.common.errors import error_from_rpc
-from services.coordinator.convert import mask_to_proto
+from services.common.channel import ChannelConfig
+from services.common.client import GrpcClient
+from services.coordinator.convert import SERVICE_NAME, mask_to_proto
 from services.eem.wire import eem_options_to_proto
 
 _SELECTION = {"eem": pb.SELECTION_EEM, "random": pb.SELECTION_RANDOM}
@@ -67,45 +66,24 @@ def encode_mask(labels: np.ndarray | EncodedMask, label_space: str = TRAIN_IDS, 
     raise InvalidInput(f"encoding must be 'png' or 'rle', got {encoding!r}")
 
 
-class CoordinatorClient:
-    """Thread-safe; a context manager that closes its channel.
+class CoordinatorClient(GrpcClient):
+    """Thread-safe; a context manager that closes its channel (services.common.client.GrpcClient:
+    deadlines, errors, health).
 
     Args:
         target: "host:port", "h1:p1,h2:p2" (round_robin over replicas) or "dns:///svc:port".
         client_id: names this client as a lease holder (shown in refusals to others).
-        timeout_s: deadline of each call; rank_cycle takes its own (ranking a pool takes long).
+        timeout_s: default deadline of each call (None: none); rank_cycle and ingest state their own.
     """
 
+    stub_class = pb_grpc.CoordinatorStub
+    service_name = SERVICE_NAME
+    what = "coordinator"
+
     def __init__(self, target: str, channel_cfg: ChannelConfig | None = None, *, client_id: str = "",
-                 timeout_s: float = 30.0):
-        self.target = target
+                 timeout_s: float | None = 30.0):
+        super().__init__(target, channel_cfg, timeout_s=timeout_s)
         self.client_id = client_id
-        self.timeout_s = timeout_s
-        self._channel = make_channel(target, channel_cfg)
-        self._stub = pb_grpc.CoordinatorStub(self._channel)
-
-    def __enter__(self) -> "CoordinatorClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def _call(self, method: str, request, timeout_s: float | None = None):
-        try:
-            return getattr(self._stub, method)(request, timeout=timeout_s or self.timeout_s)
-        except grpc.RpcError as e:
-            raise error_from_rpc(e) from None
-
-    def wait_until_ready(self, timeout_s: float = 30.0) -> None:
-        """Block until the channel connects (the server is up)."""
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
-        except grpc.FutureTimeoutError:
-            from segxal.errors import NotReady
-            raise NotReady(f"coordinator at {self.target} not reachable after {timeout_s:.0f} s") from None
 
     # ---- pools and frames
     def create_pool(self, name: str, *, max_frames: int = 0, max_regions: int = 0, max_pixels: int = 0) -> pb.Pool:

@@ -14,6 +14,7 @@ from services.coordinator.domain import (
     WHOLE_FRAME, Annotation, Budget, BudgetLimits, Cycle, CycleReport, FailedFrame, Frame,
     IngestSourceResult, ModelVersion, Pool, Region, Task)
 
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name  # "segxal.coordinator.v1.Coordinator"
 _SELECTION = {pb.SELECTION_UNSPECIFIED: SELECTION_EEM, pb.SELECTION_EEM: SELECTION_EEM,
               pb.SELECTION_RANDOM: SELECTION_RANDOM}
 _SELECTION_PB = {SELECTION_EEM: pb.SELECTION_EEM, SELECTION_RANDOM: pb.SELECTION_RANDOM}

@@ -7,12 +7,12 @@ from segxalpb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
 from services.common.auth import BearerTokenAuth
 from services.common.server import GrpcServer, ServerConfig
 from services.coordinator.config import CoordinatorConfig
+from services.coordinator.convert import SERVICE_NAME
 from services.coordinator.coordinator import Coordinator
 from services.coordinator.ranking import FrameScorer
 from services.coordinator.servicer import CoordinatorServicer
 from services.coordinator.store.store import CoordinatorStore
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name  # "segxal.coordinator.v1.Coordinator"
 
 
 class CoordinatorServer:

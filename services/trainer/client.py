@@ -18,48 +18,32 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import grpc
-
 from segxalpb.trainer.v1 import trainer_pb2 as pb
 from segxalpb.trainer.v1 import trainer_pb2_grpc
-from services.common.health import is_serving, wait_until_serving
-from services.common.channel import ChannelConfig, make_channel
-from services.common.errors import error_from_rpc
+from services.common.channel import ChannelConfig
+from services.common.client import NO_DEADLINE, GrpcClient
 from services.trainer import wire
 from services.trainer.api import Job, JobProgress, JobRequest, PublishPolicy, VersionInfo
 from services.trainer.wire import SERVICE_NAME
 
 
-class TrainerClient:
-    """Thread-safe; a context manager that closes its channel.
+class TrainerClient(GrpcClient):
+    """Thread-safe; a context manager that closes its channel (services.common.client.GrpcClient:
+    deadlines, errors, health).
 
     Args:
         target: "host:port" (services.common.channel targets).
         channel_cfg: message size, keepalive, TLS, token; defaults as ChannelConfig.
-        timeout_s: deadline of each unary call (None: none). StartJob reads and decodes every
-            frame before it answers: give it room on large cycles.
+        timeout_s: default deadline of each call (None: none). StartJob reads and decodes every
+            frame before it answers: give it room on large cycles. watch/wait state their own.
     """
 
+    stub_class = trainer_pb2_grpc.TrainerStub
+    service_name = SERVICE_NAME
+    what = "trainer"
+
     def __init__(self, target: str, channel_cfg: ChannelConfig | None = None, *, timeout_s: float | None = 120.0):
-        self.target = target
-        self.timeout_s = timeout_s
-        self._channel = make_channel(target, channel_cfg)
-        self._stub = trainer_pb2_grpc.TrainerStub(self._channel)
-
-    def __enter__(self) -> "TrainerClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def _call(self, method: str, request):
-        try:
-            return getattr(self._stub, method)(request, timeout=self.timeout_s)
-        except grpc.RpcError as e:
-            raise error_from_rpc(e) from None
+        super().__init__(target, channel_cfg, timeout_s=timeout_s)
 
     def start_job(self, request: JobRequest) -> Job:
         """Queue a fine-tuning job (its data is checked and decoded before this returns).
@@ -72,22 +56,17 @@ class TrainerClient:
         """
         return wire.job_from_proto(self._call("StartJob", wire.request_to_proto(request)))
 
-    def watch(self, job_id: str, timeout_s: float | None = None) -> Iterator[JobProgress]:
-        """Progress events until the job ends (timeout_s: deadline of the whole stream).
+    def watch(self, job_id: str, timeout_s: float | None = NO_DEADLINE) -> Iterator[JobProgress]:
+        """Progress events until the job ends (timeout_s: deadline of the whole stream; default
+        none, a job takes as long as it takes; None: the client's default).
 
         Raises:
             NotFound: no such job. NotReady: the trainer went away or the deadline passed.
         """
-        call = self._stub.WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=timeout_s)
-        try:
-            for msg in call:
-                yield wire.progress_from_proto(msg)
-        except grpc.RpcError as e:
-            raise error_from_rpc(e) from None
-        finally:
-            call.cancel()  # the caller stopped early: free the server's stream (no-op when done)
+        for msg in self._stream("WatchJob", pb.WatchJobRequest(job_id=job_id), timeout_s):
+            yield wire.progress_from_proto(msg)
 
-    def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
+    def wait(self, job_id: str, timeout_s: float | None = NO_DEADLINE) -> Job:
         """Block until the job ends; returns it with its report."""
         for _ in self.watch(job_id, timeout_s):
             pass
@@ -119,13 +98,3 @@ class TrainerClient:
         """(every version oldest first, the current version or 0)."""
         reply = self._call("ListVersions", pb.ListVersionsRequest(model_name=model_name))
         return [wire.version_from_proto(v) for v in reply.versions], reply.current_version
-
-    def is_serving(self) -> bool:
-        """grpc.health.v1 says SERVING."""
-        return is_serving(self._channel, SERVICE_NAME, self.timeout_s)
-
-    def wait_until_serving(self, timeout_s: float = 30.0) -> None:
-        """Raises:
-            NotReady: not SERVING within timeout_s.
-        """
-        wait_until_serving(self._channel, SERVICE_NAME, f"trainer at {self.target}", timeout_s)
