@@ -8,8 +8,9 @@ from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
 from segxal.errors import InvalidInput
 from segxal.eem.gradcam import (analytic_cam, analytic_weights, autograd_weights, bilinear_up2_adjoint,
-                                bottleneck_weights, cam_degenerate, explained_forward, gradcam_autograd,
+                                bottleneck_weights, explained_forward, gradcam_autograd,
                                 safety_class_weights)
+from segxal.eem.health import cam_degenerate
 from segxal.labels import NAME_TO_TRAIN_ID, NUM_CLASSES
 from segxal.models.unet import UNet, UNetConfig
 
@@ -213,4 +214,4 @@ def test_cam_degenerate_flags_zero_and_constant_maps():
     maps[1] = 0.7  # constant
     maps[2, 1, 1] = 1.0  # a real map
     assert cam_degenerate(maps).tolist() == [True, True, False]
-    assert bool(cam_degenerate(maps[2].numpy())) is False
+    assert cam_degenerate(maps[2].numpy()) is False and cam_degenerate(maps.numpy()).tolist() == [True, True, False]

@@ -25,6 +25,7 @@ from segxal import imageio
 from segxal.al.scoring import EEMOptions, score_frame
 from segxal.data.cityscapes import MEAN, STD
 from segxal.eem.explain import ExplainedSegmenter
+from segxal.eem.health import cam_degenerate
 from segxal.eem.regions import rle_to_mask
 from segxal.errors import InvalidInput, NotFound, NotReady, PermissionDenied
 from segxal.export import ExportConfig, export_depth, export_segmentation
@@ -371,6 +372,16 @@ def test_stats_count_frames(eem, frames):
     assert after.frames_scored == before.frames_scored + 1
     assert after.frames_failed == before.frames_failed + 1
     assert after.latency_ms_p50 > 0 and after.in_flight == 0
+
+
+def test_stats_count_frames_with_a_degenerate_cam(eem, models, frames):
+    """The CAM health figure: each result says whether its CAM was dead, the stats count them."""
+    before = eem.stats()
+    paths = frames["paths"][:4]
+    results = [eem.score(str(p)) for p in paths]
+    expected = [cam_degenerate(_onnx_outputs(models, imageio.read_rgb(p))[2]) for p in paths]
+    assert [r.cam_degenerate for r in results] == expected
+    assert eem.stats().frames_cam_degenerate - before.frames_cam_degenerate == sum(expected)
 
 
 # -- down backends ------------------------------------------------------------------------------

@@ -384,20 +384,3 @@ def explained_forward(model: nn.Module, x: torch.Tensor, class_weights: torch.Te
     """
     logits, bottleneck, alpha = bottleneck_weights(model, x, class_weights)
     return logits, cam_from_weights(bottleneck, alpha, logits.shape[-2:])
-
-
-def cam_degenerate(cam: torch.Tensor | "np.ndarray", tol: float = 1e-3) -> "torch.Tensor | np.ndarray":
-    """Per image: True when the CAM carries no spatial information (all zero or constant).
-
-    Args:
-        cam: [B, H, W] or [H, W] maps (torch or numpy).
-        tol: max - min at or below this counts as constant (float16 maps step 4.9e-4 below 1).
-
-    Returns:
-        bool per image ([B], or a 0-d value for one map).
-    """
-    flat = cam.reshape(cam.shape[0], -1) if cam.ndim == 3 else cam.reshape(1, -1)
-    spread = flat.max(1)[0] - flat.min(1)[0] if isinstance(flat, torch.Tensor) else \
-        flat.max(1) - flat.min(1)
-    out = spread <= tol
-    return out if cam.ndim == 3 else out[0]

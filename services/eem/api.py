@@ -68,6 +68,9 @@ class Stats:
     latency_ms_p50: float
     latency_ms_p95: float
     uptime_s: float
+    # scored frames whose CAM was all zero or constant (segxal.eem.health): PAE = 0 for them, the
+    # EEM fell back to alpha * EBU; a rising share means the explanation term has died
+    frames_cam_degenerate: int = 0
 
 
 @dataclass
@@ -97,6 +100,7 @@ class ScoredFrame:
     regions: list[Region] = field(default_factory=list)
     labels_png: bytes = b""
     latency_ms: float = 0.0
+    cam_degenerate: bool = False  # the CAM carried no spatial information (all zero or constant)
 
     @property
     def ok(self) -> bool:

@@ -33,6 +33,7 @@ import numpy as np
 
 from segxal import imageio
 from segxal.al.scoring import FrameEEM, score_frame
+from segxal.eem.health import cam_degenerate
 from segxal.eem.regions import otsu_threshold
 from segxal.errors import InvalidInput, SegxalError
 from segxal.storage import FrameStorage
@@ -60,17 +61,18 @@ class _Counters:
         self._lock = threading.Lock()
         self._latencies: deque[float] = deque(maxlen=window)
         self._started = time.monotonic()
-        self.scored = self.failed = self.in_flight = 0
+        self.scored = self.failed = self.in_flight = self.cam_degenerate = 0
 
     def begin(self) -> None:
         with self._lock:
             self.in_flight += 1
 
-    def end(self, latency_ms: float, ok: bool) -> None:
+    def end(self, latency_ms: float, ok: bool, cam_degenerate: bool = False) -> None:
         with self._lock:
             self.in_flight -= 1
             if ok:
                 self.scored += 1
+                self.cam_degenerate += int(cam_degenerate)
                 self._latencies.append(latency_ms)
             else:
                 self.failed += 1
@@ -78,9 +80,9 @@ class _Counters:
     def snapshot(self) -> Stats:
         with self._lock:
             lat = np.asarray(self._latencies, dtype=np.float64)
-            scored, failed, in_flight = self.scored, self.failed, self.in_flight
+            scored, failed, in_flight, degenerate = self.scored, self.failed, self.in_flight, self.cam_degenerate
         mean, p50, p95 = (float(lat.mean()), *map(float, np.percentile(lat, [50, 95]))) if lat.size else (0.0,) * 3
-        return Stats(scored, failed, in_flight, mean, p50, p95, time.monotonic() - self._started)
+        return Stats(scored, failed, in_flight, mean, p50, p95, time.monotonic() - self._started, degenerate)
 
 
 def _frame_error(uri: str, e: SegxalError) -> SegxalError:
@@ -133,15 +135,15 @@ class ScoringPipeline:
     def _score_counted(self, request: FrameRequest) -> ScoredFrame:
         started = time.perf_counter()
         self._counters.begin()
-        ok = False
+        result = None
         try:
             result = self._score(request, started)
-            ok = True
             return result
         except SegxalError as e:
             raise _frame_error(request.uri, e) from None
         finally:
-            self._counters.end((time.perf_counter() - started) * 1e3, ok)
+            self._counters.end((time.perf_counter() - started) * 1e3, result is not None,
+                               result is not None and result.cam_degenerate)
 
     def _score(self, request: FrameRequest, started: float) -> ScoredFrame:
         if request.rejected is not None:
@@ -164,10 +166,12 @@ class ScoringPipeline:
                                f"output; the EEM needs one (export it with segxal.export)")
         frame = score_frame(seg["labels"][0], seg["ebu"][0], seg["cam"][0], inverse_depth[0], opts.eem,
                             with_regions=opts.regions)
-        return self._result(request, frame, image.shape[:2],
-                            ModelVersions(f"{self.segmentation.segmentation_model}:{seg['model_version']}",
-                                          f"{self.depth.depth_model}:{depth_version}"),
-                            started)
+        result = self._result(request, frame, image.shape[:2],
+                              ModelVersions(f"{self.segmentation.segmentation_model}:{seg['model_version']}",
+                                            f"{self.depth.depth_model}:{depth_version}"),
+                              started)
+        result.cam_degenerate = cam_degenerate(seg["cam"][0])
+        return result
 
     def _result(self, request: FrameRequest, frame: FrameEEM, size: tuple[int, int],
                 versions: ModelVersions, started: float) -> ScoredFrame:

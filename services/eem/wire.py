@@ -165,7 +165,7 @@ def result_to_proto(r: ScoredFrame) -> pb.ScoreResult:
         threshold=r.threshold,
         maps=[pb.Map(kind=_MAP_KIND_PB[k], bit_depth=bits, png=png) for k, png in r.maps_png.items()],
         regions=[_region_to_proto(x) for x in r.regions],
-        labels_png=r.labels_png, latency_ms=r.latency_ms)
+        labels_png=r.labels_png, latency_ms=r.latency_ms, cam_degenerate=r.cam_degenerate)
 
 
 def result_from_proto(m: pb.ScoreResult) -> ScoredFrame:
@@ -179,16 +179,17 @@ def result_from_proto(m: pb.ScoreResult) -> ScoredFrame:
         threshold=m.threshold,
         maps_png={_MAP_KIND[mp.kind]: mp.png for mp in m.maps if mp.kind in _MAP_KIND},
         map_bits=max(bits), regions=[_region_from_proto(x) for x in m.regions],
-        labels_png=m.labels_png, latency_ms=m.latency_ms)
+        labels_png=m.labels_png, latency_ms=m.latency_ms, cam_degenerate=m.cam_degenerate)
 
 
 def stats_to_proto(s: Stats) -> pb.Stats:
     return pb.Stats(frames_scored=s.frames_scored, frames_failed=s.frames_failed, in_flight=s.in_flight,
                     latency_ms_mean=s.latency_ms_mean, latency_ms_p50=s.latency_ms_p50,
-                    latency_ms_p95=s.latency_ms_p95, uptime_s=s.uptime_s)
+                    latency_ms_p95=s.latency_ms_p95, uptime_s=s.uptime_s,
+                    frames_cam_degenerate=s.frames_cam_degenerate)
 
 
 def stats_from_proto(m: pb.Stats) -> Stats:
     return Stats(m.frames_scored, m.frames_failed, m.in_flight, m.latency_ms_mean, m.latency_ms_p50,
-                 m.latency_ms_p95, m.uptime_s)
+                 m.latency_ms_p95, m.uptime_s, m.frames_cam_degenerate)
 
