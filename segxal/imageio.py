@@ -7,39 +7,135 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from segxal.errors import InvalidInput, NotFound
+from segxal.errors import InvalidInput, NotFound, ResourceExhausted
+
+# Largest image decoded, in pixels (height x width). A 1024 x 2048 frame is 2.1 Mpx; 64 Mpx
+# (8192 x 8192) leaves room for any camera while refusing decompression bombs (a 254 kB PNG can
+# claim 16384 x 16384 = 268 Mpx, 805 MB as RGB) before a single pixel is decoded. Pillow's own
+# guard only errs above 2 x its MAX_IMAGE_PIXELS (179 Mpx), so this one acts first.
+MAX_DECODE_PIXELS = 8192 * 8192
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
-def decode_image(data: bytes, where: str = "image", mode: str | None = "RGB") -> np.ndarray:
-    """Decode PNG/JPEG bytes. mode='RGB' -> uint8 [H, W, 3]; mode=None keeps the stored mode
-    (8-bit -> uint8 [H, W], 16-bit -> uint16/int32 [H, W])."""
+def _refuse_large(where: str, size: tuple[int, int] | None, max_pixels: int) -> None:
+    detail = f"{size[0]} x {size[1]} = {size[0] * size[1]} pixels" if size else "too many pixels"
+    raise ResourceExhausted(f"{where}: image of {detail} is over the decode limit of {max_pixels} pixels "
+                            f"(a decompression bomb, or a frame far larger than any camera's)")
+
+
+def _to_8bit(im: Image.Image, mode: str) -> np.ndarray:
+    """A 16-bit grayscale image as 8 bits, scaled (v * 255 / 65535, rounded), not clipped."""
+    wide = np.asarray(im).astype(np.uint32)  # [H, W]
+    gray = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+    if mode == "L":
+        return gray
+    return np.asarray(Image.fromarray(gray, mode="L").convert(mode))
+
+
+def decode_image(data: bytes, where: str = "image", mode: str | None = "RGB",
+                 max_pixels: int = MAX_DECODE_PIXELS) -> np.ndarray:
+    """Decode PNG/JPEG bytes: the one decode path, and the one place that maps decode failures
+    to our errors.
+
+    Args:
+        data: the encoded bytes.
+        where: what the bytes are (a frame URI, "annotation mask"...): every message names it.
+        mode: "RGB" -> uint8 [H, W, 3]; "L" -> uint8 [H, W]; None keeps the stored mode
+            (8-bit -> uint8 [H, W], 16-bit -> uint16/int32 [H, W]). 16-bit images converted to an
+            8-bit mode are scaled to 0..255, not clipped.
+        max_pixels: refuse images with more pixels than this, before decoding them.
+
+    Returns:
+        The pixels as a numpy array.
+
+    Raises:
+        InvalidInput: not a readable image.
+        ResourceExhausted: more than max_pixels pixels (decompression bombs included).
+    """
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > max_pixels:
+                _refuse_large(where, im.size, max_pixels)
             im.load()
-            if mode is not None:
-                im = im.convert(mode)
-            arr = np.asarray(im)
+            if mode is not None and mode != im.mode and im.mode in _SIXTEEN_BIT_MODES:
+                arr = _to_8bit(im, mode)
+            else:
+                if mode is not None:
+                    im = im.convert(mode)
+                arr = np.asarray(im)
+    except Image.DecompressionBombError:  # Pillow's guard fired in open(), before we saw the size
+        _refuse_large(where, None, max_pixels)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise InvalidInput(f"{where}: not a readable image ({e})") from None
     return arr
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    p = Path(path)
+def read_file(path: str | os.PathLike, where: str | None = None, max_bytes: int | None = None,
+              no_follow: bool = False) -> bytes:
+    """The bytes of a regular file: the one place that decides what a readable image file is.
+
+    The file type is checked before any read, and the open itself cannot block: a FIFO, socket
+    or device in a frame folder is refused at once rather than stalling the reader forever.
+
+    Args:
+        path: a local path.
+        where: the name used in messages (default: the path).
+        max_bytes: refuse larger files (ResourceExhausted) without reading them.
+        no_follow: refuse a symlink at the last component (for paths already resolved).
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        NotFound: no such file.
+        InvalidInput: a folder, not a regular file, or not readable.
+        ResourceExhausted: larger than max_bytes.
+    """
+    where = where or str(path)
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever.
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0)
+    if no_follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        return p.read_bytes()
+        fd = os.open(path, flags)
     except FileNotFoundError:
-        raise NotFound(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise InvalidInput(f"{p}: is a directory, expected an image file") from None
+        raise NotFound(f"{where}: no such file") from None
     except PermissionError:
-        raise InvalidInput(f"{p}: not readable (permission denied)") from None
+        raise InvalidInput(f"{where}: not readable (permission denied by the filesystem)") from None
+    except OSError as e:  # ELOOP from O_NOFOLLOW, EIO...
+        raise InvalidInput(f"{where}: cannot open ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:  # closes fd on every path below
+        st = os.fstat(fd)  # of what was opened, so a file swapped in after a path check is caught
+        if stat.S_ISDIR(st.st_mode):
+            raise InvalidInput(f"{where}: is a folder, expected an image file")
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidInput(f"{where}: not a regular file ({_file_kind(st.st_mode)}), expected an image file")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise ResourceExhausted(f"{where}: {st.st_size} bytes, larger than the {max_bytes}-byte frame limit")
+        try:
+            return f.read()
+        except OSError as e:
+            raise InvalidInput(f"{where}: read failed ({e.strerror})") from None
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file (read_file without limits)."""
+    return read_file(path)
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:

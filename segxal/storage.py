@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -155,7 +154,8 @@ class FrameStorage:
         """The bytes of the frame at `uri`.
 
         Raises:
-            InvalidInput: malformed URI, a folder, or an unreadable file.
+            InvalidInput: malformed URI, a folder, a non-regular file (FIFO, socket, device),
+                or an unreadable file.
             PermissionDenied: outside the roots.
             NotFound: no such file.
             ResourceExhausted: larger than StorageConfig.max_frame_bytes.
@@ -166,26 +166,10 @@ class FrameStorage:
         return self._read_remote(loc)
 
     def _read_local(self, loc: Location) -> bytes:
-        # O_NOFOLLOW: the path was checked symlink-free; refuse a symlink swapped in since.
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-        try:
-            fd = os.open(loc.local_path, flags)
-        except FileNotFoundError:
-            raise NotFound(f"{loc.uri}: no such file") from None
-        except PermissionError:
-            raise InvalidInput(f"{loc.uri}: not readable (permission denied by the filesystem)") from None
-        except OSError as e:  # ELOOP from O_NOFOLLOW, EIO...
-            raise InvalidInput(f"{loc.uri}: cannot open ({e.strerror})") from None
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            os.close(fd)
-            raise InvalidInput(f"{loc.uri}: is a folder, expected an image file")
-        with os.fdopen(fd, "rb") as f:
-            self._check_size(loc, st.st_size)
-            try:
-                return f.read()
-            except OSError as e:
-                raise InvalidInput(f"{loc.uri}: read failed ({e.strerror})") from None
+        # no_follow: the path was checked symlink-free; refuse a symlink swapped in since.
+        # read_file checks the file type before reading (a FIFO must not stall a worker).
+        return imageio.read_file(loc.local_path, where=loc.uri, max_bytes=self.cfg.max_frame_bytes,
+                                 no_follow=True)
 
     def _read_remote(self, loc: Location) -> bytes:
         import fsspec  # imported here: local-only users never pay for it

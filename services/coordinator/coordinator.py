@@ -28,13 +28,13 @@ from segxal.labels import IGNORE
 from segxal.metrics import macro_dice
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.domain import (
-    CYCLE_CLOSED, CYCLE_COMPLETE, CYCLE_STARTED, DONE, REGIONS, SELECTION_EEM, SELECTION_RANDOM, STOP_BUDGET_SPENT,
+    CYCLE_CLOSED, CYCLE_COMPLETE, CYCLE_STARTED, DONE, MIN_LEASE_S, REGIONS, SELECTION_EEM, SELECTION_RANDOM, STOP_BUDGET_SPENT,
     STOP_DICE_REACHED, STOP_NONE, STOP_POOL_EXHAUSTED, WHOLE_FRAME, Annotation, AnnotationDraft, Budget,
     BudgetLimits, Candidate, Cycle, CycleReport, FailedFrame, FrameScore, IngestSourceResult, ModelVersion,
-    Page, Pool, RankResult, Task, TaskCounts, TaskDraft)
+    Page, Pool, RankResult, Task, TaskCounts, TaskDraft, check_lease_holder)
 from services.coordinator.ranking import (FrameScorer, Ranked, ScoreOptions, TopK, rank_frames,
                                           score_candidates)
-from services.coordinator.store.store import CoordinatorStore, refuse_unless_lease_holder
+from services.coordinator.store.store import CoordinatorStore
 
 IMAGE_FOLDER, CITYSCAPES, DRIVE_LOG = "image_folder", "cityscapes", "drive_log"
 _INGEST_BATCH = 500  # frames per insert transaction
@@ -400,6 +400,9 @@ class Coordinator:
         if requested < 0 or not math.isfinite(requested):
             raise InvalidInput(f"lease_seconds must be >= 0 (0 = default), got {requested}")
         secs = requested or self.cfg.default_lease_s
+        if secs < MIN_LEASE_S:
+            raise InvalidInput(f"lease_seconds {secs} is below the minimum of {MIN_LEASE_S} s: such a lease "
+                               f"would expire before its reply reached you")
         if secs > self.cfg.max_lease_s:
             raise InvalidInput(f"lease_seconds {secs} exceeds the maximum {self.cfg.max_lease_s}")
         return secs
@@ -424,11 +427,21 @@ class Coordinator:
         return self.store.lease_tasks(pool_id, cycle_id, client_id, max_tasks or 1,
                                       self._lease_seconds(lease_seconds), frame_id)
 
-    def heartbeat(self, task_id: str, lease_token: str, lease_seconds: float) -> float:
-        return self.store.heartbeat(task_id, lease_token, self._lease_seconds(lease_seconds))
+    def heartbeat(self, task_id: str, lease_token: str, lease_seconds: float, client_id: str = "") -> float:
+        """Extend a lease. `client_id`: the caller's authenticated identity ('' without authentication).
 
-    def release(self, task_id: str, lease_token: str) -> None:
-        self.store.release(task_id, lease_token)
+        Raises:
+            InvalidInput: lease_seconds out of range. Otherwise as domain.check_lease_holder.
+        """
+        return self.store.heartbeat(task_id, lease_token, self._lease_seconds(lease_seconds), client_id)
+
+    def release(self, task_id: str, lease_token: str, client_id: str = "") -> None:
+        """Give a lease back. `client_id` as in heartbeat.
+
+        Raises:
+            as domain.check_lease_holder.
+        """
+        self.store.release(task_id, lease_token, client_id)
 
     def _prediction_for(self, task: Task, sent: EncodedMask | None) -> np.ndarray | None:
         """The model's trainIds for the frame: the client's when sent, else the scorer's saved one."""
@@ -455,15 +468,10 @@ class Coordinator:
                 already holds a different annotation.
         """
         task = self.store.get_task(spec.task_id, with_token=True)
-        if task.state != DONE:  # a finished task may still take a repeat of its annotation
-            # Fail fast (before decoding and writing) when the lease is not ours; the store
-            # checks again under the row lock.
-            refuse_unless_lease_holder(task, spec.lease_token, "submit")
-            if spec.client_id and spec.client_id != task.lease_owner:
-                # the token is right but the caller is not who leased it (a token passed on or
-                # stolen): with authentication on, client_id is the caller's proven identity
-                raise PermissionDenied(f"submit: task {task.task_id} is leased to client "
-                                       f"'{task.lease_owner}', not to '{spec.client_id}'")
+        # Fail fast (before decoding and writing) when the lease is not ours; the store checks
+        # again under the row lock. A finished task may still take a repeat of its annotation
+        # from the lease that finished it.
+        check_lease_holder(task, spec.lease_token, spec.client_id, "submit", finished_ok=task.state == DONE)
         if spec.scope not in (WHOLE_FRAME, REGIONS):
             raise InvalidInput(f"submit: unknown scope {spec.scope!r}")
         region_ids = tuple(sorted(set(spec.region_ids)))

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from segxal.al.scoring import EEMOptions
 from segxal.annotation import Rle
+from segxal.errors import FailedPrecondition, InvalidInput, PermissionDenied
 
 # Task states, as stored.
 OPEN, LEASED, DONE, CANCELLED = "open", "leased", "done", "cancelled"
@@ -21,6 +22,9 @@ STOP_NONE = "none"
 STOP_DICE_REACHED = "dice_threshold_reached"
 STOP_BUDGET_SPENT = "budget_spent"
 STOP_POOL_EXHAUSTED = "pool_exhausted"
+# Shortest lease granted: a shorter one expires before its reply reaches the client (a round
+# trip over a loaded network), so it could only ever be taken over.
+MIN_LEASE_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,61 @@ class Task:
     lease_count: int = 0
     label_uri: str = ""
     dice_threshold: float = 0.95
+    previous_lease_token: str = ""  # the lease before this one (set with lease_token only)
+
+
+def check_lease_holder(task: Task, lease_token: str, client_id: str, action: str,
+                       finished_ok: bool = False) -> None:
+    """The one lease-ownership check of every lease RPC: heartbeat, release, submit (and a
+    submit's replay onto its finished task).
+
+    The token proves the lease; with authentication on, `client_id` (the caller's proven
+    identity) must also be the lease holder, so a token passed on or stolen is useless. A lease
+    that expired but that nobody has taken over yet still counts as held: the work is good and
+    no one else is doing it.
+
+    Args:
+        task: the task, read with its lease tokens.
+        lease_token: the token the caller sent.
+        client_id: who the caller is ('' when the server does not authenticate: the token alone
+            then proves the lease).
+        action: the RPC, for messages ("heartbeat", "release", "submit").
+        finished_ok: a finished task passes when the caller holds the lease that finished it
+            (a submit repeated after its reply was lost).
+
+    Raises:
+        InvalidInput: no token.
+        FailedPrecondition: the task is finished, cancelled, released, or leased under another
+            token (the message says "taken over after yours ended" only when the token was the
+            previous lease of this task).
+        PermissionDenied: the token is right but the caller is not the client that leased it.
+    """
+    if not lease_token:
+        raise InvalidInput(f"{action}: lease_token is required (it comes with the leased task)")
+    if task.state == DONE:
+        if not finished_ok:
+            raise FailedPrecondition(f"{action}: task {task.task_id} is already annotated")
+        if lease_token != task.lease_token:
+            raise FailedPrecondition(f"{action}: task {task.task_id} is already annotated, under another "
+                                     f"lease than this lease_token's; nothing was stored")
+    elif task.state == CANCELLED:
+        raise FailedPrecondition(f"{action}: task {task.task_id} was cancelled when a newer cycle "
+                                 f"started; nothing was stored")
+    elif task.state == OPEN:
+        raise FailedPrecondition(f"{action}: task {task.task_id} is not leased (the lease was released "
+                                 f"or never granted); lease it again")
+    elif lease_token != task.lease_token:
+        if task.previous_lease_token and lease_token == task.previous_lease_token:
+            raise FailedPrecondition(
+                f"{action}: the lease on task {task.task_id} was taken over by client "
+                f"'{task.lease_owner}' (lease #{task.lease_count}) after yours ended (expired or "
+                f"released); nothing was stored")
+        raise FailedPrecondition(
+            f"{action}: this lease_token does not hold the lease on task {task.task_id} (it is "
+            f"leased under another token); nothing was stored")
+    if client_id and client_id != task.lease_owner:
+        raise PermissionDenied(f"{action}: task {task.task_id} is leased to client '{task.lease_owner}', "
+                               f"not to '{client_id}'")
 
 
 @dataclass(frozen=True)

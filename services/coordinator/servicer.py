@@ -71,7 +71,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         return pb.LeaseTasksResponse(tasks=[cv.task_to_proto(t) for t in tasks], budget_exhausted=exhausted)
 
     def HeartbeatTask(self, request, context):
-        expires = self.core.heartbeat(request.task_id, request.lease_token, request.lease_seconds)
+        expires = self.core.heartbeat(request.task_id, request.lease_token, request.lease_seconds,
+                                      authenticated_client_id(""))
         return pb.HeartbeatTaskResponse(lease_expires_unix_s=expires)
 
     def SubmitAnnotation(self, request, context):
@@ -81,7 +82,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                                            budget=cv.budget_to_proto(r.budget))
 
     def ReleaseTask(self, request, context):
-        self.core.release(request.task_id, request.lease_token)
+        self.core.release(request.task_id, request.lease_token, authenticated_client_id(""))
         return pb.ReleaseTaskResponse()
 
     def ListAnnotations(self, request, context):

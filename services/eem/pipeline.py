@@ -12,8 +12,11 @@ add latency. A stream reads at most `stream_window` requests ahead of the result
 so a caller streaming 5,000 URIs never makes this process hold 5,000 frames (flat memory), and
 gRPC flow control pushes back on the caller.
 
-Deadlines. Every inference call carries `inference_timeout_s`; a down backend fails fast
-(connection refused is UNAVAILABLE at once) and a hung one fails at the deadline: NotReady.
+Deadlines. Every inference call carries the caller's remaining deadline, capped at
+`inference_timeout_s`; a down backend fails fast (connection refused is UNAVAILABLE at once) and a
+hung one fails at the deadline: NotReady. A frame whose caller gave up (deadline passed, call
+cancelled) is not started, and one in progress stops at the next step (before inference, before
+the EEM maths): DeadlineExceeded, no work for nobody.
 
 No gRPC types here: requests and results are services.eem.api dataclasses, errors are
 segxal.errors exceptions (per frame in streams).
@@ -27,7 +30,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -37,6 +40,7 @@ from segxal.eem.health import cam_degenerate
 from segxal.eem.regions import otsu_threshold
 from segxal.errors import InvalidInput, SegxalError
 from segxal.storage import FrameStorage
+from services.common.errors import DeadlineExceeded
 from services.eem.api import FrameRequest, ModelVersions, ScoredFrame, Stats, quantise_map
 from services.inference.client import InferenceClient
 
@@ -52,6 +56,44 @@ class PipelineConfig:
     stream_window: int = 8
     inference_timeout_s: float = 30.0  # deadline of each segmentation / depth call
     latency_window: int = 1024  # recent frame latencies kept for the stats percentiles
+
+
+_NO_DEADLINE_S = 1e8  # grpc reports "no deadline" as an enormous time remaining
+
+
+def _always_active() -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who waits for a frame: their deadline (time.monotonic(), None = none) and whether they
+    still wait (False once the call was cancelled or timed out)."""
+
+    deadline: float | None = None
+    is_active: Callable[[], bool] = _always_active
+
+    @classmethod
+    def of(cls, context) -> "Caller":
+        """The caller of an RPC, from its servicer context (time_remaining(), is_active())."""
+        remaining = context.time_remaining()
+        deadline = None if remaining is None or remaining > _NO_DEADLINE_S else time.monotonic() + remaining
+        return cls(deadline, context.is_active)
+
+    def timeout(self, cap_s: float, step: str) -> float:
+        """Seconds an outbound call may take: the time the caller has left, at most cap_s.
+
+        Raises:
+            DeadlineExceeded: the caller gave up or has no time left (names the step not run).
+        """
+        if not self.is_active():
+            raise DeadlineExceeded(f"the caller cancelled or gave up; stopped {step}")
+        if self.deadline is None:
+            return cap_s
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded(f"the caller's deadline passed; stopped {step}")
+        return min(cap_s, left)
 
 
 class _Counters:
@@ -121,23 +163,29 @@ class ScoringPipeline:
 
     # -- one frame -----------------------------------------------------------------------------
 
-    def score(self, request: FrameRequest) -> ScoredFrame:
+    def score(self, request: FrameRequest, caller: Caller = Caller()) -> ScoredFrame:
         """Score one frame (on the shared pool, so it counts against max_concurrency).
+
+        Args:
+            request: the frame and options.
+            caller: the deadline and liveness of whoever waits (Caller.of(context) in a servicer);
+                backend calls get the time the caller has left.
 
         Raises:
             InvalidInput: bad options, a corrupt image or a size the models cannot take.
             NotFound / PermissionDenied: missing file / outside the storage roots.
             NotReady: an inference backend is down or missed its deadline.
+            DeadlineExceeded: the caller gave up before the frame was scored.
             (Every message names the frame.)
         """
-        return self._frames.submit(self._score_counted, request).result()
+        return self._frames.submit(self._score_counted, request, caller).result()
 
-    def _score_counted(self, request: FrameRequest) -> ScoredFrame:
+    def _score_counted(self, request: FrameRequest, caller: Caller) -> ScoredFrame:
         started = time.perf_counter()
         self._counters.begin()
         result = None
         try:
-            result = self._score(request, started)
+            result = self._score(request, caller, started)
             return result
         except SegxalError as e:
             raise _frame_error(request.uri, e) from None
@@ -145,13 +193,14 @@ class ScoringPipeline:
             self._counters.end((time.perf_counter() - started) * 1e3, result is not None,
                                result is not None and result.cam_degenerate)
 
-    def _score(self, request: FrameRequest, started: float) -> ScoredFrame:
+    def _score(self, request: FrameRequest, caller: Caller, started: float) -> ScoredFrame:
         if request.rejected is not None:
             raise request.rejected
         opts = request.options.validate()
+        caller.timeout(self.cfg.inference_timeout_s, "before reading the frame")  # waited in the queue
         image = self.storage.read_rgb(request.uri)  # uint8 [H, W, 3], decoded once
         batch = image[None]  # [1, H, W, 3]
-        timeout = self.cfg.inference_timeout_s
+        timeout = caller.timeout(self.cfg.inference_timeout_s, "before inference")
         depth_call = self._depth_calls.submit(self.depth.infer_depth, batch, timeout_s=timeout)
         seg_error = None
         try:
@@ -164,6 +213,7 @@ class ScoringPipeline:
         if seg["cam"] is None:
             raise InvalidInput(f"segmentation model {self.segmentation.segmentation_model!r} has no CAM "
                                f"output; the EEM needs one (export it with segxal.export)")
+        caller.timeout(self.cfg.inference_timeout_s, "before the EEM maths")
         frame = score_frame(seg["labels"][0], seg["ebu"][0], seg["cam"][0], inverse_depth[0], opts.eem,
                             with_regions=opts.regions)
         result = self._result(request, frame, image.shape[:2],
@@ -190,17 +240,18 @@ class ScoringPipeline:
             labels_png=imageio.encode_png(frame.labels.astype(np.uint8)) if opts.labels else b"",
             latency_ms=(time.perf_counter() - started) * 1e3)
 
-    def _score_or_error(self, request: FrameRequest) -> ScoredFrame:
+    def _score_or_error(self, request: FrameRequest, caller: Caller) -> ScoredFrame:
         """A result either way: a frame's failure must not end the stream it came in."""
         try:
-            return self._score_counted(request)
+            return self._score_counted(request, caller)
         except Exception as e:  # noqa: BLE001 - per-frame isolation; the edge maps it to a status
             return ScoredFrame(frame_id=request.frame_id, uri=request.uri, error=e)
 
     # -- many frames ---------------------------------------------------------------------------
 
-    def score_many(self, requests: Iterable[FrameRequest]) -> Iterator[ScoredFrame]:
+    def score_many(self, requests: Iterable[FrameRequest], caller: Caller = Caller()) -> Iterator[ScoredFrame]:
         """Score frames as they come, yielding results as they finish (not in request order).
+        `caller`: the stream's deadline and liveness (as in `score`).
 
         A frame that fails yields a ScoredFrame with `error` set; the others go on. At most
         `stream_window` requests are read ahead of the yielded results. Closing the iterator
@@ -220,7 +271,7 @@ class ScoringPipeline:
                     window.acquire()
                     if stop.is_set():
                         break
-                    self._frames.submit(self._score_or_error, request).add_done_callback(
+                    self._frames.submit(self._score_or_error, request, caller).add_done_callback(
                         lambda f: done.put(f.result()))
                     submitted += 1
             except Exception as e:  # noqa: BLE001 - handed to the consumer thread, raised there

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from segxalpb.eem.v1 import eem_pb2_grpc
 from services.eem import wire
-from services.eem.pipeline import ScoringPipeline
+from services.eem.pipeline import Caller, ScoringPipeline
 
 
 class EemScoringServicer(eem_pb2_grpc.EemScoringServicer):
@@ -13,10 +13,11 @@ class EemScoringServicer(eem_pb2_grpc.EemScoringServicer):
         self.pipeline = pipeline
 
     def ScoreFrame(self, request, context):
-        return wire.result_to_proto(self.pipeline.score(wire.request_from_proto(request)))
+        return wire.result_to_proto(self.pipeline.score(wire.request_from_proto(request), Caller.of(context)))
 
     def ScoreStream(self, request_iterator, context):
-        for result in self.pipeline.score_many(wire.requests_from_proto(request_iterator)):
+        for result in self.pipeline.score_many(wire.requests_from_proto(request_iterator),
+                                                 Caller.of(context)):
             yield wire.result_to_proto(result)
 
     def GetStats(self, request, context):

@@ -240,8 +240,9 @@ class InferenceClient:
                 return self._client.is_server_ready(client_timeout=self.timeout_s)
             return self._client.is_model_ready(model, version, client_timeout=self.timeout_s)
 
-    def model_spec(self, model: str, refresh: bool = False) -> ModelSpec:
+    def model_spec(self, model: str, refresh: bool = False, timeout_s: float | None = None) -> ModelSpec:
         """The model's serving contract from its config (fetched once, then cached).
+        `timeout_s`: deadline of the fetch (None: the client's default).
 
         Raises:
             NotFound: no such model. InvalidInput: its config lacks our parameters.
@@ -250,7 +251,8 @@ class InferenceClient:
             spec = self._specs.get(model)
         if spec is None or refresh:
             with _our_errors():
-                config = self._client.get_model_config(model, client_timeout=self.timeout_s).config
+                config = self._client.get_model_config(
+                    model, client_timeout=self.timeout_s if timeout_s is None else timeout_s).config
             spec = spec_from_config(config)
             with self._lock:
                 self._specs[model] = spec
@@ -301,7 +303,7 @@ class InferenceClient:
         Raises:
             InvalidInput: images not uint8 [B, H, W, 3], or sizes the model cannot take; and as infer.
         """
-        spec = self.model_spec(self.segmentation_model)
+        spec = self.model_spec(self.segmentation_model, timeout_s=timeout_s)  # the caller's deadline too
         _check_kind(spec, self.segmentation_model, SEGMENTATION)
         inputs, size = _prepare_images(spec, images)
         out = self.infer(self.segmentation_model, inputs, outputs=_segmentation_outputs(spec, with_logits),
@@ -323,7 +325,7 @@ class InferenceClient:
         Raises:
             As infer_segmentation.
         """
-        spec = self.model_spec(self.depth_model)
+        spec = self.model_spec(self.depth_model, timeout_s=timeout_s)  # the caller's deadline too
         _check_kind(spec, self.depth_model, DEPTH)
         inputs, size = _prepare_images(spec, images)
         out = self.infer(self.depth_model, inputs, outputs=[_depth_output(spec)],

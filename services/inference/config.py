@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.common.server import ServerConfig
+from services.inference.admission import DEFAULT_BYTES_PER_PIXEL, DEFAULT_MEMORY_BUDGET_BYTES
 
 
 @dataclass
@@ -31,5 +32,9 @@ class InferenceServerConfig:
     # largest single input tensor accepted, by its declared shape x dtype size; checked before any
     # decoding (a 1024x2048 uint8 RGB batch of 8 is 48 MiB)
     max_tensor_bytes: int = 64 * 1024 * 1024
+    # admission by work (services/inference/admission.py): requests in flight may hold this much
+    # memory together, at bytes_per_pixel (measured) per pixel; 0 = no pixel limit
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES
+    bytes_per_pixel: int = DEFAULT_BYTES_PER_PIXEL
     server_name: str = "segxal-inference"
     server_version: str = "0.1.0"

@@ -39,6 +39,10 @@ def build_config(argv: list[str] | None = None) -> InferenceServerConfig:
     p.add_argument("--max-workers", type=int, default=int(_env("MAX_WORKERS", d.server.max_workers)))
     p.add_argument("--max-tensor-mb", type=float,
                    default=float(_env("MAX_TENSOR_MB", d.max_tensor_bytes / 2**20)))
+    p.add_argument("--memory-budget-mb", type=float,
+                   default=float(_env("MEMORY_BUDGET_MB", d.memory_budget_bytes / 2**20)),
+                   help="memory the requests in flight may use together; sets the pixel admission limit "
+                        "(measured bytes per pixel); 0 = no limit")
     p.add_argument("--grace", type=float, default=float(_env("GRACE_S", d.server.grace_s)))
     p.add_argument("--tls-cert", default=_env("TLS_CERT", None))
     p.add_argument("--tls-key", default=_env("TLS_KEY", None))
@@ -53,7 +57,7 @@ def build_config(argv: list[str] | None = None) -> InferenceServerConfig:
         runtime=RuntimeConfig(device=a.device, intra_op_threads=a.intra_op_threads,
                               spinning=a.ort_spinning),
         poll_interval_s=a.poll_interval,
-        max_tensor_bytes=int(a.max_tensor_mb * 2**20))
+        max_tensor_bytes=int(a.max_tensor_mb * 2**20), memory_budget_bytes=int(a.memory_budget_mb * 2**20))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from segxal.errors import FailedPrecondition, NotFound, NotReady, SegxalError
 from segxal.modelspec import TensorSpec
 from services.common.model_repository import (
     ModelRepository, candidate_versions, format_config)
+from services.inference.admission import PixelAdmission, request_pixels
 from services.inference.batcher import Batcher, BatcherClosed, BatcherStats, BatchPolicy
 from services.inference.config import InferenceServerConfig
 from services.inference.api import InferRequest, InferResult, ModelStatus
@@ -51,6 +52,7 @@ class _ModelState:
     name: str
     versions: dict[int, _Version] = field(default_factory=dict)  # replaced wholesale, never mutated
     failed: dict[int, tuple] = field(default_factory=dict)  # version -> signature that failed to load
+    failed_reason: dict[int, str] = field(default_factory=dict)  # version -> why (RepositoryIndex)
     reason: str = ""  # why the last load failed (RepositoryIndex shows it)
     unloaded: bool = False  # explicitly unloaded: polling leaves it alone until loaded again
 
@@ -102,6 +104,7 @@ class ModelManager:
         self._retiring: list[threading.Thread] = []
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self.admission = PixelAdmission.from_budget(cfg.memory_budget_bytes, cfg.bytes_per_pixel)
 
     # ---- life cycle ----
 
@@ -193,6 +196,9 @@ class ModelManager:
             candidates, wanted, config = [], 0, None
             if state.reason != str(e):  # once per new problem, not every poll
                 log.error("model %s: %s", name, e)
+        for gone in set(state.failed) - set(candidates) if config is not None else ():
+            state.failed.pop(gone, None)  # its folder was removed: forget the failure
+            state.failed_reason.pop(gone, None)
         current = state.versions
         chosen: dict[int, _Version] = {}
         for v in candidates:
@@ -211,8 +217,10 @@ class ModelManager:
             try:
                 chosen[v] = self._load_version(name, v, config, signature)
                 state.failed.pop(v, None)
+                state.failed_reason.pop(v, None)
             except SegxalError as e:
                 state.failed[v] = signature
+                state.failed_reason[v] = str(e)
                 errors.append(f"version {v}: {e}")
                 log.error("model %s: version %d failed to load: %s", name, v, e)
         if errors and not chosen:
@@ -293,13 +301,16 @@ class ModelManager:
 
         Raises:
             NotFound: unknown model or version. NotReady: no version loaded, or the deadline passed.
-            InvalidInput: tensors do not fit the model. ResourceExhausted: queue full.
+            InvalidInput: tensors do not fit the model. ResourceExhausted: queue full, or more
+            pixels than the admission limit allows (services.inference.admission).
         """
         for _ in range(_SWAP_RETRIES):
             loaded = self._resolve(request.model, request.version)
             rows = loaded.model.check_request(request.inputs, request.outputs)
+            pixels = request_pixels(request.inputs, loaded.model.layout)
             try:
-                outputs = loaded.batcher.submit(request.inputs, request.outputs, rows, request.deadline)
+                with self.admission.admit(request.model, pixels, request.deadline):
+                    outputs = loaded.batcher.submit(request.inputs, request.outputs, rows, request.deadline)
             except BatcherClosed:
                 continue  # swapped out between resolve and submit: the new mapping is in place
             return InferResult(model=request.model, version=loaded.number, outputs=outputs,
@@ -364,6 +375,14 @@ class ModelManager:
             versions = state.versions if state else {}
             for v in sorted(versions):
                 rows.append(ModelStatus(name, str(v), "READY"))
-            if not versions and not ready_only:
+            if ready_only:
+                continue
+            # a version that failed to load while older ones serve: its own row, with its reason
+            # (a model READY with an empty reason would hide that the newest version is broken)
+            newest = max(versions, default=0)
+            failed = {v: r for v, r in (state.failed_reason.items() if state else ()) if v > newest}
+            for v, reason in sorted(failed.items()):
+                rows.append(ModelStatus(name, str(v), "UNAVAILABLE", f"failed to load: {reason}"))
+            if not versions and not failed:
                 rows.append(ModelStatus(name, "", "UNAVAILABLE", (state.reason if state else "") or "not loaded"))
         return rows

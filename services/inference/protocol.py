@@ -36,18 +36,38 @@ def _deadline(time_remaining_s: float | None, timeout_us: int) -> float | None:
     return min(deadlines) if deadlines else None
 
 
+def _typed_values(name: str, datatype: str, dtype: np.dtype, field: str, values) -> np.ndarray:
+    """Typed contents as `dtype`, every value checked to fit it (int_contents carries INT8 and
+    INT16 as int32, uint_contents carries UINT8 and UINT16 as uint32: a 300 is not a UINT8)."""
+    if dtype.kind in "iu":
+        wide = np.asarray(values, dtype=np.int64 if dtype.kind == "i" else np.uint64)
+        info = np.iinfo(dtype)
+        if wide.size and (wide.min() < info.min or wide.max() > info.max):
+            bad = wide[(wide < info.min) | (wide > info.max)][0]
+            raise InvalidInput(f"input {name!r}: value {int(bad)} in contents.{field} is out of range for "
+                               f"{datatype} ({info.min}..{info.max})")
+        return wide.astype(dtype)
+    return np.asarray(values, dtype=dtype)
+
+
 def _decode_tensor(tensor, raw: bytes | None, max_tensor_bytes: int) -> np.ndarray:
     name = tensor.name
     shape = list(tensor.shape)
     if any(d < 0 for d in shape):
         raise InvalidInput(f"input {name!r}: shape {shape} has negative dimensions")
-    dtype = numpy_dtype(tensor.datatype)
+    try:
+        dtype = numpy_dtype(tensor.datatype)
+    except InvalidInput as e:
+        raise InvalidInput(f"input {name!r}: {e}") from None
     count = math.prod(shape)
     nbytes = count * dtype.itemsize
     if nbytes > max_tensor_bytes:
         raise ResourceExhausted(f"input {name!r}: {nbytes} bytes ({tensor.datatype} {shape}) exceeds the "
                                 f"limit of {max_tensor_bytes} bytes per tensor")
     if raw is not None:
+        if tensor.contents.ListFields():
+            raise InvalidInput(f"input {name!r}: both raw_input_contents and typed contents were sent; "
+                               f"the protocol allows one or the other")
         if len(raw) != nbytes:
             raise InvalidInput(f"input {name!r}: {len(raw)} bytes of raw content, expected {nbytes} "
                                f"for {tensor.datatype} {shape}")
@@ -59,7 +79,7 @@ def _decode_tensor(tensor, raw: bytes | None, max_tensor_bytes: int) -> np.ndarr
     if len(values) != count:
         raise InvalidInput(f"input {name!r}: {len(values)} values in contents.{field}, expected {count} "
                            f"for shape {shape}")
-    return np.asarray(values, dtype=dtype).reshape(shape)
+    return _typed_values(name, tensor.datatype, dtype, field, values).reshape(shape)
 
 
 def request_from_proto(msg: pb.ModelInferRequest, max_tensor_bytes: int,

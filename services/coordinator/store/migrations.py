@@ -162,6 +162,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (frame_id, model_key, options_key)
         )""",
     )),
+    # The token of the lease before the current one: lets a refusal say "taken over after yours
+    # ended" only to the client whose lease it really was.
+    Migration(3, "tasks.previous_lease_token", (
+        "ALTER TABLE tasks ADD COLUMN previous_lease_token TEXT NOT NULL DEFAULT ''",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

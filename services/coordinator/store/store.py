@@ -21,8 +21,8 @@ from segxal.ingest import IngestedFrame
 from services.coordinator.domain import (
     CANCELLED, CYCLE_CLOSED, CYCLE_COMPLETE, CYCLE_LABELING, CYCLE_STARTED, DONE, OPEN,
     WHOLE_FRAME, Annotation, AnnotationDraft, Budget, BudgetLimits, Candidate, Cycle, FailedFrame,
-    Frame, FrameScore, ModelVersion, Pool, Task, TaskCounts, TaskDraft, regions_from_json,
-    regions_to_json)
+    Frame, FrameScore, ModelVersion, Pool, Task, TaskCounts, TaskDraft, check_lease_holder,
+    regions_from_json, regions_to_json)
 from services.coordinator.store.db import Database, Tx
 from services.coordinator.store.migrations import migrate
 
@@ -60,7 +60,7 @@ FROM cycles c LEFT JOIN model_versions m
 _TASK_SELECT = """
 SELECT t.task_id, t.cycle_id, t.pool_id, t.frame_id, f.uri AS frame_uri, f.width, f.height,
        f.label_uri, t.score, t.rank, t.regions, t.prediction_uri, t.state, t.lease_owner,
-       t.lease_token, t.lease_expires_at, t.lease_count, c.model_name, c.model_version,
+       t.lease_token, t.previous_lease_token, t.lease_expires_at, t.lease_count, c.model_name, c.model_version,
        c.dice_threshold
 FROM tasks t JOIN frames f ON f.frame_id = t.frame_id JOIN cycles c ON c.cycle_id = t.cycle_id"""
 
@@ -117,7 +117,8 @@ def _task(r: dict, with_token: bool = False) -> Task:
                 prediction_uri=r["prediction_uri"], state=r["state"], lease_owner=r["lease_owner"],
                 lease_token=r["lease_token"] if with_token else "",
                 lease_expires_at=float(r["lease_expires_at"]), lease_count=int(r["lease_count"]),
-                label_uri=r["label_uri"], dice_threshold=float(r["dice_threshold"]))
+                label_uri=r["label_uri"], dice_threshold=float(r["dice_threshold"]),
+                previous_lease_token=r["previous_lease_token"] if with_token else "")
 
 
 def _annotation(r: dict) -> Annotation:
@@ -129,29 +130,6 @@ def _annotation(r: dict) -> Annotation:
         pixels_count=int(r["pixels_count"]), dice=None if r["dice"] is None else float(r["dice"]),
         frame_retired=bool(r["frame_retired"]), created_at=float(r["created_at"]),
         content_sha256=r["content_sha256"], idempotency_key=r["idempotency_key"])
-
-
-def refuse_unless_lease_holder(task: Task, lease_token: str, action: str) -> None:
-    """Raise FailedPrecondition unless `lease_token` holds the task's current lease.
-
-    A lease that expired but that nobody has taken over yet still counts as held: the work is
-    good and no one else is doing it.
-    """
-    if not lease_token:
-        raise InvalidInput(f"{action}: lease_token is required (it comes with the leased task)")
-    if task.state == DONE:
-        raise FailedPrecondition(f"{action}: task {task.task_id} is already annotated")
-    if task.state == CANCELLED:
-        raise FailedPrecondition(f"{action}: task {task.task_id} was cancelled when a newer cycle "
-                                 f"started; nothing was stored")
-    if task.state == OPEN:
-        raise FailedPrecondition(f"{action}: task {task.task_id} is not leased (the lease was released); "
-                                 f"lease it again")
-    if task.lease_token != lease_token:
-        raise FailedPrecondition(
-            f"{action}: the lease on task {task.task_id} was taken over by client "
-            f"'{task.lease_owner}' (lease #{task.lease_count}) after yours expired; "
-            f"nothing was stored")
 
 
 class CoordinatorStore:
@@ -470,6 +448,8 @@ class CoordinatorStore:
                     return [], False
             leased = tx.all(
                 """UPDATE tasks SET state = 'leased', lease_owner = ?, lease_token = ?,
+                                    previous_lease_token = CASE WHEN lease_token <> '' THEN lease_token
+                                                                ELSE previous_lease_token END,
                                     lease_expires_at = {now} + ?, lease_count = lease_count + 1
                    WHERE task_id IN (
                      SELECT task_id FROM tasks
@@ -486,32 +466,50 @@ class CoordinatorStore:
             return [_task(r, with_token=True) for r in rows], False
         return self.db.run(txn)
 
-    def _diagnose_lease(self, task_id: str, lease_token: str, action: str) -> None:
+    def _diagnose_lease(self, task_id: str, lease_token: str, client_id: str, action: str) -> None:
         """Called when a lease-guarded UPDATE matched nothing: raise the reason."""
-        refuse_unless_lease_holder(self.get_task(task_id, with_token=True), lease_token, action)
+        check_lease_holder(self.get_task(task_id, with_token=True), lease_token, client_id, action)
         raise FailedPrecondition(f"{action}: task {task_id} changed meanwhile; try again")
 
-    def heartbeat(self, task_id: str, lease_token: str, lease_seconds: float) -> float:
-        """Extend a lease; returns the new expiry (database clock)."""
+    def heartbeat(self, task_id: str, lease_token: str, lease_seconds: float, client_id: str = "") -> float:
+        """Extend a lease; returns the new expiry (database clock).
+
+        Args:
+            client_id: the caller's authenticated identity ('' = not authenticated: the token decides).
+
+        Raises:
+            as check_lease_holder.
+        """
         if not lease_token:
             raise InvalidInput("heartbeat: lease_token is required")
         r = self.db.run(lambda tx: tx.one(
             """UPDATE tasks SET lease_expires_at = {now} + ?
-               WHERE task_id = ? AND state = 'leased' AND lease_token = ? RETURNING lease_expires_at""",
-            (lease_seconds, task_id, lease_token)))
+               WHERE task_id = ? AND state = 'leased' AND lease_token = ? AND (? = '' OR lease_owner = ?)
+               RETURNING lease_expires_at""",
+            (lease_seconds, task_id, lease_token, client_id, client_id)))
         if r is None:
-            self._diagnose_lease(task_id, lease_token, "heartbeat")
+            self._diagnose_lease(task_id, lease_token, client_id, "heartbeat")
         return float(r["lease_expires_at"])
 
-    def release(self, task_id: str, lease_token: str) -> None:
+    def release(self, task_id: str, lease_token: str, client_id: str = "") -> None:
+        """Give a lease back: the task is leasable again at once.
+
+        Args:
+            client_id: the caller's authenticated identity ('' = not authenticated: the token decides).
+
+        Raises:
+            as check_lease_holder.
+        """
         if not lease_token:
             raise InvalidInput("release: lease_token is required")
         r = self.db.run(lambda tx: tx.one(
-            """UPDATE tasks SET state = 'open', lease_owner = '', lease_token = '', lease_expires_at = 0
-               WHERE task_id = ? AND state = 'leased' AND lease_token = ? RETURNING task_id""",
-            (task_id, lease_token)))
+            """UPDATE tasks SET state = 'open', lease_owner = '', lease_token = '', lease_expires_at = 0,
+                                previous_lease_token = lease_token
+               WHERE task_id = ? AND state = 'leased' AND lease_token = ? AND (? = '' OR lease_owner = ?)
+               RETURNING task_id""",
+            (task_id, lease_token, client_id, client_id)))
         if r is None:
-            self._diagnose_lease(task_id, lease_token, "release")
+            self._diagnose_lease(task_id, lease_token, client_id, "release")
 
     # ================================================================ annotations
     def submit_annotation(self, draft: AnnotationDraft) -> tuple[Annotation, bool]:
@@ -530,11 +528,12 @@ class CoordinatorStore:
             # Lock the task row first: concurrent submits of one task run one after the other.
             if tx.one("SELECT task_id FROM tasks WHERE task_id = ? {for_update}", (draft.task_id,)) is None:
                 raise NotFound(f"no task {draft.task_id}")
+            task = _task(tx.one(_TASK_SELECT + " WHERE t.task_id = ?", (draft.task_id,)), with_token=True)
             existing = tx.one(_ANNOTATION_SELECT + " WHERE a.task_id = ?", (draft.task_id,))
+            # a replay returns the record only to the lease (and client) that stored it
+            check_lease_holder(task, draft.lease_token, draft.client_id, "submit", finished_ok=existing is not None)
             if existing is not None:
                 return self._replay(_annotation(existing), draft), True
-            task = _task(tx.one(_TASK_SELECT + " WHERE t.task_id = ?", (draft.task_id,)), with_token=True)
-            refuse_unless_lease_holder(task, draft.lease_token, "submit")
             retired = draft.dice is not None and draft.dice >= task.dice_threshold
             annotation_id = _new_id("ann")
             tx.execute(

@@ -1,0 +1,119 @@
+"""Admission by work, not bytes: a request is admitted by the pixels it asks the model to process.
+
+A request's memory is set by its pixels (every activation of a convolutional network is a
+multiple of height x width), not by its bytes on the wire: a uint8 2048 x 4096 frame is 24 MiB
+on the wire and ~2 GB of activations. So the server counts pixels: one request may hold at most
+`max_request_pixels`, and all requests being processed together at most `max_inflight_pixels`;
+a request that fits waits (until its deadline) for room, one that can never fit is refused at
+once with RESOURCE_EXHAUSTED. Both limits are a memory budget divided by the peak bytes per pixel
+measured with bench/inference_memory.py (DEFAULT_BYTES_PER_PIXEL).
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Iterator
+
+import numpy as np
+
+from segxal.errors import ResourceExhausted
+from services.common.errors import DeadlineExceeded
+
+# Peak RSS growth per pixel of one request, measured with bench/inference_memory.py on the
+# default U-Net (width 32, depth 4; the depth network is lighter): ~1.1 kB/px at 1024 x 2048
+# (see the README, "Memory per request"). Rounded up: admission errs on the safe side.
+DEFAULT_BYTES_PER_PIXEL = 1200
+DEFAULT_MEMORY_BUDGET_BYTES = 4 * 2**30  # activations of requests in flight, all models together
+_NO_DEADLINE_WAIT_S = 60.0  # a request without a deadline waits this long for room at most
+
+
+def request_pixels(inputs: dict[str, np.ndarray], layout: str) -> int:
+    """The pixels a request asks for: batch x height x width of its image input (layout NHWC /
+    NCHW, 4-D), else the element count of its largest input (a model without an image layout).
+
+    Args:
+        inputs: name -> array, already checked against the model.
+        layout: the model's input_layout parameter ("NHWC", "NCHW" or "").
+
+    Returns:
+        The largest such count over the inputs.
+    """
+    pixels = 0
+    for array in inputs.values():
+        if array.ndim == 4 and layout in ("NHWC", "NCHW"):
+            b, (h, w) = array.shape[0], (array.shape[1:3] if layout == "NHWC" else array.shape[2:4])
+            pixels = max(pixels, b * h * w)
+        else:
+            pixels = max(pixels, int(array.size))
+    return pixels
+
+
+class PixelAdmission:
+    """Counts the pixels in flight and admits requests while they fit. Thread-safe.
+
+    Args:
+        max_request_pixels: the most one request may ask for (0 = no limit at all).
+        max_inflight_pixels: the most all admitted requests may hold together (>= max_request_pixels).
+        bytes_per_pixel: the measured figure the limits come from (named in refusals).
+    """
+
+    def __init__(self, max_request_pixels: int, max_inflight_pixels: int,
+                 bytes_per_pixel: int = DEFAULT_BYTES_PER_PIXEL):
+        self.max_request_pixels = max_request_pixels
+        self.max_inflight_pixels = max(max_inflight_pixels, max_request_pixels)
+        self.bytes_per_pixel = bytes_per_pixel
+        self._inflight = 0
+        self._cond = threading.Condition()
+
+    @classmethod
+    def from_budget(cls, memory_budget_bytes: int, bytes_per_pixel: int = DEFAULT_BYTES_PER_PIXEL
+                    ) -> "PixelAdmission":
+        """Limits from a memory budget: one request and all in flight may use all of it."""
+        pixels = memory_budget_bytes // bytes_per_pixel if memory_budget_bytes > 0 else 0
+        return cls(pixels, pixels, bytes_per_pixel)
+
+    @property
+    def inflight_pixels(self) -> int:
+        return self._inflight
+
+    @contextlib.contextmanager
+    def admit(self, model: str, pixels: int, deadline: float | None) -> Iterator[None]:
+        """Hold `pixels` of the budget while the block runs.
+
+        Args:
+            model: for messages.
+            pixels: the request's pixels (request_pixels).
+            deadline: time.monotonic() by which the request must have run (None: none).
+
+        Raises:
+            ResourceExhausted: more pixels than one request may have (the message states the limit
+                and the bytes per pixel it comes from), or no room before the deadline.
+            DeadlineExceeded: the deadline passed while waiting for room.
+        """
+        if self.max_request_pixels <= 0:
+            yield
+            return
+        if pixels > self.max_request_pixels:
+            raise ResourceExhausted(
+                f"model {model!r}: the request has {pixels} pixels, over the limit of {self.max_request_pixels} "
+                f"pixels per request (memory budget / {self.bytes_per_pixel} bytes per pixel measured); "
+                f"send smaller images or fewer per request")
+        wait_until = deadline if deadline is not None else time.monotonic() + _NO_DEADLINE_WAIT_S
+        with self._cond:
+            while self._inflight + pixels > self.max_inflight_pixels:
+                left = wait_until - time.monotonic()
+                if left <= 0:
+                    if deadline is not None:
+                        raise DeadlineExceeded(f"model {model!r}: deadline passed waiting for memory "
+                                               f"({self._inflight} pixels in flight)")
+                    raise ResourceExhausted(f"model {model!r}: busy, {self._inflight} of "
+                                            f"{self.max_inflight_pixels} pixels in flight; retry")
+                self._cond.wait(left)
+            self._inflight += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inflight -= pixels
+                self._cond.notify_all()
