@@ -111,7 +111,7 @@ def read_file(path: str | os.PathLike, where: str | None = None, max_bytes: int 
         raise InvalidInput(f"{where}: not readable (permission denied by the filesystem)") from None
     except OSError as e:  # ELOOP from O_NOFOLLOW, EIO...
         raise InvalidInput(f"{where}: cannot open ({e.strerror})") from None
-    with os.fdopen(fd, "rb") as f:  # closes fd on every path below
+    try:
         st = os.fstat(fd)  # of what was opened, so a file swapped in after a path check is caught
         if stat.S_ISDIR(st.st_mode):
             raise InvalidInput(f"{where}: is a folder, expected an image file")
@@ -119,6 +119,11 @@ def read_file(path: str | os.PathLike, where: str | None = None, max_bytes: int 
             raise InvalidInput(f"{where}: not a regular file ({_file_kind(st.st_mode)}), expected an image file")
         if max_bytes is not None and st.st_size > max_bytes:
             raise ResourceExhausted(f"{where}: {st.st_size} bytes, larger than the {max_bytes}-byte frame limit")
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
         try:
             return f.read()
         except OSError as e:

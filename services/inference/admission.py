@@ -21,10 +21,14 @@ from segxal.errors import ResourceExhausted
 from services.common.errors import DeadlineExceeded
 
 # Peak RSS growth per pixel of one request, measured with bench/inference_memory.py on the
-# default U-Net (width 32, depth 4; the depth network is lighter): ~1.1 kB/px at 1024 x 2048
-# (see the README, "Memory per request"). Rounded up: admission errs on the safe side.
-DEFAULT_BYTES_PER_PIXEL = 1200
-DEFAULT_MEMORY_BUDGET_BYTES = 4 * 2**30  # activations of requests in flight, all models together
+# default U-Net (width 32, depth 4; the depth network needs ~125 B/px): 348 B/px on a server that
+# has already served that size (ONNX Runtime's arena keeps what it grew), ~560 B/px for the first
+# request at a new size (the arena grows as well). Rounded up from the cold figure: admission errs
+# on the safe side.
+DEFAULT_BYTES_PER_PIXEL = 600
+# Activations of requests in flight, all models together: 7.1 Mpx at 600 B/px, so three
+# 1024 x 2048 frames at once, and one request may not exceed 7.1 Mpx (a 2048 x 4096 frame is 8.4).
+DEFAULT_MEMORY_BUDGET_BYTES = 4 * 2**30
 _NO_DEADLINE_WAIT_S = 60.0  # a request without a deadline waits this long for room at most
 
 
