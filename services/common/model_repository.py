@@ -9,6 +9,17 @@ Publishing is atomic: files go into a hidden temp folder beside the versions (`.
 ignored by readers here and by Triton, whose loader skips non-numeric names), are fsynced, and
 the folder is renamed to the next version number; a reader never sees a half-written version.
 config.pbtxt is parsed and written with Triton's own `model_config_pb2.ModelConfig` (no copied proto).
+
+Two flavours of config.pbtxt, the same model.onnx files:
+- "onnxruntime" (default; what the GPU overlay's Triton and the project's server run):
+  `platform: "onnxruntime_onnx"`, Triton's native ONNX Runtime backend;
+- "python": `backend: "segxal_onnxruntime"`, a Triton Python-based backend
+  (services/triton/segxal_onnxruntime/model.py) running the same file through ONNX Runtime, for a
+  tritonserver that has the Python backend only (the PyPI wheel's). Same inputs, outputs, batching
+  and version policy. The project's server serves both.
+The flavour belongs to the repository: a config written over an existing one keeps the existing
+one's flavour (a trainer publishing into a Triton-served repository does not switch it back);
+`set_flavour` is the one way to change it.
 """
 from __future__ import annotations
 
@@ -30,6 +41,8 @@ from segxal.modelspec import ModelSpec, TensorSpec
 CONFIG_FILE = "config.pbtxt"
 DEFAULT_MODEL_FILE = "model.onnx"
 PLATFORM = "onnxruntime_onnx"
+PYTHON_BACKEND = "segxal_onnxruntime"  # services/triton/<this>/model.py, installed as a Triton backend
+FLAVOURS = ("onnxruntime", "python")
 _TEMP_PREFIX = ".publish-"
 
 
@@ -57,16 +70,45 @@ class BatchingConfig:
     num_versions: int = 1  # version_policy latest { num_versions }: how many newest versions serve
 
 
-def build_config(name: str, spec: ModelSpec, batching: BatchingConfig | None = None) -> mc.ModelConfig:
+def flavour_of(config: mc.ModelConfig) -> str:
+    """"python" for the segxal_onnxruntime backend, else "onnxruntime"."""
+    return "python" if config.backend == PYTHON_BACKEND else "onnxruntime"
+
+
+def with_flavour(config: mc.ModelConfig, flavour: str) -> mc.ModelConfig:
+    """A copy of `config` for the other backend (only platform/backend differ).
+
+    Raises:
+        InvalidInput: unknown flavour.
+    """
+    if flavour not in FLAVOURS:
+        raise InvalidInput(f"config flavour must be one of {FLAVOURS}, got {flavour!r}")
+    out = mc.ModelConfig()
+    out.CopyFrom(config)
+    out.ClearField("platform")
+    out.ClearField("backend")
+    if flavour == "python":
+        out.backend = PYTHON_BACKEND
+    else:
+        out.platform = PLATFORM
+    return out
+
+
+def build_config(name: str, spec: ModelSpec, batching: BatchingConfig | None = None,
+                 flavour: str = "onnxruntime") -> mc.ModelConfig:
     """A complete ModelConfig for an exported model.
 
     Args:
         name: the model's folder name (Triton requires config name == folder name).
         spec: tensors and parameters, e.g. from segxal.export.
         batching: scheduling; defaults as BatchingConfig.
+        flavour: "onnxruntime" (Triton's native backend; default) or "python" (see the module doc).
 
     Returns:
         The config, ready for `ModelRepository.write_config` or `publish`.
+
+    Raises:
+        InvalidInput: unknown flavour.
     """
     b = batching or BatchingConfig()
     cfg = mc.ModelConfig(name=name, platform=PLATFORM, max_batch_size=b.max_batch_size)
@@ -82,7 +124,7 @@ def build_config(name: str, spec: ModelSpec, batching: BatchingConfig | None = N
     cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_AUTO, count=b.instance_count)
     for key, value in spec.to_parameters().items():
         cfg.parameters[key].string_value = value
-    return cfg
+    return cfg if flavour == "onnxruntime" else with_flavour(cfg, flavour)
 
 
 def spec_from_config(config: mc.ModelConfig) -> ModelSpec:
@@ -190,7 +232,8 @@ class ModelRepository:
 
         Raises:
             NotFound: the model or its config.pbtxt is missing.
-            InvalidInput: the text does not parse, names another model, or is not for ONNX Runtime.
+            InvalidInput: the text does not parse, names another model, or is not for ONNX Runtime
+                (either flavour).
         """
         path = self._model_dir(model) / CONFIG_FILE
         config = parse_config(self.config_text(model), where=str(path))
@@ -198,9 +241,11 @@ class ModelRepository:
             config.name = model  # Triton fills it in from the folder name too
         if config.name != model:
             raise InvalidInput(f"{path}: name {config.name!r} differs from its folder {model!r}")
+        if config.backend == PYTHON_BACKEND and not config.platform:
+            return config  # the same model.onnx, served through Triton's Python backend
         if config.platform not in ("", PLATFORM) or config.backend not in ("", "onnxruntime"):
             raise InvalidInput(f"{path}: platform {config.platform!r} / backend {config.backend!r}; "
-                               f"this server runs {PLATFORM} only")
+                               f"this server runs {PLATFORM} (or backend {PYTHON_BACKEND!r}) only")
         if not config.platform:
             config.platform = PLATFORM
         return config
@@ -222,15 +267,39 @@ class ModelRepository:
 
     def write_config(self, model: str, config: mc.ModelConfig) -> bool:
         """Write config.pbtxt atomically; unchanged text is not rewritten (readers key reloads on it).
+        Over an existing config, the existing flavour is kept (see the module doc).
 
         Returns:
             True if the file changed.
         """
         d = self._model_dir(model)
         d.mkdir(parents=True, exist_ok=True)
-        text = format_config(config)
         path = d / CONFIG_FILE
-        if path.is_file() and path.read_text() == text:
+        old = path.read_text() if path.is_file() else None
+        if old is not None:
+            try:
+                config = with_flavour(config, flavour_of(parse_config(old, where=str(path))))
+            except InvalidInput:
+                pass  # an unreadable config is simply replaced
+        text = format_config(config)
+        if old == text:
+            return False
+        atomic_write_bytes(path, text.encode())
+        return True
+
+    def set_flavour(self, model: str, flavour: str) -> bool:
+        """Switch a model's config.pbtxt to the "onnxruntime" or "python" flavour (module doc).
+
+        Returns:
+            True if the file changed.
+
+        Raises:
+            NotFound: no config. InvalidInput: unknown flavour or an unreadable config.
+        """
+        path = self._model_dir(model) / CONFIG_FILE
+        config = with_flavour(parse_config(self.config_text(model), where=str(path)), flavour)
+        text = format_config(config)
+        if path.read_text() == text:
             return False
         atomic_write_bytes(path, text.encode())
         return True

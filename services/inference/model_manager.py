@@ -358,7 +358,7 @@ class ModelManager:
         loaded = self._resolve(name, version)
         m = loaded.model
         return ModelDescription(
-            name=name, versions=sorted(self._models[name].versions), platform=m.config.platform,
+            name=name, versions=sorted(self._models[name].versions), platform=m.config.platform or m.config.backend,  # as Triton reports it
             inputs=[io.spec for io in m.inputs], outputs=[io.spec for io in m.outputs],
             batched=m.batched, config=m.config)
 
