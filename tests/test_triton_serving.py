@@ -244,19 +244,17 @@ def test_a_failed_start_names_the_log(triton_install, tmp_path):  # noqa: F811
     garbage.write_bytes(b"not an onnx graph")
     spec = export_segmentation(tiny_unet(0), tmp_path / "seg" / "model.onnx", TRACE).spec
     repo.publish("segmentation", garbage, build_config("segmentation", spec, flavour="python"))
-    server = TritonServer(TritonConfig(repository=str(repo.root), workdir=str(tmp_path / "t"), control_mode="none",
-                                       startup_timeout_s=60), triton_install)
-    with pytest.raises(TritonStartError) as e:
-        server.start()
-    server.stop()
-    log = tmp_path / "t" / "tritonserver.log"
-    assert str(log) in str(e.value) and "segmentation" in str(e.value)
-    assert "failed to load" in log.read_text()
+    for exit_on_error in (False, True):  # Triton keeps running without the model / Triton exits
+        workdir = tmp_path / f"t-{exit_on_error}"
+        server = TritonServer(TritonConfig(repository=str(repo.root), workdir=str(workdir), control_mode="none",
+                                           exit_on_error=exit_on_error, startup_timeout_s=60), triton_install)
+        with pytest.raises(TritonStartError) as e:
+            server.start()
+        server.stop()
+        log = workdir / "tritonserver.log"
+        assert str(log) in str(e.value) and "segmentation" in str(e.value)
+        assert "failed to load" in log.read_text()  # the log is kept for the reader
+        assert server.proc is None
 
-    missing = TritonServer(TritonConfig(repository=str(tmp_path / "no-such-repo"), workdir=str(tmp_path / "t2"),
-                                        startup_timeout_s=60), triton_install)
-    with pytest.raises(TritonStartError) as e:
-        missing.start()
-    missing.stop()
-    assert str(tmp_path / "t2" / "tritonserver.log") in str(e.value)
-
+    with pytest.raises(TritonStartError, match="no-such-repo is not a folder"):
+        TritonServer(TritonConfig(repository=str(tmp_path / "no-such-repo")), triton_install).start()

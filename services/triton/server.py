@@ -169,8 +169,11 @@ class TritonServer:
             The gRPC target "host:port".
 
         Raises:
-            TritonStartError: it exited or did not get ready in time (the message names the log).
+            TritonStartError: no repository folder; or it exited, failed to load a model, or did
+                not get ready in time (the message names the log).
         """
+        if not Path(self.cfg.repository).is_dir():
+            raise TritonStartError(f"model repository {self.cfg.repository} is not a folder; tritonserver not started")
         attempts = 3 if self.cfg.grpc_port == 0 else 1
         for attempt in range(attempts):
             port = self.cfg.grpc_port or _free_port(self.cfg.host)
@@ -192,10 +195,10 @@ class TritonServer:
         raise AssertionError("unreachable")
 
     def _log_tail(self, chars: int = 2000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        """The log's error lines (glog "E..." lines: which model failed and why), else its tail."""
+        text = self.log_text()
+        errors = [line for line in text.splitlines() if line.startswith("E")]
+        return ("\n".join(errors) if errors else text)[-chars:]
 
     def _wait_ready(self) -> None:
         import tritonclient.grpc as tg
