@@ -331,6 +331,9 @@ def register_cli(sub) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--seed-data", default="")
     p.add_argument("--db", default="")
+    p.add_argument("--backend", choices=("segxal", "triton"), default="segxal",
+                   help="inference servers: the project's (default) or one real Triton Inference Server "
+                        "(scripts/setup_triton.sh; Python backend running ONNX Runtime)")
     p.set_defaults(func=_cmd_up)
 
 
@@ -346,7 +349,7 @@ def _cmd_loop(args) -> int:
 
 def _cmd_up(args) -> int:
     stack = Stack(StackConfig(workdir=args.workdir, data=args.data, seed_data=args.seed_data, db=args.db,
-                              storage_roots=[args.data]))
+                              storage_roots=[args.data], backend=args.backend))
     with stack:
         for name, target in stack.targets.items():
             print(f"{name:13s} {target}", flush=True)

@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from segxal.errors import NotReady
 from services.common.channel import make_channel
+from services.common.model_repository import ModelRepository
 from services.common.health import wait_until_serving
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ class StackConfig:
     storage_roots: list[str] = field(default_factory=list)  # extra readable roots (the data folders)
     health_timeout_s: float = 180.0
     torch_threads: int = 0
+    # "segxal": the project's inference servers; "triton": one real Triton Inference Server over
+    # both repositories (services.triton: Python backend running ONNX Runtime), same clients
+    backend: str = "segxal"
 
 
 @dataclass
@@ -85,7 +89,10 @@ class Stack:
 
     @property
     def targets(self) -> dict[str, str]:
-        return {n: s.target for n, s in self.services.items()}
+        targets = {n: s.target for n, s in self.services.items()}
+        if "triton" in targets:  # one Triton serves both models
+            targets.update(segmentation=targets["triton"], depth=targets["triton"])
+        return targets
 
     def _plan(self) -> list[Service]:
         c, py = self.cfg, sys.executable
@@ -96,9 +103,19 @@ class Stack:
         inference = lambda name: [py, "-m", "services.inference.main", "--repo", str(self.repo / name),
                                   "--host", c.host, "--port", str(port[name]), "--poll-interval", "1.0"]
         seed = ["--seed-data", c.seed_data, "--seed-split", "train"] if c.seed_data else []
+        if c.backend == "triton":
+            port["depth"] = port["segmentation"]
+            servers = [Service("triton", [py, "-m", "services.triton.main", "--repo", str(self.repo / "segmentation"),
+                                          "--repo", str(self.repo / "depth"), "--host", c.host,
+                                          "--port", str(port["segmentation"]),
+                                          "--workdir", str(self.work / "logs" / "triton")], port["segmentation"])]
+        elif c.backend == "segxal":
+            servers = [Service("segmentation", inference("segmentation"), port["segmentation"]),
+                       Service("depth", inference("depth"), port["depth"])]
+        else:
+            raise ValueError(f"backend must be segxal or triton, got {c.backend!r}")
         return [
-            Service("segmentation", inference("segmentation"), port["segmentation"]),
-            Service("depth", inference("depth"), port["depth"]),
+            *servers,
             Service("eem", [py, "-m", "services.eem.main", "--seg-target", f"127.0.0.1:{port['segmentation']}",
                             "--depth-target", f"127.0.0.1:{port['depth']}", "--host", c.host,
                             "--port", str(port["eem"]), *root_flags], port["eem"]),
@@ -121,6 +138,9 @@ class Stack:
     def start(self) -> "Stack":
         for d in ("repo/segmentation", "repo/depth", "state", "storage", "logs"):
             (self.work / d).mkdir(parents=True, exist_ok=True)
+        if self.cfg.backend == "triton":  # before anything publishes: every config in Triton's flavour
+            for name in ("segmentation", "depth"):
+                ModelRepository(self.repo / name).set_default_flavour("python")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
             for svc in self._plan():

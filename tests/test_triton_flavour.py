@@ -49,3 +49,14 @@ def test_the_project_server_serves_the_python_flavour_alike(export, tmp_path):
         for k in ("labels", "ebu", "cam", "pmax"):
             assert (out_a[k] == out_b[k]).all(), k
         assert cb.model_spec("segmentation") == ca.model_spec("segmentation")
+
+
+def test_a_repositorys_default_flavour_applies_to_existing_and_new_models(export, tmp_path):
+    repo = ModelRepository(tmp_path)
+    repo.publish("old", export.path, build_config("old", export.spec))
+    repo.set_default_flavour("python")
+    assert repo.default_flavour() == "python" and repo.list_models() == ["old"]  # the marker is no model
+    repo.publish("new", export.path, build_config("new", export.spec))  # a first config, native as written
+    assert flavour_of(repo.read_config("old")) == flavour_of(repo.read_config("new")) == "python"
+    with pytest.raises(InvalidInput, match="flavour"):
+        repo.set_default_flavour("tensorrt")

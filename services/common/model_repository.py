@@ -18,8 +18,10 @@ Two flavours of config.pbtxt, the same model.onnx files:
   tritonserver that has the Python backend only (the PyPI wheel's). Same inputs, outputs, batching
   and version policy. The project's server serves both.
 The flavour belongs to the repository: a config written over an existing one keeps the existing
-one's flavour (a trainer publishing into a Triton-served repository does not switch it back);
-`set_flavour` is the one way to change it.
+one's flavour (a trainer publishing into a Triton-served repository does not switch it back), and
+a model's first config takes the repository's default flavour when one is set
+(`set_default_flavour`, a `.segxal-flavour` file at the root, which Triton ignores).
+`set_flavour` changes an existing model's.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ PLATFORM = "onnxruntime_onnx"
 PYTHON_BACKEND = "segxal_onnxruntime"  # services/triton/<this>/model.py, installed as a Triton backend
 FLAVOURS = ("onnxruntime", "python")
 _TEMP_PREFIX = ".publish-"
+_FLAVOUR_FILE = ".segxal-flavour"  # the repository's default flavour for new models
 
 
 def config_datatype(datatype: str) -> int:
@@ -276,16 +279,42 @@ class ModelRepository:
         d.mkdir(parents=True, exist_ok=True)
         path = d / CONFIG_FILE
         old = path.read_text() if path.is_file() else None
+        flavour = self.default_flavour()
         if old is not None:
             try:
-                config = with_flavour(config, flavour_of(parse_config(old, where=str(path))))
+                flavour = flavour_of(parse_config(old, where=str(path)))
             except InvalidInput:
                 pass  # an unreadable config is simply replaced
+        if flavour is not None:
+            config = with_flavour(config, flavour)
         text = format_config(config)
         if old == text:
             return False
         atomic_write_bytes(path, text.encode())
         return True
+
+    def default_flavour(self) -> str | None:
+        """The flavour new models' configs take (None: as written)."""
+        try:
+            flavour = (self.root / _FLAVOUR_FILE).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return flavour if flavour in FLAVOURS else None
+
+    def set_default_flavour(self, flavour: str) -> None:
+        """Make `flavour` the repository's: every model's config is switched to it now, and configs
+        written later for new models take it.
+
+        Raises:
+            InvalidInput: unknown flavour.
+        """
+        if flavour not in FLAVOURS:
+            raise InvalidInput(f"config flavour must be one of {FLAVOURS}, got {flavour!r}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.root / _FLAVOUR_FILE, f"{flavour}\n".encode())
+        for model in self.list_models():
+            if (self._model_dir(model) / CONFIG_FILE).is_file():
+                self.set_flavour(model, flavour)
 
     def set_flavour(self, model: str, flavour: str) -> bool:
         """Switch a model's config.pbtxt to the "onnxruntime" or "python" flavour (module doc).

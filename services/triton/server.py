@@ -71,7 +71,7 @@ def find_triton(timeout_s: float = 1200.0) -> TritonInstall:
 
 @dataclass
 class TritonConfig:
-    repository: str
+    repository: str | list[str]  # one model repository, or several (Triton serves their union)
     # "poll": Triton rescans the repository every poll_interval_s (new versions, changed configs);
     # "explicit": only RepositoryModelLoad/Unload change what serves (load_models at start);
     # "none": everything loads at start, nothing changes after
@@ -91,6 +91,16 @@ class TritonConfig:
     startup_timeout_s: float = 120.0
     grace_s: float = 15.0  # SIGTERM lets Triton finish in-flight requests; then SIGKILL
     log_verbose: int = 0
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the launching process dies (Linux), so that a killed
+    test or `segxal up` leaves no tritonserver behind."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _free_port(host: str) -> int:
@@ -138,9 +148,14 @@ class TritonServer:
     def target(self) -> str:
         return f"{self.cfg.host}:{self.port}"
 
+    @property
+    def repositories(self) -> list[Path]:
+        r = self.cfg.repository
+        return [Path(p).resolve() for p in ([r] if isinstance(r, (str, os.PathLike)) else r)]
+
     def command(self, port: int) -> list[str]:
         c = self.cfg
-        argv = [str(self.install.tritonserver), f"--model-repository={Path(c.repository).resolve()}",
+        argv = [str(self.install.tritonserver), *(f"--model-repository={r}" for r in self.repositories),
                 f"--backend-directory={_compose_backends(self.install, self.workdir)}",
                 f"--model-control-mode={c.control_mode}", f"--grpc-address={c.host}", f"--grpc-port={port}",
                 "--allow-http=false", "--allow-metrics=false", f"--exit-on-error={str(c.exit_on_error).lower()}",
@@ -172,14 +187,16 @@ class TritonServer:
             TritonStartError: no repository folder; or it exited, failed to load a model, or did
                 not get ready in time (the message names the log).
         """
-        if not Path(self.cfg.repository).is_dir():
-            raise TritonStartError(f"model repository {self.cfg.repository} is not a folder; tritonserver not started")
+        for repo in self.repositories:
+            if not repo.is_dir():
+                raise TritonStartError(f"model repository {repo} is not a folder; tritonserver not started")
         attempts = 3 if self.cfg.grpc_port == 0 else 1
         for attempt in range(attempts):
             port = self.cfg.grpc_port or _free_port(self.cfg.host)
             with open(self.log_path, "ab") as out:
                 self.proc = subprocess.Popen(self.command(port), stdout=out, stderr=subprocess.STDOUT,
-                                             env=self._env(), start_new_session=True)
+                                             env=self._env(), start_new_session=True,
+                                             preexec_fn=_die_with_parent)
             self.port = port
             try:
                 self._wait_ready()
