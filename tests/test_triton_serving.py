@@ -258,3 +258,50 @@ def test_a_failed_start_names_the_log(triton_install, tmp_path):  # noqa: F811
 
     with pytest.raises(TritonStartError, match="no-such-repo is not a folder"):
         TritonServer(TritonConfig(repository=str(tmp_path / "no-such-repo")), triton_install).start()
+
+
+# ---------------------------------------------------------------- the GPU overlay's Triton
+
+def test_the_gpu_overlays_image_and_flags_are_the_tested_triton(triton_install, served, tmp_path):  # noqa: F811
+    """deploy/overlays/gpu runs the NGC release of the tritonserver tested here, and that binary
+    accepts the overlay's flags as written (paths and ports swapped for local ones) and serves."""
+    import subprocess
+    import time
+
+    import yaml
+
+    from services.triton.server import TESTED_NGC_TAG, _compose_backends, _free_port
+    from tests.coordinator_support import REPO_ROOT
+
+    gpu = REPO_ROOT / "deploy" / "overlays" / "gpu"
+    [container] = yaml.safe_load((gpu / "inference-triton.yaml").read_text())["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"nvcr.io/nvidia/tritonserver:{TESTED_NGC_TAG}"
+    tags = {i["name"]: i["newTag"] for i in yaml.safe_load((gpu / "kustomization.yaml").read_text())["images"]}
+    assert tags["nvcr.io/nvidia/tritonserver"] == TESTED_NGC_TAG
+    flags = dict(a.split("=", 1) for a in container["args"])
+    local = {"--model-repository": str(served["repo"].root), "--grpc-port": str(_free_port("127.0.0.1")),
+             "--http-port": str(_free_port("127.0.0.1")), "--metrics-port": str(_free_port("127.0.0.1"))}
+    argv = [str(triton_install.tritonserver), *(f"{k}={local.get(k, v)}" for k, v in flags.items()),
+            f"--backend-directory={_compose_backends(triton_install, tmp_path)}", "--grpc-address=127.0.0.1",
+            "--http-address=127.0.0.1", "--metrics-address=127.0.0.1", "--allow-gpu-metrics=false"]
+    env = {"SEGXAL_TRITON_SITE_PACKAGES": str(triton_install.site_packages), "PATH": "/usr/bin:/bin",
+           "SEGXAL_TRITON_INTRA_OP_THREADS": "1"}
+    log = tmp_path / "tritonserver.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        with tg.InferenceServerClient(f"127.0.0.1:{local['--grpc-port']}") as c:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, log.read_text()[-2000:]
+                try:
+                    if c.is_server_ready():
+                        break
+                except Exception:  # noqa: BLE001 - not listening yet
+                    pass
+                assert time.monotonic() < deadline, log.read_text()[-2000:]
+                time.sleep(0.2)
+            assert all(c.is_model_ready(m) for m in MODELS)
+    finally:
+        proc.terminate()
+        proc.wait(30)

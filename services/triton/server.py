@@ -35,6 +35,7 @@ SETUP_SCRIPT = REPO_ROOT / "scripts" / "setup_triton.sh"
 BACKEND_NAME = "segxal_onnxruntime"  # the folder name under backends/ is the backend's name
 _BACKEND_SOURCE = Path(__file__).resolve().parent / BACKEND_NAME / "model.py"
 TESTED_VERSION = "2.51.0"  # the tritonserver in nvidia-pytriton 0.7.0
+TESTED_NGC_TAG = "24.10-py3"  # the NGC container release of Triton 2.51.0 (deploy/overlays/gpu)
 
 
 class TritonUnavailable(FailedPrecondition):
