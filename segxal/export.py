@@ -32,7 +32,7 @@ from torch import nn
 
 from segxal.data.cityscapes import MEAN, STD
 from segxal.errors import InvalidInput, SegxalError
-from segxal.modelspec import DEPTH, SEGMENTATION, ModelSpec, Preprocessing, TensorSpec
+from segxal.modelspec import DEPTH, NO_CAM, SEGMENTATION, ModelSpec, Preprocessing, TensorSpec
 
 INPUT_NAME = "image"
 SEGMENTATION_OUTPUTS = ("labels", "ebu", "cam", "pmax")
@@ -232,15 +232,21 @@ class _EvalMode:
 
 def export_segmentation(model: nn.Module, path: str | os.PathLike, cfg: ExportConfig | None = None,
                         class_weights: torch.Tensor | None = None,
-                        sample_images: np.ndarray | None = None) -> ExportResult:
-    """Export a segmentation U-Net with its explanations (segxal.eem.explain.ExplainedSegmenter).
+                        sample_images: np.ndarray | None = None,
+                        class_names: tuple[str, ...] | None = None) -> ExportResult:
+    """Export a segmentation model with its explanations: the project's U-Net through
+    segxal.eem.explain.ExplainedSegmenter (dynamic H, W), any other model through
+    export_any_segmentation (fixed H, W = cfg.trace_hw, the EEM outputs added by segxal.graph).
 
     Args:
-        model: segxal.models.unet.UNet (its head is a 1x1 conv then a bilinear upsampling).
+        model: segxal.models.unet.UNet (its head is a 1x1 conv then a bilinear upsampling), or any
+            segmentation nn.Module (segxal.models.external.logits_of reads its output).
         path: the model.onnx to write (atomically).
         cfg: export options and parity thresholds.
-        class_weights: optional GradCAM class weights [C] baked into the graph.
+        class_weights: optional GradCAM class weights [C] baked into the graph (U-Net only).
         sample_images: optional uint8 [B, H, W, 3] real frames added to the parity check.
+        class_names: the model's classes, index = label value (None: Cityscapes trainIds); go to
+            the config's label file.
 
     Returns:
         ExportResult with the spec for config.pbtxt and the parity report.
@@ -250,7 +256,12 @@ def export_segmentation(model: nn.Module, path: str | os.PathLike, cfg: ExportCo
         InvalidInput: trace size not a multiple of the model's, bad class weights or samples.
     """
     from segxal.eem.explain import OUTPUT_NAMES, ExplainedSegmenter
+    from segxal.models.unet import UNet
     cfg = cfg or ExportConfig()
+    if not isinstance(model, UNet):
+        if class_weights is not None:
+            raise InvalidInput("class_weights are supported for the project's U-Net only")
+        return export_any_segmentation(model, path, cfg, sample_images, class_names)
     with _EvalMode(model):
         explained = ExplainedSegmenter(model, class_weights=class_weights, half_outputs=cfg.half_outputs)
         names = list(OUTPUT_NAMES)
@@ -266,8 +277,70 @@ def export_segmentation(model: nn.Module, path: str | os.PathLike, cfg: ExportCo
             outputs.append(TensorSpec(LOGITS_OUTPUT, half, (num_classes, -1, -1)))
         spec = ModelSpec(kind=SEGMENTATION, inputs=(TensorSpec(INPUT_NAME, "UINT8", (-1, -1, 3)),),
                          outputs=tuple(outputs), preprocessing=Preprocessing(mean=MEAN, std=STD),
-                         num_classes=num_classes, spatial_multiple=model.multiple)
+                         num_classes=num_classes, spatial_multiple=model.multiple,
+                         cam_layer=explained.cam_layer, class_names=class_names)
         return _export_checked(module, Path(path), names, spec, cfg, model.multiple, sample_images)
+
+
+class _Statistics(nn.Module):
+    """Any segmentation model -> (labels uint8, ebu, pmax) at the input size: the PyTorch side of
+    the parity check of export_any_segmentation."""
+
+    def __init__(self, model: nn.Module, half: bool):
+        super().__init__()
+        from segxal.models.external import FullResLogits
+        self.full, self.half = FullResLogits(model), half
+
+    def forward(self, x: torch.Tensor):
+        from segxal.eem.ebu import prediction_statistics
+        labels, ebu, pmax = prediction_statistics(self.full(x))  # [B, H, W] each
+        return labels.to(torch.uint8), ebu.half(), pmax.half()
+
+
+def export_any_segmentation(model: nn.Module, path: str | os.PathLike, cfg: ExportConfig | None = None,
+                            sample_images: np.ndarray | None = None,
+                            class_names: tuple[str, ...] | None = None) -> ExportResult:
+    """Export any PyTorch segmentation model with the EEM outputs (segxal.graph.add_eem).
+
+    The graph takes uint8 RGB [B, H, W, 3] at H x W = cfg.trace_hw (the declared input size the
+    inference client resizes every frame to; batch dynamic) and normalises inside with the
+    ImageNet statistics. Parity: labels, EBU and p_max against PyTorch on the same images; the CAM
+    is checked against pytorch-grad-cam by the tests (tests/test_graph_add_eem.py).
+
+    Raises:
+        ParityError: ONNX Runtime disagrees with PyTorch beyond the thresholds.
+        InvalidInput: the model's output has no logits, or no class names fit its class count.
+    """
+    from segxal.graph.add_eem import add_eem_file
+    from segxal.models.external import export_logits_onnx
+    cfg = cfg or ExportConfig()
+    path = Path(path)
+    h, w = cfg.trace_hw
+    with _EvalMode(model), tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as tmp:
+        raw = export_logits_onnx(model, Path(tmp) / "logits.onnx", (h, w), uint8_input=True, opset=cfg.opset)
+        info = add_eem_file(raw, path)
+        rng = np.random.default_rng(cfg.seed)
+        inputs = [rng.integers(0, 256, (cfg.parity_batch, h, w, 3), dtype=np.uint8)]
+        if sample_images is not None:
+            inputs.append(np.stack([_resize_uint8(im, (h, w)) for im in sample_images]))
+        names = ["labels", "ebu", "pmax"]
+        report = check_parity(_ImageInput(_Statistics(model, True)).eval(), path, names, inputs, cfg)
+    if not report.passed:
+        raise ParityError(f"{path}: ONNX export disagrees with PyTorch: {report.summary()}")
+    outputs = [TensorSpec("labels", "UINT8", (-1, -1))] + [
+        TensorSpec(n, "FP16", (-1, -1)) for n in info.outputs if n != "labels"]
+    spec = ModelSpec(kind=SEGMENTATION, inputs=(TensorSpec(INPUT_NAME, "UINT8", (h, w, 3)),),
+                     outputs=tuple(outputs), preprocessing=Preprocessing(mean=MEAN, std=STD),
+                     num_classes=info.num_classes, input_size=(h, w),
+                     cam_layer=info.cam_layer or NO_CAM, class_names=class_names)
+    return ExportResult(path=path, spec=spec, parity=report)
+
+
+def _resize_uint8(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+    if image.shape[:2] == tuple(hw):
+        return image
+    return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR))
 
 
 class _HalfOutput(nn.Module):

@@ -17,11 +17,25 @@ Our config.pbtxt parameters (all string values, as Triton stores them):
     spatial_multiple  "32"            (input H and W must be multiples of it)
     output_<role>     tensor name of a role, e.g. output_labels: "labels", output_inverse_depth:
                       "predicted_depth" (defaults: the role's own name)
+    input_size        "256,512": the H, W the model expects; the client resizes every frame to it
+                      and maps come back at the frame's size (default: the input's static dims)
+    resize_mode       "stretch" (default) | "letterbox": keep the aspect ratio, pad bottom/right
+                      to input_size, or with a dynamic input to the next spatial_multiple
+    cam_layer         where the served `cam` is computed ("bottleneck", "head", "Conv 1x1 on ...");
+                      "none" = the model has no CAM and is scored with EBU alone
+    class_names       JSON list of class names, index = label value; read from the Triton label
+                      file (`label_filename` on the labels output) by the repository reader;
+                      default: the 19 Cityscapes trainId classes
+    depth_convention  "inverse" (relative inverse depth, larger = nearer: MiDaS, Depth Anything)
+                      | "metric" (metres; proximity exp(-D / depth_tau)); default "inverse"
+    depth_tau         "20" metres (metric depth only)
 A user-supplied model (a Cityscapes U-Net with float NCHW input, MiDaS, Depth Anything) is served
 by writing these parameters in its config.pbtxt; nothing in code names its tensors.
 """
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +48,10 @@ MODEL_KINDS = (SEGMENTATION, DEPTH)
 
 # roles of output tensors, mapped to tensor names through output_<role> parameters
 SEGMENTATION_ROLES = ("labels", "ebu", "cam", "pmax", "logits")
-DEPTH_ROLES = ("inverse_depth",)
+DEPTH_ROLES = ("inverse_depth",)  # the depth map's role, whatever its convention
+DEPTH_CONVENTIONS = ("inverse", "metric")
+RESIZE_MODES = ("stretch", "letterbox")
+NO_CAM = "none"  # cam_layer of a model scored with EBU alone
 
 _NP_FOR_DATATYPE = {
     "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
@@ -131,12 +148,41 @@ class ModelSpec:
     num_classes: int | None = None
     spatial_multiple: int = 1
     output_names: dict[str, str] = field(default_factory=dict)  # role -> tensor name
+    input_size: tuple[int, int] | None = None  # declared (H, W); None: the input's static dims, if any
+    resize_mode: str = "stretch"  # "stretch" | "letterbox" (aspect kept, padded)
+    cam_layer: str | None = None  # where `cam` comes from; NO_CAM: EBU only; None: not declared
+    class_names: tuple[str, ...] | None = None  # None: Cityscapes trainIds (segxal.labels)
+    depth_convention: str = "inverse"  # "inverse" | "metric" (depth models)
+    depth_tau: float = 20.0  # metres, metric depth only: proximity = exp(-D / tau)
+    fixed_batch: int | None = None  # max_batch_size 0: the batch size the graph was exported with
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
             raise InvalidInput(f"model_kind must be one of {MODEL_KINDS}, got {self.kind!r}")
         if len(self.inputs) != 1:
             raise InvalidInput(f"an image model takes exactly one input, got {[t.name for t in self.inputs]}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise InvalidInput(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.depth_convention not in DEPTH_CONVENTIONS:
+            raise InvalidInput(f"depth_convention must be one of {DEPTH_CONVENTIONS} (inverse: larger = "
+                               f"nearer, MiDaS / Depth Anything; metric: metres), got {self.depth_convention!r}")
+        if not (self.depth_tau > 0 and math.isfinite(self.depth_tau)):
+            raise InvalidInput(f"depth_tau must be a finite number of metres > 0, got {self.depth_tau}")
+        if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 1):
+            raise InvalidInput(f"input_size must be two positive integers H,W, got {self.input_size}")
+        if self.class_names is not None:
+            if len(set(self.class_names)) != len(self.class_names) or not all(self.class_names):
+                raise InvalidInput(f"class names must be unique and non-empty, got {list(self.class_names)}")
+            if self.num_classes is not None and len(self.class_names) != self.num_classes:
+                raise InvalidInput(f"the label file lists {len(self.class_names)} classes but the model has "
+                                   f"{self.num_classes} (num_classes); one name per class, in label order")
+            if len(self.class_names) > 255:
+                raise InvalidInput(f"at most 255 classes fit the uint8 labels, got {len(self.class_names)}")
+
+    @property
+    def has_cam(self) -> bool:
+        """True when the model serves a CAM output (else it is scored with EBU alone)."""
+        return self.cam_layer != NO_CAM and self.output_name("cam") is not None
 
     @property
     def image_input(self) -> TensorSpec:
@@ -163,11 +209,24 @@ class ModelSpec:
             params["num_classes"] = str(self.num_classes)
         for role, name in self.output_names.items():
             params[f"output_{role}"] = name
+        if self.input_size is not None:
+            params["input_size"] = f"{self.input_size[0]},{self.input_size[1]}"
+        if self.resize_mode != "stretch":
+            params["resize_mode"] = self.resize_mode
+        if self.cam_layer is not None:
+            params["cam_layer"] = self.cam_layer
+        if self.class_names is not None:
+            params["class_names"] = json.dumps(list(self.class_names))
+        if self.kind == DEPTH:
+            params["depth_convention"] = self.depth_convention
+            if self.depth_convention == "metric":
+                params["depth_tau"] = repr(float(self.depth_tau))
         return params
 
     @classmethod
     def from_parameters(cls, params: dict[str, str], inputs: tuple[TensorSpec, ...],
-                        outputs: tuple[TensorSpec, ...], where: str = "config") -> "ModelSpec":
+                        outputs: tuple[TensorSpec, ...], where: str = "config",
+                        fixed_batch: int | None = None) -> "ModelSpec":
         """Rebuild a spec from config.pbtxt parameters and tensors.
 
         Args:
@@ -200,6 +259,20 @@ class ModelSpec:
             except ValueError:
                 raise InvalidInput(f"{where}: parameter {key}={params[key]!r} is not an integer") from None
 
+        def names(key: str) -> tuple[str, ...] | None:
+            if key not in params:
+                return None
+            try:
+                value = json.loads(params[key])
+            except json.JSONDecodeError:
+                value = None
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise InvalidInput(f"{where}: parameter {key} must be a JSON list of strings, got {params[key]!r}")
+            return tuple(value)
+
+        size = floats("input_size", ()) or None
+        if size is not None and (len(size) != 2 or any(v != int(v) or v < 1 for v in size)):
+            raise InvalidInput(f"{where}: parameter input_size={params['input_size']!r} must be 'H,W'")
         roles = SEGMENTATION_ROLES if kind == SEGMENTATION else DEPTH_ROLES
         try:
             pre = Preprocessing(
@@ -210,8 +283,70 @@ class ModelSpec:
             return cls(kind=kind, inputs=inputs, outputs=outputs, preprocessing=pre,
                        num_classes=integer("num_classes", None),
                        spatial_multiple=integer("spatial_multiple", 1) or 1,
-                       output_names={r: params[f"output_{r}"] for r in roles if f"output_{r}" in params})
+                       output_names={r: params[f"output_{r}"] for r in roles if f"output_{r}" in params},
+                       input_size=None if size is None else (int(size[0]), int(size[1])),
+                       resize_mode=params.get("resize_mode", "stretch"), cam_layer=params.get("cam_layer"),
+                       class_names=names("class_names"),
+                       depth_convention=params.get("depth_convention", "inverse"),
+                       depth_tau=floats("depth_tau", (20.0,))[0], fixed_batch=fixed_batch)
         except InvalidInput as e:
             if str(e).startswith(where):
                 raise
             raise InvalidInput(f"{where}: {e}") from None
+
+
+@dataclass(frozen=True)
+class ResizePlan:
+    """How one frame size maps onto a model's input and back (segxal.modelspec.plan_resize)."""
+    frame_hw: tuple[int, int]  # the frame as given
+    content_hw: tuple[int, int]  # the frame's size inside the model input (after resizing)
+    input_hw: tuple[int, int]  # the model input's size: content plus bottom/right padding
+
+    def crop(self, maps: np.ndarray) -> np.ndarray:
+        """[B, h, w] model outputs at any resolution proportional to input_hw -> the content part."""
+        h, w = maps.shape[-2:]
+        ch = max(1, round(self.content_hw[0] * h / self.input_hw[0]))
+        cw = max(1, round(self.content_hw[1] * w / self.input_hw[1]))
+        return maps[..., :ch, :cw]
+
+
+def _model_hw(spec: ModelSpec) -> tuple[int, int]:
+    """The (H, W) the model's input declares, -1 where any size goes."""
+    dims = spec.image_input.dims  # without batch
+    if len(dims) != 3:
+        raise InvalidInput(f"image input {spec.image_input.name!r} must have 3 dims besides the batch, got {list(dims)}")
+    return (dims[0], dims[1]) if spec.preprocessing.layout == "NHWC" else (dims[1], dims[2])
+
+
+def plan_resize(spec: ModelSpec, frame_hw: tuple[int, int]) -> ResizePlan:
+    """Where a frame goes in the model's input: the declared input_size (or the input's static
+    dims) stretched, or letterboxed (aspect kept, padded bottom/right to the static dims, or to the
+    next multiple of spatial_multiple when the input is dynamic); a frame with nothing declared
+    goes as is.
+
+    Args:
+        spec: the model's spec.
+        frame_hw: (H, W) of the frame.
+
+    Returns:
+        The plan.
+
+    Raises:
+        InvalidInput: the resulting input is not a multiple of spatial_multiple (frames as is, or a
+            declared size that is not a multiple).
+    """
+    frame_hw = (int(frame_hw[0]), int(frame_hw[1]))
+    static = _model_hw(spec)
+    target = spec.input_size or tuple(s if s > 0 else f for s, f in zip(static, frame_hw))
+    m = spec.spatial_multiple
+    if spec.resize_mode == "letterbox":
+        s = min(target[0] / frame_hw[0], target[1] / frame_hw[1])
+        content = (max(1, round(frame_hw[0] * s)), max(1, round(frame_hw[1] * s)))
+        padded = tuple(-(-c // m) * m for c in content)
+        input_hw = tuple(st if st > 0 else p for st, p in zip(static, padded))
+    else:
+        content = input_hw = (int(target[0]), int(target[1]))
+    if input_hw[0] % m or input_hw[1] % m:
+        raise InvalidInput(f"image height and width must be multiples of {m} for this model, got "
+                           f"{list(input_hw)} (declare input_size or resize_mode letterbox in its config)")
+    return ResizePlan(frame_hw, (int(content[0]), int(content[1])), (int(input_hw[0]), int(input_hw[1])))

@@ -18,8 +18,8 @@ import numpy as np
 
 from segxal.eem.fuse import eem as fuse_eem
 from segxal.eem.fuse import WEIGHT_SUM_TOLERANCE, frame_score, pae as fuse_pae
-from segxal.eem.proximity import proximity_from_inverse_depth
-from segxal.eem.regions import DEFAULT_MIN_AREA, Region, extract_regions
+from segxal.eem.proximity import proximity_from_inverse_depth, proximity_from_metric_depth
+from segxal.eem.regions import DEFAULT_MAX_REGIONS, DEFAULT_MIN_AREA, Region, extract_regions, scaled_min_area
 from segxal.errors import InvalidInput
 
 STRATEGIES = ("random", "entropy", "pae", "eem", "eem-topq")
@@ -83,27 +83,64 @@ class FrameEEM:
     regions: list[Region] = field(default_factory=list)
 
 
-def score_frame(labels: np.ndarray, ebu: np.ndarray, cam: np.ndarray, inverse_depth: np.ndarray,
-                opts: EEMOptions, with_regions: bool = True) -> FrameEEM:
+def _proximity(labels: np.ndarray, depth: np.ndarray, convention: str, tau: float,
+               class_names: tuple[str, ...] | None) -> np.ndarray:
+    """Proximity by the depth model's declared convention; the predicted sky gets 0 (Cityscapes
+    trainIds by default, else the class named "sky" of the model's own list, if it has one)."""
+    depth = depth.astype(np.float32)
+    if class_names is None:
+        sky = {"labels": labels}
+    else:
+        sky = {"sky_mask": labels == class_names.index("sky") if "sky" in class_names else None}
+    if convention == "metric":
+        return proximity_from_metric_depth(depth, tau=tau, **sky)
+    if convention == "inverse":
+        return proximity_from_inverse_depth(depth, **sky)
+    raise InvalidInput(f"unknown depth convention {convention!r}; expected 'inverse' or 'metric'")
+
+
+def score_frame(labels: np.ndarray, ebu: np.ndarray, cam: np.ndarray | None, inverse_depth: np.ndarray,
+                opts: EEMOptions, with_regions: bool = True, *, depth_convention: str = "inverse",
+                depth_tau: float = 20.0, class_names: tuple[str, ...] | None = None,
+                max_regions: int = DEFAULT_MAX_REGIONS) -> FrameEEM:
     """Fuse one frame's maps (any float dtype, float16 from the wire included) into its EEM.
 
+    Args:
+        labels, ebu: the segmentation model's maps [H, W].
+        cam: its CAM [H, W]; None for a model without one: the frame is scored with EBU alone
+            (PAE = 0, EEM = EBU whatever alpha and beta say).
+        inverse_depth: the depth model's map [H, W], in `depth_convention`.
+        opts: the EEM maths.
+        with_regions: extract regions.
+        depth_convention: "inverse" (larger = nearer) or "metric" (metres, exp(-D / depth_tau)).
+        depth_tau: metres, metric depth only.
+        class_names: the segmentation model's classes (None: Cityscapes trainIds).
+        max_regions: cap on the regions kept (most EEM mass first); 0 keeps all. The region
+            floor opts.min_region_area scales with the frame's resolution (regions.scaled_min_area).
+
     Raises:
-        InvalidInput: maps of different shapes or invalid options.
+        InvalidInput: maps of different shapes, invalid options or an unknown depth convention.
     """
-    shapes = {m.shape for m in (labels, ebu, cam, inverse_depth)}
+    shapes = {m.shape for m in (labels, ebu, inverse_depth) + (() if cam is None else (cam,))}
     if len(shapes) != 1:
         raise InvalidInput(f"labels, ebu, cam and inverse depth must share one shape, got {shapes}")
     ebu = ebu.astype(np.float32)
-    cam = cam.astype(np.float32)
-    prox = proximity_from_inverse_depth(inverse_depth.astype(np.float32), labels=labels)  # sky -> 0
-    p = fuse_pae(cam, prox)  # [H, W]
-    e = fuse_eem(ebu, p, opts.alpha, opts.beta)  # [H, W]
+    prox = _proximity(labels, inverse_depth, depth_convention, depth_tau, class_names)  # sky -> 0
+    if cam is None:
+        cam = np.zeros_like(ebu)
+        p = np.zeros_like(ebu)
+        e = ebu  # EBU alone
+    else:
+        cam = cam.astype(np.float32)
+        p = fuse_pae(cam, prox)  # [H, W]
+        e = fuse_eem(ebu, p, opts.alpha, opts.beta)  # [H, W]
     score = frame_score(e, mode=opts.score_mode, q=opts.q)
     regions = []
     if with_regions:
         thr = opts.threshold if opts.threshold_mode == "fixed" else None
         regions = extract_regions(e, labels, threshold=thr, mode=opts.threshold_mode,
-                                  min_area=opts.min_region_area)
+                                  min_area=scaled_min_area(opts.min_region_area, *e.shape),
+                                  class_names=class_names, max_regions=max_regions)
     return FrameEEM(float(score), labels, ebu, cam, prox, p, e, regions)
 
 

@@ -22,10 +22,19 @@ import numpy as np
 from scipy import ndimage
 
 from segxal.errors import InvalidInput
-from segxal.labels import CLASS_NAMES, IGNORE, NUM_CLASSES
+from segxal.labels import CLASS_NAMES, IGNORE
 
 DEFAULT_THRESHOLD = 0.5  # fixed mode when no threshold is given
 DEFAULT_MIN_AREA = 16  # pixels; smaller components are noise, not work for a labeler (EEMOptions' default)
+REFERENCE_PIXELS = 256 * 512  # min_area is stated at this resolution; larger frames scale it up
+DEFAULT_MAX_REGIONS = 100  # regions kept per frame (most EEM mass first); 0 = no cap
+
+
+def scaled_min_area(min_area: int, height: int, width: int, reference_pixels: int = REFERENCE_PIXELS) -> int:
+    """The region floor at a frame's resolution: `min_area` is in pixels of a `reference_pixels`
+    frame (256 x 512) and grows with the frame's pixel count (a 16-pixel floor at 256 x 512 is
+    256 pixels at 1024 x 2048: the same share of the scene), never below `min_area`."""
+    return max(int(min_area), int(round(min_area * height * width / reference_pixels)))
 THRESHOLD_MODES = ("fixed", "otsu")
 
 
@@ -155,7 +164,9 @@ def _outer_polygon(comp: np.ndarray, y0: int, x0: int) -> list[list[int]]:
 
 
 def extract_regions(eem: np.ndarray, labels: np.ndarray, threshold: float | None = None, mode: str = "fixed",
-                    min_area: int = DEFAULT_MIN_AREA, connectivity: int = 8) -> list[Region]:
+                    min_area: int = DEFAULT_MIN_AREA, connectivity: int = 8,
+                    class_names: tuple[str, ...] | list[str] | None = None,
+                    max_regions: int = 0) -> list[Region]:
     """Connected components of eem > threshold, largest mean EEM first.
 
     Args:
@@ -165,6 +176,9 @@ def extract_regions(eem: np.ndarray, labels: np.ndarray, threshold: float | None
         mode: "fixed" or "otsu" (threshold from otsu_threshold on this map).
         min_area: components with fewer pixels are dropped (0 or 1: none are).
         connectivity: 4 or 8 (pixel neighbourhood of a component).
+        class_names: the model's classes, index = label value (None: the 19 Cityscapes trainIds).
+        max_regions: keep the regions with the most EEM mass (area x mean EEM), at most this many;
+            0 keeps all.
 
     Returns:
         list of Region, sorted by mean_eem descending (ties: larger area first).
@@ -192,18 +206,28 @@ def extract_regions(eem: np.ndarray, labels: np.ndarray, threshold: float | None
         raise InvalidInput(f"min_area must be >= 0, got {min_area}")
     if connectivity not in (4, 8):
         raise InvalidInput(f"connectivity must be 4 or 8, got {connectivity}")
+    if max_regions < 0:
+        raise InvalidInput(f"max_regions must be >= 0, got {max_regions}")
+    names = CLASS_NAMES if class_names is None else tuple(class_names)
+    num_classes = len(names)
     labels = np.asarray(labels).astype(np.int64)  # [H, W]
-    if ((labels < 0) | ((labels >= NUM_CLASSES) & (labels != IGNORE))).any():
-        raise InvalidInput(f"labels must be trainIds 0..{NUM_CLASSES - 1} or {IGNORE}")
+    if ((labels < 0) | ((labels >= num_classes) & (labels != IGNORE))).any():
+        raise InvalidInput(f"labels must be class indices 0..{num_classes - 1} or {IGNORE}")
 
     structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)  # [3, 3]
     components, n = ndimage.label(eem > threshold, structure=structure)  # [H, W] int32, 0 = background
     areas = np.bincount(components.ravel(), minlength=n + 1)  # [n + 1]
     eem_sums = np.bincount(components.ravel(), weights=eem.ravel(), minlength=n + 1)  # [n + 1]
     height, width = eem.shape
+    keep = np.flatnonzero(areas >= max(min_area, 1))
+    keep = keep[keep > 0]  # [n_kept] component ids, background excluded
+    if max_regions and keep.size > max_regions:
+        keep = keep[np.argsort(-eem_sums[keep], kind="stable")[:max_regions]]  # most EEM mass first
+    wanted = np.zeros(n + 1, dtype=bool)
+    wanted[keep] = True
     regions = []
     for idx, (rows, cols) in enumerate(ndimage.find_objects(components), start=1):
-        if areas[idx] < min_area:
+        if not wanted[idx]:
             continue
         comp = components[rows, cols] == idx  # [bbox h, bbox w]
         class_id = int(np.argmax(np.bincount(labels[rows, cols][comp], minlength=IGNORE + 1)))
@@ -214,7 +238,7 @@ def extract_regions(eem: np.ndarray, labels: np.ndarray, threshold: float | None
             area=int(areas[idx]),
             mean_eem=float(eem_sums[idx] / areas[idx]),
             class_id=class_id,
-            class_name=CLASS_NAMES[class_id] if class_id < NUM_CLASSES else "ignore",
+            class_name=names[class_id] if class_id < num_classes else "ignore",
         ))
     regions.sort(key=lambda r: (-r.mean_eem, -r.area))
     return regions

@@ -26,6 +26,7 @@ a model's first config takes the repository's default flavour when one is set
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -118,8 +119,11 @@ def build_config(name: str, spec: ModelSpec, batching: BatchingConfig | None = N
     cfg.version_policy.latest.num_versions = b.num_versions
     for t in spec.inputs:
         cfg.input.add(name=t.name, data_type=config_datatype(t.datatype), dims=list(t.dims))
+    labels_output = spec.output_name("labels") if spec.class_names is not None else None
     for t in spec.outputs:
-        cfg.output.add(name=t.name, data_type=config_datatype(t.datatype), dims=list(t.dims))
+        out = cfg.output.add(name=t.name, data_type=config_datatype(t.datatype), dims=list(t.dims))
+        if t.name == labels_output:
+            out.label_filename = LABEL_FILE  # written beside config.pbtxt by write_config
     cfg.dynamic_batching.max_queue_delay_microseconds = b.max_queue_delay_us
     cfg.dynamic_batching.default_queue_policy.max_queue_size = b.max_queue_size
     # KIND_AUTO: Triton puts the instances on the GPU when there is one (the gpu overlay), else CPU;
@@ -137,10 +141,44 @@ def spec_from_config(config: mc.ModelConfig) -> ModelSpec:
         InvalidInput: our parameters are missing or malformed, or the model has not one input.
     """
     params = {k: v.string_value for k, v in config.parameters.items()}
+    # max_batch_size 0 (Triton): no batch dimension is implied, the dims start with the graph's own
+    # (fixed) batch; our TensorSpec dims never include the batch
+    skip = 1 if config.max_batch_size == 0 else 0
     tensors = lambda ts: tuple(  # noqa: E731 - two uses, one line each
-        TensorSpec(t.name, protocol_datatype(t.data_type), tuple(t.dims)) for t in ts)
+        TensorSpec(t.name, protocol_datatype(t.data_type), tuple(t.dims)[skip:]) for t in ts)
+    fixed_batch = None
+    if skip:
+        first = [t.dims[0] for t in config.input if len(t.dims)]
+        fixed_batch = first[0] if first and first[0] > 0 else None
     return ModelSpec.from_parameters(params, tensors(config.input), tensors(config.output),
-                                     where=f"model {config.name!r}")
+                                     where=f"model {config.name!r}", fixed_batch=fixed_batch)
+
+
+LABEL_FILE = "labels.txt"
+
+
+def label_names_from_config(config: mc.ModelConfig, model_dir: Path) -> tuple[str, ...] | None:
+    """The class names of a Triton label file (`label_filename` on an output: one name per line,
+    line i = label value i), or None when no output names one.
+
+    Raises:
+        NotFound: the named file is missing. InvalidInput: it is empty or has blank lines.
+    """
+    files = {t.label_filename for t in config.output if t.label_filename}
+    if not files:
+        return None
+    if len(files) > 1:
+        raise InvalidInput(f"model {config.name!r}: outputs name different label files {sorted(files)}")
+    path = model_dir / files.pop()
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise NotFound(f"{path}: label file named by label_filename in config.pbtxt is missing") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines or any(not line.strip() for line in lines):
+        raise InvalidInput(f"{path}: a label file needs one non-empty class name per line")
+    return tuple(line.strip() for line in lines)
 
 
 def parse_config(text: str, where: str = CONFIG_FILE) -> mc.ModelConfig:
@@ -251,7 +289,24 @@ class ModelRepository:
                                f"this server runs {PLATFORM} (or backend {PYTHON_BACKEND!r}) only")
         if not config.platform:
             config.platform = PLATFORM
+        self._attach_class_names(config, path.parent)
         return config
+
+    @staticmethod
+    def _attach_class_names(config: mc.ModelConfig, model_dir: Path) -> None:
+        """Put the label file's names in the class_names parameter (what clients read over the
+        protocol), after checking them against num_classes and any names already there."""
+        names = label_names_from_config(config, model_dir)
+        if names is None:
+            return
+        where = model_dir / CONFIG_FILE
+        given = config.parameters["class_names"].string_value if "class_names" in config.parameters else None
+        if "num_classes" in config.parameters and config.parameters["num_classes"].string_value != str(len(names)):
+            raise InvalidInput(f"{where}: the label file lists {len(names)} classes but num_classes is "
+                               f"{config.parameters['num_classes'].string_value}; one name per class, in label order")
+        if given is not None and json.loads(given) != list(names):
+            raise InvalidInput(f"{where}: parameter class_names disagrees with the label file; write the names in one place")
+        config.parameters["class_names"].string_value = json.dumps(list(names))
 
     def version_dir(self, model: str, version: int) -> Path:
         return self._model_dir(model) / str(version)
@@ -277,6 +332,7 @@ class ModelRepository:
         """
         d = self._model_dir(model)
         d.mkdir(parents=True, exist_ok=True)
+        self._write_label_file(config, d)
         path = d / CONFIG_FILE
         old = path.read_text() if path.is_file() else None
         flavour = self.default_flavour()
@@ -332,6 +388,20 @@ class ModelRepository:
             return False
         atomic_write_bytes(path, text.encode())
         return True
+
+    @staticmethod
+    def _write_label_file(config: mc.ModelConfig, model_dir: Path) -> None:
+        """The Triton label file named by an output, from the class_names parameter (before the
+        config, so a reader that sees the config finds its file)."""
+        files = {t.label_filename for t in config.output if t.label_filename}
+        if not files or "class_names" not in config.parameters:
+            return
+        names = json.loads(config.parameters["class_names"].string_value)
+        for name in files:
+            path = model_dir / name
+            text = "\n".join(names) + "\n"
+            if not (path.is_file() and path.read_text() == text):
+                atomic_write_bytes(path, text.encode())
 
     def publish(self, model: str, source: str | os.PathLike, config: mc.ModelConfig | None = None,
                 before_rename: Callable[[Path], None] | None = None) -> int:

@@ -108,6 +108,12 @@ class ScoredFrame:
     labels_png: bytes = b""
     latency_ms: float = 0.0
     cam_degenerate: bool = False  # the CAM carried no spatial information (all zero or constant)
+    cam_layer: str = ""  # where the CAM came from; "none": no CAM, scored with EBU alone
+
+    @property
+    def ebu_only(self) -> bool:
+        """True when the segmentation model has no CAM and the frame was scored with EBU alone."""
+        return self.cam_layer == "none"
 
     @property
     def ok(self) -> bool:

@@ -39,6 +39,7 @@ from segxal.al.scoring import FrameEEM, score_frame
 from segxal.eem.health import cam_degenerate
 from segxal.eem.regions import otsu_threshold
 from segxal.errors import InvalidInput, SegxalError
+from segxal.modelspec import NO_CAM
 from segxal.storage import FrameStorage
 from services.common.errors import DeadlineExceeded
 from services.eem.api import FrameRequest, ModelVersions, ScoredFrame, Stats, quantise_map
@@ -210,17 +211,20 @@ class ScoringPipeline:
         inverse_depth, depth_version = depth_call.result()  # [1, H, W]
         if seg_error is not None:
             raise seg_error
-        if seg["cam"] is None:
-            raise InvalidInput(f"segmentation model {self.segmentation.segmentation_model!r} has no CAM "
-                               f"output; the EEM needs one (export it with segxal.export)")
+        seg_spec = self.segmentation.model_spec(self.segmentation.segmentation_model)
+        depth_spec = self.depth.model_spec(self.depth.depth_model)
+        # a model without a CAM (no linear head, segxal.graph.add_eem) is ranked by EBU alone
+        cam = seg["cam"][0] if seg["cam"] is not None and seg_spec.has_cam else None
         caller.timeout(self.cfg.inference_timeout_s, "before the EEM maths")
-        frame = score_frame(seg["labels"][0], seg["ebu"][0], seg["cam"][0], inverse_depth[0], opts.eem,
-                            with_regions=opts.regions)
+        frame = score_frame(seg["labels"][0], seg["ebu"][0], cam, inverse_depth[0], opts.eem,
+                            with_regions=opts.regions, depth_convention=depth_spec.depth_convention,
+                            depth_tau=depth_spec.depth_tau, class_names=seg_spec.class_names)
         result = self._result(request, frame, image.shape[:2],
                               ModelVersions(f"{self.segmentation.segmentation_model}:{seg['model_version']}",
                                             f"{self.depth.depth_model}:{depth_version}"),
                               started)
-        result.cam_degenerate = cam_degenerate(seg["cam"][0])
+        result.cam_layer = NO_CAM if cam is None else (seg_spec.cam_layer or "")
+        result.cam_degenerate = cam is not None and bool(cam_degenerate(cam))
         return result
 
     def _result(self, request: FrameRequest, frame: FrameEEM, size: tuple[int, int],

@@ -30,7 +30,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 from segxal.errors import InvalidInput
-from segxal.modelspec import DEPTH, SEGMENTATION, ModelSpec, datatype_of, numpy_dtype
+from segxal.modelspec import DEPTH, SEGMENTATION, ModelSpec, ResizePlan, datatype_of, numpy_dtype, plan_resize
 from services.common.channel import ChannelConfig, channel_credentials, channel_options, resolve_target
 from services.common.errors import error_from_status
 from services.common.model_repository import spec_from_config
@@ -101,12 +101,6 @@ def _check_images(images: np.ndarray) -> None:
         raise InvalidInput(f"images must be uint8 RGB [B, H, W, 3], got {got}")
 
 
-def _model_hw(spec: ModelSpec) -> tuple[int, int]:
-    """The (H, W) a model requires, -1 where any size goes."""
-    dims = spec.image_input.dims  # without batch
-    return (dims[0], dims[1]) if spec.preprocessing.layout == "NHWC" else (dims[1], dims[2])
-
-
 def _resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image
     return np.stack([np.asarray(Image.fromarray(im).resize((size[1], size[0]), Image.BILINEAR))
@@ -124,19 +118,32 @@ def _resize_maps(maps: np.ndarray, size: tuple[int, int], nearest: bool) -> np.n
     return np.stack(out).astype(maps.dtype, copy=False)
 
 
-def _prepare_images(spec: ModelSpec, images: np.ndarray) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
-    """Images -> the model's input dict, and the (H, W) the outputs must be brought back to."""
+def _letterbox(images: np.ndarray, plan: ResizePlan) -> np.ndarray:
+    """Resize to the plan's content size, then pad bottom/right with zeros to its input size."""
+    if images.shape[1:3] != plan.content_hw:
+        images = _resize_images(images, plan.content_hw)
+    if plan.content_hw == plan.input_hw:
+        return images
+    out = np.zeros((images.shape[0], *plan.input_hw, 3), dtype=np.uint8)  # [B, h, w, 3]
+    out[:, :plan.content_hw[0], :plan.content_hw[1]] = images
+    return out
+
+
+def _prepare_images(spec: ModelSpec, images: np.ndarray) -> tuple[dict[str, np.ndarray], ResizePlan]:
+    """Images -> the model's input dict, and the plan that brings outputs back to the frame size
+    (segxal.modelspec.plan_resize: the model's declared input size, stretched or letterboxed)."""
     _check_images(images)
-    size = images.shape[1:3]
-    want_h, want_w = _model_hw(spec)
-    if (want_h > 0 and want_h != size[0]) or (want_w > 0 and want_w != size[1]):
-        images = _resize_images(images, (want_h if want_h > 0 else size[0], want_w if want_w > 0 else size[1]))
-    m = spec.spatial_multiple
-    if images.shape[1] % m or images.shape[2] % m:
-        raise InvalidInput(f"image height and width must be multiples of {m} for this model, "
-                           f"got {list(images.shape[1:3])}")
-    x = spec.preprocessing.apply(images, numpy_dtype(spec.image_input.datatype))
-    return {spec.image_input.name: x}, size
+    plan = plan_resize(spec, images.shape[1:3])
+    if spec.fixed_batch is not None and images.shape[0] != spec.fixed_batch:
+        raise InvalidInput(f"this model takes batches of exactly {spec.fixed_batch} (max_batch_size 0), "
+                           f"got {images.shape[0]} images")
+    x = spec.preprocessing.apply(_letterbox(images, plan), numpy_dtype(spec.image_input.datatype))
+    return {spec.image_input.name: x}, plan
+
+
+def _restore(maps: np.ndarray, plan: ResizePlan, nearest: bool) -> np.ndarray:
+    """Model output maps [B, h, w] -> [B, H, W] of the frame: padding cropped, then resized."""
+    return _resize_maps(plan.crop(maps), plan.frame_hw, nearest)
 
 
 def _segmentation_outputs(spec: ModelSpec, with_logits: bool) -> list[str]:
@@ -163,7 +170,7 @@ def _from_logits(logits: np.ndarray) -> dict[str, np.ndarray]:
             "pmax": p.max(1).astype(np.float16)}
 
 
-def _segmentation_result(spec: ModelSpec, out: InferOutputs, size: tuple[int, int], with_logits: bool) -> dict:
+def _segmentation_result(spec: ModelSpec, out: InferOutputs, plan: ResizePlan, with_logits: bool) -> dict:
     t = out.tensors
     get = lambda role: t.get(spec.output_name(role)) if spec.output_name(role) else None  # noqa: E731
     maps = {r: get(r) for r in ("labels", "ebu", "cam", "pmax")}
@@ -171,7 +178,7 @@ def _segmentation_result(spec: ModelSpec, out: InferOutputs, size: tuple[int, in
     if maps["labels"] is None and logits is not None:
         derived = _from_logits(logits)
         maps.update({k: v for k, v in derived.items() if maps[k] is None})
-    result = {r: (None if m is None else _resize_maps(m, size, nearest=(r == "labels"))) for r, m in maps.items()}
+    result = {r: (None if m is None else _restore(m, plan, nearest=(r == "labels"))) for r, m in maps.items()}
     if with_logits:
         result["logits"] = logits
     result["model_version"] = out.model_version
@@ -186,11 +193,14 @@ def _depth_output(spec: ModelSpec) -> str:
     return name
 
 
-def _depth_result(spec: ModelSpec, out: InferOutputs, size: tuple[int, int]) -> tuple[np.ndarray, str]:
+def _depth_result(spec: ModelSpec, out: InferOutputs, plan: ResizePlan) -> tuple[np.ndarray, str]:
     d = out.tensors[_depth_output(spec)]
     if d.ndim == 4 and d.shape[1] == 1:
         d = d[:, 0]  # [B, 1, H, W] -> [B, H, W], MiDaS style
-    return _resize_maps(d, size, nearest=False), out.model_version
+    if d.ndim != 3:
+        raise InvalidInput(f"depth output {_depth_output(spec)!r} must be [B, H, W] or [B, 1, H, W], "
+                           f"got shape {list(d.shape)}")
+    return _restore(d, plan, nearest=False), out.model_version
 
 
 def _check_kind(spec: ModelSpec, model: str, kind: str) -> None:
@@ -305,10 +315,10 @@ class InferenceClient:
         """
         spec = self.model_spec(self.segmentation_model, timeout_s=timeout_s)  # the caller's deadline too
         _check_kind(spec, self.segmentation_model, SEGMENTATION)
-        inputs, size = _prepare_images(spec, images)
+        inputs, plan = _prepare_images(spec, images)
         out = self.infer(self.segmentation_model, inputs, outputs=_segmentation_outputs(spec, with_logits),
                          version=version, timeout_s=timeout_s)
-        return _segmentation_result(spec, out, size, with_logits)
+        return _segmentation_result(spec, out, plan, with_logits)
 
     def infer_depth(self, images: np.ndarray, *, version: str = "",
                     timeout_s: float | None = None) -> tuple[np.ndarray, str]:
@@ -327,10 +337,10 @@ class InferenceClient:
         """
         spec = self.model_spec(self.depth_model, timeout_s=timeout_s)  # the caller's deadline too
         _check_kind(spec, self.depth_model, DEPTH)
-        inputs, size = _prepare_images(spec, images)
+        inputs, plan = _prepare_images(spec, images)
         out = self.infer(self.depth_model, inputs, outputs=[_depth_output(spec)],
                          version=version, timeout_s=timeout_s)
-        return _depth_result(spec, out, size)
+        return _depth_result(spec, out, plan)
 
     def load_model(self, model: str) -> None:
         """Ask the server to (re)load a model from its repository (the newest versions by policy).
@@ -406,21 +416,21 @@ class AsyncInferenceClient:
         """As InferenceClient.infer_segmentation."""
         spec = await self.model_spec(self.segmentation_model)
         _check_kind(spec, self.segmentation_model, SEGMENTATION)
-        inputs, size = _prepare_images(spec, images)
+        inputs, plan = _prepare_images(spec, images)
         out = await self.infer(self.segmentation_model, inputs,
                                outputs=_segmentation_outputs(spec, with_logits),
                                version=version, timeout_s=timeout_s)
-        return _segmentation_result(spec, out, size, with_logits)
+        return _segmentation_result(spec, out, plan, with_logits)
 
     async def infer_depth(self, images: np.ndarray, *, version: str = "",
                           timeout_s: float | None = None) -> tuple[np.ndarray, str]:
         """As InferenceClient.infer_depth."""
         spec = await self.model_spec(self.depth_model)
         _check_kind(spec, self.depth_model, DEPTH)
-        inputs, size = _prepare_images(spec, images)
+        inputs, plan = _prepare_images(spec, images)
         out = await self.infer(self.depth_model, inputs, outputs=[_depth_output(spec)],
                                version=version, timeout_s=timeout_s)
-        return _depth_result(spec, out, size)
+        return _depth_result(spec, out, plan)
 
     async def load_model(self, model: str) -> None:
         """As InferenceClient.load_model."""
