@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     h, w = (int(x) for x in args.size.split("x"))
 
+    from services.common.server import ServerConfig
     from services.coordinator.client import CoordinatorClient, drive_log_source
     from services.coordinator.config import CoordinatorConfig
     from services.coordinator.ranking import RankingConfig
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         _write_logs(logs_dir, args.logs, args.frames_per_log, h, w)
         procs = _Processes(repo.root, storage, args.intra_op_threads, args.eem_concurrency, tmp)
         coordinator = CoordinatorServer(CoordinatorConfig(db=f"sqlite:///{tmp / 'coordinator.db'}",
-                                                          storage=str(storage), port=0))
+                                                          storage=str(storage),
+                                                          server=ServerConfig(address="127.0.0.1:0")))
         coordinator.start()
         try:
             procs.wait_ready()

@@ -18,6 +18,7 @@ import pytest
 
 from segxal import imageio
 from services.coordinator.client import CoordinatorClient, image_folder_source
+from services.common.server import ServerConfig
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.ranking import RankingConfig
 from services.coordinator.server import CoordinatorServer
@@ -54,11 +55,18 @@ def database_url(backend: str, tmp_path: Path):
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+_SERVER_KEYS = ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file")
+
+
 def coordinator_config(db_url: str, storage: Path, **overrides) -> CoordinatorConfig:
-    """Fast settings: ephemeral port, short grace, quick retries."""
+    """Fast settings: ephemeral port, short grace, quick retries. Server settings (TLS, auth,
+    health_port) may be given flat; they go into the nested ServerConfig."""
     ranking = overrides.pop("ranking", RankingConfig(backoff_initial_s=0.05, backoff_max_s=0.2, deadline_s=30))
-    return CoordinatorConfig(db=db_url, storage=str(storage), port=0, grace_s=1.0, ranking=ranking,
-                             db_pool_size=4, **overrides)
+    server = {k: overrides.pop(k) for k in _SERVER_KEYS if k in overrides}
+    if "health_port" in overrides:
+        server["health_address"] = f"127.0.0.1:{overrides.pop('health_port')}"
+    return CoordinatorConfig(db=db_url, storage=str(storage), ranking=ranking, db_pool_size=4,
+                             server=ServerConfig(address="127.0.0.1:0", grace_s=1.0, **server), **overrides)
 
 
 @contextlib.contextmanager

@@ -57,12 +57,13 @@ def serving_stack(root: Path, dataset: Path):
         runtime=RuntimeConfig(intra_op_threads=1), poll_interval_s=0.0))
     inference.start()
     eem = EemServer(EemServiceConfig(seg_target=inference.target, depth_target=inference.target,
-                                     storage_roots=[str(dataset)], address="127.0.0.1:0", health_poll_s=0.1,
-                                     grace_s=1.0, pipeline=PipelineConfig(max_concurrency=2)))
+                                     storage_roots=[str(dataset)], health_poll_s=0.1,
+                                     server=ServerConfig(address="127.0.0.1:0", grace_s=1.0),
+                                     pipeline=PipelineConfig(max_concurrency=2)))
     eem.start()
     storage = root / "coordinator-storage"
     coordinator = CoordinatorServer(CoordinatorConfig(
-        db=f"sqlite://{root / 'coordinator.db'}", storage=str(storage), port=0, grace_s=1.0, db_pool_size=4,
+        db=f"sqlite://{root / 'coordinator.db'}", storage=str(storage), server=ServerConfig(address="127.0.0.1:0", grace_s=1.0), db_pool_size=4,
         eem_target=eem.target, default_lease_s=60,
         ranking=RankingConfig(backoff_initial_s=0.05, backoff_max_s=0.2, deadline_s=60)))
     coordinator.start()

@@ -19,6 +19,7 @@ from tests.inference_support import H, W, export_models, make_repository, runnin
 from segxal import imageio
 from segxal.errors import InvalidInput, NotReady
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
+from services.common.server import ServerConfig
 from services.coordinator.client import image_folder_source
 from services.coordinator.domain import Candidate, FrameScore
 from services.coordinator.ranking import RankingConfig, ScoreOptions, TopK, Ranked, rank_frames
@@ -184,7 +185,7 @@ def eem_stack(tmp_path_factory):
 def _start_eem(inference_target: str, frames, port: int) -> EemServer:
     server = EemServer(EemServiceConfig(
         seg_target=inference_target, depth_target=inference_target, storage_roots=[str(frames)],
-        address=f"127.0.0.1:{port}", health_poll_s=0.1, grace_s=1.0,
+        server=ServerConfig(address=f"127.0.0.1:{port}", grace_s=1.0), health_poll_s=0.1,
         pipeline=PipelineConfig(max_concurrency=2)))
     server.start()
     return server

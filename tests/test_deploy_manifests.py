@@ -145,12 +145,12 @@ def test_eem_probes_match_its_main_and_a_real_server(rendered, monkeypatch, tmp_
     c = _container(rendered["cpu"], "eem")
     args = _configured(monkeypatch, c, {})  # before build_parser: its defaults read the env
     cfg = eem_main.config_from_args(eem_main.build_parser().parse_args(args))
-    port = int(cfg.address.rsplit(":", 1)[1])
+    port = int(cfg.server.address.rsplit(":", 1)[1])
     ready, live = _probe_pairs(c)
     assert (ready["port"], ready["service"]) == (port, SERVICE_NAME)
     assert (live["port"], live["service"]) == (port, LIVENESS_SERVICE)
     assert cfg.seg_target == cfg.depth_target == "dns:///inference.segxal.svc.cluster.local:8001"
-    cfg.address, cfg.seg_target, cfg.depth_target = "127.0.0.1:0", "127.0.0.1:1", "127.0.0.1:1"
+    cfg.server.address, cfg.seg_target, cfg.depth_target = "127.0.0.1:0", "127.0.0.1:1", "127.0.0.1:1"
     cfg.storage_roots = [str(tmp_path)]
     with _started(EemServer(cfg)) as server:
         assert _health_status(server.target, ready["service"]) == "NOT_SERVING"  # known; backends down
@@ -165,14 +165,17 @@ def test_coordinator_probes_use_the_plaintext_health_port_of_its_main_and_a_real
     c = _container(rendered["cpu"], "coordinator")
     args = _configured(monkeypatch, c, {"SEGXAL_COORDINATOR_DB": f"sqlite://{tmp_path / 'c.db'}"})
     cfg = coordinator_main.config_from_args(coordinator_main.build_parser().parse_args(args))
-    assert cfg.tls_cert and cfg.auth_tokens_file  # TLS + tokens on the serving port...
+    srv = cfg.server
+    assert srv.tls_cert and srv.auth_tokens_file  # TLS + tokens on the serving port...
+    host, port = srv.address.rsplit(":", 1)
+    health_port = int(srv.health_address.rsplit(":", 1)[1])
     ready, live = _probe_pairs(c)
-    assert (ready["port"], ready["service"]) == (cfg.health_port, SERVICE_NAME)  # ...probes on plaintext
-    assert (live["port"], live["service"]) == (cfg.health_port, LIVENESS_SERVICE)
-    assert sorted(p["containerPort"] for p in c["ports"]) == sorted([cfg.port, cfg.health_port])
-    assert cfg.host == "0.0.0.0" and cfg.eem_target == "dns:///eem.segxal.svc.cluster.local:50053"
-    cfg.host, cfg.port, cfg.health_port = "127.0.0.1", 0, 0
-    cfg.tls_cert = cfg.tls_key = cfg.auth_tokens_file = None  # the mounted Secrets do not exist here
+    assert (ready["port"], ready["service"]) == (health_port, SERVICE_NAME)  # ...probes on plaintext
+    assert (live["port"], live["service"]) == (health_port, LIVENESS_SERVICE)
+    assert sorted(p["containerPort"] for p in c["ports"]) == sorted([int(port), health_port])
+    assert host == "0.0.0.0" and cfg.eem_target == "dns:///eem.segxal.svc.cluster.local:50053"
+    srv.address, srv.health_address = "127.0.0.1:0", "127.0.0.1:0"
+    srv.tls_cert = srv.tls_key = srv.auth_tokens_file = None  # the mounted Secrets do not exist here
     cfg.storage = str(tmp_path / "storage")
     with _started(CoordinatorServer(cfg)) as server:
         health_target = f"127.0.0.1:{server.grpc.health_port}"

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from segxal.ingest import write_drive_log
+from services.common.server import ServerConfig
 from services.coordinator.client import CoordinatorClient
 from services.coordinator.server import CoordinatorServer
 from services.eem.client import EemClient
@@ -66,7 +67,8 @@ def stack(tmp_path):
     with database_url("postgres", tmp_path) as db_url, running_server(repo) as inference:
         eems = [EemServer(EemServiceConfig(
             seg_target=inference.target, depth_target=inference.target, storage_roots=[str(storage)],
-            address="127.0.0.1:0", pipeline=PipelineConfig(max_concurrency=2), grace_s=1.0, health_poll_s=0.2))
+            server=ServerConfig(address="127.0.0.1:0", grace_s=1.0), pipeline=PipelineConfig(max_concurrency=2),
+            health_poll_s=0.2))
             for _ in range(2)]
         for e in eems:
             e.start()

@@ -113,7 +113,7 @@ def inference(models):
 
 def _eem_config(seg_target: str, depth_target: str, roots: list[str], **pipeline) -> EemServiceConfig:
     return EemServiceConfig(seg_target=seg_target, depth_target=depth_target, storage_roots=roots,
-                            address="127.0.0.1:0", health_poll_s=0.1, grace_s=2.0,
+                            server=ServerConfig(address="127.0.0.1:0", grace_s=2.0), health_poll_s=0.1,
                             pipeline=PipelineConfig(**{"max_concurrency": 2, **pipeline}))
 
 

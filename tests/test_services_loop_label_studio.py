@@ -19,6 +19,7 @@ from segxal import imageio
 from segxal.al.loop import ALConfig
 from segxal.errors import InvalidInput, NotReady
 from segxal.labels import CLASS_NAMES, IGNORE
+from services.common.server import ServerConfig
 from services.coordinator.client import CoordinatorClient
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.server import CoordinatorServer
@@ -100,7 +101,8 @@ def test_the_loop_waits_for_people_in_label_studio_and_trains_on_what_they_saved
     # The coordinator holds exactly what the person painted (inside the regions; nothing outside).
     # The services are gone: read the annotations through a fresh coordinator on the run's database.
     server = CoordinatorServer(CoordinatorConfig(db=f"sqlite:///{work / 'coordinator.db'}",
-                                                 storage=str(work / "storage"), port=0))
+                                                 storage=str(work / "storage"),
+                                                 server=ServerConfig(address="127.0.0.1:0")))
     server.start()
     try:
         with CoordinatorClient(server.target) as coord:

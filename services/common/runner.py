@@ -12,6 +12,8 @@ from segxal.errors import SegxalError
 
 
 class _Server(Protocol):
+    target: str
+
     def start(self) -> int: ...
     def stop(self) -> None: ...
     def wait(self) -> None: ...
@@ -20,7 +22,8 @@ class _Server(Protocol):
 def serve_until_signal(name: str, banner: str, build: Callable[[], _Server], verbose: bool = False) -> int:
     """Args:
         name: prefix of error lines ("eem", "trainer").
-        banner: printed once started, with "{port}" filled in ("trainer listening on port {port}").
+        banner: printed once started, with "{port}" and "{target}" filled in
+            ("trainer listening on port {port}").
         build: makes the server from the already parsed configuration (may raise our errors).
 
     Returns: the process exit code (2 when the configuration or the port is refused).
@@ -33,7 +36,7 @@ def serve_until_signal(name: str, banner: str, build: Callable[[], _Server], ver
     except (SegxalError, OSError) as e:
         print(f"{name}: {e}", file=sys.stderr)
         return 2
-    print(banner.format(port=port), flush=True)
+    print(banner.format(port=port, target=server.target), flush=True)
 
     def _stop(signum, frame):
         signal.signal(signum, signal.SIG_DFL)  # a second signal kills at once

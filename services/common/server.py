@@ -1,11 +1,15 @@
 """The one gRPC server set-up: thread pool, message limits, keepalive, error interceptor,
-grpc.health.v1, TLS / mutual TLS, and start/stop with a grace period."""
+grpc.health.v1, TLS / mutual TLS, bearer-token auth, and start/stop with a grace period
+(GrpcServer); the one base of every service's server (ServiceServer: life cycle, health entry,
+context manager); and the one set of server flags every main() takes (add_server_args)."""
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 from concurrent import futures
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import Callable, ClassVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -34,6 +38,9 @@ class ServerConfig:
     # "host:port" of a second, plaintext listener serving grpc.health.v1 only (the same statuses).
     # The kubelet's gRPC probe cannot speak TLS: with TLS on the serving port, probes go here.
     health_address: str | None = None
+    # JSON {client identity: "sha256:<token hex>"} (services.common.auth): every call but health
+    # must carry "authorization: Bearer <token>".
+    auth_tokens_file: str | None = None
 
 
 def _wrap(behavior: Callable, streaming_response: bool) -> Callable:
@@ -88,9 +95,13 @@ class GrpcServer:
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.so_reuseport", 0),  # two servers must never share a port by accident
         ]
+        auth = []
+        if cfg.auth_tokens_file:
+            from services.common.auth import BearerTokenAuth  # reads and checks the tokens file
+            auth = [BearerTokenAuth.from_file(cfg.auth_tokens_file)]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers),
                                   options=opts,
-                                  interceptors=[ErrorInterceptor(), *cfg.interceptors])
+                                  interceptors=[ErrorInterceptor(), *auth, *cfg.interceptors])
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port: int | None = None
@@ -150,3 +161,94 @@ class GrpcServer:
 
     def wait(self) -> None:
         self.server.wait_for_termination()
+
+
+class ServiceServer:
+    """The base of every service's server: one GrpcServer (ports, health, TLS, auth, grace period)
+    and its life cycle. `start()` binds and returns the port, `stop()` turns the service's health
+    NOT_SERVING, refuses new calls and lets in-flight ones finish; `wait()` blocks until stopped;
+    a context manager starts and stops it.
+
+    Subclasses set `service_name` (their grpc.health.v1 entry), register servicers on `self.grpc`
+    in __init__, and override the hooks they need: `_starting()` (before binding), `_started()`
+    (after; default: SERVING), `_stopping(grace)` (before the server stops: wake workers) and
+    `_stopped()` (after: close what they own).
+    """
+
+    service_name: ClassVar[str] = ""
+
+    def __init__(self, server_cfg: ServerConfig):
+        self.grpc = GrpcServer(server_cfg)
+        self.grpc.set_serving(self.service_name, False)
+
+    def start(self) -> int:
+        self._starting()
+        port = self.grpc.start()
+        self._started()
+        return port
+
+    def stop(self, grace: float | None = None) -> None:
+        self.grpc.set_serving(self.service_name, False)
+        self._stopping(grace)
+        self.grpc.stop(grace)
+        self._stopped()
+
+    def wait(self) -> None:
+        self.grpc.wait()
+
+    @property
+    def port(self) -> int | None:
+        return self.grpc.port
+
+    @property
+    def target(self) -> str:
+        return self.grpc.target
+
+    def _starting(self) -> None:
+        pass
+
+    def _started(self) -> None:
+        self.grpc.set_serving(self.service_name, True)
+
+    def _stopping(self, grace: float | None) -> None:
+        pass
+
+    def _stopped(self) -> None:
+        pass
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def add_server_args(p: argparse.ArgumentParser, env_prefix: str, default: ServerConfig) -> None:
+    """The flags of a service's ServerConfig, each defaulting to its environment variable
+    (<env_prefix>HOST, PORT, MAX_WORKERS, GRACE_S, TLS_CERT, TLS_KEY, TLS_CLIENT_CA,
+    AUTH_TOKENS_FILE, HEALTH_PORT), then to `default`. Only main() functions call this."""
+    env = lambda name, value=None: os.environ.get(env_prefix + name, value)
+    host, port = default.address.rsplit(":", 1)
+    p.add_argument("--host", default=env("HOST", host))
+    p.add_argument("--port", type=int, default=int(env("PORT", port)), help="0: any free port")
+    p.add_argument("--max-workers", type=int, default=int(env("MAX_WORKERS", default.max_workers)),
+                   help="gRPC handler threads")
+    p.add_argument("--grace-s", "--grace", dest="grace_s", type=float, default=float(env("GRACE_S", default.grace_s)),
+                   help="seconds in-flight calls get to finish on SIGTERM")
+    p.add_argument("--tls-cert", default=env("TLS_CERT"), help="PEM certificate: serve TLS (with --tls-key)")
+    p.add_argument("--tls-key", default=env("TLS_KEY"))
+    p.add_argument("--tls-client-ca", default=env("TLS_CLIENT_CA"), help="PEM CA: require client certificates (mTLS)")
+    p.add_argument("--auth-tokens-file", default=env("AUTH_TOKENS_FILE"),
+                   help="JSON {identity: 'sha256:<token hex>'}: require bearer tokens (services.common.auth)")
+    health = env("HEALTH_PORT")
+    p.add_argument("--health-port", type=int, default=int(health) if health else None,
+                   help="also serve grpc.health.v1 alone, in plaintext, on this port (probes with TLS on)")
+
+
+def server_config_from_args(args: argparse.Namespace, default: ServerConfig) -> ServerConfig:
+    """The ServerConfig of the flags add_server_args made (other fields as in `default`)."""
+    return replace(default, address=f"{args.host}:{args.port}", max_workers=args.max_workers, grace_s=args.grace_s,
+                   tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                   auth_tokens_file=args.auth_tokens_file,
+                   health_address=f"{args.host}:{args.health_port}" if args.health_port is not None else None)

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from services.coordinator.ranking import RankingConfig
 from services.common.channel import ChannelConfig
+from services.common.server import ServerConfig
 
 
 @dataclass
@@ -16,23 +17,15 @@ class CoordinatorConfig:
     storage: str = "runs/coordinator/storage"
     eem_target: str = ""  # host:port of the EEM scoring service; empty: only random cycles rank
     eem_channel: ChannelConfig = field(default_factory=ChannelConfig)  # TLS / mTLS / token to EEM
-    host: str = "127.0.0.1"
-    port: int = 50061  # 0 = ephemeral (tests)
     model_name: str = "segmentation"  # the model whose versions pin cycles when none is named
     default_lease_s: float = 300.0  # a labeler annotating one frame by hand takes minutes
     max_lease_s: float = 3600.0     # longer leases hide crashed clients for too long
     max_lease_batch: int = 64       # tasks per LeaseTasks call
     default_dice_threshold: float = 0.95  # DESIGN.md: DICE stopping default
     db_pool_size: int = 8           # connections per replica (PostgreSQL allows ~100 in all)
-    max_workers: int = 16           # gRPC handler threads
-    grace_s: float = 10.0           # in-flight RPCs get this long on shutdown
-    tls_cert: str | None = None     # PEM cert + key: serve TLS
-    tls_key: str | None = None
-    tls_client_ca: str | None = None  # set: mutual TLS
-    # JSON {client identity: "sha256:<token hex>"} (services.common.auth): every call but health
-    # must carry "authorization: Bearer <token>"; leases and submits act for that identity.
-    auth_tokens_file: str | None = None
-    health_port: int | None = None  # plaintext grpc.health.v1-only port (the kubelet's probe with TLS on)
+    # address (port 0 = ephemeral, tests), handler threads, grace period, TLS / mTLS, bearer tokens
+    # (every call but health must carry one; leases and submits act for its identity), health port
+    server: ServerConfig = field(default_factory=lambda: ServerConfig(address="127.0.0.1:50061"))
     # Ingest reads server-side paths: when set, they must lie under one of these folders.
     ingest_roots: tuple[str, ...] = ()
     ranking: RankingConfig = field(default_factory=RankingConfig)

@@ -12,13 +12,12 @@ serving (port 0 picks a free one). SIGTERM / SIGINT drain in-flight calls, then 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import signal
 import sys
 
-from segxal.errors import SegxalError
 from services.common.channel import add_channel_args, channel_config_from_args
+from services.common.runner import serve_until_signal
+from services.common.server import add_server_args, server_config_from_args
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.ranking import RankingConfig
 from services.coordinator.server import CoordinatorServer
@@ -39,15 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_channel_args(p, "eem", ENV_PREFIX, "the EEM scoring service")
     p.add_argument("--eem-target", default=_env("EEM_TARGET", d.eem_target),
                    help="EEM scoring service host:port (empty: only random cycles can rank)")
-    p.add_argument("--host", default=_env("HOST", d.host))
-    p.add_argument("--port", type=int, default=int(_env("PORT", d.port)))
     p.add_argument("--model-name", default=_env("MODEL_NAME", d.model_name))
     p.add_argument("--default-lease-s", type=float, default=float(_env("DEFAULT_LEASE_S", d.default_lease_s)))
     p.add_argument("--max-lease-s", type=float, default=float(_env("MAX_LEASE_S", d.max_lease_s)))
     p.add_argument("--dice-threshold", type=float, default=float(_env("DICE_THRESHOLD", d.default_dice_threshold)))
     p.add_argument("--db-pool-size", type=int, default=int(_env("DB_POOL_SIZE", d.db_pool_size)))
-    p.add_argument("--max-workers", type=int, default=int(_env("MAX_WORKERS", d.max_workers)))
-    p.add_argument("--grace-s", type=float, default=float(_env("GRACE_S", d.grace_s)))
     env_roots = [x for x in str(_env("INGEST_ROOTS", "")).split(os.pathsep) if x]
     p.add_argument("--ingest-root", dest="ingest_roots", action="append", default=None,
                    help="ingest paths must lie under one of these folders (repeatable; default: anywhere)")
@@ -57,27 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scoring-deadline-s", type=float, default=float(_env("SCORING_DEADLINE_S", r.deadline_s)))
     p.add_argument("--scoring-attempts", type=int, default=int(_env("SCORING_ATTEMPTS", r.max_attempts)))
     p.add_argument("--scoring-backoff-s", type=float, default=float(_env("SCORING_BACKOFF_S", r.backoff_initial_s)))
-    p.add_argument("--tls-cert", default=_env("TLS_CERT", None))
-    p.add_argument("--tls-key", default=_env("TLS_KEY", None))
-    p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA", None))
-    p.add_argument("--auth-tokens-file", default=_env("AUTH_TOKENS_FILE", None),
-                   help="JSON {identity: 'sha256:<token hex>'}: require bearer tokens (services.common.auth)")
-    health_port = _env("HEALTH_PORT", None)
-    p.add_argument("--health-port", type=int, default=int(health_port) if health_port else None,
-                   help="also serve grpc.health.v1 alone, in plaintext, on this port (probes with TLS on)")
+    add_server_args(p, ENV_PREFIX, d.server)
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
     return CoordinatorConfig(
-        db=args.db, storage=args.storage, eem_target=args.eem_target, eem_channel=channel_config_from_args(args, "eem"), host=args.host, port=args.port,
+        db=args.db, storage=args.storage, eem_target=args.eem_target, eem_channel=channel_config_from_args(args, "eem"),
         model_name=args.model_name, default_lease_s=args.default_lease_s, max_lease_s=args.max_lease_s,
         default_dice_threshold=args.dice_threshold, db_pool_size=args.db_pool_size,
-        max_workers=args.max_workers, grace_s=args.grace_s,
+        server=server_config_from_args(args, CoordinatorConfig().server),
         ingest_roots=tuple(args.ingest_roots or args.env_roots),
-        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-        auth_tokens_file=args.auth_tokens_file, health_port=args.health_port,
         ranking=RankingConfig(concurrency=args.scoring_concurrency, chunk_size=args.scoring_chunk,
                               deadline_s=args.scoring_deadline_s, max_attempts=args.scoring_attempts,
                               backoff_initial_s=args.scoring_backoff_s))
@@ -85,24 +71,9 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        server = CoordinatorServer(config_from_args(args))
-        server.start()
-    except SegxalError as e:
-        print(f"coordinator: error: {e}", file=sys.stderr)
-        return 2
-    print(f"coordinator listening on {server.target}", flush=True)
-
-    def _shutdown(signum, frame):
-        logging.getLogger(__name__).info("signal %d: draining", signum)
-        server.stop()
-
-    signal.signal(signal.SIGTERM, _shutdown)
-    signal.signal(signal.SIGINT, _shutdown)
-    server.wait()
-    return 0
+    # the banner is the line tests and scripts wait for
+    return serve_until_signal("coordinator", "coordinator listening on {target}",
+                              lambda: CoordinatorServer(config_from_args(args)), args.verbose)
 
 
 if __name__ == "__main__":

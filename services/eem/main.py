@@ -17,9 +17,11 @@ from segxal.errors import InvalidInput
 from services.eem.pipeline import PipelineConfig
 from services.common.channel import add_channel_args, channel_config_from_args
 from services.common.runner import serve_until_signal
+from services.common.server import add_server_args, server_config_from_args
 from services.eem.server import EemServer, EemServiceConfig
 
 ENV_PREFIX = "SEGXAL_EEM_"
+_DEFAULT_SERVER = EemServiceConfig(seg_target="", depth_target="", storage_roots=[]).server
 
 
 def _env(name: str, default=None):
@@ -36,8 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-root", dest="storage_roots", action="append", default=None,
                    help="folder or fsspec URL prefix frames may be read from (repeatable)")
     p.set_defaults(env_roots=env_roots)
-    p.add_argument("--host", default=_env("HOST", "0.0.0.0"))
-    p.add_argument("--port", type=int, default=int(_env("PORT", "50053")))
     p.add_argument("--seg-model", default=_env("SEG_MODEL", "segmentation"))
     p.add_argument("--depth-model", default=_env("DEPTH_MODEL", "depth"))
     p.add_argument("--max-concurrency", type=int, default=int(_env("MAX_CONCURRENCY", defaults.max_concurrency)),
@@ -46,11 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests a stream reads ahead of its results")
     p.add_argument("--inference-timeout-s", type=float,
                    default=float(_env("INFERENCE_TIMEOUT_S", defaults.inference_timeout_s)))
-    p.add_argument("--grace-s", type=float, default=float(_env("GRACE_S", "10")))
-    p.add_argument("--tls-cert", default=_env("TLS_CERT"))
-    p.add_argument("--tls-key", default=_env("TLS_KEY"))
-    p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA"))
     add_channel_args(p, "backend", ENV_PREFIX, "the inference servers")
+    add_server_args(p, ENV_PREFIX, _DEFAULT_SERVER)
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -66,11 +63,10 @@ def config_from_args(args: argparse.Namespace) -> EemServiceConfig:
         raise InvalidInput("at least one --storage-root (or SEGXAL_EEM_STORAGE_ROOTS) is required")
     return EemServiceConfig(
         seg_target=args.seg_target, depth_target=args.depth_target or args.seg_target, storage_roots=roots,
-        address=f"{args.host}:{args.port}", seg_model=args.seg_model, depth_model=args.depth_model,
+        seg_model=args.seg_model, depth_model=args.depth_model,
         pipeline=PipelineConfig(max_concurrency=args.max_concurrency, stream_window=args.stream_window,
                                 inference_timeout_s=args.inference_timeout_s),
-        grace_s=args.grace_s, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-        backend_channel=channel_config_from_args(args, "backend"))
+        server=server_config_from_args(args, _DEFAULT_SERVER), backend_channel=channel_config_from_args(args, "backend"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from segxal.storage import FrameStorage, StorageConfig
 from segxalpb.eem.v1 import eem_pb2_grpc
 from services.common.channel import ChannelConfig
-from services.common.server import GrpcServer, ServerConfig
+from services.common.server import ServerConfig, ServiceServer
 from services.eem.pipeline import PipelineConfig, ScoringPipeline
 from services.eem.servicer import EemScoringServicer
 from services.eem.wire import SERVICE_NAME
@@ -24,22 +24,21 @@ class EemServiceConfig:
     seg_target: str  # segmentation inference server, "host:port" (services.common.channel targets)
     depth_target: str  # depth inference server; may equal seg_target
     storage_roots: list[str]  # frames outside these are refused (PERMISSION_DENIED)
-    address: str = "0.0.0.0:50053"
     seg_model: str = DEFAULT_SEGMENTATION_MODEL
     depth_model: str = DEFAULT_DEPTH_MODEL
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     max_frame_bytes: int = StorageConfig.max_frame_bytes
     health_poll_s: float = 1.0  # how often backend readiness is re-checked
-    grace_s: float = 10.0  # in-flight frames get this long to finish on stop
-    server_workers: int = 32  # each open stream holds one gRPC worker thread for its duration
     backend_channel: ChannelConfig = field(default_factory=ChannelConfig)  # TLS/token to inference
-    tls_cert: str | None = None  # serve TLS (PEM paths); tls_client_ca adds mutual TLS
-    tls_key: str | None = None
-    tls_client_ca: str | None = None
+    # address, grace period (in-flight frames get this long on stop), TLS, auth; each open stream
+    # holds one gRPC worker thread for its duration
+    server: ServerConfig = field(default_factory=lambda: ServerConfig(address="0.0.0.0:50053", max_workers=32))
 
 
-class EemServer:
+class EemServer(ServiceServer):
     """Owns everything the service runs on; `start` returns the bound port, `stop` drains."""
+
+    service_name = SERVICE_NAME
 
     def __init__(self, cfg: EemServiceConfig):
         self.cfg = cfg
@@ -50,54 +49,31 @@ class EemServer:
         self.depth_client = InferenceClient(cfg.depth_target, cfg.backend_channel, segmentation_model=cfg.seg_model,
                                             depth_model=cfg.depth_model, timeout_s=timeout)
         self.pipeline = ScoringPipeline(self.storage, self.seg_client, self.depth_client, cfg.pipeline)
-        self.grpc = GrpcServer(ServerConfig(address=cfg.address, max_workers=cfg.server_workers,
-                                            grace_s=cfg.grace_s, tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
-                                            tls_client_ca=cfg.tls_client_ca))
+        super().__init__(cfg.server)
         self.grpc.add(eem_pb2_grpc.add_EemScoringServicer_to_server, EemScoringServicer(self.pipeline))
-        self.grpc.set_serving(SERVICE_NAME, False)
-        self._stopping = threading.Event()
+        self._stopping_event = threading.Event()
         self._watcher = threading.Thread(target=self._watch_backends, name="eem-health", daemon=True)
 
-    def start(self) -> int:
-        port = self.grpc.start()
-        self._watcher.start()
-        return port
-
-    @property
-    def port(self) -> int | None:
-        return self.grpc.port
-
-    @property
-    def target(self) -> str:
-        return self.grpc.target
+    def _started(self) -> None:
+        self._watcher.start()  # SERVING once both backends answer ready
 
     def _watch_backends(self) -> None:
         serving = None
-        while not self._stopping.is_set():
+        while not self._stopping_event.is_set():
             ready = self.pipeline.backends_ready()
-            if ready != serving and not self._stopping.is_set():
+            if ready != serving and not self._stopping_event.is_set():
                 self.grpc.set_serving(SERVICE_NAME, ready)
                 log.info("EEM scoring %s (segmentation %s, depth %s)", "SERVING" if ready else "NOT_SERVING",
                          self.cfg.seg_target, self.cfg.depth_target)
                 serving = ready
-            self._stopping.wait(self.cfg.health_poll_s)
+            self._stopping_event.wait(self.cfg.health_poll_s)
 
-    def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING, refuse new calls, let in-flight frames finish within the grace period."""
-        self._stopping.set()
+    def _stopping(self, grace: float | None) -> None:
+        self._stopping_event.set()
         if self._watcher.is_alive():  # it polls the backends: let it finish before their channels close
             self._watcher.join()
-        self.grpc.stop(grace)
+
+    def _stopped(self) -> None:
         self.pipeline.close(wait=True)
         self.seg_client.close()
         self.depth_client.close()
-
-    def wait(self) -> None:
-        self.grpc.wait()
-
-    def __enter__(self) -> "EemServer":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

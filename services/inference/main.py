@@ -8,26 +8,24 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import threading
 
-from services.common.server import ServerConfig
+from services.common.runner import serve_until_signal
+from services.common.server import add_server_args, server_config_from_args
 from services.inference.config import InferenceServerConfig, RuntimeConfig
 from services.inference.server import InferenceServer
 
-log = logging.getLogger("services.inference")
+
+ENV_PREFIX = "SEGXAL_INFERENCE_"
 
 
 def _env(name: str, default):
-    return os.environ.get(f"SEGXAL_INFERENCE_{name}", default)
+    return os.environ.get(ENV_PREFIX + name, default)
 
 
 def build_config(argv: list[str] | None = None) -> InferenceServerConfig:
     d = InferenceServerConfig()
     p = argparse.ArgumentParser(description="SegXAL inference server (open inference protocol, ONNX Runtime)")
     p.add_argument("--repo", default=_env("REPO", d.repository), help="model repository (Triton layout)")
-    p.add_argument("--host", default=_env("HOST", "0.0.0.0"))
-    p.add_argument("--port", type=int, default=int(_env("PORT", 8001)))
     p.add_argument("--poll-interval", type=float, default=float(_env("POLL_INTERVAL_S", d.poll_interval_s)),
                    help="seconds between repository polls; 0 = explicit loads only")
     p.add_argument("--device", choices=("cpu", "cuda"), default=_env("DEVICE", d.runtime.device))
@@ -36,24 +34,19 @@ def build_config(argv: list[str] | None = None) -> InferenceServerConfig:
     p.add_argument("--ort-spinning", action="store_true",
                    default=_env("ORT_SPINNING", "0").lower() in ("1", "true", "yes"),
                    help="let ONNX Runtime threads spin for work after a run (off: see RuntimeConfig)")
-    p.add_argument("--max-workers", type=int, default=int(_env("MAX_WORKERS", d.server.max_workers)))
     p.add_argument("--max-tensor-mb", type=float,
                    default=float(_env("MAX_TENSOR_MB", d.max_tensor_bytes / 2**20)))
     p.add_argument("--memory-budget-mb", type=float,
                    default=float(_env("MEMORY_BUDGET_MB", d.memory_budget_bytes / 2**20)),
                    help="memory the requests in flight may use together; sets the pixel admission limit "
                         "(measured bytes per pixel); 0 = no limit")
-    p.add_argument("--grace", type=float, default=float(_env("GRACE_S", d.server.grace_s)))
-    p.add_argument("--tls-cert", default=_env("TLS_CERT", None))
-    p.add_argument("--tls-key", default=_env("TLS_KEY", None))
-    p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA", None))
+    add_server_args(p, ENV_PREFIX, d.server)
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return InferenceServerConfig(
         repository=a.repo,
-        server=ServerConfig(address=f"{a.host}:{a.port}", max_workers=a.max_workers, grace_s=a.grace,
-                            tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca),
+        server=server_config_from_args(a, d.server),
         runtime=RuntimeConfig(device=a.device, intra_op_threads=a.intra_op_threads,
                               spinning=a.ort_spinning),
         poll_interval_s=a.poll_interval,
@@ -62,20 +55,8 @@ def build_config(argv: list[str] | None = None) -> InferenceServerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = build_config(argv)
-    server = InferenceServer(cfg)
-    port = server.start()
-    log.info("inference server on port %d, repository %s", port, cfg.repository)
-    stopping = threading.Event()
-
-    def _stop(signum, frame):
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    stopping.wait()
-    log.info("stopping (grace %.1f s)", cfg.server.grace_s)
-    server.stop()
-    return 0
+    return serve_until_signal("inference", f"inference listening on port {{port}}, repository {cfg.repository}",
+                              lambda: InferenceServer(cfg))
 
 
 if __name__ == "__main__":

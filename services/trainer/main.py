@@ -24,7 +24,7 @@ from segxal.models.unet import UNetConfig
 from segxal.train import parse_size
 from services.common.channel import add_channel_args, channel_config_from_args
 from services.common.runner import serve_until_signal
-from services.common.server import ServerConfig
+from services.common.server import add_server_args, server_config_from_args
 from services.trainer.config import TrainerConfig
 from services.trainer.server import TrainerServer
 
@@ -65,12 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out mIoU a new version may lose and still publish (fraction)")
     p.add_argument("--coordinator", default=_env("COORDINATOR"), help="coordinator host:port (enables pool_id)")
     add_channel_args(p, "coordinator", ENV_PREFIX, "the coordinator")
-    p.add_argument("--host", default=_env("HOST", "0.0.0.0"))
-    p.add_argument("--port", type=int, default=int(_env("PORT", "50055")))
-    p.add_argument("--grace-s", type=float, default=float(_env("GRACE_S", "10")))
-    p.add_argument("--tls-cert", default=_env("TLS_CERT"))
-    p.add_argument("--tls-key", default=_env("TLS_KEY"))
-    p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA"))
+    add_server_args(p, ENV_PREFIX, d.server)
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -93,8 +88,7 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfig:
         torch_threads=args.torch_threads, miou_tolerance=args.miou_tolerance,
         export=ExportConfig(trace_hw=size), coordinator=args.coordinator,
         coordinator_channel=channel_config_from_args(args, "coordinator"),
-        server=ServerConfig(address=f"{args.host}:{args.port}", grace_s=args.grace_s, tls_cert=args.tls_cert,
-                            tls_key=args.tls_key, tls_client_ca=args.tls_client_ca),
+        server=server_config_from_args(args, TrainerConfig(repository="", state_dir="", data="", storage_roots=[]).server),
         publish_pause_s=float(_env("DEBUG_PUBLISH_PAUSE_S", "0"))).validate()
 
 

@@ -12,7 +12,7 @@ import torch
 from segxal.storage import FrameStorage, StorageConfig
 from segxalpb.trainer.v1 import trainer_pb2_grpc
 from services.common.model_repository import ModelRepository
-from services.common.server import GrpcServer
+from services.common.server import ServiceServer
 from services.coordinator.client import CoordinatorClient
 from services.trainer import wire
 from services.trainer.api import AnnotationRef
@@ -25,13 +25,15 @@ from services.trainer.wire import SERVICE_NAME
 log = logging.getLogger(__name__)
 
 
-class TrainerServer:
+class TrainerServer(ServiceServer):
     """Owns everything the service runs on; `start` returns the bound port, `stop` drains.
 
     Raises:
         InvalidInput / NotFound / PermissionDenied: a bad configuration (storage roots, held-out
             split, seed set), from the constructor.
     """
+
+    service_name = SERVICE_NAME
 
     def __init__(self, cfg: TrainerConfig):
         self.cfg = cfg.validate()
@@ -41,9 +43,8 @@ class TrainerServer:
         self.coordinator = CoordinatorClient(cfg.coordinator, cfg.coordinator_channel, client_id="trainer") if cfg.coordinator else None
         self.runner = JobRunner(cfg, self.storage, self.versions,
                                 self._pool_annotations if self.coordinator else None)
-        self.grpc = GrpcServer(cfg.server)
+        super().__init__(cfg.server)
         self.grpc.add(trainer_pb2_grpc.add_TrainerServicer_to_server, TrainerServicer(self.runner))
-        self.grpc.set_serving(SERVICE_NAME, False)
 
     def _pool_annotations(self, pool_id: str) -> list[AnnotationRef]:
         return wire.annotations_from_coordinator(list(self.coordinator.annotations(pool_id)))
@@ -53,37 +54,15 @@ class TrainerServer:
         log.warning("publish paused %.1f s before renaming %s", self.cfg.publish_pause_s, tmp)
         time.sleep(self.cfg.publish_pause_s)
 
-    def start(self) -> int:
+    def _starting(self) -> None:
         if self.cfg.torch_threads > 0:
             torch.set_num_threads(self.cfg.torch_threads)
-        self.runner.start()
-        port = self.grpc.start()
-        self.grpc.set_serving(SERVICE_NAME, True)
-        return port
+        self.runner.start()  # saved jobs loaded and the worker running: then SERVING
 
-    @property
-    def port(self) -> int | None:
-        return self.grpc.port
-
-    @property
-    def target(self) -> str:
-        return self.grpc.target
-
-    def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING, refuse new calls, let in-flight ones finish; the running job stops after its
-        current epoch and resumes at the next start."""
-        self.grpc.set_serving(SERVICE_NAME, False)
+    def _stopping(self, grace: float | None) -> None:
+        """The running job stops after its current epoch and resumes at the next start."""
         self.runner.stop(timeout=grace if grace is not None else self.cfg.server.grace_s)
-        self.grpc.stop(grace)
+
+    def _stopped(self) -> None:
         if self.coordinator is not None:
             self.coordinator.close()
-
-    def wait(self) -> None:
-        self.grpc.wait()
-
-    def __enter__(self) -> "TrainerServer":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
