@@ -151,7 +151,7 @@ class _RawLogits(nn.Module):
 
 def export_logits_onnx(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, int],
                        dynamic_batch: bool = True, uint8_input: bool = False,
-                       mean=None, std=None, opset: int = 17) -> Path:
+                       mean=None, std=None, opset: int = 17, output_name: str = "logits") -> Path:
     """Export a model's logits to ONNX the way a team would (TorchScript exporter, opset 17).
 
     Args:
@@ -163,6 +163,7 @@ def export_logits_onnx(model: nn.Module, path: str | os.PathLike, input_hw: tupl
             (our own exports); else float [B, 3, H, W], normalised by the client.
         mean, std: per-channel statistics for uint8_input (default: Cityscapes/ImageNet).
         opset: ONNX opset.
+        output_name: the output tensor's name ("logits"; e.g. "predicted_depth" for a depth model).
 
     Returns:
         The written path.
@@ -180,13 +181,13 @@ def export_logits_onnx(model: nn.Module, path: str | os.PathLike, input_hw: tupl
         else:
             example = torch.zeros(1, 3, *input_hw)
         module.eval()
-        dynamic = {"image": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+        dynamic = {"image": {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer warnings: H and W are fixed on purpose
-                torch.onnx.export(module, (example,), tmp, input_names=["image"], output_names=["logits"],
+                torch.onnx.export(module, (example,), tmp, input_names=["image"], output_names=[output_name],
                                   dynamic_axes=dynamic, opset_version=opset, dynamo=False)
             onnx.checker.check_model(tmp)
             os.replace(tmp, path)

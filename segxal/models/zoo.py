@@ -77,3 +77,37 @@ def build(name: str, num_classes: int, seed: int = 0) -> tuple[nn.Module, ZooEnt
         if conv.bias is not None:
             nn.init.zeros_(conv.bias)
     return model.eval(), entry
+
+
+class DepthOutput(nn.Module):
+    """A Hugging Face depth model -> predicted_depth [B, H, W] (a plain tensor, for export)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).predicted_depth  # [B, H, W]
+
+
+def depth_anything_small(seed: int = 0) -> nn.Module:
+    """DepthAnythingForDepthEstimation on a 4-layer, 32-wide Dinov2 backbone (patch 14): input
+    sides must be multiples of 14; relative inverse depth out."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+    torch.manual_seed(seed)
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                            patch_size=14, image_size=518, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[16, 32, 32, 32],
+                              fusion_hidden_size=32, head_hidden_size=16)
+    return DepthOutput(DepthAnythingForDepthEstimation(cfg)).eval()
+
+
+def dpt_small(seed: int = 0, image_size: int = 64) -> nn.Module:
+    """DPTForDepthEstimation with a 4-layer, 32-wide ViT (patch 16) at image_size x image_size."""
+    from transformers import DPTConfig, DPTForDepthEstimation
+    torch.manual_seed(seed)
+    cfg = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                    image_size=image_size, patch_size=16, neck_hidden_sizes=[16, 32, 32, 32], fusion_hidden_size=32,
+                    backbone_out_indices=[0, 1, 2, 3], head_hidden_size=16)
+    return DepthOutput(DPTForDepthEstimation(cfg)).eval()
