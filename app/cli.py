@@ -8,7 +8,7 @@ import argparse
 import logging
 import sys
 
-from app import export_labels, fleet_job, ingest, loop
+from app import export_labels, fleet_job, ingest, loop, models
 from segxal import train
 from segxal.al import loop as al_loop
 from segxal.config_file import apply_config_file
@@ -17,7 +17,7 @@ from segxal.errors import SegxalError
 
 # Modules that add subcommands, in help order: synth (`data synth`), train (`train seg|depth`,
 # `eval`), the in-process loop (`al run`), the services loop (`loop`, `up`), the fleet (`fleet`).
-_COMMAND_MODULES = [synth, train, al_loop, loop, fleet_job, ingest, export_labels]
+_COMMAND_MODULES = [synth, train, al_loop, loop, fleet_job, ingest, export_labels, models]
 
 
 def build_parser() -> argparse.ArgumentParser:
