@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from clients.labeling import LabelingConfig, LabelingSession, work
 from clients.machine import MachineOracle, MachineOracleConfig
@@ -35,7 +34,7 @@ from segxal.al.scoring import EEMOptions
 from segxal.al.loop import (SERVICES_ORACLES, ALConfig, add_al_arguments, config_from_args, depth_model_for,
                             plot_curves, seed_indices)
 from segxal.data.cityscapes import SegDataset, list_frames
-from segxal.errors import FailedPrecondition, InvalidInput, NotReady
+from segxal.errors import FailedPrecondition, InvalidInput, NotFound, NotReady
 from segxal.export import export_depth
 from segxal.ingest.drivelog import write_drive_log
 from segxal.labels import colorize
@@ -48,6 +47,7 @@ from services.eem.client import EemClient
 from services.inference.client import InferenceClient
 from app.label_studio_oracle import LabelStudioOracle, LabelStudioOracleConfig
 from app.stack import Stack, StackConfig
+from app.terminal import Terminal, following_tasks, logs_in_file
 from services.trainer.api import JobRequest, JobState, PublishPolicy, TrainingOptions
 from services.trainer.client import TrainerClient
 
@@ -106,18 +106,17 @@ def publish_depth(cfg: ALConfig, repo: Path) -> int:
     return ModelRepository(repo).publish(DEPTH_MODEL, onnx, build_config(DEPTH_MODEL, result.spec))
 
 
-def _train_and_publish(trainer: TrainerClient, cfg: ALConfig, *, cycle_id: str, pool_id: str, epochs: int,
-                       seed: int, tolerance: float) -> dict:
+def _train_and_publish(trainer: TrainerClient, cfg: ALConfig, term: Terminal, name: str, *, cycle_id: str,
+                       pool_id: str, epochs: int, seed: int, tolerance: float) -> dict:
     job = trainer.start_job(JobRequest(
         cycle_id=cycle_id, pool_id=pool_id, publish=True,
         options=TrainingOptions(epochs=epochs, batch_size=cfg.batch_size, learning_rate=cfg.lr, seed=seed),
         policy=PublishPolicy(miou_tolerance=tolerance)))
-    bar = tqdm(total=epochs, desc=f"train {cycle_id}", disable=not cfg.progress, leave=False)
-    for p in trainer.watch(job.job_id):
-        if p.epoch and p.epoch > bar.n:
-            bar.update(p.epoch - bar.n)
-            bar.set_postfix(loss=f"{p.loss:.4f}")
-    bar.close()
+    with term.bar(name, "train", epochs, unit="epoch") as bar:
+        for p in trainer.watch(job.job_id):
+            if p.epoch and p.epoch > bar.n:
+                bar.update(p.epoch - bar.n)
+                bar.set_postfix(loss=f"{p.loss:.4f}")
     job = trainer.get_job(job.job_id)
     if job.state != JobState.SUCCEEDED:
         raise FailedPrecondition(f"training job {job.job_id} for {cycle_id} failed: {job.error}")
@@ -127,27 +126,45 @@ def _train_and_publish(trainer: TrainerClient, cfg: ALConfig, *, cycle_id: str, 
             "train_seconds": rep.train_seconds}
 
 
-def _wait_served(target: str, version: int, timeout_s: float = 120.0) -> None:
-    """Block until the segmentation server answers with `version` (hot reload done)."""
+def wait_until_version_served(target: str, version: int, timeout_s: float = 120.0, poll_s: float = 0.5) -> None:
+    """Block until the segmentation server answers with `version` (hot reload done).
+
+    Raises:
+        NotReady: the version is not served within timeout_s, or the server cannot be reached at all
+            (a wrong address or TLS set-up fails at once, not after the timeout).
+        SegxalError: any other answer of the server (it is not waiting for a version to load).
+    """
     deadline = time.monotonic() + timeout_s
-    with InferenceClient(target) as inf:
+    with InferenceClient(target, timeout_s=min(10.0, timeout_s)) as inf:
         while time.monotonic() < deadline:
             try:
                 if inf.is_ready(SEG_MODEL, str(version)):
                     return
-            except Exception:  # noqa: BLE001 - not loaded yet
+            except NotFound:  # the version is not in the server's repository yet
                 pass
-            time.sleep(0.5)
+            except NotReady as e:
+                raise NotReady(f"segmentation server at {target} cannot be reached: {e}") from None
+            time.sleep(poll_s)
     raise NotReady(f"segmentation version {version} not served after {timeout_s:.0f} s")
 
 
+def _publish(coord: CoordinatorClient, target: str, term: Terminal, name: str, version: int) -> None:
+    """Register the trainer's new version with the coordinator and wait for the hot reload."""
+    with term.bar(name, "publish", 1, unit="version") as bar:
+        bar.set_postfix(version=version)
+        coord.register_model_version(SEG_MODEL, version=version)
+        wait_until_version_served(target, version)
+        bar.update(1)
+
+
 def _label_cycle(cfg: ALConfig, stack: Stack, pool_id: str, cycle_id: str, storage: FrameStorage,
-                 coord: CoordinatorClient, ls: LabelStudioOracle | None):
+                 coord: CoordinatorClient, ls: LabelStudioOracle | None, term: Terminal, name: str, tasks: int):
     labeling = LabelingConfig(coordinator=stack.targets["coordinator"], pool=pool_id, cycle_id=cycle_id,
                               client_id=f"{cfg.oracle}-oracle", lease_s=120.0)
     if ls is not None:  # people answer in Label Studio; the bridge leases, heartbeats and submits
         return ls.label_cycle(labeling, coord, cycle_id)
-    with LabelingSession(labeling) as session:
+    with term.bar(name, "label", tasks, unit="task") as bar, following_tasks(coord, cycle_id, bar), \
+            LabelingSession(labeling) as session:
         if cfg.oracle == "machine":
             with InferenceClient(stack.targets["segmentation"]) as inf:
                 oracle = MachineOracle(MachineOracleConfig(labeling=labeling, tau=cfg.tau), inf, storage)
@@ -182,21 +199,21 @@ def run(scfg: ServicesLoopConfig) -> dict:
     h, w = cfg.size
     seed_px = data["seed_frames"] * h * w
     records = []
+    term = Terminal(cfg.progress)
     with Stack(stack_cfg) as stack, \
             CoordinatorClient(stack.targets["coordinator"], client_id="segxal-loop") as coord, \
             TrainerClient(stack.targets["trainer"]) as trainer, contextlib.ExitStack() as extras:
-        print(f"services up: {stack.targets}", flush=True)
+        term.row(f"services up: {stack.targets}; their logs in {work_dir / 'logs'}")
         ls = None
         if cfg.oracle == "label-studio":
             ls = extras.enter_context(LabelStudioOracle(
                 scfg.label_studio, work_dir, [str(work_dir), str(Path(cfg.data).resolve())],
                 stack.targets["eem"], progress=cfg.progress))
         tc = time.time()
-        v1 = _train_and_publish(trainer, cfg, cycle_id="seed", pool_id="", epochs=cfg.init_epochs,
+        v1 = _train_and_publish(trainer, cfg, term, "seed", cycle_id="seed", pool_id="", epochs=cfg.init_epochs,
                                 seed=cfg.seed, tolerance=scfg.miou_tolerance)
         version = v1["published_version"]
-        coord.register_model_version(SEG_MODEL, version=version)
-        _wait_served(stack.targets["segmentation"], version)
+        _publish(coord, stack.targets["segmentation"], term, "seed", version)
         stack.wait_serving("eem")
         pool = coord.create_pool("train-pool", max_frames=cfg.budget)
         coord.ingest(pool.pool_id, [cpb.IngestSource(cityscapes=cpb.CityscapesSource(
@@ -205,7 +222,7 @@ def run(scfg: ServicesLoopConfig) -> dict:
         drive_result = coord.ingest(drive.pool_id, [cpb.IngestSource(drive_log=cpb.DriveLogSource(
             path=str(data["drive_log"])))])
         records.append(_record(0, v1, version, seed_px, None, None, tc, data["seed_frames"]))
-        print(_row(records[-1]), flush=True)
+        term.row(_row(records[-1]))
         stop = "cycles"
         storage = FrameStorage([str(work_dir), str(Path(cfg.data).resolve())])
         for cycle in range(1, cfg.cycles + 1):
@@ -214,21 +231,24 @@ def run(scfg: ServicesLoopConfig) -> dict:
                                     selection="random" if cfg.strategy == "random" else "eem",
                                     model_name=SEG_MODEL, model_version=version, random_seed=cfg.seed + cycle,
                                     eem=eem)
-            coord.rank_cycle(cyc.cycle_id)
-            summary = _label_cycle(cfg, stack, pool.pool_id, cyc.cycle_id, storage, coord, ls)
+            name = f"cycle {cycle}"
+            with term.bar(name, "rank", unit="call") as bar:
+                ranked = coord.rank_cycle(cyc.cycle_id)
+                bar.set_postfix(scored=ranked.frames_scored, reused=ranked.frames_reused, tasks=len(ranked.tasks))
+            summary = _label_cycle(cfg, stack, pool.pool_id, cyc.cycle_id, storage, coord, ls, term, name,
+                                   len(ranked.tasks))
             report = coord.cycle_report(cyc.cycle_id)
-            job = _train_and_publish(trainer, cfg, cycle_id=cyc.cycle_id, pool_id=pool.pool_id,
+            job = _train_and_publish(trainer, cfg, term, name, cycle_id=cyc.cycle_id, pool_id=pool.pool_id,
                                      epochs=cfg.finetune_epochs, seed=cfg.seed + cycle, tolerance=scfg.miou_tolerance)
             if job["published_version"]:
                 version = job["published_version"]
-                coord.register_model_version(SEG_MODEL, version=version)
-                _wait_served(stack.targets["segmentation"], version)
+                _publish(coord, stack.targets["segmentation"], term, name, version)
             budget = coord.budget(pool.pool_id)
             rec = _record(cycle, job, version, seed_px, budget, report, tc, data["seed_frames"])
             rec.update(tasks=report.tasks_total, submitted=summary.submitted, released=summary.released,
                        failed_frames=report.failed_frames)
             records.append(rec)
-            print(_row(rec), flush=True)
+            term.row(_row(rec))
             if cfg.oracle != "machine" and report.stop_reason == cpb.STOP_REASON_DICE_THRESHOLD_REACHED:
                 stop = "dice"
                 break
@@ -340,8 +360,13 @@ def register_cli(sub) -> None:
 def _cmd_loop(args) -> int:
     ls = LabelStudioOracleConfig(url=args.ls_url, token=args.ls_token, document_root=args.ls_document_root,
                                  venv=args.ls_venv, wait_s=args.ls_wait)
-    report = run(ServicesLoopConfig(al=config_from_args(args), workdir=args.workdir, db=args.db,
-                                    miou_tolerance=args.miou_tolerance, label_studio=ls))
+    scfg = ServicesLoopConfig(al=config_from_args(args), workdir=args.workdir, db=args.db,
+                              miou_tolerance=args.miou_tolerance, label_studio=ls)
+    scfg.al.validate(SERVICES_ORACLES)  # a bad flag fails here, before a log file or a service exists
+    log_file = Path(args.out) / "loop.log"
+    print(f"segxal loop: logs in {log_file}", flush=True)
+    with logs_in_file(log_file, verbose=args.verbose):
+        report = run(scfg)
     print(f"stopped: {report['stop_reason']}; {report['seconds']:.0f} s; wrote {Path(args.out) / 'cycles.json'}, "
           f"miou_vs_pixels.png and {len(report['overlays'])} overlays")
     return 0
