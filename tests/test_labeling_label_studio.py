@@ -141,8 +141,11 @@ def test_bridge_makes_the_cityscapes_project_and_pre_annotated_tasks(ls, stack, 
             ls_task = ls.api.get_task(bridge.waiting[task.task_id])
             frame = _served(ls, ls_task["data"]["image"])
             assert frame == open(task.frame_uri, "rb").read()  # the frame, served as a local file
-            heat = imageio.decode_image(_served(ls, ls_task["data"]["eem"]))
-            assert heat.shape == (task.height, task.width, 3)
+            overlay = imageio.decode_image(_served(ls, ls_task["data"]["overlay"]))
+            assert overlay.shape == (task.height, task.width, 3)
+            # The heat map over the frame, the regions outlined (white), the frame elsewhere where sure.
+            regions = np.any(region_masks(task), axis=0)
+            assert (overlay[regions] == 255).all(axis=-1).any()
             (prediction,) = ls_task["predictions"]
             results = prediction["result"]
             alphas = sdk_brush([{"op": "decode", "rle": r["value"]["rle"], "height": task.height,

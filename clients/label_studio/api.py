@@ -105,6 +105,30 @@ class LabelStudioAPI:
             raise NotReady(f"{what}: Label Studio at {self.url} is unreachable ({reason})") from None
         return json.loads(raw) if raw else None
 
+    def download(self, path: str, max_bytes: int = 64 << 20) -> bytes:
+        """The bytes Label Studio serves at `path` (an uploaded or local file of a task), with the token.
+
+        Raises:
+            PermissionDenied / NotFound / NotReady: as request(); InvalidInput: larger than max_bytes.
+        """
+        url = self.url + path if path.startswith("/") else path
+        req = urllib.request.Request(url, headers={"Authorization": self._auth_header()})
+        what = f"Label Studio GET {path}"
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                data = resp.read(max_bytes + 1)
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):
+                raise PermissionDenied(f"{what}: refused ({e.code})") from None
+            if e.code == 404:
+                raise NotFound(f"{what}: not found") from None
+            raise NotReady(f"{what}: failed ({e.code})") from None
+        except (urllib.error.URLError, socket.timeout, ConnectionError) as e:
+            raise NotReady(f"{what}: unreachable ({getattr(e, 'reason', e)})") from None
+        if len(data) > max_bytes:
+            raise InvalidInput(f"{what}: larger than {max_bytes} bytes")
+        return data
+
     def request(self, method: str, path: str, body: Any = None, *, params: dict | None = None) -> Any:
         """One authenticated call; JSON in, JSON out (None for an empty reply)."""
         try:

@@ -1,7 +1,7 @@
 """The Label Studio bridge: how people label. It keeps up to `max_waiting` coordinator tasks waiting
 in a Label Studio project, and brings the people's annotations back to the coordinator.
 
-    lease (clients.labeling) ─▶ frame + EEM heat map into the media folder (Label Studio local files)
+    lease (clients.labeling) ─▶ frame + EEM overlay into the media folder (Label Studio local files)
                              ─▶ Label Studio task with the EEM regions as brush pre-annotations
     person submits in Label Studio ─▶ webhook (or the poll every poll_s) ─▶ brush RLE -> trainIds
                              ─▶ SubmitAnnotation (region ids = regions the person painted in)
@@ -36,7 +36,8 @@ import numpy as np
 
 from clients.label_studio import project as lsp
 from clients.label_studio.api import LabelStudioAPI
-from clients.labeling import LabelingConfig, LabelingSession, Lease
+from clients.label_studio.overlay import eem_overlay_png
+from clients.labeling import LabelingConfig, LabelingSession, Lease, region_masks
 from segxal import imageio
 from segxal.errors import FailedPrecondition, InvalidInput, SegxalError
 from segxal.storage import FrameStorage
@@ -370,7 +371,8 @@ class Bridge:
                  len(task.regions))
 
     def _write_media(self, task: pb.Task) -> dict:
-        """Copy the frame and write the heat map into the media folder; the Label Studio task data."""
+        """Copy the frame and write the EEM overlay (heat map blended over the frame, regions
+        outlined) into the media folder; the Label Studio task data."""
         folder = self.media / task.task_id
         folder.mkdir(parents=True, exist_ok=True)
         raw = self.storage.read_bytes(task.frame_uri)
@@ -380,9 +382,10 @@ class Bridge:
                                f"{task.height} x {task.width}")
         suffix = PurePosixPath(task.frame_uri).suffix.lower() or ".png"
         imageio.atomic_write_bytes(folder / f"frame{suffix}", raw)
-        imageio.atomic_write_bytes(folder / "eem.png", lsp.heat_map_png(self._eem_map(task), frame))
-        return {lsp.TO_NAME: self._url(f"{task.task_id}/frame{suffix}"),
-                lsp.EEM_NAME: self._url(f"{task.task_id}/eem.png"),
+        overlay = eem_overlay_png(frame, self._eem_map(task), region_masks(task))
+        imageio.atomic_write_bytes(folder / "overlay.png", overlay)
+        return {lsp.FRAME_KEY: self._url(f"{task.task_id}/frame{suffix}"),
+                lsp.OVERLAY_KEY: self._url(f"{task.task_id}/overlay.png"),
                 lsp.TASK_KEY: task.task_id, "segxal_frame_uri": task.frame_uri,
                 "segxal_regions": len(task.regions), "segxal_score": task.score}
 

@@ -44,6 +44,9 @@ class LocalLabelStudioConfig:
     template_dir: str = ""  # a started-once data folder to copy (see module doc); empty: none
     # Webhooks to a local receiver (the bridge's) are refused by Label Studio's SSRF protection.
     ssrf_protection: bool = False
+    # An ML backend on a loopback / private address (ours, on this machine) is refused (403) unless
+    # ML_BLOCK_LOCAL_IP=false (Label Studio 1.23 ml/serializers.py).
+    ml_block_local_ip: bool = False
     startup_timeout_s: float = 300.0
 
 
@@ -133,6 +136,7 @@ def _launch(cfg: LocalLabelStudioConfig, executable: Path, data_dir: Path, port:
         "LOCAL_FILES_SERVING_ENABLED": "true",
         "LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
         "SSRF_PROTECTION_ENABLED": "true" if cfg.ssrf_protection else "false",
+        "ML_BLOCK_LOCAL_IP": "true" if cfg.ml_block_local_ip else "false",
         "LATEST_VERSION_CHECK": "false",
         "COLLECT_ANALYTICS": "false",
     })

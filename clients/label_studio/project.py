@@ -1,6 +1,10 @@
-"""What the bridge shows in Label Studio and reads back: the project's label config (BrushLabels with
-the 19 Cityscapes classes in their colours), a coordinator task as Label Studio task data and
-pre-annotations, the EEM heat map beside the frame, and a person's brush annotation as trainIds.
+"""What the bridge and the ML backend show in Label Studio and read back: the project's label config
+(BrushLabels with the 19 Cityscapes classes in their colours, painted on the frame with the EEM
+heat map blended over it and the regions to fix outlined, a legend, and the plain frame one click
+away), pre-annotations, and a person's brush annotation as trainIds.
+
+Task data: `image` is the plain frame, `overlay` the frame with the heat map (clients.label_studio.
+overlay). The brush paints on the overlay; it has the frame's size, so a brush mask is a frame mask.
 
 Pre-annotations: each EEM region to fix becomes brush regions labeled with the model's prediction
 inside it (one per predicted class; the region's dominant class when the prediction is not
@@ -14,20 +18,23 @@ one wins (it is drawn on top). Anything else is refused with InvalidInput naming
 """
 from __future__ import annotations
 
+from xml.etree import ElementTree
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
 from clients.label_studio import brush
+from clients.label_studio.overlay import legend_css_gradient
 from clients.labeling import region_masks
-from segxal import imageio
 from segxal.errors import InvalidInput
 from segxal.labels import CLASS_COLORS, CLASS_NAMES, IGNORE, NAME_TO_TRAIN_ID, NUM_CLASSES
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
 
 FROM_NAME = "label"  # the BrushLabels control
-TO_NAME = "image"  # the frame
-EEM_NAME = "eem"  # the EEM heat map, shown beside the frame
+TO_NAME = "image"  # the Image control painted on: shows the overlay
+FRAME_KEY = "image"  # task data: the plain frame
+OVERLAY_KEY = "overlay"  # task data: the frame with the EEM heat map blended over it
+PLAIN_NAME = "plain"  # the Image control of the plain frame (in a collapsed panel)
 TASK_KEY = "segxal_task_id"  # task data field linking a Label Studio task to its coordinator task
 DEFAULT_ALPHA_THRESHOLD = 128
 
@@ -38,23 +45,27 @@ def class_colour_hex(train_id: int) -> str:
 
 
 def label_config() -> str:
-    """The project's labeling interface: the frame with BrushLabels, the EEM heat map beside it."""
+    """The project's labeling interface: the frame with the EEM heat map over it (BrushLabels paint
+    on it), a legend, and the plain frame in a collapsed panel (one click away)."""
     labels = "\n".join(f"    <Label value={quoteattr(name)} background={quoteattr(class_colour_hex(i))}/>"
                        for i, name in enumerate(CLASS_NAMES))
+    legend = quoteattr(f"width: 240px; height: 12px; border: 1px solid #888; background: {legend_css_gradient()}")
     return f"""<View>
-  <Header value="Fix the pre-annotated regions: the heat map (right) shows where the model is unsure"/>
-  <View style="display: flex; gap: 12px; align-items: flex-start">
-    <View style="flex: 3">
-      <Image name="{TO_NAME}" value="${TO_NAME}" zoom="true" zoomControl="true"/>
-    </View>
-    <View style="flex: 2">
-      <Header value="EEM heat map" size="6"/>
-      <Image name="{EEM_NAME}" value="${EEM_NAME}"/>
-    </View>
+  <Header value="Fix the outlined regions: the heat map shows where the model is unsure (EEM)"/>
+  <View style="display: flex; align-items: center; gap: 8px">
+    <Header value="EEM heat map: sure" size="6"/>
+    <View style={legend}/>
+    <Header value="unsure" size="6"/>
   </View>
+  <Image name="{TO_NAME}" value="${OVERLAY_KEY}" zoom="true" zoomControl="true"/>
   <BrushLabels name="{FROM_NAME}" toName="{TO_NAME}">
 {labels}
   </BrushLabels>
+  <Collapse>
+    <Panel value="Plain frame (without the heat map)">
+      <Image name="{PLAIN_NAME}" value="${FRAME_KEY}"/>
+    </Panel>
+  </Collapse>
 </View>"""
 
 
@@ -73,6 +84,31 @@ def check_label_config(parsed: dict) -> None:
                            f"Image named {TO_NAME!r} (the bridge's label config), found {sorted(parsed)}")
 
 
+def check_label_config_xml(schema: str) -> None:
+    """check_label_config for a label config as XML text (what /setup receives), and its labels
+    must be Cityscapes class names.
+
+    Raises:
+        InvalidInput: not XML, no BrushLabels control named "label" on an Image named "image", or
+            labels that are not Cityscapes classes (named).
+    """
+    try:
+        root = ElementTree.fromstring(schema)
+    except ElementTree.ParseError as e:
+        raise InvalidInput(f"label config is not valid XML ({e})") from None
+    images = {el.get("name") for el in root.iter("Image")}
+    for control in root.iter("BrushLabels"):
+        if control.get("name") == FROM_NAME and TO_NAME in (control.get("toName") or "").split(",") \
+                and TO_NAME in images:
+            unknown = [el.get("value") for el in control.iter("Label") if el.get("value") not in NAME_TO_TRAIN_ID]
+            if unknown:
+                raise InvalidInput(f"label config: labels {unknown} are not Cityscapes classes "
+                                   f"({', '.join(CLASS_NAMES)})")
+            return
+    raise InvalidInput(f"label config: expected a BrushLabels control named {FROM_NAME!r} on an Image named "
+                       f"{TO_NAME!r} (clients.label_studio.project.label_config())")
+
+
 def _brush_result(result_id: str, mask: np.ndarray, class_name: str) -> dict:
     height, width = mask.shape
     return {"id": result_id, "from_name": FROM_NAME, "to_name": TO_NAME, "type": "brushlabels",
@@ -80,8 +116,31 @@ def _brush_result(result_id: str, mask: np.ndarray, class_name: str) -> dict:
             "value": {"format": "rle", "rle": brush.encode_mask(mask), "brushlabels": [class_name]}}
 
 
+def region_pre_annotation(regions: list[tuple[int, np.ndarray, int]], predicted: np.ndarray | None) -> list[dict]:
+    """Brush pre-annotations restricted to the regions to fix.
+
+    Args:
+        regions: (region id, bool mask [H, W], dominant predicted trainId) per region.
+        predicted: the model's trainIds [H, W], or None when unknown.
+
+    Returns:
+        per region, one brush result per predicted class inside it (or the region's dominant class
+        when there is no prediction).
+    """
+    results = []
+    for region_id, mask, dominant in regions:
+        if predicted is None:
+            if dominant < NUM_CLASSES:
+                results.append(_brush_result(f"r{region_id}", mask, CLASS_NAMES[dominant]))
+            continue
+        for c in np.unique(predicted[mask]):
+            if c < NUM_CLASSES:
+                results.append(_brush_result(f"r{region_id}c{c}", mask & (predicted == c), CLASS_NAMES[c]))
+    return results
+
+
 def prediction_results(task: pb.Task, predicted: np.ndarray | None) -> list[dict]:
-    """Pre-annotations of a task as brush results.
+    """Pre-annotations of a coordinator task as brush results.
 
     Args:
         task: the coordinator task (its regions, size).
@@ -91,23 +150,12 @@ def prediction_results(task: pb.Task, predicted: np.ndarray | None) -> list[dict
         brush results: per region, one per predicted class inside it (or the region's dominant class);
         without regions, one per predicted class over the frame; [] when there is nothing to show.
     """
-    results = []
     if task.regions:
-        for region, mask in zip(task.regions, region_masks(task)):
-            if predicted is None:
-                if region.dominant_train_id < NUM_CLASSES:
-                    results.append(_brush_result(f"r{region.region_id}", mask,
-                                                 CLASS_NAMES[region.dominant_train_id]))
-                continue
-            for c in np.unique(predicted[mask]):
-                if c < NUM_CLASSES:
-                    results.append(_brush_result(f"r{region.region_id}c{c}", mask & (predicted == c),
-                                                 CLASS_NAMES[c]))
-    elif predicted is not None:
-        for c in np.unique(predicted):
-            if c < NUM_CLASSES:
-                results.append(_brush_result(f"c{c}", predicted == c, CLASS_NAMES[c]))
-    return results
+        return region_pre_annotation([(r.region_id, m, r.dominant_train_id)
+                                      for r, m in zip(task.regions, region_masks(task))], predicted)
+    if predicted is None:
+        return []
+    return [_brush_result(f"c{c}", predicted == c, CLASS_NAMES[c]) for c in np.unique(predicted) if c < NUM_CLASSES]
 
 
 def annotation_to_train_ids(result: list[dict], height: int, width: int,
@@ -165,23 +213,3 @@ def region_eem_map(task: pb.Task) -> np.ndarray:
     for region, mask in zip(task.regions, region_masks(task)):
         out[mask] = region.mean_eem
     return out
-
-
-# Anchors of matplotlib's "inferno" colour map (dark = sure, bright = unsure), interpolated linearly.
-_INFERNO = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32)
-
-
-def heat_map_png(eem: np.ndarray, frame: np.ndarray | None = None) -> bytes:
-    """The EEM map as a colour PNG, over a dimmed grey copy of the frame so a person can find the spot.
-
-    Args:
-        eem: [H, W] in [0, 1].
-        frame: uint8 RGB [H, W, 3] of the same size, or None.
-    """
-    x = np.clip(np.asarray(eem, dtype=np.float32), 0.0, 1.0)  # [H, W]
-    stops = np.linspace(0.0, 1.0, len(_INFERNO))
-    heat = np.stack([np.interp(x, stops, _INFERNO[:, k]) for k in range(3)], axis=-1)  # [H, W, 3]
-    if frame is not None and frame.shape[:2] == x.shape:
-        grey = frame.astype(np.float32).mean(axis=-1, keepdims=True)  # [H, W, 1]
-        heat = 0.3 * grey + 0.7 * heat
-    return imageio.encode_png(np.clip(heat, 0, 255).astype(np.uint8))

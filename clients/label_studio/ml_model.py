@@ -1,0 +1,378 @@
+"""What SegXAL's Label Studio ML backend does for each call of Label Studio's ML backend protocol
+(label_studio/ml/api_connector.py in Label Studio 1.23.2; label-studio-ml's api.py):
+
+    GET  /health   -> {"status": "UP", "model_class": ...}           (Label Studio waits 1 s)
+    POST /setup    {project, schema, hostname, access_token, extra_params}
+                   -> {"model_version": ...}                          (Label Studio waits 3 s)
+    POST /predict  {tasks: [{id, data, ...}], project, label_config, params}
+                   -> {"results": [{"result": [...], "score": s, "model_version": v}, ...], "model_version": v}
+    POST /webhook  {action, annotation, project, task}                (Label Studio adds this webhook
+                   itself when the backend is connected; every action is sent)
+
+/predict scores each task's frame with the EEM service: the pre-annotation is the model's
+prediction restricted to the EEM regions to fix (brush results, one per class per region) and
+`score` is the frame's EEM score, so the data manager sorts the project by it. The task also gets
+an `overlay` image (the heat map blended over the frame, regions outlined), written as a local
+file and set in the task's data through Label Studio's API, which the project's label config shows.
+Label Studio refuses an import that lacks a key the label config names, so tasks are imported as
+{"image": URL, "overlay": URL} (the same URL: the plain frame until the first prediction).
+
+/webhook on ANNOTATION_CREATED / ANNOTATION_UPDATED reads the brush annotation as trainIds and
+forwards it: to the coordinator (lease the waiting task of that frame, submit; region ids are the
+regions the person painted in), or to the trainer (start a job on it), or nowhere.
+
+Frames: a task's `image` is `/data/local-files/?d=<path>` (read from the LOCAL_FILES_DOCUMENT_ROOT
+as this backend sees it), or any other URL Label Studio serves (uploads), downloaded with the
+project's token into a cache folder. The EEM service reads frames by path, so its storage roots
+must hold the document root and the cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+import numpy as np
+
+from clients.label_studio import project as lsp
+from clients.label_studio.api import LabelStudioAPI
+from clients.label_studio.overlay import eem_overlay_png
+from segxal import imageio
+from segxal.al.scoring import EEMOptions
+from segxal.annotation import Rle, decode_rle
+from segxal.errors import FailedPrecondition, InvalidInput, NotFound, SegxalError
+
+log = logging.getLogger(__name__)
+
+FORWARD_MODES = ("coordinator", "trainer", "none")
+ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+LOCAL_FILES_PREFIX = "/data/local-files/"
+
+
+@dataclass
+class MLBackendConfig:
+    host: str = "127.0.0.1"
+    port: int = 9090  # Label Studio's examples use 9090; 0: a free port
+    eem_target: str = "127.0.0.1:50071"  # the EEM scoring service
+    eem: EEMOptions = field(default_factory=EEMOptions)
+    eem_timeout_s: float = 60.0
+    # Label Studio's LOCAL_FILES_DOCUMENT_ROOT as this backend (and the EEM service) sees it.
+    ls_document_root: str = ""
+    # Overlays are written here (strictly inside ls_document_root) and set as the task's `overlay`.
+    media_dir: str = ""
+    cache_dir: str = "runs/ls-ml-cache"  # frames downloaded from Label Studio (must be an EEM root)
+    ls_url: str = ""  # Label Studio's URL; empty: the hostname /setup sends
+    ls_token: str = ""  # API token; empty: the access token /setup sends
+    forward: str = "coordinator"  # FORWARD_MODES: where annotations go on ANNOTATION_CREATED/UPDATED
+    coordinator: str = ""  # coordinator host:port (forward = coordinator)
+    pool: str = ""  # the coordinator pool the frames belong to (name or id)
+    client_id: str = ""  # lease holder name; default "label-studio-ml@<host>:<pid>"
+    lease_s: float = 120.0
+    trainer: str = ""  # trainer host:port (forward = trainer)
+    trainer_publish: bool = False  # publish when the trainer's gates pass
+    model_version: str = "segxal-eem"  # until the EEM service names its segmentation model version
+    alpha_threshold: int = lsp.DEFAULT_ALPHA_THRESHOLD
+    max_body_bytes: int = 64 << 20
+
+    def validate(self) -> "MLBackendConfig":
+        if self.forward not in FORWARD_MODES:
+            raise InvalidInput(f"forward must be one of {', '.join(FORWARD_MODES)}, got {self.forward!r}")
+        if self.forward == "coordinator" and not (self.coordinator and self.pool):
+            raise InvalidInput("forward = coordinator needs --coordinator and --pool")
+        if self.forward == "trainer" and not self.trainer:
+            raise InvalidInput("forward = trainer needs --trainer")
+        if self.media_dir and not self.ls_document_root:
+            raise InvalidInput("--media-dir needs --ls-document-root (overlays are served as local files)")
+        if self.media_dir:
+            media, root = Path(self.media_dir).resolve(), Path(self.ls_document_root).resolve()
+            if media == root or not media.is_relative_to(root):
+                raise InvalidInput(f"--media-dir {media} must lie strictly inside --ls-document-root {root}")
+        self.eem.validate()
+        return self
+
+
+class RequestError(SegxalError):
+    """A request we refuse, with the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _require(obj: Any, key: str, kind: type | tuple, where: str) -> Any:
+    if not isinstance(obj, dict):
+        raise RequestError(400, f"{where} must be a JSON object, got {type(obj).__name__}")
+    if key not in obj:
+        raise RequestError(400, f"{where} has no {key!r}")
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise RequestError(400, f"{where}.{key} must be {names}, got {type(value).__name__}")
+    return value
+
+
+def _project_id(value: Any) -> int:
+    """Label Studio names a project as "<id>.<created timestamp>" in /setup and /predict, and as
+    an object with `id` in webhooks."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    try:
+        return int(str(value).split(".", 1)[0])
+    except (TypeError, ValueError):
+        raise RequestError(400, f"project must be '<id>.<timestamp>' or an object with an id, got {value!r}") from None
+
+
+def _region_masks(scored) -> list[tuple[int, np.ndarray, int]]:
+    """(region id, bool mask [H, W], dominant trainId) of the EEM service's regions."""
+    out = []
+    for i, r in enumerate(scored.regions):
+        h, w = r.rle["size"]
+        mask = decode_rle(Rle(int(h), int(w), uncompressed_counts=tuple(int(c) for c in r.rle["counts"])),
+                          where=f"{scored.uri} region {i}")
+        out.append((i, mask, int(r.class_id)))
+    return out
+
+
+class SegxalMLModel:
+    """The protocol's logic, free of HTTP: each handler takes the parsed JSON body and returns the
+    JSON reply, or raises RequestError (4xx) / SegxalError (mapped by the server).
+
+    Args:
+        cfg: the configuration (validated).
+        eem: an EEM client (services.eem.client.EemClient or anything with its `score`).
+        coordinator / trainer: clients for the forward mode in use (None otherwise).
+    """
+
+    def __init__(self, cfg: MLBackendConfig, eem, coordinator=None, trainer=None):
+        self.cfg = cfg
+        self.eem = eem
+        self.coordinator = coordinator
+        self.trainer = trainer
+        self.model_version = cfg.model_version
+        self._projects: dict[int, dict] = {}  # project id -> {"hostname", "access_token"} from /setup
+        self._frame_ids: dict[str, str] = {}  # real path of a coordinator frame -> frame id
+        self._pool_id = ""
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ /health, /setup
+    def health(self) -> dict:
+        return {"status": "UP", "model_class": "SegXAL EEM (entropy + proximity-aware GradCAM)",
+                "model_version": self.model_version, "forward": self.cfg.forward}
+
+    def setup(self, body: Any) -> dict:
+        """Check the project's label config is one this backend can pre-annotate and read back;
+        remember the project's Label Studio host and token (to fetch frames, set overlays)."""
+        project = _project_id(_require(body, "project", (str, int), "setup request"))
+        schema = _require(body, "schema", str, "setup request")
+        lsp.check_label_config_xml(schema)
+        with self._lock:
+            self._projects[project] = {"hostname": str(body.get("hostname") or ""),
+                                       "access_token": str(body.get("access_token") or "")}
+        return {"model_version": self._current_model_version()}
+
+    def _current_model_version(self) -> str:
+        """The segmentation model version the EEM service last scored with; before any scoring, the
+        coordinator's current version (what the loop publishes and serves), else the configured name.
+        Label Studio keeps a prediction's score for sorting only when its model_version is the one
+        /setup announced, so the two must agree from the first prediction on."""
+        if self.model_version == self.cfg.model_version and self.coordinator is not None:
+            try:
+                current = self.coordinator.current_model_version("segmentation")
+                if current.model_name:
+                    self.model_version = f"{current.model_name}:{current.version}"
+            except SegxalError as e:  # no version registered yet, or the coordinator is down
+                log.info("no current model version from the coordinator (%s); announcing %r", e, self.model_version)
+        return self.model_version
+
+    def _api(self, project: int | None) -> LabelStudioAPI | None:
+        info = self._projects.get(project, {}) if project is not None else {}
+        url = self.cfg.ls_url or info.get("hostname", "")
+        token = self.cfg.ls_token or info.get("access_token", "")
+        if not (url and token):
+            return None
+        return LabelStudioAPI(url, token, timeout_s=30.0)
+
+    # ------------------------------------------------------------------ frames
+    def frame_path(self, task: dict, project: int | None) -> str:
+        """The local path of a task's frame (data[`image`]), downloading it when Label Studio
+        serves it from elsewhere.
+
+        Raises:
+            RequestError: no image in the task data, a local file outside the document root, or a
+                URL that cannot be fetched.
+        """
+        data = _require(task, "data", dict, f"task {task.get('id')}")
+        url = data.get(lsp.FRAME_KEY)
+        if not isinstance(url, str) or not url:
+            raise RequestError(400, f"task {task.get('id')}: data has no {lsp.FRAME_KEY!r} image URL "
+                                    f"(keys: {sorted(data)})")
+        parts = urlsplit(url)
+        if parts.path == LOCAL_FILES_PREFIX or parts.path.endswith(LOCAL_FILES_PREFIX):
+            return self._local_file(url, parts.query, task)
+        return self._download(url, project, task)
+
+    def _local_file(self, url: str, query: str, task: dict) -> str:
+        if not self.cfg.ls_document_root:
+            raise RequestError(422, f"task {task.get('id')}: {url} is a Label Studio local file; start the backend "
+                                    f"with --ls-document-root (Label Studio's LOCAL_FILES_DOCUMENT_ROOT)")
+        rel = unquote((parse_qs(query).get("d") or [""])[0])
+        root = os.path.realpath(self.cfg.ls_document_root)
+        path = os.path.realpath(os.path.join(root, rel))
+        if not rel or not path.startswith(root + os.sep):
+            raise RequestError(400, f"task {task.get('id')}: local file {rel!r} is not inside the document root")
+        if not os.path.isfile(path):
+            raise RequestError(404, f"task {task.get('id')}: local file {path} does not exist")
+        return path
+
+    def _download(self, url: str, project: int | None, task: dict) -> str:
+        api = self._api(project)
+        if api is None:
+            raise RequestError(422, f"task {task.get('id')}: cannot fetch {url}: no Label Studio URL and token "
+                                    f"(Label Studio sends them to /setup; or start with --ls-url/--ls-token)")
+        try:
+            data = api.download(url)
+        except SegxalError as e:
+            raise RequestError(502, f"task {task.get('id')}: could not fetch {url}: {e}") from None
+        imageio.decode_image(data, where=url)  # an image, or InvalidInput
+        name = hashlib.sha256(data).hexdigest()
+        path = Path(self.cfg.cache_dir).resolve() / name[:2] / f"{name}.img"
+        if not path.is_file():
+            imageio.atomic_write_bytes(path, data)
+        return str(path)
+
+    # ------------------------------------------------------------------ /predict
+    def predict(self, body: Any) -> dict:
+        """One prediction per task (a task that fails gets {"error": ...} without a result, which
+        Label Studio logs and skips)."""
+        tasks = _require(body, "tasks", list, "predict request")
+        project = _project_id(body["project"]) if body.get("project") not in (None, "") else None
+        if not tasks:
+            raise RequestError(400, "predict request: tasks is empty")
+        results = []
+        for i, task in enumerate(tasks):
+            if not isinstance(task, dict):
+                raise RequestError(400, f"predict request: tasks[{i}] must be an object")
+            try:
+                results.append(self._predict_one(task, project))
+            except RequestError as e:
+                if len(tasks) == 1:
+                    raise
+                results.append({"error": str(e)})
+            except (InvalidInput, NotFound) as e:
+                if len(tasks) == 1:
+                    raise RequestError(422, f"task {task.get('id')}: {e}") from None
+                results.append({"error": f"task {task.get('id')}: {e}"})
+        return {"results": results, "model_version": self.model_version}
+
+    def _predict_one(self, task: dict, project: int | None) -> dict:
+        from services.eem.api import ScoreOptions  # the EEM client's types only where used
+        path = self.frame_path(task, project)
+        scored = self.eem.score(path, ScoreOptions(eem=self.cfg.eem, maps=("eem",), regions=True, labels=True),
+                                timeout_s=self.cfg.eem_timeout_s).raise_for_error()
+        if scored.model_versions.segmentation:
+            self.model_version = scored.model_versions.segmentation
+        regions = _region_masks(scored)
+        result = lsp.region_pre_annotation(regions, scored.labels())
+        if self.cfg.media_dir and "id" in task:
+            self._set_overlay(task, project, path, scored.map("eem"), [m for _, m, _ in regions])
+        return {"result": result, "score": float(scored.score), "model_version": self.model_version}
+
+    def _set_overlay(self, task: dict, project: int | None, frame_path: str, eem: np.ndarray,
+                     masks: list[np.ndarray]) -> None:
+        """Write the overlay as a local file and point the task's `overlay` at it (Label Studio API)."""
+        frame = imageio.read_rgb(frame_path)  # [H, W, 3]
+        png = eem_overlay_png(frame, eem, masks)
+        media = Path(self.cfg.media_dir).resolve()
+        out = media / f"task-{int(task['id'])}-{hashlib.sha256(png).hexdigest()[:12]}.png"
+        imageio.atomic_write_bytes(out, png)
+        rel = out.relative_to(Path(self.cfg.ls_document_root).resolve()).as_posix()
+        url = f"{LOCAL_FILES_PREFIX}?d={quote(rel)}"
+        if task["data"].get(lsp.OVERLAY_KEY) == url:
+            return
+        api = self._api(project)
+        if api is None:
+            log.warning("task %s: overlay written to %s but not set (no Label Studio URL/token yet)", task["id"], out)
+            return
+        api.request("PATCH", f"/api/tasks/{int(task['id'])}", {"data": {**task["data"], lsp.OVERLAY_KEY: url}})
+
+    # ------------------------------------------------------------------ /webhook
+    def webhook(self, body: Any) -> tuple[int, dict]:
+        """Forward a saved annotation; other actions are acknowledged and ignored."""
+        action = _require(body, "action", str, "webhook")
+        if action not in ANNOTATION_ACTIONS:
+            return 200, {"status": "ignored", "action": action}
+        annotation = _require(body, "annotation", dict, "webhook")
+        task = _require(body, "task", dict, "webhook")
+        result = _require(annotation, "result", list, "webhook.annotation")
+        ann_id = annotation.get("id")
+        project = _project_id(body["project"]) if body.get("project") not in (None, "") else None
+        if annotation.get("was_cancelled"):
+            return 200, {"status": "ignored", "reason": "the annotation is a skip"}
+        if self.cfg.forward == "none":
+            return 200, {"status": "ignored", "reason": "forwarding is off"}
+        path = self.frame_path(task, project)
+        h, w = imageio.read_rgb(path).shape[:2]
+        try:
+            labels = lsp.annotation_to_train_ids(result, h, w, self.cfg.alpha_threshold)  # [H, W]
+        except InvalidInput as e:
+            raise RequestError(422, f"annotation {ann_id}: {e}") from None
+        key = f"label-studio-ml:{project}:{ann_id}:{annotation.get('updated_at', '')}"
+        if self.cfg.forward == "trainer":
+            return 202, self._to_trainer(path, labels, key)
+        return 201, self._to_coordinator(path, labels, key, ann_id)
+
+    def _frame_id(self, path: str) -> str:
+        real = os.path.realpath(path)
+        with self._lock:
+            if real not in self._frame_ids:
+                if not self._pool_id:
+                    try:
+                        self._pool_id = self.coordinator.get_pool(name=self.cfg.pool).pool_id
+                    except NotFound:
+                        self._pool_id = self.coordinator.get_pool(pool_id=self.cfg.pool).pool_id
+                self._frame_ids = {os.path.realpath(f.uri): f.frame_id for f in self.coordinator.frames(self._pool_id)}
+            frame_id = self._frame_ids.get(real)
+        if frame_id is None:
+            raise RequestError(404, f"frame {real} is not in coordinator pool {self.cfg.pool!r}")
+        return frame_id
+
+    def _to_coordinator(self, path: str, labels: np.ndarray, key: str, ann_id) -> dict:
+        frame_id = self._frame_id(path)
+        leased = self.coordinator.lease(self._pool_id, max_tasks=1, lease_seconds=self.cfg.lease_s, frame_id=frame_id)
+        if not leased:
+            raise RequestError(409, f"frame {path}: no coordinator task waits for it in pool {self.cfg.pool!r} "
+                                    f"(not ranked into a cycle yet, already annotated, or leased by another labeler)")
+        (task,) = leased
+        try:
+            if task.regions:
+                region_ids = _regions_painted(task, labels)
+                if not region_ids:
+                    raise RequestError(422, f"annotation {ann_id} paints none of the task's {len(task.regions)} "
+                                            f"regions to fix")
+            else:
+                region_ids = ()
+            reply = self.coordinator.submit(task, labels, region_ids=region_ids, idempotency_key=key)
+        except BaseException:
+            self.coordinator.release(task)
+            raise
+        return {"status": "submitted", "annotation_id": reply.annotation.annotation_id, "task_id": task.task_id,
+                "region_ids": list(region_ids), "pixels": int(reply.annotation.pixels_count)}
+
+    def _to_trainer(self, path: str, labels: np.ndarray, key: str) -> dict:
+        from services.trainer.api import AnnotationRef, JobRequest
+        job = self.trainer.start_job(JobRequest(
+            annotations=[AnnotationRef(frame_uri=path, mask_png=imageio.encode_png(labels), annotation_id=key)],
+            publish=self.cfg.trainer_publish))
+        return {"status": "training", "job_id": job.job_id}
+
+
+def _regions_painted(task, labels: np.ndarray) -> tuple[int, ...]:
+    try:
+        return lsp.regions_touched(task, labels)
+    except InvalidInput as e:
+        raise FailedPrecondition(f"task {task.task_id}: unreadable regions ({e})") from None

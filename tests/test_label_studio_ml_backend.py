@@ -1,0 +1,278 @@
+"""SegXAL's Label Studio ML backend against a real Label Studio 1.23.2 (its own venv), the real
+EEM service, inference server and coordinator. Label Studio itself connects the backend (its
+/api/ml), asks for predictions (the data manager's "Retrieve Predictions" action), sorts the
+tasks by the prediction score in a data-manager view, and calls the backend's /webhook when an
+annotation is saved; the annotation must reach the coordinator. The EEM service, asked directly,
+is the reference for scores, regions and classes; label_studio_sdk decodes the brush RLE. One test
+saves a headless-Chromium screenshot of the sorted task list with the pre-annotated task open under
+artifacts/label_studio/. Malformed requests get 4xx with a message, never 500.
+
+Skips (with the reason) only when the Label Studio venv cannot be made, e.g. without a package index.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from clients.label_studio import project as lsp
+from clients.label_studio.local import LocalLabelStudio, LocalLabelStudioConfig
+from clients.label_studio.ml_backend import MLBackendServer
+from clients.label_studio.ml_model import MLBackendConfig, _region_masks
+from clients.label_studio.overlay import eem_overlay
+from segxal import imageio
+from segxal.labels import IGNORE, NAME_TO_TRAIN_ID
+from services.eem.api import ScoreOptions
+from services.eem.client import EemClient
+from tests.coordinator_support import REPO_ROOT
+from tests.labeling_support import (LS_VENV, Chromium, annotations_by_task, django_login, eem_pool, sdk_brush,
+                                    serving_stack)
+
+ARTIFACTS = REPO_ROOT / "artifacts" / "label_studio"
+POOL = "ml-backend"
+
+
+@pytest.fixture(scope="module")
+def env(ls_tools, tiny_dataset, tmp_path_factory):
+    """Label Studio (document root `media`), the serving stack reading a copy of the tiny dataset
+    inside that root, a ranked EEM cycle in the coordinator, and the ML backend on an ephemeral port."""
+    root = tmp_path_factory.mktemp("ls-ml")
+    media = root / "media"
+    dataset = media / "ds"
+    shutil.copytree(tiny_dataset, dataset)
+    cfg = LocalLabelStudioConfig(data_dir=str(root / "ls-data"), document_root=str(media), venv=str(LS_VENV),
+                                 template_dir=str(LS_VENV / "segxal-data-template"))
+    with LocalLabelStudio(cfg) as ls, serving_stack(root / "stack", dataset) as stack:
+        pool, tasks = eem_pool(stack, POOL, batch=4)
+        backend_cfg = MLBackendConfig(host="127.0.0.1", port=0, eem_target=stack.eem, ls_document_root=str(media),
+                                      media_dir=str(dataset / "overlays"), cache_dir=str(dataset / "cache"),
+                                      forward="coordinator", coordinator=stack.coordinator, pool=POOL)
+        with MLBackendServer(backend_cfg) as backend:
+            yield SimpleNamespace(ls=ls, api=ls.api(), stack=stack, pool=pool, tasks=tasks, backend=backend,
+                                  media=media, dataset=dataset, chromium=ls_tools.get("chromium", "missing"))
+
+
+def _local_url(env, path) -> str:
+    return f"/data/local-files/?d={path.relative_to(env.media).as_posix()}"
+
+
+@pytest.fixture(scope="module")
+def project(env):
+    """A Label Studio project of the 8 validation frames, connected to the ML backend through Label
+    Studio's API, with predictions retrieved by Label Studio and a view sorted by prediction score."""
+    api = env.api
+    proj = api.create_project("SegXAL ML backend", lsp.label_config())
+    pid = int(proj["id"])
+    api.create_local_storage(pid, str(env.dataset), title="frames")
+    frames = sorted((env.dataset / "leftImg8bit" / "val").rglob("*.png"))
+    # A team imports its frames; `overlay` starts as the frame itself (Label Studio wants every key
+    # the label config names) and the backend points it at the heat-map overlay when it predicts.
+    api.request("POST", f"/api/projects/{pid}/import",
+                [{lsp.FRAME_KEY: _local_url(env, f), lsp.OVERLAY_KEY: _local_url(env, f)} for f in frames])
+    ml = api.request("POST", "/api/ml", {"url": env.backend.url, "project": pid, "title": "SegXAL EEM",
+                                         "is_interactive": False})
+    assert ml["state"] == "CO", ml  # Label Studio called /health and /setup: connected
+    hooks = api.request("GET", "/api/webhooks", params={"project": pid})
+    assert any(h["url"] == env.backend.url + "/webhook" for h in hooks)  # Label Studio made it itself
+    api.request("POST", "/api/dm/actions", {"selectedItems": {"all": True, "excluded": []}},
+                params={"id": "retrieve_tasks_predictions", "project": pid})
+    # Settings -> Annotation -> "Use predictions to prelabel": the backend's model version. Label
+    # Studio averages (and sorts by) only the scores of the project's model version, and shows
+    # that version's predictions as pre-annotations.
+    version = api.request("GET", f"/api/ml/{ml['id']}")["model_version"]
+    api.request("PATCH", f"/api/projects/{pid}", {"model_version": version, "show_collab_predictions": True})
+    view = api.request("POST", "/api/dm/views", {"project": pid, "data": {
+        "title": "By EEM score", "ordering": ["-tasks:predictions_score"],
+        "hiddenColumns": {"explore": ["tasks:annotations_results", "tasks:predictions_results", "tasks:data.overlay",
+                                      "tasks:inner_id", "tasks:annotators", "tasks:updated_by", "tasks:file_upload",
+                                      "tasks:storage_filename", "tasks:created_at", "tasks:updated_at",
+                                      "tasks:avg_lead_time", "tasks:draft_exists", "tasks:cancelled_annotations",
+                                      "tasks:total_predictions"],
+                          "labeling": []}}})
+    tasks = {int(t["id"]): api.get_task(int(t["id"])) for t in api.iter_tasks(pid)}
+    return SimpleNamespace(id=pid, view=int(view["id"]), tasks=tasks, frames=frames, ml_id=int(ml["id"]))
+
+
+def _frame_path(env, ls_task) -> str:
+    return str(env.media / ls_task["data"][lsp.FRAME_KEY].split("?d=", 1)[1])
+
+
+def test_label_studio_gets_eem_restricted_pre_annotations_with_the_eem_score(env, project):
+    assert len(project.tasks) == 8
+    with EemClient(env.stack.eem) as eem:
+        for ls_task in project.tasks.values():
+            path = _frame_path(env, ls_task)
+            ref = eem.score(path, ScoreOptions(maps=("eem",), regions=True, labels=True)).raise_for_error()
+            (pred,) = ls_task["predictions"]
+            assert pred["score"] == pytest.approx(ref.score, rel=1e-6)
+            assert pred["model_version"] == ref.model_versions.segmentation
+            regions = _region_masks(ref)
+            predicted = ref.labels()
+            painted = np.zeros(predicted.shape, bool)
+            alphas = sdk_brush([{"op": "decode", "rle": r["value"]["rle"], "height": predicted.shape[0],
+                                 "width": predicted.shape[1]} for r in pred["result"]])
+            for r, alpha in zip(pred["result"], alphas):
+                mask = np.array(alpha) == 255
+                (label,) = r["value"]["brushlabels"]
+                assert (predicted[mask] == NAME_TO_TRAIN_ID[label]).all()  # the model's class
+                painted |= mask
+            inside = np.any([m for _, m, _ in regions], axis=0) if regions else np.zeros_like(painted)
+            np.testing.assert_array_equal(painted, inside & (predicted != IGNORE))  # only the regions to fix
+            # The task shows the overlay the backend set: the heat map over this frame, regions outlined.
+            overlay_path = env.media / ls_task["data"][lsp.OVERLAY_KEY].split("?d=", 1)[1]
+            np.testing.assert_array_equal(imageio.read_rgb(overlay_path),
+                                          eem_overlay(imageio.read_rgb(path), ref.map("eem"), [m for _, m, _ in regions]))
+
+
+def test_data_manager_sorts_tasks_by_the_eem_score(env, project):
+    listed = env.api.request("GET", "/api/tasks", params={"view": project.view, "project": project.id,
+                                                          "page_size": 100})
+    rows = listed["tasks"] if isinstance(listed, dict) else listed
+    order = [int(t["id"]) for t in rows]
+    scores = {i: t["predictions"][0]["score"] for i, t in project.tasks.items()}
+    assert sorted(order) == sorted(scores)
+    assert order == sorted(scores, key=lambda i: -scores[i])
+    assert len(set(scores.values())) > 1  # the order says something
+
+
+def _strokes(mask: np.ndarray, label: str) -> list[dict]:
+    (rle,) = sdk_brush([{"op": "mask2rle", "mask": (mask.astype(np.uint8) * 255).tolist()}])
+    h, w = mask.shape
+    return [{"from_name": "label", "to_name": "image", "type": "brushlabels", "original_width": w,
+             "original_height": h, "image_rotation": 0, "value": {"format": "rle", "rle": rle, "brushlabels": [label]}}]
+
+
+def _wait(predicate, timeout_s: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_annotation_saved_in_label_studio_reaches_the_coordinator(env, project):
+    from clients.labeling import region_masks
+    task = env.tasks[0]  # a coordinator task of the ranked cycle
+    (ls_id,) = [i for i, t in project.tasks.items() if _frame_path(env, t) == task.frame_uri]
+    region = region_masks(task)[0]
+    env.api.create_annotation(ls_id, _strokes(region, "bus"))  # as a person's browser posts it
+    _wait(lambda: task.task_id in annotations_by_task(env.stack, env.pool.pool_id), what="the webhook")
+    ann = annotations_by_task(env.stack, env.pool.pool_id)[task.task_id]
+    stored = imageio.read_label(ann.mask_uri)
+    assert (stored[region] == NAME_TO_TRAIN_ID["bus"]).all() and (stored[~region] == IGNORE).all()
+    assert list(ann.region_ids) == [task.regions[0].region_id] and ann.client_id.startswith("label-studio-ml@")
+
+
+def _post(env, path: str, body, raw: bytes | None = None, method: str = "POST", headers: dict | None = None):
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(env.backend.url + path, data=data if method == "POST" else None, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_malformed_requests_get_4xx_with_a_message_never_500(env, project):
+    some_task = next(iter(project.tasks.values()))
+    frame_url = some_task["data"][lsp.FRAME_KEY]
+    good_ann = {"id": 1, "result": _strokes(np.ones((64, 128), bool), "road")}
+    cases = [
+        ("/predict", None, b"{not json", 400, "not JSON"),
+        ("/predict", {"project": "1.2"}, None, 400, "has no 'tasks'"),
+        ("/predict", {"tasks": "t"}, None, 400, "tasks must be list"),
+        ("/predict", {"tasks": []}, None, 400, "tasks is empty"),
+        ("/predict", {"tasks": [{"id": 5, "data": {}}]}, None, 400, "data has no 'image'"),
+        ("/predict", {"tasks": [{"id": 5, "data": {"image": "/data/local-files/?d=../../etc/passwd"}}]}, None, 400,
+         "not inside the document root"),
+        ("/predict", {"tasks": [{"id": 5, "data": {"image": "/data/local-files/?d=ds/nope.png"}}]}, None, 404,
+         "does not exist"),
+        ("/predict", {"tasks": [{"id": 5, "data": {"image": "/data/local-files/?d=ds/leftImg8bit"}}]}, None, 404,
+         "does not exist"),
+        ("/setup", {"project": "1.2", "schema": "<View><Image name='image' value='$image'/></View>"}, None, 400,
+         "expected a BrushLabels control"),
+        ("/setup", {"project": "x", "schema": lsp.label_config()}, None, 400, "project must be"),
+        ("/webhook", [], None, 400, "must be a JSON object"),
+        ("/webhook", {"action": "ANNOTATION_CREATED", "task": {"data": {"image": frame_url}}}, None, 400,
+         "has no 'annotation'"),
+        ("/webhook", {"action": "ANNOTATION_CREATED", "project": {"id": project.id},
+                      "annotation": {"id": 2, "result": _strokes(np.ones((64, 128), bool), "unicorn")},
+                      "task": {"id": 3, "data": {"image": frame_url}}}, None, 422, "unknown label 'unicorn'"),
+        ("/webhook", {"action": "ANNOTATION_CREATED", "project": {"id": project.id},
+                      "annotation": {"id": 3, "result": _strokes(np.ones((8, 8), bool), "road")},
+                      "task": {"id": 3, "data": {"image": frame_url}}}, None, 422, "drawn on a 8 x 8 image"),
+        ("/nowhere", {}, None, 404, "unknown path"),
+    ]
+    for path, body, raw, code, text in cases:
+        status, reply = _post(env, path, body, raw)
+        assert (status, text in reply.get("error", "")) == (code, True), (path, body, status, reply)
+    # A frame of the pool that no coordinator task waits for (not in the ranked cycle): 409.
+    ranked = {t.frame_uri for t in env.tasks}
+    idle = next(t for t in project.tasks.values() if _frame_path(env, t) not in ranked)
+    status, reply = _post(env, "/webhook", {"action": "ANNOTATION_UPDATED", "project": {"id": project.id},
+                                            "annotation": good_ann, "task": {"id": idle["id"], "data": idle["data"]}})
+    assert status == 409 and "no coordinator task waits for it" in reply["error"]
+    status, reply = _post(env, "/webhook", {"action": "PROJECT_UPDATED", "project": {"id": project.id}})
+    assert (status, reply["status"]) == (200, "ignored")
+    status, reply = _post(env, "/predict", None, raw=b"{}", headers={"Content-Length": str(1 << 40)})
+    assert status == 413 and "larger than" in reply["error"]
+    status, reply = _post(env, "/predict", None, method="GET")
+    assert status == 405 and "takes POST" in reply["error"]
+    status, reply = _post(env, "/health", None, method="GET")
+    assert status == 200 and reply["status"] == "UP"
+
+
+def _screenshot(browser: Chromium) -> bytes:
+    return base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
+
+
+def test_screenshot_of_the_sorted_task_list_with_the_pre_annotation(env, project, tmp_path):
+    if env.chromium == "missing":
+        pytest.skip("no Chromium (scripts/setup_label_studio.sh installs it with apt-get as root)")
+    scores = {i: t["predictions"][0]["score"] for i, t in project.tasks.items()}
+    by_score = sorted(scores, key=lambda i: -scores[i])
+    # The best-scored task nobody has annotated yet (an annotation would replace the pre-annotation).
+    top = next(i for i in by_score if not env.api.get_task(i)["annotations"])
+    names = sorted(r["value"]["brushlabels"][0] for r in project.tasks[top]["predictions"][0]["result"])
+    cookies = django_login(env.ls.url, env.ls.username, env.ls.password)
+    browser = Chromium(env.chromium, tmp_path / "chromium-profile")
+    try:
+        browser.call("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1, mobile=False)
+        browser.call("Network.enable")
+        for name, value in cookies.items():
+            browser.call("Network.setCookie", name=name, value=value, domain="127.0.0.1", path="/")
+        # 1. The data manager's task table in the view sorted by the prediction (EEM) score.
+        browser.call("Page.navigate", url=f"{env.ls.url}/projects/{project.id}/data?tab={project.view}")
+        shown = [f"{scores[i]:.3f}" for i in by_score[:3]]
+        text = lambda: browser.evaluate("document.body.innerText") or ""  # noqa: E731
+        _wait(lambda: all(s in text() for s in shown), timeout_s=90, what=f"the scores {shown} in the task table")
+        positions = [text().index(s) for s in shown]
+        assert positions == sorted(positions), (shown, positions)  # highest score first
+        time.sleep(1.0)
+        table = _screenshot(browser)
+        # 2. The best-scored open task: the overlay with the pre-annotated regions, beside the sorted list.
+        browser.call("Page.navigate", url=f"{env.ls.url}/projects/{project.id}/data?tab={project.view}&task={top}")
+        images = "Array.from(document.images).filter(i => i.src.startsWith('blob:') && i.complete)"
+        _wait(lambda: (browser.evaluate(f"{images}.filter(i => i.naturalWidth == 128).length") or 0) >= 1,
+              timeout_s=90, what="the task's overlay in the labeling area")
+        titles = "Array.from(document.querySelectorAll('.lsf-outliner-item__title')).map(e => e.innerText)"
+        _wait(lambda: sorted(browser.evaluate(titles) or []) == names, timeout_s=60,
+              what=f"the pre-annotated regions {names} in the Regions panel")
+        labeling_text = text()
+        time.sleep(1.5)  # let the canvas draw the brush layers
+        task_page = _screenshot(browser)
+    finally:
+        browser.close()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for name, png in (("ml_backend_task_list.png", table), ("ml_backend_pre_annotation.png", task_page)):
+        imageio.atomic_write_bytes(ARTIFACTS / name, png)
+        assert imageio.decode_image(png).shape == (1000, 1600, 3)
+        print(f"\nscreenshot: {ARTIFACTS / name}")
+    assert "EEM heat map" in labeling_text and "Plain frame" in labeling_text
