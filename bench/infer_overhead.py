@@ -1,19 +1,26 @@
-"""Inference server overhead: in-process ONNX Runtime vs the same model through the server.
+"""Inference serving overhead, side by side on one exported model: in-process ONNX Runtime, the
+project's server, a naive KServe v2 server and a real Triton Inference Server.
 
-    .venv/bin/python bench/infer_overhead.py [--size 256x512] [--concurrency 1,4,8] [--seconds 8]
+    .venv/bin/python bench/infer_overhead.py [--size 256x512] [--concurrency 1,4,8] [--seconds 6]
+        [--rounds 2] [--sides in-process,server,naive,triton]
 
 One default-size U-Net (width 32, depth 4, random weights: speed does not depend on them) is
 exported with its extra outputs (labels uint8; ebu, cam, pmax float16) and published to a
 temporary model repository. For each concurrency N, N threads each send one uint8 frame at a
-time, as fast as answers come back:
-- in process: services.inference.runtime.OnnxModel + services.inference.batcher.Batcher in this
-  process, with the server's ONNX Runtime thread settings and the config's batch policy (the
-  server minus gRPC);
-- server: `python -m services.inference.main` in its own process, N tritonclient sync clients.
-The two sides alternate (--rounds times) so that other load on a shared machine hits both alike;
-frames/s is the total over rounds, latencies are pooled; CPU ms/frame counts every process involved
-(robust to neighbours on a shared machine, unlike frames/s). Then a per-frame cost of the protocol
-codec (encode/serialize/parse on both ends) for one frame, to show where the difference goes.
+time, as fast as answers come back, to each side in turn (--rounds alternations, so that other
+load on a shared machine hits every side alike):
+- in-process: services.inference.runtime.OnnxModel + batcher.Batcher in this process (the server
+  minus gRPC), the server's ONNX Runtime settings and the config's batch policy;
+- server: `python -m services.inference.main`, N tritonclient clients (one channel each);
+- naive: the ~50-line KServe v2 server below (`_serve_naive`): one ONNX Runtime session with
+  default options, no batching, a gRPC thread pool; the bar a real server must beat;
+- triton: tritonserver 2.51.0 (scripts/setup_triton.sh) on the same model.onnx **through its Python
+  backend** (services/triton/segxal_onnxruntime: ONNX Runtime in a Python stub process, each
+  request's tensors crossing shared memory), not Triton's native ONNX Runtime backend, which the
+  wheel does not have. Its dynamic batching and instance settings come from the same config.pbtxt.
+frames/s is the total over rounds; latencies are pooled; CPU ms/frame counts every process involved
+(this one + the server's, Triton's stubs included), which is robust to neighbours on a shared
+machine, unlike frames/s. The load average is printed beside each concurrency.
 """
 from __future__ import annotations
 
@@ -127,34 +134,170 @@ def _codec_costs(frame: np.ndarray, outputs: dict[str, np.ndarray], reps: int = 
     return costs
 
 
+# ---------------------------------------------------------------- the naive server (the bar)
+
+def _serve_naive(model_path: str, port: int) -> None:
+    """A minimal KServe v2 server: one ONNX Runtime session with default options (threads, spinning),
+    no batching, no checks, a gRPC thread pool. What a user writes in an afternoon."""
+    from concurrent import futures
+
+    import grpc
+    import onnxruntime as ort
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    from segxal.modelspec import datatype_of, numpy_dtype
+
+    session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+
+    class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+        def ServerLive(self, request, context):
+            return pb.ServerLiveResponse(live=True)
+
+        def ModelReady(self, request, context):
+            return pb.ModelReadyResponse(ready=True)
+
+        def ModelInfer(self, request, context):
+            feeds = {t.name: np.frombuffer(raw, numpy_dtype(t.datatype)).reshape(list(t.shape))
+                     for t, raw in zip(request.inputs, request.raw_input_contents)}
+            wanted = [o.name for o in request.outputs] or names
+            response = pb.ModelInferResponse(model_name=request.model_name, model_version="1")
+            for name, value in zip(wanted, session.run(wanted, feeds)):
+                response.outputs.add(name=name, datatype=datatype_of(value.dtype), shape=list(value.shape))
+                response.raw_output_contents.append(value.tobytes())
+            return response
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
+                         options=[("grpc.max_receive_message_length", 1 << 28),
+                                  ("grpc.max_send_message_length", 1 << 28)])
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    signal.signal(signal.SIGTERM, lambda *_: server.stop(0))
+    server.wait_for_termination()
+
+
+# ---------------------------------------------------------------- sides
+
 def _cpu_seconds(procs) -> float:
-    """User + system CPU seconds of the processes (all their threads)."""
-    return sum(sum(p.cpu_times()[:2]) for p in procs)
+    """User + system CPU seconds of the processes (all their threads); gone processes count 0."""
+    total = 0.0
+    for p in procs:
+        try:
+            total += sum(p.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
 
 
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) * 1e3 if values else float("nan")
 
 
+def _wait_ready(target: str, proc, log: Path, model: str = "segmentation", timeout_s: float = 180.0) -> None:
+    import tritonclient.grpc as tg
+    deadline = time.monotonic() + timeout_s
+    with tg.InferenceServerClient(target) as c:
+        while True:
+            try:
+                if c.is_model_ready(model):
+                    return
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
+                raise RuntimeError(f"{target} did not get ready, see {log}")
+            time.sleep(0.2)
+
+
+class _RemoteSide:
+    """A KServe v2 server in another process, driven by N tritonclient sync clients."""
+
+    def __init__(self, name: str, target: str, procs: list, stats: bool):
+        self.name, self.target, self.procs, self.has_stats = name, target, procs, stats
+        self.clients: list = []
+
+    def open(self, n: int) -> None:
+        import tritonclient.grpc as tg
+        self.clients = [tg.InferenceServerClient(self.target) for _ in range(n)]  # one channel per thread
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+
+    def call(self, i: int, frame: np.ndarray) -> None:
+        import tritonclient.grpc as tg
+        inp = tg.InferInput("image", list(frame.shape), "UINT8")
+        inp.set_data_from_numpy(frame)
+        r = self.clients[i].infer("segmentation", [inp])
+        for name in ("labels", "ebu", "cam", "pmax"):
+            r.as_numpy(name)
+
+    def executions(self) -> tuple[int, int]:
+        """(rows, executions) so far: the mean batch size actually formed; (0, 0) without statistics."""
+        if not self.has_stats:
+            return 0, 0
+        [st] = self.clients[0].get_inference_statistics("segmentation").model_stats
+        return st.inference_count, st.execution_count
+
+
+class _InProcessSide:
+    def __init__(self, model, policy):
+        from services.inference.batcher import Batcher
+        self.name, self.procs, self.has_stats = "in-process", [psutil.Process()], True
+        self._make = lambda: Batcher(model.run, model.output_names, policy, "bench/1")
+        self.batcher = None
+
+    def open(self, n: int) -> None:
+        self.batcher = self._make()
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    def call(self, i: int, frame: np.ndarray) -> None:
+        self.batcher.submit({"image": frame}, None, 1, None)
+
+    def executions(self) -> tuple[int, int]:
+        st = self.batcher.stats()
+        return st.inference_count, st.execution_count
+
+
+def _start(command: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
+    with open(log_path, "w") as log:
+        return subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="256x512", help="frame size HxW")
     p.add_argument("--concurrency", default="1,4,8")
-    p.add_argument("--seconds", type=float, default=8.0, help="timed seconds per side, per round")
-    p.add_argument("--rounds", type=int, default=2, help="alternations in-process / server per concurrency")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = one per core)")
-    p.add_argument("--spin", action="store_true", help="ONNX Runtime threads spin for work (both sides)")
+    p.add_argument("--seconds", type=float, default=6.0, help="timed seconds per side, per round")
+    p.add_argument("--rounds", type=int, default=2, help="alternations of all sides per concurrency")
+    p.add_argument("--sides", default="in-process,server,naive,triton")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = the server's default)")
+    p.add_argument("--spin", action="store_true", help="ONNX Runtime threads spin for work (server, in-process)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--queue-delay-us", type=int, default=2000)
-    p.add_argument("--workdir", default=None, help="keep the model and the server log here")
+    p.add_argument("--workdir", default=None, help="keep the model and the server logs here")
+    p.add_argument("--naive-server", nargs=2, metavar=("MODEL", "PORT"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.naive_server:
+        _serve_naive(a.naive_server[0], int(a.naive_server[1]))
+        return 0
     h, w = (int(v) for v in a.size.lower().split("x"))
     levels = [int(v) for v in a.concurrency.split(",")]
+    wanted = a.sides.split(",")
 
     import onnxruntime as ort
-    import tritonclient.grpc as tg
 
-    from services.inference.batcher import Batcher
     from services.inference.config import RuntimeConfig
     from services.inference.model_manager import batch_policy
     from services.inference.runtime import OnnxModel
@@ -163,115 +306,122 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     result, repo = _export(folder, h, w, a.max_batch, a.queue_delay_us)
     print(f"export {time.perf_counter() - t0:.1f} s; parity: {result.parity.summary()}")
-
     frame = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
-    config = repo.read_config("segmentation")
-    runtime = RuntimeConfig(intra_op_threads=a.threads, spinning=a.spin)
-    model = OnnxModel(repo.model_file("segmentation", 1), config, runtime)
+    model_file = repo.model_file("segmentation", 1)
+    model = OnnxModel(model_file, repo.read_config("segmentation"), RuntimeConfig(intra_op_threads=a.threads,
+                                                                                  spinning=a.spin))
     policy = batch_policy(model.config)
-    print(f"ONNX Runtime {ort.__version__} {model.providers[0]}, intra-op threads "
-          f"{a.threads or 'default'}, spinning {a.spin}, cores {os.cpu_count()}, batch policy {policy}")
+    print(f"ONNX Runtime {ort.__version__} {model.providers[0]}, intra-op threads {a.threads or 'default'}, "
+          f"spinning {a.spin}, cores {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))}), "
+          f"batch policy {policy}")
 
-    port = _free_port()
-    log = open(folder / "server.log", "w")
-    command = [sys.executable, "-m", "services.inference.main", "--repo", str(repo.root), "--host", "127.0.0.1",
-               "--port", str(port), "--poll-interval", "0", "--intra-op-threads", str(a.threads),
-               "--log-level", "WARNING"] + (["--ort-spinning"] if a.spin else [])
-    server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-    target = f"127.0.0.1:{port}"
-    me, server_proc = psutil.Process(), psutil.Process(server.pid)
-    stats_client = tg.InferenceServerClient(target)
-    rows = []
+    procs: list[subprocess.Popen] = []
+    triton = None
+    sides = []
     try:
-        deadline = time.monotonic() + 120
-        with tg.InferenceServerClient(target) as c:
-            while True:
-                try:
-                    if c.is_model_ready("segmentation"):
-                        break
-                except Exception:  # noqa: BLE001 - not listening yet
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"server did not get ready, see {folder / 'server.log'}")
-                time.sleep(0.2)
+        if "in-process" in wanted:
+            sides.append(_InProcessSide(model, policy))
+        if "server" in wanted:
+            port = _free_port()
+            proc = _start([sys.executable, "-m", "services.inference.main", "--repo", str(repo.root), "--host",
+                           "127.0.0.1", "--port", str(port), "--poll-interval", "0", "--intra-op-threads",
+                           str(a.threads), "--log-level", "WARNING"] + (["--ort-spinning"] if a.spin else []),
+                          folder / "server.log")
+            procs.append(proc)
+            _wait_ready(f"127.0.0.1:{port}", proc, folder / "server.log")
+            sides.append(_RemoteSide("server", f"127.0.0.1:{port}", [psutil.Process(), psutil.Process(proc.pid)],
+                                     stats=True))
+        if "naive" in wanted:
+            port = _free_port()
+            proc = _start([sys.executable, str(Path(__file__).resolve()), "--naive-server", str(model_file),
+                           str(port)], folder / "naive.log")
+            procs.append(proc)
+            _wait_ready(f"127.0.0.1:{port}", proc, folder / "naive.log")
+            sides.append(_RemoteSide("naive", f"127.0.0.1:{port}", [psutil.Process(), psutil.Process(proc.pid)],
+                                     stats=False))
+        if "triton" in wanted:
+            import shutil
 
-        for n in levels:
-            batcher = Batcher(model.run, model.output_names, policy, "bench/1")
-            clients = [tg.InferenceServerClient(target) for _ in range(n)]  # one channel per thread
-
-            def in_process(i):
-                batcher.submit({"image": frame}, None, 1, None)
-
-            def through_server(i):
-                inp = tg.InferInput("image", list(frame.shape), "UINT8")
-                inp.set_data_from_numpy(frame)
-                r = clients[i].infer("segmentation", [inp])
-                for name in ("labels", "ebu", "cam", "pmax"):
-                    r.as_numpy(name)
-
-            def executions(name):  # (rows, executions) so far: the mean batch size actually formed
-                if name == "in-process":
-                    st = batcher.stats()
-                    return st.inference_count, st.execution_count
-                [st] = stats_client.get_inference_statistics("segmentation").model_stats
-                return st.inference_count, st.execution_count
-
-            # per side: frames, latencies, wall s, CPU s (this process; + the server's), rows, executions
-            sides = {"in-process": [0, [], 0.0, 0.0, 0, 0], "server": [0, [], 0.0, 0.0, 0, 0]}
-            _drive(n, 1.0, in_process)  # warm-up both
-            _drive(n, 1.0, through_server)
-            for _ in range(a.rounds):
-                for name, fn in (("in-process", in_process), ("server", through_server)):
-                    procs = [me] + ([server_proc] if name == "server" else [])
-                    rows0, execs0 = executions(name)
-                    cpu0 = _cpu_seconds(procs)
-                    frames, lat, wall = _drive(n, a.seconds, fn)
-                    cpu1 = _cpu_seconds(procs)
-                    rows1, execs1 = executions(name)
-                    side = sides[name]
-                    side[0] += frames
-                    side[1] += lat
-                    side[2] += wall
-                    side[3] += cpu1 - cpu0
-                    side[4] += rows1 - rows0
-                    side[5] += execs1 - execs0
-            batcher.close()
-            for c in clients:
-                c.close()
-            fps = {k: v[0] / v[2] for k, v in sides.items()}
-            cpu_ms = {k: v[3] / v[0] * 1e3 for k, v in sides.items()}
-            batch = {k: v[4] / max(v[5], 1) for k, v in sides.items()}
-            rows.append((n, fps["in-process"], fps["server"], fps["server"] / fps["in-process"],
-                         cpu_ms["in-process"], cpu_ms["server"], cpu_ms["in-process"] / cpu_ms["server"],
-                         batch["in-process"], batch["server"],
-                         _pct(sides["in-process"][1], 50), _pct(sides["in-process"][1], 99),
-                         _pct(sides["server"][1], 50), _pct(sides["server"][1], 99)))
-            print(f"  concurrency {n} done", flush=True)
+            from services.common.model_repository import ModelRepository
+            from services.triton.server import TritonConfig, TritonServer, find_triton
+            shutil.copytree(repo.root, folder / "triton-repo")
+            ModelRepository(folder / "triton-repo").set_default_flavour("python")
+            triton = TritonServer(TritonConfig(repository=str(folder / "triton-repo"), control_mode="none",
+                                               intra_op_threads=a.threads, ort_spinning=a.spin,
+                                               workdir=str(folder / "triton")), find_triton())
+            triton.start()
+            tp = psutil.Process(triton.proc.pid)
+            sides.append(_RemoteSide("triton", triton.target, [psutil.Process(), tp, *tp.children(recursive=True)],
+                                     stats=True))
+        rows = _run_levels(sides, levels, frame, a)
     finally:
-        stats_client.close()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-
-    print(f"\n{h}x{w} uint8 frames, U-Net width 32 depth 4 + labels/ebu/cam/pmax, "
-          f"{a.rounds} x {a.seconds:.0f} s per side, load average {os.getloadavg()[0]:.1f}")
-    print("CPU ms/frame: CPU time of every process involved (this one; + the server's) per frame, so the")
-    print("CPU ratio (in-proc / server) is the throughput ratio a dedicated CPU-bound machine would see,")
-    print("whatever else runs on this one.")
-    print(f"{'conc':>4} | {'in-proc f/s':>11} | {'server f/s':>10} | {'ratio':>5} | {'CPU ms/frame in/srv':>19} | "
-          f"{'CPU ratio':>9} | {'batch in/srv':>12} | {'in-proc p50/p99 ms':>18} | {'server p50/p99 ms':>17}")
-    print("-" * 132)
-    for n, fi, fs, ratio, ci, cs, cratio, bi, bs, i50, i99, s50, s99 in rows:
-        print(f"{n:>4} | {fi:>11.2f} | {fs:>10.2f} | {ratio:>5.3f} | {ci:>8.1f} / {cs:<8.1f} | {cratio:>9.3f} | "
-              f"{bi:>5.2f} / {bs:<4.2f} | {i50:>8.1f} / {i99:<7.1f} | {s50:>7.1f} / {s99:<7.1f}")
-
-    outputs = dict(zip(model.output_names, model.run({"image": frame}, model.output_names).values()))
+        for proc in procs:
+            _stop(proc)
+        if triton is not None:
+            triton.stop()
+    _print_table(rows, [s.name for s in sides], h, w, a)
+    outputs = model.run({"image": frame}, model.output_names)
     print("\nprotocol cost per frame (ms), one frame's real tensors:")
     for step, cost in _codec_costs(frame, outputs).items():
         print(f"  {step:<40} {cost if isinstance(cost, tuple) else f'{cost:.3f}'}")
     return 0
+
+
+def _run_levels(sides, levels: list[int], frame: np.ndarray, a) -> list[dict]:
+    rows = []
+    for n in levels:
+        load0 = os.getloadavg()[0]
+        acc = {s.name: dict(frames=0, lat=[], wall=0.0, cpu=0.0, rows=0, execs=0) for s in sides}
+        for s in sides:
+            s.open(n)
+            _drive(n, 1.0, lambda i, s=s: s.call(i, frame))  # warm-up
+        for _ in range(a.rounds):
+            for s in sides:
+                r0, e0 = s.executions()
+                c0 = _cpu_seconds(s.procs)
+                frames, lat, wall = _drive(n, a.seconds, lambda i, s=s: s.call(i, frame))
+                c1 = _cpu_seconds(s.procs)
+                r1, e1 = s.executions()
+                x = acc[s.name]
+                x["frames"] += frames
+                x["lat"] += lat
+                x["wall"] += wall
+                x["cpu"] += c1 - c0
+                x["rows"] += r1 - r0
+                x["execs"] += e1 - e0
+        for s in sides:
+            s.close()
+        row = dict(n=n, load=(load0 + os.getloadavg()[0]) / 2)
+        for name, x in acc.items():
+            row[name] = dict(fps=x["frames"] / x["wall"], cpu_ms=x["cpu"] / max(x["frames"], 1) * 1e3,
+                             batch=x["rows"] / x["execs"] if x["execs"] else float("nan"),
+                             p50=_pct(x["lat"], 50), p99=_pct(x["lat"], 99))
+        rows.append(row)
+        print(f"  concurrency {n} done (load {row['load']:.1f})", flush=True)
+    return rows
+
+
+def _print_table(rows: list[dict], names: list[str], h: int, w: int, a) -> None:
+    print(f"\n{h}x{w} uint8 frames, U-Net width 32 depth 4 + labels/ebu/cam/pmax, {a.rounds} x {a.seconds:.0f} s "
+          f"per side per concurrency, sides alternating; load average during each level in the last column "
+          f"({os.cpu_count()} cores: a load above that means the sides shared the cores with other work).")
+    print("triton = Triton 2.51.0 running ONNX Runtime through its PYTHON backend (not its native backend).")
+    print("\nframes/s (mean batch formed; p50/p99 latency ms; CPU ms per frame, all processes involved)")
+    for row in rows:
+        cells = []
+        for name in names:
+            r = row[name]
+            batch = "" if r["batch"] != r["batch"] else f" b{r['batch']:.2f}"
+            cells.append(f"{name} {r['fps']:.2f}{batch} ({r['p50']:.0f}/{r['p99']:.0f} ms, {r['cpu_ms']:.0f} cpu-ms)")
+        print(f"  c={row['n']}: " + " | ".join(cells) + f" | load {row['load']:.1f}")
+    pairs = [(x, y) for x, y in (("server", "naive"), ("server", "in-process"), ("triton", "server"),
+                                 ("naive", "in-process"), ("triton", "in-process")) if x in names and y in names]
+    print(f"\nratios of frames/s (CPU-ms ratio y/x in brackets: what a dedicated CPU-bound machine would see)")
+    print(f"{'conc':>4} | " + " | ".join(f"{x + ' / ' + y:>22}" for x, y in pairs) + " | load")
+    for row in rows:
+        cells = [f"{row[x]['fps'] / row[y]['fps']:>6.3f} [{row[y]['cpu_ms'] / row[x]['cpu_ms']:>6.3f}]"
+                 for x, y in pairs]
+        print(f"{row['n']:>4} | " + " | ".join(f"{c:>22}" for c in cells) + f" | {row['load']:.1f}")
 
 
 if __name__ == "__main__":

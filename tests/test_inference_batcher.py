@@ -68,13 +68,36 @@ def test_different_shapes_never_share_a_batch_and_max_batch_is_respected():
     assert [r["y"].shape for r in results] == [a.shape for a in arrays]
 
 
+class _Gate:
+    """y = x, blocking every execution until released; `running` is set while one executes."""
+
+    def __init__(self):
+        self.running, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, feeds, names):
+        self.running.set()
+        self.release.wait(30)
+        return {"y": feeds["x"]}
+
+
 def test_bounded_queue_refuses_with_resource_exhausted():
-    b = Batcher(_Model(), ["y"], BatchPolicy(max_batch_size=8, max_queue_delay_s=0.5, max_queue_size=2), "t/1")
-    results, errors = _submit_all(b, [np.ones((1, 3), np.float32)] * 5)
+    gate = _Gate()
+    b = Batcher(gate, ["y"], BatchPolicy(max_batch_size=8, max_queue_delay_s=0.5, max_queue_size=2), "t/1")
+    first = threading.Thread(target=b.submit, args=({"x": np.ones((1, 3), np.float32)}, None, 1, None))
+    first.start()
+    assert gate.running.wait(30)  # executing: the queue is empty again
+    waiting = threading.Thread(target=lambda: _submit_all(b, [np.ones((1, 3), np.float32)] * 2))
+    waiting.start()
+    while b.queue_length() < 2:
+        time.sleep(0.01)
+    results, errors = _submit_all(b, [np.ones((1, 3), np.float32)] * 3)
+    gate.release.set()
+    first.join()
+    waiting.join()
     b.close()
     assert len(errors) == 3 and all(isinstance(e, ResourceExhausted) for e in errors)
     assert "queue full" in str(errors[0])
-    assert sum(r is not None for r in results) == 2
+    assert b.stats().success_count == 3
 
 
 def test_expired_request_is_skipped_not_run():
@@ -117,3 +140,57 @@ def test_model_error_reaches_every_caller_of_the_batch_and_the_batcher_survives(
         b.submit({"x": np.ones((1, 5), np.float32)}, None, 1, None)
     assert b.submit({"x": np.ones((1, 3), np.float32)}, None, 1, None)["y"].shape == (1, 3)
     b.close()
+
+
+def test_a_lone_caller_is_not_held_for_the_batching_window():
+    """One request at a time (the single-stream case): after the first request (which waits for
+    the company a fresh batcher assumes), each runs as soon as it is queued; the counters say no
+    later batch waited for company."""
+    model = _Model()
+    b = Batcher(model, ["y"], BatchPolicy(max_batch_size=8, max_queue_delay_s=1.0), "t/1")
+    for i in range(6):
+        x = np.full((1, 3), i, np.float32)
+        np.testing.assert_array_equal(b.submit({"x": x}, None, 1, None)["y"], x * 2)
+    b.close()
+    stats = b.stats()
+    assert model.batches == [1] * 6 and stats.execution_count == 6
+    assert stats.window_waits == 1  # the first request only
+
+
+def test_callers_in_lock_step_form_batches_of_their_number():
+    """N callers, each sending its next request when its answer comes back (a benchmark client
+    at concurrency N): batches settle at N rows, the window closing when the last batch's number
+    of rows is queued (a 1 s window absorbs scheduling jitter; nothing here measures time)."""
+    model, n, rounds = _Model(delay_s=0.02), 4, 6
+    b = Batcher(model, ["y"], BatchPolicy(max_batch_size=8, max_queue_delay_s=1.0), "t/1")
+
+    def caller(i):
+        for r in range(rounds):
+            x = np.full((1, 3), 10 * i + r, np.float32)
+            np.testing.assert_array_equal(b.submit({"x": x}, None, 1, None)["y"], x * 2)
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    b.close()
+    stats = b.stats()
+    assert stats.inference_count == n * rounds and stats.fail_count == 0
+    assert stats.batches.get(n, [0])[0] >= rounds - 2, stats.batches  # the first rounds settle it
+
+
+def test_outputs_are_the_same_with_and_without_batching():
+    """The rows a caller gets back are its own, whether its request ran alone or batched."""
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=(r, 3)).astype(np.float32) for r in (1, 2, 1, 3, 1)]
+    lone = Batcher(_Model(), ["y", "z"], BatchPolicy(max_batch_size=0), "t/1")  # no batching at all
+    expected = [lone.submit({"x": a}, None, a.shape[0], None) for a in arrays]
+    lone.close()
+    model = _Model(delay_s=0.2)
+    batched = Batcher(model, ["y", "z"], BatchPolicy(max_batch_size=8, max_queue_delay_s=0.5), "t/1")
+    results, errors = _submit_all(batched, arrays)
+    batched.close()
+    assert not errors and max(model.batches) > 1  # some really were batched
+    for r, e in zip(results, expected):
+        for k in ("y", "z"):
+            np.testing.assert_array_equal(r[k], e[k])

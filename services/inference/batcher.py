@@ -3,6 +3,14 @@ small): requests queue up; an instance thread takes the oldest, waits up to `max
 for more requests of the same shape, concatenates up to `max_batch_size` rows, runs the model once
 and hands each caller its slice.
 
+- The wait for company is adaptive: it ends as soon as the queue holds as many rows as the
+  previous batch had (the concurrency the callers showed last time; before the first batch, a
+  full batch), so a lone caller is held for the window at most once, for its first request (its
+  batch had 1 row: nothing to wait for after that), and N callers in lock-step form
+  batches of N without waiting out the window. Measured why (bench/infer_overhead.py): a fixed
+  2 ms window cost a single stream ~2 ms a frame for nothing, and at concurrency 4 the window
+  closed on time before the callers of the last batch were back, forming batches of ~2.
+
 - The queue is bounded: past `max_queue_size` waiting requests, `submit` raises ResourceExhausted.
 - Deadlines: a request whose deadline has passed is dropped before it reaches the model, and its
   caller stops waiting at the deadline.
@@ -57,6 +65,8 @@ class BatcherStats:
     compute_ns: int = 0  # execution time of the batch, counted for each request in it
     last_inference_ms: int = 0  # wall-clock ms since the epoch
     batches: dict[int, list[int]] = field(default_factory=dict)  # rows -> [executions, ns]
+    # batches whose first request waited for company (the rest ran as soon as an instance was free)
+    window_waits: int = 0
 
 
 class _Pending:
@@ -99,6 +109,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._closed = False
         self._flushing = False  # shutting down: run queued requests without waiting for company
+        # rows of the last batch: how many to wait for (module doc); until a batch has run, a full one
+        self._expected_rows = max(1, policy.max_batch_size)
         self._stats = BatcherStats()
         self._stats_lock = threading.Lock()
         self._threads = [threading.Thread(target=self._instance_loop, name=f"batcher-{name}-{i}", daemon=True)
@@ -216,21 +228,28 @@ class Batcher:
                     break
             keep.extend(self._queue)
             self._queue = keep
+            self._expected_rows = max(1, rows)
             if self._queue:
                 self._cond.notify_all()  # work left for another instance
             return batch
 
     def _window_closes(self, first: _Pending) -> bool:
-        """Wait (holding the condition) until `first`'s batch is full or its delay is over: True;
-        False if `first` stopped being the head of the queue meanwhile."""
+        """Wait (holding the condition) until `first`'s batch has the rows the last batch had (at
+        most max_batch_size) or its delay is over: True; False if `first` stopped being the head of
+        the queue meanwhile."""
         flush_at = first.enqueued + self.policy.max_queue_delay_s
+        waited = False
         while not (self._closed or self._flushing):
             if not self._queue or self._queue[0] is not first:
                 return False
             rows = sum(q.rows for q in self._queue if q.key == first.key)
             remaining = flush_at - time.monotonic()
-            if rows >= self.policy.max_batch_size or remaining <= 0:
+            if rows >= min(self._expected_rows, self.policy.max_batch_size) or remaining <= 0:
+                if waited:
+                    with self._stats_lock:
+                        self._stats.window_waits += 1
                 return True
+            waited = True
             self._cond.wait(remaining)
         return bool(self._queue)  # closing or flushing: run what is queued without waiting
 

@@ -11,13 +11,15 @@ from services.inference.admission import DEFAULT_BYTES_PER_PIXEL, DEFAULT_MEMORY
 class RuntimeConfig:
     """How ONNX Runtime runs every model."""
     device: str = "cpu"  # "cuda": CUDAExecutionProvider when it loads, else CPU (logged)
-    # threads inside one model execution; 0 = ONNX Runtime's default (one per physical core).
-    # Instances (config.pbtxt instance_group count) run in parallel, each with this many threads.
+    # threads inside one model execution; 0 = the cores this process may use (affinity, cgroup
+    # quota) divided among the model's instances (config.pbtxt instance_group count), which run
+    # in parallel (services.inference.runtime.intra_op_threads).
     intra_op_threads: int = 0
     # ONNX Runtime's worker threads by default spin after each run waiting for more work. Measured
     # (bench/infer_overhead.py, 2 cores, 256x512 U-Net): spinning raised CPU per frame from ~88 ms
     # to 112-146 ms in process and 136-177 ms behind the server (the spin window is wasted whenever
-    # the next batch comes through gRPC), so it is off unless asked for.
+    # the next batch comes through gRPC), so it is off unless asked for. When on, spinning stops
+    # as soon as the last concurrent run returns (session.force_spinning_stop).
     spinning: bool = False
 
 

@@ -8,6 +8,8 @@ is completed from the graph (Triton's auto-complete), so a user model needs only
 from __future__ import annotations
 
 import logging
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,32 @@ _DATATYPE_FOR_ORT = {
     "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
     "tensor(string)": "BYTES", "tensor(bfloat16)": "BF16",
 }
+
+
+def available_cores() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (a container's
+    `cpu` limit), at least 1. ONNX Runtime's own default counts the machine's physical cores,
+    which oversubscribes a pod limited to fewer."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:  # cgroup v2: "<quota> <period>" or "max <period>"
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        try:  # cgroup v1
+            quota = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())
+            period = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
+            if quota > 0:
+                cores = min(cores, math.ceil(quota / period))
+        except (OSError, ValueError):
+            pass
+    return max(1, cores)
+
+
+def intra_op_threads(runtime: RuntimeConfig, instances: int) -> int:
+    """Threads per ONNX Runtime session: the configured number, else the process's cores shared
+    among the model's instances (they run in parallel)."""
+    return runtime.intra_op_threads or max(1, available_cores() // max(1, instances))
 
 
 def _providers(runtime: RuntimeConfig) -> list:
@@ -72,9 +100,15 @@ class OnnxModel:
 
     def __init__(self, path: Path, config: mc.ModelConfig, runtime: RuntimeConfig):
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = runtime.intra_op_threads
+        instances = sum(g.count for g in config.instance_group) or 1
+        opts.intra_op_num_threads = intra_op_threads(runtime, instances)
         opts.inter_op_num_threads = 1  # parallelism comes from instances and intra-op threads
-        if not runtime.spinning:
+        if runtime.spinning:
+            # spin between the parallel sections of a run (no wake-up per operator), but stop as soon
+            # as the last concurrent run returns: no core burnt while waiting for the next request
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
+        else:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3  # ORT warnings about unused initializers etc. are noise here
         try:

@@ -33,12 +33,17 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state  # noqa: E402
 
 
-def _session_options() -> ort.SessionOptions:
+def _session_options(instances: int) -> ort.SessionOptions:
+    """As the project's server (services.inference.runtime): threads = the process's cores shared
+    among the instances unless set; spinning off, or on with a stop when the last run returns."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(os.environ.get("SEGXAL_TRITON_INTRA_OP_THREADS", "0") or 0)
-    opts.inter_op_num_threads = 1  # as the project's server: parallelism from instances
-    if os.environ.get("SEGXAL_TRITON_ORT_SPINNING", "0") != "1":
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    threads = int(os.environ.get("SEGXAL_TRITON_INTRA_OP_THREADS", "0") or 0)
+    opts.intra_op_num_threads = threads or max(1, len(os.sched_getaffinity(0)) // max(1, instances))
+    opts.inter_op_num_threads = 1
+    spinning = os.environ.get("SEGXAL_TRITON_ORT_SPINNING", "0") == "1"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if spinning:
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     opts.log_severity_level = 3
     return opts
 
@@ -58,8 +63,9 @@ class TritonPythonModel:
         path = os.path.join(args["model_repository"], args["model_version"], filename)
         if not os.path.isfile(path):
             raise pb_utils.TritonModelException(f"{path} is missing")
+        instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
         self.session = ort.InferenceSession(
-            path, sess_options=_session_options(),
+            path, sess_options=_session_options(instances),
             providers=_providers(args.get("model_instance_kind", "CPU"), args.get("model_instance_device_id")))
         self.input_names = [t["name"] for t in config["input"]]
         self.output_names = [t["name"] for t in config["output"]]
