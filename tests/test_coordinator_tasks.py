@@ -15,6 +15,7 @@ from segxal import imageio
 from segxal.annotation import LABEL_IDS, ClassRle, EncodedMask, Rle
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound
 from segxal.labels import IGNORE, label_ids_to_train_ids
+from segxalpb.common.v1 import types_pb2
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
 from services.coordinator.client import CoordinatorClient, image_folder_source
 from services.coordinator.store.db import Database
@@ -170,7 +171,7 @@ def test_stored_mask_is_train_ids_whatever_the_encoding(coord):
     np.testing.assert_array_equal(reference, partial == 13)  # the counts are what pycocotools reads
     req = pb.SubmitAnnotationRequest(task_id=tasks[2].task_id, lease_token=tasks[2].lease_token, client_id="test")
     req.mask.label_space = pb.LABEL_SPACE_TRAIN_IDS
-    req.mask.rle.classes.add(label_id=13, rle=pb.CocoRle(height=h, width=w, uncompressed_counts=unc))
+    req.mask.rle.classes.add(label_id=13, rle=types_pb2.CocoRle(height=h, width=w, uncompressed_counts=unc))
     r3 = coord.client.submit_request(req)
     np.testing.assert_array_equal(imageio.read_label(r3.annotation.mask_uri), partial)
     assert r3.annotation.pixels_count == 18

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from segxal.annotation import LABEL_IDS, TRAIN_IDS, ClassRle, EncodedMask, Rle
 from segxal.errors import InvalidInput
+from segxalpb.common.v1 import types_pb2 as types_pb
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
 from services.coordinator.coordinator import (CITYSCAPES, DRIVE_LOG, IMAGE_FOLDER, IngestSource,
                                               StartCycleSpec, SubmitSpec)
@@ -73,7 +74,7 @@ def start_cycle_from_proto(r: pb.StartCycleRequest) -> StartCycleSpec:
                           eem=eem_options_from_proto(r.eem_options) if r.HasField("eem_options") else None)
 
 
-def rle_from_proto(msg: pb.CocoRle) -> Rle:
+def rle_from_proto(msg: types_pb.CocoRle) -> Rle:
     return Rle(msg.height, msg.width, msg.counts, tuple(msg.uncompressed_counts))
 
 
@@ -111,8 +112,8 @@ def mask_to_proto(mask: EncodedMask) -> pb.LabelMask:
 
 # ---------------------------------------------------------------- replies out
 
-def rle_to_proto(rle: Rle) -> pb.CocoRle:
-    return pb.CocoRle(height=rle.height, width=rle.width, counts=rle.counts,
+def rle_to_proto(rle: Rle) -> types_pb.CocoRle:
+    return types_pb.CocoRle(height=rle.height, width=rle.width, counts=rle.counts,
                       uncompressed_counts=list(rle.uncompressed_counts))
 
 
@@ -163,8 +164,8 @@ def cycle_to_proto(c: Cycle) -> pb.Cycle:
 
 def region_to_proto(r: Region) -> pb.Region:
     x, y, w, h = r.bbox
-    msg = pb.Region(region_id=r.region_id, bbox=pb.BoundingBox(x=x, y=y, width=w, height=h),
-                    polygon=[pb.Point(x=px, y=py) for px, py in r.polygon], area=r.area,
+    msg = pb.Region(region_id=r.region_id, bbox=types_pb.BoundingBox(x=x, y=y, width=w, height=h),
+                    polygon=[types_pb.Point(x=px, y=py) for px, py in r.polygon], area=r.area,
                     mean_eem=r.mean_eem, dominant_train_id=r.dominant_train_id,
                     dominant_class=r.dominant_class)
     if r.rle is not None:

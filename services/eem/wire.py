@@ -10,6 +10,7 @@ from segxal.al.scoring import EEMOptions
 from segxal.eem.regions import Region
 from segxal.errors import InvalidInput
 from segxal.labels import CLASS_NAMES, NUM_CLASSES
+from segxalpb.common.v1 import types_pb2 as types_pb
 from segxalpb.eem.v1 import eem_pb2 as pb
 from services.common.errors import error_from_status, status_for
 from services.eem.api import FrameRequest, ModelVersions, ScoredFrame, ScoreOptions, Stats
@@ -137,16 +138,16 @@ def request_to_proto(uri: str, frame_id: str, opts: ScoreOptions) -> pb.ScoreReq
 def _region_to_proto(r: Region) -> pb.Region:
     x, y, w, h = r.bbox
     return pb.Region(
-        bbox=pb.BoundingBox(x=x, y=y, width=w, height=h),
-        polygon=[pb.Point(x=int(px), y=int(py)) for px, py in r.polygon],
-        rle=pb.CocoRle(height=r.rle["size"][0], width=r.rle["size"][1], counts=r.rle["counts"]),
+        bbox=types_pb.BoundingBox(x=x, y=y, width=w, height=h),
+        polygon=[types_pb.Point(x=int(px), y=int(py)) for px, py in r.polygon],
+        rle=types_pb.CocoRle(height=r.rle["size"][0], width=r.rle["size"][1], uncompressed_counts=r.rle["counts"]),
         area=r.area, mean_eem=r.mean_eem, dominant_train_id=r.class_id, dominant_class=r.class_name)
 
 
 def _region_from_proto(m: pb.Region) -> Region:
     return Region(bbox=(m.bbox.x, m.bbox.y, m.bbox.width, m.bbox.height),
                   polygon=[[p.x, p.y] for p in m.polygon],
-                  rle={"size": [m.rle.height, m.rle.width], "counts": list(m.rle.counts)},
+                  rle={"size": [m.rle.height, m.rle.width], "counts": list(m.rle.uncompressed_counts)},
                   area=m.area, mean_eem=m.mean_eem, class_id=m.dominant_train_id,
                   class_name=m.dominant_class or (CLASS_NAMES[m.dominant_train_id]
                                                   if m.dominant_train_id < NUM_CLASSES else "ignore"))
