@@ -209,6 +209,7 @@ def run(scfg: ServicesLoopConfig) -> dict:
             ls = extras.enter_context(LabelStudioOracle(
                 scfg.label_studio, work_dir, [str(work_dir), str(Path(cfg.data).resolve())],
                 stack.targets["eem"], progress=cfg.progress))
+        eem_stats = extras.enter_context(EemClient(stack.targets["eem"]))
         tc = time.time()
         v1 = _train_and_publish(trainer, cfg, term, "seed", cycle_id="seed", pool_id="", epochs=cfg.init_epochs,
                                 seed=cfg.seed, tolerance=scfg.miou_tolerance)
@@ -232,9 +233,11 @@ def run(scfg: ServicesLoopConfig) -> dict:
                                     model_name=SEG_MODEL, model_version=version, random_seed=cfg.seed + cycle,
                                     eem=eem)
             name = f"cycle {cycle}"
+            before = eem_stats.stats()
             with term.bar(name, "rank", unit="call") as bar:
                 ranked = coord.rank_cycle(cyc.cycle_id)
                 bar.set_postfix(scored=ranked.frames_scored, reused=ranked.frames_reused, tasks=len(ranked.tasks))
+            cam_health = _cam_health(before, eem_stats.stats())
             summary = _label_cycle(cfg, stack, pool.pool_id, cyc.cycle_id, storage, coord, ls, term, name,
                                    len(ranked.tasks))
             report = coord.cycle_report(cyc.cycle_id)
@@ -246,7 +249,7 @@ def run(scfg: ServicesLoopConfig) -> dict:
             budget = coord.budget(pool.pool_id)
             rec = _record(cycle, job, version, seed_px, budget, report, tc, data["seed_frames"])
             rec.update(tasks=report.tasks_total, submitted=summary.submitted, released=summary.released,
-                       failed_frames=report.failed_frames)
+                       failed_frames=report.failed_frames, cam_degenerate_share=cam_health)
             records.append(rec)
             term.row(_row(rec))
             if cfg.oracle != "machine" and report.stop_reason == cpb.STOP_REASON_DICE_THRESHOLD_REACHED:
@@ -283,12 +286,21 @@ def _record(cycle, job, version, seed_px, budget, report, t_start, seed_frames) 
             "mean_dice": mean_dice, "seconds": time.time() - t_start, "stop_reason": ""}
 
 
+def _cam_health(before, after) -> float | None:
+    """Share of the frames the EEM service scored between two Stats whose CAM was dead (all zero
+    or constant): the health of the explanation term for the model version that ranked them."""
+    scored = after.frames_scored - before.frames_scored
+    return (after.frames_cam_degenerate - before.frames_cam_degenerate) / scored if scored > 0 else None
+
+
 def _row(r: dict) -> str:
     lab = r["labeled"]
     dice = "-" if r["mean_dice"] is None else f"{r['mean_dice']:.3f}"
+    cam = r.get("cam_degenerate_share")
+    cam = "" if cam is None else f"  CAM dead {100 * cam:4.1f} %"
     note = f"  (publish refused: {r['publish_refused']})" if r["publish_refused"] else ""
     return (f"cycle {r['cycle']:>2}  mIoU {100 * r['miou']:6.2f}  v{r['model_version']:<3} frames {lab['frames']:>4} "
-            f"regions {lab['regions']:>4} pixels {lab['pixels']:>9}  DICE {dice:>6}  {r['seconds']:6.1f} s{note}")
+            f"regions {lab['regions']:>4} pixels {lab['pixels']:>9}  DICE {dice:>6}{cam}  {r['seconds']:6.1f} s{note}")
 
 
 def _rank_drive_log(coord: CoordinatorClient, pool_id: str, version: int, eem: EEMOptions,

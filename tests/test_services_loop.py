@@ -39,6 +39,8 @@ def test_services_loop_runs_every_stage_and_writes_the_report(both_loops):
     assert report["stop_reason"] in ("budget", "dice", "cycles")
     assert recs[-1]["labeled"]["frames"] <= 6 + 4  # the budget holds
     assert all(r["mean_dice"] is not None for r in recs[1:])
+    # the CAM health of the version that ranked each cycle, from the EEM service's counters
+    assert all(0.0 <= r["cam_degenerate_share"] <= 1.0 for r in recs[1:])
     assert report["drive_log"]["frames_ingested"] >= 1 and report["drive_log"]["top_frames"]
 
 
