@@ -42,12 +42,13 @@ from mcap.reader import NonSeekingReader
 from mcap_protobuf.writer import Writer as ProtobufMcapWriter
 
 from segxal import imageio
-from segxal.errors import InvalidInput, NotFound
+from segxal.errors import InvalidInput, NotFound, SegxalError
 from segxal.ingest.messages import IMAGE_SCHEMAS, RAW, LogImage, MessageReader
 from segxal.ingest.records import IngestCounters, IngestedFrame
 
 DEFAULT_TOPIC = "/camera/front/image/compressed"
 DEFAULT_NEAR_DUPLICATE_THRESHOLD = 2.0  # grey levels, see the module docstring
+DURABLE_BATCH = 256  # extracted frames made durable together, with one sync
 THUMBNAIL_SHAPE = (32, 64)  # (rows, cols): the 1:2 aspect of the default 256 x 512 frames
 _EXTENSION_FOR_FORMAT = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", RAW: ".png"}
 
@@ -232,14 +233,20 @@ class NearDuplicateFilter:
 
 def extract_drive_log(path: str | Path, storage_dir: str | Path, topics: Sequence[str] | None = None,
                       near_duplicate_threshold: float = DEFAULT_NEAR_DUPLICATE_THRESHOLD,
-                      counters: IngestCounters | None = None, min_gap_s: float = 0.0) -> Iterator[IngestedFrame]:
+                      counters: IngestCounters | None = None, min_gap_s: float = 0.0,
+                      durable_batch: int = DURABLE_BATCH) -> Iterator[IngestedFrame]:
     """Extract a log's images to `<storage_dir>/frames/` and yield one record per kept frame.
+
+    A record is yielded only once its file is durable: files are written without their own fsync
+    and made durable together (one os.sync() per `durable_batch` new files, and before an error is
+    raised), so a caller that stores the records never references a frame a power cut could lose.
 
     Args:
         topics: the camera topics to read (each frame's source names its topic); None: all.
         near_duplicate_threshold: grey levels (module docstring); 0 keeps every frame.
         counters: read / skipped counts, filled in as the log is read.
         min_gap_s: per topic, the least log time between two kept frames; 0 keeps every frame.
+        durable_batch: frames written between two syncs.
     Raises:
         NotFound / InvalidInput: as iter_drive_log_images, after the frames read before the damage;
             InvalidInput also at the end when some images could not be read (they are skipped; the
@@ -248,31 +255,52 @@ def extract_drive_log(path: str | Path, storage_dir: str | Path, topics: Sequenc
     if near_duplicate_threshold < 0:
         raise InvalidInput(f"near_duplicate_threshold must be >= 0 (0 keeps every frame), "
                            f"got {near_duplicate_threshold}")
+    if durable_batch < 1:
+        raise InvalidInput(f"durable_batch must be >= 1, got {durable_batch}")
     path = Path(path).resolve()
     frames_dir = Path(storage_dir).resolve() / "frames"
     counters = counters if counters is not None else IngestCounters()
     dedup = NearDuplicateFilter(near_duplicate_threshold)
     problems = _Problems()
-    for image in iter_drive_log_images(path, topics, min_gap_s, counters, problems):
-        where = f"{path}#{image.topic}@{image.timestamp_ns}"
-        try:
-            if image.image_format == RAW:
-                pixels = image.pixels(where)  # [H, W, 3] RGB or [H, W] grey
-                gray = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)  # [H, W]
-            else:
-                gray = imageio.decode_image(image.data, where=where, mode="L")  # [H, W]
-        except InvalidInput as e:
-            problems.add(str(e))
-            continue
-        if not dedup.keep(image.topic, gray):
-            counters.frames_skipped_near_duplicate += 1
-            continue
-        # A raw image is stored as a lossless PNG: its pixels come back exactly.
-        data = imageio.encode_png(pixels) if image.image_format == RAW else image.data
-        digest = hashlib.sha256(data).hexdigest()
-        out = frames_dir / digest[:2] / f"{digest}{_EXTENSION_FOR_FORMAT[image.image_format]}"
-        if not out.is_file():
-            imageio.atomic_write_bytes(out, data)
-        yield IngestedFrame(uri=str(out), source=f"mcap:{path}#{image.topic}",
-                            timestamp_ns=image.timestamp_ns, width=gray.shape[1], height=gray.shape[0])
+    pending: list[IngestedFrame] = []
+    written = 0  # files written since the last sync
+
+    def release() -> Iterator[IngestedFrame]:
+        nonlocal written
+        if written:
+            os.sync()
+            written = 0
+        yield from pending
+        pending.clear()
+
+    try:
+        for image in iter_drive_log_images(path, topics, min_gap_s, counters, problems):
+            where = f"{path}#{image.topic}@{image.timestamp_ns}"
+            try:
+                if image.image_format == RAW:
+                    pixels = image.pixels(where)  # [H, W, 3] RGB or [H, W] grey
+                    gray = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)  # [H, W]
+                else:
+                    gray = imageio.decode_image(image.data, where=where, mode="L")  # [H, W]
+            except InvalidInput as e:
+                problems.add(str(e))
+                continue
+            if not dedup.keep(image.topic, gray):
+                counters.frames_skipped_near_duplicate += 1
+                continue
+            # A raw image is stored as a lossless PNG: its pixels come back exactly.
+            data = imageio.encode_png(pixels) if image.image_format == RAW else image.data
+            digest = hashlib.sha256(data).hexdigest()
+            out = frames_dir / digest[:2] / f"{digest}{_EXTENSION_FOR_FORMAT[image.image_format]}"
+            if not out.is_file():
+                imageio.atomic_write_bytes(out, data, fsync=False)
+                written += 1
+            pending.append(IngestedFrame(uri=str(out), source=f"mcap:{path}#{image.topic}",
+                                         timestamp_ns=image.timestamp_ns, width=gray.shape[1], height=gray.shape[0]))
+            if len(pending) >= durable_batch:
+                yield from release()
+    except SegxalError:
+        yield from release()  # the frames before the damage
+        raise
+    yield from release()
     problems.raise_if_any(str(path))
