@@ -124,11 +124,12 @@ class _BitReader:
         return value
 
 
-def decode(rle: Sequence[int]) -> np.ndarray:
+def decode(rle: Sequence[int], expected_num: int | None = None) -> np.ndarray:
     """Decode any rle-pack stream (the SDK's or the frontend's).
 
     Args:
         rle: the stream as byte values, as in a brush result's `value.rle`.
+        expected_num: refuse a stream announcing another number of values (before allocating them).
 
     Returns:
         [num] array: uint8 for word sizes up to 8, uint16 up to 16, else uint32.
@@ -142,6 +143,8 @@ def decode(rle: Sequence[int]) -> np.ndarray:
         raise InvalidInput("brush RLE must be a list of byte values 0..255") from None
     reader = _BitReader(data)
     num = reader.read(32)
+    if expected_num is not None and num != expected_num:  # checked before allocating num values
+        raise InvalidInput(f"brush RLE holds {num} values, expected {expected_num}")
     word_size = reader.read(5) + 1
     sizes = [reader.read(4) + 1 for _ in range(4)]
     dtype = np.uint8 if word_size <= 8 else np.uint16 if word_size <= 16 else np.uint32
@@ -186,7 +189,7 @@ def decode_alpha(rle: Sequence[int], height: int, width: int) -> np.ndarray:
     Raises:
         InvalidInput: a bad stream, or one that does not hold H * W RGBA pixels.
     """
-    values = decode(rle)
+    values = decode(rle, expected_num=4 * height * width)
     if values.size != 4 * height * width:
         raise InvalidInput(f"brush RLE holds {values.size} values, a {height} x {width} RGBA image "
                            f"needs {4 * height * width}")

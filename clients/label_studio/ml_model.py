@@ -278,7 +278,7 @@ class SegxalMLModel:
             self.model_version = scored.model_versions.segmentation
         regions = _region_masks(scored)
         result = lsp.region_pre_annotation(regions, scored.labels())
-        if self.cfg.media_dir and "id" in task:
+        if self.cfg.media_dir and isinstance(task.get("id"), int):
             self._set_overlay(task, project, path, scored.map("eem"), [m for _, m, _ in regions])
         return {"result": result, "score": float(scored.score), "model_version": self.model_version}
 

@@ -176,13 +176,15 @@ def annotation_to_train_ids(result: list[dict], height: int, width: int,
     """
     out = np.full((height, width), IGNORE, dtype=np.uint8)  # [H, W]
     for i, r in enumerate(result):
+        if not isinstance(r, dict):
+            raise InvalidInput(f"result {i}: must be an object, got {type(r).__name__}")
         where = f"result {i} ({r.get('id', 'no id')})"
         if r.get("type") != "brushlabels" or r.get("from_name") != FROM_NAME:
             raise InvalidInput(f"{where}: a {r.get('type')!r} result of {r.get('from_name')!r}; the bridge reads "
                                f"only brushlabels results of {FROM_NAME!r}")
         value = r.get("value") or {}
-        names = value.get("brushlabels") or []
-        if len(names) != 1:
+        names = value.get("brushlabels") if isinstance(value, dict) else None
+        if not isinstance(names, list) or len(names) != 1 or not isinstance(names[0], str):
             raise InvalidInput(f"{where}: a brush region needs exactly one label, got {names}")
         name = names[0]
         if name not in NAME_TO_TRAIN_ID:
