@@ -39,6 +39,29 @@ def _to_8bit(im: Image.Image, mode: str) -> np.ndarray:
     return np.asarray(Image.fromarray(gray, mode="L").convert(mode))
 
 
+def _decode_rgb_fast(data: bytes, fmt: str | None) -> np.ndarray | None:
+    """8-bit RGB JPEG with simplejpeg and PNG with OpenCV: measured (bench/rank_throughput.py, CPU
+    ms per frame) JPEG 1920x1080 7.1 simplejpeg / 11.1 OpenCV / 24.9 Pillow, PNG 1024x2048 54.5
+    OpenCV / 72.4 Pillow, with pixels identical to Pillow's. EXIF orientation is ignored, as Pillow
+    does here. None: let Pillow decode (a decoder refused the bytes: Pillow's error, or its
+    tolerance of a missing PNG end chunk, then decides).
+
+    Returns:
+        uint8 [H, W, 3] RGB, or None.
+    """
+    import cv2
+    import simplejpeg
+    try:
+        if fmt == "JPEG":
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        if fmt == "PNG":
+            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+            return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # [H, W, 3]
+    except (ValueError, cv2.error):
+        return None
+    return None
+
+
 def decode_image(data: bytes, where: str = "image", mode: str | None = "RGB",
                  max_pixels: int = MAX_DECODE_PIXELS) -> np.ndarray:
     """Decode PNG/JPEG bytes: the one decode path, and the one place that maps decode failures
@@ -60,9 +83,13 @@ def decode_image(data: bytes, where: str = "image", mode: str | None = "RGB",
         ResourceExhausted: more than max_pixels pixels (decompression bombs included).
     """
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
             if im.width * im.height > max_pixels:
                 _refuse_large(where, im.size, max_pixels)
+            if mode == "RGB" and im.mode == "RGB":
+                fast = _decode_rgb_fast(data, im.format)
+                if fast is not None:
+                    return fast
             im.load()
             if mode is not None and mode != im.mode and im.mode in _SIXTEEN_BIT_MODES:
                 arr = _to_8bit(im, mode)

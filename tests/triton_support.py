@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.common.model_repository import ModelRepository
+from services.common.server import ServerConfig
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.ranking import RankingConfig
 from services.coordinator.server import CoordinatorServer
@@ -58,12 +59,13 @@ def eem_and_coordinator(inference_target: str, dataset: Path, root: Path):
     """The real EEM service (segmentation and depth from `inference_target`) and coordinator
     (SQLite) on ephemeral ports."""
     eem = EemServer(EemServiceConfig(seg_target=inference_target, depth_target=inference_target,
-                                     storage_roots=[str(dataset)], address="127.0.0.1:0", health_poll_s=0.1,
-                                     grace_s=1.0, pipeline=PipelineConfig(max_concurrency=2)))
+                                     storage_roots=[str(dataset)], health_poll_s=0.1,
+                                     server=ServerConfig(address="127.0.0.1:0", grace_s=1.0),
+                                     pipeline=PipelineConfig(max_concurrency=2)))
     eem.start()
     coordinator = CoordinatorServer(CoordinatorConfig(
-        db=f"sqlite://{root / 'coordinator.db'}", storage=str(root / "coordinator-storage"), port=0, grace_s=1.0,
-        db_pool_size=4, eem_target=eem.target, default_lease_s=60,
+        db=f"sqlite://{root / 'coordinator.db'}", storage=str(root / "coordinator-storage"),
+        server=ServerConfig(address="127.0.0.1:0", grace_s=1.0), db_pool_size=4, eem_target=eem.target, default_lease_s=60,
         ranking=RankingConfig(backoff_initial_s=0.05, backoff_max_s=0.2, deadline_s=60)))
     coordinator.start()
     try:
