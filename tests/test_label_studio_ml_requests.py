@@ -83,3 +83,30 @@ def test_every_malformed_request_gets_a_4xx_with_a_message(backend):
     assert _call(server.url, "/health", {})[0] == 405
     assert _call(server.url, "/train", {})[0] == 404
     assert seen > 40
+
+
+def test_the_entry_point_serves_health_and_stops_on_sigterm(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.coordinator_support import REPO_ROOT
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "SEGXAL_LS_ML_FORWARD": "none"}
+    proc = subprocess.Popen([sys.executable, "-m", "clients.label_studio.ml_backend", "--port", "0",
+                             "--eem-target", "127.0.0.1:1", "--cache-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("ml backend listening on http://127.0.0.1:"), line
+        status, reply = _call(line.split()[-1], "/health", method="GET")
+        assert status == 200 and reply["forward"] == "none"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    bad = subprocess.run([sys.executable, "-m", "clients.label_studio.ml_backend", "--forward", "coordinator"],
+                         capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=60)
+    assert bad.returncode == 2 and "forward = coordinator needs --coordinator and --pool" in bad.stderr
