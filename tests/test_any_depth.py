@@ -116,8 +116,8 @@ def test_letterboxed_depth_comes_back_at_frame_size(served, model):
 
 def _proximity_from_service(served, depth_model: str) -> np.ndarray:
     cfg = EemServiceConfig(seg_target=served["server"].target, depth_target=served["server"].target,
-                           storage_roots=[str(served["frames"])], address="127.0.0.1:0", depth_model=depth_model,
-                           health_poll_s=0.1, grace_s=2.0, pipeline=PipelineConfig(max_concurrency=1))
+                           storage_roots=[str(served["frames"])], depth_model=depth_model,
+                           server=ServerConfig(address="127.0.0.1:0", grace_s=2.0), health_poll_s=0.1, pipeline=PipelineConfig(max_concurrency=1))
     server = EemServer(cfg)
     server.start()
     try:

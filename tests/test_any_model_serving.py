@@ -93,8 +93,8 @@ def served(zoo_exports, tmp_path_factory):
 
 def _eem(served, seg_model: str) -> EemServer:
     cfg = EemServiceConfig(seg_target=served["server"].target, depth_target=served["server"].target,
-                           storage_roots=[str(served["frames"])], address="127.0.0.1:0", seg_model=seg_model,
-                           health_poll_s=0.1, grace_s=2.0, pipeline=PipelineConfig(max_concurrency=1))
+                           storage_roots=[str(served["frames"])], seg_model=seg_model,
+                           server=ServerConfig(address="127.0.0.1:0", grace_s=2.0), health_poll_s=0.1, pipeline=PipelineConfig(max_concurrency=1))
     server = EemServer(cfg)
     server.start()
     return server

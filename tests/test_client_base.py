@@ -8,7 +8,7 @@ from concurrent import futures
 import grpc
 import pytest
 
-from segxal.errors import NotFound
+from segxal.errors import NotFound, NotReady
 from segxalpb.trainer.v1 import trainer_pb2
 from services.common.client import NO_DEADLINE, GrpcClient
 from services.coordinator.client import CoordinatorClient
@@ -108,3 +108,31 @@ def test_errors_become_our_exceptions(any_server):
             client._call("Get", b"")
     finally:
         server.stop(0).wait()
+
+
+def test_idempotent_calls_are_retried_on_unavailable_and_others_are_not():
+    """The channel's service config: GetPool (a read) survives two UNAVAILABLE answers; CreatePool
+    (not idempotent) fails at the first."""
+    attempts: dict[str, int] = {}
+
+    class Flaky(grpc.GenericRpcHandler):
+        def service(self, details):
+            def unary(request, context):
+                n = attempts[details.method] = attempts.get(details.method, 0) + 1
+                if n <= 2:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
+                return b""
+            return grpc.unary_unary_rpc_method_handler(unary)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[Flaky()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with CoordinatorClient(f"127.0.0.1:{port}", timeout_s=30) as client:
+            client.get_pool("p")
+            with pytest.raises(NotReady, match="restarting"):
+                client.create_pool("p")
+    finally:
+        server.stop(0).wait()
+    assert attempts == {"/segxal.coordinator.v1.Coordinator/GetPool": 3,
+                        "/segxal.coordinator.v1.Coordinator/CreatePool": 1}

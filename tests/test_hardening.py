@@ -66,8 +66,8 @@ def frames(tmp_path_factory):
 
 
 def _eem_server(seg: str, depth: str, root: Path, **pipeline) -> EemServer:
-    cfg = EemServiceConfig(seg_target=seg, depth_target=depth, storage_roots=[str(root)], address="127.0.0.1:0",
-                           health_poll_s=0.1, grace_s=1.0,
+    cfg = EemServiceConfig(seg_target=seg, depth_target=depth, storage_roots=[str(root)],
+                           server=ServerConfig(address="127.0.0.1:0", grace_s=1.0), health_poll_s=0.1,
                            pipeline=PipelineConfig(**{"max_concurrency": 2, **pipeline}))
     server = EemServer(cfg)
     server.start()

@@ -8,6 +8,7 @@ all requests to one pod).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import grpc
@@ -26,6 +27,27 @@ class ChannelConfig:
     bearer_token: str | None = None  # sent as "authorization: Bearer <token>" on every call
 
 
+# Unary calls that are cheap and safe to send twice: reads, and SubmitAnnotation (idempotent by
+# its idempotency key). gRPC retries them itself on UNAVAILABLE (a replica restarting, a connection
+# reset) with exponential backoff; every other call fails at once and the caller decides. Scoring
+# and inference are left out: the EEM service answers UNAVAILABLE when its backend is down, and
+# retrying there would multiply the wait at every hop (the pipeline has its own deadlines).
+IDEMPOTENT_METHODS = {
+    "segxal.coordinator.v1.Coordinator": ("GetPool", "ListPools", "ListFrames", "ListModelVersions",
+                                          "GetCurrentModelVersion", "GetCycleReport", "ListAnnotations",
+                                          "GetBudget", "SubmitAnnotation"),
+    "segxal.eem.v1.EemScoring": ("GetStats",),
+    "segxal.trainer.v1.Trainer": ("GetJob", "ListJobs", "ListVersions"),
+    "inference.GRPCInferenceService": ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata",
+                                       "ModelMetadata", "ModelConfig"),
+}
+RETRY_POLICY = {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "2s", "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"]}
+SERVICE_CONFIG = json.dumps({"methodConfig": [
+    {"name": [{"service": service, "method": m} for service, methods in IDEMPOTENT_METHODS.items() for m in methods],
+     "retryPolicy": RETRY_POLICY}]})
+
+
 def _options(target: str, cfg: ChannelConfig) -> list[tuple]:
     opts = [
         ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -33,6 +55,8 @@ def _options(target: str, cfg: ChannelConfig) -> list[tuple]:
         ("grpc.keepalive_time_ms", cfg.keepalive_ms),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", SERVICE_CONFIG),
     ]
     if cfg.tls_server_name:
         opts.append(("grpc.ssl_target_name_override", cfg.tls_server_name))
