@@ -324,7 +324,12 @@ def _block_vjp(tape: list, g: torch.Tensor) -> torch.Tensor:
         elif isinstance(layer, nn.Conv2d):
             if layer.stride != (1, 1) or layer.groups != 1 or layer.dilation != (1, 1):
                 raise InvalidInput(f"bottleneck GradCAM: unsupported decoder conv {layer}")
-            g = F.conv_transpose2d(g, layer.weight.to(g.dtype), padding=layer.padding)
+            # the adjoint of a stride-1 conv is the conv with the kernel flipped and its in/out
+            # channels swapped; written as a plain Conv, which ONNX Runtime runs ~2x faster than
+            # ConvTranspose (bench/cam_cost.py)
+            kh, kw = layer.kernel_size
+            flipped = layer.weight.flip(2, 3).transpose(0, 1).to(g.dtype)  # [K_in, K_out, kh, kw]
+            g = F.conv2d(g, flipped, padding=(kh - 1 - layer.padding[0], kw - 1 - layer.padding[1]))
         elif isinstance(layer, (nn.Dropout, nn.Dropout2d, nn.Identity)):
             if layer.training and not isinstance(layer, nn.Identity):
                 raise InvalidInput("the bottleneck GradCAM needs dropout in eval mode (call model.eval())")
@@ -359,12 +364,16 @@ def bottleneck_weights(model: nn.Module, x: torch.Tensor, class_weights: torch.T
         tapes.append((up, tape))
     logits = model.upsample(model.head(h))  # [B, C, H, W]
     labels = logits.argmax(1)  # [B, H, W]
-    head_w = model.head.weight.flatten(1)  # [C, K]
-    check_class_weights(class_weights, head_w.shape[0])
-    rows = head_w if class_weights is None else head_w * class_weights.to(head_w.dtype)[:, None]
-    g = F.embedding(labels, rows).permute(0, 3, 1, 2)  # [B, K, H, W]: dT/d(head input) at full size
+    head_w = model.head.weight  # [C, K, 1, 1]
+    num_classes = head_w.shape[0]
+    check_class_weights(class_weights, num_classes)
+    classes = torch.arange(num_classes, device=labels.device)
+    g = (labels[:, None] == classes[None, :, None, None]).to(logits.dtype)  # [B, C, H, W]: dT/dz
+    if class_weights is not None:
+        g = g * class_weights.to(g.dtype)[None, :, None, None]
     if model.cfg.head_stride == 2:
-        g = bilinear_up2_adjoint(g)  # [B, K, H/2, W/2]
+        g = bilinear_up2_adjoint(g)  # [B, C, H/2, W/2]: through the upsampling (C < K: cheaper first)
+    g = F.conv2d(g, head_w.transpose(0, 1).to(g.dtype))  # [B, K, H/s, W/s]: through the 1x1 head, W^T
     for up, tape in reversed(tapes):
         g = _block_vjp(tape, g)[:, :up.out_channels]  # the up-path half of the concat
         g = F.conv2d(g, up.weight.to(g.dtype), stride=up.stride)  # adjoint of the 2x2/2 transposed conv
