@@ -50,11 +50,14 @@ def _decode_rgb_fast(data: bytes, fmt: str | None) -> np.ndarray | None:
         uint8 [H, W, 3] RGB, or None.
     """
     import cv2
-    import simplejpeg
     try:
-        if fmt == "JPEG":
+        import simplejpeg  # pinned in requirements.txt; OpenCV decodes JPEG where it is missing
+    except ImportError:
+        simplejpeg = None
+    try:
+        if fmt == "JPEG" and simplejpeg is not None:
             return simplejpeg.decode_jpeg(data, colorspace="RGB")
-        if fmt == "PNG":
+        if fmt in ("PNG", "JPEG"):
             bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
             return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # [H, W, 3]
     except (ValueError, cv2.error):
