@@ -12,7 +12,8 @@ process, admission limit off (this script measures what sizes it).
   request's pixels (batch x height x width); segmentation and depth separately, sequentially.
   The largest figure is what services/inference/admission.py's DEFAULT_BYTES_PER_PIXEL is sized from.
 - Hot reloads: a new version of both models is published N times (alternating two weight sets),
-  each time waiting until the server serves it and sending one request; RSS after 10, 20, 30...
+  each time waiting until the server serves it, while --load-threads threads keep sending
+  requests (the reloads happen under load, as in production); RSS after 10, 20, 30...
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    p.add_argument("--load-threads", type=int, default=2, help="request threads during the reloads")
     a = p.parse_args(argv)
     sys.path.insert(0, str(REPO_ROOT))
     from services.common.model_repository import ModelRepository, build_config
@@ -131,8 +134,19 @@ def main(argv: list[str] | None = None) -> int:
                         peak = _status_kb(proc.pid, "VmHWM")
                         print(f"{kind:13s} {size:>10s} {h * w / 1e6:6.2f} {before / 1024:14.0f} {peak / 1024:8.0f} "
                               f"{(peak - before) * 1024 / (h * w):7.0f}", flush=True)
-                print(f"# RSS across hot reloads (both models republished each time)")
+                print(f"# RSS across hot reloads (both models republished each time, "
+                      f"{a.load_threads} threads of requests meanwhile)")
                 image = np.zeros((1, 128, 256, 3), np.uint8)
+                stop = threading.Event()
+
+                def load():
+                    with InferenceClient(target, timeout_s=600) as c:
+                        while not stop.is_set():
+                            c.infer_segmentation(image)
+                            c.infer_depth(image)
+                loaders = [threading.Thread(target=load, daemon=True) for _ in range(a.load_threads)]
+                for t in loaders:
+                    t.start()
                 print(f"reloads 0: RSS {_status_kb(proc.pid, 'VmRSS') / 1024:.0f} MB", flush=True)
                 for n in range(1, a.reloads + 1):
                     repo.publish("segmentation", seg[n % 2].path, seg_cfg)
@@ -149,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                     if n % 10 == 0:
                         time.sleep(2.0)  # let the retired versions drain
                         print(f"reloads {n}: RSS {_status_kb(proc.pid, 'VmRSS') / 1024:.0f} MB", flush=True)
+                stop.set()
+                for t in loaders:
+                    t.join(60)
         finally:
             proc.terminate()
             proc.wait(30)

@@ -15,6 +15,8 @@ reports the failure to the caller.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import threading
@@ -37,6 +39,28 @@ log = logging.getLogger(__name__)
 
 _DEFAULT_MAX_QUEUE_SIZE = 1024  # Triton's max_queue_size 0 means unbounded; we still keep a cap
 _SWAP_RETRIES = 5  # a request can meet this many swaps in a row before giving up (UNAVAILABLE)
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def release_freed_memory() -> None:
+    """Give the heap that retired versions freed back to the OS (glibc malloc_trim).
+
+    A retired version's ONNX Runtime session frees its arena (tens to hundreds of MB) into
+    whichever glibc malloc arenas the request threads used; glibc keeps that memory mapped, so
+    without a trim the server's RSS ratchets up across hot reloads under load.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 @dataclass
@@ -102,6 +126,7 @@ class ModelManager:
         self._models: dict[str, _ModelState] = {}
         self._lock = threading.Lock()  # serialises loads/unloads/polls; inference never takes it
         self._retiring: list[threading.Thread] = []
+        self._retired_since_trim = threading.Event()  # a retired version was freed: trim at the next poll
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.admission = PixelAdmission.from_budget(cfg.memory_budget_bytes, cfg.bytes_per_pixel)
@@ -147,6 +172,9 @@ class ModelManager:
 
     def poll(self) -> None:
         """One pass over the repository: load new/changed versions, drop removed models."""
+        if self._retired_since_trim.is_set():  # a retired session was freed since the last poll
+            self._retired_since_trim.clear()
+            release_freed_memory()
         try:
             names = self.repository.list_models()
         except NotFound as e:
@@ -238,8 +266,15 @@ class ModelManager:
 
     def _retire(self, state: _ModelState, versions: list[_Version]) -> None:
         """Drain swapped-out versions in the background (their queued requests still complete)."""
+        def drain(box: list[Batcher]) -> None:
+            batcher = box.pop()  # the thread keeps no reference: the session is freed below
+            batcher.close()
+            del batcher
+            self._retired_since_trim.set()
+
         for lv in versions:
-            t = threading.Thread(target=lv.batcher.close, name=f"retire-{state.name}/{lv.number}", daemon=True)
+            t = threading.Thread(target=drain, args=([lv.batcher],), name=f"retire-{state.name}/{lv.number}",
+                                 daemon=True)
             t.start()
             self._retiring.append(t)
         self._retiring = [t for t in self._retiring if t.is_alive()]
