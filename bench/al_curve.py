@@ -1,109 +1,132 @@
-"""Active-learning strategies side by side on the same seed set, split and budget.
+"""Label-efficiency benchmark: every acquisition strategy, frame and region protocols, several seeds.
 
-For each seed: random, entropy (EBU only), PAE only, EEM (mean score), EEM (top-q score), and EEM
-with the machine oracle, all starting from the same cycle-0 model and depth net. Prints mIoU at
-each budget point (mean ± std over seeds), the area under the mIoU-vs-labeled-pixels curve, and the
-fraction of the training split's pixels each needs to reach 95 % of the full-supervision mIoU.
-A difference smaller than the spread over seeds is no difference.
+Writes <out>/al.json (every cycle), <out>/al.md (tables, paired differences with random, verdict,
+diagnosis), <out>/al_frame.png, al_region.png, al_schedule.png; prints the tables.
+Details: segxal.al.bench (protocols, training schedule) and segxal.al.bench_report (statistics).
 
-    .venv/bin/python bench/al_curve.py --data data/synth-128x256 --seeds 0 1 2
+    # data once (CPU size): 300 train / 75 val frames, 50 test frames for the depth net
+    .venv/bin/segxal data synth --out data/synth-64x128 --height 64 --width 128 \\
+        --train-sequences 60 --val-sequences 15 --test-sequences 10
+    nice -n 10 .venv/bin/python bench/al_curve.py --data data/synth-64x128 --out bench/results
+    # or one process per seed (both cores), then one report over them
+    for s in 0 1 2; do nice -n 10 .venv/bin/python bench/al_curve.py --data data/synth-64x128 \\
+        --seeds $s --out runs/al/s$s --cache-dir runs/al/cache & done; wait
+    .venv/bin/python bench/al_curve.py --merge runs/al/s*/al.json --out bench/results
+    # full size (GPU): 256x512, the default U-Net
+    .venv/bin/python bench/al_curve.py --full --device cuda --data data/synth-256x512 --out runs/al-full
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
-from segxal.al.loop import ALConfig, add_al_arguments, config_from_args, plot_curves, run
-from segxal.data.cityscapes import SegDataset, list_frames
-from segxal.metrics import iou_report
-from segxal.models.unet import UNet, UNetConfig
-from segxal.train import TrainConfig, evaluate_segmentation, train_segmentation
-
-ARMS = [  # (name, strategy, oracle)
-    ("random", "random", "human"),
-    ("entropy", "entropy", "human"),
-    ("pae", "pae", "human"),
-    ("eem", "eem", "human"),
-    ("eem-topq", "eem-topq", "human"),
-    ("eem+machine", "eem", "machine"),
-]
+from segxal.al.bench import ALL_ARMS, PROTOCOLS, BenchConfig, full_size, run_benchmark
+from segxal.al.bench_report import markdown, plot
+from segxal.errors import SegxalError
+from segxal.train import parse_size
 
 
-def full_supervision_miou(cfg: ALConfig, epochs: int) -> float:
-    """mIoU of the same U-Net trained on every training label (the 95 % target)."""
-    train = SegDataset(list_frames(cfg.data, "train", require_labels=True), cfg.size)
-    val = SegDataset(list_frames(cfg.data, "val", require_labels=True), cfg.size)
-    model = UNet(UNetConfig(width=cfg.width, depth=cfg.unet_depth))
-    train_segmentation(model, train, TrainConfig(epochs=epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                                                 progress=cfg.progress))
-    return iou_report(evaluate_segmentation(model, val))["miou"]
+def quick(cfg: BenchConfig) -> BenchConfig:
+    """Tiny images and schedules: the whole pipeline in seconds (tests)."""
+    return replace(cfg, size=(32, 64), width=4, unet_depth=3, seeds=(0, 1), seed_frames=4, seed_steps=6,
+                   steps=4, batch_size=4, depth_steps=4, mc_samples=2, region_min_area=4)
 
 
-def auc(records: list[dict], total_pixels: int) -> float:
-    """Area under mIoU vs fraction of pixels labeled, over the budget actually used."""
-    x = np.array([r["labeled"]["pixels"] for r in records], float) / total_pixels
-    y = np.array([r["miou"] for r in records])
-    if len(x) < 2 or x[-1] == x[0]:
-        return float(y.mean())
-    return float(np.trapezoid(y, x) / (x[-1] - x[0]))
+def build_config(args: argparse.Namespace) -> BenchConfig:
+    cfg = BenchConfig(data=args.data, out=args.out, device=args.device)
+    if args.quick:
+        cfg = quick(cfg)
+    if args.full:
+        cfg = full_size(cfg)
+    overrides = {k: v for k, v in {
+        "size": parse_size(args.size) if args.size else None, "width": args.width,
+        "unet_depth": args.unet_depth, "steps": args.steps, "seed_steps": args.seed_steps,
+        "seed_frames": args.seed_frames, "batch_size": args.batch_size,
+        "seeds": tuple(args.seeds) if args.seeds else None,
+        "protocols": tuple(args.protocols) if args.protocols else None,
+        "arms": tuple(args.arms) if args.arms else None, "cache_dir": args.cache_dir,
+        "deadline_s": 60 * args.deadline_min if args.deadline_min else None, "threads": args.threads,
+    }.items() if v is not None}
+    cfg = replace(cfg, **overrides)
+    if args.no_schedule_check:
+        cfg.schedule_check = False
+    return cfg
 
 
-def pixels_to_reach(records: list[dict], target: float, total_pixels: int) -> float | None:
-    for r in records:
-        if r["miou"] >= target:
-            return r["labeled"]["pixels"] / total_pixels
-    return None
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--data", help="Cityscapes-layout folder with train, val and test splits")
+    p.add_argument("--merge", nargs="+", metavar="AL_JSON",
+                   help="no run: one report over the al.json of several runs (e.g. one per seed)")
+    p.add_argument("--out", default="bench/results", help="folder for al.json, al.md and the plots")
+    p.add_argument("--quick", action="store_true", help="tiny images and schedules (tests)")
+    p.add_argument("--full", action="store_true", help="256x512 and the default U-Net (width 32, depth 4)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--size", help="HxW (default 64x128; --full 256x512)")
+    p.add_argument("--width", type=int)
+    p.add_argument("--unet-depth", type=int)
+    p.add_argument("--steps", type=int, help="optimiser steps at every budget point")
+    p.add_argument("--seed-steps", type=int)
+    p.add_argument("--seed-frames", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seeds", type=int, nargs="+")
+    p.add_argument("--protocols", nargs="+", choices=PROTOCOLS)
+    p.add_argument("--arms", nargs="+", choices=sorted({a.name for a in ALL_ARMS}))
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on a shared machine more threads are slower; 0 = torch's default)")
+    p.add_argument("--cache-dir", help="seed models and depth net (default <out>/cache)")
+    p.add_argument("--deadline-min", type=float, help="start no new arm after this many minutes")
+    p.add_argument("--no-schedule-check", action="store_true", help="skip the 2 x steps run of random")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.merge:
+        return _write(merge_reports([json.loads(Path(f).read_text()) for f in args.merge]), Path(args.out))
+    if not args.data:
+        p.error("--data is required (unless --merge)")
+    try:
+        cfg = build_config(args)
+
+        def progress(recs):
+            r = recs[-1]
+            print(f"  {r['protocol']:6s} seed {r['seed']} {r['arm']:22s} steps {r['steps']:4d}: mIoU "
+                  + " ".join(f"{100 * x['miou']:.1f}" for x in recs)
+                  + f"  near {100 * r['near_miou']:.1f}  ({sum(x['seconds'] for x in recs):.0f} s)", flush=True)
+        report = run_benchmark(cfg, on_arm=progress)
+    except SegxalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return _write(report, Path(cfg.out))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_al_arguments(p)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--arms", nargs="+", default=[a[0] for a in ARMS])
-    p.add_argument("--full-epochs", type=int, default=0, help="0 = init + cycles * finetune epochs")
-    args = p.parse_args()
-    base = config_from_args(args)
-    out = Path(args.out)
-    n_train = len(list_frames(base.data, "train"))
-    total_pixels = n_train * base.size[0] * base.size[1]
-    full_epochs = args.full_epochs or base.init_epochs + base.cycles * base.finetune_epochs
-    full = full_supervision_miou(base, full_epochs)
-    print(f"full supervision ({n_train} frames, {full_epochs} epochs): mIoU {100 * full:.2f}")
-    results: dict[str, list[list[dict]]] = {}
-    for seed in args.seeds:
-        for name, strategy, oracle in ARMS:
-            if name not in args.arms:
-                continue
-            cfg = config_from_args(args)
-            cfg.seed, cfg.strategy, cfg.oracle = seed, strategy, oracle
-            cfg.out = str(out / f"{name}_s{seed}")
-            cfg.cache_dir = str(out / "cache")
-            results.setdefault(name, []).append(run(cfg)["cycles"])
-            print(f"  done {name} seed {seed}: final mIoU {100 * results[name][-1][-1]['miou']:.2f}", flush=True)
-    _print_table(results, full, total_pixels)
-    plot_curves({n: runs[0] for n, runs in results.items()}, out / "al_curves.png")
-    (out / "al_curve.json").write_text(json.dumps({"full_miou": full, "results": results}, indent=1))
+def merge_reports(reports: list[dict]) -> dict:
+    """One report over runs of the same configuration with different seeds (or arms)."""
+    merged = {**reports[0], "runs": [], "cycle0": [], "schedule": [], "skipped": []}
+    for r in reports:
+        for key in ("runs", "cycle0", "schedule", "skipped"):
+            merged[key] += r.get(key, [])
+    merged["config"] = {**reports[0]["config"],
+                        "seeds": sorted({c["seed"] for c in merged["cycle0"]})}
+    merged["seconds"] = max(r.get("seconds", 0) for r in reports)
+    merged["process_seconds_sum"] = sum(r.get("seconds", 0) for r in reports)
+    merged["loadavg"] = "; ".join(str(r.get("loadavg")) for r in reports)
+    return merged
 
 
-def _print_table(results, full, total_pixels) -> None:
-    n_cycles = max(len(r) for runs in results.values() for r in runs)
-    head = "arm          " + " ".join(f"c{c:<11d}" for c in range(n_cycles))
-    print("\nmIoU (%) per cycle, mean ± std over seeds; labeled pixels (% of split) in brackets")
-    print(head + "  AUC           to-95%-of-full")
-    for name, runs in results.items():
-        cells = []
-        for c in range(n_cycles):
-            vals = [100 * r[c]["miou"] for r in runs if c < len(r)]
-            px = [100 * r[c]["labeled"]["pixels"] / total_pixels for r in runs if c < len(r)]
-            cells.append(f"{np.mean(vals):5.1f}±{np.std(vals):3.1f}[{np.mean(px):3.0f}]" if vals else " " * 12)
-        aucs = [100 * auc(r, total_pixels) for r in runs]
-        reach = [pixels_to_reach(r, 0.95 * full, total_pixels) for r in runs]
-        reach_s = ",".join("never" if v is None else f"{100 * v:.0f}%" for v in reach)
-        print(f"{name:12s} " + " ".join(cells) + f"  {np.mean(aucs):5.2f}±{np.std(aucs):4.2f}  {reach_s}")
+def _write(report: dict, out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "al.json").write_text(json.dumps(report, indent=1))
+    text = markdown(report)
+    (out / "al.md").write_text(text + "\n")
+    files = plot(report, out)
+    print(text)
+    print("wrote " + ", ".join(str(f) for f in [out / "al.json", out / "al.md", *files]))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

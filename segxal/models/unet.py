@@ -25,6 +25,9 @@ class UNetConfig:
     num_classes: int = NUM_CLASSES
     in_channels: int = 3
     head_stride: int = 2  # A and the head run at 1/2 resolution: ~4x cheaper than full-res
+    # Channel dropout on the bottleneck as the decoder reads it (0 = off, the default). Identity in
+    # eval mode; the AL benchmark's BALD arm samples it (MC dropout, Gal & Ghahramani 2016).
+    dropout: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +57,7 @@ class UNet(nn.Module):
             nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in reversed(range(cfg.depth)))
         self.dec = nn.ModuleList(_block(chans[i] * 2, chans[i]) for i in reversed(range(cfg.depth)))
         self.head = nn.Conv2d(w, cfg.num_classes, 1)
+        self.bottleneck_dropout = nn.Dropout2d(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     @property
     def target_layer(self) -> nn.Module:
@@ -89,7 +93,7 @@ class UNet(nn.Module):
 
     def decode(self, bottleneck: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         """(B, skips) from encode -> A [B, width, H/s, W/s], the head's input."""
-        h = bottleneck
+        h = self.bottleneck_dropout(bottleneck)
         for up, dec, skip in zip(self.up, self.dec, reversed(skips)):
             h = dec(torch.cat([up(h), skip], dim=1))
         return h

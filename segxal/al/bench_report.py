@@ -1,0 +1,279 @@
+"""Tables, verdicts and plots of the label-efficiency benchmark (segxal.al.bench).
+
+Statistics: every arm is compared with a reference arm (random, and entropy for the EEM arms) as a
+paired difference per seed (same seed set, seed model and schedule). A difference is reported as
+better / worse only when |mean| exceeds the standard deviation of the paired differences over
+seeds (ddof = 1); otherwise it is "no difference" (=). One seed gives no verdict.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from segxal import imageio
+
+METRICS = (("miou", "mIoU"), ("near_miou", "near-field mIoU"))
+BACKGROUND = ("road", "sidewalk", "building", "vegetation", "sky", "terrain")
+VULNERABLE = ("person", "rider", "bicycle", "motorcycle")
+
+
+def _by(runs: list[dict], protocol: str) -> dict[str, dict[float, dict[int, dict]]]:
+    """arm -> budget -> seed -> record."""
+    out: dict = {}
+    for r in runs:
+        if r["protocol"] == protocol:
+            out.setdefault(r["arm"], {}).setdefault(r["budget"], {})[r["seed"]] = r
+    return out
+
+
+def _std(v: list[float]) -> float:
+    return float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
+
+
+def paired(table: dict, arm: str, ref: str, budget: float, metric: str) -> dict | None:
+    """Paired difference arm - ref over the seeds both have, in points of the metric (x 100)."""
+    a, b = table.get(arm, {}).get(budget, {}), table.get(ref, {}).get(budget, {})
+    seeds = sorted(set(a) & set(b))
+    d = [100 * (a[s][metric] - b[s][metric]) for s in seeds
+         if a[s][metric] is not None and b[s][metric] is not None]
+    if not d:
+        return None
+    mean, std = float(np.mean(d)), _std(d)
+    if len(d) < 2:
+        verdict = "n=1"
+    elif mean > std:
+        verdict = "better"
+    elif mean < -std:
+        verdict = "worse"
+    else:
+        verdict = "="
+    return {"mean": mean, "std": std, "wins": sum(x > 0 for x in d), "n": len(d), "verdict": verdict}
+
+
+def _cell(vals: list[float]) -> str:
+    v = [100 * x for x in vals if x is not None and np.isfinite(x)]
+    if not v:
+        return "-"
+    return f"{np.mean(v):.1f}±{np.std(v, ddof=1):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
+
+
+def _diff_cell(p: dict | None) -> str:
+    if p is None:
+        return "-"
+    mark = {"better": "▲", "worse": "▼", "=": "=", "n=1": ""}[p["verdict"]]
+    std = "" if np.isnan(p["std"]) else f"±{p['std']:.1f}"
+    return f"{p['mean']:+.1f}{std} ({p['wins']}/{p['n']}) {mark}"
+
+
+def _eem_arms(table: dict) -> list[str]:
+    return [a for a in table if a.startswith("eem") or a == "pae"]
+
+
+def best_eem(table: dict, budgets: list[float]) -> str | None:
+    """The EEM variant with the highest mean paired gain over random, averaged over budgets."""
+    best, best_gain = None, -np.inf
+    for arm in _eem_arms(table):
+        gains = [p["mean"] for b in budgets if (p := paired(table, arm, "random", b, "miou"))]
+        if gains and np.mean(gains) > best_gain:
+            best, best_gain = arm, float(np.mean(gains))
+    return best
+
+
+def verdicts(report: dict) -> list[str]:
+    """One line per protocol: does the best EEM variant beat random and entropy beyond the spread?"""
+    lines = []
+    for protocol in ("frame", "region"):
+        table = _by(report["runs"], protocol)
+        if not table:
+            continue
+        budgets = sorted({b for arm in table.values() for b in arm})
+        best = best_eem(table, budgets)
+        if best is None:
+            continue
+        for metric, label in METRICS:
+            parts = []
+            for ref in ("random", "entropy"):
+                if ref not in table:
+                    continue
+                ps = [(b, paired(table, best, ref, b, metric)) for b in budgets]
+                wins = [f"{100 * b:g}%" for b, p in ps if p and p["verdict"] == "better"]
+                losses = [f"{100 * b:g}%" for b, p in ps if p and p["verdict"] == "worse"]
+                parts.append(f"vs {ref}: better beyond the spread at {len(wins)} of {len(budgets)} budgets"
+                             f"{' (' + ', '.join(wins) + ')' if wins else ''}"
+                             f"{'; worse at ' + ', '.join(losses) if losses else ''}")
+            lines.append(f"- {protocol} protocol, best EEM variant `{best}`, {label}: " + "; ".join(parts))
+    return lines
+
+
+def _share(d: dict, names) -> float:
+    return float(sum(d.get(n, 0.0) for n in names))
+
+
+def markdown(report: dict, title: str = "Label-efficiency benchmark") -> str:
+    cfg = report["config"]
+    out = [f"# {title}", "",
+           f"{report['n_train']} training frames (seed set {cfg['seed_frames']}, the rest is the pool), "
+           f"{report['n_val']} validation frames, {cfg['size'][0]}x{cfg['size'][1]}, U-Net width {cfg['width']} "
+           f"depth {cfg['unet_depth']} (bottleneck dropout {cfg['dropout']}), seeds {cfg['seeds']}, "
+           f"{cfg['steps']} steps (batch {cfg['batch_size']}) from the seed model at every budget point, "
+           f"device {cfg['device']}. Wall time {report.get('seconds', 0) / 60:.1f} min, "
+           f"loadavg at the end: {report.get('loadavg', 'n/a')}.", ""]
+    c0 = report["cycle0"]
+    if c0:
+        out.append("Seed model (cycle 0, no acquisition): mIoU "
+                   f"{_cell([c['miou'] for c in c0])}, near-field {_cell([c['near_miou'] for c in c0])}.")
+        out.append("")
+    out.append("Cells: mean±std over seeds; Δ = paired difference with random per seed, mean±std "
+               "(seeds won / seeds); ▲ / ▼ beyond the spread, = inside it (no difference).")
+    out.append("")
+    for protocol, unit in (("frame", "% of pool frames"), ("region", "% of pool pixels")):
+        table = _by(report["runs"], protocol)
+        if not table:
+            continue
+        budgets = sorted({b for arm in table.values() for b in arm})
+        for metric, label in METRICS:
+            out += [f"## {protocol} protocol: {label} (budget in {unit})", ""]
+            head = "| arm | " + " | ".join(f"{100 * b:g}% | Δ {100 * b:g}%" for b in budgets) + " |"
+            out += [head, "|" + "---|" * (1 + 2 * len(budgets))]
+            for arm in table:
+                cells = []
+                for b in budgets:
+                    vals = [r[metric] for r in table[arm].get(b, {}).values()]
+                    cells.append(_cell(vals))
+                    cells.append("" if arm == "random" else _diff_cell(paired(table, arm, "random", b, metric)))
+                out.append(f"| {arm} | " + " | ".join(cells) + " |")
+            out.append("")
+        eems = [a for a in _eem_arms(table) if "entropy" in table]
+        if eems:
+            out += [f"### {protocol} protocol: EEM variants vs entropy (paired Δ mIoU / Δ near-field)", ""]
+            out += ["| arm | " + " | ".join(f"{100 * b:g}%" for b in budgets) + " |",
+                    "|" + "---|" * (1 + len(budgets))]
+            for arm in eems:
+                out.append(f"| {arm} | " + " | ".join(
+                    f"{_diff_cell(paired(table, arm, 'entropy', b, 'miou'))} / "
+                    f"{_diff_cell(paired(table, arm, 'entropy', b, 'near_miou'))}" for b in budgets) + " |")
+            out.append("")
+        last = budgets[-1]
+        out += [f"### {protocol} protocol at {100 * last:g}%: vulnerable classes (IoU %) and annotation cost", "",
+                "| arm | " + " | ".join(VULNERABLE) + " | frames | regions | human pixels |",
+                "|" + "---|" * (4 + len(VULNERABLE))]
+        for arm in table:
+            recs = list(table[arm].get(last, {}).values())
+            if not recs:
+                continue
+            vul = [_cell([r["vulnerable"][c] for r in recs]) for c in VULNERABLE]
+            cost = [f"{np.mean([r['cost'][k] for r in recs]):.0f}" for k in ("frames", "regions", "pixels")]
+            out.append(f"| {arm} | " + " | ".join(vul + cost) + " |")
+        out.append("")
+        out += _diagnosis(protocol, table, budgets)
+    sched = _by(report.get("schedule", []), "frame").get("random")
+    main = _by(report["runs"], "frame").get("random")
+    if sched and main:
+        out += ["## Is the schedule long enough? (frame protocol, random arm, mIoU)", "",
+                f"| budget | {cfg['steps']} steps | {2 * cfg['steps']} steps | Δ (paired) |", "|---|---|---|---|"]
+        for b in sorted(sched):
+            a = [main.get(b, {}).get(s, {}).get("miou") for s in sched[b]]
+            z = [r["miou"] for r in sched[b].values()]
+            d = [100 * (y - x) for x, y in zip(a, z) if x is not None]
+            out.append(f"| {100 * b:g}% | {_cell(a)} | {_cell(z)} | "
+                       f"{np.mean(d):+.1f}±{_std(d):.1f} |" if d else f"| {100 * b:g}% | - | - | - |")
+        out.append("")
+    out += ["## Verdict", ""] + verdicts(report) + [""]
+    if report.get("skipped"):
+        out += [f"Skipped by the deadline: {len(report['skipped'])} (seed, arm) runs.", ""]
+    return "\n".join(out)
+
+
+def _diagnosis(protocol: str, table: dict, budgets: list[float]) -> list[str]:
+    """What each arm picks: drive-log diversity, where its top pixels sit (predicted classes, no
+    ground truth), and (after the fact, from ground truth) how much of a rare class it got labeled."""
+    out = [f"### {protocol} protocol: what each arm picks (mean over seeds and cycles)", ""]
+    if protocol == "frame":
+        out += ["| arm | distinct drive logs per 10 picks | top-5 % map pixels on road/sidewalk/building/"
+                "vegetation/sky/terrain (predicted) | new labeled pixels that are person/rider/bicycle/"
+                "motorcycle (ground truth, after the fact) | pool frames with a constant CAM |",
+                "|---|---|---|---|---|"]
+    else:
+        out += ["| arm | mean region (px) | regions per cycle | frames per cycle | new labeled pixels that are "
+                "person/rider/bicycle/motorcycle (ground truth, after the fact) |", "|---|---|---|---|---|"]
+    for arm, by_b in table.items():
+        recs = [r for b in budgets for r in by_b.get(b, {}).values()]
+        vul = np.mean([_share(r["diag"]["gt_class_share_of_new_labels"], VULNERABLE) for r in recs])
+        if protocol == "frame":
+            seq = np.mean([10 * r["diag"]["sequences"] / max(1, len(r["picks"])) for r in recs])
+            tops = [_share(r["diag"]["top_pixel_pred_classes"], BACKGROUND) for r in recs
+                    if "top_pixel_pred_classes" in r["diag"]]
+            top = f"{100 * np.mean(tops):.0f} %" if tops else "-"
+            dead = np.mean([r["diag"].get("cam_dead_share", np.nan) for r in recs])
+            out.append(f"| {arm} | {seq:.1f} | {top} | {100 * vul:.1f} % | {100 * dead:.0f} % |")
+        else:
+            d = [r["diag"] for r in recs]
+            out.append(f"| {arm} | {np.mean([x['mean_region_px'] for x in d]):.0f} | "
+                       f"{np.mean([x['regions_this_cycle'] for x in d]):.0f} | "
+                       f"{np.mean([x['frames_this_cycle'] for x in d]):.0f} | {100 * vul:.1f} % |")
+    out.append("")
+    return out
+
+
+def plot(report: dict, out_dir: Path) -> list[Path]:
+    """mIoU and near-field mIoU against % labeled, one mean ± std band per arm, one PNG per protocol;
+    plus the schedule check. Returns the files written."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    written = []
+    for protocol, xlabel in (("frame", "% of pool frames labeled"), ("region", "% of pool pixels labeled")):
+        table = _by(report["runs"], protocol)
+        if not table:
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+        cmap = plt.get_cmap("tab20")
+        for k, arm in enumerate(table):
+            budgets = sorted(table[arm])
+            for ax, (metric, label) in zip(axes, METRICS):
+                x = [100 * np.mean([r["x"] for r in table[arm][b].values()]) for b in budgets]
+                ys = [[100 * r[metric] for r in table[arm][b].values()] for b in budgets]
+                m = np.array([np.mean(y) for y in ys])
+                s = np.array([np.std(y, ddof=1) if len(y) > 1 else 0.0 for y in ys])
+                style = "-" if arm in ("random", "entropy") or arm.startswith("eem") else "--"
+                ax.plot(x, m, style, marker="o", ms=3, color=cmap(k % 20), label=arm,
+                        lw=2.2 if arm in ("random", "entropy") else 1.2)
+                ax.fill_between(x, m - s, m + s, color=cmap(k % 20), alpha=0.15)
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(f"val {label} (%)")
+                ax.set_xscale("log")
+                ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=7, ncol=2)
+        fig.suptitle(f"{protocol} protocol (bands: ±1 std over seeds)")
+        fig.tight_layout()
+        written.append(_save(fig, out_dir / f"al_{protocol}.png", plt))
+    sched = _by(report.get("schedule", []), "frame").get("random")
+    main = _by(report["runs"], "frame").get("random")
+    if sched and main:
+        fig, ax = plt.subplots(figsize=(5.5, 4), dpi=100)
+        steps = report["config"]["steps"]
+        for arm_t, lab in ((main, f"{steps} steps"), (sched, f"{2 * steps} steps")):
+            b = sorted(arm_t)
+            y = [[100 * r["miou"] for r in arm_t[v].values()] for v in b]
+            m = np.array([np.mean(v) for v in y])
+            s = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in y])
+            ax.plot([100 * v for v in b], m, marker="o", label=lab)
+            ax.fill_between([100 * v for v in b], m - s, m + s, alpha=0.2)
+        ax.set_xlabel("% of pool frames labeled (random)")
+        ax.set_ylabel("val mIoU (%)")
+        ax.set_title("schedule check: N vs 2N steps")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        written.append(_save(fig, out_dir / "al_schedule.png", plt))
+    return written
+
+
+def _save(fig, path: Path, plt) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    imageio.atomic_write_bytes(path, buf.getvalue())
+    return path

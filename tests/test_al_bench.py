@@ -1,0 +1,127 @@
+"""The label-efficiency benchmark end to end on tiny synthetic data (bench/al_curve.py --quick)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segxal.al.bench import ALL_ARMS, BenchConfig, _load_data
+from segxal.al.bench_report import paired
+from segxal.data.synth import SynthConfig, generate
+from segxal.errors import InvalidInput
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _al_curve():
+    spec = importlib.util.spec_from_file_location("al_curve", ROOT / "bench" / "al_curve.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("al_bench") / "data"
+    generate(SynthConfig(height=32, width=64, train_sequences=6, val_sequences=1, test_sequences=1), root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def quick_run(tiny_data, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("al_bench_out")
+    assert _al_curve().main(["--quick", "--data", str(tiny_data), "--out", str(out)]) == 0
+    return out, json.loads((out / "al.json").read_text())
+
+
+def test_quick_runs_both_protocols_and_every_arm_end_to_end(quick_run):
+    out, report = quick_run
+    for name in ("al.json", "al.md", "al_frame.png", "al_region.png", "al_schedule.png"):
+        assert (out / name).stat().st_size > 0, name
+    cfg = report["config"]
+    for arm in ALL_ARMS:
+        budgets = cfg["frame_budgets"] if arm.protocol == "frame" else cfg["pixel_budgets"]
+        for seed in cfg["seeds"]:
+            recs = [r for r in report["runs"] if (r["protocol"], r["arm"], r["seed"]) == (arm.protocol, arm.name, seed)]
+            assert [r["budget"] for r in recs] == list(budgets), (arm, seed)
+            for r in recs:
+                assert 0.0 <= r["miou"] <= 1.0 and 0.0 <= r["near_miou"] <= 1.0
+                assert set(r["vulnerable"]) == {"person", "rider", "bicycle", "motorcycle"}
+                assert r["steps"] == cfg["steps"]
+    md = (out / "al.md").read_text()
+    assert "## frame protocol: mIoU" in md and "## region protocol: near-field mIoU" in md
+    assert "## Verdict" in md and "Is the schedule long enough?" in md
+    assert len(report["schedule"]) == len(cfg["seeds"]) * len(cfg["frame_budgets"])
+    assert all(r["steps"] == 2 * cfg["steps"] for r in report["schedule"])
+
+
+def test_frame_protocol_spends_exactly_the_frame_budgets(quick_run):
+    _, report = quick_run
+    pool = report["n_train"] - report["config"]["seed_frames"]
+    for r in report["runs"]:
+        if r["protocol"] == "frame":
+            assert r["cost"]["frames"] == round(r["budget"] * pool)
+            human = 0 if r["arm"] == "eem-machine" else r["cost"]["frames"] * 32 * 64
+            assert r["cost"]["pixels"] == human
+
+
+def test_region_protocol_stays_within_the_pixel_budget(quick_run):
+    _, report = quick_run
+    pool_px = (report["n_train"] - report["config"]["seed_frames"]) * 32 * 64
+    for r in report["runs"]:
+        if r["protocol"] == "region":
+            assert 0 < r["cost"]["pixels"] <= round(r["budget"] * pool_px)
+            assert r["cost"]["regions"] >= r["cost"]["frames"] >= 1
+
+
+def test_arms_of_a_seed_share_the_seed_set_and_random_picks_repeat(quick_run):
+    _, report = quick_run
+    # the schedule check reruns the random frame arm: same picks, only the step count differs
+    main = {(r["seed"], r["budget"]): r["picks"] for r in report["runs"]
+            if r["protocol"] == "frame" and r["arm"] == "random"}
+    for r in report["schedule"]:
+        assert r["picks"] == main[(r["seed"], r["budget"])]
+    picks = [p for r in report["runs"] if r["protocol"] == "frame" and r["seed"] == 0 for p in r["picks"]]
+    assert picks  # and no arm re-labels a frame it already has:
+    for arm in {r["arm"] for r in report["runs"] if r["protocol"] == "frame"}:
+        seq = [p for r in report["runs"] if (r["protocol"], r["arm"], r["seed"]) == ("frame", arm, 0)
+               for p in r["picks"]]
+        assert len(seq) == len(set(seq)), arm
+
+
+def test_near_field_mask_is_nearer_than_20_m(tiny_data):
+    data = _load_data(BenchConfig(data=str(tiny_data), out="", size=(32, 64)))
+    assert data.near.shape == (len(data.val), 32, 64)
+    # independent of segxal's decoders: the Cityscapes disparity encoding d = (p - 1) / 256 (p = 0:
+    # invalid) read with PIL, depth = baseline * fx / d from the camera JSON
+    for k, f in enumerate(data.val.frames):
+        p = np.asarray(Image.open(f.disparity), dtype=np.float64)
+        cam = json.loads(f.camera.read_text())
+        with np.errstate(divide="ignore"):
+            depth = cam["extrinsic"]["baseline"] * cam["intrinsic"]["fx"] / ((p - 1) / 256)
+        expected = (p > 1) & (depth < 20.0)
+        assert (data.near[k] == expected).mean() > 0.999
+    assert 0 < data.near.mean() < 1
+    assert data.near[:, -2:].mean() > 0.9  # the road just ahead of the car is near
+
+
+def test_paired_difference_reports_no_difference_inside_the_spread():
+    def rec(seed, v):
+        return {seed: {"miou": v}}
+    table = {"random": {0.1: {**rec(0, 0.50), **rec(1, 0.52), **rec(2, 0.48)}},
+             "a": {0.1: {**rec(0, 0.53), **rec(1, 0.55), **rec(2, 0.51)}},  # +3 every seed
+             "b": {0.1: {**rec(0, 0.55), **rec(1, 0.50), **rec(2, 0.47)}}}  # +5, -2, -1
+    assert paired(table, "a", "random", 0.1, "miou")["verdict"] == "better"
+    p = paired(table, "b", "random", 0.1, "miou")
+    assert p["verdict"] == "=" and p["wins"] == 1 and np.isclose(p["mean"], 2 / 3)
+
+
+def test_bad_configuration_is_a_clear_error(tiny_data, tmp_path):
+    with pytest.raises(InvalidInput, match="unknown arm"):
+        BenchConfig(data=str(tiny_data), out=str(tmp_path), arms=("nope",)).validate()
+    with pytest.raises(InvalidInput, match="increasing fractions"):
+        BenchConfig(data=str(tiny_data), out=str(tmp_path), frame_budgets=(0.2, 0.1)).validate()
