@@ -314,7 +314,7 @@ def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(job)
 
-    monkeypatch.setattr(synth, "_write_sequence", fail_on_second)
+    monkeypatch.setattr(synth.dataset, "_write_sequence", fail_on_second)  # where generate() looks it up
     with pytest.raises(KeyboardInterrupt):
         synth.generate(_small(), tmp_path / "ds")
     assert len(calls) == 2 and list(tmp_path.iterdir()) == []
