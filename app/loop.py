@@ -37,7 +37,7 @@ from segxal.data.cityscapes import SegDataset, list_frames
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound, NotReady
 from segxal.export import export_depth
 from segxal.ingest.drivelog import write_drive_log
-from segxal.labels import colorize
+from segxal.labels import LABEL_MAP_FILE, colorize, load_label_map
 from segxal.storage import FrameStorage
 from segxalpb.coordinator.v1 import coordinator_pb2 as cpb
 from services.common.model_repository import ModelRepository, build_config
@@ -64,6 +64,11 @@ class ServicesLoopConfig:
     drive_log_frames: int = 12  # frames of the test split written to an MCAP drive log and ingested
     overlays: int = 4  # frames rendered with their EEM overlay and regions
     label_studio: LabelStudioOracleConfig = dataclasses.field(default_factory=LabelStudioOracleConfig)
+    # Any segmentation model in place of the U-Net (segxal.models.external), e.g.
+    # torchvision.models.segmentation.deeplabv3_mobilenet_v3_large with {"num_classes": 4, ...};
+    # its classes come from the data's label_map.json (segxal.labels.LabelMap), else Cityscapes.
+    model_import: str = ""
+    model_kwargs: str = "{}"  # JSON object
 
 
 def _copy_frame(frame, dest_root: Path, with_label: bool) -> None:
@@ -86,6 +91,8 @@ def prepare_data(cfg: ALConfig, work: Path, drive_log_frames: int) -> dict:
         shutil.rmtree(root)
     for i, f in enumerate(train):
         _copy_frame(f, root / ("seed" if i in seed else "pool"), with_label=i in seed)
+    if (Path(cfg.data) / LABEL_MAP_FILE).is_file():  # the seed set's ground truth keeps the data's taxonomy
+        shutil.copyfile(Path(cfg.data) / LABEL_MAP_FILE, root / "seed" / LABEL_MAP_FILE)
     test = list_frames(cfg.data, "test")[:drive_log_frames]
     log_path = root / "drive_logs" / "test_drive.mcap"
     write_drive_log(log_path, ((int(1e9 * k / 10), imageio.read_rgb(f.image)) for k, f in enumerate(test)),
@@ -191,7 +198,13 @@ def run(scfg: ServicesLoopConfig) -> dict:
     t0 = time.time()
     data = prepare_data(cfg, work_dir, scfg.drive_log_frames)
     publish_depth(cfg, work_dir / "repo" / DEPTH_MODEL)
-    stack_cfg = StackConfig(workdir=str(work_dir), data=str(Path(cfg.data).resolve()), seed_data=str(data["seed"]),
+    labels_file = ""
+    if (Path(cfg.data) / LABEL_MAP_FILE).is_file():  # the model's classes: the data's label map
+        names = load_label_map(Path(cfg.data) / LABEL_MAP_FILE).names
+        labels_file = str(work_dir / "labels.txt")
+        Path(labels_file).write_text("\n".join(names) + "\n")
+    stack_cfg = StackConfig(model_import=scfg.model_import, model_kwargs=scfg.model_kwargs, labels_file=labels_file,
+                            workdir=str(work_dir), data=str(Path(cfg.data).resolve()), seed_data=str(data["seed"]),
                             db=scfg.db, size=cfg.size, width=cfg.width, unet_depth=cfg.unet_depth,
                             epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                             dice_threshold=cfg.dice_threshold,
@@ -347,6 +360,12 @@ def register_cli(sub) -> None:
     p.add_argument("--workdir", default="", help="services' state (default: <out>/services)")
     p.add_argument("--db", default="", help="coordinator database URL (default: SQLite in the workdir)")
     p.add_argument("--miou-tolerance", type=float, default=0.05)
+    p.add_argument("--model-import", default="",
+                   help="any segmentation model in place of the U-Net, by import path, e.g. "
+                        "torchvision.models.segmentation.deeplabv3_mobilenet_v3_large")
+    p.add_argument("--model-kwargs", default="{}",
+                   help='its keyword arguments as JSON, e.g. {"num_classes": 4, "weights": null, '
+                        '"weights_backbone": null}; the classes come from <data>/label_map.json')
     ls = LabelStudioOracleConfig()
     p.add_argument("--ls-url", default=ls.url,
                    help="--oracle label-studio: a running Label Studio (default: start a local one)")
@@ -373,7 +392,8 @@ def _cmd_loop(args) -> int:
     ls = LabelStudioOracleConfig(url=args.ls_url, token=args.ls_token, document_root=args.ls_document_root,
                                  venv=args.ls_venv, wait_s=args.ls_wait)
     scfg = ServicesLoopConfig(al=config_from_args(args), workdir=args.workdir, db=args.db,
-                              miou_tolerance=args.miou_tolerance, label_studio=ls)
+                              miou_tolerance=args.miou_tolerance, label_studio=ls,
+                              model_import=args.model_import, model_kwargs=args.model_kwargs)
     scfg.al.validate(SERVICES_ORACLES)  # a bad flag fails here, before a log file or a service exists
     log_file = Path(args.out) / "loop.log"
     print(f"segxal loop: logs in {log_file}", flush=True)

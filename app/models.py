@@ -18,8 +18,9 @@ from pathlib import Path
 
 import onnx
 
-from segxal.errors import InvalidInput, NotFound
+from segxal.errors import InvalidInput
 from segxal.graph.add_eem import EEMGraphInfo, add_eem_file
+from segxal.labels import read_label_file
 from segxal.modelspec import NO_CAM, SEGMENTATION, ModelSpec, Preprocessing, TensorSpec, numpy_dtype, datatype_of
 
 
@@ -29,23 +30,6 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
     except ValueError:
         raise InvalidInput(f"{what} must be comma-separated numbers, got {text!r}") from None
     return values
-
-
-def read_label_file(path: str) -> tuple[str, ...]:
-    """One class name per line (Triton's label file format), index = label value.
-
-    Raises:
-        NotFound: no such file. InvalidInput: empty, or blank lines between names.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise NotFound(f"{p}: label file not found")
-    lines = p.read_text().splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines or any(not line.strip() for line in lines):
-        raise InvalidInput(f"{p}: a label file needs one non-empty class name per line")
-    return tuple(line.strip() for line in lines)
 
 
 def spec_for(model_path: Path, info: EEMGraphInfo, normalization: str, mean, std,

@@ -51,6 +51,11 @@ class StackConfig:
     # "segxal": the project's inference servers; "triton": one real Triton Inference Server over
     # both repositories (services.triton: Python backend running ONNX Runtime), same clients
     backend: str = "segxal"
+    # the trainer's first version: any model by import path (segxal.models.external), its JSON
+    # keyword arguments, and a label file of its classes ("": the U-Net, Cityscapes classes)
+    model_import: str = ""
+    model_kwargs: str = "{}"
+    labels_file: str = ""
 
 
 @dataclass
@@ -131,7 +136,10 @@ class Stack:
                                 "--batch-size", str(c.batch_size), "--seed", str(c.seed),
                                 "--coordinator", f"127.0.0.1:{port['coordinator']}",
                                 "--host", c.host, "--port", str(port["trainer"]),
-                                *(["--torch-threads", str(c.torch_threads)] if c.torch_threads else [])],
+                                *(["--torch-threads", str(c.torch_threads)] if c.torch_threads else []),
+                                *(["--model-import", c.model_import, "--model-kwargs", c.model_kwargs]
+                                  if c.model_import else []),
+                                *(["--labels", c.labels_file] if c.labels_file else [])],
                     port["trainer"]),
         ]
 

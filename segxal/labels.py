@@ -58,3 +58,81 @@ def colorize(train_ids: np.ndarray) -> np.ndarray:
     valid = train_ids < NUM_CLASSES
     out[valid] = CLASS_COLORS[train_ids[valid]]
     return out
+
+
+# ---- label maps: a taxonomy other than the 19 Cityscapes trainIds ---------------------------
+
+LABEL_MAP_FILE = "label_map.json"  # at a Cityscapes-layout dataset's root: its ground truth's taxonomy
+
+
+class LabelMap:
+    """A dataset's own classes, each a group of Cityscapes classes: the ground truth's trainIds are
+    mapped to the group's index (Cityscapes classes in no group become ignore, 255).
+
+    The file (`<dataset>/label_map.json`) is a JSON object, class name -> Cityscapes class names,
+    in label order:  {"flat": ["road", "sidewalk"], "vehicle": ["car", "truck", "bus"], ...}
+
+    Raises:
+        InvalidInput: not such an object, an unknown Cityscapes name, a name in two groups, fewer
+            than 2 or more than 254 classes.
+    """
+
+    def __init__(self, groups: dict[str, list[str]], where: str = LABEL_MAP_FILE):
+        if not isinstance(groups, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, list) and all(isinstance(n, str) for n in v)
+                for k, v in groups.items()):
+            raise InvalidInput(f"{where}: a label map is a JSON object: class name -> list of Cityscapes class names")
+        if not 2 <= len(groups) <= 254:
+            raise InvalidInput(f"{where}: a label map needs 2 to 254 classes, got {len(groups)}")
+        self.names: tuple[str, ...] = tuple(groups)
+        self.lut = np.full(256, IGNORE, dtype=np.uint8)  # [256] Cityscapes trainId -> own class index
+        seen: dict[str, str] = {}
+        for index, (name, members) in enumerate(groups.items()):
+            for m in members:
+                if m not in NAME_TO_TRAIN_ID:
+                    raise InvalidInput(f"{where}: {m!r} (in {name!r}) is not a Cityscapes class; "
+                                       f"expected names from {CLASS_NAMES}")
+                if m in seen:
+                    raise InvalidInput(f"{where}: {m!r} is in both {seen[m]!r} and {name!r}")
+                seen[m] = name
+                self.lut[NAME_TO_TRAIN_ID[m]] = index
+
+    def apply(self, train_ids: np.ndarray) -> np.ndarray:
+        """Cityscapes trainIds uint8 [H, W] (255 ignore) -> own class indices uint8 (255 ignore)."""
+        return self.lut[train_ids]
+
+
+def load_label_map(path) -> LabelMap:
+    """Read a label_map.json (see LabelMap).
+
+    Raises:
+        InvalidInput: not JSON, or not a valid label map (the message names the file).
+    """
+    import json
+    from pathlib import Path
+    p = Path(path)
+    try:
+        groups = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"{p}: not valid JSON ({e})") from None
+    return LabelMap(groups, where=str(p))
+
+
+def read_label_file(path) -> tuple[str, ...]:
+    """Class names, one per line (Triton's label file format), index = label value.
+
+    Raises:
+        NotFound: no such file. InvalidInput: empty, or blank lines between names.
+    """
+    from pathlib import Path
+
+    from segxal.errors import NotFound
+    p = Path(path)
+    if not p.is_file():
+        raise NotFound(f"{p}: label file not found")
+    lines = p.read_text().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines or any(not line.strip() for line in lines):
+        raise InvalidInput(f"{p}: a label file needs one non-empty class name per line")
+    return tuple(line.strip() for line in lines)

@@ -41,12 +41,21 @@ def mean_iou(cm: np.ndarray) -> float:
     return float(np.nanmean(ious)) if np.isfinite(ious).any() else float("nan")
 
 
-def iou_report(cm: np.ndarray) -> dict:
-    """{'miou': float, 'per_class': {name: iou or None}} for JSON reports."""
+def iou_report(cm: np.ndarray, class_names: tuple[str, ...] | list[str] | None = None) -> dict:
+    """{'miou': float, 'per_class': {name: iou or None}} for JSON reports.
+
+    Args:
+        cm: confusion matrix [C, C(+1)].
+        class_names: the model's classes (None: Cityscapes trainIds, or class_<i> when C differs).
+    """
     ious = iou_per_class(cm)
+    names = class_names if class_names is not None else (
+        CLASS_NAMES if len(ious) == len(CLASS_NAMES) else [f"class_{i}" for i in range(len(ious))])
+    if len(names) != len(ious):
+        raise ValueError(f"{len(names)} class names for a {len(ious)}-class confusion matrix")
     return {
         "miou": mean_iou(cm),
-        "per_class": {n: (None if np.isnan(v) else float(v)) for n, v in zip(CLASS_NAMES, ious)},
+        "per_class": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, ious)},
     }
 
 

@@ -29,9 +29,11 @@ from segxal.errors import InvalidInput, NotFound
 from segxal.labels import CLASS_NAMES, IGNORE, NUM_CLASSES
 from segxal.metrics import confusion_matrix, iou_report
 from segxal.models.depth import DepthConfig, DepthNet
+from segxal.models.external import ExternalModel, ExternalModelConfig, num_classes_of
 from segxal.models.unet import UNet, UNetConfig
 
 log = logging.getLogger(__name__)
+EXTERNAL = "external"  # checkpoint kind of a model built by import path (segxal.models.external)
 
 
 @dataclass
@@ -104,10 +106,12 @@ def read_checkpoint(path: str | Path) -> dict:
 def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
     if ckpt.get("kind") == "unet":
         model = UNet(UNetConfig(**ckpt["config"]))
+    elif ckpt.get("kind") == EXTERNAL:
+        model = ExternalModel(ExternalModelConfig(**ckpt["config"]))
     elif ckpt.get("kind") == "depth":
         model = DepthNet(DepthConfig(**ckpt["config"]))
     else:
-        raise InvalidInput(f"checkpoint kind {ckpt.get('kind')!r} is not 'unet' or 'depth'")
+        raise InvalidInput(f"checkpoint kind {ckpt.get('kind')!r} is not 'unet', '{EXTERNAL}' or 'depth'")
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 
@@ -118,10 +122,14 @@ def load_model(path: str | Path) -> torch.nn.Module:
 
 # ---------------------------------------------------------------- training
 
-def _loader(dataset, batch_size: int, shuffle: bool, gen: torch.Generator | None = None) -> DataLoader:
+def _loader(dataset, batch_size: int, shuffle: bool, gen: torch.Generator | None = None,
+            drop_single: bool = False) -> DataLoader:
     # workers=0: the dataset caches decoded frames in memory; worker processes would each
     # hold a copy and, on 2 cores, compete with the training threads.
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=0)
+    # drop_single: skip a last batch of one frame (BatchNorm after a global pooling, as in
+    # DeepLabV3's ASPP, cannot train on one value per channel); shuffling moves the skipped frame
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=0,
+                      drop_last=drop_single and len(dataset) % batch_size == 1 and len(dataset) > 1)
 
 
 def _random_crop(crop: tuple[int, int], gen: torch.Generator, *tensors: torch.Tensor) -> tuple:
@@ -165,7 +173,7 @@ def _fit(model: torch.nn.Module, dataset, cfg: TrainConfig, loss_fn: Callable, *
         # re-seeded per epoch so a resumed run shuffles and flips exactly like an unbroken one
         gen.manual_seed(cfg.seed * 100_003 + epoch)
         running, n = 0.0, 0
-        it = _loader(dataset, cfg.batch_size, True, gen)
+        it = _loader(dataset, cfg.batch_size, True, gen, drop_single=isinstance(model, ExternalModel))
         bar = tqdm(it, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False)
         for img, lab, depth in bar:
             img, lab, depth = img.to(device), lab.to(device), depth.to(device)
@@ -197,21 +205,29 @@ def _fit(model: torch.nn.Module, dataset, cfg: TrainConfig, loss_fn: Callable, *
 CLASS_WEIGHTINGS = ("none", "enet")
 
 
-def class_pixel_counts(dataset) -> np.ndarray:
-    """Labeled pixels per train class over a dataset (annotations included; 255 not counted)."""
-    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+def class_pixel_counts(dataset, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Labeled pixels per train class over a dataset (annotations included; 255 not counted).
+
+    Raises:
+        InvalidInput: a label outside 0..num_classes-1 (and not 255): data and model disagree.
+    """
+    counts = np.zeros(num_classes, dtype=np.int64)
     for i in range(len(dataset)):
-        lab = dataset[i][1]
-        counts += np.bincount(lab[lab != IGNORE].ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
+        lab = np.asarray(dataset[i][1])
+        lab = lab[lab != IGNORE].ravel()
+        if lab.size and int(lab.max()) >= num_classes:
+            raise InvalidInput(f"training labels hold class {int(lab.max())} but the model has {num_classes} "
+                               f"classes; the data's label map must be the model's")
+        counts += np.bincount(lab, minlength=num_classes)[:num_classes]
     return counts
 
 
-def class_weights_for(dataset, method: str) -> torch.Tensor | None:
+def class_weights_for(dataset, method: str, num_classes: int = NUM_CLASSES) -> torch.Tensor | None:
     if method not in CLASS_WEIGHTINGS:
         raise InvalidInput(f"class weighting must be one of {CLASS_WEIGHTINGS}, got {method!r}")
     if method == "none":
         return None
-    counts = class_pixel_counts(dataset)
+    counts = class_pixel_counts(dataset, num_classes)
     p = counts / max(1, counts.sum())
     w = 1.0 / np.log(1.02 + p)
     w[counts == 0] = 0.0  # absent classes never appear as targets; keep the weights finite and plain
@@ -220,16 +236,17 @@ def class_weights_for(dataset, method: str) -> torch.Tensor | None:
 
 def train_segmentation(model: UNet, dataset, cfg: TrainConfig, ckpt_path=None, meta=None,
                        on_epoch: Callable[[int, float], None] | None = None) -> dict:
-    """Fine-tune / train a U-Net with cross-entropy (255 = not labeled, ignored), class-weighted
-    when cfg.class_weights says so."""
-    weight = class_weights_for(dataset, cfg.class_weights)
+    """Fine-tune / train a U-Net or an ExternalModel (segxal.models.external: any model by import
+    path) with cross-entropy (255 = not labeled, ignored), class-weighted when cfg.class_weights
+    says so."""
+    weight = class_weights_for(dataset, cfg.class_weights, num_classes_of(model))
     if weight is not None:
         weight = weight.to(resolve_device(cfg.device))
 
     def loss(m, img, lab, _depth):
         return F.cross_entropy(m(img), lab, weight=weight, ignore_index=IGNORE)
-    return _fit(model, dataset, cfg, loss, kind="unet", ckpt_path=ckpt_path,
-                desc="train seg", meta=meta, on_epoch=on_epoch)
+    return _fit(model, dataset, cfg, loss, kind=EXTERNAL if isinstance(model, ExternalModel) else "unet",
+                ckpt_path=ckpt_path, desc="train seg", meta=meta, on_epoch=on_epoch)
 
 
 def train_depth(model: DepthNet, dataset, cfg: TrainConfig, ckpt_path=None, meta=None) -> dict:
@@ -257,11 +274,13 @@ def predict_labels(model: UNet, images: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate_segmentation(model: UNet, dataset, batch_size: int = 8) -> np.ndarray:
-    """Confusion matrix over a labeled dataset (accumulate, then segxal.metrics.iou_report)."""
+    """Confusion matrix over a labeled dataset (accumulate, then segxal.metrics.iou_report), over
+    the model's classes."""
     model.eval()
-    cm = np.zeros((NUM_CLASSES, NUM_CLASSES + 1), dtype=np.int64)
+    c = num_classes_of(model)
+    cm = np.zeros((c, c + 1), dtype=np.int64)
     for img, lab, _ in _loader(dataset, batch_size, False):
-        cm += confusion_matrix(predict_labels(model, img), lab.numpy())
+        cm += confusion_matrix(predict_labels(model, img), lab.numpy(), c)
     return cm
 
 

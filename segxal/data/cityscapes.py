@@ -15,7 +15,7 @@ import numpy as np
 
 from segxal import imageio
 from segxal.errors import InvalidInput, NotFound
-from segxal.labels import label_ids_to_train_ids
+from segxal.labels import LABEL_MAP_FILE, LabelMap, label_ids_to_train_ids, load_label_map
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 # ImageNet statistics: the normalisation of the default models (also written to config.pbtxt
@@ -33,6 +33,7 @@ class Frame:
     label: Path | None = None
     disparity: Path | None = None
     camera: Path | None = None
+    label_map: LabelMap | None = None  # the dataset's own taxonomy (<root>/label_map.json), else Cityscapes
 
     @property
     def sequence(self) -> str:
@@ -60,6 +61,7 @@ def list_frames(root: str | Path, split: str, require_labels: bool = False) -> l
     if not img_dir.is_dir():
         raise NotFound(f"{img_dir}: missing; expected the Cityscapes layout leftImg8bit/<split>/<city>/")
     frames = []
+    label_map = load_label_map(Path(root) / LABEL_MAP_FILE) if (Path(root) / LABEL_MAP_FILE).is_file() else None
     for p in sorted(img_dir.glob(f"*/*{IMAGE_SUFFIX}")):
         city = p.parent.name
         stem = p.name[: -len(IMAGE_SUFFIX)]
@@ -68,6 +70,7 @@ def list_frames(root: str | Path, split: str, require_labels: bool = False) -> l
             label=_companion(root, "gtFine", split, city, stem, "_gtFine_labelIds.png"),
             disparity=_companion(root, "disparity", split, city, stem, "_disparity.png"),
             camera=_companion(root, "camera", split, city, stem, "_camera.json"),
+            label_map=label_map,
         ))
     if not frames:
         raise InvalidInput(f"{img_dir}: no <city>/*{IMAGE_SUFFIX} images found")
@@ -81,13 +84,15 @@ def list_frames(root: str | Path, split: str, require_labels: bool = False) -> l
 
 
 def load_train_ids(frame: Frame, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Ground-truth trainIds uint8 [H, W] of a labeled frame (checked against the image size)."""
+    """Ground-truth trainIds uint8 [H, W] of a labeled frame (checked against the image size), in
+    the dataset's label map when it has one (segxal.labels.LabelMap: its own class indices)."""
     if frame.label is None:
         raise NotFound(f"{frame.frame_id}: frame has no label file")
     ids = imageio.read_label(frame.label)
     if shape is not None and ids.shape != tuple(shape):
         raise InvalidInput(f"{frame.label}: label size {ids.shape} != image size {tuple(shape)}")
-    return label_ids_to_train_ids(ids, where=str(frame.label))
+    train_ids = label_ids_to_train_ids(ids, where=str(frame.label))
+    return train_ids if frame.label_map is None else frame.label_map.apply(train_ids)
 
 
 def load_camera(frame: Frame) -> dict:

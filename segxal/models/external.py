@@ -195,3 +195,58 @@ def export_logits_onnx(model: nn.Module, path: str | os.PathLike, input_hw: tupl
             Path(tmp).unlink(missing_ok=True)
             raise
     return path
+
+
+class ExternalModelConfig:
+    """What rebuilds an ExternalModel: import path and arguments (stored in checkpoints)."""
+
+    def __init__(self, import_path: str, kwargs: dict | None = None, multiple: int = 32):
+        self.import_path, self.kwargs, self.multiple = import_path, dict(kwargs or {}), int(multiple)
+
+    def to_dict(self) -> dict:
+        return {"import_path": self.import_path, "kwargs": self.kwargs, "multiple": self.multiple}
+
+
+class ExternalModel(nn.Module):
+    """A model built by import path, trained and exported like the project's U-Net: forward(x)
+    gives logits [B, C, H, W] at the input's size (FullResLogits); `cfg`, `multiple` and
+    `num_classes` as the trainer and the exporter ask them of a U-Net.
+
+    Args:
+        cfg: import path, constructor arguments, and the multiple input sides must have (32 fits
+            torchvision's and smp's encoders and SegFormer).
+        checkpoint: optional weights for the inner model (build_model's format).
+
+    Raises:
+        InvalidInput, NotFound: as build_model; a model whose output has fewer than 2 classes.
+    """
+
+    def __init__(self, cfg: ExternalModelConfig, checkpoint: str | os.PathLike | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.inner = build_model(cfg.import_path, cfg.kwargs, checkpoint)
+        was_training = self.inner.training
+        self.inner.eval()
+        with torch.no_grad():  # the class count, whatever the constructor calls it
+            probe = logits_of(self.inner(torch.zeros(1, 3, cfg.multiple * 2, cfg.multiple * 2)))
+        self.inner.train(was_training)
+        self.num_classes = int(probe.shape[1])
+        if self.num_classes < 2:
+            raise InvalidInput(f"{cfg.import_path} gives {self.num_classes} class(es); segmentation needs >= 2")
+
+    @property
+    def multiple(self) -> int:
+        return self.cfg.multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = logits_of(self.inner(x))  # [B, C, h, w]
+        if z.shape[-2:] != x.shape[-2:]:
+            z = F.interpolate(z, size=x.shape[-2:], mode="bilinear", align_corners=False)  # [B, C, H, W]
+        return z
+
+
+def num_classes_of(model: nn.Module) -> int:
+    """The class count of the project's U-Net or an ExternalModel."""
+    if isinstance(model, ExternalModel):
+        return model.num_classes
+    return int(model.cfg.num_classes)

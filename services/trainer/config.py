@@ -28,6 +28,14 @@ class TrainerConfig:
     model_name: str = DEFAULT_SEGMENTATION_MODEL
     size: tuple[int, int] = (256, 512)  # (H, W) frames are resized to for training and evaluation
     unet: UNetConfig = field(default_factory=lambda: UNetConfig(width=16))  # the first version only
+    # Any other segmentation model for the first version, by import path plus keyword arguments
+    # and optional weights (segxal.models.external); None: the project's U-Net (`unet`).
+    model_import: str | None = None
+    model_kwargs: dict = field(default_factory=dict)
+    model_checkpoint: str | None = None
+    # The model's classes, index = label value, written as the published config's label file;
+    # None: the 19 Cityscapes trainIds. The training and held-out labels must use the same map.
+    class_names: tuple[str, ...] | None = None
     epochs: int = 4  # per fine-tuning job
     batch_size: int = 8
     learning_rate: float = 1e-3  # below segxal.train's 2e-3: fine-tuning starts from a trained model

@@ -35,6 +35,7 @@ from segxal.data.cityscapes import SegDataset, list_frames
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound, ResourceExhausted, SegxalError
 from segxal.export import ParityError, export_segmentation
 from segxal.metrics import iou_report
+from segxal.models.external import ExternalModel, ExternalModelConfig, num_classes_of
 from segxal.models.unet import UNet
 from segxal.storage import FrameStorage
 from segxal.train import TrainConfig, evaluate_segmentation, resolve_device, train_segmentation
@@ -357,16 +358,21 @@ class JobRunner:
                      message=f"published version {published}" if published else
                      (f"not published: {job.report.publish_refused}" if spec.publish else "candidate ready"))
 
-    def _base_model(self, job: Job) -> UNet:
+    def _base_model(self, job: Job) -> UNet | ExternalModel:
+        cfg = self.cfg
         if job.base_version:
             model = self.versions.load_model(job.spec.model_name, job.base_version)
         else:
             torch.manual_seed(job.spec.seed)  # the first version's initial weights repeat with the seed
-            model = UNet(self.cfg.unet)
-        h, w = self.cfg.size
+            model = UNet(cfg.unet) if cfg.model_import is None else ExternalModel(
+                ExternalModelConfig(cfg.model_import, cfg.model_kwargs), cfg.model_checkpoint)
+        h, w = cfg.size
         if h % model.multiple or w % model.multiple:
             raise FailedPrecondition(f"training size {h}x{w} is not a multiple of {model.multiple}, "
-                                     f"which version {job.base_version}'s U-Net needs")
+                                     f"which version {job.base_version}'s model needs")
+        if cfg.class_names is not None and len(cfg.class_names) != num_classes_of(model):
+            raise FailedPrecondition(f"{len(cfg.class_names)} class names for a model with "
+                                     f"{num_classes_of(model)} classes")
         return model
 
     def _epoch_reporter(self, job: Job) -> Callable[[int, float], None]:
@@ -388,7 +394,8 @@ class JobRunner:
 
     def _evaluate(self, model: UNet) -> Metrics:
         cm = evaluate_segmentation(model, self._heldout, batch_size=self.cfg.batch_size)
-        return Metrics.from_report(iou_report(cm), split=self.cfg.eval_split, frames=len(self._heldout))
+        return Metrics.from_report(iou_report(cm, self.cfg.class_names), split=self.cfg.eval_split,
+                                   frames=len(self._heldout))
 
     def _export(self, job: Job, model: UNet, dataset: LabeledFrames) -> None:
         """ONNX export with the parity check; the candidate folder and config.pbtxt on success."""
@@ -397,7 +404,8 @@ class JobRunner:
         shutil.rmtree(candidate, ignore_errors=True)  # an earlier attempt's
         try:
             result = export_segmentation(model, candidate / "model.onnx", self._export_cfg,
-                                         sample_images=dataset.sample_images(self.cfg.parity_frames))
+                                         sample_images=dataset.sample_images(self.cfg.parity_frames),
+                                         class_names=self.cfg.class_names)
         except ParityError as e:
             job.report.parity_passed, job.report.parity_summary = False, str(e)
             return

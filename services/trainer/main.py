@@ -15,11 +15,13 @@ publish between the complete temp folder and its rename.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 from segxal.errors import InvalidInput
 from segxal.export import ExportConfig
+from segxal.labels import read_label_file
 from segxal.models.unet import UNetConfig
 from segxal.train import parse_size
 from services.common.channel import add_channel_args, channel_config_from_args
@@ -55,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=int(_env("WIDTH", d.unet.width)), help="U-Net width (first version)")
     p.add_argument("--unet-depth", type=int, default=int(_env("UNET_DEPTH", d.unet.depth)),
                    help="U-Net levels (first version)")
+    p.add_argument("--model-import", default=_env("MODEL_IMPORT"),
+                   help="any segmentation model for the first version, by import path, e.g. "
+                        "torchvision.models.segmentation.deeplabv3_mobilenet_v3_large (default: the U-Net)")
+    p.add_argument("--model-kwargs", default=_env("MODEL_KWARGS", "{}"),
+                   help='its keyword arguments as JSON, e.g. {"num_classes": 4, "weights": null}')
+    p.add_argument("--model-checkpoint", default=_env("MODEL_CHECKPOINT"), help="its initial weights (state_dict file)")
+    p.add_argument("--labels", default=_env("LABELS"),
+                   help="class names, one per line (the published config's label file; default Cityscapes)")
     p.add_argument("--epochs", type=int, default=int(_env("EPOCHS", d.epochs)))
     p.add_argument("--batch-size", type=int, default=int(_env("BATCH_SIZE", d.batch_size)))
     p.add_argument("--lr", type=float, default=float(_env("LR", d.learning_rate)))
@@ -79,11 +89,19 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfig:
             raise InvalidInput(f"{flag} (or {ENV_PREFIX}{flag[2:].upper()}) is required")
     roots = args.storage_roots or args.env_roots
     size = parse_size(args.size)
+    try:
+        model_kwargs = json.loads(args.model_kwargs)
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"--model-kwargs is not JSON: {e}") from None
+    if not isinstance(model_kwargs, dict):
+        raise InvalidInput(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
     return TrainerConfig(
         repository=args.repo, state_dir=args.state, data=args.data, storage_roots=roots,
         eval_split=args.eval_split, seed_data=args.seed_data, seed_split=args.seed_split,
         seed_frames=args.seed_frames, model_name=args.model_name, size=size,
         unet=UNetConfig(width=args.width, depth=args.unet_depth), epochs=args.epochs,
+        model_import=args.model_import, model_kwargs=model_kwargs, model_checkpoint=args.model_checkpoint,
+        class_names=read_label_file(args.labels) if args.labels else None,
         batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, device=args.device,
         torch_threads=args.torch_threads, miou_tolerance=args.miou_tolerance,
         export=ExportConfig(trace_hw=size), coordinator=args.coordinator,

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from segxal import imageio
-from segxal.annotation import LABEL_IDS, EncodedMask, decode_mask
-from segxal.data.cityscapes import list_frames, normalize_image, resize_nearest, resize_rgb
+from segxal.annotation import LABEL_IDS, TRAIN_IDS, EncodedMask, decode_mask
+from segxal.data.cityscapes import list_frames, load_train_ids, normalize_image, resize_nearest, resize_rgb
 from segxal.errors import FailedPrecondition, InvalidInput
 from segxal.labels import IGNORE
 from segxal.storage import FrameStorage, local_uri
@@ -69,6 +69,10 @@ def seed_annotations(data: str, split: str, limit: int = 0) -> list[AnnotationRe
     """
     frames = list_frames(data, split, require_labels=True)
     frames = frames[:limit] if limit else frames
+    if frames and frames[0].label_map is not None:
+        # the data's own taxonomy (segxal.labels.LabelMap): its class indices, carried inline
+        return [AnnotationRef(frame_uri=local_uri(f.image), mask_png=imageio.encode_png(load_train_ids(f)),
+                              label_space=TRAIN_IDS, annotation_id=f"seed:{f.frame_id}") for f in frames]
     return [AnnotationRef(frame_uri=local_uri(f.image), mask_uri=local_uri(f.label), label_space=LABEL_IDS,
                           annotation_id=f"seed:{f.frame_id}") for f in frames]
 

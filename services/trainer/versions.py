@@ -29,6 +29,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from segxal import imageio
 from segxal.errors import FailedPrecondition, NotFound
+from segxal.models.external import ExternalModel
 from segxal.models.unet import UNet
 from segxal.train import model_from_checkpoint, read_checkpoint
 from services.common.model_repository import ModelRepository
@@ -102,7 +103,7 @@ class VersionStore:
         """
         path = self.require_state(model, version)
         net = model_from_checkpoint(read_checkpoint(path))
-        if not isinstance(net, UNet):
+        if not isinstance(net, (UNet, ExternalModel)):
             raise FailedPrecondition(f"{path}: not a segmentation checkpoint")
         return net
 

@@ -1,0 +1,101 @@
+"""One scale and label maps (issue 17): plan_resize (declared size, letterbox), the region floor
+that grows with resolution and the cap on regions per frame, LabelMap (a dataset's own taxonomy),
+and ModelSpec's checks."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from segxal.data.cityscapes import list_frames, load_train_ids
+from segxal.eem.regions import extract_regions, scaled_min_area
+from segxal.errors import InvalidInput
+from segxal.labels import IGNORE, LABEL_MAP_FILE, NAME_TO_TRAIN_ID, LabelMap
+from segxal.modelspec import SEGMENTATION, ModelSpec, Preprocessing, TensorSpec, plan_resize
+
+
+def _spec(dims, **kw) -> ModelSpec:
+    return ModelSpec(kind=SEGMENTATION, inputs=(TensorSpec("image", "UINT8", dims),),
+                     outputs=(TensorSpec("labels", "UINT8", (-1, -1)),), preprocessing=Preprocessing(), **kw)
+
+
+def test_declared_input_size_is_what_frames_are_resized_to():
+    plan = plan_resize(_spec((-1, -1, 3), input_size=(256, 512), spatial_multiple=32), (1024, 2048))
+    assert plan.content_hw == plan.input_hw == (256, 512) and plan.frame_hw == (1024, 2048)
+    plan = plan_resize(_spec((128, 256, 3)), (1024, 2048))  # static dims declare it too
+    assert plan.input_hw == (128, 256)
+
+
+def test_letterbox_keeps_the_aspect_and_pads_to_the_multiple():
+    # dynamic input, ViT patches of 14: 1024 x 2048 fits 259 x 518, padded to 266 x 518
+    plan = plan_resize(_spec((-1, -1, 3), input_size=(266, 518), resize_mode="letterbox", spatial_multiple=14),
+                       (1024, 2048))
+    assert plan.content_hw == (259, 518) and plan.input_hw == (266, 518)
+    maps = np.arange(2 * 266 * 518, dtype=np.float32).reshape(2, 266, 518)
+    assert plan.crop(maps).shape == (2, 259, 518)  # padding rows dropped before resizing back
+    assert plan.crop(maps[:, ::2, ::2]).shape == (2, 130, 259)  # outputs at half resolution too
+
+
+def test_frame_not_a_multiple_without_a_declared_size_is_a_clear_error():
+    with pytest.raises(InvalidInput, match="multiples of 32"):
+        plan_resize(_spec((-1, -1, 3), spatial_multiple=32), (100, 200))
+
+
+def test_region_floor_scales_with_resolution():
+    assert scaled_min_area(16, 256, 512) == 16
+    assert scaled_min_area(16, 1024, 2048) == 256  # same share of the scene
+    assert scaled_min_area(16, 64, 128) == 16  # never below the stated floor
+
+
+def test_regions_are_capped_by_eem_mass():
+    eem = np.zeros((64, 64), np.float32)
+    masses = {}
+    for k in range(12):  # 12 separated squares of growing size and value
+        y, x, s = (k // 4) * 20, (k % 4) * 16, 3 + k % 5
+        eem[y:y + s, x:x + s] = 0.5 + 0.04 * k
+        masses[k] = s * s * (0.5 + 0.04 * k)
+    labels = np.zeros((64, 64), np.uint8)
+    every = extract_regions(eem, labels, threshold=0.1, min_area=1)
+    capped = extract_regions(eem, labels, threshold=0.1, min_area=1, max_regions=5)
+    assert len(every) == 12 and len(capped) == 5
+    top5 = sorted(masses.values(), reverse=True)[:5]
+    assert sorted((r.area * r.mean_eem for r in capped), reverse=True) == pytest.approx(top5, rel=1e-5)
+
+
+def test_regions_name_the_models_own_classes():
+    eem = np.zeros((16, 16), np.float32)
+    eem[2:8, 2:8] = 0.9
+    labels = np.full((16, 16), 2, np.uint8)
+    (r,) = extract_regions(eem, labels, threshold=0.5, min_area=1, class_names=("road", "car", "person"))
+    assert (r.class_id, r.class_name) == (2, "person")
+    with pytest.raises(InvalidInput, match="class indices 0..1"):
+        extract_regions(eem, labels, threshold=0.5, class_names=("road", "car"))
+
+
+def test_label_map_groups_cityscapes_classes():
+    lm = LabelMap({"flat": ["road", "sidewalk"], "human": ["person", "rider"]})
+    train_ids = np.array([[NAME_TO_TRAIN_ID["road"], NAME_TO_TRAIN_ID["rider"]],
+                          [NAME_TO_TRAIN_ID["sky"], IGNORE]], np.uint8)
+    np.testing.assert_array_equal(lm.apply(train_ids), [[0, 1], [IGNORE, IGNORE]])
+    with pytest.raises(InvalidInput, match="'roads' .* is not a Cityscapes class"):
+        LabelMap({"flat": ["roads"], "x": ["car"]})
+    with pytest.raises(InvalidInput, match="'car' is in both"):
+        LabelMap({"a": ["car"], "b": ["car"]})
+
+
+def test_dataset_with_a_label_map_yields_its_own_classes(tiny_dataset, tmp_path):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    (data / LABEL_MAP_FILE).write_text(json.dumps({"flat": ["road", "sidewalk"], "sky": ["sky"]}))
+    frame = list_frames(data, "val", require_labels=True)[0]
+    original = load_train_ids(list_frames(tiny_dataset, "val", require_labels=True)[0])
+    mapped = load_train_ids(frame)
+    assert set(np.unique(mapped)) <= {0, 1, IGNORE}
+    np.testing.assert_array_equal(mapped == 1, original == NAME_TO_TRAIN_ID["sky"])
+
+
+def test_class_names_must_match_the_class_count():
+    with pytest.raises(InvalidInput, match="lists 2 classes but the model has 3"):
+        _spec((-1, -1, 3), num_classes=3, class_names=("a", "b"))
