@@ -31,7 +31,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import math
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,13 +47,14 @@ from clients.label_studio.overlay import eem_overlay_png
 from segxal import imageio
 from segxal.al.scoring import EEMOptions
 from segxal.annotation import Rle, decode_rle
-from segxal.errors import FailedPrecondition, InvalidInput, NotFound, SegxalError
+from segxal.errors import FailedPrecondition, InvalidInput, NotFound, NotReady, PermissionDenied, SegxalError
 
 log = logging.getLogger(__name__)
 
 FORWARD_MODES = ("coordinator", "trainer", "none")
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 LOCAL_FILES_PREFIX = "/data/local-files/"
+FRAME_LIST_REFRESH_S = 10.0  # least time between two listings of the pool's frames
 
 
 @dataclass
@@ -157,6 +160,7 @@ class SegxalMLModel:
         self._projects: dict[int, dict] = {}  # project id -> {"hostname", "access_token"} from /setup
         self._frame_ids: dict[str, str] = {}  # real path of a coordinator frame -> frame id
         self._pool_id = ""
+        self._frames_listed_at = -math.inf
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ /health, /setup
@@ -247,33 +251,42 @@ class SegxalMLModel:
 
     # ------------------------------------------------------------------ /predict
     def predict(self, body: Any) -> dict:
-        """One prediction per task (a task that fails gets {"error": ...} without a result, which
-        Label Studio logs and skips)."""
+        """One prediction per task, the frames scored together over one EEM stream (Label Studio
+        waits ML_TIMEOUT_PREDICT, 100 s by default, for the whole batch). A task that fails gets
+        {"error": ...} without a result, which Label Studio logs and skips; a request of one task
+        that fails is answered with the error's 4xx."""
+        from services.eem.api import ScoreOptions  # the EEM client's types only where used
         tasks = _require(body, "tasks", list, "predict request")
         project = _project_id(body["project"]) if body.get("project") not in (None, "") else None
         if not tasks:
             raise RequestError(400, "predict request: tasks is empty")
-        results = []
+        results: list[dict | None] = [None] * len(tasks)
+        paths: dict[str, str] = {}  # task index -> frame path
         for i, task in enumerate(tasks):
             if not isinstance(task, dict):
                 raise RequestError(400, f"predict request: tasks[{i}] must be an object")
             try:
-                results.append(self._predict_one(task, project))
+                paths[str(i)] = self.frame_path(task, project)
             except RequestError as e:
                 if len(tasks) == 1:
                     raise
-                results.append({"error": str(e)})
-            except (InvalidInput, NotFound) as e:
+                results[i] = {"error": str(e)}
+        options = ScoreOptions(eem=self.cfg.eem, maps=("eem",), regions=True, labels=True)
+        for scored in self.eem.score_stream(list(paths.items()), options, timeout_s=self.cfg.eem_timeout_s):
+            i = int(scored.frame_id)
+            try:
+                results[i] = self._prediction(tasks[i], project, paths[scored.frame_id], scored.raise_for_error())
+            except (InvalidInput, NotFound, PermissionDenied) as e:
                 if len(tasks) == 1:
-                    raise RequestError(422, f"task {task.get('id')}: {e}") from None
-                results.append({"error": f"task {task.get('id')}: {e}"})
+                    raise RequestError(422 if isinstance(e, InvalidInput) else 404 if isinstance(e, NotFound) else 403,
+                                       f"task {tasks[i].get('id')}: {e}") from None
+                results[i] = {"error": f"task {tasks[i].get('id')}: {e}"}
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:
+            raise NotReady(f"the EEM service returned no result for tasks {missing}")
         return {"results": results, "model_version": self.model_version}
 
-    def _predict_one(self, task: dict, project: int | None) -> dict:
-        from services.eem.api import ScoreOptions  # the EEM client's types only where used
-        path = self.frame_path(task, project)
-        scored = self.eem.score(path, ScoreOptions(eem=self.cfg.eem, maps=("eem",), regions=True, labels=True),
-                                timeout_s=self.cfg.eem_timeout_s).raise_for_error()
+    def _prediction(self, task: dict, project: int | None, path: str, scored) -> dict:
         if scored.model_versions.segmentation:
             self.model_version = scored.model_versions.segmentation
         regions = _region_masks(scored)
@@ -329,13 +342,18 @@ class SegxalMLModel:
     def _frame_id(self, path: str) -> str:
         real = os.path.realpath(path)
         with self._lock:
-            if real not in self._frame_ids:
+            # A frame the listing lacks: list the pool again (new frames were ingested), at most
+            # every FRAME_LIST_REFRESH_S, so webhooks for foreign frames cannot make us list a big
+            # pool over and over.
+            stale = time.monotonic() - self._frames_listed_at >= FRAME_LIST_REFRESH_S
+            if real not in self._frame_ids and stale:
                 if not self._pool_id:
                     try:
                         self._pool_id = self.coordinator.get_pool(name=self.cfg.pool).pool_id
                     except NotFound:
                         self._pool_id = self.coordinator.get_pool(pool_id=self.cfg.pool).pool_id
                 self._frame_ids = {os.path.realpath(f.uri): f.frame_id for f in self.coordinator.frames(self._pool_id)}
+                self._frames_listed_at = time.monotonic()
             frame_id = self._frame_ids.get(real)
         if frame_id is None:
             raise RequestError(404, f"frame {real} is not in coordinator pool {self.cfg.pool!r}")
