@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from segxal.errors import InvalidInput, NotFound
 from segxal.ingest import DEFAULT_NEAR_DUPLICATE_THRESHOLD
@@ -33,8 +34,10 @@ def ingest_logs(args: argparse.Namespace) -> int:
             if not args.create_pool:
                 raise NotFound(f"no pool {args.pool!r} (pass --create-pool to make it)") from None
             pool = coord.create_pool(args.pool)
-        sources = [drive_log_source(path, args.topics, args.near_duplicate_threshold, args.min_gap_s)
-                   for path in args.logs]
+        # A log found here is sent as an absolute path (the coordinator would resolve a relative one
+        # against its own folder); one not found here is sent as given (the coordinator's own path).
+        sources = [drive_log_source(str(Path(p).resolve()) if Path(p).exists() else p, args.topics,
+                                    args.near_duplicate_threshold, args.min_gap_s) for p in args.logs]
         reply = coord.ingest(pool.pool_id, sources)
     for r in reply.results:
         print(json.dumps({"log": r.source, "frames_added": r.frames_added,
