@@ -82,10 +82,8 @@ def _export(folder: Path, h: int, w: int):
     repo = ModelRepository(folder / "repo")
     if repo.root.is_dir() and set(repo.list_models()) == {"segmentation", "depth"}:
         return repo
-    # speed is measured, not accuracy: a random-weight U-Net's bottleneck CAM can differ from
-    # PyTorch by a few float16 steps more than a trained model's (5.9e-3 seen at 128x256)
     torch.manual_seed(0)
-    cfg = ExportConfig(trace_hw=(h, w), parity_batch=1, max_abs_diff=2e-2)  # random weights: see below
+    cfg = ExportConfig(trace_hw=(h, w), parity_batch=1)
     for name, export, model in (("segmentation", export_segmentation, UNet()), ("depth", export_depth, DepthNet())):
         result = export(model, folder / "export" / name / "model.onnx", cfg)
         spec = replace(result.spec, input_size=(h, w))  # the size every frame is resized to

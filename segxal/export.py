@@ -54,6 +54,10 @@ class ExportConfig:
     # parity thresholds
     min_label_agreement: float = 0.999  # argmax may flip at exact ties between float paths
     max_abs_diff: float = 5e-3  # float16 outputs in [0, 1] have a step of 4.9e-4 below 1
+    # the CAM is min-max scaled per image after a weighted sum over the bottleneck: float32 rounding
+    # in the decoder's VJP and argmax flips at exact ties move its raw range, and the scaling
+    # magnifies that where the raw range is small (5.9e-3 seen on random weights at 128x256)
+    cam_max_abs_diff: float = 2e-2
     parity_batch: int = 2
     seed: int = 0
 
@@ -199,8 +203,9 @@ def check_parity(module: nn.Module, onnx_path: str | os.PathLike, output_names: 
                           label_agreement=agree / total if total else None, max_abs_diff=diffs)
     if report.label_agreement is not None and report.label_agreement < cfg.min_label_agreement:
         report.failures.append(f"label agreement {report.label_agreement:.6f} < {cfg.min_label_agreement}")
-    report.failures += [f"{k}: max abs diff {v:.2e} > {cfg.max_abs_diff}"
-                        for k, v in diffs.items() if not v <= cfg.max_abs_diff]  # NaN fails too
+    bound = {"cam": cfg.cam_max_abs_diff}
+    report.failures += [f"{k}: max abs diff {v:.2e} > {bound.get(k, cfg.max_abs_diff)}"
+                        for k, v in diffs.items() if not v <= bound.get(k, cfg.max_abs_diff)]  # NaN fails too
     report.passed = not report.failures
     return report
 
