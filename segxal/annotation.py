@@ -12,24 +12,17 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import pycocotools.mask as coco_mask
 
 from segxal import imageio
 from segxal.errors import InvalidInput
 from segxal.labels import IGNORE, NUM_CLASSES, label_ids_to_train_ids
+from segxal.rle import Rle
+from segxal.rle import decode as decode_rle
+from segxal.rle import encode as encode_rle
 
 LABEL_IDS = "label_ids"
 TRAIN_IDS = "train_ids"
 LABEL_SPACES = (LABEL_IDS, TRAIN_IDS)
-
-
-@dataclass(frozen=True)
-class Rle:
-    """COCO run-length encoding of one binary mask: column-major counts, as pycocotools writes."""
-    height: int
-    width: int
-    counts: str = ""  # COCO's compressed string form
-    uncompressed_counts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,64 +37,6 @@ class EncodedMask:
     label_space: str  # LABEL_IDS or TRAIN_IDS
     png: bytes | None = None
     rle: tuple[ClassRle, ...] | None = None
-
-
-def decode_rle(rle: Rle, where: str = "rle") -> np.ndarray:
-    """One COCO RLE -> bool [H, W].
-
-    Raises:
-        InvalidInput: bad size, counts that do not cover exactly H * W pixels, unreadable string.
-    """
-    h, w = int(rle.height), int(rle.width)
-    if h <= 0 or w <= 0:
-        raise InvalidInput(f"{where}: RLE size must be positive, got {h} x {w}")
-    if rle.counts and rle.uncompressed_counts:
-        raise InvalidInput(f"{where}: give either counts (compressed) or uncompressed_counts, not both")
-    if rle.uncompressed_counts:
-        counts = [int(c) for c in rle.uncompressed_counts]
-    elif rle.counts:
-        counts = _compressed_counts(rle.counts, where)
-    else:
-        raise InvalidInput(f"{where}: RLE has no counts")
-    # pycocotools decodes whatever it is given; a mask whose runs do not cover the image exactly
-    # is a client bug we must not store as a shifted or truncated label map.
-    if min(counts) < 0 or sum(counts) != h * w:
-        raise InvalidInput(f"{where}: not a valid COCO RLE of size {h} x {w}: the runs must be "
-                           f"non-negative and cover {h * w} pixels, they cover {sum(counts)}")
-    mask = coco_mask.decode(coco_mask.frPyObjects({"size": [h, w], "counts": counts}, h, w))  # [H, W]
-    return np.ascontiguousarray(mask, dtype=bool)
-
-
-def _compressed_counts(text: str, where: str) -> list[int]:
-    """COCO's compressed RLE string -> run lengths: the inverse of rleToString in cocoapi's
-    maskApi.c (6-bit groups offset by 48, 5 value bits + a continuation bit, sign-extended, and
-    every count after the second stored as a difference to the one two back)."""
-    counts: list[int] = []
-    value = shift = 0
-    for ch in text:
-        c = ord(ch) - 48
-        if not 0 <= c < 64:
-            raise InvalidInput(f"{where}: not a valid COCO RLE string (character {ch!r})")
-        value |= (c & 0x1F) << shift
-        shift += 5
-        if c & 0x20:
-            continue
-        if c & 0x10:
-            value -= 1 << shift  # sign bit set: negative
-        if len(counts) > 2:
-            value += counts[-2]
-        counts.append(value)
-        value = shift = 0
-    if shift:
-        raise InvalidInput(f"{where}: not a valid COCO RLE string (it ends inside a number)")
-    return counts
-
-
-def encode_rle(mask: np.ndarray) -> Rle:
-    """bool/uint8 [H, W] -> compressed COCO RLE (what labeling clients send)."""
-    enc = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
-    h, w = enc["size"]
-    return Rle(height=int(h), width=int(w), counts=enc["counts"].decode("ascii"))
 
 
 def encode_class_rles(train_ids: np.ndarray) -> tuple[ClassRle, ...]:

@@ -32,6 +32,7 @@ from torch import nn
 
 from segxal.data.cityscapes import MEAN, STD
 from segxal.errors import InvalidInput, SegxalError
+from segxal.resize import resize_image
 from segxal.modelspec import DEPTH, NO_CAM, SEGMENTATION, ModelSpec, Preprocessing, TensorSpec
 
 INPUT_NAME = "image"
@@ -327,7 +328,7 @@ def export_any_segmentation(model: nn.Module, path: str | os.PathLike, cfg: Expo
         rng = np.random.default_rng(cfg.seed)
         inputs = [rng.integers(0, 256, (cfg.parity_batch, h, w, 3), dtype=np.uint8)]
         if sample_images is not None:
-            inputs.append(np.stack([_resize_uint8(im, (h, w)) for im in sample_images]))
+            inputs.append(np.stack([resize_image(im, (h, w)) for im in sample_images]))
         names = ["labels", "ebu", "pmax"]
         report = check_parity(_ImageInput(_Statistics(model, True)).eval(), path, names, inputs, cfg)
     if not report.passed:
@@ -339,13 +340,6 @@ def export_any_segmentation(model: nn.Module, path: str | os.PathLike, cfg: Expo
                      num_classes=info.num_classes, input_size=(h, w),
                      cam_layer=info.cam_layer or NO_CAM, class_names=class_names)
     return ExportResult(path=path, spec=spec, parity=report)
-
-
-def _resize_uint8(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-    if image.shape[:2] == tuple(hw):
-        return image
-    return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR))
 
 
 class _HalfOutput(nn.Module):

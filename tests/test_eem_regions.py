@@ -35,7 +35,7 @@ def test_rle_round_trips_through_pycocotools(mask):
 
 
 def test_rle_to_mask_rejects_bad_counts():
-    with pytest.raises(InvalidInput, match="sum to H"):
+    with pytest.raises(InvalidInput, match="cover 4 pixels, they cover 3"):
         rle_to_mask({"size": [2, 2], "counts": [1, 2]})
 
 

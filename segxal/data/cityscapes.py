@@ -16,6 +16,7 @@ import numpy as np
 from segxal import imageio
 from segxal.errors import InvalidInput, NotFound
 from segxal.labels import LABEL_MAP_FILE, LabelMap, label_ids_to_train_ids, load_label_map
+from segxal.resize import resize_image, resize_nearest
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 # ImageNet statistics: the normalisation of the default models (also written to config.pbtxt
@@ -129,23 +130,6 @@ def normalize_image(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an RGB image to (H, W); no-op when already that size."""
-    if rgb.shape[:2] == tuple(size):
-        return rgb
-    from PIL import Image
-    return np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR))
-
-
-def resize_nearest(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label / disparity map to (H, W)."""
-    if arr.shape[:2] == tuple(size):
-        return arr
-    ys = (np.arange(size[0]) * arr.shape[0] / size[0]).astype(np.int64)
-    xs = (np.arange(size[1]) * arr.shape[1] / size[1]).astype(np.int64)
-    return arr[ys][:, xs]
-
-
 class SegDataset:
     """Map-style dataset (torch DataLoader compatible) of (image [3,H,W] float32, trainIds [H,W] int64,
     inverse depth [H,W] float32 or empty) at a fixed size. Labels may be overridden per frame
@@ -174,7 +158,7 @@ class SegDataset:
         if self.with_labels and f.frame_id not in self.label_override:
             lab = resize_nearest(load_train_ids(f, rgb.shape[:2]), size)
         depth = resize_nearest(load_inverse_depth(f, rgb.shape[:2]), size) if self.with_depth else None
-        return resize_rgb(rgb, size), lab, depth
+        return resize_image(rgb, size), lab, depth
 
     def raw(self, i: int) -> tuple:
         """(rgb uint8 [H,W,3], trainIds uint8 [H,W] | None, disparity [H,W] | None), cached (the

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from segxal import rle
 from segxal.errors import InvalidInput
 from segxal.labels import CLASS_NAMES, IGNORE
 
@@ -51,19 +52,8 @@ class Region:
     class_name: str
 
 
-def _run_lengths(flat: np.ndarray) -> list[int]:
-    """Runs of a 1-D bool array, starting with a (possibly empty) background run."""
-    if flat.size == 0:
-        return []
-    starts = np.flatnonzero(flat[1:] != flat[:-1]) + 1  # [n_changes]
-    counts = np.diff(np.concatenate(([0], starts, [flat.size])))  # [n_runs]
-    if flat[0]:
-        counts = np.concatenate(([0], counts))  # [n_runs + 1]
-    return counts.tolist()
-
-
 def mask_to_rle(mask: np.ndarray) -> dict:
-    """Binary mask -> COCO uncompressed RLE.
+    """Binary mask -> COCO uncompressed RLE as a dict (segxal.rle.encode_uncompressed).
 
     Args:
         mask: [H, W], nonzero = set.
@@ -74,30 +64,24 @@ def mask_to_rle(mask: np.ndarray) -> dict:
     Raises:
         InvalidInput: the mask is not 2-D.
     """
-    if mask.ndim != 2:
-        raise InvalidInput(f"mask must be [H, W], got shape {mask.shape}")
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])],
-            "counts": _run_lengths(mask.astype(bool).ravel(order="F"))}
+    r = rle.encode_uncompressed(mask)
+    return {"size": [r.height, r.width], "counts": list(r.uncompressed_counts)}
 
 
-def rle_to_mask(rle: dict) -> np.ndarray:
-    """COCO uncompressed RLE -> binary mask.
+def rle_to_mask(region_rle: dict) -> np.ndarray:
+    """COCO uncompressed RLE dict -> binary mask (segxal.rle.decode).
 
     Args:
-        rle: {"size": [H, W], "counts": [int, ...]} as mask_to_rle writes it.
+        region_rle: {"size": [H, W], "counts": [int, ...]} as mask_to_rle writes it.
 
     Returns:
         uint8 mask [H, W] of 0 and 1.
 
     Raises:
-        InvalidInput: counts are negative or do not sum to H * W.
+        InvalidInput: counts are negative or do not cover H * W pixels.
     """
-    h, w = (int(v) for v in rle["size"])
-    counts = np.asarray(rle["counts"], dtype=np.int64)  # [n_runs]
-    if (counts < 0).any() or counts.sum() != h * w:
-        raise InvalidInput(f"RLE counts must be >= 0 and sum to H * W = {h * w}, got sum {counts.sum()}")
-    values = (np.arange(counts.size) % 2).astype(np.uint8)  # [n_runs]: 0, 1, 0, ...
-    return np.repeat(values, counts).reshape((h, w), order="F")  # [H, W]
+    h, w = (int(v) for v in region_rle["size"])
+    return rle.decode(rle.Rle(h, w, uncompressed_counts=tuple(region_rle["counts"])), "region").astype(np.uint8)
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256, value_range: tuple[float, float] | None = None) -> float:
@@ -145,7 +129,7 @@ def _component_rle(comp: np.ndarray, y0: int, x0: int, height: int, width: int) 
     """Whole-image RLE counts of a component given as its bbox crop, in O(H * bbox width)."""
     band = np.zeros((height, comp.shape[1]), dtype=bool)  # [H, bbox w]: the columns the bbox spans
     band[y0:y0 + comp.shape[0]] = comp
-    counts = _run_lengths(band.ravel(order="F"))
+    counts = rle.run_lengths(band.ravel(order="F"))
     counts[0] += x0 * height  # columns left of the bbox are background
     right = (width - x0 - comp.shape[1]) * height
     if len(counts) % 2:  # ends with a background run

@@ -30,6 +30,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 from segxal.errors import InvalidInput
+from segxal.resize import resize_image, resize_map, resize_nearest
 from segxal.modelspec import DEPTH, SEGMENTATION, ModelSpec, ResizePlan, datatype_of, numpy_dtype, plan_resize
 from services.common.channel import ChannelConfig, channel_credentials, channel_options, resolve_target
 from services.common.errors import error_from_status
@@ -102,20 +103,15 @@ def _check_images(images: np.ndarray) -> None:
 
 
 def _resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-    return np.stack([np.asarray(Image.fromarray(im).resize((size[1], size[0]), Image.BILINEAR))
-                     for im in images])  # [B, h, w, 3]
+    return np.stack([resize_image(im, size) for im in images])  # [B, h, w, 3]
 
 
 def _resize_maps(maps: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
-    """[B, h, w] -> [B, H, W]: labels nearest, continuous maps bilinear (in float32)."""
+    """[B, h, w] -> [B, H, W]: labels nearest, continuous maps bilinear (segxal.resize)."""
     if maps.shape[1:] == tuple(size):
         return maps
-    from PIL import Image
-    mode = Image.NEAREST if nearest else Image.BILINEAR
-    out = [np.asarray(Image.fromarray(m if nearest else m.astype(np.float32)).resize((size[1], size[0]), mode))
-           for m in maps]
-    return np.stack(out).astype(maps.dtype, copy=False)
+    resize = resize_nearest if nearest else resize_map
+    return np.stack([resize(m, size) for m in maps])
 
 
 def _letterbox(images: np.ndarray, plan: ResizePlan) -> np.ndarray:

@@ -18,7 +18,8 @@ import numpy as np
 
 from segxal import imageio
 from segxal.annotation import LABEL_IDS, TRAIN_IDS, EncodedMask, decode_mask
-from segxal.data.cityscapes import list_frames, load_train_ids, normalize_image, resize_nearest, resize_rgb
+from segxal.data.cityscapes import list_frames, load_train_ids, normalize_image
+from segxal.resize import resize_image, resize_nearest
 from segxal.errors import FailedPrecondition, InvalidInput
 from segxal.labels import IGNORE
 from segxal.storage import FrameStorage, local_uri
@@ -132,7 +133,7 @@ def build_training_set(storage: FrameStorage, refs: list[AnnotationRef], size: t
         human = _human_pixels(storage, ref, annotated, where)
         labels, annotated, human = (resize_nearest(a, size) for a in (labels, annotated, human))
         if frame is None:
-            frame = merged[key] = TrainingFrame(key=key, rgb=resize_rgb(rgb, size),
+            frame = merged[key] = TrainingFrame(key=key, rgb=resize_image(rgb, size),
                                                 labels=np.full(size, IGNORE, np.uint8),
                                                 human=np.zeros(size, bool), full_shape=full_shape)
         writable = annotated & (human | ~frame.human)  # a person's earlier pixel beats the policy's
