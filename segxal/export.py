@@ -49,6 +49,10 @@ class ParityError(SegxalError):
 class ExportConfig:
     opset: int = 17  # the TorchScript exporter's well-trodden opset; Triton's ORT supports it
     trace_hw: tuple[int, int] = (256, 512)  # size traced with; H and W stay dynamic
+    # Declare trace_hw as the model's input_size (segxal.modelspec): the inference client then
+    # resizes every frame to it and maps come back at the frame's size, so a model trained at
+    # 256 x 512 sees 1024 x 2048 frames at its training scale (the trainer's exports do this).
+    declare_input_size: bool = False
     half_outputs: bool = True  # segmentation ebu/cam/pmax (and logits) as float16: half the bytes
     with_logits: bool = False  # add `logits` [B, C, H, W]: large, for debugging and user tools
     depth_half: bool = False  # inverse_depth as float16
@@ -284,7 +288,8 @@ def export_segmentation(model: nn.Module, path: str | os.PathLike, cfg: ExportCo
         spec = ModelSpec(kind=SEGMENTATION, inputs=(TensorSpec(INPUT_NAME, "UINT8", (-1, -1, 3)),),
                          outputs=tuple(outputs), preprocessing=Preprocessing(mean=MEAN, std=STD),
                          num_classes=num_classes, spatial_multiple=model.multiple,
-                         cam_layer=explained.cam_layer, class_names=class_names)
+                         cam_layer=explained.cam_layer, class_names=class_names,
+                         input_size=tuple(cfg.trace_hw) if cfg.declare_input_size else None)
         return _export_checked(module, Path(path), names, spec, cfg, model.multiple, sample_images)
 
 

@@ -99,3 +99,55 @@ def test_dataset_with_a_label_map_yields_its_own_classes(tiny_dataset, tmp_path)
 def test_class_names_must_match_the_class_count():
     with pytest.raises(InvalidInput, match="lists 2 classes but the model has 3"):
         _spec((-1, -1, 3), num_classes=3, class_names=("a", "b"))
+
+
+def test_large_frame_is_scored_at_the_models_scale_with_bounded_regions(tmp_path):
+    """A U-Net exported as the trainer exports it (input size declared) scores a 512 x 1024 frame:
+    the client resizes it to the declared 64 x 128, maps and regions come back at 512 x 1024, the
+    region floor is scaled (16 px at 256 x 512 -> 64 px here) and the regions are capped."""
+    import torch
+
+    from segxal import imageio
+    from segxal.eem.regions import DEFAULT_MAX_REGIONS
+    from segxal.export import ExportConfig, export_depth, export_segmentation
+    from segxal.models.depth import DepthConfig, DepthNet
+    from segxal.models.unet import UNet, UNetConfig
+    from services.common.model_repository import ModelRepository, build_config
+    from services.common.server import ServerConfig
+    from services.eem.api import ScoreOptions
+    from services.eem.client import EemClient
+    from services.eem.pipeline import PipelineConfig
+    from services.eem.server import EemServer, EemServiceConfig
+    from services.inference.config import InferenceServerConfig, RuntimeConfig
+    from services.inference.server import InferenceServer
+
+    cfg = ExportConfig(trace_hw=(64, 128), declare_input_size=True)
+    torch.manual_seed(0)
+    seg = export_segmentation(UNet(UNetConfig(width=4, depth=2)), tmp_path / "seg" / "model.onnx", cfg)
+    depth = export_depth(DepthNet(DepthConfig(width=4, depth=2)), tmp_path / "depth" / "model.onnx", cfg)
+    assert seg.spec.input_size == (64, 128)
+    repo = ModelRepository(tmp_path / "repo")
+    repo.publish("segmentation", seg.path, build_config("segmentation", seg.spec))
+    repo.publish("depth", depth.path, build_config("depth", depth.spec))
+    rng = np.random.default_rng(0)
+    imageio.write_png(tmp_path / "frames" / "big.png", rng.integers(0, 256, (512, 1024, 3), dtype=np.uint8))
+    inference = InferenceServer(InferenceServerConfig(
+        repository=str(repo.root), server=ServerConfig(address="127.0.0.1:0", max_workers=8, grace_s=2.0),
+        runtime=RuntimeConfig(intra_op_threads=1), poll_interval_s=0.0))
+    inference.start()
+    eem = EemServer(EemServiceConfig(seg_target=inference.target, depth_target=inference.target,
+                                     storage_roots=[str(tmp_path / "frames")],
+                                     server=ServerConfig(address="127.0.0.1:0", grace_s=2.0),
+                                     health_poll_s=0.1, pipeline=PipelineConfig(max_concurrency=1)))
+    eem.start()
+    try:
+        with EemClient(eem.target, timeout_s=60) as client:
+            client.wait_until_serving(30)
+            r = client.score(str(tmp_path / "frames" / "big.png"),
+                             ScoreOptions(regions=True, maps=("eem",))).raise_for_error()
+    finally:
+        eem.stop(2.0)
+        inference.stop(2.0)
+    assert (r.height, r.width) == (512, 1024) and r.map("eem").shape == (512, 1024)
+    assert 0 < len(r.regions) <= DEFAULT_MAX_REGIONS
+    assert min(reg.area for reg in r.regions) >= scaled_min_area(16, 512, 1024) == 64

@@ -98,7 +98,7 @@ class JobRunner:
         self.versions = versions
         self._pool_annotations = pool_annotations
         self._jobs_dir = Path(cfg.state_dir) / "jobs"
-        self._export_cfg = replace(cfg.export, trace_hw=tuple(cfg.size))
+        self._export_cfg = replace(cfg.export, trace_hw=tuple(cfg.size), declare_input_size=True)  # one scale
         self._heldout = SegDataset(list_frames(cfg.data, cfg.eval_split, require_labels=True), tuple(cfg.size))
         self._seed = seed_annotations(cfg.seed_data, cfg.seed_split, cfg.seed_frames) if cfg.seed_data else []
         for ref in self._seed[:1]:
