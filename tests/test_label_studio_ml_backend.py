@@ -20,12 +20,13 @@ import urllib.request
 from types import SimpleNamespace
 
 import numpy as np
+import pycocotools.mask as coco_mask
 import pytest
 
 from clients.label_studio import project as lsp
 from clients.label_studio.local import LocalLabelStudio, LocalLabelStudioConfig
 from clients.label_studio.ml_backend import MLBackendServer
-from clients.label_studio.ml_model import MLBackendConfig, _region_masks
+from clients.label_studio.ml_model import MLBackendConfig
 from clients.label_studio.overlay import eem_overlay
 from segxal import imageio
 from segxal.labels import IGNORE, NAME_TO_TRAIN_ID
@@ -100,6 +101,16 @@ def project(env):
     return SimpleNamespace(id=pid, view=int(view["id"]), tasks=tasks, frames=frames, ml_id=int(ml["id"]))
 
 
+def _region_masks(scored) -> list[np.ndarray]:
+    """The EEM service's regions as bool masks, decoded by pycocotools (the reference)."""
+    out = []
+    for r in scored.regions:
+        h, w = r.rle["size"]
+        out.append(coco_mask.decode(coco_mask.frPyObjects({"size": [h, w], "counts": list(r.rle["counts"])}, h, w))
+                   .astype(bool))
+    return out
+
+
 def _frame_path(env, ls_task) -> str:
     return str(env.media / ls_task["data"][lsp.FRAME_KEY].split("?d=", 1)[1])
 
@@ -123,12 +134,12 @@ def test_label_studio_gets_eem_restricted_pre_annotations_with_the_eem_score(env
                 (label,) = r["value"]["brushlabels"]
                 assert (predicted[mask] == NAME_TO_TRAIN_ID[label]).all()  # the model's class
                 painted |= mask
-            inside = np.any([m for _, m, _ in regions], axis=0) if regions else np.zeros_like(painted)
+            inside = np.any(regions, axis=0) if regions else np.zeros_like(painted)
             np.testing.assert_array_equal(painted, inside & (predicted != IGNORE))  # only the regions to fix
             # The task shows the overlay the backend set: the heat map over this frame, regions outlined.
             overlay_path = env.media / ls_task["data"][lsp.OVERLAY_KEY].split("?d=", 1)[1]
             np.testing.assert_array_equal(imageio.read_rgb(overlay_path),
-                                          eem_overlay(imageio.read_rgb(path), ref.map("eem"), [m for _, m, _ in regions]))
+                                          eem_overlay(imageio.read_rgb(path), ref.map("eem"), regions))
 
 
 def test_data_manager_sorts_tasks_by_the_eem_score(env, project):
