@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from segxal.errors import InvalidInput, NotReady
 
@@ -79,7 +80,8 @@ class Tx:
 
 
 class Database:
-    """A small connection pool over one database URL.
+    """Connections to one database URL: psycopg_pool's ConnectionPool for PostgreSQL, a few kept
+    sqlite3 connections for SQLite.
 
     URLs: `sqlite:///abs/path.db` (everything after "sqlite://" is the file path) or a libpq URI
     `postgresql://user@host:port/db` (options such as `?options=-csearch_path%3Dmyschema` pass
@@ -100,11 +102,20 @@ class Database:
             self.dialect = POSTGRES
         else:
             raise InvalidInput(f"database URL must start with sqlite:// or postgresql://, got {url!r}")
-        self._idle: queue.LifoQueue = queue.LifoQueue()
-        self._slots = threading.BoundedSemaphore(pool_size)
         self._translated: dict[str, str] = {}
-        self._all_conns: list = []
-        self._lock = threading.Lock()
+        if self.dialect == POSTGRES:
+            # psycopg_pool: connections checked before use (a restarted server's dead connections are
+            # replaced, not handed out) and reconnected in the background
+            self._pg = ConnectionPool(url, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout_s,
+                                      check=ConnectionPool.check_connection, name="coordinator",
+                                      kwargs={"autocommit": True, "row_factory": dict_row,
+                                              "connect_timeout": max(1, int(connect_timeout_s))})
+            self._pg.open(wait=False)
+        else:  # sqlite3 connections: a few, kept idle between transactions
+            self._idle: queue.LifoQueue = queue.LifoQueue()
+            self._slots = threading.BoundedSemaphore(pool_size)
+            self._all_conns: list = []
+            self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- SQL dialect
     def translate(self, sql: str) -> str:
@@ -121,64 +132,53 @@ class Database:
         return (sqlite3.IntegrityError, psycopg.IntegrityError)
 
     # ---------------------------------------------------------------- connections
-    def _connect(self):
-        if self.dialect == SQLITE:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE for writes).
-            conn = sqlite3.connect(self.path, timeout=self.connect_timeout_s, isolation_level=None,
-                                   check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: a commit is on disk before it returns, so an accepted annotation survives a
-            # power cut, not just a killed process.
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute(f"PRAGMA busy_timeout={int(self.connect_timeout_s * 1000)}")
-        else:
-            try:
-                conn = psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
-                                       connect_timeout=max(1, int(self.connect_timeout_s)))
-            except psycopg.OperationalError as e:
-                raise NotReady(f"PostgreSQL unreachable: {str(e).strip().splitlines()[0]}") from None
+    def _connect_sqlite(self):
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE for writes).
+        conn = sqlite3.connect(self.path, timeout=self.connect_timeout_s, isolation_level=None,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before it returns, so an accepted annotation survives a
+        # power cut, not just a killed process.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA busy_timeout={int(self.connect_timeout_s * 1000)}")
         with self._lock:
             self._all_conns.append(conn)
         return conn
 
-    def _discard(self, conn) -> None:
-        with self._lock:
-            if conn in self._all_conns:
-                self._all_conns.remove(conn)
-        try:
-            conn.close()
-        except Exception:  # noqa: BLE001 - closing a broken connection may itself fail
-            pass
-
     @contextmanager
     def _connection(self) -> Iterator[Any]:
+        if self.dialect == POSTGRES:
+            try:
+                with self._pg.connection() as conn:  # broken connections are dropped on return
+                    yield conn
+            except PoolTimeout as e:
+                raise NotReady(f"PostgreSQL unreachable: {str(e).strip().splitlines()[0]}") from None
+            return
         self._slots.acquire()
         try:
             try:
                 conn = self._idle.get_nowait()
             except queue.Empty:
-                conn = self._connect()
+                conn = self._connect_sqlite()
             try:
                 yield conn
-            except BaseException:
-                if self.dialect == POSTGRES and (conn.closed or conn.broken):
-                    self._discard(conn)
-                else:
-                    self._idle.put(conn)
-                raise
-            self._idle.put(conn)
+            finally:
+                self._idle.put(conn)
         finally:
             self._slots.release()
 
     def close(self) -> None:
+        if self.dialect == POSTGRES:
+            self._pg.close()
+            return
         with self._lock:
             conns, self._all_conns = self._all_conns, []
         for c in conns:
             try:
                 c.close()
-            except Exception:  # noqa: BLE001
+            except sqlite3.Error:
                 pass
 
     # ---------------------------------------------------------------- transactions
