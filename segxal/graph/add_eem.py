@@ -183,6 +183,17 @@ def _tap_masses(b: _Builder, onehot, branch, counts) -> gs.Variable:
     return b.op("Reshape", [s, b.const([0, -1])])  # [B, C*kh*kw]
 
 
+def _class_counts(b: _Builder, labels64, num_classes: int) -> gs.Variable:
+    """n_c [B, C] float: pixels predicted as each class, by a scatter-add of ones (ONNX has no
+    bincount; this reads H x W labels once instead of a C x H x W one-hot). Opset >= 16."""
+    flat = b.op("Reshape", [labels64, b.const([0, -1])])  # [B, H*W] int64
+    ones = b.op("ConstantOfShape", [b.op("Shape", [flat])],
+                {"value": onnx.helper.make_tensor("one", onnx.TensorProto.FLOAT, [1], [1.0])})  # [B, H*W]
+    zeros = b.op("ConstantOfShape", [b.op("Concat", [b.shape_slice(flat, 0, 1), b.const([num_classes])], {"axis": 0})],
+                 {"value": onnx.helper.make_tensor("zero", onnx.TensorProto.FLOAT, [1], [0.0])})  # [B, C]
+    return b.op("ScatterElements", [zeros, flat, ones], {"axis": 1, "reduction": "add"})  # [B, C]
+
+
 def _branch_cam(b: _Builder, branch, counts, onehot, exact_borders: bool, full_hw) -> gs.Variable:
     """One branch's CAM: ReLU(sum_k alpha_k A_k) -> min-max -> resize to H x W; [B, 1, H, W]."""
     w = branch.weight  # [C, K, kh, kw]
@@ -271,18 +282,21 @@ def add_eem_outputs(model: onnx.ModelProto, logits_name: str | None = None, keep
     ]
     cam_exact = False
     if head is not None:
-        classes = b.const(np.arange(num_classes).reshape(1, -1, 1, 1))  # [1, C, 1, 1]
-        onehot = b.op("Cast", [b.op("Equal", [b.op("Unsqueeze", [labels64, b.const([1])]), classes])],
-                      {"to": onnx.TensorProto.FLOAT})  # [B, C, H, W]
-        counts = b.reduce("ReduceSum", onehot, [2, 3], False)  # [B, C]: n_c
         # exact border taps need the head's own output grid = the labels' grid (no Resize, stride 1)
         same_grid = head.resize is None and at_size
+        exact = [branch.kernel != (1, 1) and same_grid and branch.strides == (1, 1) and branch.pads is not None
+                 for branch in head.branches]
+        onehot = None
+        if any(exact) or b.opset < 16:
+            classes = b.const(np.arange(num_classes).reshape(1, -1, 1, 1))  # [1, C, 1, 1]
+            onehot = b.op("Cast", [b.op("Equal", [b.op("Unsqueeze", [labels64, b.const([1])]), classes])],
+                          {"to": onnx.TensorProto.FLOAT})  # [B, C, H, W]
+            counts = b.reduce("ReduceSum", onehot, [2, 3], False)  # [B, C]: n_c
+        else:
+            counts = _class_counts(b, labels64, num_classes)  # [B, C]: n_c, one pass over the labels
         cams, cam_exact = [], True
-        for branch in head.branches:
-            one_by_one = branch.kernel == (1, 1)
-            exact_borders = (not one_by_one and same_grid and branch.strides == (1, 1)
-                             and branch.pads is not None)
-            cam_exact &= one_by_one or exact_borders
+        for branch, exact_borders in zip(head.branches, exact):
+            cam_exact &= branch.kernel == (1, 1) or exact_borders
             cams.append(_branch_cam(b, branch, counts, onehot, exact_borders, full_hw))
         cam = cams[0] if len(cams) == 1 else b.reduce("ReduceMean", b.op("Concat", cams, {"axis": 1}), [1], True)
         cam = b.op("Squeeze", [b.minmax(cam), b.const([1])])  # [B, H, W]
