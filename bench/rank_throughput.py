@@ -156,6 +156,10 @@ def _stages(files: list[Path], seg, depth, seg_spec, depth_spec, reps: int) -> d
                                                        _restore(next(iter(depth_out.values())), dplan, False)), reps),
         "EEM + regions": _timed_cpu(lambda: score_frame(maps["labels"][0], maps["ebu"][0], maps["cam"][0], inv[0],
                                                         EEMOptions(), with_regions=True), reps),
+        # what-if, not the service's path: the same maths on the maps at the model's size
+        "(what-if) EEM + regions at input size": _timed_cpu(lambda: score_frame(
+            seg_out["labels"][0], seg_out["ebu"][0], seg_out["cam"][0], next(iter(depth_out.values()))[0],
+            EEMOptions(), with_regions=True), reps),
     }
 
 
@@ -201,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--formats", default=",".join(FORMATS))
     p.add_argument("--workdir", default=None, help="keep frames, models and logs here (reused)")
+    p.add_argument("--stages-only", action="store_true", help="decoders and stages, no end-to-end run")
     a = p.parse_args(argv)
     h, w = (int(v) for v in a.size.lower().split("x"))
     folder = Path(a.workdir or tempfile.mkdtemp(prefix="rank_throughput_"))
@@ -237,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {step:<34}" + "".join(f"{stage_rows[f][step]:>10.1f} ({f})" for f in formats))
     print(f"  load {os.getloadavg()[0]:.1f}", flush=True)
 
+    if a.stages_only:
+        return 0
     inf_port, eem_port = _free_port(), _free_port()
     inference = _start([sys.executable, "-m", "services.inference.main", "--repo", str(repo.root), "--host", "127.0.0.1",
                         "--port", str(inf_port), "--poll-interval", "0", "--log-level", "WARNING"],
