@@ -12,7 +12,6 @@ depth net and training order, so the two loops can be compared cycle by cycle.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -24,30 +23,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from app.label_studio_oracle import LabelStudioOracle, LabelStudioOracleConfig
+from app.report import cam_degenerate_share, cycle_record, rank_drive_log, render_overlays, table_row
+from app.stack import Stack, StackConfig
+from app.terminal import Terminal, following_tasks, logs_in_file
 from clients.labeling import LabelingConfig, LabelingSession, work
 from clients.machine import MachineOracle, MachineOracleConfig
 from clients.simulated_human import GroundTruth, SimulatedHuman, SimulatedHumanConfig
 from segxal import imageio
-from segxal.al.scoring import EEMOptions
 from segxal.al.loop import (SERVICES_ORACLES, ALConfig, add_al_arguments, config_from_args, depth_model_for,
                             plot_curves, seed_indices)
 from segxal.data.cityscapes import SegDataset, list_frames
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound, NotReady
 from segxal.export import export_depth
 from segxal.ingest.drivelog import write_drive_log
-from segxal.labels import LABEL_MAP_FILE, colorize, load_label_map
+from segxal.labels import LABEL_MAP_FILE, load_label_map
 from segxal.storage import FrameStorage
 from segxalpb.coordinator.v1 import coordinator_pb2 as cpb
 from services.common.model_repository import ModelRepository, build_config
 from services.coordinator.client import CoordinatorClient
-from services.eem.api import ScoreOptions
 from services.eem.client import EemClient
 from services.inference.client import InferenceClient
-from app.label_studio_oracle import LabelStudioOracle, LabelStudioOracleConfig
-from app.stack import Stack, StackConfig
-from app.terminal import Terminal, following_tasks, logs_in_file
 from services.trainer.api import JobRequest, JobState, PublishPolicy, TrainingOptions
 from services.trainer.client import TrainerClient
 
@@ -235,8 +231,8 @@ def run(scfg: ServicesLoopConfig) -> dict:
         drive = coord.create_pool("drive-log")
         drive_result = coord.ingest(drive.pool_id, [cpb.IngestSource(drive_log=cpb.DriveLogSource(
             path=str(data["drive_log"])))])
-        records.append(_record(0, v1, version, seed_px, None, None, tc, data["seed_frames"]))
-        term.row(_row(records[-1]))
+        records.append(cycle_record(0, v1, version, seed_px, None, None, tc, data["seed_frames"]))
+        term.row(table_row(records[-1]))
         stop = "cycles"
         storage = FrameStorage([str(work_dir), str(Path(cfg.data).resolve())])
         for cycle in range(1, cfg.cycles + 1):
@@ -250,7 +246,7 @@ def run(scfg: ServicesLoopConfig) -> dict:
             with term.bar(name, "rank", unit="call") as bar:
                 ranked = coord.rank_cycle(cyc.cycle_id)
                 bar.set_postfix(scored=ranked.frames_scored, reused=ranked.frames_reused, tasks=len(ranked.tasks))
-            cam_health = _cam_health(before, eem_stats.stats())
+            cam_health = cam_degenerate_share(before, eem_stats.stats())
             summary = _label_cycle(cfg, stack, pool.pool_id, cyc.cycle_id, storage, coord, ls, term, name,
                                    len(ranked.tasks))
             report = coord.cycle_report(cyc.cycle_id)
@@ -260,11 +256,11 @@ def run(scfg: ServicesLoopConfig) -> dict:
                 version = job["published_version"]
                 _publish(coord, stack.targets["segmentation"], term, name, version)
             budget = coord.budget(pool.pool_id)
-            rec = _record(cycle, job, version, seed_px, budget, report, tc, data["seed_frames"])
+            rec = cycle_record(cycle, job, version, seed_px, budget, report, tc, data["seed_frames"])
             rec.update(tasks=report.tasks_total, submitted=summary.submitted, released=summary.released,
                        failed_frames=report.failed_frames, cam_degenerate_share=cam_health)
             records.append(rec)
-            term.row(_row(rec))
+            term.row(table_row(rec))
             if cfg.oracle != "machine" and report.stop_reason == cpb.STOP_REASON_DICE_THRESHOLD_REACHED:
                 stop = "dice"
                 break
@@ -275,8 +271,8 @@ def run(scfg: ServicesLoopConfig) -> dict:
                 stop = "pool empty"
                 break
         records[-1]["stop_reason"] = stop
-        drive_top = _rank_drive_log(coord, drive.pool_id, version, eem)
-        overlays = _render_overlays(stack, [f["frame_uri"] for f in drive_top][:scfg.overlays], storage,
+        drive_top = rank_drive_log(coord, drive.pool_id, SEG_MODEL, version, eem)
+        overlays = render_overlays(stack.targets["eem"], [f["frame_uri"] for f in drive_top][:scfg.overlays], storage,
                                     out / "overlays", eem)
     report = {"config": {"al": json.loads(json.dumps(cfg.__dict__, default=lambda o: o.__dict__)),
                          "db": scfg.db or "sqlite", "workdir": str(work_dir)},
@@ -286,72 +282,6 @@ def run(scfg: ServicesLoopConfig) -> dict:
     imageio.atomic_write_bytes(out / "cycles.json", json.dumps(report, indent=2).encode())
     plot_curves({f"{cfg.strategy} (services)": records}, out / "miou_vs_pixels.png")
     return report
-
-
-def _record(cycle, job, version, seed_px, budget, report, t_start, seed_frames) -> dict:
-    spent = (budget.spent_frames, budget.spent_regions, budget.spent_pixels) if budget else (0, 0, 0)
-    mean_dice = None
-    if report is not None and report.annotations_with_dice and np.isfinite(report.mean_dice):
-        mean_dice = float(report.mean_dice)
-    return {"cycle": cycle, "miou": job["miou"], "per_class": job["per_class"], "model_version": version,
-            "publish_refused": job["publish_refused"],
-            "labeled": {"frames": seed_frames + spent[0], "regions": spent[1], "pixels": seed_px + spent[2]},
-            "mean_dice": mean_dice, "seconds": time.time() - t_start, "stop_reason": ""}
-
-
-def _cam_health(before, after) -> float | None:
-    """Share of the frames the EEM service scored between two Stats whose CAM was dead (all zero
-    or constant): the health of the explanation term for the model version that ranked them."""
-    scored = after.frames_scored - before.frames_scored
-    return (after.frames_cam_degenerate - before.frames_cam_degenerate) / scored if scored > 0 else None
-
-
-def _row(r: dict) -> str:
-    lab = r["labeled"]
-    dice = "-" if r["mean_dice"] is None else f"{r['mean_dice']:.3f}"
-    cam = r.get("cam_degenerate_share")
-    cam = "" if cam is None else f"  CAM dead {100 * cam:4.1f} %"
-    note = f"  (publish refused: {r['publish_refused']})" if r["publish_refused"] else ""
-    return (f"cycle {r['cycle']:>2}  mIoU {100 * r['miou']:6.2f}  v{r['model_version']:<3} frames {lab['frames']:>4} "
-            f"regions {lab['regions']:>4} pixels {lab['pixels']:>9}  DICE {dice:>6}{cam}  {r['seconds']:6.1f} s{note}")
-
-
-def _rank_drive_log(coord: CoordinatorClient, pool_id: str, version: int, eem: EEMOptions,
-                    top: int = 5) -> list[dict]:
-    """Rank the drive log with the final model: what a fleet run would send to labelers next."""
-    cyc = coord.start_cycle(pool_id, top, selection="eem", model_name=SEG_MODEL, model_version=version, eem=eem)
-    coord.rank_cycle(cyc.cycle_id)
-    tasks = coord.lease(pool_id, top, 60.0, cycle_id=cyc.cycle_id)
-    out = [{"frame_uri": t.frame_uri, "score": t.score, "regions": len(t.regions)} for t in tasks]
-    for t in tasks:
-        coord.release(t)
-    return out
-
-
-def _render_overlays(stack: Stack, uris: list[str], storage: FrameStorage, dest: Path,
-                     eem: EEMOptions) -> list[str]:
-    """The drive log's top frames with their EEM heat map and regions to fix drawn over them:
-    frame | EEM overlay with region boxes | prediction."""
-    import cv2
-    paths = []
-    opts = ScoreOptions(eem=eem, maps=("eem",), regions=True, labels=True)
-    with EemClient(stack.targets["eem"]) as eem:
-        for rank, uri in enumerate(uris, 1):
-            res = eem.score(uri, opts)
-            rgb = storage.read_rgb(uri)
-            heat = res.map("eem").astype(np.float32)
-            heat = heat / max(float(heat.max()), 1e-6)
-            colored = cv2.applyColorMap((255 * heat).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-            over = (0.55 * rgb + 0.45 * colored).astype(np.uint8)
-            for r in res.regions:
-                x, y, bw, bh = r.bbox
-                cv2.rectangle(over, (x, y), (x + bw - 1, y + bh - 1), (255, 255, 255), 1)
-            pred = colorize(res.labels())
-            panel = np.concatenate([rgb, over, pred], axis=1)
-            path = dest / f"drive_log_top{rank}_eem.png"
-            imageio.write_png(path, np.ascontiguousarray(panel))
-            paths.append(str(path))
-    return paths
 
 
 def register_cli(sub) -> None:
