@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -47,8 +48,13 @@ class EEMOptions:
         Raises:
             InvalidInput: weights outside [0, 1] or not summing to 1 (within WEIGHT_SUM_TOLERANCE),
                 an unknown score or threshold mode, q outside (0, 1], a threshold outside [0, 1],
-                a negative minimum region area.
+                a negative minimum region area, a NaN or infinite number.
         """
+        # NaN would pass a comparison written the other way round (nan < 0 is False): name it first
+        bad = {k: v for k, v in (("alpha", self.alpha), ("beta", self.beta), ("top_q", self.q),
+                                 ("threshold", self.threshold)) if not math.isfinite(v)}
+        if bad:
+            raise InvalidInput(f"options must be finite numbers, got {bad}")
         a, b = self.alpha, self.beta
         if not (0.0 <= a <= 1.0 and 0.0 <= b <= 1.0 and abs(a + b - 1.0) <= WEIGHT_SUM_TOLERANCE):
             raise InvalidInput(f"alpha and beta must lie in [0, 1] and sum to 1, got alpha={a}, beta={b}")

@@ -7,7 +7,6 @@ in-process loop uses.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,13 +39,7 @@ class ScoreOptions:
             InvalidInput: bad EEM options (NaN or infinite numbers, alpha + beta != 1, a negative
                 threshold...), an unknown map kind or bit depth.
         """
-        # NaN passes every comparison in EEMOptions.validate (nan < 0 is False): refuse it here,
-        # before the frame is read and inferred, not after
-        bad = {k: v for k, v in (("alpha", self.eem.alpha), ("beta", self.eem.beta), ("top_q", self.eem.q),
-                                 ("threshold", self.eem.threshold)) if not math.isfinite(v)}
-        if bad:
-            raise InvalidInput(f"options must be finite numbers, got {bad}")
-        self.eem.validate()
+        self.eem.validate()  # before the frame is read and inferred, not after
         unknown = [m for m in self.maps if m not in MAP_KINDS]
         if unknown:
             raise InvalidInput(f"unknown map kinds {unknown}; expected some of {MAP_KINDS}")
