@@ -69,10 +69,21 @@ class TaskRepository:
             return [_task(r, with_token=True) for r in rows], False
         return self.db.run(txn)
 
-    def _diagnose_lease(self, task_id: str, lease_token: str, client_id: str, action: str) -> None:
-        """Called when a lease-guarded UPDATE matched nothing: raise the reason."""
-        check_lease_holder(self.get_task(task_id, with_token=True), lease_token, client_id, action)
-        raise FailedPrecondition(f"{action}: task {task_id} changed meanwhile; try again")
+    def _update_held_lease(self, action: str, task_id: str, lease_token: str, client_id: str, set_sql: str,
+                           set_params: tuple = ()) -> dict:
+        """One lease-guarded UPDATE: it applies only to the holder's still-leased task, and returns
+        the row (RETURNING lease_expires_at); when it matched nothing, raise the reason."""
+        if not lease_token:
+            raise InvalidInput(f"{action}: lease_token is required")
+        r = self.db.run(lambda tx: tx.one(
+            f"""UPDATE tasks SET {set_sql}
+                WHERE task_id = ? AND state = 'leased' AND lease_token = ? AND (? = '' OR lease_owner = ?)
+                RETURNING lease_expires_at""",
+            (*set_params, task_id, lease_token, client_id, client_id)))
+        if r is None:
+            check_lease_holder(self.get_task(task_id, with_token=True), lease_token, client_id, action)
+            raise FailedPrecondition(f"{action}: task {task_id} changed meanwhile; try again")
+        return r
 
     def heartbeat(self, task_id: str, lease_token: str, lease_seconds: float, client_id: str = "") -> float:
         """Extend a lease; returns the new expiry (database clock).
@@ -83,15 +94,8 @@ class TaskRepository:
         Raises:
             as check_lease_holder.
         """
-        if not lease_token:
-            raise InvalidInput("heartbeat: lease_token is required")
-        r = self.db.run(lambda tx: tx.one(
-            """UPDATE tasks SET lease_expires_at = {now} + ?
-               WHERE task_id = ? AND state = 'leased' AND lease_token = ? AND (? = '' OR lease_owner = ?)
-               RETURNING lease_expires_at""",
-            (lease_seconds, task_id, lease_token, client_id, client_id)))
-        if r is None:
-            self._diagnose_lease(task_id, lease_token, client_id, "heartbeat")
+        r = self._update_held_lease("heartbeat", task_id, lease_token, client_id,
+                                    "lease_expires_at = {now} + ?", (lease_seconds,))
         return float(r["lease_expires_at"])
 
     def release(self, task_id: str, lease_token: str, client_id: str = "") -> None:
@@ -103,13 +107,6 @@ class TaskRepository:
         Raises:
             as check_lease_holder.
         """
-        if not lease_token:
-            raise InvalidInput("release: lease_token is required")
-        r = self.db.run(lambda tx: tx.one(
-            """UPDATE tasks SET state = 'open', lease_owner = '', lease_token = '', lease_expires_at = 0,
-                                previous_lease_token = lease_token
-               WHERE task_id = ? AND state = 'leased' AND lease_token = ? AND (? = '' OR lease_owner = ?)
-               RETURNING task_id""",
-            (task_id, lease_token, client_id, client_id)))
-        if r is None:
-            self._diagnose_lease(task_id, lease_token, client_id, "release")
+        self._update_held_lease("release", task_id, lease_token, client_id,
+                                "state = 'open', lease_owner = '', lease_token = '', lease_expires_at = 0, "
+                                "previous_lease_token = lease_token")
