@@ -351,9 +351,14 @@ def main(argv: list[str] | None = None) -> int:
         end = t0 + a.minutes * 60
         next_reload, next_kill, version = t0 + a.reload_every, t0 + a.reload_every / 2 + a.kill_every / 2, 1
         warm_done = False
+        next_sample, series = t0, defaultdict(list)  # RSS every 30 s: is growth a climb or a plateau?
         with InferenceClient(inf.target, timeout_s=30) as probe:
             while time.monotonic() < end:
                 now = time.monotonic()
+                if now >= next_sample:
+                    for proc in procs:
+                        series[proc.name].append((round(now - t0), round(_rss_mb(proc.popen.pid))))
+                    next_sample += 30.0
                 if not warm_done and now - t0 >= a.warmup_s:
                     for proc in procs:
                         rss[proc.name]["after_warmup"] = _rss_mb(proc.popen.pid)
@@ -392,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         for proc in procs:
             rss[proc.name]["end"] = _rss_mb(proc.popen.pid)
             rss[proc.name]["restarted"] = proc is coords[1] and bool(rec.windows["failover"])
+            rss[proc.name]["series_s_mb"] = series[proc.name]
     finally:
         stop.set()
         for proc in reversed(procs):
@@ -436,6 +442,8 @@ def _report(rec: Recorder, rss: dict, a, elapsed: float) -> dict:
         r["growth_after_warmup_pct"] = growth
         note = "  (restarted by the kills: end is its last incarnation)" if r.get("restarted") else ""
         print(f"{name:15s} {r['start']:10.0f} {r.get('after_warmup', np.nan):8.0f} {r['end']:8.0f} {growth:20.1f}%{note}")
+    for name, r in rss.items():
+        print(f"RSS of {name} every 30 s (MB): {' '.join(str(mb) for _, mb in r.get('series_s_mb', []))}")
     return out
 
 
