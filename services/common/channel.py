@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from services.common.flags import EnvFlags
 from services.common.server import MAX_MESSAGE_BYTES
 
 
@@ -120,15 +121,11 @@ def add_channel_args(parser, flag: str, env_prefix: str, what: str) -> None:
     """Flags (and SEGXAL_* env defaults) for one outbound channel's TLS / mTLS / bearer token, e.g.
     flag="backend" -> --backend-tls-ca, --backend-tls-cert, --backend-tls-key, --backend-token-file.
     Only main() functions call this: configuration is read once at the edge."""
-    import os
-    env = env_prefix + flag.upper().replace("-", "_")
-    parser.add_argument(f"--{flag}-tls-ca", default=os.environ.get(env + "_TLS_CA"),
-                        help=f"PEM of the CA that signed {what}: enables TLS to it")
-    parser.add_argument(f"--{flag}-tls-cert", default=os.environ.get(env + "_TLS_CERT"),
-                        help=f"client certificate for mutual TLS to {what}")
-    parser.add_argument(f"--{flag}-tls-key", default=os.environ.get(env + "_TLS_KEY"))
-    parser.add_argument(f"--{flag}-token-file", default=os.environ.get(env + "_TOKEN_FILE"),
-                        help=f"file holding the bearer token for {what} (a mounted Secret)")
+    f = EnvFlags(parser, env_prefix)
+    f.add(f"--{flag}-tls-ca", help=f"PEM of the CA that signed {what}: enables TLS to it")
+    f.add(f"--{flag}-tls-cert", help=f"client certificate for mutual TLS to {what}")
+    f.add(f"--{flag}-tls-key")
+    f.add(f"--{flag}-token-file", help=f"file holding the bearer token for {what} (a mounted Secret)")
 
 
 def channel_config_from_args(args, flag: str) -> ChannelConfig:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from concurrent import futures
 from dataclasses import dataclass, field, replace
 from typing import Callable, ClassVar
@@ -14,6 +13,7 @@ from typing import Callable, ClassVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common.flags import EnvFlags
 from services.common.errors import status_for
 
 log = logging.getLogger(__name__)
@@ -228,22 +228,19 @@ def add_server_args(p: argparse.ArgumentParser, env_prefix: str, default: Server
     """The flags of a service's ServerConfig, each defaulting to its environment variable
     (<env_prefix>HOST, PORT, MAX_WORKERS, GRACE_S, TLS_CERT, TLS_KEY, TLS_CLIENT_CA,
     AUTH_TOKENS_FILE, HEALTH_PORT), then to `default`. Only main() functions call this."""
-    env = lambda name, value=None: os.environ.get(env_prefix + name, value)
+    f = EnvFlags(p, env_prefix)
     host, port = default.address.rsplit(":", 1)
-    p.add_argument("--host", default=env("HOST", host))
-    p.add_argument("--port", type=int, default=int(env("PORT", port)), help="0: any free port")
-    p.add_argument("--max-workers", type=int, default=int(env("MAX_WORKERS", default.max_workers)),
-                   help="gRPC handler threads")
-    p.add_argument("--grace-s", "--grace", dest="grace_s", type=float, default=float(env("GRACE_S", default.grace_s)),
-                   help="seconds in-flight calls get to finish on SIGTERM")
-    p.add_argument("--tls-cert", default=env("TLS_CERT"), help="PEM certificate: serve TLS (with --tls-key)")
-    p.add_argument("--tls-key", default=env("TLS_KEY"))
-    p.add_argument("--tls-client-ca", default=env("TLS_CLIENT_CA"), help="PEM CA: require client certificates (mTLS)")
-    p.add_argument("--auth-tokens-file", default=env("AUTH_TOKENS_FILE"),
-                   help="JSON {identity: 'sha256:<token hex>'}: require bearer tokens (services.common.auth)")
-    health = env("HEALTH_PORT")
-    p.add_argument("--health-port", type=int, default=int(health) if health else None,
-                   help="also serve grpc.health.v1 alone, in plaintext, on this port (probes with TLS on)")
+    f.add("--host", host)
+    f.add("--port", int(port), type=int, help="0: any free port")
+    f.add("--max-workers", default.max_workers, type=int, help="gRPC handler threads")
+    f.add("--grace-s", default.grace_s, type=float, aliases=("--grace",),
+          help="seconds in-flight calls get to finish on SIGTERM")
+    f.add("--tls-cert", help="PEM certificate: serve TLS (with --tls-key)")
+    f.add("--tls-key")
+    f.add("--tls-client-ca", help="PEM CA: require client certificates (mTLS)")
+    f.add("--auth-tokens-file", help="JSON {identity: 'sha256:<token hex>'}: require bearer tokens (services.common.auth)")
+    f.add("--health-port", type=int,
+          help="also serve grpc.health.v1 alone, in plaintext, on this port (probes with TLS on)")
 
 
 def server_config_from_args(args: argparse.Namespace, default: ServerConfig) -> ServerConfig:

@@ -10,12 +10,12 @@ built once here and passed down. SIGTERM / SIGINT drain in-flight frames, then e
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from segxal.errors import InvalidInput
 from services.eem.pipeline import PipelineConfig
 from services.common.channel import add_channel_args, channel_config_from_args
+from services.common.flags import EnvFlags, paths_from
 from services.common.runner import serve_until_signal
 from services.common.server import add_server_args, server_config_from_args
 from services.eem.server import EemServer, EemServiceConfig
@@ -24,28 +24,23 @@ ENV_PREFIX = "SEGXAL_EEM_"
 _DEFAULT_SERVER = EemServiceConfig(seg_target="", depth_target="", storage_roots=[]).server
 
 
-def _env(name: str, default=None):
-    return os.environ.get(ENV_PREFIX + name, default)
-
-
 def build_parser() -> argparse.ArgumentParser:
     defaults = PipelineConfig()
     p = argparse.ArgumentParser(prog="python -m services.eem.main", description=__doc__.splitlines()[0])
-    p.add_argument("--seg-target", default=_env("SEG_TARGET"), help="segmentation inference server host:port")
-    p.add_argument("--depth-target", default=_env("DEPTH_TARGET"),
-                   help="depth inference server host:port (default: --seg-target)")
-    env_roots = [r for r in (_env("STORAGE_ROOTS") or "").split(os.pathsep) if r]
-    p.add_argument("--storage-root", dest="storage_roots", action="append", default=None,
-                   help="folder or fsspec URL prefix frames may be read from (repeatable)")
-    p.set_defaults(env_roots=env_roots)
-    p.add_argument("--seg-model", default=_env("SEG_MODEL", "segmentation"))
-    p.add_argument("--depth-model", default=_env("DEPTH_MODEL", "depth"))
-    p.add_argument("--max-concurrency", type=int, default=int(_env("MAX_CONCURRENCY", defaults.max_concurrency)),
-                   help="frames scored at once across all calls")
-    p.add_argument("--stream-window", type=int, default=int(_env("STREAM_WINDOW", defaults.stream_window)),
-                   help="requests a stream reads ahead of its results")
-    p.add_argument("--inference-timeout-s", type=float,
-                   default=float(_env("INFERENCE_TIMEOUT_S", defaults.inference_timeout_s)))
+    f = EnvFlags(p, ENV_PREFIX)
+    f.add("--seg-target", None,
+          help="segmentation inference server host:port")
+    f.add("--depth-target", None,
+          help="depth inference server host:port (default: --seg-target)")
+    f.paths("--storage-root", "storage_roots", env="STORAGE_ROOTS",
+          help="folder or fsspec URL prefix frames may be read from (repeatable)")
+    f.add("--seg-model", "segmentation")
+    f.add("--depth-model", "depth")
+    f.add("--max-concurrency", defaults.max_concurrency, type=int,
+          help="frames scored at once across all calls")
+    f.add("--stream-window", defaults.stream_window, type=int,
+          help="requests a stream reads ahead of its results")
+    f.add("--inference-timeout-s", defaults.inference_timeout_s, type=float)
     add_channel_args(p, "backend", ENV_PREFIX, "the inference servers")
     add_server_args(p, ENV_PREFIX, _DEFAULT_SERVER)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -56,7 +51,7 @@ def config_from_args(args: argparse.Namespace) -> EemServiceConfig:
     """Raises:
         InvalidInput: a required setting is missing.
     """
-    roots = args.storage_roots or args.env_roots
+    roots = paths_from(args, "storage_roots")
     if not args.seg_target:
         raise InvalidInput("--seg-target (or SEGXAL_EEM_SEG_TARGET) is required")
     if not roots:

@@ -25,6 +25,7 @@ from segxal.labels import read_label_file
 from segxal.models.unet import UNetConfig
 from segxal.train import parse_size
 from services.common.channel import add_channel_args, channel_config_from_args
+from services.common.flags import EnvFlags, paths_from
 from services.common.runner import serve_until_signal
 from services.common.server import add_server_args, server_config_from_args
 from services.trainer.config import TrainerConfig
@@ -33,47 +34,51 @@ from services.trainer.server import TrainerServer
 ENV_PREFIX = "SEGXAL_TRAINER_"
 
 
-def _env(name: str, default=None):
-    return os.environ.get(ENV_PREFIX + name, default)
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = TrainerConfig(repository="", state_dir="", data="", storage_roots=[])
     p = argparse.ArgumentParser(prog="python -m services.trainer.main", description=__doc__.splitlines()[0])
-    p.add_argument("--repo", default=_env("REPO"), help="model repository (Triton layout) to publish into")
-    p.add_argument("--state", default=_env("STATE"), help="folder for jobs and per-version checkpoints")
-    p.add_argument("--data", default=_env("DATA"), help="Cityscapes-layout folder with the held-out split")
-    p.add_argument("--eval-split", default=_env("EVAL_SPLIT", d.eval_split))
-    env_roots = [r for r in (_env("STORAGE_ROOTS") or "").split(os.pathsep) if r]
-    p.add_argument("--storage-root", dest="storage_roots", action="append", default=None,
-                   help="folder or fsspec URL prefix frames and masks may be read from (repeatable)")
-    p.set_defaults(env_roots=env_roots)
-    p.add_argument("--seed-data", default=_env("SEED_DATA"), help="Cityscapes-layout folder of the seed set")
-    p.add_argument("--seed-split", default=_env("SEED_SPLIT", d.seed_split))
-    p.add_argument("--seed-frames", type=int, default=int(_env("SEED_FRAMES", d.seed_frames)),
-                   help="the first N labeled frames of the seed split (0: all)")
-    p.add_argument("--model-name", default=_env("MODEL_NAME", d.model_name))
-    p.add_argument("--size", default=_env("SIZE", f"{d.size[0]}x{d.size[1]}"), help="HxW to train and evaluate at")
-    p.add_argument("--width", type=int, default=int(_env("WIDTH", d.unet.width)), help="U-Net width (first version)")
-    p.add_argument("--unet-depth", type=int, default=int(_env("UNET_DEPTH", d.unet.depth)),
-                   help="U-Net levels (first version)")
-    p.add_argument("--model-import", default=_env("MODEL_IMPORT"),
-                   help="any segmentation model for the first version, by import path, e.g. "
-                        "torchvision.models.segmentation.deeplabv3_mobilenet_v3_large (default: the U-Net)")
-    p.add_argument("--model-kwargs", default=_env("MODEL_KWARGS", "{}"),
-                   help='its keyword arguments as JSON, e.g. {"num_classes": 4, "weights": null}')
-    p.add_argument("--model-checkpoint", default=_env("MODEL_CHECKPOINT"), help="its initial weights (state_dict file)")
-    p.add_argument("--labels", default=_env("LABELS"),
-                   help="class names, one per line (the published config's label file; default Cityscapes)")
-    p.add_argument("--epochs", type=int, default=int(_env("EPOCHS", d.epochs)))
-    p.add_argument("--batch-size", type=int, default=int(_env("BATCH_SIZE", d.batch_size)))
-    p.add_argument("--lr", type=float, default=float(_env("LR", d.learning_rate)))
-    p.add_argument("--seed", type=int, default=int(_env("SEED", d.seed)))
-    p.add_argument("--device", default=_env("DEVICE", d.device), help="auto (cuda when present), cpu, cuda")
-    p.add_argument("--torch-threads", type=int, default=int(_env("TORCH_THREADS", d.torch_threads)))
-    p.add_argument("--miou-tolerance", type=float, default=float(_env("MIOU_TOLERANCE", d.miou_tolerance)),
-                   help="held-out mIoU a new version may lose and still publish (fraction)")
-    p.add_argument("--coordinator", default=_env("COORDINATOR"), help="coordinator host:port (enables pool_id)")
+    f = EnvFlags(p, ENV_PREFIX)
+    f.add("--repo", None,
+          help="model repository (Triton layout) to publish into")
+    f.add("--state", None,
+          help="folder for jobs and per-version checkpoints")
+    f.add("--data", None,
+          help="Cityscapes-layout folder with the held-out split")
+    f.add("--eval-split", d.eval_split)
+    f.paths("--storage-root", "storage_roots", env="STORAGE_ROOTS",
+          help="folder or fsspec URL prefix frames and masks may be read from (repeatable)")
+    f.add("--seed-data", None,
+          help="Cityscapes-layout folder of the seed set")
+    f.add("--seed-split", d.seed_split)
+    f.add("--seed-frames", d.seed_frames, type=int,
+          help="the first N labeled frames of the seed split (0: all)")
+    f.add("--model-name", d.model_name)
+    f.add("--size", f"{d.size[0]}x{d.size[1]}",
+          help="HxW to train and evaluate at")
+    f.add("--width", d.unet.width, type=int,
+          help="U-Net width (first version)")
+    f.add("--unet-depth", d.unet.depth, type=int,
+          help="U-Net levels (first version)")
+    f.add("--model-import", None,
+          help="any segmentation model for the first version, by import path, e.g. "
+          "torchvision.models.segmentation.deeplabv3_mobilenet_v3_large (default: the U-Net)")
+    f.add("--model-kwargs", "{}",
+          help='its keyword arguments as JSON, e.g. {"num_classes": 4, "weights": null}')
+    f.add("--model-checkpoint", None,
+          help="its initial weights (state_dict file)")
+    f.add("--labels", None,
+          help="class names, one per line (the published config's label file; default Cityscapes)")
+    f.add("--epochs", d.epochs, type=int)
+    f.add("--batch-size", d.batch_size, type=int)
+    f.add("--lr", d.learning_rate, type=float)
+    f.add("--seed", d.seed, type=int)
+    f.add("--device", d.device,
+          help="auto (cuda when present), cpu, cuda")
+    f.add("--torch-threads", d.torch_threads, type=int)
+    f.add("--miou-tolerance", d.miou_tolerance, type=float,
+          help="held-out mIoU a new version may lose and still publish (fraction)")
+    f.add("--coordinator", None,
+          help="coordinator host:port (enables pool_id)")
     add_channel_args(p, "coordinator", ENV_PREFIX, "the coordinator")
     add_server_args(p, ENV_PREFIX, d.server)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -87,7 +92,7 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfig:
     for flag, value in (("--repo", args.repo), ("--state", args.state), ("--data", args.data)):
         if not value:
             raise InvalidInput(f"{flag} (or {ENV_PREFIX}{flag[2:].upper()}) is required")
-    roots = args.storage_roots or args.env_roots
+    roots = paths_from(args, "storage_roots")
     size = parse_size(args.size)
     try:
         model_kwargs = json.loads(args.model_kwargs)
@@ -107,7 +112,7 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfig:
         export=ExportConfig(trace_hw=size), coordinator=args.coordinator,
         coordinator_channel=channel_config_from_args(args, "coordinator"),
         server=server_config_from_args(args, TrainerConfig(repository="", state_dir="", data="", storage_roots=[]).server),
-        publish_pause_s=float(_env("DEBUG_PUBLISH_PAUSE_S", "0"))).validate()
+        publish_pause_s=float(os.environ.get(ENV_PREFIX + "DEBUG_PUBLISH_PAUSE_S", "0"))).validate()
 
 
 def main(argv: list[str] | None = None) -> int:

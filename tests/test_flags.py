@@ -1,0 +1,39 @@
+"""services.common.flags: every main's flags default to SEGXAL_<SERVICE>_<FLAG>, flags win, and a
+bad variable is refused naming the variable (through the real coordinator and inference mains)."""
+import pytest
+
+from services.coordinator import main as coordinator_main
+from services.inference import main as inference_main
+
+
+def _coordinator(argv, monkeypatch, **env):
+    for k, v in env.items():
+        monkeypatch.setenv(f"SEGXAL_COORDINATOR_{k}", v)
+    return coordinator_main.config_from_args(coordinator_main.build_parser().parse_args(argv))
+
+
+def test_environment_then_flags(monkeypatch):
+    cfg = _coordinator(["--dice-threshold", "0.8"], monkeypatch, DICE_THRESHOLD="0.9", SCORING_CHUNK="3",
+                       INGEST_ROOTS="/a:/b", GRACE_S="2.5", HEALTH_PORT="9000")
+    assert (cfg.default_dice_threshold, cfg.ranking.chunk_size, cfg.ingest_roots) == (0.8, 3, ("/a", "/b"))
+    assert (cfg.server.grace_s, cfg.server.health_address) == (2.5, "127.0.0.1:9000")
+    assert _coordinator(["--ingest-root", "/x"], monkeypatch, INGEST_ROOTS="/a").ingest_roots == ("/x",)
+
+
+def test_a_bad_variable_is_refused_by_name(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as e:
+        _coordinator([], monkeypatch, SCORING_CHUNK="three")
+    assert e.value.code == 2 and "SEGXAL_COORDINATOR_SCORING_CHUNK='three'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, on", [("yes", True), ("1", True), ("off", False), ("", False)])
+def test_switches_read_the_usual_spellings(monkeypatch, value, on):
+    monkeypatch.setenv("SEGXAL_INFERENCE_ORT_SPINNING", value)
+    assert inference_main.build_config(["--repo", "R"]).runtime.spinning is on
+
+
+def test_a_switch_refuses_other_words(monkeypatch, capsys):
+    monkeypatch.setenv("SEGXAL_INFERENCE_ORT_SPINNING", "maybe")
+    with pytest.raises(SystemExit):
+        inference_main.build_config(["--repo", "R"])
+    assert "SEGXAL_INFERENCE_ORT_SPINNING" in capsys.readouterr().err
