@@ -135,6 +135,7 @@ def _stages(files: list[Path], seg, depth, seg_spec, depth_spec, reps: int) -> d
     """CPU ms per frame of each step the EEM path takes, one frame at a time in this process."""
     from segxal import imageio
     from segxal.al.scoring import EEMOptions, score_frame
+    from segxal.resize import resize_image
     from services.inference.client import _prepare_images, _restore
     data = files[0].read_bytes()
     image = imageio.decode_image(data)[None]  # [1, H, W, 3]
@@ -147,19 +148,20 @@ def _stages(files: list[Path], seg, depth, seg_spec, depth_spec, reps: int) -> d
     return {
         "read file": _timed_cpu(lambda: files[0].read_bytes(), reps),
         "decode (segxal.imageio)": _timed_cpu(lambda: imageio.decode_image(data), reps),
-        "resize to input (x2: seg, depth)": _timed_cpu(lambda: (_prepare_images(seg_spec, image),
+        "resize to input (once: both models)": _timed_cpu(lambda: resize_image(image[0], plan.content_hw), reps),
+        "(old path) resize to input (x2: seg, depth)": _timed_cpu(lambda: (_prepare_images(seg_spec, image),
                                                                 _prepare_images(depth_spec, image)), reps),
         "segmentation forward": _timed_cpu(lambda: seg.run(seg_in, seg.output_names), max(1, reps // 2)),
         "depth forward": _timed_cpu(lambda: depth.run(depth_in, depth.output_names), max(1, reps // 2)),
-        "maps back to frame size": _timed_cpu(lambda: ([_restore(v, plan, nearest=(k == "labels"))
+        "(old path) maps back to frame size": _timed_cpu(lambda: ([_restore(v, plan, nearest=(k == "labels"))
                                                         for k, v in seg_out.items()],
                                                        _restore(next(iter(depth_out.values())), dplan, False)), reps),
-        "EEM + regions": _timed_cpu(lambda: score_frame(maps["labels"][0], maps["ebu"][0], maps["cam"][0], inv[0],
-                                                        EEMOptions(), with_regions=True), reps),
-        # what-if, not the service's path: the same maths on the maps at the model's size
-        "(what-if) EEM + regions at input size": _timed_cpu(lambda: score_frame(
+        "(old path) EEM + regions at frame size": _timed_cpu(lambda: score_frame(
+            maps["labels"][0], maps["ebu"][0], maps["cam"][0], inv[0], EEMOptions(), with_regions=True), reps),
+        # the service's path since issue 20: the maths at the model's size, regions to the frame
+        "EEM + regions at input size, regions to frame": _timed_cpu(lambda: score_frame(
             seg_out["labels"][0], seg_out["ebu"][0], seg_out["cam"][0], next(iter(depth_out.values()))[0],
-            EEMOptions(), with_regions=True), reps),
+            EEMOptions(), with_regions=True, frame_hw=image.shape[1:3]), reps),
     }
 
 

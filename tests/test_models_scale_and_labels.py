@@ -45,7 +45,8 @@ def test_frame_not_a_multiple_without_a_declared_size_is_a_clear_error():
 def test_region_floor_scales_with_resolution():
     assert scaled_min_area(16, 256, 512) == 16
     assert scaled_min_area(16, 1024, 2048) == 256  # same share of the scene
-    assert scaled_min_area(16, 64, 128) == 16  # never below the stated floor
+    assert scaled_min_area(16, 128, 256) == 4  # same share at a smaller model size
+    assert scaled_min_area(16, 16, 32) == 1 and scaled_min_area(0, 1024, 2048) == 0  # at least 1 when set
 
 
 def test_regions_are_capped_by_eem_mass():

@@ -108,7 +108,7 @@ def _proximity(labels: np.ndarray, depth: np.ndarray, convention: str, tau: floa
 def score_frame(labels: np.ndarray, ebu: np.ndarray, cam: np.ndarray | None, inverse_depth: np.ndarray,
                 opts: EEMOptions, with_regions: bool = True, *, depth_convention: str = "inverse",
                 depth_tau: float = 20.0, class_names: tuple[str, ...] | None = None,
-                max_regions: int = DEFAULT_MAX_REGIONS) -> FrameEEM:
+                max_regions: int = DEFAULT_MAX_REGIONS, frame_hw: tuple[int, int] | None = None) -> FrameEEM:
     """Fuse one frame's maps (any float dtype, float16 from the wire included) into its EEM.
 
     Args:
@@ -122,7 +122,11 @@ def score_frame(labels: np.ndarray, ebu: np.ndarray, cam: np.ndarray | None, inv
         depth_tau: metres, metric depth only.
         class_names: the segmentation model's classes (None: Cityscapes trainIds).
         max_regions: cap on the regions kept (most EEM mass first); 0 keeps all. The region
-            floor opts.min_region_area scales with the frame's resolution (regions.scaled_min_area).
+            floor opts.min_region_area is a share of the scene (regions.scaled_min_area at the
+            maps' size).
+        frame_hw: the frame's (H, W) when the maps are at the model's size (the EEM service): the
+            maths runs on the maps as given, and only the regions are brought to frame
+            coordinates (segxal.eem.regions.extract_regions); None: the maps' own size.
 
     Raises:
         InvalidInput: maps of different shapes, invalid options or an unknown depth convention.
@@ -146,7 +150,7 @@ def score_frame(labels: np.ndarray, ebu: np.ndarray, cam: np.ndarray | None, inv
         thr = opts.threshold if opts.threshold_mode == "fixed" else None
         regions = extract_regions(e, labels, threshold=thr, mode=opts.threshold_mode,
                                   min_area=scaled_min_area(opts.min_region_area, *e.shape),
-                                  class_names=class_names, max_regions=max_regions)
+                                  class_names=class_names, max_regions=max_regions, frame_hw=frame_hw)
     return FrameEEM(float(score), labels, ebu, cam, prox, p, e, regions)
 
 

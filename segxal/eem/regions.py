@@ -24,6 +24,7 @@ from scipy import ndimage
 from segxal import rle
 from segxal.errors import InvalidInput
 from segxal.labels import CLASS_NAMES, IGNORE
+from segxal.resize import resize_nearest
 
 DEFAULT_THRESHOLD = 0.5  # fixed mode when no threshold is given
 DEFAULT_MIN_AREA = 16  # pixels; smaller components are noise, not work for a labeler (EEMOptions' default)
@@ -32,10 +33,14 @@ DEFAULT_MAX_REGIONS = 100  # regions kept per frame (most EEM mass first); 0 = n
 
 
 def scaled_min_area(min_area: int, height: int, width: int, reference_pixels: int = REFERENCE_PIXELS) -> int:
-    """The region floor at a frame's resolution: `min_area` is in pixels of a `reference_pixels`
-    frame (256 x 512) and grows with the frame's pixel count (a 16-pixel floor at 256 x 512 is
-    256 pixels at 1024 x 2048: the same share of the scene), never below `min_area`."""
-    return max(int(min_area), int(round(min_area * height * width / reference_pixels)))
+    """The region floor at a map's resolution: `min_area` is in pixels of a `reference_pixels`
+    frame (256 x 512), i.e. a share of the scene, so it scales with the map's pixel count both ways
+    (16 pixels at 256 x 512 is 256 at 1024 x 2048 and 4 at 128 x 256): a component is kept or
+    dropped alike whether the EEM is computed at the model's size or at the frame's. At least 1
+    when min_area > 0."""
+    return max(int(min_area > 0), int(round(min_area * height * width / reference_pixels)))
+
+
 THRESHOLD_MODES = ("fixed", "otsu")
 
 
@@ -43,10 +48,10 @@ THRESHOLD_MODES = ("fixed", "otsu")
 class Region:
     """One connected component of EEM > threshold."""
 
-    bbox: tuple[int, int, int, int]  # x, y, w, h in pixels (COCO order)
+    bbox: tuple[int, int, int, int]  # x, y, w, h in pixels of the frame (COCO order)
     polygon: list[list[int]]  # outer contour [[x, y], ...] from cv2.findContours (CHAIN_APPROX_SIMPLE)
     rle: dict  # {"size": [H, W], "counts": [int, ...]}: COCO uncompressed RLE over the whole image
-    area: int  # pixels
+    area: int  # pixels of the frame (of the RLE mask)
     mean_eem: float
     class_id: int  # dominant predicted trainId (255 = ignore)
     class_name: str
@@ -147,11 +152,34 @@ def _outer_polygon(comp: np.ndarray, y0: int, x0: int) -> list[list[int]]:
     return outer[:, 0, :].tolist()
 
 
+def _sources(n_map: int, n_frame: int) -> np.ndarray:
+    """[n_frame]: the map pixel each frame pixel takes along one axis under segxal.resize's
+    nearest-neighbour sampling (separable), so a region's frame mask is resize_nearest's."""
+    return resize_nearest(np.arange(n_map, dtype=np.int32)[None], (1, n_frame))[0]
+
+
+def _to_frame(comp: np.ndarray, rows: slice, cols: slice, row_src: np.ndarray,
+              col_src: np.ndarray) -> tuple[np.ndarray, int, int] | None:
+    """A component's bbox crop at the map's size -> (its crop at the frame's size, y0, x0), the
+    component upsampled nearest-neighbour; None when it vanishes (a frame smaller than the map)."""
+    y0, y1 = np.searchsorted(row_src, [rows.start, rows.stop])  # row_src is non-decreasing
+    x0, x1 = np.searchsorted(col_src, [cols.start, cols.stop])
+    big = comp[np.ix_(row_src[y0:y1] - rows.start, col_src[x0:x1] - cols.start)]  # [frame bbox h, w]
+    ys, xs = np.flatnonzero(big.any(1)), np.flatnonzero(big.any(0))
+    if ys.size == 0:
+        return None
+    return big[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1], int(y0 + ys[0]), int(x0 + xs[0])
+
+
 def extract_regions(eem: np.ndarray, labels: np.ndarray, threshold: float | None = None, mode: str = "fixed",
                     min_area: int = DEFAULT_MIN_AREA, connectivity: int = 8,
                     class_names: tuple[str, ...] | list[str] | None = None,
-                    max_regions: int = 0) -> list[Region]:
+                    max_regions: int = 0, frame_hw: tuple[int, int] | None = None) -> list[Region]:
     """Connected components of eem > threshold, largest mean EEM first.
+
+    The components are found on the map as given (the model's size: cheap); with `frame_hw`, each
+    region kept is then brought to the frame: its mask is the component upsampled nearest-neighbour
+    (segxal.resize.resize_nearest's sampling), and bbox, polygon, RLE and area are those of that mask.
 
     Args:
         eem: EEM map [H, W] (float16 or float32), in [0, 1].
@@ -162,14 +190,16 @@ def extract_regions(eem: np.ndarray, labels: np.ndarray, threshold: float | None
         connectivity: 4 or 8 (pixel neighbourhood of a component).
         class_names: the model's classes, index = label value (None: the 19 Cityscapes trainIds).
         max_regions: keep the regions with the most EEM mass (area x mean EEM), at most this many;
-            0 keeps all.
+            0 keeps all. Floor and cap apply to the components at the map's size.
+        frame_hw: (H, W) of the frame the regions are reported in; None: the map's own size.
 
     Returns:
         list of Region, sorted by mean_eem descending (ties: larger area first).
 
     Raises:
         InvalidInput: shapes differ or are not 2-D, non-finite EEM, a threshold outside [0, 1] or given
-            in otsu mode, unknown mode, min_area < 0, connectivity not 4 or 8, labels out of range.
+            in otsu mode, unknown mode, min_area < 0, connectivity not 4 or 8, labels out of range,
+            frame_hw not two sizes >= 1.
     """
     eem = np.asarray(eem, dtype=np.float32)
     if eem.ndim != 2 or labels.shape != eem.shape:
@@ -192,6 +222,8 @@ def extract_regions(eem: np.ndarray, labels: np.ndarray, threshold: float | None
         raise InvalidInput(f"connectivity must be 4 or 8, got {connectivity}")
     if max_regions < 0:
         raise InvalidInput(f"max_regions must be >= 0, got {max_regions}")
+    if frame_hw is not None and (len(frame_hw) != 2 or min(frame_hw) < 1):
+        raise InvalidInput(f"frame_hw must be (H, W) >= 1, got {frame_hw}")
     names = CLASS_NAMES if class_names is None else tuple(class_names)
     num_classes = len(names)
     labels = np.asarray(labels).astype(np.int64)  # [H, W]
@@ -209,17 +241,23 @@ def extract_regions(eem: np.ndarray, labels: np.ndarray, threshold: float | None
         keep = keep[np.argsort(-eem_sums[keep], kind="stable")[:max_regions]]  # most EEM mass first
     wanted = np.zeros(n + 1, dtype=bool)
     wanted[keep] = True
+    fh, fw = (height, width) if frame_hw is None else (int(frame_hw[0]), int(frame_hw[1]))
+    row_src, col_src = _sources(height, fh), _sources(width, fw)  # [fh], [fw]; identity at map size
     regions = []
     for idx, (rows, cols) in enumerate(ndimage.find_objects(components), start=1):
         if not wanted[idx]:
             continue
         comp = components[rows, cols] == idx  # [bbox h, bbox w]
         class_id = int(np.argmax(np.bincount(labels[rows, cols][comp], minlength=IGNORE + 1)))
+        at_frame = _to_frame(comp, rows, cols, row_src, col_src)
+        if at_frame is None:
+            continue
+        big, y0, x0 = at_frame  # [bbox h, bbox w] at the frame's size
         regions.append(Region(
-            bbox=(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start),
-            polygon=_outer_polygon(comp, rows.start, cols.start),
-            rle={"size": [height, width], "counts": _component_rle(comp, rows.start, cols.start, height, width)},
-            area=int(areas[idx]),
+            bbox=(x0, y0, big.shape[1], big.shape[0]),
+            polygon=_outer_polygon(big, y0, x0),
+            rle={"size": [fh, fw], "counts": _component_rle(big, y0, x0, fh, fw)},
+            area=int(big.sum()),
             mean_eem=float(eem_sums[idx] / areas[idx]),
             class_id=class_id,
             class_name=names[class_id] if class_id < num_classes else "ignore",

@@ -2,6 +2,17 @@
 depth through the project's one inference client -> segxal.al.scoring.score_frame (the very
 function the in-process loop uses) -> score, regions, PNG maps.
 
+Scale. The EEM maths (proximity, PAE, EEM, score, threshold, components) runs at the model's
+input size, on the maps as the models return them: the frame is decoded once and resized once
+(segxal.resize) to the segmentation model's input (the depth model's too when both declare the
+same size; a depth map of another size is resized to the segmentation model's). Only what leaves
+the service is in frame coordinates: regions (bbox, polygon, area, RLE: each returned component
+upsampled nearest-neighbour to the frame) and, when asked, the map and label PNGs (resized to the
+frame at encode time). The score is the mean (or top-q mean) over the model-size EEM; it differs
+slightly from the mean over the EEM upsampled to the frame (bilinear interpolation does not keep
+the mean exactly; issue 20 measured the difference, see the README). A model with no declared size
+sees the frame as is, so everything is at the frame's size, as before.
+
 Concurrency. Frames are scored on one thread pool of `max_concurrency` workers shared by every
 RPC, so the inference servers see a bounded number of requests at once whatever the number of
 callers. Within a frame, segmentation and depth run at the same time (depth on a second pool).
@@ -39,7 +50,8 @@ from segxal.al.scoring import FrameEEM, score_frame
 from segxal.eem.health import cam_degenerate
 from segxal.eem.regions import otsu_threshold
 from segxal.errors import InvalidInput, SegxalError
-from segxal.modelspec import NO_CAM
+from segxal.modelspec import NO_CAM, ModelSpec, plan_resize
+from segxal.resize import resize_image, resize_map, resize_nearest
 from segxal.storage import FrameStorage
 from services.common.errors import DeadlineExceeded
 from services.eem.api import FrameRequest, ModelVersions, ScoredFrame, Stats, quantise_map
@@ -200,25 +212,28 @@ class ScoringPipeline:
         opts = request.options.validate()
         caller.timeout(self.cfg.inference_timeout_s, "before reading the frame")  # waited in the queue
         image = self.storage.read_rgb(request.uri)  # uint8 [H, W, 3], decoded once
-        batch = image[None]  # [1, H, W, 3]
         timeout = caller.timeout(self.cfg.inference_timeout_s, "before inference")
-        depth_call = self._depth_calls.submit(self.depth.infer_depth, batch, timeout_s=timeout)
+        seg_spec = self.segmentation.model_spec(self.segmentation.segmentation_model, timeout_s=timeout)
+        depth_spec = self.depth.model_spec(self.depth.depth_model, timeout_s=timeout)
+        seg_image, depth_image = _model_images(image, seg_spec, depth_spec)
+        depth_call = self._depth_calls.submit(self.depth.infer_depth, depth_image[None], timeout_s=timeout)
         seg_error = None
         try:
-            seg = self.segmentation.infer_segmentation(batch, timeout_s=timeout)
+            seg = self.segmentation.infer_segmentation(seg_image[None], timeout_s=timeout)
         except SegxalError as e:
             seg_error = e  # still wait for depth: the frame holds its slot until both calls end
-        inverse_depth, depth_version = depth_call.result()  # [1, H, W]
+        inverse_depth, depth_version = depth_call.result()  # [1, h', w']: the depth model's size
         if seg_error is not None:
             raise seg_error
-        seg_spec = self.segmentation.model_spec(self.segmentation.segmentation_model)
-        depth_spec = self.depth.model_spec(self.depth.depth_model)
+        work_hw = seg_image.shape[:2]  # [h, w]: the maths runs at the segmentation model's size
+        inverse_depth = resize_map(inverse_depth[0], work_hw)  # no-op when the sizes agree
         # a model without a CAM (no linear head, segxal.graph.add_eem) is ranked by EBU alone
         cam = seg["cam"][0] if seg["cam"] is not None and seg_spec.has_cam else None
         caller.timeout(self.cfg.inference_timeout_s, "before the EEM maths")
-        frame = score_frame(seg["labels"][0], seg["ebu"][0], cam, inverse_depth[0], opts.eem,
+        frame = score_frame(seg["labels"][0], seg["ebu"][0], cam, inverse_depth, opts.eem,
                             with_regions=opts.regions, depth_convention=depth_spec.depth_convention,
-                            depth_tau=depth_spec.depth_tau, class_names=seg_spec.class_names)
+                            depth_tau=depth_spec.depth_tau, class_names=seg_spec.class_names,
+                            frame_hw=image.shape[:2])
         result = self._result(request, frame, image.shape[:2],
                               ModelVersions(f"{self.segmentation.segmentation_model}:{seg['model_version']}",
                                             f"{self.depth.depth_model}:{depth_version}"),
@@ -239,9 +254,10 @@ class ScoringPipeline:
         return ScoredFrame(
             frame_id=request.frame_id, uri=request.uri, score=frame.score,
             height=int(size[0]), width=int(size[1]), model_versions=versions, threshold=float(threshold),
-            maps_png={k: imageio.encode_png(quantise_map(maps[k], opts.map_bits)) for k in opts.maps},
+            maps_png={k: imageio.encode_png(quantise_map(resize_map(maps[k], size), opts.map_bits))
+                      for k in opts.maps},
             map_bits=opts.map_bits, regions=frame.regions,
-            labels_png=imageio.encode_png(frame.labels.astype(np.uint8)) if opts.labels else b"",
+            labels_png=imageio.encode_png(resize_nearest(frame.labels.astype(np.uint8), size)) if opts.labels else b"",
             latency_ms=(time.perf_counter() - started) * 1e3)
 
     def _score_or_error(self, request: FrameRequest, caller: Caller) -> ScoredFrame:
@@ -318,6 +334,23 @@ class ScoringPipeline:
         """Stop the pools (frames in progress finish when wait=True)."""
         self._frames.shutdown(wait=wait, cancel_futures=not wait)
         self._depth_calls.shutdown(wait=wait, cancel_futures=not wait)
+
+
+def _model_images(image: np.ndarray, seg_spec: ModelSpec, depth_spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The frame at each model's input content size (segxal.modelspec.plan_resize), resized once
+    per distinct size, so the inference client finds it at size and resizes nothing either way.
+
+    Returns:
+        (image for segmentation, image for depth), uint8 [h, w, 3]; the same array when the sizes agree.
+
+    Raises:
+        InvalidInput: a size the models cannot take (as the inference client says it).
+    """
+    frame_hw = image.shape[:2]
+    seg_hw = plan_resize(seg_spec, frame_hw).content_hw
+    depth_hw = plan_resize(depth_spec, frame_hw).content_hw
+    seg_image = resize_image(image, seg_hw)
+    return seg_image, seg_image if depth_hw == seg_hw else resize_image(image, depth_hw)
 
 
 @dataclass
