@@ -8,10 +8,11 @@ input size, on the maps as the models return them: the frame is decoded once and
 same size; a depth map of another size is resized to the segmentation model's). Only what leaves
 the service is in frame coordinates: regions (bbox, polygon, area, RLE: each returned component
 upsampled nearest-neighbour to the frame) and, when asked, the map and label PNGs (resized to the
-frame at encode time). The score is the mean (or top-q mean) over the model-size EEM; it differs
-slightly from the mean over the EEM upsampled to the frame (bilinear interpolation does not keep
-the mean exactly; issue 20 measured the difference, see the README). A model with no declared size
-sees the frame as is, so everything is at the frame's size, as before.
+frame at encode time). The score is the mean (or top-q mean) over the model-size EEM, no longer
+over the EEM at frame size: bilinear upsampling does not keep the mean exactly (measured on ten
+1024 x 2048 / 1920 x 1080 frames, 256 x 512 models: |difference| <= 0.1 % of the score, same
+ranking order). A model with no declared size sees the frame as is, so everything is at the
+frame's size, as before.
 
 Concurrency. Frames are scored on one thread pool of `max_concurrency` workers shared by every
 RPC, so the inference servers see a bounded number of requests at once whatever the number of
