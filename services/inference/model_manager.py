@@ -56,7 +56,9 @@ _LIBC = _load_libc()
 # gRPC workers and ONNX Runtime's threads, a retired session's memory lies spread over many
 # arenas, where it fragments. Measured (bench/inference_memory.py, 2 request threads, both models
 # republished): RSS after 10 / 20 / 30 reloads 267 / 324 / 334 MB with trims alone, 241 / 240 / 243
-# with 2 arenas as well. Requests spend their time in ONNX Runtime, not in malloc: 2 is enough.
+# with MALLOC_ARENA_MAX=2 as well, 232 / 308 / 243 with the cap set at import (one sample caught
+# mid-swap); set later, in start(), 276 / 295 / 328. Requests spend their time in ONNX Runtime,
+# not in malloc: 2 is enough.
 _MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
@@ -66,6 +68,9 @@ def limit_malloc_arenas(arenas: int = _MALLOC_ARENAS) -> None:
     where libc is not glibc or the environment already set MALLOC_ARENA_MAX."""
     if _LIBC is not None and hasattr(_LIBC, "mallopt") and "MALLOC_ARENA_MAX" not in os.environ:
         _LIBC.mallopt(_M_ARENA_MAX, arenas)
+
+
+limit_malloc_arenas()  # at import, before the server's and ONNX Runtime's threads first allocate
 
 
 def release_freed_memory() -> None:
@@ -151,7 +156,6 @@ class ModelManager:
 
     def start(self) -> None:
         """Load every model in the repository (failures are logged), then start polling."""
-        limit_malloc_arenas()  # before the sessions and request threads allocate
         self.poll()
         if self.cfg.poll_interval_s > 0:
             self._poller = threading.Thread(target=self._poll_loop, name="model-poller", daemon=True)
