@@ -33,7 +33,8 @@ from segxal.train import parse_size
 def quick(cfg: BenchConfig) -> BenchConfig:
     """Tiny images and schedules: the whole pipeline in seconds (tests)."""
     return replace(cfg, size=(32, 64), width=4, unet_depth=3, seeds=(0, 1), seed_frames=4, seed_steps=6,
-                   steps=4, batch_size=4, depth_steps=4, mc_samples=2, region_min_area=4)
+                   steps=4, batch_size=4, depth_steps=4, mc_samples=2, region_min_area=4,
+                   frame_budgets=(0.1, 0.3), pixel_budgets=(0.02, 0.05))
 
 
 def build_config(args: argparse.Namespace) -> BenchConfig:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The label-efficiency benchmark on a GPU machine, in one command (~7-8 minutes on one H200):
-# generates the synthetic data, runs the CPU-size configuration (64x128, U-Net width 16, 3 seeds,
-# every arm) and the full-size one (256x512, the default U-Net, 3 seeds, the main arms) on CUDA,
+# generates the synthetic data, runs the CPU-size configuration (64x128, U-Net width 8, 3 seeds,
+# every arm, 3x the CPU run's steps: 150 per budget point, schedule check at 300) and the full-size
+# one (256x512, the default U-Net, 3 seeds, the main arms, 120 steps) on CUDA,
 # one process per seed and size, and writes the reports into $OUT:
 #   $OUT/cpu-size/{al.json,al.md,al_frame.png,al_region.png,al_schedule.png}
 #   $OUT/full-size/{...}   $OUT/logs/*.log   $OUT/env.txt
@@ -52,7 +53,9 @@ echo "data: $(( $(date +%s) - T0 )) s" >> "$OUT/env.txt"
 FULL_ARMS="random entropy bald coreset eem eem+kcenter eem-topq+cb+kcenter eem+floor"
 pids=()
 for s in 0 1 2; do
-    OMP_NUM_THREADS=2 "$PY" bench/al_curve.py $QUICK --device "$DEVICE" --threads 2 --data "$WORK/synth-64x128" \
+    small=(--steps 150 --seed-steps 300)
+    [ -n "$QUICK" ] && small=(--quick)
+    OMP_NUM_THREADS=2 "$PY" bench/al_curve.py "${small[@]}" --device "$DEVICE" --threads 2 --data "$WORK/synth-64x128" \
         --seeds $s --out "$WORK/cpu-size/s$s" --cache-dir "$WORK/cpu-size/cache" \
         --deadline-min "${CPU_DEADLINE_MIN:-5}" > "$OUT/logs/cpu-size-s$s.log" 2>&1 &
     pids+=($!)

@@ -193,8 +193,9 @@ def _diagnosis(protocol: str, table: dict, budgets: list[float]) -> list[str]:
     if protocol == "frame":
         out += ["| arm | distinct drive logs per 10 picks | top-5 % map pixels on road/sidewalk/building/"
                 "vegetation/sky/terrain (predicted) | new labeled pixels that are person/rider/bicycle/"
-                "motorcycle (ground truth, after the fact) | pool frames with a constant CAM |",
-                "|---|---|---|---|---|"]
+                "motorcycle (ground truth, after the fact) | pool frames with a constant CAM | first picks "
+                "shared with entropy | rank correlation with entropy (cycle 1) |",
+                "|---|---|---|---|---|---|---|"]
     else:
         out += ["| arm | mean region (px) | regions per cycle | frames per cycle | new labeled pixels that are "
                 "person/rider/bicycle/motorcycle (ground truth, after the fact) |", "|---|---|---|---|---|"]
@@ -207,7 +208,17 @@ def _diagnosis(protocol: str, table: dict, budgets: list[float]) -> list[str]:
                     if "top_pixel_pred_classes" in r["diag"]]
             top = f"{100 * np.mean(tops):.0f} %" if tops else "-"
             dead = np.mean([r["diag"].get("cam_dead_share", np.nan) for r in recs])
-            out.append(f"| {arm} | {seq:.1f} | {top} | {100 * vul:.1f} % | {100 * dead:.0f} % |")
+            first = budgets[0]
+            shared, corr = [], []
+            for seed, r in by_b.get(first, {}).items():
+                ent = table.get("entropy", {}).get(first, {}).get(seed)
+                if ent is not None and r["picks"]:
+                    shared.append(len(set(r["picks"]) & set(ent["picks"])) / len(r["picks"]))
+                if "rank_corr_with_entropy" in r["diag"]:
+                    corr.append(r["diag"]["rank_corr_with_entropy"])
+            sh = f"{100 * np.mean(shared):.0f} %" if shared else "-"
+            co = f"{np.mean(corr):+.2f}" if corr else "-"
+            out.append(f"| {arm} | {seq:.1f} | {top} | {100 * vul:.1f} % | {100 * dead:.0f} % | {sh} | {co} |")
         else:
             d = [r["diag"] for r in recs]
             out.append(f"| {arm} | {np.mean([x['mean_region_px'] for x in d]):.0f} | "
