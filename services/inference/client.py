@@ -204,6 +204,17 @@ def _check_kind(spec: ModelSpec, model: str, kind: str) -> None:
         raise InvalidInput(f"model {model!r} is a {spec.kind} model, not {kind}")
 
 
+def _init_client(client, target: str, channel_cfg: ChannelConfig | None, segmentation_model: str,
+                 depth_model: str, timeout_s: float | None) -> None:
+    """The settings both clients hold, and their tritonclient client (sync or aio: the class's own)."""
+    client.target = target
+    client.segmentation_model = segmentation_model
+    client.depth_model = depth_model
+    client.timeout_s = timeout_s
+    client._client = type(client)._triton_client(**_client_kwargs(target, channel_cfg))
+    client._specs = {}
+
+
 class InferenceClient:
     """Synchronous client (thread-safe: one channel, calls from many threads).
 
@@ -215,15 +226,12 @@ class InferenceClient:
         timeout_s: default deadline of each call (None: no deadline).
     """
 
+    _triton_client = triton_grpc.InferenceServerClient
+
     def __init__(self, target: str, channel_cfg: ChannelConfig | None = None, *,
                  segmentation_model: str = DEFAULT_SEGMENTATION_MODEL,
                  depth_model: str = DEFAULT_DEPTH_MODEL, timeout_s: float | None = None):
-        self.target = target
-        self.segmentation_model = segmentation_model
-        self.depth_model = depth_model
-        self.timeout_s = timeout_s
-        self._client = triton_grpc.InferenceServerClient(**_client_kwargs(target, channel_cfg))
-        self._specs: dict[str, ModelSpec] = {}
+        _init_client(self, target, channel_cfg, segmentation_model, depth_model, timeout_s)
         self._lock = threading.Lock()
 
     def __enter__(self) -> "InferenceClient":
@@ -361,15 +369,12 @@ class InferenceClient:
 class AsyncInferenceClient:
     """asyncio twin of InferenceClient (same arguments, same results, awaitable methods)."""
 
+    _triton_client = triton_aio.InferenceServerClient
+
     def __init__(self, target: str, channel_cfg: ChannelConfig | None = None, *,
                  segmentation_model: str = DEFAULT_SEGMENTATION_MODEL,
                  depth_model: str = DEFAULT_DEPTH_MODEL, timeout_s: float | None = None):
-        self.target = target
-        self.segmentation_model = segmentation_model
-        self.depth_model = depth_model
-        self.timeout_s = timeout_s
-        self._client = triton_aio.InferenceServerClient(**_client_kwargs(target, channel_cfg))
-        self._specs: dict[str, ModelSpec] = {}
+        _init_client(self, target, channel_cfg, segmentation_model, depth_model, timeout_s)
 
     async def __aenter__(self) -> "AsyncInferenceClient":
         return self
