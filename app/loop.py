@@ -35,7 +35,7 @@ from segxal.al.loop import (SERVICES_ORACLES, ALConfig, add_al_arguments, config
                             plot_curves, seed_indices)
 from segxal.data.cityscapes import SegDataset, list_frames
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound, NotReady
-from segxal.export import export_depth
+from segxal.export import ExportConfig, export_depth
 from segxal.ingest.drivelog import write_drive_log
 from segxal.labels import LABEL_MAP_FILE, load_label_map
 from segxal.storage import FrameStorage
@@ -104,7 +104,8 @@ def publish_depth(cfg: ALConfig, repo: Path) -> int:
     if depth is None:
         raise InvalidInput("the services loop needs a depth model (--depth-source model)")
     onnx = repo.parent / "depth_export" / "model.onnx"
-    result = export_depth(depth.cpu(), onnx)
+    # declared at the training size, like the trainer's segmentation exports: one scale for both
+    result = export_depth(depth.cpu(), onnx, ExportConfig(trace_hw=tuple(cfg.size), declare_input_size=True))
     repo.mkdir(parents=True, exist_ok=True)
     return ModelRepository(repo).publish(DEPTH_MODEL, onnx, build_config(DEPTH_MODEL, result.spec))
 

@@ -377,5 +377,6 @@ def export_depth(model: nn.Module, path: str | os.PathLike, cfg: ExportConfig | 
         module = _ImageInput(_HalfOutput(model) if cfg.depth_half else model).eval()
         spec = ModelSpec(kind=DEPTH, inputs=(TensorSpec(INPUT_NAME, "UINT8", (-1, -1, 3)),),
                          outputs=(TensorSpec(DEPTH_OUTPUT, "FP16" if cfg.depth_half else "FP32", (-1, -1)),),
-                         preprocessing=Preprocessing(mean=MEAN, std=STD), spatial_multiple=model.multiple)
+                         preprocessing=Preprocessing(mean=MEAN, std=STD), spatial_multiple=model.multiple,
+                         input_size=tuple(cfg.trace_hw) if cfg.declare_input_size else None)
         return _export_checked(module, Path(path), [DEPTH_OUTPUT], spec, cfg, model.multiple, sample_images)

@@ -145,3 +145,15 @@ def test_config_errors_name_the_file(tmp_path):
     (tmp_path / "m" / CONFIG_FILE).write_text("name: 'm' platform: 'tensorrt_plan'")
     with pytest.raises(InvalidInput, match="onnxruntime_onnx"):
         repo.read_config("m")
+
+
+def test_depth_export_declares_its_input_size_when_asked(tmp_path):
+    """One scale for depth too: a declared input size reaches the spec (and so config.pbtxt)."""
+    from segxal.export import ExportConfig, export_depth
+    from segxal.models.depth import DepthConfig, DepthNet
+    torch.manual_seed(0)
+    model = DepthNet(DepthConfig(width=4))
+    declared = export_depth(model, tmp_path / "a" / "model.onnx",
+                            ExportConfig(trace_hw=(64, 128), declare_input_size=True, parity_batch=1))
+    plain = export_depth(model, tmp_path / "b" / "model.onnx", ExportConfig(trace_hw=(64, 128), parity_batch=1))
+    assert declared.spec.input_size == (64, 128) and plain.spec.input_size is None
