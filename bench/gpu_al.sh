@@ -2,7 +2,7 @@
 # The label-efficiency benchmark on a GPU machine, in one command (~7-8 minutes on one H200):
 # generates the synthetic data, runs the CPU-size configuration (64x128, U-Net width 8, 3 seeds,
 # every arm, 3x the CPU run's steps: 150 per budget point, schedule check at 300) and the full-size
-# one (256x512, the default U-Net, 3 seeds, the main arms, 120 steps) on CUDA,
+# one (256x512, the default U-Net, 3 seeds, the main arms, 120 steps, schedule check at 240 when the deadline allows) on CUDA,
 # one process per seed and size, and writes the reports into $OUT:
 #   $OUT/cpu-size/{al.json,al.md,al_frame.png,al_region.png,al_schedule.png}
 #   $OUT/full-size/{...}   $OUT/logs/*.log   $OUT/env.txt
@@ -62,7 +62,7 @@ for s in 0 1 2; do
     full=(--full --steps 120 --seed-steps 300)
     [ -n "$QUICK" ] && full=(--quick)
     OMP_NUM_THREADS=2 "$PY" bench/al_curve.py "${full[@]}" --device "$DEVICE" --threads 2 --data "$WORK/synth-256x512" \
-        --seeds $s --arms $FULL_ARMS --no-schedule-check \
+        --seeds $s --arms $FULL_ARMS \
         --out "$WORK/full-size/s$s" --cache-dir "$WORK/full-size/cache" \
         --deadline-min "${FULL_DEADLINE_MIN:-4.5}" > "$OUT/logs/full-size-s$s.log" 2>&1 &
     pids+=($!)
