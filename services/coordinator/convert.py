@@ -6,8 +6,9 @@ from segxal.annotation import LABEL_IDS, TRAIN_IDS, ClassRle, EncodedMask, Rle
 from segxal.errors import InvalidInput
 from segxalpb.common.v1 import types_pb2 as types_pb
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
-from services.coordinator.coordinator import (CITYSCAPES, DRIVE_LOG, IMAGE_FOLDER, IngestSource,
-                                              StartCycleSpec, SubmitSpec)
+from services.coordinator.core.cycles import StartCycleSpec
+from services.coordinator.core.labeling import SubmitSpec
+from services.coordinator.core.pools import CITYSCAPES, DRIVE_LOG, IMAGE_FOLDER, IngestSource
 from services.eem.wire import eem_options_from_proto, eem_options_to_proto
 from services.coordinator.domain import (
     CANCELLED, CYCLE_CLOSED, CYCLE_COMPLETE, CYCLE_LABELING, CYCLE_STARTED, DONE, LEASED, OPEN, REGIONS,
