@@ -274,8 +274,11 @@ def test_screenshot_of_the_sorted_task_list_with_the_pre_annotation(env, project
         _wait(lambda: (browser.evaluate(f"{images}.filter(i => i.naturalWidth == 128).length") or 0) >= 1,
               timeout_s=90, what="the task's overlay in the labeling area")
         titles = "Array.from(document.querySelectorAll('.lsf-outliner-item__title')).map(e => e.innerText)"
-        _wait(lambda: sorted(browser.evaluate(titles) or []) == names, timeout_s=60,
-              what=f"the pre-annotated regions {names} in the Regions panel")
+        # the outliner renders only the rows that fit (20 regions do not), so: enough rows, and every
+        # row one of the prediction's regions
+        shown_regions = lambda: browser.evaluate(titles) or []  # noqa: E731
+        _wait(lambda: len(shown_regions()) >= min(len(names), 8) and set(shown_regions()) <= set(names),
+              timeout_s=60, what=f"the pre-annotated regions {names} in the Regions panel")
         labeling_text = text()
         time.sleep(1.5)  # let the canvas draw the brush layers
         task_page = _screenshot(browser)
