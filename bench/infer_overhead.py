@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from cpu_time import cpu_seconds  # bench/ is on sys.path when a bench runs as a script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,15 +181,6 @@ def _serve_naive(model_path: str, port: int) -> None:
 
 # ---------------------------------------------------------------- sides
 
-def _cpu_seconds(procs) -> float:
-    """User + system CPU seconds of the processes (all their threads); gone processes count 0."""
-    total = 0.0
-    for p in procs:
-        try:
-            total += sum(p.cpu_times()[:2])
-        except psutil.Error:
-            pass
-    return total
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -378,9 +370,9 @@ def _run_levels(sides, levels: list[int], frame: np.ndarray, a) -> list[dict]:
         for _ in range(a.rounds):
             for s in sides:
                 r0, e0 = s.executions()
-                c0 = _cpu_seconds(s.procs)
+                c0 = cpu_seconds(s.procs)
                 frames, lat, wall = _drive(n, a.seconds, lambda i, s=s: s.call(i, frame))
-                c1 = _cpu_seconds(s.procs)
+                c1 = cpu_seconds(s.procs)
                 r1, e1 = s.executions()
                 x = acc[s.name]
                 x["frames"] += frames

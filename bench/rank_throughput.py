@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from cpu_time import cpu_seconds  # bench/ is on sys.path when a bench runs as a script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FORMATS = {"png-1024x2048": (1024, 2048), "jpeg-1920x1080": (1080, 1920)}
@@ -91,17 +92,9 @@ def _export(folder: Path, h: int, w: int):
     return repo
 
 
-def _cpu(procs) -> float:
-    total = 0.0
-    for p in procs:
-        try:
-            total += sum(p.cpu_times()[:2])
-        except psutil.Error:
-            pass
-    return total
 
 
-def _timed_cpu(fn, reps: int) -> float:
+def _timedcpu_seconds(fn, reps: int) -> float:
     """CPU ms per call of fn (this thread's process time; run alone)."""
     fn()
     c0 = time.process_time()
@@ -127,7 +120,7 @@ def _decoders(files: list[Path], reps: int) -> dict[str, dict[str, float]]:
     out = {}
     for name, fn in decoders.items():
         same = all(np.array_equal(fn(b), pillow(b)) for b in data)
-        out[name] = dict(cpu_ms=_timed_cpu(lambda: [fn(b) for b in data], reps) / len(data), same=same)
+        out[name] = dict(cpu_ms=_timedcpu_seconds(lambda: [fn(b) for b in data], reps) / len(data), same=same)
     return out
 
 
@@ -146,20 +139,20 @@ def _stages(files: list[Path], seg, depth, seg_spec, depth_spec, reps: int) -> d
     maps = {k: _restore(v, plan, nearest=(k == "labels")) for k, v in seg_out.items()}
     inv = _restore(next(iter(depth_out.values())), dplan, nearest=False)
     return {
-        "read file": _timed_cpu(lambda: files[0].read_bytes(), reps),
-        "decode (segxal.imageio)": _timed_cpu(lambda: imageio.decode_image(data), reps),
-        "resize to input (once: both models)": _timed_cpu(lambda: resize_image(image[0], plan.content_hw), reps),
-        "(old path) resize to input (x2: seg, depth)": _timed_cpu(lambda: (_prepare_images(seg_spec, image),
+        "read file": _timedcpu_seconds(lambda: files[0].read_bytes(), reps),
+        "decode (segxal.imageio)": _timedcpu_seconds(lambda: imageio.decode_image(data), reps),
+        "resize to input (once: both models)": _timedcpu_seconds(lambda: resize_image(image[0], plan.content_hw), reps),
+        "(old path) resize to input (x2: seg, depth)": _timedcpu_seconds(lambda: (_prepare_images(seg_spec, image),
                                                                 _prepare_images(depth_spec, image)), reps),
-        "segmentation forward": _timed_cpu(lambda: seg.run(seg_in, seg.output_names), max(1, reps // 2)),
-        "depth forward": _timed_cpu(lambda: depth.run(depth_in, depth.output_names), max(1, reps // 2)),
-        "(old path) maps back to frame size": _timed_cpu(lambda: ([_restore(v, plan, nearest=(k == "labels"))
+        "segmentation forward": _timedcpu_seconds(lambda: seg.run(seg_in, seg.output_names), max(1, reps // 2)),
+        "depth forward": _timedcpu_seconds(lambda: depth.run(depth_in, depth.output_names), max(1, reps // 2)),
+        "(old path) maps back to frame size": _timedcpu_seconds(lambda: ([_restore(v, plan, nearest=(k == "labels"))
                                                         for k, v in seg_out.items()],
                                                        _restore(next(iter(depth_out.values())), dplan, False)), reps),
-        "(old path) EEM + regions at frame size": _timed_cpu(lambda: score_frame(
+        "(old path) EEM + regions at frame size": _timedcpu_seconds(lambda: score_frame(
             maps["labels"][0], maps["ebu"][0], maps["cam"][0], inv[0], EEMOptions(), with_regions=True), reps),
         # the service's path since issue 20: the maths at the model's size, regions to the frame
-        "EEM + regions at input size, regions to frame": _timed_cpu(lambda: score_frame(
+        "EEM + regions at input size, regions to frame": _timedcpu_seconds(lambda: score_frame(
             seg_out["labels"][0], seg_out["ebu"][0], seg_out["cam"][0], next(iter(depth_out.values()))[0],
             EEMOptions(), with_regions=True, frame_hw=image.shape[1:3]), reps),
     }
@@ -285,11 +278,11 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(a.rounds):
                     for side in ("eem", "in-process"):
                         loads.append(os.getloadavg()[0])
-                        c0 = _cpu(procs if side == "eem" else procs[:1])
+                        c0 = cpu_seconds(procs if side == "eem" else procs[:1])
                         wall = (_drive(1, [files], through_eem) if side == "eem"
                                 else _drive(a.concurrency, list(range(a.frames)), forwards))
                         acc[side][0] += wall
-                        acc[side][1] += _cpu(procs if side == "eem" else procs[:1]) - c0
+                        acc[side][1] += cpu_seconds(procs if side == "eem" else procs[:1]) - c0
                         acc[side][2] += a.frames
                 for b in batchers.values():
                     b.close()

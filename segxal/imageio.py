@@ -5,11 +5,14 @@ half-written image behind.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -220,18 +223,20 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
-    """Write to a temp file beside `path`, fsync, rename over it, fsync the folder.
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, fsync: bool = True) -> Iterator[BinaryIO]:
+    """A binary file to write `path` through: a temp file beside it, renamed over it when the block
+    ends without an error (never half-written), removed when it raises.
 
-    fsync=False skips both fsyncs (the rename still makes the write atomic): for callers that write
-    many files and make them durable together with one os.sync() (two fsyncs cost ~10 ms a file
-    on this machine's disk; drive-log extraction writes thousands)."""
+    fsync=False skips the file's and the folder's fsync (the rename still makes the write atomic):
+    for callers that write many files and make them durable together with one os.sync() (two fsyncs
+    cost ~10 ms a file on this machine's disk; drive-log extraction writes thousands)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
@@ -244,6 +249,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True)
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
+    """Write `data` to `path` atomically (atomic_output)."""
+    with atomic_output(path, fsync) as f:
+        f.write(data)
 
 
 def write_png(path: str | os.PathLike, arr: np.ndarray) -> None:

@@ -29,8 +29,6 @@ import hashlib
 import math
 import os
 import struct
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -87,29 +85,19 @@ def write_drive_log(path: str | Path, frames: Iterable[tuple[int, np.ndarray | b
     """
     if image_format not in ("jpeg", "png"):
         raise InvalidInput(f"image_format must be 'jpeg' or 'png', got {image_format!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     count = 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer = ProtobufMcapWriter(f, chunk_size=chunk_size)
-            for timestamp_ns, image in frames:
-                if isinstance(image, np.ndarray):
-                    image = (imageio.encode_jpeg(image) if image_format == "jpeg"
-                             else imageio.encode_png(image))
-                msg = CompressedImage(format=image_format, data=image, frame_id=camera_frame_id)
-                msg.timestamp.FromNanoseconds(int(timestamp_ns))
-                writer.write_message(topic, msg, log_time=int(timestamp_ns),
-                                     publish_time=int(timestamp_ns), sequence=count)
-                count += 1
-            writer.finish()
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with imageio.atomic_output(path) as f:
+        writer = ProtobufMcapWriter(f, chunk_size=chunk_size)
+        for timestamp_ns, image in frames:
+            if isinstance(image, np.ndarray):
+                image = (imageio.encode_jpeg(image) if image_format == "jpeg"
+                         else imageio.encode_png(image))
+            msg = CompressedImage(format=image_format, data=image, frame_id=camera_frame_id)
+            msg.timestamp.FromNanoseconds(int(timestamp_ns))
+            writer.write_message(topic, msg, log_time=int(timestamp_ns),
+                                 publish_time=int(timestamp_ns), sequence=count)
+            count += 1
+        writer.finish()
     return count
 
 

@@ -6,8 +6,6 @@ CompressedImage and RawImage. Used to make test and benchmark logs; a real log c
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -22,6 +20,7 @@ from mcap_ros1._vendor.genpy import dynamic as ros1_dynamic
 from mcap_ros1.writer import Writer as Ros1Writer
 from mcap_ros2.writer import Writer as Ros2Writer
 
+from segxal import imageio
 from segxal.errors import InvalidInput
 from segxal.ingest.rosmsgs import (ROS1_COMPRESSED_IMAGE, ROS1_IMAGE, ROS1_MSGDEFS, ROS2_COMPRESSED_IMAGE,
                                    ROS2_IMAGE, ROS2_MSGDEFS)
@@ -128,21 +127,13 @@ def write_camera_log(path: str | Path, messages: Iterable[CameraMessage], profil
     """
     if profile not in _WRITERS:
         raise InvalidInput(f"profile must be one of {PROFILES}, got {profile!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     count = 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer = _WRITERS[profile](f, chunk_size)
-            for m in messages:
-                if isinstance(m.data, bytes) and m.encoding not in COMPRESSED:
-                    raise InvalidInput(f"compressed image bytes need encoding jpeg or png, got {m.encoding!r}")
-                writer.write(m, count)
-                count += 1
-            writer.finish()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with imageio.atomic_output(path, fsync=False) as f:
+        writer = _WRITERS[profile](f, chunk_size)
+        for m in messages:
+            if isinstance(m.data, bytes) and m.encoding not in COMPRESSED:
+                raise InvalidInput(f"compressed image bytes need encoding jpeg or png, got {m.encoding!r}")
+            writer.write(m, count)
+            count += 1
+        writer.finish()
     return count
