@@ -110,6 +110,7 @@ def merge_reports(reports: list[dict]) -> dict:
     for r in reports:
         for key in ("runs", "cycle0", "schedule", "skipped"):
             merged[key] += r.get(key, [])
+    merged["cycle0"] = list({c["seed"]: c for c in merged["cycle0"]}.values())  # one per seed
     merged["config"] = {**reports[0]["config"],
                         "seeds": sorted({c["seed"] for c in merged["cycle0"]})}
     merged["seconds"] = max(r.get("seconds", 0) for r in reports)

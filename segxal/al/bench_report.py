@@ -255,6 +255,8 @@ def plot(report: dict, out_dir: Path) -> list[Path]:
                 ax.set_xlabel(xlabel)
                 ax.set_ylabel(f"val {label} (%)")
                 ax.set_xscale("log")
+                ax.set_xticks(x, [f"{v:.3g}" for v in x])
+                ax.minorticks_off()
                 ax.grid(alpha=0.3)
         axes[1].legend(fontsize=7, ncol=2)
         fig.suptitle(f"{protocol} protocol (bands: ±1 std over seeds)")
