@@ -1,6 +1,6 @@
 """CAM health of every published segmentation version: is the explanation term alive?
 
-For each version under <workdir>/repo/<model>/<v>/model.onnx (what the inference servers serve) it
+For each version under <workdir>/repo/<model>[/<model>]/<v>/model.onnx (what the inference servers serve) it
 runs the graph with ONNX Runtime on validation frames and prints the share of frames whose `cam`
 is all zero or constant (segxal.eem.health), the mean fraction of CAM > 0 pixels, the CAM's
 correlation with EBU and p_max, and, where the trainer kept the version's checkpoint
@@ -56,11 +56,14 @@ def main(argv: list[str] | None = None) -> dict:
     val = SegDataset(list_frames(args.data, "val", True))
     step = max(1, len(val) // args.frames)
     images = np.stack([val.raw(i)[0] for i in range(0, len(val), step)][:args.frames])  # uint8 [N, H, W, 3]
-    versions = sorted(int(d.name) for d in (work / "repo" / args.model).iterdir() if d.name.isdigit())
+    # `segxal up` keeps one repository per model (repo/<model>/<model>/<v>); a shared one is repo/<model>/<v>
+    model_dir = work / "repo" / args.model / args.model
+    model_dir = model_dir if model_dir.is_dir() else work / "repo" / args.model
+    versions = sorted(int(d.name) for d in model_dir.iterdir() if d.name.isdigit())
     rows = []
     print(f"{'version':>7} {'degenerate':>10} {'cam>0':>6} {'corr(ebu)':>9} {'corr(pmax)':>10} {'vs grad-cam':>11}")
     for v in versions:
-        sess = ort.InferenceSession(str(work / "repo" / args.model / str(v) / "model.onnx"),
+        sess = ort.InferenceSession(str(model_dir / str(v) / "model.onnx"),
                                     providers=["CPUExecutionProvider"])
         labels, ebu, cam, pmax = [], [], [], []
         for img in images:  # one frame per call, as the EEM service asks
