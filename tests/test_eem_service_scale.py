@@ -21,13 +21,8 @@ from segxal.models.depth import DepthConfig, DepthNet
 from segxal.models.unet import UNet, UNetConfig
 from segxal.resize import resize_image, resize_map, resize_nearest
 from services.common.model_repository import ModelRepository, build_config
-from services.common.server import ServerConfig
 from services.eem.api import ScoreOptions
-from services.eem.client import EemClient
-from services.eem.pipeline import PipelineConfig
-from services.eem.server import EemServer, EemServiceConfig
-from services.inference.config import InferenceServerConfig, RuntimeConfig
-from services.inference.server import InferenceServer
+from tests.eem_stack_support import eem_stack
 
 MODEL_HW = (64, 128)
 FRAME_HW = (270, 480)  # not a multiple of the model's size: 4.22 x 3.75
@@ -51,22 +46,8 @@ def stack(tmp_path_factory):
     image = np.clip(image + rng.integers(-20, 21, image.shape), 0, 255).astype(np.uint8)  # [H, W, 3]
     frame = tmp / "frames" / "f.png"
     imageio.write_png(frame, image)
-    inference = InferenceServer(InferenceServerConfig(
-        repository=str(repo.root), server=ServerConfig(address="127.0.0.1:0", max_workers=8, grace_s=2.0),
-        runtime=RuntimeConfig(intra_op_threads=1), poll_interval_s=0.0))
-    inference.start()
-    eem = EemServer(EemServiceConfig(seg_target=inference.target, depth_target=inference.target,
-                                     storage_roots=[str(tmp / "frames")],
-                                     server=ServerConfig(address="127.0.0.1:0", grace_s=2.0),
-                                     health_poll_s=0.1, pipeline=PipelineConfig(max_concurrency=1)))
-    eem.start()
-    try:
-        with EemClient(eem.target, timeout_s=60) as client:
-            client.wait_until_serving(30)
-            yield {"client": client, "frame": str(frame), "image": image, "seg": seg.path, "depth": depth.path}
-    finally:
-        eem.stop(2.0)
-        inference.stop(2.0)
+    with eem_stack(repo.root, tmp / "frames") as client:
+        yield {"client": client, "frame": str(frame), "image": image, "seg": seg.path, "depth": depth.path}
 
 
 def _in_process(stack, opts: EEMOptions):

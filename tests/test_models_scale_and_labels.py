@@ -114,13 +114,8 @@ def test_large_frame_is_scored_at_the_models_scale_with_bounded_regions(tmp_path
     from segxal.models.depth import DepthConfig, DepthNet
     from segxal.models.unet import UNet, UNetConfig
     from services.common.model_repository import ModelRepository, build_config
-    from services.common.server import ServerConfig
     from services.eem.api import ScoreOptions
-    from services.eem.client import EemClient
-    from services.eem.pipeline import PipelineConfig
-    from services.eem.server import EemServer, EemServiceConfig
-    from services.inference.config import InferenceServerConfig, RuntimeConfig
-    from services.inference.server import InferenceServer
+    from tests.eem_stack_support import eem_stack
 
     cfg = ExportConfig(trace_hw=(64, 128), declare_input_size=True)
     torch.manual_seed(0)
@@ -132,23 +127,9 @@ def test_large_frame_is_scored_at_the_models_scale_with_bounded_regions(tmp_path
     repo.publish("depth", depth.path, build_config("depth", depth.spec))
     rng = np.random.default_rng(0)
     imageio.write_png(tmp_path / "frames" / "big.png", rng.integers(0, 256, (512, 1024, 3), dtype=np.uint8))
-    inference = InferenceServer(InferenceServerConfig(
-        repository=str(repo.root), server=ServerConfig(address="127.0.0.1:0", max_workers=8, grace_s=2.0),
-        runtime=RuntimeConfig(intra_op_threads=1), poll_interval_s=0.0))
-    inference.start()
-    eem = EemServer(EemServiceConfig(seg_target=inference.target, depth_target=inference.target,
-                                     storage_roots=[str(tmp_path / "frames")],
-                                     server=ServerConfig(address="127.0.0.1:0", grace_s=2.0),
-                                     health_poll_s=0.1, pipeline=PipelineConfig(max_concurrency=1)))
-    eem.start()
-    try:
-        with EemClient(eem.target, timeout_s=60) as client:
-            client.wait_until_serving(30)
-            r = client.score(str(tmp_path / "frames" / "big.png"),
-                             ScoreOptions(regions=True, maps=("eem",))).raise_for_error()
-    finally:
-        eem.stop(2.0)
-        inference.stop(2.0)
+    with eem_stack(repo.root, tmp_path / "frames") as client:
+        r = client.score(str(tmp_path / "frames" / "big.png"),
+                         ScoreOptions(regions=True, maps=("eem",))).raise_for_error()
     assert (r.height, r.width) == (512, 1024) and r.map("eem").shape == (512, 1024)
     assert 0 < len(r.regions) <= DEFAULT_MAX_REGIONS
     assert min(reg.area for reg in r.regions) >= scaled_min_area(16, 512, 1024) == 64
