@@ -7,10 +7,9 @@
 #   $OUT/cpu-size/{al.json,al.md,al_frame.png,al_region.png,al_schedule.png}
 #   $OUT/full-size/{...}   $OUT/logs/*.log   $OUT/env.txt
 # Run from the repository root:  OUT=/some/dir bash bench/gpu_al.sh
-# Needs python3 with torch, numpy, scipy, matplotlib, pillow, opencv. cityscapesscripts (label
-# table) and tqdm are pure-python wheels: when python3 lacks them they are unpacked from
-# runs/gpu_wheels/ (made here by: pip download --no-deps --only-binary=:all: -d runs/gpu_wheels
-# cityscapesscripts==2.3.0 tqdm==4.70.1; carry runs/gpu_wheels to the machine).
+# Needs python3 with torch, numpy, scipy, matplotlib, pillow, opencv; the project's other pins come
+# from the carried wheelhouse that bench/gpu_env.sh installs (device run with carry
+# [".device-wheels", "segxalpb"]), the one way every GPU script gets its environment.
 # FULL_DEADLINE_MIN / CPU_DEADLINE_MIN: minutes after which a run starts no new arm (defaults 4.5 / 5).
 # Dry run of this script's plumbing on a CPU machine: DEVICE=cpu QUICK=1 OUT=/tmp/x bash bench/gpu_al.sh
 set -euo pipefail
@@ -22,14 +21,11 @@ WORK=${WORK:-/tmp/segxal-gpu-al}
 mkdir -p "$OUT/logs" "$WORK"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-if ! "$PY" -c "import cityscapesscripts.helpers.labels, tqdm" 2>/dev/null; then
-    ls runs/gpu_wheels/*.whl >/dev/null 2>&1 || { echo "cityscapesscripts/tqdm missing and no runs/gpu_wheels/*.whl" >&2; exit 2; }
-    "$PY" - "$WORK/deps" runs/gpu_wheels/*.whl <<'EOF'
-import sys, zipfile
-for whl in sys.argv[2:]:
-    zipfile.ZipFile(whl).extractall(sys.argv[1])  # a py3-none-any wheel is a zip of the package
-EOF
-    export PYTHONPATH="$PYTHONPATH:$WORK/deps"
+if [ -d .device-wheels ]; then
+    source bench/gpu_env.sh
+    set -e  # gpu_env.sh leaves errexit off for the scripts that source it
+elif ! "$PY" -c "import cityscapesscripts.helpers.labels, tqdm" 2>/dev/null; then
+    echo "cityscapesscripts/tqdm missing and no .device-wheels/ (see bench/gpu_env.sh)" >&2; exit 2
 fi
 
 { date -u; nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || true; nproc
