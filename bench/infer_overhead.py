@@ -275,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="alternations of all sides per concurrency")
     p.add_argument("--sides", default="in-process,server,naive,triton")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = the server's default)")
+    p.add_argument("--parallel-runs", type=int, default=0,
+                   help="batches executing at once on CPU (server, in-process); 0 = the server's default")
     p.add_argument("--spin", action="store_true", help="ONNX Runtime threads spin for work (server, in-process)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--queue-delay-us", type=int, default=2000)
@@ -301,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     frame = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
     model_file = repo.model_file("segmentation", 1)
     model = OnnxModel(model_file, repo.read_config("segmentation"), RuntimeConfig(intra_op_threads=a.threads,
+                                                                                  cpu_parallel_runs=a.parallel_runs,
                                                                                   spinning=a.spin))
-    policy = batch_policy(model.config)
+    policy = batch_policy(model.config, model.parallel_runs)
     print(f"ONNX Runtime {ort.__version__} {model.providers[0]}, intra-op threads {a.threads or 'default'}, "
           f"spinning {a.spin}, cores {os.cpu_count()} (affinity {len(os.sched_getaffinity(0))}), "
           f"batch policy {policy}")
@@ -317,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             port = _free_port()
             proc = _start([sys.executable, "-m", "services.inference.main", "--repo", str(repo.root), "--host",
                            "127.0.0.1", "--port", str(port), "--poll-interval", "0", "--intra-op-threads",
-                           str(a.threads), "--log-level", "WARNING"] + (["--ort-spinning"] if a.spin else []),
+                           str(a.threads), "--cpu-parallel-runs", str(a.parallel_runs), "--log-level", "WARNING"] + (["--ort-spinning"] if a.spin else []),
                           folder / "server.log")
             procs.append(proc)
             _wait_ready(f"127.0.0.1:{port}", proc, folder / "server.log")

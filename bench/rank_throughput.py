@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                 through_eem(files[:2])  # warm-up: connections, specs, sessions
                 resized = [_prepare_images(specs["segmentation"], np.asarray(_read(f))[None])[0] for f in files]
                 depth_in = [_prepare_images(specs["depth"], np.asarray(_read(f))[None])[0] for f in files]
-                batchers = {n: Batcher(m.run, m.output_names, batch_policy(m.config), f"bench/{n}")
+                batchers = {n: Batcher(m.run, m.output_names, batch_policy(m.config, m.parallel_runs), f"bench/{n}")
                             for n, m in models.items()}
 
                 def forwards(i):

@@ -179,6 +179,38 @@ def test_callers_in_lock_step_form_batches_of_their_number():
     assert stats.batches.get(n, [0])[0] >= rounds - 2, stats.batches  # the first rounds settle it
 
 
+def test_idle_instances_share_the_waiting_rows():
+    """Two instances, four callers in lock step: an instance takes the waiting rows split among the
+    idle instances, so batches of about two execute side by side instead of one batch of four
+    while the other instance idles (on CPU, parallel small batches are faster)."""
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+    sizes: list[int] = []
+
+    def model(feeds, names):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+            sizes.append(feeds["x"].shape[0])
+        time.sleep(0.05)
+        with lock:
+            state["now"] -= 1
+        return {"y": feeds["x"] * 2}
+    b = Batcher(model, ["y"], BatchPolicy(max_batch_size=8, max_queue_delay_s=1.0, instances=2), "t/1")
+
+    def caller(i):
+        for r in range(5):
+            x = np.full((1, 3), 10 * i + r, np.float32)
+            np.testing.assert_array_equal(b.submit({"x": x}, None, 1, None)["y"], x * 2)
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    b.close()
+    assert sum(sizes) == 20 and state["most"] == 2
+    assert sizes[0] <= 2 and max(set(sizes), key=sizes.count) == 2, sizes  # never 4 rows on one instance first
+
+
 def test_outputs_are_the_same_with_and_without_batching():
     """The rows a caller gets back are its own, whether its request ran alone or batched."""
     rng = np.random.default_rng(0)

@@ -306,6 +306,48 @@ def test_cuda_request_falls_back_to_cpu_cleanly(tmp_path, exports):
     np.testing.assert_allclose(out, _in_process(exports["depth"][0].path, x)["inverse_depth"], atol=1e-5)
 
 
+def test_overlapping_cpu_runs_take_a_one_thread_session_and_agree_with_a_lone_run(tmp_path, exports):
+    """On CPU with two parallel runs, a run that starts while another executes uses the one-thread
+    copy of the session (a lone run keeps every core); the outputs do not depend on which ran."""
+    import threading
+
+    from services.inference.config import RuntimeConfig
+    from services.inference.runtime import OnnxModel
+    repo = make_repository(tmp_path / "repo", exports)
+    model = OnnxModel(repo.model_file("segmentation", 1), repo.read_config("segmentation"),
+                      RuntimeConfig(intra_op_threads=2, cpu_parallel_runs=2))
+    assert model.parallel_runs == 2
+    x = images(1, h=256, w=512)  # big enough that four callers' runs overlap
+    lone = model.run({"image": x}, model.output_names)
+    assert model.overlapped_runs == 0
+    gate, outs = threading.Barrier(4), []
+
+    def caller():
+        gate.wait()
+        outs.extend(model.run({"image": x}, model.output_names) for _ in range(2))
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(outs) == 8 and model.overlapped_runs >= 1
+    for out in outs:
+        np.testing.assert_array_equal(out["labels"], lone["labels"])
+        for name in ("ebu", "cam", "pmax"):
+            np.testing.assert_allclose(out[name].astype(np.float32), lone[name].astype(np.float32), atol=2e-3)
+
+
+def test_parallel_runs_follow_cores_on_cpu_and_the_config_elsewhere(tmp_path, exports):
+    from services.inference.config import RuntimeConfig
+    from services.inference.runtime import available_cores, parallel_runs
+    config = make_repository(tmp_path / "repo", exports).read_config("segmentation")
+    assert parallel_runs(RuntimeConfig(), config) == max(1, available_cores())
+    assert parallel_runs(RuntimeConfig(cpu_parallel_runs=1), config) == 1
+    config.instance_group[0].count = 3  # the config's count is the floor
+    assert parallel_runs(RuntimeConfig(cpu_parallel_runs=1), config) == 3
+    assert parallel_runs(RuntimeConfig(device="cuda"), config) == 3
+
+
 def test_entry_point_from_flags_and_env_stops_gracefully_on_sigterm(tmp_path, exports):
     import os
     import signal

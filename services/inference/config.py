@@ -11,10 +11,13 @@ from services.inference.admission import DEFAULT_BYTES_PER_PIXEL, DEFAULT_MEMORY
 class RuntimeConfig:
     """How ONNX Runtime runs every model."""
     device: str = "cpu"  # "cuda": CUDAExecutionProvider when it loads, else CPU (logged)
-    # threads inside one model execution; 0 = the cores this process may use (affinity, cgroup
-    # quota) divided among the model's instances (config.pbtxt instance_group count), which run
-    # in parallel (services.inference.runtime.intra_op_threads).
+    # threads of a model execution that runs alone; 0 = the cores this process may use (affinity,
+    # cgroup quota): services.inference.runtime.intra_op_threads.
     intra_op_threads: int = 0
+    # on CPU, batches of one model that execute at once, each overlapping one on a one-thread
+    # session (services.inference.runtime.OnnxModel); 0 = one per core; the config's
+    # instance_group count is the floor
+    cpu_parallel_runs: int = 0
     # ONNX Runtime's worker threads by default spin after each run waiting for more work. Measured
     # (bench/infer_overhead.py, 2 cores, 256x512 U-Net): spinning raised CPU per frame from ~88 ms
     # to 112-146 ms in process and 136-177 ms behind the server (the spin window is wasted whenever

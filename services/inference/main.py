@@ -27,7 +27,11 @@ def build_config(argv: list[str] | None = None) -> InferenceServerConfig:
     f.add("--poll-interval", d.poll_interval_s, type=float, env="POLL_INTERVAL_S",
           help="seconds between repository polls; 0 = explicit loads only")
     f.add("--device", d.runtime.device, choices=("cpu", "cuda"))
-    f.add("--intra-op-threads", d.runtime.intra_op_threads, type=int)
+    f.add("--intra-op-threads", d.runtime.intra_op_threads, type=int,
+          help="threads of an execution that runs alone; 0 = the cores this process may use")
+    f.add("--cpu-parallel-runs", d.runtime.cpu_parallel_runs, type=int,
+          help="on CPU, batches of a model executing at once (overlapping ones run one thread "
+               "each); 0 = one per core; the config's instance_group count is the floor")
     f.switch("--ort-spinning",
           help="let ONNX Runtime threads spin for work after a run (off: see RuntimeConfig)")
     f.add("--max-tensor-mb", d.max_tensor_bytes / 2**20, type=float)
@@ -42,7 +46,7 @@ def build_config(argv: list[str] | None = None) -> InferenceServerConfig:
         repository=a.repo,
         server=server_config_from_args(a, d.server),
         runtime=RuntimeConfig(device=a.device, intra_op_threads=a.intra_op_threads,
-                              spinning=a.ort_spinning),
+                              cpu_parallel_runs=a.cpu_parallel_runs, spinning=a.ort_spinning),
         poll_interval_s=a.poll_interval,
         max_tensor_bytes=int(a.max_tensor_mb * 2**20), memory_budget_bytes=int(a.memory_budget_mb * 2**20))
 

@@ -114,12 +114,14 @@ class ModelDescription:
     config: mc.ModelConfig
 
 
-def batch_policy(config: mc.ModelConfig) -> BatchPolicy:
+def batch_policy(config: mc.ModelConfig, instances: int | None = None) -> BatchPolicy:
     """Batching limits from a config (Triton's fields and meaning).
 
     Without `dynamic_batching` each request runs alone (with its own batch dimension).
+    `instances` (batches executing at once) defaults to the config's instance_group count; the
+    server passes the loaded model's `parallel_runs`.
     """
-    instances = sum(g.count for g in config.instance_group) or 1
+    instances = instances or sum(g.count for g in config.instance_group) or 1
     if not config.HasField("dynamic_batching") or config.max_batch_size <= 0:
         return BatchPolicy(max_batch_size=0, max_queue_delay_s=0.0,
                            max_queue_size=_DEFAULT_MAX_QUEUE_SIZE, instances=instances)
@@ -228,7 +230,7 @@ class ModelManager:
         own_config.CopyFrom(config)  # completed from the graph per version; never shared
         path = self.repository.model_file(model, version, own_config)
         onnx_model = OnnxModel(path, own_config, self.cfg.runtime)
-        batcher = Batcher(onnx_model.run, onnx_model.output_names, batch_policy(own_config),
+        batcher = Batcher(onnx_model.run, onnx_model.output_names, batch_policy(own_config, onnx_model.parallel_runs),
                           name=f"{model}/{version}")
         log.info("model %s: version %d loaded (%s)", model, version, ", ".join(onnx_model.providers))
         return _Version(version, signature, onnx_model, batcher)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,10 +55,19 @@ def available_cores() -> int:
     return max(1, cores)
 
 
-def intra_op_threads(runtime: RuntimeConfig, instances: int) -> int:
-    """Threads per ONNX Runtime session: the configured number, else the process's cores shared
-    among the model's instances (they run in parallel)."""
-    return runtime.intra_op_threads or max(1, available_cores() // max(1, instances))
+def intra_op_threads(runtime: RuntimeConfig) -> int:
+    """Threads of an execution that runs alone: the configured number, else every core the process
+    may use."""
+    return runtime.intra_op_threads or available_cores()
+
+
+def parallel_runs(runtime: RuntimeConfig, config: mc.ModelConfig) -> int:
+    """How many batches of a model execute at once: the config's instance count, and on CPU at least
+    the configured `cpu_parallel_runs` (default: one per core; see OnnxModel)."""
+    instances = sum(g.count for g in config.instance_group) or 1
+    if runtime.device != "cpu":
+        return instances
+    return max(instances, runtime.cpu_parallel_runs or available_cores())
 
 
 def _providers(runtime: RuntimeConfig) -> list:
@@ -99,10 +109,38 @@ class OnnxModel:
     """
 
     def __init__(self, path: Path, config: mc.ModelConfig, runtime: RuntimeConfig):
+        threads = intra_op_threads(runtime)
+        self.session = self._load(path, runtime, threads)
+        if runtime.device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            log.warning("%s: CUDAExecutionProvider failed to initialise; running on CPU", path)
+        self.config = config
+        self.parallel_runs = parallel_runs(runtime, config)
+        # On CPU, an execution that starts while another runs takes a one-thread session of the same
+        # graph: overlapping executions then split the cores between them instead of fighting over
+        # one intra-op pool. Measured (bench/infer_overhead.py, 2 cores, 256x512 U-Net): two
+        # concurrent one-thread runs gave ~20 % more frames/s and ~12 % less CPU per frame than
+        # two-thread runs, whose parallel sections stall whenever one thread loses its core; a lone
+        # execution still gets every core. Costs a second copy of the weights in memory.
+        self._narrow = None
+        if self.session.get_providers()[0] == "CPUExecutionProvider" and self.parallel_runs > 1 and threads > 1:
+            self._narrow = self._load(path, runtime, 1)
+        self._running = 0
+        self._running_lock = threading.Lock()
+        self.overlapped_runs = 0  # executions that started while another ran (the one-thread session)
+        self.batched = config.max_batch_size > 0
+        self._complete_config()
+        self.inputs = self._check_tensors("input", config.input, self.session.get_inputs())
+        self.outputs = self._check_tensors("output", config.output, self.session.get_outputs())
+        self.output_names = [o.spec.name for o in self.outputs]
+        params = {k: v.string_value for k, v in config.parameters.items()}
+        self.spatial_multiple = int(params.get("spatial_multiple", "1") or 1)
+        self.layout = params.get("input_layout", "")
+
+    @staticmethod
+    def _load(path: Path, runtime: RuntimeConfig, threads: int) -> ort.InferenceSession:
         opts = ort.SessionOptions()
-        instances = sum(g.count for g in config.instance_group) or 1
-        opts.intra_op_num_threads = intra_op_threads(runtime, instances)
-        opts.inter_op_num_threads = 1  # parallelism comes from instances and intra-op threads
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1  # parallelism comes from parallel runs and intra-op threads
         if runtime.spinning:
             # spin between the parallel sections of a run (no wake-up per operator), but stop as soon
             # as the last concurrent run returns: no core burnt while waiting for the next request
@@ -112,20 +150,9 @@ class OnnxModel:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3  # ORT warnings about unused initializers etc. are noise here
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=_providers(runtime))
+            return ort.InferenceSession(str(path), sess_options=opts, providers=_providers(runtime))
         except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types for bad files
             raise FailedPrecondition(f"{path}: cannot load ONNX graph: {str(e).splitlines()[0][:300]}") from None
-        if runtime.device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
-            log.warning("%s: CUDAExecutionProvider failed to initialise; running on CPU", path)
-        self.config = config
-        self.batched = config.max_batch_size > 0
-        self._complete_config()
-        self.inputs = self._check_tensors("input", config.input, self.session.get_inputs())
-        self.outputs = self._check_tensors("output", config.output, self.session.get_outputs())
-        self.output_names = [o.spec.name for o in self.outputs]
-        params = {k: v.string_value for k, v in config.parameters.items()}
-        self.spatial_multiple = int(params.get("spatial_multiple", "1") or 1)
-        self.layout = params.get("input_layout", "")
 
     @property
     def providers(self) -> list[str]:
@@ -225,11 +252,18 @@ class OnnxModel:
         Raises:
             InvalidInput: ONNX Runtime rejected the input values (e.g. a size the graph cannot take).
         """
+        with self._running_lock:
+            session = self.session if self._running == 0 or self._narrow is None else self._narrow
+            self._running += 1
+            self.overlapped_runs += session is not self.session
         try:
-            values = self.session.run(output_names, feeds)
+            values = session.run(output_names, feeds)
         except ort_state.InvalidArgument as e:
             raise InvalidInput(f"model {self.config.name!r} rejected the inputs: "
                                f"{str(e).splitlines()[0][:300]}") from None
+        finally:
+            with self._running_lock:
+                self._running -= 1
         return dict(zip(output_names, values))
 
 
