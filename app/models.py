@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 
 from segxal.errors import InvalidInput
-from segxal.graph.add_eem import EEMGraphInfo, add_eem_file
+from segxal.graph.add_eem import UNCERTAINTY_AT, EEMGraphInfo, add_eem_file
 from segxal.labels import read_label_file
 from segxal.modelspec import NO_CAM, SEGMENTATION, ModelSpec, Preprocessing, TensorSpec, numpy_dtype, datatype_of
 
@@ -68,10 +68,11 @@ def _run_add_eem(args: argparse.Namespace) -> int:
     from services.common.model_repository import ModelRepository, build_config
     probe = tuple(int(v) for v in _floats(args.probe_size, "--probe-size")) if args.probe_size else None
     info = add_eem_file(args.input, args.output, logits_name=args.logits, keep_logits=args.keep_logits,
-                        require_cam=args.require_cam, probe_hw=probe)
+                        require_cam=args.require_cam, probe_hw=probe, uncertainty_at=args.uncertainty_at)
     summary = {"output": args.output, "num_classes": info.num_classes, "cam_layer": info.cam_layer,
                "cam_exact": info.cam_exact, "ebu_only": info.cam_layer is None, "reason": info.reason or None,
-               "upsampled_in_graph": info.upsampled, "outputs": list(info.outputs)}
+               "upsampled_in_graph": info.upsampled, "uncertainty_at": info.uncertainty_at,
+               "outputs": list(info.outputs)}
     if args.repo:
         if not args.name:
             raise InvalidInput("--repo needs --name (the model's folder in the repository)")
@@ -103,6 +104,9 @@ def register_cli(sub) -> None:
     p.add_argument("--keep-logits", action="store_true", help="keep the logits as an output named 'logits'")
     p.add_argument("--require-cam", action="store_true",
                    help="fail when no linear classifier is found (default: EBU-only outputs, said so)")
+    p.add_argument("--uncertainty-at", choices=UNCERTAINTY_AT, default="input",
+                   help="grid of EBU and p_max: the input's (exact, default) or the one the model computes "
+                        "its class scores on, then resized (cheaper for light models; see segxal.graph.add_eem)")
     p.add_argument("--probe-size", help="H,W to measure the logits' size at when the input's H, W are dynamic")
     p.add_argument("--repo", help="publish into this model repository (Triton layout)")
     p.add_argument("--name", help="the model's name in the repository")

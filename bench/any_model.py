@@ -4,7 +4,9 @@ For each architecture of segxal.models.zoo (random weights, classifier re-initia
 prediction is not one class), at --size (default 256 x 512, batch 1, float NCHW input):
   * plain: the team's own ONNX export, logits only, on ONNX Runtime;
   * eem:   the same graph after segxal.graph.add_eem (labels, ebu, cam, pmax added);
-  timed alternately in one loop (median of --repeats), and the ratio eem / plain reported
+  * eem@model: the same with uncertainty_at="model" (EBU and p_max on the grid where the model
+    computes its class scores, then resized; the same graph as eem for full-resolution logits);
+  timed alternately in one loop (median of --repeats), and the ratios eem / plain reported
   (target <= 1.3); and, less sensitive to a loaded machine, the same ratio from ONNX Runtime's
   per-node kernel times within the eem runs themselves ((model nodes + added nodes) / model nodes);
   * CAM agreement: max |served cam - pytorch-grad-cam GradCAM| on --images images, same model,
@@ -86,28 +88,32 @@ def measure(name: str, hw: tuple[int, int], repeats: int, images: int, threads: 
     model, entry = zoo.build(name, NUM_CLASSES)
     raw = export_logits_onnx(model, work / f"{name}_logits.onnx", hw)
     info = add_eem_file(raw, work / f"{name}_eem.onnx")
+    coarse = add_eem_file(raw, work / f"{name}_eem_model.onnx", uncertainty_at="model")
     plain, eem = _session(raw, threads), _session(work / f"{name}_eem.onnx", threads)
+    eem_model = _session(work / f"{name}_eem_model.onnx", threads)
     x = _images(images, hw, seed=1)
     one = {"image": x[:1]}
-    plain.run(None, one), eem.run(None, one)  # warm-up
-    t_plain, t_eem = [], []
-    for _ in range(repeats):  # alternate, so load changes hit both alike
-        t0 = time.perf_counter()
-        plain.run(None, one)
-        t1 = time.perf_counter()
-        eem.run(None, one)
-        t2 = time.perf_counter()
-        t_plain.append(t1 - t0)
-        t_eem.append(t2 - t1)
+    sides = (plain, eem, eem_model)
+    for s in sides:
+        s.run(None, one)  # warm-up
+    times: list[list[float]] = [[], [], []]
+    for _ in range(repeats):  # alternate, so load changes hit every side alike
+        for s, t in zip(sides, times):
+            t0 = time.perf_counter()
+            s.run(None, one)
+            t.append(time.perf_counter() - t0)
+    t_plain, t_eem, t_model = (statistics.median(t) for t in times)
     kernel_ratio = _kernel_ratio(work / f"{name}_eem.onnx", one, threads)
+    kernel_ratio_model = _kernel_ratio(work / f"{name}_eem_model.onnx", one, threads)
     labels, cam = eem.run(["labels", "cam"], {"image": x})
     xt = torch.from_numpy(x)
     full = FullResLogits(model).eval()
     with GradCAM(model=full, target_layers=entry.target_layers(model)) as gc:
         ref = gc(input_tensor=xt, targets=[_ClassAgnosticTarget(lab) for lab in labels])
     return {"model": name, "cam_layer": info.cam_layer, "cam_exact": info.cam_exact,
-            "plain_ms": 1e3 * statistics.median(t_plain), "eem_ms": 1e3 * statistics.median(t_eem),
-            "ratio": statistics.median(t_eem) / statistics.median(t_plain), "kernel_ratio": kernel_ratio,
+            "plain_ms": 1e3 * t_plain, "eem_ms": 1e3 * t_eem, "ratio": t_eem / t_plain, "kernel_ratio": kernel_ratio,
+            "uncertainty_at_model": coarse.uncertainty_at, "eem_model_ms": 1e3 * t_model,
+            "ratio_model": t_model / t_plain, "kernel_ratio_model": kernel_ratio_model,
             "cam_max_abs_diff": float(np.abs(cam.astype(np.float32) - ref).max()),
             "classes_predicted": int(len(np.unique(labels)))}
 
@@ -129,14 +135,19 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(measure(name, hw, args.repeats, args.images, args.threads, Path(tmp)))
             r = rows[-1]
             print(f"{r['model']:<30} plain {r['plain_ms']:8.1f} ms  eem {r['eem_ms']:8.1f} ms  "
-                  f"ratio {r['ratio']:5.2f} (kernels {r['kernel_ratio']:4.2f})  cam vs pytorch-grad-cam {r['cam_max_abs_diff']:.1e}  "
+                  f"ratio {r['ratio']:5.2f} (kernels {r['kernel_ratio']:4.2f})  eem@model ratio {r['ratio_model']:5.2f} "
+                  f"(kernels {r['kernel_ratio_model']:4.2f})  cam vs pytorch-grad-cam {r['cam_max_abs_diff']:.1e}  "
                   f"({r['classes_predicted']} classes predicted; {r['cam_layer']})", flush=True)
     print(f"\n{hw[0]}x{hw[1]}, batch 1, {args.threads} ORT threads, median of {args.repeats}; loadavg "
           f"{' '.join(open('/proc/loadavg').read().split()[:3])}")
-    print(f"{'model':<30} {'plain ms':>9} {'eem ms':>9} {'ratio':>6} {'kernels':>8} {'cam diff':>9}")
+    print("eem: EBU and p_max at the input's size (default); eem@model: on the model's own grid, resized "
+          "(segxal models add-eem --uncertainty-at model; '=' where the logits already are at the input's size)")
+    print(f"{'model':<30} {'plain ms':>9} {'eem ms':>9} {'ratio':>6} {'kernels':>8} {'@model ratio':>13} "
+          f"{'kernels':>8} {'cam diff':>9}")
     for r in rows:
+        same = "=" if r["uncertainty_at_model"] == "input" else " "
         print(f"{r['model']:<30} {r['plain_ms']:9.1f} {r['eem_ms']:9.1f} {r['ratio']:6.2f} {r['kernel_ratio']:8.2f} "
-              f"{r['cam_max_abs_diff']:9.1e}")
+              f"{r['ratio_model']:12.2f}{same} {r['kernel_ratio_model']:8.2f} {r['cam_max_abs_diff']:9.1e}")
     if args.json:
         Path(args.json).write_text(json.dumps({"size": hw, "rows": rows, "loadavg": os.getloadavg()}, indent=1))
     return 0

@@ -14,7 +14,7 @@ from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
 from segxal.eem.ebu import prediction_statistics
 from segxal.errors import InvalidInput
-from segxal.graph.add_eem import METADATA_CAM_LAYER, add_eem_outputs
+from segxal.graph.add_eem import METADATA_CAM_LAYER, METADATA_UNCERTAINTY_AT, add_eem_file, add_eem_outputs
 from segxal.models.external import FullResLogits
 from tests.zoo_support import H, W, NUM_CLASSES, ZOO, images_nchw
 
@@ -57,6 +57,55 @@ def test_added_cam_agrees_with_pytorch_grad_cam(name, zoo_exports):
     np.testing.assert_allclose(pmax.astype(np.float32), ref_pmax, atol=2e-3)
     assert ref_cam.max() > 0.99 and ref_cam.std() > 0.05  # not a degenerate CAM
     assert np.abs(cam.astype(np.float32) - ref_cam).max() < CAM_TOL
+
+
+def _native_logits(logits_onnx, x: np.ndarray) -> np.ndarray:
+    """The class scores before the model's final Resize (or its only, coarse output), read from the
+    team's own graph with one extra output: [B, C, h, w]."""
+    import onnx_graphsurgeon as gs
+
+    from segxal.graph.head import find_head
+    graph = gs.import_onnx(onnx.load(str(logits_onnx)))
+    head = find_head(graph, graph.outputs[0])
+    native = head.head_logits if head.resize is not None else graph.outputs[0]
+    native.dtype = np.float32
+    graph.outputs = [native]
+    session = ort.InferenceSession(gs.export_onnx(graph.cleanup()).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": x})[0]
+
+
+@pytest.mark.parametrize("name", ["deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large", "segformer", "smp_unet"])
+def test_uncertainty_on_the_models_grid(name, zoo_exports, tmp_path):
+    """uncertainty_at="model": EBU and p_max are prediction_statistics of the class scores on the
+    grid the model computes them, resized bilinearly (torch, align_corners=False); labels and CAM
+    are those of the default graph. A model with full-resolution logits is unchanged."""
+    _, _, eem_path, _ = zoo_exports(name)
+    info = add_eem_file(eem_path.parent / "logits.onnx", tmp_path / "model.onnx", uncertainty_at="model")
+    x = images_nchw(2, seed=5).numpy()
+    names = ["labels", "ebu", "cam", "pmax"]
+    default = dict(zip(names, ort.InferenceSession(str(eem_path), providers=["CPUExecutionProvider"]).run(names, {"image": x})))
+    coarse = dict(zip(names, ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]).run(names, {"image": x})))
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
+    np.testing.assert_array_equal(coarse["labels"], default["labels"])
+    np.testing.assert_array_equal(coarse["cam"], default["cam"])
+    if name == "smp_unet":
+        assert info.uncertainty_at == props[METADATA_UNCERTAINTY_AT] == "input"
+        np.testing.assert_array_equal(coarse["ebu"], default["ebu"])
+        return
+    assert info.uncertainty_at == props[METADATA_UNCERTAINTY_AT] == "model"
+    native = torch.from_numpy(_native_logits(eem_path.parent / "logits.onnx", x))
+    assert native.shape[-1] < W  # really a coarser grid
+    _, ebu, pmax = prediction_statistics(native)
+    up = lambda m: torch.nn.functional.interpolate(m[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0].numpy()
+    np.testing.assert_allclose(coarse["ebu"].astype(np.float32), up(ebu), atol=2e-3)
+    np.testing.assert_allclose(coarse["pmax"].astype(np.float32), up(pmax), atol=2e-3)
+
+
+def test_unknown_uncertainty_grid_is_refused(zoo_exports, tmp_path):
+    _, _, eem_path, _ = zoo_exports("smp_unet")
+    with pytest.raises(InvalidInput, match="uncertainty_at"):
+        add_eem_file(eem_path.parent / "logits.onnx", tmp_path / "m.onnx", uncertainty_at="half")
 
 
 def test_cam_layer_recorded_in_metadata(zoo_exports):

@@ -24,6 +24,15 @@ layer where the gradient is analytic, so the CAM is a few graph nodes and no bac
   bilinearly (align_corners=False) to the input size inside the added outputs; T is defined on
   those upsampled logits.
 
+Where EBU and p_max are computed (`uncertainty_at`): by default ("input") on the logits at the
+input's size, exactly segxal.eem.ebu.prediction_statistics of what the model predicts. With
+"model", on the grid where the model computes its class scores (before its final Resize, or
+SegFormer's 1/4 logits), then resized bilinearly to the input's size: the labels stay the argmax at
+the input's size. For a light model the full-resolution softmax over C classes costs as much as a
+third of its forward (bench/any_model.py), while a bilinear upsampling of the logits adds no
+information to the uncertainty, only smoothness; recorded as `segxal.uncertainty_at` metadata.
+Graphs whose logits come at the input's size are the same either way.
+
 A graph whose logits do not come from such a head gets labels, ebu and pmax only (cam_layer None):
 the EEM service then scores its frames with EBU alone and says so in its response.
 
@@ -49,6 +58,8 @@ LOGITS_OUTPUT = "logits"
 _EPS = 1e-7  # pytorch-grad-cam's scale_cam_image adds this to the max
 METADATA_CAM_LAYER = "segxal.cam_layer"  # ONNX metadata_props keys written with the outputs
 METADATA_CAM_EXACT = "segxal.cam_exact"
+METADATA_UNCERTAINTY_AT = "segxal.uncertainty_at"
+UNCERTAINTY_AT = ("input", "model")
 
 
 @dataclass
@@ -61,6 +72,7 @@ class EEMGraphInfo:
     upsampled: bool  # logits were upsampled to the input size inside the added outputs
     input_layout: str  # "NCHW" | "NHWC" (uint8 [B, H, W, 3] inputs are NHWC)
     outputs: tuple[str, ...]
+    uncertainty_at: str = "input"  # where EBU and p_max were computed (the module docstring)
 
 
 class _Builder:
@@ -216,7 +228,8 @@ def _branch_cam(b: _Builder, branch, counts, onehot, exact_borders: bool, full_h
 
 
 def add_eem_outputs(model: onnx.ModelProto, logits_name: str | None = None, keep_logits: bool = False,
-                    require_cam: bool = False, probe_hw: tuple[int, int] | None = None) -> tuple[onnx.ModelProto, EEMGraphInfo]:
+                    require_cam: bool = False, probe_hw: tuple[int, int] | None = None,
+                    uncertainty_at: str = "input") -> tuple[onnx.ModelProto, EEMGraphInfo]:
     """Append labels, ebu, cam and pmax to a segmentation graph (see the module docstring).
 
     Args:
@@ -226,14 +239,17 @@ def add_eem_outputs(model: onnx.ModelProto, logits_name: str | None = None, keep
         keep_logits: keep the logits as an output named "logits" (large; for debugging).
         require_cam: raise instead of falling back to EBU only when no linear head is found.
         probe_hw: (H, W) to measure the logits' size at when the input's H and W are dynamic.
+        uncertainty_at: "input" (default) or "model": the grid EBU and p_max are computed on.
 
     Returns:
         (the new model, what was found and added).
 
     Raises:
-        InvalidInput: not one image input, no such output, fewer than 2 classes, or (with
-            require_cam) no recognisable linear classifier.
+        InvalidInput: not one image input, no such output, fewer than 2 classes, an unknown
+            uncertainty_at, or (with require_cam) no recognisable linear classifier.
     """
+    if uncertainty_at not in UNCERTAINTY_AT:
+        raise InvalidInput(f"uncertainty_at must be one of {UNCERTAINTY_AT}, got {uncertainty_at!r}")
     graph = gs.import_onnx(model)
     if len(graph.inputs) != 1:
         raise InvalidInput(f"the model must take one image input, it takes {[t.name for t in graph.inputs]}")
@@ -270,11 +286,18 @@ def add_eem_outputs(model: onnx.ModelProto, logits_name: str | None = None, keep
     # one contiguous pass, so one Transpose then the fused LogSoftmax kernel is cheaper
     last = b.op("Transpose", [full], {"perm": [0, 2, 3, 1]})  # [B, H, W, C]
     labels64 = b.op("ArgMax", [last], {"axis": -1, "keepdims": 0})  # [B, H, W] int64
-    log_p = b.op("LogSoftmax", [last], {"axis": -1})  # [B, H, W, C]
+    native = None  # the class scores on the model's own grid, when it is coarser than the input's
+    if uncertainty_at == "model":
+        native = head.head_logits if head is not None and head.resize is not None else None if at_size else logits
+    scores = last if native is None else b.op("Transpose", [native], {"perm": [0, 2, 3, 1]})  # [B, h, w, C]
+    log_p = b.op("LogSoftmax", [scores], {"axis": -1})
     entropy = b.op("Neg", [b.reduce("ReduceSum", b.op("Mul", [b.op("Exp", [log_p]), log_p]), [-1], False)])
     ebu = b.op("Clip", [b.op("Div", [entropy, b.const(math.log(num_classes), np.float32)]),
                         b.const(0.0, np.float32), b.const(1.0, np.float32)])
-    pmax = b.op("Exp", [b.reduce("ReduceMax", log_p, [-1], False)])  # [B, H, W]
+    pmax = b.op("Exp", [b.reduce("ReduceMax", log_p, [-1], False)])  # [B, h, w]
+    if native is not None:  # bilinear to the input's size; ebu stays in [0, 1], pmax in [1/C, 1]
+        ebu, pmax = (b.op("Squeeze", [b.resize_to(b.op("Unsqueeze", [m, b.const([1])]), full_hw), b.const([1])])
+                     for m in (ebu, pmax))
     new_outputs = [
         b.op("Cast", [labels64], {"to": onnx.TensorProto.UINT8}, dtype=np.uint8, name="labels"),
         b.op("Cast", [ebu], {"to": onnx.TensorProto.FLOAT16}, dtype=np.float16, name="ebu"),
@@ -312,10 +335,13 @@ def add_eem_outputs(model: onnx.ModelProto, logits_name: str | None = None, keep
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version
     cam_layer = head.describe() if head is not None else None
-    onnx.helper.set_model_props(out, {METADATA_CAM_LAYER: cam_layer or "", METADATA_CAM_EXACT: str(cam_exact)})
+    grid = "model" if native is not None else "input"
+    onnx.helper.set_model_props(out, {METADATA_CAM_LAYER: cam_layer or "", METADATA_CAM_EXACT: str(cam_exact),
+                                      METADATA_UNCERTAINTY_AT: grid})
     onnx.checker.check_model(out)
     info = EEMGraphInfo(num_classes=num_classes, cam_layer=cam_layer, cam_exact=cam_exact, reason=reason,
-                        upsampled=not at_size, input_layout=layout, outputs=tuple(t.name for t in new_outputs))
+                        upsampled=not at_size, input_layout=layout, outputs=tuple(t.name for t in new_outputs),
+                        uncertainty_at=grid)
     return out, info
 
 
