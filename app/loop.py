@@ -195,8 +195,8 @@ def run(scfg: ServicesLoopConfig) -> dict:
     t0 = time.time()
     data = prepare_data(cfg, work_dir, scfg.drive_log_frames)
     publish_depth(cfg, work_dir / "repo" / DEPTH_MODEL)
-    labels_file = ""
-    if (Path(cfg.data) / LABEL_MAP_FILE).is_file():  # the model's classes: the data's label map
+    labels_file, names = "", ()
+    if (Path(cfg.data) / LABEL_MAP_FILE).is_file():  # the model's and the pool's classes: the data's label map
         names = load_label_map(Path(cfg.data) / LABEL_MAP_FILE).names
         labels_file = str(work_dir / "labels.txt")
         Path(labels_file).write_text("\n".join(names) + "\n")
@@ -226,7 +226,7 @@ def run(scfg: ServicesLoopConfig) -> dict:
         version = v1["published_version"]
         _publish(coord, stack.targets["segmentation"], term, "seed", version)
         stack.wait_serving("eem")
-        pool = coord.create_pool("train-pool", max_frames=cfg.budget)
+        pool = coord.create_pool("train-pool", max_frames=cfg.budget, class_names=names)
         coord.ingest(pool.pool_id, [cpb.IngestSource(cityscapes=cpb.CityscapesSource(
             root=str(data["pool"]), split="train"))])
         drive = coord.create_pool("drive-log")

@@ -34,7 +34,7 @@ from segxal.annotation import Rle, decode_rle
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound, SegxalError
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
 from services.common.channel import ChannelConfig
-from services.coordinator.client import CoordinatorClient
+from services.coordinator.client import CoordinatorClient, pool_class_names
 
 log = logging.getLogger(__name__)
 
@@ -196,21 +196,23 @@ class LabelingSession:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         try:
-            self.pool_id = self._resolve_pool(cfg.pool)
+            pool = self._resolve_pool(cfg.pool)
         except BaseException:
             self.client.close()
             raise
+        self.pool_id = pool.pool_id
+        self.class_names = pool_class_names(pool)  # what a label mask's class ids mean, index = id
         self._heartbeats = threading.Thread(target=self._heartbeat_loop, name="lease-heartbeat", daemon=True)
         self._heartbeats.start()
 
-    def _resolve_pool(self, pool: str) -> str:
+    def _resolve_pool(self, pool: str) -> pb.Pool:
         """A pool id, or a pool name."""
         try:
-            return self.client.get_pool(pool).pool_id
+            return self.client.get_pool(pool)
         except NotFound:
             pass
         try:
-            return self.client.get_pool(name=pool).pool_id
+            return self.client.get_pool(name=pool)
         except NotFound:
             raise NotFound(f"labeling: no pool with id or name {pool!r} at {self.cfg.coordinator}") from None
 

@@ -13,7 +13,8 @@ is what the simulated person decided; `--outside prediction` fills in the task's
 instead, as the in-process loop does (segxal.al.oracles.simulated_human).
 
 Mistakes: `--wrong-label-rate r` gives round(r * n) of the n labeled pixels it touched another
-class (uniform over the 18 others); `--skip-region-rate p` leaves each region undone with
+class, uniform over the pool's other classes (the coordinator's class list: 18 others for
+Cityscapes); `--skip-region-rate p` leaves each region undone with
 probability p (a task whose regions are all skipped is released). Waiting: `--delay-s` per task
 plus `--delay-per-region-s` per region fixed; leases are heartbeated meanwhile.
 Every flag has an environment variable SEGXAL_SIMULATED_HUMAN_<FLAG>; flags win.
@@ -37,7 +38,7 @@ from segxal import imageio
 from segxal.al.oracles import simulated_human
 from segxal.data.cityscapes import IMAGE_SUFFIX, Frame, list_frames, load_train_ids
 from segxal.errors import InvalidInput, NotFound, SegxalError
-from segxal.labels import IGNORE, NUM_CLASSES
+from segxal.labels import IGNORE
 
 ENV_PREFIX = "SEGXAL_SIMULATED_HUMAN_"
 SCOPES = ("regions", "frame")
@@ -110,15 +111,17 @@ class GroundTruth:
         return load_train_ids(frame, shape)
 
 
-def mislabel(labels: np.ndarray, touched: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
-    """Give round(rate * n) of the n labeled touched pixels another class, uniform over the others."""
-    candidates = np.flatnonzero(touched.ravel() & (labels.ravel() < NUM_CLASSES))  # [n]
+def mislabel(labels: np.ndarray, touched: np.ndarray, rate: float, rng: np.random.Generator,
+             num_classes: int) -> np.ndarray:
+    """Give round(rate * n) of the n labeled touched pixels another class, uniform over the other
+    classes of 0..num_classes-1 (the pool's classes)."""
+    candidates = np.flatnonzero(touched.ravel() & (labels.ravel() < num_classes))  # [n]
     k = int(round(rate * candidates.size))
     if k == 0:
         return labels
     out = labels.copy().ravel()
     picked = rng.choice(candidates, size=k, replace=False)  # [k]
-    out[picked] = (out[picked] + rng.integers(1, NUM_CLASSES, size=k)) % NUM_CLASSES  # never the true class
+    out[picked] = (out[picked] + rng.integers(1, num_classes, size=k)) % num_classes  # never the true class
     return out.reshape(labels.shape)
 
 
@@ -158,7 +161,8 @@ class SimulatedHuman:
         else:
             pred = np.full(shape, IGNORE, dtype=np.uint8)
         ann = simulated_human(gt, pred, masks, outside="prediction")  # pred is all-255 for "ignore"
-        labels = mislabel(ann.mask, ann.human, self.cfg.wrong_label_rate, self.rng)
+        labels = mislabel(ann.mask, ann.human, self.cfg.wrong_label_rate, self.rng,
+                          len(lease.session.class_names))  # the pool's classes, not Cityscapes'
         if not (labels != IGNORE).any():
             return Decline("the ground truth marks nothing in the requested regions")
         if self.stop.wait(self.cfg.delay_s + self.cfg.delay_per_region_s * len(region_ids)):

@@ -1,9 +1,12 @@
 """Label masks sent by labelers: decoding (PNG or per-class COCO RLE, Cityscapes labelIds or
-trainIds), validation against the frame, and what an annotation costs (DESIGN.md: annotation cost
+trainIds), validation against the frame and the class list it is labelled in, and what an
+annotation costs (DESIGN.md: annotation cost
 is counted in frames, regions and pixels touched).
 
 Every decoded mask is a trainId array uint8 [H, W] with 255 (segxal.labels.IGNORE) where the
-labeler did not annotate, so masks from any encoding compare and hash alike.
+labeler did not annotate, so masks from any encoding compare and hash alike. "trainIds" are the
+class ids of the class list in use: the 19 Cityscapes trainIds by default, or a pool's own classes
+(then 0..C-1; Cityscapes labelIds mean nothing there and are refused).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import numpy as np
 
 from segxal import imageio
 from segxal.errors import InvalidInput
-from segxal.labels import IGNORE, NUM_CLASSES, label_ids_to_train_ids
+from segxal.labels import CLASS_NAMES, IGNORE, is_cityscapes, label_ids_to_train_ids
 from segxal.rle import Rle
 from segxal.rle import decode as decode_rle
 from segxal.rle import encode as encode_rle
@@ -45,28 +48,39 @@ def encode_class_rles(train_ids: np.ndarray) -> tuple[ClassRle, ...]:
                  for c in np.unique(train_ids) if c != IGNORE)
 
 
-def _to_train_ids(values: np.ndarray, label_space: str, where: str) -> np.ndarray:
+def _to_train_ids(values: np.ndarray, label_space: str, where: str, classes: Sequence[str]) -> np.ndarray:
     if label_space == LABEL_IDS:
+        if not is_cityscapes(classes):
+            raise InvalidInput(f"{where}: Cityscapes labelIds only go with the Cityscapes classes; this mask's "
+                               f"{len(classes)} classes ({_named(classes)}) take class ids (label space train_ids)")
         return label_ids_to_train_ids(values, where=where)
     if label_space == TRAIN_IDS:
-        bad = (values >= NUM_CLASSES) & (values != IGNORE)
+        bad = (values >= len(classes)) & (values != IGNORE)
         if bad.any():
             ids = sorted(set(np.unique(values[bad]).tolist()))
-            raise InvalidInput(f"{where}: unknown trainIds {ids[:10]} (expected 0..{NUM_CLASSES - 1} "
-                               f"or {IGNORE} for not annotated)")
+            raise InvalidInput(f"{where}: class ids {ids[:10]} are outside the {len(classes)} classes "
+                               f"({_named(classes)}); allowed 0..{len(classes) - 1}, or {IGNORE} for not annotated")
         return values.astype(np.uint8)
     raise InvalidInput(f"{where}: label space must be one of {LABEL_SPACES}, got {label_space!r}")
 
 
-def decode_mask(mask: EncodedMask, shape: tuple[int, int] | None, where: str = "mask") -> np.ndarray:
+def _named(classes: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(f"{i} {n}" for i, n in enumerate(classes[:limit]))
+    return shown + (f", ... {len(classes) - 1} {classes[-1]}" if len(classes) > limit else "")
+
+
+def decode_mask(mask: EncodedMask, shape: tuple[int, int] | None, where: str = "mask",
+                classes: Sequence[str] = CLASS_NAMES) -> np.ndarray:
     """A client's mask -> trainIds uint8 [H, W], 255 = not annotated.
 
     Args:
         mask: PNG (single-channel 8-bit) or per-class RLE, in labelIds or trainIds.
         shape: (H, W) the frame has; None skips the size check.
+        classes: the class list the mask is labelled in (index = class id); default Cityscapes.
     Raises:
-        InvalidInput: no or both encodings, unreadable PNG / RLE, wrong size, unknown label ids,
-            overlapping class RLEs.
+        InvalidInput: no or both encodings, unreadable PNG / RLE, wrong size, class ids outside
+            `classes` (the message names the allowed range), labelIds with a non-Cityscapes class
+            list, overlapping class RLEs.
     """
     if (mask.png is None) == (mask.rle is None):
         raise InvalidInput(f"{where}: give the mask as exactly one of png or rle")
@@ -80,7 +94,7 @@ def decode_mask(mask: EncodedMask, shape: tuple[int, int] | None, where: str = "
         if shape is not None and values.shape != tuple(shape):
             raise InvalidInput(f"{where}: mask is {values.shape[0]} x {values.shape[1]}, "
                                f"the frame is {shape[0]} x {shape[1]}")
-        return _to_train_ids(values, mask.label_space, where)
+        return _to_train_ids(values, mask.label_space, where, classes)
     if not mask.rle:
         raise InvalidInput(f"{where}: RLE mask has no classes")
     first = mask.rle[0].rle
@@ -93,7 +107,7 @@ def decode_mask(mask: EncodedMask, shape: tuple[int, int] | None, where: str = "
             raise InvalidInput(f"{cw}: RLE is {cls.rle.height} x {cls.rle.width}, the frame is {h} x {w}")
         if not 0 <= cls.label_id <= 255:
             raise InvalidInput(f"{cw}: label id must be 0..255")
-        train_id = int(_to_train_ids(np.array([cls.label_id], np.uint8), mask.label_space, cw)[0])
+        train_id = int(_to_train_ids(np.array([cls.label_id], np.uint8), mask.label_space, cw, classes)[0])
         m = decode_rle(cls.rle, cw)
         if (covered & m).any():
             raise InvalidInput(f"{cw}: overlaps an earlier class ({int((covered & m).sum())} pixels)")

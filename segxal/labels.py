@@ -136,3 +136,56 @@ def read_label_file(path) -> tuple[str, ...]:
     if not lines or any(not line.strip() for line in lines):
         raise InvalidInput(f"{p}: a label file needs one non-empty class name per line")
     return tuple(line.strip() for line in lines)
+
+
+# ---- class lists: the classes a model predicts, a pool is labelled in and a labeling tool shows ----
+
+MAX_CLASSES = 255  # class ids are uint8 and 255 (IGNORE) means "not annotated"
+
+
+def check_class_names(names, where: str = "class names") -> tuple[str, ...]:
+    """A class list, index = class id (label value), checked.
+
+    Raises:
+        InvalidInput: not strings, blank or repeated names, fewer than 2 or more than 255 classes.
+    """
+    names = tuple(names)
+    if not all(isinstance(n, str) and n.strip() and n == n.strip() for n in names):
+        raise InvalidInput(f"{where}: class names must be non-empty strings without surrounding blanks, "
+                           f"got {list(names)[:20]}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InvalidInput(f"{where}: class names must be unique, {repeated[:10]} repeat")
+    if not 2 <= len(names) <= MAX_CLASSES:
+        raise InvalidInput(f"{where}: a class list needs 2 to {MAX_CLASSES} classes (uint8 ids, "
+                           f"{IGNORE} = not annotated), got {len(names)}")
+    return names
+
+
+def is_cityscapes(names) -> bool:
+    """True for the 19 Cityscapes trainIds in their order (the default class list)."""
+    return tuple(names) == tuple(CLASS_NAMES)
+
+
+def class_colors(names) -> np.ndarray:
+    """One distinct RGB colour per class, uint8 [C, 3]: the Cityscapes colour for a Cityscapes name,
+    otherwise a golden-ratio walk round the hue circle (deterministic, neighbours far apart), skipping
+    colours already taken."""
+    import colorsys
+    out = np.zeros((len(names), 3), dtype=np.uint8)
+    taken = {tuple(int(v) for v in CLASS_COLORS[NAME_TO_TRAIN_ID[n]]) for n in names if n in NAME_TO_TRAIN_ID}
+    step = 0
+    for i, name in enumerate(names):
+        if name in NAME_TO_TRAIN_ID:
+            out[i] = CLASS_COLORS[NAME_TO_TRAIN_ID[name]]
+            continue
+        while True:
+            hue = (step * 0.6180339887) % 1.0
+            value = 0.95 if (step // 7) % 2 == 0 else 0.7  # a second brightness once hues crowd
+            colour = tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, 0.75, value))
+            step += 1
+            if colour not in taken:
+                break
+        taken.add(colour)
+        out[i] = colour
+    return out

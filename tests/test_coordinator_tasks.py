@@ -14,7 +14,7 @@ from tests.coordinator_support import (BACKENDS, coordinator_config, database_ur
 from segxal import imageio
 from segxal.annotation import LABEL_IDS, ClassRle, EncodedMask, Rle
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound
-from segxal.labels import IGNORE, label_ids_to_train_ids
+from segxal.labels import CLASS_NAMES, IGNORE, label_ids_to_train_ids
 from segxalpb.common.v1 import types_pb2
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
 from services.coordinator.client import CoordinatorClient, image_folder_source
@@ -220,7 +220,7 @@ def test_bad_inputs_map_to_status_codes(coord):
     # masks
     with pytest.raises(InvalidInput, match=f"the frame is {h} x {w}"):
         c.submit(task, np.zeros((h + 1, w), np.uint8))
-    with pytest.raises(InvalidInput, match=r"unknown trainIds \[19, 200\]"):
+    with pytest.raises(InvalidInput, match=r"class ids \[19, 200\] are outside the 19 classes .*allowed 0\.\.18"):
         c.submit(task, np.where(np.arange(w) % 2, 19, 200).astype(np.uint8)[None].repeat(h, 0))
     with pytest.raises(InvalidInput, match=r"unknown Cityscapes label ids \[34\]"):
         c.submit(task, np.full((h, w), 34, np.uint8), label_space=LABEL_IDS)
@@ -250,6 +250,41 @@ def test_bad_inputs_map_to_status_codes(coord):
         c.create_pool(pool.name)
     # the task is still leased to us and takes a good annotation after all that
     assert c.submit(task, labels_for(task)).annotation.task_id == task.task_id
+
+
+def test_a_pool_of_four_classes_refuses_a_class_id_beyond_them_naming_the_allowed_range(coord):
+    c = coord.client
+    names = ("flat", "vehicle", "human", "sky")  # a label map's classes, not Cityscapes'
+    pool, _ = _pool(coord, n=2, class_names=names)
+    assert tuple(pool.class_names) == names == tuple(c.get_pool(pool.pool_id).class_names)
+    first, second = c.lease(pool.pool_id, max_tasks=2, lease_seconds=60)
+    beyond = labels_for(first, 2)
+    beyond[:, :5] = 4  # one past the last class
+    beyond[:, -5:] = 18  # a Cityscapes trainId (bicycle) means nothing here
+    with pytest.raises(InvalidInput, match=r"annotation mask of pool \S+: class ids \[4, 18\] are outside the 4 "
+                                           r"classes \(0 flat, 1 vehicle, 2 human, 3 sky\); allowed 0\.\.3, or 255"):
+        c.submit(first, beyond)
+    with pytest.raises(InvalidInput, match=r"class ids \[4\] are outside the 4 classes"):  # per-class RLE too
+        c.submit(first, labels_for(first, 4), encoding="rle")
+    with pytest.raises(InvalidInput, match=r"prediction: class ids \[7\] are outside the 4 classes"):
+        c.submit(first, labels_for(first, 1), prediction=labels_for(first, 7))
+    with pytest.raises(InvalidInput, match="labelIds only go with the Cityscapes classes"):
+        c.submit(first, labels_for(first, 7), label_space=LABEL_IDS)
+    # the classes it has are taken, DICE counted over them
+    reply = c.submit(first, labels_for(first, 3), prediction=labels_for(first, 3))
+    np.testing.assert_array_equal(imageio.read_label(reply.annotation.mask_uri), labels_for(first, 3))
+    assert reply.annotation.has_dice and reply.annotation.dice == 1.0
+    # a pool made without class names keeps Cityscapes' 19, where 18 is a class
+    city, _ = _pool(coord, n=1, name="cityscapes-pool")
+    assert tuple(city.class_names) == tuple(CLASS_NAMES)
+    (task,) = c.lease(city.pool_id, lease_seconds=60)
+    assert c.submit(task, labels_for(task, 18)).annotation.pixels_count == task.height * task.width
+    with pytest.raises(InvalidInput, match="class names must be unique, \\['car'\\] repeat"):
+        c.create_pool("twice", class_names=("car", "car"))
+    with pytest.raises(InvalidInput, match="needs 2 to 255 classes"):
+        c.create_pool("lonely", class_names=("car",))
+    with pytest.raises(InvalidInput, match="needs 2 to 255 classes"):
+        c.create_pool("crowded", class_names=[f"c{i}" for i in range(256)])
 
 
 # ---------------------------------------------------------------- DICE and budget

@@ -51,6 +51,6 @@ def test_label_config_as_xml_is_accepted_and_others_are_refused():
     with pytest.raises(InvalidInput, match="expected a BrushLabels control named 'label'"):
         lsp.check_label_config_xml('<View><Image name="image" value="$image"/>'
                                    '<RectangleLabels name="label" toName="image"><Label value="car"/></RectangleLabels></View>')
-    with pytest.raises(InvalidInput, match=r"labels \['unicorn'\] are not Cityscapes classes"):
+    with pytest.raises(InvalidInput, match=r"labels \['unicorn'\] are not among them"):
         lsp.check_label_config_xml('<View><Image name="image" value="$image"/>'
                                    '<BrushLabels name="label" toName="image"><Label value="unicorn"/></BrushLabels></View>')

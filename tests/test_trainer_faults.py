@@ -64,7 +64,7 @@ def test_a_corrupt_annotation_file_is_refused_naming_it(env):
 
 @pytest.mark.parametrize("mask, message", [
     (np.zeros((32, 64), np.uint8), "mask is 32 x 64, the frame is 64 x 128"),
-    (np.full((64, 128), 40, np.uint8), r"unknown trainIds \[40\]"),
+    (np.full((64, 128), 40, np.uint8), r"class ids \[40\] are outside the 19 classes"),
     (np.zeros((64, 128, 3), np.uint8), "single-channel"),
 ])
 def test_a_mask_that_does_not_fit_its_frame_is_refused(env, mask, message):

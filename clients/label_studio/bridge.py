@@ -16,6 +16,10 @@ State: leased tasks (with their lease tokens) are kept in `<work_dir>/bridge-sta
 written atomically, so a restarted bridge adopts its leases and the tasks waiting in Label Studio.
 The webhook is a notification only: the bridge reads the annotation from the API, and the webhook
 must carry the secret header the bridge registered.
+
+Classes: the project's labels are the pool's classes (the coordinator's `Pool.class_names`, the
+segmentation model's; Cityscapes by default): a project the bridge creates gets them, an existing
+one must have exactly them.
 """
 from __future__ import annotations
 
@@ -178,6 +182,7 @@ class Bridge:
         self._webhook_server: _WebhookServer | None = None
         self._webhook_id: int | None = None
         self._eem = None
+        self.classes: tuple[str, ...] = ()  # the pool's class names, index = class id (set by start)
         self._no_prediction_logged = False
         self._refused: dict[str, tuple] = {}  # task id -> (annotation id, updated_at) last refused
 
@@ -195,18 +200,20 @@ class Bridge:
 
         Raises:
             PermissionDenied: Label Studio refused the token. NotReady: Label Studio or the
-            coordinator is unreachable. InvalidInput: an existing project has another label config.
+            coordinator is unreachable. NotFound: no such pool. InvalidInput: an existing project has
+            another label config, or labels other than the pool's classes.
         """
         try:
             self.api.whoami()
+            self.session = LabelingSession(self.cfg.labeling, on_lost=self._lease_lost, release_on_close=False,
+                                           kind="label-studio")
+            self.classes = self.session.class_names  # the pool's: the project's labels
             self._ensure_project()
             self.media.mkdir(parents=True, exist_ok=True)
             self._ensure_storage()
             if self.cfg.eem_target:
                 from services.eem.client import EemClient  # the EEM client's deps only when used
                 self._eem = EemClient(self.cfg.eem_target)
-            self.session = LabelingSession(self.cfg.labeling, on_lost=self._lease_lost, release_on_close=False,
-                                           kind="label-studio")
             for task_id, waiting in self._load_state().items():
                 self._waiting[task_id] = waiting
                 self.session.adopt(waiting.task)
@@ -286,11 +293,11 @@ class Bridge:
             project = self.api.find_project(self.cfg.project_title)
             if project is None:
                 project = self.api.create_project(
-                    self.cfg.project_title, lsp.label_config(),
+                    self.cfg.project_title, lsp.label_config(self.classes),
                     description="SegXAL: fix the regions the model is unsure about (pre-annotated)")
                 log.info("created Label Studio project %d %r", project["id"], self.cfg.project_title)
             self.project_id = int(project["id"])
-        lsp.check_label_config(project.get("parsed_label_config") or {})
+        lsp.check_label_config(project.get("parsed_label_config") or {}, self.classes)
 
     def _ensure_storage(self) -> None:
         path = self.ls_media.as_posix()
@@ -354,7 +361,7 @@ class Bridge:
         try:
             data = self._write_media(task)
             predicted = self._prediction(task)
-            results = lsp.prediction_results(task, predicted)
+            results = lsp.prediction_results(task, predicted, self.classes)
             self._waiting[task.task_id] = waiting
             self._save_state()
             created = self.api.create_task(self.project_id, data)
@@ -483,7 +490,7 @@ class Bridge:
         task = waiting.task
         try:
             labels = lsp.annotation_to_train_ids(ann.get("result") or [], task.height, task.width,
-                                                 self.cfg.alpha_threshold)  # [H, W]
+                                                 self.cfg.alpha_threshold, self.classes)  # [H, W]
             region_ids = lsp.regions_touched(task, labels) if task.regions else ()
             if task.regions and not region_ids:
                 raise InvalidInput(f"the annotation paints none of the task's {len(task.regions)} regions to fix")

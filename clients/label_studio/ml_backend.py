@@ -8,8 +8,9 @@ and its saved annotations reach the coordinator (or start a trainer job).
         --media-dir /shared/segxal-overlays --coordinator host:port --pool drive-2026-11 [--port 9090]
     python -m clients.label_studio.ml_backend ... --forward trainer --trainer host:port
 
-The project's label config must be clients.label_studio.project.label_config() (BrushLabels named
-"label" on the Image "image"; /setup refuses others with the reason). Every flag has an environment
+The project's label config must be clients.label_studio.project.label_config(classes) (BrushLabels
+named "label" on the Image "image", one label per class of the --pool, Cityscapes without a
+coordinator; /setup refuses others with the reason). Every flag has an environment
 variable SEGXAL_LS_ML_<FLAG>; flags win. Prints "ml backend listening on http://HOST:PORT" once
 serving; SIGINT / SIGTERM stop it.
 

@@ -21,6 +21,10 @@ Label Studio refuses an import that lacks a key the label config names, so tasks
 forwards it: to the coordinator (lease the waiting task of that frame, submit; region ids are the
 regions the person painted in), or to the trainer (start a job on it), or nowhere.
 
+Classes: the project's labels must be the classes being labelled (index = class id): the coordinator
+pool's (`Pool.class_names`, the segmentation model's) when annotations go to a coordinator, else the
+19 Cityscapes trainIds. /setup refuses a label config with other labels, naming the difference.
+
 Frames: a task's `image` is `/data/local-files/?d=<path>` (read from the LOCAL_FILES_DOCUMENT_ROOT
 as this backend sees it), or any other URL Label Studio serves (uploads), downloaded with the
 project's token into a cache folder. The EEM service reads frames by path, so its storage roots
@@ -48,6 +52,7 @@ from segxal import imageio
 from segxal.al.scoring import EEMOptions
 from segxal.annotation import Rle, decode_rle
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound, NotReady, PermissionDenied, SegxalError
+from segxal.labels import CLASS_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +164,7 @@ class SegxalMLModel:
         self.model_version = cfg.model_version
         self._projects: dict[int, dict] = {}  # project id -> {"hostname", "access_token"} from /setup
         self._frame_ids: dict[str, str] = {}  # real path of a coordinator frame -> frame id
-        self._pool_id = ""
+        self._pool = None  # the coordinator's pb.Pool, once resolved
         self._frames_listed_at = -math.inf
         self._lock = threading.Lock()
 
@@ -173,7 +178,7 @@ class SegxalMLModel:
         remember the project's Label Studio host and token (to fetch frames, set overlays)."""
         project = _project_id(_require(body, "project", (str, int), "setup request"))
         schema = _require(body, "schema", str, "setup request")
-        lsp.check_label_config_xml(schema)
+        lsp.check_label_config_xml(schema, self.classes())
         with self._lock:
             self._projects[project] = {"hostname": str(body.get("hostname") or ""),
                                        "access_token": str(body.get("access_token") or "")}
@@ -192,6 +197,27 @@ class SegxalMLModel:
             except SegxalError as e:  # no version registered yet, or the coordinator is down
                 log.info("no current model version from the coordinator (%s); announcing %r", e, self.model_version)
         return self.model_version
+
+    def classes(self) -> tuple[str, ...]:
+        """The class names being labelled, index = class id: the pool's with a coordinator, else Cityscapes.
+
+        Raises:
+            NotFound: no such pool. NotReady: the coordinator cannot be reached.
+        """
+        if self.coordinator is None:
+            return tuple(CLASS_NAMES)
+        from services.coordinator.client import pool_class_names  # the coordinator client's deps only when used
+        return pool_class_names(self._coordinator_pool())
+
+    def _coordinator_pool(self):
+        """The configured pool (by name, else by id), resolved once."""
+        with self._lock:
+            if self._pool is None:
+                try:
+                    self._pool = self.coordinator.get_pool(name=self.cfg.pool)
+                except NotFound:
+                    self._pool = self.coordinator.get_pool(pool_id=self.cfg.pool)
+            return self._pool
 
     def _api(self, project: int | None) -> LabelStudioAPI | None:
         info = self._projects.get(project, {}) if project is not None else {}
@@ -290,7 +316,7 @@ class SegxalMLModel:
         if scored.model_versions.segmentation:
             self.model_version = scored.model_versions.segmentation
         regions = _region_masks(scored)
-        result = lsp.region_pre_annotation(regions, scored.labels())
+        result = lsp.region_pre_annotation(regions, scored.labels(), self.classes())
         if self.cfg.media_dir and isinstance(task.get("id"), int):
             self._set_overlay(task, project, path, scored.map("eem"), [m for _, m, _ in regions])
         return {"result": result, "score": float(scored.score), "model_version": self.model_version}
@@ -331,7 +357,7 @@ class SegxalMLModel:
         path = self.frame_path(task, project)
         h, w = imageio.read_rgb(path).shape[:2]
         try:
-            labels = lsp.annotation_to_train_ids(result, h, w, self.cfg.alpha_threshold)  # [H, W]
+            labels = lsp.annotation_to_train_ids(result, h, w, self.cfg.alpha_threshold, self.classes())  # [H, W]
         except InvalidInput as e:
             raise RequestError(422, f"annotation {ann_id}: {e}") from None
         key = f"label-studio-ml:{project}:{ann_id}:{annotation.get('updated_at', '')}"
@@ -341,18 +367,14 @@ class SegxalMLModel:
 
     def _frame_id(self, path: str) -> str:
         real = os.path.realpath(path)
+        pool_id = self._coordinator_pool().pool_id
         with self._lock:
             # A frame the listing lacks: list the pool again (new frames were ingested), at most
             # every FRAME_LIST_REFRESH_S, so webhooks for foreign frames cannot make us list a big
             # pool over and over.
             stale = time.monotonic() - self._frames_listed_at >= FRAME_LIST_REFRESH_S
             if real not in self._frame_ids and stale:
-                if not self._pool_id:
-                    try:
-                        self._pool_id = self.coordinator.get_pool(name=self.cfg.pool).pool_id
-                    except NotFound:
-                        self._pool_id = self.coordinator.get_pool(pool_id=self.cfg.pool).pool_id
-                self._frame_ids = {os.path.realpath(f.uri): f.frame_id for f in self.coordinator.frames(self._pool_id)}
+                self._frame_ids = {os.path.realpath(f.uri): f.frame_id for f in self.coordinator.frames(pool_id)}
                 self._frames_listed_at = time.monotonic()
             frame_id = self._frame_ids.get(real)
         if frame_id is None:
@@ -361,7 +383,7 @@ class SegxalMLModel:
 
     def _to_coordinator(self, path: str, labels: np.ndarray, key: str, ann_id) -> dict:
         frame_id = self._frame_id(path)
-        leased = self.coordinator.lease(self._pool_id, max_tasks=1, lease_seconds=self.cfg.lease_s, frame_id=frame_id)
+        leased = self.coordinator.lease(self._coordinator_pool().pool_id, max_tasks=1, lease_seconds=self.cfg.lease_s, frame_id=frame_id)
         if not leased:
             raise RequestError(409, f"frame {path}: no coordinator task waits for it in pool {self.cfg.pool!r} "
                                     f"(not ranked into a cycle yet, already annotated, or leased by another labeler)")

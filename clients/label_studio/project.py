@@ -1,7 +1,12 @@
 """What the bridge and the ML backend show in Label Studio and read back: the project's label config
-(BrushLabels with the 19 Cityscapes classes in their colours, painted on the frame with the EEM
-heat map blended over it and the regions to fix outlined, a legend, and the plain frame one click
-away), pre-annotations, and a person's brush annotation as trainIds.
+(BrushLabels with the pool's classes in their colours, painted on the frame with the EEM heat map
+blended over it and the regions to fix outlined, a legend, and the plain frame one click away),
+pre-annotations, and a person's brush annotation as class ids.
+
+Classes: every function takes the class list in use (index = class id; the coordinator pool's,
+`Pool.class_names`, which is the segmentation model's), the 19 Cityscapes trainIds by default. A
+label is a class name; colours are segxal.labels.class_colors (Cityscapes colours for Cityscapes
+names, a fixed distinct palette otherwise).
 
 Task data: `image` is the plain frame, `overlay` the frame with the heat map (clients.label_studio.
 overlay). The brush paints on the overlay; it has the frame's size, so a brush mask is a frame mask.
@@ -12,12 +17,13 @@ readable). A task without regions (a random cycle) gets the prediction over the 
 there is one. A person corrects these and submits.
 
 Reading an annotation back: every result must be a `brushlabels` result of the `label` control with
-exactly one of the 19 class names; a pixel is painted where the region's alpha is >= the threshold
+exactly one of the class names; a pixel is painted where the region's alpha is >= the threshold
 (the frontend's strokes are antialiased at their edges), and where brush regions overlap the later
 one wins (it is drawn on top). Anything else is refused with InvalidInput naming the result.
 """
 from __future__ import annotations
 
+from typing import Sequence
 from xml.etree import ElementTree
 from xml.sax.saxutils import quoteattr
 
@@ -27,7 +33,7 @@ from clients.label_studio import brush
 from clients.label_studio.overlay import legend_css_gradient
 from clients.labeling import region_masks
 from segxal.errors import InvalidInput
-from segxal.labels import CLASS_COLORS, CLASS_NAMES, IGNORE, NAME_TO_TRAIN_ID, NUM_CLASSES
+from segxal.labels import CLASS_NAMES, IGNORE, class_colors
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
 
 FROM_NAME = "label"  # the BrushLabels control
@@ -39,16 +45,17 @@ TASK_KEY = "segxal_task_id"  # task data field linking a Label Studio task to it
 DEFAULT_ALPHA_THRESHOLD = 128
 
 
-def class_colour_hex(train_id: int) -> str:
-    r, g, b = (int(v) for v in CLASS_COLORS[train_id])
+def class_colour_hex(class_id: int, classes: Sequence[str] = CLASS_NAMES) -> str:
+    """The colour a class is painted in, as Label Studio's `background` (#rrggbb)."""
+    r, g, b = (int(v) for v in class_colors(classes)[class_id])
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def label_config() -> str:
-    """The project's labeling interface: the frame with the EEM heat map over it (BrushLabels paint
-    on it), a legend, and the plain frame in a collapsed panel (one click away)."""
-    labels = "\n".join(f"    <Label value={quoteattr(name)} background={quoteattr(class_colour_hex(i))}/>"
-                       for i, name in enumerate(CLASS_NAMES))
+def label_config(classes: Sequence[str] = CLASS_NAMES) -> str:
+    """The project's labeling interface: the frame with the EEM heat map over it (BrushLabels of
+    `classes` paint on it), a legend, and the plain frame in a collapsed panel (one click away)."""
+    labels = "\n".join(f"    <Label value={quoteattr(name)} background={quoteattr(class_colour_hex(i, classes))}/>"
+                       for i, name in enumerate(classes))
     legend = quoteattr(f"width: 240px; height: 12px; border: 1px solid #888; background: {legend_css_gradient()}")
     return f"""<View>
   <Header value="Fix the outlined regions: the heat map shows where the model is unsure (EEM)"/>
@@ -69,28 +76,42 @@ def label_config() -> str:
 </View>"""
 
 
-def check_label_config(parsed: dict) -> None:
+def _check_labels(labels: Sequence[str], classes: Sequence[str], where: str) -> None:
+    """The project's labels must be the classes: a label that is no class cannot be read back, and
+    a class without a label cannot be painted."""
+    unknown = [n for n in labels if n not in classes]
+    missing = [n for n in classes if n not in labels]
+    if unknown or missing:
+        raise InvalidInput(f"{where}: its labels must be the {len(classes)} classes being labelled "
+                           f"({', '.join(classes)}); " + "; ".join(
+                               part for part in (f"labels {unknown} are not among them" if unknown else "",
+                                                 f"classes {missing} have no label" if missing else "") if part))
+
+
+def check_label_config(parsed: dict, classes: Sequence[str] = CLASS_NAMES) -> None:
     """Refuse a project whose labeling interface the bridge cannot read.
 
     Args:
         parsed: the project's `parsed_label_config`.
+        classes: the classes being labelled (index = class id).
 
     Raises:
-        InvalidInput: no BrushLabels control named "label" on the image "image".
+        InvalidInput: no BrushLabels control named "label" on the image "image", or its labels are
+            not `classes` (the message names the difference).
     """
     control = parsed.get(FROM_NAME) or {}
     if control.get("type") != "BrushLabels" or TO_NAME not in (control.get("to_name") or []):
         raise InvalidInput(f"Label Studio project: expected a BrushLabels control named {FROM_NAME!r} on an "
                            f"Image named {TO_NAME!r} (the bridge's label config), found {sorted(parsed)}")
+    _check_labels(control.get("labels") or [], classes, "Label Studio project")
 
 
-def check_label_config_xml(schema: str) -> None:
-    """check_label_config for a label config as XML text (what /setup receives), and its labels
-    must be Cityscapes class names.
+def check_label_config_xml(schema: str, classes: Sequence[str] = CLASS_NAMES) -> None:
+    """check_label_config for a label config as XML text (what /setup receives).
 
     Raises:
         InvalidInput: not XML, no BrushLabels control named "label" on an Image named "image", or
-            labels that are not Cityscapes classes (named).
+            labels that are not `classes` (named).
     """
     try:
         root = ElementTree.fromstring(schema)
@@ -100,10 +121,7 @@ def check_label_config_xml(schema: str) -> None:
     for control in root.iter("BrushLabels"):
         if control.get("name") == FROM_NAME and TO_NAME in (control.get("toName") or "").split(",") \
                 and TO_NAME in images:
-            unknown = [el.get("value") for el in control.iter("Label") if el.get("value") not in NAME_TO_TRAIN_ID]
-            if unknown:
-                raise InvalidInput(f"label config: labels {unknown} are not Cityscapes classes "
-                                   f"({', '.join(CLASS_NAMES)})")
+            _check_labels([el.get("value") for el in control.iter("Label")], classes, "label config")
             return
     raise InvalidInput(f"label config: expected a BrushLabels control named {FROM_NAME!r} on an Image named "
                        f"{TO_NAME!r} (clients.label_studio.project.label_config())")
@@ -116,12 +134,14 @@ def _brush_result(result_id: str, mask: np.ndarray, class_name: str) -> dict:
             "value": {"format": "rle", "rle": brush.encode_mask(mask), "brushlabels": [class_name]}}
 
 
-def region_pre_annotation(regions: list[tuple[int, np.ndarray, int]], predicted: np.ndarray | None) -> list[dict]:
+def region_pre_annotation(regions: list[tuple[int, np.ndarray, int]], predicted: np.ndarray | None,
+                          classes: Sequence[str] = CLASS_NAMES) -> list[dict]:
     """Brush pre-annotations restricted to the regions to fix.
 
     Args:
-        regions: (region id, bool mask [H, W], dominant predicted trainId) per region.
-        predicted: the model's trainIds [H, W], or None when unknown.
+        regions: (region id, bool mask [H, W], dominant predicted class id) per region.
+        predicted: the model's class ids [H, W], or None when unknown.
+        classes: the class names, index = class id (ids beyond them are not shown).
 
     Returns:
         per region, one brush result per predicted class inside it (or the region's dominant class
@@ -130,21 +150,22 @@ def region_pre_annotation(regions: list[tuple[int, np.ndarray, int]], predicted:
     results = []
     for region_id, mask, dominant in regions:
         if predicted is None:
-            if dominant < NUM_CLASSES:
-                results.append(_brush_result(f"r{region_id}", mask, CLASS_NAMES[dominant]))
+            if dominant < len(classes):
+                results.append(_brush_result(f"r{region_id}", mask, classes[dominant]))
             continue
         for c in np.unique(predicted[mask]):
-            if c < NUM_CLASSES:
-                results.append(_brush_result(f"r{region_id}c{c}", mask & (predicted == c), CLASS_NAMES[c]))
+            if c < len(classes):
+                results.append(_brush_result(f"r{region_id}c{c}", mask & (predicted == c), classes[c]))
     return results
 
 
-def prediction_results(task: pb.Task, predicted: np.ndarray | None) -> list[dict]:
+def prediction_results(task: pb.Task, predicted: np.ndarray | None, classes: Sequence[str] = CLASS_NAMES) -> list[dict]:
     """Pre-annotations of a coordinator task as brush results.
 
     Args:
         task: the coordinator task (its regions, size).
-        predicted: the model's trainIds [H, W] for the frame, or None when unknown.
+        predicted: the model's class ids [H, W] for the frame, or None when unknown.
+        classes: the pool's class names, index = class id.
 
     Returns:
         brush results: per region, one per predicted class inside it (or the region's dominant class);
@@ -152,28 +173,31 @@ def prediction_results(task: pb.Task, predicted: np.ndarray | None) -> list[dict
     """
     if task.regions:
         return region_pre_annotation([(r.region_id, m, r.dominant_train_id)
-                                      for r, m in zip(task.regions, region_masks(task))], predicted)
+                                      for r, m in zip(task.regions, region_masks(task))], predicted, classes)
     if predicted is None:
         return []
-    return [_brush_result(f"c{c}", predicted == c, CLASS_NAMES[c]) for c in np.unique(predicted) if c < NUM_CLASSES]
+    return [_brush_result(f"c{c}", predicted == c, classes[c]) for c in np.unique(predicted) if c < len(classes)]
 
 
 def annotation_to_train_ids(result: list[dict], height: int, width: int,
-                            alpha_threshold: int = DEFAULT_ALPHA_THRESHOLD) -> np.ndarray:
-    """A Label Studio annotation's result as trainIds.
+                            alpha_threshold: int = DEFAULT_ALPHA_THRESHOLD,
+                            classes: Sequence[str] = CLASS_NAMES) -> np.ndarray:
+    """A Label Studio annotation's result as class ids (trainIds for Cityscapes).
 
     Args:
         result: the annotation's `result` list.
         height, width: the frame's size.
         alpha_threshold: a pixel is painted where the brush alpha is >= this (1..255).
+        classes: the class names, index = class id: a label is read as its index here.
 
     Returns:
-        trainIds uint8 [H, W], 255 where nothing was painted.
+        class ids uint8 [H, W], 255 where nothing was painted.
 
     Raises:
         InvalidInput: a result that is not a brush region of the "label" control, an unknown or
             missing label, a region of another size, a bad RLE, or nothing painted at all.
     """
+    ids = {name: i for i, name in enumerate(classes)}
     out = np.full((height, width), IGNORE, dtype=np.uint8)  # [H, W]
     for i, r in enumerate(result):
         if not isinstance(r, dict):
@@ -187,16 +211,16 @@ def annotation_to_train_ids(result: list[dict], height: int, width: int,
         if not isinstance(names, list) or len(names) != 1 or not isinstance(names[0], str):
             raise InvalidInput(f"{where}: a brush region needs exactly one label, got {names}")
         name = names[0]
-        if name not in NAME_TO_TRAIN_ID:
+        if name not in ids:
             raise InvalidInput(f"{where}: unknown label {name!r}; the project's labels are the "
-                               f"{NUM_CLASSES} Cityscapes classes ({', '.join(CLASS_NAMES)})")
+                               f"{len(classes)} classes being labelled ({', '.join(classes)})")
         if value.get("format", "rle") != "rle" or "rle" not in value:
             raise InvalidInput(f"{where}: brush region without an RLE (format {value.get('format')!r})")
         size = (r.get("original_height"), r.get("original_width"))
         if size != (height, width):
             raise InvalidInput(f"{where}: drawn on a {size[0]} x {size[1]} image, the frame is {height} x {width}")
         painted = brush.decode_alpha(value["rle"], height, width) >= alpha_threshold  # [H, W]
-        out[painted] = NAME_TO_TRAIN_ID[name]
+        out[painted] = ids[name]
     if not (out != IGNORE).any():
         raise InvalidInput("empty annotation: no pixel is painted with a class")
     return out

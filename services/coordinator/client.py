@@ -24,6 +24,7 @@ from segxal import imageio
 from segxal.al.scoring import EEMOptions
 from segxal.annotation import LABEL_IDS, TRAIN_IDS, EncodedMask, encode_class_rles
 from segxal.errors import InvalidInput
+from segxal.labels import CLASS_NAMES
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
 from segxalpb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
 from services.common.channel import ChannelConfig
@@ -66,6 +67,12 @@ def encode_mask(labels: np.ndarray | EncodedMask, label_space: str = TRAIN_IDS, 
     raise InvalidInput(f"encoding must be 'png' or 'rle', got {encoding!r}")
 
 
+def pool_class_names(pool: pb.Pool) -> tuple[str, ...]:
+    """The classes a pool is labelled in, index = class id (a coordinator from before class lists
+    sends none: the Cityscapes trainIds)."""
+    return tuple(pool.class_names) or tuple(CLASS_NAMES)
+
+
 class CoordinatorClient(GrpcClient):
     """Thread-safe; a context manager that closes its channel (services.common.client.GrpcClient:
     deadlines, errors, health).
@@ -86,9 +93,12 @@ class CoordinatorClient(GrpcClient):
         self.client_id = client_id
 
     # ---- pools and frames
-    def create_pool(self, name: str, *, max_frames: int = 0, max_regions: int = 0, max_pixels: int = 0) -> pb.Pool:
+    def create_pool(self, name: str, *, max_frames: int = 0, max_regions: int = 0, max_pixels: int = 0,
+                    class_names: Sequence[str] = ()) -> pb.Pool:
+        """A new pool. `class_names`: the classes it is labelled in, index = class id (the segmentation
+        model's, e.g. segxal.labels.read_label_file of its Triton label file); empty: Cityscapes."""
         return self._call("CreatePool", pb.CreatePoolRequest(name=name, budget=pb.BudgetLimits(
-            max_frames=max_frames, max_regions=max_regions, max_pixels=max_pixels)))
+            max_frames=max_frames, max_regions=max_regions, max_pixels=max_pixels), class_names=list(class_names)))
 
     def get_pool(self, pool_id: str = "", *, name: str = "") -> pb.Pool:
         return self._call("GetPool", pb.GetPoolRequest(pool_id=pool_id, name=name))

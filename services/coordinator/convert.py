@@ -131,7 +131,7 @@ def budget_to_proto(b: Budget) -> pb.Budget:
 def pool_to_proto(p: Pool) -> pb.Pool:
     return pb.Pool(pool_id=p.pool_id, name=p.name, budget=budget_limits_to_proto(p.budget),
                    frame_count=p.frame_count, queryable_frame_count=p.queryable_frame_count,
-                   created_unix_s=p.created_at)
+                   created_unix_s=p.created_at, class_names=p.class_names)
 
 
 def frame_to_proto(f: Frame) -> pb.Frame:

@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from segxal.al.scoring import EEMOptions
+from segxal.labels import CLASS_NAMES
 from segxal.annotation import Rle
 from segxal.errors import FailedPrecondition, InvalidInput, PermissionDenied
 
@@ -68,6 +69,8 @@ class Pool:
     created_at: float
     frame_count: int = 0
     queryable_frame_count: int = 0
+    # The classes it is labelled in, index = class id (segxal.labels.check_class_names).
+    class_names: tuple[str, ...] = tuple(CLASS_NAMES)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     # ---- pools and frames
     def CreatePool(self, request, context):
-        return cv.pool_to_proto(self.core.create_pool(request.name, cv.budget_limits_from_proto(request.budget)))
+        return cv.pool_to_proto(self.core.create_pool(request.name, cv.budget_limits_from_proto(request.budget),
+                                                      tuple(request.class_names)))
 
     def GetPool(self, request, context):
         return cv.pool_to_proto(self.core.get_pool(request.pool_id, request.name))

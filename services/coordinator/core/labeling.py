@@ -96,11 +96,11 @@ class Labeling:
         """
         self.store.release(task_id, lease_token, client_id)
 
-    def _prediction_for(self, task: Task, sent: EncodedMask | None) -> np.ndarray | None:
+    def _prediction_for(self, task: Task, sent: EncodedMask | None, classes: tuple[str, ...]) -> np.ndarray | None:
         """The model's trainIds for the frame: the client's when sent, else the scorer's saved one."""
         shape = (task.height, task.width)
         if sent is not None:
-            return decode_mask(sent, shape, where="prediction")
+            return decode_mask(sent, shape, where="prediction", classes=classes)
         if task.prediction_uri:
             pred = imageio.read_label(task.prediction_uri)  # [H, W] trainIds
             if pred.shape != shape:
@@ -115,8 +115,8 @@ class Labeling:
 
         Raises:
             NotFound: no such task.
-            InvalidInput: mask of the wrong size, unknown label ids, bad RLE, nothing annotated,
-                region ids the task does not have.
+            InvalidInput: mask of the wrong size, class ids outside the pool's classes, bad RLE,
+                nothing annotated, region ids the task does not have.
             FailedPrecondition: the lease was taken over or released, the task was cancelled, or it
                 already holds a different annotation.
         """
@@ -138,11 +138,13 @@ class Labeling:
                                    f"(it has {sorted(known)})")
         elif region_ids:
             raise InvalidInput("submit: region_ids only go with scope REGIONS")
-        train_ids = decode_mask(spec.mask, (task.height, task.width), where="annotation mask")  # [H, W]
+        classes = self.store.get_pool(task.pool_id).class_names  # what the mask's ids may be
+        train_ids = decode_mask(spec.mask, (task.height, task.width), where=f"annotation mask of pool {task.pool_id}",
+                                classes=classes)  # [H, W]
         if not (train_ids != IGNORE).any():
             raise InvalidInput("submit: the annotation mask marks no pixel (all 'not annotated')")
-        prediction = self._prediction_for(task, spec.prediction)
-        dice = macro_dice(prediction, train_ids) if prediction is not None else None
+        prediction = self._prediction_for(task, spec.prediction, classes)
+        dice = macro_dice(prediction, train_ids, len(classes)) if prediction is not None else None
         content = content_sha256(train_ids, spec.scope, region_ids)
         regions_fixed = len(region_ids) if spec.scope == REGIONS else len(task.regions)
         touched = None

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from segxal.errors import InvalidInput, NotFound, PermissionDenied
+from segxal.labels import CLASS_NAMES, check_class_names
 from segxal.ingest import (
     DEFAULT_NEAR_DUPLICATE_THRESHOLD, IngestCounters, IngestedFrame, extract_drive_log, iter_cityscapes,
     iter_image_folder)
@@ -45,12 +46,18 @@ class PoolsAndIngest:
     scorer: FrameScorer | None
     storage: Path
 
-    def create_pool(self, name: str, limits: BudgetLimits) -> Pool:
+    def create_pool(self, name: str, limits: BudgetLimits, class_names: tuple[str, ...] = ()) -> Pool:
+        """A new pool; `class_names` are its classes (index = class id), empty: Cityscapes.
+
+        Raises:
+            InvalidInput: no name, negative limits, a bad class list. FailedPrecondition: the name is taken.
+        """
         if not name.strip():
             raise InvalidInput("create pool: name is required")
         if min(limits.max_frames, limits.max_regions, limits.max_pixels) < 0:
             raise InvalidInput(f"create pool: budget limits must be >= 0 (0 = unlimited), got {limits}")
-        return self.store.create_pool(name.strip(), limits)
+        classes = check_class_names(class_names, "create pool") if class_names else tuple(CLASS_NAMES)
+        return self.store.create_pool(name.strip(), limits, classes)
 
     def get_pool(self, pool_id: str = "", name: str = "") -> Pool:
         if not pool_id and not name:

@@ -167,6 +167,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "tasks.previous_lease_token", (
         "ALTER TABLE tasks ADD COLUMN previous_lease_token TEXT NOT NULL DEFAULT ''",
     )),
+    # A pool's own classes (CreatePoolRequest.class_names), a JSON list; '' = the Cityscapes trainIds
+    # (every pool made before this migration).
+    Migration(4, "pools.class_names", (
+        "ALTER TABLE pools ADD COLUMN class_names TEXT NOT NULL DEFAULT ''",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

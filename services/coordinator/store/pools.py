@@ -1,10 +1,12 @@
 """Pools and their frames: create, find, ingest (idempotent by frame id), list, frame sizes."""
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 from segxal.errors import FailedPrecondition, NotFound
 from segxal.ingest import IngestedFrame
+from segxal.labels import is_cityscapes
 from services.coordinator.domain import BudgetLimits, Frame, Pool
 from services.coordinator.store.db import Database, Tx
 from services.coordinator.store.rows import _BATCH, _POOL_SELECT, _frame, _new_id, _pool, frame_id_for
@@ -15,16 +17,18 @@ class PoolRepository:
 
     db: Database
 
-    def create_pool(self, name: str, limits: BudgetLimits) -> Pool:
+    def create_pool(self, name: str, limits: BudgetLimits, class_names: tuple[str, ...]) -> Pool:
         pool_id = _new_id("pool")
+        classes = "" if is_cityscapes(class_names) else json.dumps(list(class_names))
 
         def txn(tx: Tx) -> Pool:
             clash = tx.one("SELECT pool_id FROM pools WHERE name = ?", (name,))
             if clash:
                 raise FailedPrecondition(f"a pool named {name!r} already exists ({clash['pool_id']})")
-            tx.execute("""INSERT INTO pools (pool_id, name, max_frames, max_regions, max_pixels, created_at)
-                          VALUES (?, ?, ?, ?, ?, {now})""",
-                       (pool_id, name, limits.max_frames, limits.max_regions, limits.max_pixels))
+            tx.execute("""INSERT INTO pools (pool_id, name, max_frames, max_regions, max_pixels, class_names,
+                                             created_at)
+                          VALUES (?, ?, ?, ?, ?, ?, {now})""",
+                       (pool_id, name, limits.max_frames, limits.max_regions, limits.max_pixels, classes))
             return _pool(tx.one(_POOL_SELECT + " WHERE p.pool_id = ?", (pool_id,)))
         try:
             return self.db.run(txn)

@@ -6,6 +6,7 @@ import json
 import uuid
 
 from segxal.al.scoring import EEMOptions
+from segxal.labels import CLASS_NAMES
 from services.coordinator.domain import (
     CYCLE_CLOSED, CYCLE_COMPLETE, CYCLE_LABELING, CYCLE_STARTED, Annotation, BudgetLimits, Cycle, Frame,
     ModelVersion, Pool, Task, regions_from_json)
@@ -26,7 +27,7 @@ def frame_id_for(pool_id: str, uri: str) -> str:
 # ---------------------------------------------------------------- rows -> records
 
 _POOL_SELECT = """
-SELECT p.pool_id, p.name, p.max_frames, p.max_regions, p.max_pixels, p.created_at,
+SELECT p.pool_id, p.name, p.max_frames, p.max_regions, p.max_pixels, p.created_at, p.class_names,
        (SELECT COUNT(*) FROM frames f WHERE f.pool_id = p.pool_id) AS frame_count,
        (SELECT COUNT(*) FROM frames f WHERE f.pool_id = p.pool_id
                                          AND f.retired = 0 AND f.fully_labeled = 0) AS queryable
@@ -57,7 +58,8 @@ def _pool(r: dict) -> Pool:
     return Pool(pool_id=r["pool_id"], name=r["name"],
                 budget=BudgetLimits(int(r["max_frames"]), int(r["max_regions"]), int(r["max_pixels"])),
                 created_at=float(r["created_at"]), frame_count=int(r["frame_count"]),
-                queryable_frame_count=int(r["queryable"]))
+                queryable_frame_count=int(r["queryable"]),
+                class_names=tuple(json.loads(r["class_names"])) if r["class_names"] else tuple(CLASS_NAMES))
 
 
 def _frame(r: dict) -> Frame:
