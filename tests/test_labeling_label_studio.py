@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -24,12 +25,13 @@ from clients.label_studio import brush
 from clients.label_studio.api import LabelStudioAPI
 from clients.label_studio.bridge import Bridge, BridgeConfig
 from clients.label_studio.local import LocalLabelStudio, LocalLabelStudioConfig
+from clients.label_studio import project as lsp
 from clients.label_studio.project import class_colour_hex
 from clients.labeling import LabelingConfig, region_masks
 from segxal import imageio
-from segxal.errors import NotFound, NotReady, PermissionDenied
-from segxal.labels import CLASS_NAMES, IGNORE, NAME_TO_TRAIN_ID
-from services.coordinator.client import CoordinatorClient
+from segxal.errors import InvalidInput, NotFound, NotReady, PermissionDenied
+from segxal.labels import CLASS_NAMES, IGNORE, LABEL_MAP_FILE, NAME_TO_TRAIN_ID, load_label_map
+from services.coordinator.client import CoordinatorClient, cityscapes_source
 from tests.coordinator_support import REPO_ROOT
 from tests.labeling_support import (LS_VENV, Chromium, annotations_by_task, django_login, eem_pool, sdk_brush,
                                     serving_stack)
@@ -220,6 +222,42 @@ def test_unreadable_annotations_are_never_submitted_and_the_task_stays_leased(ls
         _wait(lambda: task.task_id in bridge.submitted, what="the corrected annotation")
     stored = imageio.read_label(annotations_by_task(stack, pool.pool_id)[task.task_id].mask_uri)
     assert (stored[region] == NAME_TO_TRAIN_ID["person"]).all() and (stored[~region] == IGNORE).all()
+
+
+def test_a_four_class_label_map_is_the_projects_labels_and_comes_back_as_its_class_ids(ls, stack, tmp_path):
+    """The pool's classes come from the data's label map (as `segxal loop` makes it); the bridge's
+    project gets them as its labels, and a person's strokes come back as their indices."""
+    (tmp_path / LABEL_MAP_FILE).write_text(json.dumps({"flat": ["road", "sidewalk"], "vehicle": ["car", "bus"],
+                                                       "human": ["person", "rider"], "sky": ["sky"]}))
+    names = load_label_map(tmp_path / LABEL_MAP_FILE).names
+    with CoordinatorClient(stack.coordinator, client_id="test-setup") as c:
+        pool = c.create_pool("ls-four", class_names=names)
+        c.ingest(pool.pool_id, [cityscapes_source(str(stack.dataset), "val")])
+        (task,) = c.rank_cycle(c.start_cycle(pool.pool_id, 1, selection="random", random_seed=3).cycle_id).tasks
+    cityscapes = ls.api.create_project("Cityscapes labels", lsp.label_config())
+    with pytest.raises(InvalidInput, match=r"labels must be the 4 classes .*classes \['flat', 'vehicle', 'human'\] "
+                                           r"have no label"):
+        Bridge(_bridge_config(ls, stack, "ls-four", tmp_path / "old", project_id=cityscapes["id"])).start()
+    with Bridge(_bridge_config(ls, stack, "ls-four", tmp_path / "bridge", max_waiting=1)) as bridge, \
+            _running(bridge):
+        control = ls.api.get_project(bridge.project_id)["parsed_label_config"]["label"]
+        assert control["labels"] == list(names)
+        assert [control["labels_attrs"][n]["background"] for n in names] == [
+            class_colour_hex(i, names) for i in range(4)]
+        ls_id = bridge.waiting[task.task_id]
+        top = np.zeros((task.height, task.width), bool)
+        top[: task.height // 2] = True
+        left = ~top
+        left[:, task.width // 2:] = False
+        bad = ls.api.create_annotation(ls_id, _strokes((top, "car")))  # a Cityscapes name: not this project's
+        _wait(lambda: "unknown label 'car'" in bridge.errors.get(task.task_id, ""), what="the Cityscapes label")
+        assert "the 4 classes being labelled (flat, vehicle, human, sky)" in bridge.errors[task.task_id]
+        ls.api.request("PATCH", f"/api/annotations/{bad['id']}", {"result": _strokes((top, "vehicle"), (left, "sky"))})
+        _wait(lambda: task.task_id in bridge.submitted, what="the four-class annotation")
+    expected = np.full(top.shape, IGNORE, np.uint8)
+    expected[top], expected[left] = 1, 3  # vehicle, sky: their indices in the label map
+    np.testing.assert_array_equal(imageio.read_label(annotations_by_task(stack, pool.pool_id)[task.task_id].mask_uri),
+                                  expected)
 
 
 def test_tasks_deleted_or_skipped_in_label_studio_are_released(ls, stack, tmp_path):
