@@ -2,7 +2,11 @@
 through the coordinator, which extracts the frames to its storage.
 
     segxal ingest log drive-0412.mcap --coordinator host:port --pool drive-2026-11 \
-        --topic /cam/front/image_raw --topic /cam/left/image_raw/compressed --min-gap-s 0.5
+        --topic /cam/front/image_raw --topic /cam/left/image_raw/compressed --min-gap-s 0.5 \
+        [--create-pool --labels repo/segmentation/labels.txt]
+
+A pool made here (--create-pool) is labelled in the classes of --labels, the segmentation model's
+Triton label file (one class name per line, index = class id); without it, the 19 Cityscapes classes.
 
 Each frame keeps its topic (two topics land as two cameras) and timestamp. Sampling per topic: at
 most one frame per --min-gap-s of log time, and near-duplicates of the last kept frame are
@@ -15,10 +19,11 @@ import argparse
 import json
 from pathlib import Path
 
-from segxal.errors import InvalidInput, NotFound
+from segxal.errors import FailedPrecondition, InvalidInput, NotFound
 from segxal.ingest import DEFAULT_NEAR_DUPLICATE_THRESHOLD
+from segxal.labels import read_label_file
 from services.common.channel import add_channel_args, channel_config_from_args
-from services.coordinator.client import CoordinatorClient, drive_log_source
+from services.coordinator.client import CoordinatorClient, drive_log_source, pool_class_names
 
 ENV_PREFIX = "SEGXAL_"
 
@@ -26,6 +31,7 @@ ENV_PREFIX = "SEGXAL_"
 def ingest_logs(args: argparse.Namespace) -> int:
     if args.min_gap_s < 0:
         raise InvalidInput(f"--min-gap-s must be >= 0, got {args.min_gap_s}")
+    classes = read_label_file(args.labels) if args.labels else ()
     with CoordinatorClient(args.coordinator, channel_config_from_args(args, "coordinator"),
                            client_id="segxal-ingest") as coord:
         try:
@@ -33,7 +39,10 @@ def ingest_logs(args: argparse.Namespace) -> int:
         except NotFound:
             if not args.create_pool:
                 raise NotFound(f"no pool {args.pool!r} (pass --create-pool to make it)") from None
-            pool = coord.create_pool(args.pool)
+            pool = coord.create_pool(args.pool, class_names=classes)
+        if classes and pool_class_names(pool) != classes:
+            raise FailedPrecondition(f"pool {args.pool!r} is labelled in {len(pool.class_names)} classes "
+                                     f"({', '.join(pool.class_names)}), not the {len(classes)} of {args.labels}")
         # A log found here is sent as an absolute path (the coordinator would resolve a relative one
         # against its own folder); one not found here is sent as given (the coordinator's own path).
         sources = [drive_log_source(str(Path(p).resolve()) if Path(p).exists() else p, args.topics,
@@ -57,6 +66,10 @@ def register_cli(sub) -> None:
     add_channel_args(p, "coordinator", ENV_PREFIX, "the coordinator")
     p.add_argument("--pool", required=True, help="pool name")
     p.add_argument("--create-pool", action="store_true", help="create the pool when it does not exist")
+    p.add_argument("--labels", default="",
+                   help="the segmentation model's label file (Triton label_filename: one class name per "
+                        "line): the classes a created pool is labelled in (default: Cityscapes); an existing "
+                        "pool must have them")
     p.add_argument("--topic", dest="topics", action="append", default=[],
                    help="camera topic to read (repeatable; default: every image topic)")
     p.add_argument("--min-gap-s", type=float, default=0.0,

@@ -235,3 +235,11 @@ def test_segxal_ingest_log_through_the_coordinator(tmp_path, capsys):
             t: [T0 + k * dt for k in (0, 3, 6, 9)] for t in ("/cam/front/image_raw", "/cam/left/compressed")}
         assert segxal_main(["ingest", "log", str(path), "--coordinator", server.target, "--pool", "nope"]) == 2
         assert "no pool 'nope' (pass --create-pool to make it)" in capsys.readouterr().err
+        # A pool in the segmentation model's classes: its Triton label file
+        (tmp_path / "labels.txt").write_text("flat\nvehicle\nhuman\nsky\n")
+        base = ["ingest", "log", str(path), "--coordinator", server.target, "--topic", "/cam/left/compressed"]
+        assert segxal_main([*base, "--pool", "four", "--create-pool", "--labels", str(tmp_path / "labels.txt")]) == 0
+        assert tuple(client.get_pool(name="four").class_names) == ("flat", "vehicle", "human", "sky")
+        capsys.readouterr()
+        assert segxal_main([*base, "--pool", "drive", "--labels", str(tmp_path / "labels.txt")]) == 2
+        assert "pool 'drive' is labelled in 19 classes (road, " in capsys.readouterr().err

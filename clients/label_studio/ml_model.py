@@ -383,7 +383,8 @@ class SegxalMLModel:
 
     def _to_coordinator(self, path: str, labels: np.ndarray, key: str, ann_id) -> dict:
         frame_id = self._frame_id(path)
-        leased = self.coordinator.lease(self._coordinator_pool().pool_id, max_tasks=1, lease_seconds=self.cfg.lease_s, frame_id=frame_id)
+        leased = self.coordinator.lease(self._coordinator_pool().pool_id, max_tasks=1, lease_seconds=self.cfg.lease_s,
+                                        frame_id=frame_id)
         if not leased:
             raise RequestError(409, f"frame {path}: no coordinator task waits for it in pool {self.cfg.pool!r} "
                                     f"(not ranked into a cycle yet, already annotated, or leased by another labeler)")

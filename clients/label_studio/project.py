@@ -81,11 +81,11 @@ def _check_labels(labels: Sequence[str], classes: Sequence[str], where: str) -> 
     a class without a label cannot be painted."""
     unknown = [n for n in labels if n not in classes]
     missing = [n for n in classes if n not in labels]
-    if unknown or missing:
+    problems = ([f"labels {unknown} are not among them"] if unknown else []) + \
+        ([f"classes {missing} have no label"] if missing else [])
+    if problems:
         raise InvalidInput(f"{where}: its labels must be the {len(classes)} classes being labelled "
-                           f"({', '.join(classes)}); " + "; ".join(
-                               part for part in (f"labels {unknown} are not among them" if unknown else "",
-                                                 f"classes {missing} have no label" if missing else "") if part))
+                           f"({', '.join(classes)}); {'; '.join(problems)}")
 
 
 def check_label_config(parsed: dict, classes: Sequence[str] = CLASS_NAMES) -> None:
