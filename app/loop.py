@@ -229,7 +229,7 @@ def run(scfg: ServicesLoopConfig) -> dict:
         pool = coord.create_pool("train-pool", max_frames=cfg.budget, class_names=names)
         coord.ingest(pool.pool_id, [cpb.IngestSource(cityscapes=cpb.CityscapesSource(
             root=str(data["pool"]), split="train"))])
-        drive = coord.create_pool("drive-log")
+        drive = coord.create_pool("drive-log", class_names=names)
         drive_result = coord.ingest(drive.pool_id, [cpb.IngestSource(drive_log=cpb.DriveLogSource(
             path=str(data["drive_log"])))])
         records.append(cycle_record(0, v1, version, seed_px, None, None, tc, data["seed_frames"]))

@@ -43,3 +43,18 @@ def test_loop_runs_with_deeplab_and_its_own_label_map(loop_report):
     spec = spec_from_config(config)
     assert spec.class_names == tuple(LABEL_MAP) and spec.num_classes == len(LABEL_MAP)
     assert spec.cam_layer.startswith("Conv 1x1") and spec.input_size == (64, 128)
+
+
+def test_the_loops_pool_is_labelled_in_the_label_maps_classes(loop_report):
+    """The pool the loop made takes the label map's classes (the model's), and so did every
+    annotation the simulated human sent: read back through a coordinator on the run's database."""
+    from segxal import imageio
+    from segxal.labels import IGNORE
+    from tests.coordinator_support import coordinator_config, running_coordinator
+    root, _ = loop_report
+    work = root / "out" / "services"
+    with running_coordinator(coordinator_config(f"sqlite:///{work / 'coordinator.db'}", work / "verify")) as (_, c):
+        pool = c.get_pool(name="train-pool")
+        assert tuple(pool.class_names) == tuple(LABEL_MAP)
+        masks = [imageio.read_label(a.mask_uri) for a in c.annotations(pool.pool_id)]
+    assert masks and all(((m < len(LABEL_MAP)) | (m == IGNORE)).all() for m in masks)
