@@ -113,3 +113,17 @@ def test_a_job_spec_with_inline_masks_survives_its_json(frame):
                    annotations=[AnnotationRef(str(frame), mask_png=_png(_full(1)), region_level=True,
                                               human_mask_png=_png(_left(1, 0)))])
     assert JobSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+
+
+def test_masks_are_checked_against_the_models_classes(tmp_path, frame):
+    """A four-class model: ids 0..3 train, id 4 (a valid Cityscapes id) is refused with the range;
+    a 25-class taxonomy (beyond Cityscapes' 19) trains its id 21."""
+    storage = FrameStorage([str(tmp_path)])
+    four = ("flat", "vehicle", "human", "sky")
+    ds = build_training_set(storage, [AnnotationRef(str(frame), mask_png=_png(_left(3)))], (H, W), classes=four)
+    assert set(np.unique(ds.frames[0].labels)) == {3, IGNORE}
+    with pytest.raises(InvalidInput, match=r"0\.\.3"):
+        build_training_set(storage, [AnnotationRef(str(frame), mask_png=_png(_left(4)))], (H, W), classes=four)
+    many = tuple(f"class{i}" for i in range(25))
+    ds = build_training_set(storage, [AnnotationRef(str(frame), mask_png=_png(_left(21)))], (H, W), classes=many)
+    assert set(np.unique(ds.frames[0].labels)) == {21, IGNORE}

@@ -185,7 +185,8 @@ class JobRunner:
         if current and idle:
             self.versions.require_state(model, current)  # FailedPrecondition now rather than in the job
         refs = self._seed + annotations
-        dataset = build_training_set(self.storage, refs, tuple(self.cfg.size), seed_count=len(self._seed))
+        dataset = build_training_set(self.storage, refs, tuple(self.cfg.size), seed_count=len(self._seed),
+                                     classes=self.cfg.class_names)
         spec = JobSpec(
             job_id=f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}", model_name=model,
             cycle_id=request.cycle_id, annotations=refs, seed_frame_count=len(self._seed),
@@ -314,7 +315,7 @@ class JobRunner:
         job, spec, cfg = tracked.job, tracked.job.spec, self.cfg
         t0 = time.monotonic()
         dataset = tracked.dataset or build_training_set(self.storage, spec.annotations, tuple(cfg.size),
-                                                        seed_count=spec.seed_frame_count)
+                                                        seed_count=spec.seed_frame_count, classes=cfg.class_names)
         if not job.base_resolved:  # fixed once: a resumed job continues from the same weights
             base = self.versions.current(spec.model_name)
             self._update(job, base_version=base, base_resolved=True, train_frame_count=len(dataset),

@@ -12,6 +12,7 @@ the policy filled in (the in-process loop's rule, segxal.al.loop: "earlier human
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ from segxal.annotation import LABEL_IDS, TRAIN_IDS, EncodedMask, decode_mask
 from segxal.data.cityscapes import list_frames, load_train_ids, normalize_image
 from segxal.resize import resize_image, resize_nearest
 from segxal.errors import FailedPrecondition, InvalidInput
-from segxal.labels import IGNORE
+from segxal.labels import CLASS_NAMES, IGNORE
 from segxal.storage import FrameStorage, local_uri
 from services.trainer.api import AnnotationRef
 
@@ -95,7 +96,7 @@ def _human_pixels(storage: FrameStorage, ref: AnnotationRef, annotated: np.ndarr
 
 
 def build_training_set(storage: FrameStorage, refs: list[AnnotationRef], size: tuple[int, int],
-                       seed_count: int = 0) -> LabeledFrames:
+                       seed_count: int = 0, classes: Sequence[str] | None = None) -> LabeledFrames:
     """Read, check, decode and merge every annotation.
 
     Args:
@@ -104,6 +105,7 @@ def build_training_set(storage: FrameStorage, refs: list[AnnotationRef], size: t
         size: (H, W) to train at.
         seed_count: how many of `refs` are seed frames (error messages number the rest from 0,
             as the request did).
+        classes: the model's classes (index = label value); None: the 19 Cityscapes trainIds.
 
     Returns:
         One TrainingFrame per distinct frame, in order of first appearance.
@@ -128,7 +130,8 @@ def build_training_set(storage: FrameStorage, refs: list[AnnotationRef], size: t
         else:
             rgb, full_shape = frame.rgb, frame.full_shape  # decoded once per frame
         labels = decode_mask(EncodedMask(ref.label_space, png=_read(storage, ref.mask_uri, ref.mask_png)),
-                             shape=full_shape, where=f"{where}: mask {ref.mask_uri or '(inline)'}")
+                             shape=full_shape, where=f"{where}: mask {ref.mask_uri or '(inline)'}",
+                             classes=CLASS_NAMES if classes is None else classes)
         annotated = labels != IGNORE
         human = _human_pixels(storage, ref, annotated, where)
         labels, annotated, human = (resize_nearest(a, size) for a in (labels, annotated, human))
