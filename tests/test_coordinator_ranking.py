@@ -352,3 +352,21 @@ def test_bad_cycle_eem_options_are_refused_at_start_cycle(coord_eem):
                         (EEMOptions(min_region_area=-1), "min_region_area")):
         with pytest.raises(InvalidInput, match=needle):
             c.start_cycle(coord_eem.pool.pool_id, 3, eem=bad)
+
+
+def test_a_pool_in_other_classes_than_the_model_is_not_ranked(coord_eem):
+    """The served model predicts the 19 Cityscapes classes (the EEM result says so); a pool labelled
+    in four classes is refused with FAILED_PRECONDITION naming both lists, and no task is made."""
+    from segxal.errors import FailedPrecondition
+    from segxal.labels import CLASS_NAMES
+    c, stack = coord_eem.client, coord_eem.stack
+    direct = stack.eem_client.score(str(sorted(stack.frames.glob("frame_0*.png"))[0]), EemScoreOptions())
+    assert direct.class_names == tuple(CLASS_NAMES)
+    pool = c.create_pool("four-classes", class_names=("flat", "vehicle", "human", "sky"))
+    c.ingest(pool.pool_id, [image_folder_source(str(stack.frames))])
+    c.register_model_version("segmentation", "repo/segmentation/1")
+    cycle = c.start_cycle(pool.pool_id, 4)
+    with pytest.raises(FailedPrecondition, match=r"4 classes \(flat, vehicle, human, sky\).*19 classes \(road"):
+        c.rank_cycle(cycle.cycle_id)
+    assert not c.lease(pool.pool_id, max_tasks=4)
+    assert c.rank_cycle(c.start_cycle(coord_eem.pool.pool_id, 2).cycle_id).tasks  # the Cityscapes pool ranks

@@ -347,6 +347,7 @@ class FrameScore:
     height: int = 0
     width: int = 0
     prediction_png: bytes | None = None  # predicted trainIds, 8-bit PNG, when asked for
+    class_names: tuple[str, ...] = ()  # the segmentation model's classes; empty: not said
 
 
 @dataclass(frozen=True)

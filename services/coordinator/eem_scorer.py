@@ -29,7 +29,7 @@ def frame_score_from_eem(frame: ScoredFrame) -> FrameScore:
                       depth_version=frame.model_versions.depth,
                       regions=tuple(_region(i, r) for i, r in enumerate(frame.regions)),
                       height=int(frame.height), width=int(frame.width),
-                      prediction_png=frame.labels_png or None)
+                      prediction_png=frame.labels_png or None, class_names=tuple(frame.class_names))
 
 
 class EemScorer:

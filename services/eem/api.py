@@ -102,6 +102,7 @@ class ScoredFrame:
     latency_ms: float = 0.0
     cam_degenerate: bool = False  # the CAM carried no spatial information (all zero or constant)
     cam_layer: str = ""  # where the CAM came from; "none": no CAM, scored with EBU alone
+    class_names: tuple[str, ...] = ()  # the segmentation model's classes (empty: not said)
 
     @property
     def ebu_only(self) -> bool:

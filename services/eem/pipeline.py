@@ -51,6 +51,7 @@ from segxal.al.scoring import FrameEEM, score_frame
 from segxal.eem.health import cam_degenerate
 from segxal.eem.regions import otsu_threshold
 from segxal.errors import InvalidInput, SegxalError
+from segxal.labels import CLASS_NAMES
 from segxal.modelspec import NO_CAM, ModelSpec, plan_resize
 from segxal.resize import resize_image, resize_map, resize_nearest
 from segxal.storage import FrameStorage
@@ -240,6 +241,7 @@ class ScoringPipeline:
                                             f"{self.depth.depth_model}:{depth_version}"),
                               started)
         result.cam_layer = NO_CAM if cam is None else (seg_spec.cam_layer or "")
+        result.class_names = tuple(seg_spec.class_names or CLASS_NAMES)
         result.cam_degenerate = cam is not None and bool(cam_degenerate(cam))
         return result
 

@@ -167,7 +167,7 @@ def result_to_proto(r: ScoredFrame) -> pb.ScoreResult:
         maps=[pb.Map(kind=_MAP_KIND_PB[k], bit_depth=bits, png=png) for k, png in r.maps_png.items()],
         regions=[_region_to_proto(x) for x in r.regions],
         labels_png=r.labels_png, latency_ms=r.latency_ms, cam_degenerate=r.cam_degenerate,
-        cam_layer=r.cam_layer)
+        cam_layer=r.cam_layer, class_names=list(r.class_names))
 
 
 def result_from_proto(m: pb.ScoreResult) -> ScoredFrame:
@@ -182,7 +182,7 @@ def result_from_proto(m: pb.ScoreResult) -> ScoredFrame:
         maps_png={_MAP_KIND[mp.kind]: mp.png for mp in m.maps if mp.kind in _MAP_KIND},
         map_bits=max(bits), regions=[_region_from_proto(x) for x in m.regions],
         labels_png=m.labels_png, latency_ms=m.latency_ms, cam_degenerate=m.cam_degenerate,
-        cam_layer=m.cam_layer)
+        cam_layer=m.cam_layer, class_names=tuple(m.class_names))
 
 
 def stats_to_proto(s: Stats) -> pb.Stats:

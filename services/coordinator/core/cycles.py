@@ -146,9 +146,14 @@ class CyclesAndRanking:
                                          "coordinator with --eem-target")
             assert cycle.model is not None  # EEM cycles always pin a model version (start_cycle)
             options_key = cycle.eem.key()
+            pool_classes = tuple(self.store.get_pool(cycle.pool_id).class_names)
+
+            def record(batch: list[tuple[str, FrameScore]]) -> None:
+                _check_classes(cycle, pool_classes, batch)
+                self.store.record_scores(batch, options_key)
             outcome = rank_frames(
                 candidates, self.scorer, cycle.batch_size, cycle.model.key, self.cfg.ranking,
-                self._score_options(cycle), on_scored=lambda batch: self.store.record_scores(batch, options_key),
+                self._score_options(cycle), on_scored=record,
                 on_failed=lambda batch: self.store.record_score_failures(cycle.cycle_id, batch))
             self.store.forget_resolved_failures(cycle.cycle_id, cycle.model.key, options_key)
             scored, reused = outcome.scored, outcome.reused
@@ -242,3 +247,17 @@ class CyclesAndRanking:
                            mean_dice=math.nan if mean is None else mean, frames_retired=retired,
                            cycle_complete=complete, stop_reason=reason, stop_detail=detail, budget=budget,
                            failed_frames=failed, queryable_frames=pool.queryable_frame_count)
+
+
+def _check_classes(cycle: Cycle, pool_classes: tuple[str, ...], batch: list[tuple[str, FrameScore]]) -> None:
+    """A pool labelled in other classes than the model predicts would get tasks whose predictions,
+    DICE and annotations mean different things: refuse to rank it, naming both lists."""
+    for _, score in batch:
+        if score.class_names and tuple(score.class_names) != pool_classes:
+            def show(names):
+                return f"{len(names)} classes ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})"
+            raise FailedPrecondition(
+                f"rank cycle: pool {cycle.pool_id} is labelled in {show(pool_classes)}, but the segmentation "
+                f"model {score.segmentation_version} predicts {show(score.class_names)}: create the pool with "
+                f"the model's label file (segxal ingest log --create-pool --labels <model>/labels.txt) or serve "
+                f"a model of the pool's classes")
