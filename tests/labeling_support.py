@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -207,3 +208,17 @@ class Chromium:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def json_call(url: str, path: str, body=None, raw: bytes | None = None, method: str = "POST",
+              headers: dict | None = None, timeout_s: float = 60.0) -> tuple[int, object]:
+    """One HTTP request with a JSON body (or `raw` bytes) to a test server: (status, parsed JSON
+    reply), HTTP errors included, so tests can check both."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(url + path, data=data if method == "POST" else None, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())

@@ -5,8 +5,6 @@ flow against a real Label Studio is in tests/test_labeling_label_studio.py."""
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -24,6 +22,7 @@ from segxal.labels import CLASS_NAMES, IGNORE, LABEL_MAP_FILE, class_colors, loa
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
 from services.coordinator.client import CoordinatorClient, cityscapes_source, image_folder_source
 from tests.coordinator_support import coordinator_config, running_coordinator, write_frames
+from tests.labeling_support import json_call
 
 # Four classes, one of them (sky) a Cityscapes name: it keeps the Cityscapes colour.
 LABEL_MAP = {"flat": ["road", "sidewalk"], "vehicle": ["car", "truck", "bus"], "human": ["person", "rider"],
@@ -67,14 +66,6 @@ def coordinator(tmp_path):
         yield server, client
 
 
-def _call(url: str, path: str, body: dict):
-    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def test_ml_backend_takes_the_pools_classes_for_setup_and_annotations(coordinator, tmp_path):
@@ -88,8 +79,8 @@ def test_ml_backend_takes_the_pools_classes_for_setup_and_annotations(coordinato
                           ls_document_root=str(root))
     with CoordinatorClient(server.target, client_id="ml-backend") as coord, \
             MLBackendServer(cfg, model=SegxalMLModel(cfg, eem=None, coordinator=coord)) as backend:
-        assert _call(backend.url, "/setup", {"project": "1.2", "schema": lsp.label_config(FOUR)})[0] == 200
-        status, reply = _call(backend.url, "/setup", {"project": "1.2", "schema": lsp.label_config()})
+        assert json_call(backend.url, "/setup", {"project": "1.2", "schema": lsp.label_config(FOUR)})[0] == 200
+        status, reply = json_call(backend.url, "/setup", {"project": "1.2", "schema": lsp.label_config()})
         assert status == 400 and "its labels must be the 4 classes being labelled (flat, vehicle, human, sky)" \
             in reply["error"]
         top = np.zeros((16, 24), bool)
@@ -98,7 +89,7 @@ def test_ml_backend_takes_the_pools_classes_for_setup_and_annotations(coordinato
                    "original_height": 16, "value": {"format": "rle", "rle": brush.encode_mask(m), "brushlabels": [n]}}
                   for m, n in ((top, "vehicle"), (~top, "sky"))]
         task = {"id": 7, "data": {"image": f"/data/local-files/?d=frames/{frame.name}"}}
-        status, reply = _call(backend.url, "/webhook", {"action": "ANNOTATION_CREATED", "project": {"id": 1},
+        status, reply = json_call(backend.url, "/webhook", {"action": "ANNOTATION_CREATED", "project": {"id": 1},
                                                         "annotation": {"id": 3, "result": result}, "task": task})
         assert status == 201, reply
     (ann,) = client.annotations(pool.pool_id)

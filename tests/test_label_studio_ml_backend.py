@@ -12,11 +12,8 @@ Skips (with the reason) only when the Label Studio venv cannot be made, e.g. wit
 from __future__ import annotations
 
 import base64
-import json
 import shutil
 import time
-import urllib.error
-import urllib.request
 from types import SimpleNamespace
 
 import numpy as np
@@ -33,7 +30,7 @@ from segxal.labels import IGNORE, NAME_TO_TRAIN_ID
 from services.eem.api import ScoreOptions
 from services.eem.client import EemClient
 from tests.coordinator_support import REPO_ROOT
-from tests.labeling_support import (LS_VENV, Chromium, annotations_by_task, django_login, eem_pool, sdk_brush,
+from tests.labeling_support import (LS_VENV, Chromium, annotations_by_task, django_login, eem_pool, json_call, sdk_brush,
                                     serving_stack)
 
 ARTIFACTS = REPO_ROOT / "artifacts" / "label_studio"
@@ -180,15 +177,6 @@ def test_annotation_saved_in_label_studio_reaches_the_coordinator(env, project):
     assert list(ann.region_ids) == [task.regions[0].region_id] and ann.client_id.startswith("label-studio-ml@")
 
 
-def _post(env, path: str, body, raw: bytes | None = None, method: str = "POST", headers: dict | None = None):
-    data = raw if raw is not None else json.dumps(body).encode()
-    req = urllib.request.Request(env.backend.url + path, data=data if method == "POST" else None, method=method,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def test_malformed_requests_get_4xx_with_a_message_never_500(env, project):
@@ -222,21 +210,21 @@ def test_malformed_requests_get_4xx_with_a_message_never_500(env, project):
         ("/nowhere", {}, None, 404, "unknown path"),
     ]
     for path, body, raw, code, text in cases:
-        status, reply = _post(env, path, body, raw)
+        status, reply = json_call(env.backend.url, path, body, raw)
         assert (status, text in reply.get("error", "")) == (code, True), (path, body, status, reply)
     # A frame of the pool that no coordinator task waits for (not in the ranked cycle): 409.
     ranked = {t.frame_uri for t in env.tasks}
     idle = next(t for t in project.tasks.values() if _frame_path(env, t) not in ranked)
-    status, reply = _post(env, "/webhook", {"action": "ANNOTATION_UPDATED", "project": {"id": project.id},
+    status, reply = json_call(env.backend.url, "/webhook", {"action": "ANNOTATION_UPDATED", "project": {"id": project.id},
                                             "annotation": good_ann, "task": {"id": idle["id"], "data": idle["data"]}})
     assert status == 409 and "no coordinator task waits for it" in reply["error"]
-    status, reply = _post(env, "/webhook", {"action": "PROJECT_UPDATED", "project": {"id": project.id}})
+    status, reply = json_call(env.backend.url, "/webhook", {"action": "PROJECT_UPDATED", "project": {"id": project.id}})
     assert (status, reply["status"]) == (200, "ignored")
-    status, reply = _post(env, "/predict", None, raw=b"{}", headers={"Content-Length": str(1 << 40)})
+    status, reply = json_call(env.backend.url, "/predict", None, raw=b"{}", headers={"Content-Length": str(1 << 40)})
     assert status == 413 and "larger than" in reply["error"]
-    status, reply = _post(env, "/predict", None, method="GET")
+    status, reply = json_call(env.backend.url, "/predict", None, method="GET")
     assert status == 405 and "takes POST" in reply["error"]
-    status, reply = _post(env, "/health", None, method="GET")
+    status, reply = json_call(env.backend.url, "/health", None, method="GET")
     assert status == 200 and reply["status"] == "UP"
 
 

@@ -4,9 +4,6 @@ message, never a 500. No service is reached: these requests are refused before t
 the coordinator or the trainer would be called (they are absent here)."""
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -15,6 +12,7 @@ from clients.label_studio import brush
 from clients.label_studio import project as lsp
 from clients.label_studio.ml_backend import MLBackendServer
 from clients.label_studio.ml_model import MLBackendConfig, SegxalMLModel
+from tests.labeling_support import json_call
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +24,6 @@ def backend(tiny_dataset):
         yield server, f"/data/local-files/?d={frame.relative_to(root).as_posix()}"
 
 
-def _call(url: str, path: str, body=None, raw: bytes | None = None, method: str = "POST"):
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(url + path, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def _brush(rle, label="road", h=64, w=128, **extra) -> dict:
@@ -72,16 +62,16 @@ def test_every_malformed_request_gets_a_4xx_with_a_message(backend):
     seen = 0
     for path, cases in bodies.items():
         for body in cases:
-            status, reply = _call(server.url, path, body, raw=b"" if body is None else None)
+            status, reply = json_call(server.url, path, body, raw=b"" if body is None else None)
             assert 400 <= status < 500 and reply.get("error"), (path, body, status, reply)
             seen += 1
     for raw in (b"{", b"\xff\xfe", b"[1, 2"):
-        status, reply = _call(server.url, "/webhook", raw=raw)
+        status, reply = json_call(server.url, "/webhook", raw=raw)
         assert status == 400 and "not JSON" in reply["error"]
-    assert _call(server.url, "/health", method="GET")[0] == 200
-    assert _call(server.url, "/setup", method="GET")[0] == 405
-    assert _call(server.url, "/health", {})[0] == 405
-    assert _call(server.url, "/train", {})[0] == 404
+    assert json_call(server.url, "/health", method="GET")[0] == 200
+    assert json_call(server.url, "/setup", method="GET")[0] == 405
+    assert json_call(server.url, "/health", {})[0] == 405
+    assert json_call(server.url, "/train", {})[0] == 404
     assert seen > 40
 
 
@@ -99,7 +89,7 @@ def test_the_entry_point_serves_health_and_stops_on_sigterm(tmp_path):
     try:
         line = proc.stdout.readline()
         assert line.startswith("ml backend listening on http://127.0.0.1:"), line
-        status, reply = _call(line.split()[-1], "/health", method="GET")
+        status, reply = json_call(line.split()[-1], "/health", method="GET")
         assert status == 200 and reply["forward"] == "none"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
