@@ -8,10 +8,13 @@ Details: segxal.al.bench (protocols, training schedule) and segxal.al.bench_repo
     .venv/bin/segxal data synth --out data/synth-64x128 --height 64 --width 128 \\
         --train-sequences 60 --val-sequences 15 --test-sequences 10
     nice -n 10 .venv/bin/python bench/al_curve.py --data data/synth-64x128 --out bench/results
-    # or one process per seed (both cores), then one report over them
-    for s in 0 1 2; do nice -n 10 .venv/bin/python bench/al_curve.py --data data/synth-64x128 \\
-        --seeds $s --out runs/al/s$s --cache-dir runs/al/cache & done; wait
-    .venv/bin/python bench/al_curve.py --merge runs/al/s*/al.json --out bench/results
+    # or one process per seed and protocol (what bench/results/al.md ran), then one report over them
+    for p in frame region; do for s in 0 1 2; do nice -n 19 .venv/bin/python bench/al_curve.py \\
+        --data data/synth-64x128 --seeds $s --protocols $p --threads 1 --deadline-min 72 \\
+        --out runs/al/$p-s$s --cache-dir runs/al/cache & done; done; wait
+    .venv/bin/python bench/al_curve.py --merge runs/al/*-s*/al.json --note bench/results/al_note.md \\
+        --out bench/results
+    # headroom (supervised ceiling, random at several schedules): bench/al_headroom.py
     # full size (GPU): 256x512, the default U-Net
     .venv/bin/python bench/al_curve.py --full --device cuda --data data/synth-256x512 --out runs/al-full
 """
@@ -31,10 +34,11 @@ from segxal.train import parse_size
 
 
 def quick(cfg: BenchConfig) -> BenchConfig:
-    """Tiny images and schedules: the whole pipeline in seconds (tests)."""
+    """Tiny images and schedules: the whole pipeline in seconds (tests), every arm (the extra ones too)."""
     return replace(cfg, size=(32, 64), width=4, unet_depth=3, seeds=(0, 1), seed_frames=4, seed_steps=6,
                    steps=4, batch_size=4, depth_steps=4, mc_samples=2, region_min_area=4,
-                   frame_budgets=(0.1, 0.3), pixel_budgets=(0.02, 0.05))
+                   frame_budgets=(0.1, 0.3), pixel_budgets=(0.02, 0.05),
+                   arms=tuple(dict.fromkeys(a.name for a in ALL_ARMS)))
 
 
 def build_config(args: argparse.Namespace) -> BenchConfig:
@@ -82,11 +86,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch CPU threads (default 1: on a shared machine more threads are slower; 0 = torch's default)")
     p.add_argument("--cache-dir", help="seed models and depth net (default <out>/cache)")
     p.add_argument("--deadline-min", type=float, help="start no new arm after this many minutes")
+    p.add_argument("--note", help="Markdown file put into al.md after the configuration (what changed and why)")
     p.add_argument("--no-schedule-check", action="store_true", help="skip the 2 x steps run of random")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.merge:
-        return _write(merge_reports([json.loads(Path(f).read_text()) for f in args.merge]), Path(args.out))
+        return _write(merge_reports([json.loads(Path(f).read_text()) for f in args.merge]), Path(args.out),
+                      _note(args.note))
     if not args.data:
         p.error("--data is required (unless --merge)")
     try:
@@ -101,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     except SegxalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return _write(report, Path(cfg.out))
+    return _write(report, Path(cfg.out), _note(args.note))
+
+
+def _note(path: str | None) -> str:
+    return Path(path).read_text() if path else ""
 
 
 def merge_reports(reports: list[dict]) -> dict:
@@ -111,18 +121,19 @@ def merge_reports(reports: list[dict]) -> dict:
         for key in ("runs", "cycle0", "schedule", "skipped"):
             merged[key] += r.get(key, [])
     merged["cycle0"] = list({c["seed"]: c for c in merged["cycle0"]}.values())  # one per seed
-    merged["config"] = {**reports[0]["config"],
-                        "seeds": sorted({c["seed"] for c in merged["cycle0"]})}
+    merged["config"] = {**reports[0]["config"], "seeds": sorted({c["seed"] for c in merged["cycle0"]}),
+                        "protocols": [p for p in PROTOCOLS
+                                      if any(p in r["config"]["protocols"] for r in reports)]}
     merged["seconds"] = max(r.get("seconds", 0) for r in reports)
     merged["process_seconds_sum"] = sum(r.get("seconds", 0) for r in reports)
     merged["loadavg"] = "; ".join(str(r.get("loadavg")) for r in reports)
     return merged
 
 
-def _write(report: dict, out: Path) -> int:
+def _write(report: dict, out: Path, note: str = "") -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "al.json").write_text(json.dumps(report, indent=1))
-    text = markdown(report)
+    text = markdown(report, note=note)
     (out / "al.md").write_text(text + "\n")
     files = plot(report, out)
     print(text)

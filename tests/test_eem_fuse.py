@@ -69,3 +69,34 @@ def test_frame_score_rejects_bad_arguments():
         frame_score(np.zeros((2, 2)), "max")
     with pytest.raises(InvalidInput, match="q must be"):
         frame_score(np.zeros((2, 2)), "topq", q=0.0)
+
+
+def test_gated_pae_gives_no_proximity_weight_to_a_near_confident_pixel():
+    """score_frame's gate_proximity: proximity counts only where the model is unsure. Four pixels by
+    construction, CAM alike: near & confident (the near road), near & unsure, far & unsure, far & confident."""
+    import torch
+
+    from segxal.al.scoring import EEMOptions, score_frame
+    from segxal.eem.ebu import entropy_uncertainty
+
+    logits = torch.zeros(1, 19, 1, 4)  # [B, C, H, W]
+    logits[0, 0, 0, [0, 3]] = 30.0  # confident "road" at columns 0 and 3
+    logits[0, :4, 0, [1, 2]] = 1.0  # unsure between four classes at columns 1 and 2
+    ebu = entropy_uncertainty(logits)[0].numpy()  # [1, 4]
+    labels = logits[0].argmax(0).numpy().astype(np.uint8)  # no sky: proximity is the depth alone
+    inv_depth = np.array([[1.0, 1.0, 0.1, 0.1]], np.float32)  # near, near, far, far
+    cam = np.ones((1, 4), np.float32)
+    plain = score_frame(labels, ebu, cam, inv_depth, EEMOptions(), with_regions=False)
+    gated = score_frame(labels, ebu, cam, inv_depth, EEMOptions(), with_regions=False, gate_proximity=True)
+    assert ebu[0, 0] < 1e-6 < 0.3 < ebu[0, 1]
+    assert plain.pae[0, 0] == plain.pae[0, 1] == 1.0  # ungated: the near road is as hot as the unsure pixel
+    assert gated.pae[0, 0] < 1e-4 and gated.pae[0, 1] == 1.0  # gated: near & sure gets nothing
+    assert gated.pae[0, 2] < gated.pae[0, 1] and gated.pae[0, 3] < 1e-4  # far: proximity still matters
+    assert gated.eem[0, 0] < gated.eem[0, 2] < gated.eem[0, 1]
+    np.testing.assert_array_equal(plain.eem, score_frame(labels, ebu, cam, inv_depth, EEMOptions(),
+                                                          with_regions=False).eem)  # off by default
+
+
+def test_pae_gate_outside_unit_interval_is_a_clear_error():
+    with pytest.raises(InvalidInput, match="gate must lie in"):
+        pae(np.ones((2, 2)), np.ones((2, 2)), gate=np.full((2, 2), 2.0))

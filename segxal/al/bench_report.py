@@ -111,7 +111,9 @@ def _share(d: dict, names) -> float:
     return float(sum(d.get(n, 0.0) for n in names))
 
 
-def markdown(report: dict, title: str = "Label-efficiency benchmark") -> str:
+def markdown(report: dict, title: str = "Label-efficiency benchmark", note: str = "") -> str:
+    """The report as Markdown; `note` (Markdown, e.g. what changed since the last run and why) goes
+    right after the configuration paragraph."""
     cfg = report["config"]
     out = [f"# {title}", "",
            f"{report['n_train']} training frames (seed set {cfg['seed_frames']}, the rest is the pool), "
@@ -120,6 +122,8 @@ def markdown(report: dict, title: str = "Label-efficiency benchmark") -> str:
            f"{cfg['steps']} steps (batch {cfg['batch_size']}) from the seed model at every budget point, "
            f"device {cfg['device']}. Wall time {report.get('seconds', 0) / 60:.1f} min, "
            f"loadavg at the end: {report.get('loadavg', 'n/a')}.", ""]
+    if note:
+        out += [note.strip(), ""]
     c0 = report["cycle0"]
     if c0:
         out.append("Seed model (cycle 0, no acquisition): mIoU "
@@ -172,13 +176,18 @@ def markdown(report: dict, title: str = "Label-efficiency benchmark") -> str:
     main = _by(report["runs"], "frame").get("random")
     if sched and main:
         out += ["## Is the schedule long enough? (frame protocol, random arm, mIoU)", "",
-                f"| budget | {cfg['steps']} steps | {2 * cfg['steps']} steps | Δ (paired) |", "|---|---|---|---|"]
+                "Long enough when the paired change from doubling the steps is smaller than the spread of "
+                "random over seeds (its std at the benchmark's steps).", "",
+                f"| budget | {cfg['steps']} steps | {2 * cfg['steps']} steps | Δ (paired) | |Δ| < spread? |",
+                "|---|---|---|---|---|"]
         for b in sorted(sched):
             a = [main.get(b, {}).get(s, {}).get("miou") for s in sched[b]]
             z = [r["miou"] for r in sched[b].values()]
             d = [100 * (y - x) for x, y in zip(a, z) if x is not None]
+            spread = _std([100 * x for x in a if x is not None])
+            ok = "n/a" if np.isnan(spread) else ("yes" if abs(np.mean(d)) < spread else "no") if d else "-"
             out.append(f"| {100 * b:g}% | {_cell(a)} | {_cell(z)} | "
-                       f"{np.mean(d):+.1f}±{_std(d):.1f} |" if d else f"| {100 * b:g}% | - | - | - |")
+                       f"{np.mean(d):+.1f}±{_std(d):.1f} | {ok} |" if d else f"| {100 * b:g}% | - | - | - | - |")
         out.append("")
     out += ["## Verdict", ""] + verdicts(report) + [""]
     if report.get("skipped"):

@@ -108,7 +108,8 @@ def _proximity(labels: np.ndarray, depth: np.ndarray, convention: str, tau: floa
 def score_frame(labels: np.ndarray, ebu: np.ndarray, cam: np.ndarray | None, inverse_depth: np.ndarray,
                 opts: EEMOptions, with_regions: bool = True, *, depth_convention: str = "inverse",
                 depth_tau: float = 20.0, class_names: tuple[str, ...] | None = None,
-                max_regions: int = DEFAULT_MAX_REGIONS, frame_hw: tuple[int, int] | None = None) -> FrameEEM:
+                max_regions: int = DEFAULT_MAX_REGIONS, frame_hw: tuple[int, int] | None = None,
+                gate_proximity: bool = False) -> FrameEEM:
     """Fuse one frame's maps (any float dtype, float16 from the wire included) into its EEM.
 
     Args:
@@ -127,6 +128,9 @@ def score_frame(labels: np.ndarray, ebu: np.ndarray, cam: np.ndarray | None, inv
         frame_hw: the frame's (H, W) when the maps are at the model's size (the EEM service): the
             maths runs on the maps as given, and only the regions are brought to frame
             coordinates (segxal.eem.regions.extract_regions); None: the maps' own size.
+        gate_proximity: PAE = norm(CAM * proximity * EBU) (segxal.eem.fuse.pae's gate): proximity
+            counts only where the model is unsure. Off by default (DESIGN.md's PAE); the benchmark's
+            `eem-gated` arms measure it.
 
     Raises:
         InvalidInput: maps of different shapes, invalid options or an unknown depth convention.
@@ -142,7 +146,7 @@ def score_frame(labels: np.ndarray, ebu: np.ndarray, cam: np.ndarray | None, inv
         e = ebu  # EBU alone
     else:
         cam = cam.astype(np.float32)
-        p = fuse_pae(cam, prox)  # [H, W]
+        p = fuse_pae(cam, prox, gate=ebu if gate_proximity else None)  # [H, W]
         e = fuse_eem(ebu, p, opts.alpha, opts.beta)  # [H, W]
     score = frame_score(e, mode=opts.score_mode, q=opts.q)
     regions = []
