@@ -121,6 +121,8 @@ def merge_reports(reports: list[dict]) -> dict:
         for key in ("runs", "cycle0", "schedule", "skipped"):
             merged[key] += r.get(key, [])
     merged["cycle0"] = list({c["seed"]: c for c in merged["cycle0"]}.values())  # one per seed
+    order = {(a.protocol, a.name): i for i, a in enumerate(ALL_ARMS)}  # tables list arms in run order
+    merged["runs"].sort(key=lambda r: (order.get((r["protocol"], r["arm"]), len(order)), r["seed"], r["budget"]))
     merged["config"] = {**reports[0]["config"], "seeds": sorted({c["seed"] for c in merged["cycle0"]}),
                         "protocols": [p for p in PROTOCOLS
                                       if any(p in r["config"]["protocols"] for r in reports)]}

@@ -178,7 +178,7 @@ def markdown(report: dict, title: str = "Label-efficiency benchmark", note: str 
         out += ["## Is the schedule long enough? (frame protocol, random arm, mIoU)", "",
                 "Long enough when the paired change from doubling the steps is smaller than the spread of "
                 "random over seeds (its std at the benchmark's steps).", "",
-                f"| budget | {cfg['steps']} steps | {2 * cfg['steps']} steps | Δ (paired) | |Δ| < spread? |",
+                f"| budget | {cfg['steps']} steps | {2 * cfg['steps']} steps | Δ (paired) | Δ inside the spread? |",
                 "|---|---|---|---|---|"]
         for b in sorted(sched):
             a = [main.get(b, {}).get(s, {}).get("miou") for s in sched[b]]
