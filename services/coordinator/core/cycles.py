@@ -252,10 +252,10 @@ class CyclesAndRanking:
 def _check_classes(cycle: Cycle, pool_classes: tuple[str, ...], batch: list[tuple[str, FrameScore]]) -> None:
     """A pool labelled in other classes than the model predicts would get tasks whose predictions,
     DICE and annotations mean different things: refuse to rank it, naming both lists."""
+    def show(names: Sequence[str]) -> str:
+        return f"{len(names)} classes ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})"
     for _, score in batch:
         if score.class_names and tuple(score.class_names) != pool_classes:
-            def show(names):
-                return f"{len(names)} classes ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})"
             raise FailedPrecondition(
                 f"rank cycle: pool {cycle.pool_id} is labelled in {show(pool_classes)}, but the segmentation "
                 f"model {score.segmentation_version} predicts {show(score.class_names)}: create the pool with "
