@@ -68,8 +68,14 @@ def test_frame_protocol_spends_exactly_the_frame_budgets(quick_run):
     for r in report["runs"]:
         if r["protocol"] == "frame":
             assert r["cost"]["frames"] == round(r["budget"] * pool)
-            human = 0 if r["arm"] == "eem-machine" else r["cost"]["frames"] * 32 * 64
+            machine = r["arm"].startswith("eem-machine")
+            human = 0 if machine else r["cost"]["frames"] * 32 * 64
             assert r["cost"]["pixels"] == human
+            if machine:  # what the oracle returned is on record: its threshold and the labeled share
+                assert 0.0 <= r["diag"]["pseudo_labeled_share"] <= 1.0
+                assert r["diag"]["tau"] is None or 0.0 <= r["diag"]["tau"] <= 1.0
+                if r["arm"] == "eem-machine":
+                    assert r["diag"]["tau"] == 0.9
 
 
 def test_region_protocol_stays_within_the_pixel_budget(quick_run):

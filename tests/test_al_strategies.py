@@ -127,6 +127,18 @@ def test_fill_pixel_budget_takes_best_regions_that_fit():
     assert st.fill_pixel_budget(scores, areas, 10) == []
 
 
+def test_round_robin_takes_every_frames_best_region_before_any_second():
+    scores = np.array([9.0, 8.0, 1.0, 5.0, 7.0])
+    frames = np.array([0, 0, 1, 2, 2])
+    rr = st.round_robin_scores(scores, frames)
+    assert st.top_k(rr, 5) == [0, 4, 2, 1, 3]  # bests 9, 7, 1 by score; then seconds 8, 5
+    # under a pixel budget: three frames get a region before frame 0 gets its second
+    assert st.fill_pixel_budget(rr, np.full(5, 10), 30) == [0, 4, 2]
+    assert st.fill_pixel_budget(scores, np.full(5, 10), 30) == [0, 1, 4]  # by score alone: frame 0 twice
+    with pytest.raises(InvalidInput):
+        st.round_robin_scores(scores, frames[:3])
+
+
 def test_random_boxes_follow_the_size_sample_and_respect_budget_and_labeled_pixels():
     rng = np.random.default_rng(5)
     excluded = {0: np.ones((32, 64), bool)}  # frame 0 fully labeled already

@@ -157,6 +157,34 @@ def test_a_lone_caller_is_not_held_for_the_batching_window():
     assert stats.window_waits == 1  # the first request only
 
 
+def test_a_lone_request_runs_in_its_callers_thread_and_instances_stay_the_limit():
+    """No hand-off when a request would run alone: after the first request (which waits for
+    company), a single stream executes in the caller's thread. With one instance, a request that
+    arrives while another runs inline waits in the queue: never two executions at once."""
+    lock, state, threads = threading.Lock(), {"now": 0, "most": 0}, []
+
+    def model(feeds, names):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+            threads.append(threading.current_thread().name)
+        time.sleep(0.02)
+        with lock:
+            state["now"] -= 1
+        return {"y": feeds["x"] * 2}
+    b = Batcher(model, ["y"], BatchPolicy(max_batch_size=8, max_queue_delay_s=0.01), "t/1")
+    for i in range(4):
+        x = np.full((1, 3), i, np.float32)
+        np.testing.assert_array_equal(b.submit({"x": x}, None, 1, None)["y"], x * 2)
+    me = threading.current_thread().name
+    assert threads[0].startswith("batcher-") and threads[1:] == [me] * 3, threads
+    results, errors = _submit_all(b, [np.full((1, 3), i, np.float32) for i in range(6)])
+    b.close()
+    assert not errors and state["most"] == 1
+    for i, r in enumerate(results):
+        np.testing.assert_array_equal(r["y"], np.full((1, 3), 2 * i, np.float32))
+
+
 def test_callers_in_lock_step_form_batches_of_their_number():
     """N callers, each sending its next request when its answer comes back (a benchmark client
     at concurrency N): batches settle at N rows, the window closing when the last batch's number

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from segxal.al.oracles import machine_oracle, simulated_human
+from segxal.al.oracles import calibrate_tau, machine_oracle, simulated_human
 from segxal.al.scoring import EEMOptions, score_frame, strategy_score
 from segxal.errors import InvalidInput
 from segxal.labels import IGNORE, NAME_TO_TRAIN_ID
@@ -16,6 +16,35 @@ def test_machine_oracle_keeps_only_confident_pixels():
     assert ann.cost.pixels == 0 and ann.cost.frames == 1 and not ann.human.any()
     with pytest.raises(InvalidInput):
         machine_oracle(labels, pmax, tau=1.5)
+
+
+def test_calibrated_tau_is_the_lowest_threshold_that_reaches_the_precision():
+    # 10 labeled pixels, confidence 1.0 ... 0.1; the prediction is wrong at 0.7 and at 0.3 and below
+    pmax = np.linspace(1.0, 0.1, 10).astype(np.float32)
+    gt = np.zeros(10, np.uint8)
+    pred = gt.copy()
+    pred[[3, 7, 8, 9]] = 1
+    # top 6 (>= 0.5): 5 right of 6 = 0.83; top 7 (>= 0.4): 6/7 = 0.857; top 8: 6/8 = 0.75
+    assert calibrate_tau(pmax, pred, gt, precision=0.85) == pytest.approx(0.4)
+    assert calibrate_tau(pmax, pred, gt, precision=0.75) == pytest.approx(0.3)
+    assert calibrate_tau(pmax, pred, gt, precision=1.0) == pytest.approx(0.8)  # top 3 all right
+    # unlabeled pixels do not count; ties are taken or left together
+    gt2 = gt.copy()
+    gt2[3] = IGNORE  # the wrong pixel at 0.7 is not labeled: the top 7 labeled are 6 right of 6... then 0.3
+    assert calibrate_tau(pmax, pred, gt2, precision=1.0) == pytest.approx(0.4)
+    tied = np.array([0.9, 0.9, 0.5], np.float32)
+    assert calibrate_tau(tied, np.array([0, 1, 0]), np.zeros(3, np.uint8), precision=0.6) == 0.5
+    assert calibrate_tau(tied, np.array([0, 1, 0]), np.zeros(3, np.uint8), precision=0.7) == float("inf")
+    # no threshold reaches it: nothing is pseudo-labeled, and the oracle returns an empty mask
+    assert calibrate_tau(pmax, np.ones(10, np.uint8), gt, 0.5) == float("inf")
+    ann = machine_oracle(pred.reshape(2, 5), pmax.reshape(2, 5).astype(np.float16), float("inf"))
+    assert (ann.mask == IGNORE).all()
+    with pytest.raises(InvalidInput):
+        calibrate_tau(pmax, pred, np.full(10, IGNORE, np.uint8))
+    with pytest.raises(InvalidInput):
+        calibrate_tau(pmax, pred[:5], gt)
+    with pytest.raises(InvalidInput):
+        calibrate_tau(pmax, pred, gt, precision=0.0)
 
 
 def test_simulated_human_copies_ground_truth_inside_regions_only():

@@ -42,6 +42,7 @@ import torch
 
 from segxal import imageio
 from segxal.al import strategies as st
+from segxal.al.oracles import calibrate_tau, machine_oracle
 from segxal.al.scoring import EEMOptions, score_frame
 from segxal.data.cityscapes import SegDataset, disparity_to_depth, list_frames, load_camera
 from segxal.eem.explain import ExplainedSegmenter
@@ -74,6 +75,10 @@ class Arm:
     class_balanced: bool = False  # reweight pixel scores by predicted-class rarity
     region_floor: bool = False  # region: drop components smaller than cfg.floor_frac of a frame
     gated: bool = False  # eem / pae: proximity gated by the model's uncertainty (score_frame's gate_proximity)
+    spread: bool = False  # region: every frame's best region before any second best (round_robin_scores)
+    # pseudo-labels (machine oracle, outside="pseudo"): 0 = p_max >= cfg.tau; else the tau whose
+    # pseudo-labels reach this precision on the seed frames (segxal.al.oracles.calibrate_tau)
+    tau_precision: float = 0.0
     extra: bool = False  # not in the default set: runs only when named in BenchConfig.arms
 
 
@@ -90,6 +95,7 @@ FRAME_ARMS = (  # in the order they run: a run stopped by its deadline keeps the
     Arm("eem+cb", "frame", "eem", class_balanced=True),
     Arm("eem+kcenter", "frame", "eem", diversity="kcenter"),
     Arm("eem-machine", "frame", "eem", oracle="machine"),
+    Arm("eem-machine-cal", "frame", "eem", oracle="machine", tau_precision=0.9),
     # combinations measured once at 40 steps (bench/results/steps40) and inside the spread there:
     # run only when named (--arms), to keep the default benchmark inside its time budget
     Arm("eem+seqcap", "frame", "eem", diversity="sequence-cap", extra=True),
@@ -102,6 +108,9 @@ REGION_ARMS = (
     Arm("eem-gated", "region", "eem", gated=True),
     Arm("eem-pseudo", "region", "eem", outside="pseudo"),
     Arm("eem+cb", "region", "eem", class_balanced=True),
+    Arm("eem+spread", "region", "eem", spread=True),
+    Arm("entropy+spread", "region", "entropy", spread=True),  # control: is a gain EEM's or the spread's?
+    Arm("eem-pseudo-cal", "region", "eem", outside="pseudo", tau_precision=0.9),
     Arm("eem+floor", "region", "eem", region_floor=True, extra=True),
 )
 ALL_ARMS = FRAME_ARMS + REGION_ARMS
@@ -444,6 +453,20 @@ def _gt_share(data: _Data, masks: dict[int, np.ndarray | None]) -> dict:
     return {CLASS_NAMES[c]: float(share[c]) for c in range(NUM_CLASSES) if share[c] > 0}
 
 
+def _pseudo_tau(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, out: PoolOutputs, data: _Data) -> float:
+    """The machine oracle's threshold for this cycle: cfg.tau, or calibrated on the seed frames
+    (ground truth that is labeled from the start) to the arm's precision."""
+    if arm.tau_precision <= 0:
+        return cfg.tau
+    gt = np.stack([data.train.raw(i)[1] for i in ctx.seed_idx])  # [S, H, W]
+    return calibrate_tau(out.pmax[ctx.seed_idx], out.labels[ctx.seed_idx], gt, arm.tau_precision)
+
+
+def _labeled_share(masks: list[np.ndarray]) -> float:
+    """Share of pixels that carry a label in these pseudo-label masks (0: the oracle returned nothing)."""
+    return float(np.mean([(m != IGNORE).mean() for m in masks])) if masks else 0.0
+
+
 def _frame_pick(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, out: PoolOutputs, inv: np.ndarray,
                 data: _Data, labeled: set[int], k: int, rng: np.random.Generator) -> tuple[list[int], dict]:
     cand = [i for i in ctx.pool if i not in labeled]
@@ -488,15 +511,20 @@ def _run_frame_arm(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, data: _Data, i
         t0 = time.time()
         target = round(frac * len(ctx.pool))
         picks, diag = _frame_pick(arm, cfg, ctx, out, inv, data, set(labeled), target - len(acquired), rng)
+        if arm.oracle == "machine":
+            tau = _pseudo_tau(arm, cfg, ctx, out, data)
+            diag["tau"] = tau if math.isfinite(tau) else None  # None: no threshold reached the precision
         for i in picks:
             if arm.oracle == "machine":  # pseudo-labels of the model that picked the frame
-                labeled[i] = np.where(out.pmax[i] >= np.float16(cfg.tau), out.labels[i], IGNORE).astype(np.uint8)
+                labeled[i] = machine_oracle(out.labels[i], out.pmax[i], tau).mask
             else:
                 labeled[i] = None
                 cost["pixels"] += h * w
             cost["frames"] += 1
             acquired.add(i)
         diag["gt_class_share_of_new_labels"] = _gt_share(data, {i: None for i in picks})
+        if arm.oracle == "machine":
+            diag["pseudo_labeled_share"] = _labeled_share([labeled[i] for i in picks])
         model = train_from(ctx.model0, data, labeled, steps, cfg, seed=ctx.seed * 1000 + b)
         rec = {"protocol": "frame", "arm": arm.name, "seed": ctx.seed, "budget": frac, "steps": steps,
                "x": len(acquired) / len(ctx.pool), "cost": dict(cost), **evaluate(model, data),
@@ -589,10 +617,13 @@ def _run_region_arm(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, data: _Data, 
             chosen = [(pos_of[p], m) for p, m in boxes]
         else:
             cands = _region_candidates(arm, cfg, ctx, out, inv, human)
-            sel = st.fill_pixel_budget(np.array([c[2] for c in cands]), np.array([c[1].sum() for c in cands]),
-                                       max(0, need)) if cands else []
+            scores = np.array([c[2] for c in cands])  # [R]
+            if arm.spread and cands:
+                scores = st.round_robin_scores(scores, np.array([c[0] for c in cands]))
+            sel = st.fill_pixel_budget(scores, np.array([c[1].sum() for c in cands]), max(0, need)) if cands else []
             chosen = [(cands[j][0], cands[j][1]) for j in sel]
         new: dict[int, np.ndarray] = {}
+        tau = _pseudo_tau(arm, cfg, ctx, out, data) if arm.outside == "pseudo" else None
         for i, m in chosen:
             if i not in human:
                 cost["frames"] += 1
@@ -603,7 +634,7 @@ def _run_region_arm(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, data: _Data, 
             cost["regions"] += 1
             cost["pixels"] += int(m.sum())
             if arm.outside == "pseudo":
-                pseudo[i] = np.where(out.pmax[i] >= np.float16(cfg.tau), out.labels[i], IGNORE).astype(np.uint8)
+                pseudo[i] = machine_oracle(out.labels[i], out.pmax[i], tau).mask
         labeled: dict[int, np.ndarray | None] = {i: None for i in ctx.seed_idx}
         for i, hm in human.items():
             rest = pseudo.get(i, np.full((h, w), IGNORE, np.uint8))
@@ -615,6 +646,9 @@ def _run_region_arm(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, data: _Data, 
                 "sequences": len({data.groups[i] for i in new}),
                 "cam_dead_share": _cam_dead_share(out, ctx.pool),
                 "gt_class_share_of_new_labels": _gt_share(data, new)}
+        if tau is not None:
+            diag["tau"] = tau if math.isfinite(tau) else None
+            diag["pseudo_labeled_share"] = _labeled_share([pseudo[i] for i in new])
         rec = {"protocol": "region", "arm": arm.name, "seed": ctx.seed, "budget": frac, "steps": cfg.steps,
                "x": cost["pixels"] / pool_px, "cost": dict(cost), **evaluate(model, data), "diag": diag}
         if b + 1 < len(cfg.pixel_budgets) and arm.score != "random":

@@ -234,6 +234,20 @@ def _diagnosis(protocol: str, table: dict, budgets: list[float]) -> list[str]:
                        f"{np.mean([x['regions_this_cycle'] for x in d]):.0f} | "
                        f"{np.mean([x['frames_this_cycle'] for x in d]):.0f} | {100 * vul:.1f} % |")
     out.append("")
+    pseudo = []  # arms with pseudo-labels: what the machine oracle returned, per budget point
+    for arm, by_b in table.items():
+        cells = []
+        for b in budgets:
+            d = [r["diag"] for r in by_b.get(b, {}).values() if "pseudo_labeled_share" in r["diag"]]
+            if d:
+                taus = [x["tau"] for x in d if x.get("tau") is not None]
+                tau = f"{np.mean(taus):.2f}" if taus else "none"
+                cells.append(f"{100 * b:g}%: tau {tau}, {100 * np.mean([x['pseudo_labeled_share'] for x in d]):.0f} %")
+        if cells:
+            pseudo.append(f"- `{arm}`: " + "; ".join(cells))
+    if pseudo:
+        out += ["Pseudo-labels (tau used, mean over seeds; share of a pseudo-labeled frame's pixels that got a "
+                "label; tau 'none': no threshold reached the precision):", ""] + pseudo + [""]
     return out
 
 
