@@ -7,13 +7,11 @@ Details: segxal.al.bench (protocols, training schedule) and segxal.al.bench_repo
     # data once (CPU size): 300 train / 75 val frames, 50 test frames for the depth net
     .venv/bin/segxal data synth --out data/synth-64x128 --height 64 --width 128 \\
         --train-sequences 60 --val-sequences 15 --test-sequences 10
-    nice -n 10 .venv/bin/python bench/al_curve.py --data data/synth-64x128 --out bench/results
-    # or one process per seed and protocol (what bench/results/al.md ran), then one report over them
-    for p in frame region; do for s in 0 1 2; do nice -n 19 .venv/bin/python bench/al_curve.py \\
-        --data data/synth-64x128 --seeds $s --protocols $p --threads 1 --deadline-min 72 \\
-        --out runs/al/$p-s$s --cache-dir runs/al/cache & done; done; wait
-    .venv/bin/python bench/al_curve.py --merge runs/al/*-s*/al.json --note bench/results/al_note.md \\
-        --out bench/results
+    # every default arm, both protocols, 3 seeds side by side (one process each, --jobs): ~55 min on 2 cores
+    .venv/bin/python bench/al_curve.py --data data/synth-64x128 --out bench/results
+    # every arm, the extra ones too: add --arms followed by every name in --help
+    # runs split by hand (other arms, other machines) merge into one report:
+    .venv/bin/python bench/al_curve.py --merge runs/a/al.json runs/b/al.json --note NOTE.md --out bench/results
     # headroom (supervised ceiling, random at several schedules): bench/al_headroom.py
     # full size (GPU): 256x512, the default U-Net
     .venv/bin/python bench/al_curve.py --full --device cuda --data data/synth-256x512 --out runs/al-full
@@ -27,7 +25,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from segxal.al.bench import ALL_ARMS, PROTOCOLS, BenchConfig, full_size, run_benchmark
+from segxal.al.bench import (ALL_ARMS, PROTOCOLS, BenchConfig, full_size, merge_reports, print_progress,
+                              run_benchmark, run_seeds_in_parallel)
 from segxal.al.bench_report import markdown, plot
 from segxal.errors import SegxalError
 from segxal.train import parse_size
@@ -84,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", nargs="+", choices=sorted({a.name for a in ALL_ARMS}))
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a shared machine more threads are slower; 0 = torch's default)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="seeds run side by side, one process each (default 0: every seed at once; 1: one process)")
     p.add_argument("--cache-dir", help="seed models and depth net (default <out>/cache)")
     p.add_argument("--deadline-min", type=float, help="start no new arm after this many minutes")
     p.add_argument("--note", help="Markdown file put into al.md after the configuration (what changed and why)")
@@ -97,13 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--data is required (unless --merge)")
     try:
         cfg = build_config(args)
-
-        def progress(recs):
-            r = recs[-1]
-            print(f"  {r['protocol']:6s} seed {r['seed']} {r['arm']:22s} steps {r['steps']:4d}: mIoU "
-                  + " ".join(f"{100 * x['miou']:.1f}" for x in recs)
-                  + f"  near {100 * r['near_miou']:.1f}  ({sum(x['seconds'] for x in recs):.0f} s)", flush=True)
-        report = run_benchmark(cfg, on_arm=progress)
+        jobs = args.jobs or len(cfg.seeds)
+        if jobs > 1 and len(cfg.seeds) > 1:
+            report = run_seeds_in_parallel(cfg, jobs, on_arm=print_progress)
+        else:
+            report = run_benchmark(cfg, on_arm=print_progress)
     except SegxalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -112,24 +111,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _note(path: str | None) -> str:
     return Path(path).read_text() if path else ""
-
-
-def merge_reports(reports: list[dict]) -> dict:
-    """One report over runs of the same configuration with different seeds (or arms)."""
-    merged = {**reports[0], "runs": [], "cycle0": [], "schedule": [], "skipped": []}
-    for r in reports:
-        for key in ("runs", "cycle0", "schedule", "skipped"):
-            merged[key] += r.get(key, [])
-    merged["cycle0"] = list({c["seed"]: c for c in merged["cycle0"]}.values())  # one per seed
-    order = {(a.protocol, a.name): i for i, a in enumerate(ALL_ARMS)}  # tables list arms in run order
-    merged["runs"].sort(key=lambda r: (order.get((r["protocol"], r["arm"]), len(order)), r["seed"], r["budget"]))
-    merged["config"] = {**reports[0]["config"], "seeds": sorted({c["seed"] for c in merged["cycle0"]}),
-                        "protocols": [p for p in PROTOCOLS
-                                      if any(p in r["config"]["protocols"] for r in reports)]}
-    merged["seconds"] = max(r.get("seconds", 0) for r in reports)
-    merged["process_seconds_sum"] = sum(r.get("seconds", 0) for r in reports)
-    merged["loadavg"] = "; ".join(str(r.get("loadavg")) for r in reports)
-    return merged
 
 
 def _write(report: dict, out: Path, note: str = "") -> int:

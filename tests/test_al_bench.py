@@ -62,6 +62,22 @@ def test_quick_runs_both_protocols_and_every_arm_end_to_end(quick_run):
     assert all(r["steps"] == 2 * cfg["steps"] for r in report["schedule"])
 
 
+def test_seeds_run_side_by_side_and_merge_into_one_report(tiny_data, tmp_path):
+    """--jobs: one process per seed (spawned), per-seed reports under <out>/seed-<s>, one merged
+    report whose records equal what each seed's process wrote."""
+    out = tmp_path / "par"
+    args = ["--quick", "--seeds", "0", "1", "--jobs", "2", "--protocols", "frame", "--arms", "random", "entropy",
+            "--no-schedule-check", "--data", str(tiny_data), "--out", str(out)]
+    assert _al_curve().main(args) == 0
+    merged = json.loads((out / "al.json").read_text())
+    per_seed = [json.loads((out / f"seed-{s}" / "al.json").read_text()) for s in (0, 1)]
+    assert merged["config"]["seeds"] == [0, 1] and sorted(c["seed"] for c in merged["cycle0"]) == [0, 1]
+    key = lambda r: (r["arm"], r["seed"], r["budget"])  # noqa: E731
+    assert sorted(map(key, merged["runs"])) == sorted(key(r) for p in per_seed for r in p["runs"])
+    assert len(merged["runs"]) == 2 * 2 * len(merged["config"]["frame_budgets"])
+    assert "| entropy |" in (out / "al.md").read_text()
+
+
 def test_frame_protocol_spends_exactly_the_frame_budgets(quick_run):
     _, report = quick_run
     pool = report["n_train"] - report["config"]["seed_frames"]
