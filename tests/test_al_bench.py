@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from segxal.al.bench import ALL_ARMS, BenchConfig, _load_data
-from segxal.al.bench_report import paired
+from segxal.al.bench_report import paired, pooled
 from segxal.data.synth import SynthConfig, generate
 from segxal.errors import InvalidInput
 
@@ -143,6 +143,21 @@ def test_paired_difference_reports_no_difference_inside_the_spread():
     assert paired(table, "a", "random", 0.1, "miou")["verdict"] == "better"
     p = paired(table, "b", "random", 0.1, "miou")
     assert p["verdict"] == "=" and p["wins"] == 1 and np.isclose(p["mean"], 2 / 3)
+
+
+def test_pooled_difference_averages_the_curve_per_seed_and_counts_pairs():
+    budgets = [0.1, 0.2]
+    table = {"random": {b: {s: {"miou": 0.5} for s in range(3)} for b in budgets},
+             # +2 at 10 %, -1 at 20 % for every seed: the curve gains +0.5 a seed, 3 of 6 pairs won
+             "a": {0.1: {s: {"miou": 0.52} for s in range(3)}, 0.2: {s: {"miou": 0.49} for s in range(3)}},
+             # seed 2 lacks the 20 % point: only complete curves count
+             "b": {0.1: {s: {"miou": 0.6} for s in range(3)}, 0.2: {s: {"miou": 0.6} for s in range(2)}}}
+    q = pooled(table, "a", "random", "miou", budgets)
+    assert np.isclose(q["mean"], 0.5) and q["seeds"] == 3 and q["seeds_won"] == 3
+    assert (q["wins"], q["n"]) == (3, 6) and np.isclose(q["p"], 42 / 64)  # P(X >= 3), X ~ Bin(6, 1/2)
+    q = pooled(table, "b", "random", "miou", budgets)
+    assert q["seeds"] == 2 and q["wins"] == 4 and np.isclose(q["p"], 1 / 16)
+    assert pooled(table, "c", "random", "miou", budgets) is None
 
 
 def test_bad_configuration_is_a_clear_error(tiny_data, tmp_path):
