@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segxal.al.bench import ALL_ARMS, BenchConfig, _load_data
+from segxal.al.bench import ALL_ARMS, BenchConfig, _cells, _load_data
 from segxal.al.bench_report import paired, pooled
 from segxal.data.synth import SynthConfig, generate
 from segxal.errors import InvalidInput
@@ -158,6 +158,19 @@ def test_pooled_difference_averages_the_curve_per_seed_and_counts_pairs():
     q = pooled(table, "b", "random", "miou", budgets)
     assert q["seeds"] == 2 and q["wins"] == 4 and np.isclose(q["p"], 1 / 16)
     assert pooled(table, "c", "random", "miou", budgets) is None
+
+
+def test_cells_tile_the_frame_score_by_the_map_mean_and_skip_labeled_pixels():
+    m = np.zeros((32, 64), np.float32)
+    m[:16, 48:] = 1.0  # the top-right cell is the hot one
+    done = np.zeros((32, 64), bool)
+    done[16:, :16] = True  # the bottom-left cell is labeled already
+    cells = _cells(m, done, 16)
+    assert len(cells) == 7  # 2 x 4 cells, one fully labeled
+    cover = np.sum([c for c, _ in cells], axis=0)
+    assert (cover == ~done).all()  # each unlabeled pixel in exactly one cell
+    best = max(cells, key=lambda c: c[1])
+    assert best[1] == 1.0 and best[0][:16, 48:].all() and best[0].sum() == 256
 
 
 def test_bad_configuration_is_a_clear_error(tiny_data, tmp_path):

@@ -76,6 +76,7 @@ class Arm:
     region_floor: bool = False  # region: drop components smaller than cfg.floor_frac of a frame
     gated: bool = False  # eem / pae: proximity gated by the model's uncertainty (score_frame's gate_proximity)
     spread: bool = False  # region: every frame's best region before any second best (round_robin_scores)
+    cells: bool = False  # region: fixed square cells ranked by the map's mean (CEREALS) instead of map components
     # pseudo-labels (machine oracle, outside="pseudo"): 0 = p_max >= cfg.tau; else the tau whose
     # pseudo-labels reach this precision on the seed frames (segxal.al.oracles.calibrate_tau)
     tau_precision: float = 0.0
@@ -111,6 +112,8 @@ REGION_ARMS = (
     Arm("eem+spread", "region", "eem", spread=True),
     Arm("entropy+spread", "region", "entropy", spread=True),  # control: is a gain EEM's or the spread's?
     Arm("eem-pseudo-cal", "region", "eem", outside="pseudo", tau_precision=0.9),
+    Arm("eem-cells", "region", "eem", cells=True),
+    Arm("entropy-cells", "region", "entropy", cells=True),  # control for eem-cells
     Arm("eem+floor", "region", "eem", region_floor=True, extra=True),
 )
 ALL_ARMS = FRAME_ARMS + REGION_ARMS
@@ -146,6 +149,7 @@ class BenchConfig:
     # (a labeler fixes bounded pieces; a component as large as the road would not fit a 1 % budget)
     region_grid: int = 4
     floor_frac: float = 0.01  # region-floor arm: components under this fraction of a frame are dropped
+    cell_px: int = 16  # cells arms: square cells of this side (16 x 16 = 256 px, random boxes' mean is ~250)
     seq_cap: int = 1  # sequence-cap arm: picks per drive log per cycle before the cap lifts
     candidates_factor: float = 4.0  # kcenter arm: top m = factor * k candidates
     depth_steps: int = 100
@@ -560,6 +564,25 @@ def _components(m: np.ndarray, labels: np.ndarray, min_area: int, grid: int) -> 
     return pieces
 
 
+def _cells(m: np.ndarray, done: np.ndarray | None, side: int) -> list[tuple[np.ndarray, float]]:
+    """(bool mask of the cell's unlabeled pixels, the map's mean over them) for each side x side cell
+    of a frame. The fixed-size regions of CEREALS (Mackowiak et al., BMVC 2018): a labeler gets a
+    whole square, boundaries and interiors alike, wherever the map's mean is high. Measured reason
+    (bench/results/al.md): map components hold the uncertain pixels only, and every map-based region
+    arm lost to random boxes of the same size."""
+    h, w = m.shape
+    out = []
+    for y in range(0, h, side):
+        for x in range(0, w, side):
+            mask = np.zeros((h, w), bool)
+            mask[y:y + side, x:x + side] = True
+            if done is not None:
+                mask &= ~done
+            if mask.any():
+                out.append((mask, float(m[mask].mean())))
+    return out
+
+
 def _region_candidates(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, out: PoolOutputs, inv: np.ndarray,
                        human: dict[int, np.ndarray]) -> list[tuple[int, np.ndarray, float]]:
     """(train index, new-pixel mask, region score) for every region of the arm's map over the pool."""
@@ -569,6 +592,9 @@ def _region_candidates(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, out: PoolO
     cands = []
     for m, i in zip(maps, ctx.pool):
         done = human.get(i)
+        if arm.cells:
+            cands += [(i, mask, score) for mask, score in _cells(m, done, cfg.cell_px)]
+            continue
         if done is not None:
             m = np.where(done, 0.0, m)
         if not (m > 0).any():
