@@ -7,7 +7,7 @@ Details: segxal.al.bench (protocols, training schedule) and segxal.al.bench_repo
     # data once (CPU size): 300 train / 75 val frames, 50 test frames for the depth net
     .venv/bin/segxal data synth --out data/synth-64x128 --height 64 --width 128 \\
         --train-sequences 60 --val-sequences 15 --test-sequences 10
-    # every default arm, both protocols, 3 seeds side by side (one process each, --jobs): ~55 min on 2 cores
+    # every default arm, both protocols, 3 seeds side by side (one process each, --jobs): ~45-50 min on 2 cores
     .venv/bin/python bench/al_curve.py --data data/synth-64x128 --out bench/results
     # every arm, the extra ones too: add --arms followed by every name in --help
     # runs split by hand (other arms, other machines) merge into one report:

@@ -123,7 +123,7 @@ ALL_ARMS = FRAME_ARMS + REGION_ARMS
 class BenchConfig:
     data: str
     out: str
-    size: tuple[int, int] = (64, 128)  # CPU size: the default arms, 3 seeds, in ~75 min on 2 shared cores
+    size: tuple[int, int] = (64, 128)  # CPU size: the default arms, 3 seeds side by side, in ~45-50 min on 2 cores
     width: int = 8  # U-Net width (the default U-Net is 32 / depth 4: see --full)
     unet_depth: int = 3
     dropout: float = 0.1  # bottleneck dropout of every arm's U-Net: identity except for BALD's MC samples
