@@ -49,6 +49,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
     overrides = {k: v for k, v in {
         "size": parse_size(args.size) if args.size else None, "width": args.width,
         "unet_depth": args.unet_depth, "steps": args.steps, "seed_steps": args.seed_steps,
+        "budget_steps": tuple(args.budget_steps) if args.budget_steps else None,
         "seed_frames": args.seed_frames, "batch_size": args.batch_size,
         "seeds": tuple(args.seeds) if args.seeds else None,
         "protocols": tuple(args.protocols) if args.protocols else None,
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int)
     p.add_argument("--unet-depth", type=int)
     p.add_argument("--steps", type=int, help="optimiser steps at every budget point")
+    p.add_argument("--budget-steps", type=int, nargs="+",
+                   help="optimiser steps per budget point (one per budget), instead of --steps at every point")
     p.add_argument("--seed-steps", type=int)
     p.add_argument("--seed-frames", type=int)
     p.add_argument("--batch-size", type=int)

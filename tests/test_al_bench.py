@@ -178,3 +178,17 @@ def test_bad_configuration_is_a_clear_error(tiny_data, tmp_path):
         BenchConfig(data=str(tiny_data), out=str(tmp_path), arms=("nope",)).validate()
     with pytest.raises(InvalidInput, match="increasing fractions"):
         BenchConfig(data=str(tiny_data), out=str(tmp_path), frame_budgets=(0.2, 0.1)).validate()
+    with pytest.raises(InvalidInput, match="budget_steps has 2 entries"):
+        BenchConfig(data=str(tiny_data), out=str(tmp_path), budget_steps=(10, 20)).validate()
+    assert _al_curve().main(["--quick", "--data", str(tiny_data), "--out", str(tmp_path),
+                             "--budget-steps", "1", "2", "3"]) == 2  # a CLI message, not a traceback
+
+
+def test_a_schedule_that_grows_with_the_labeled_set(tiny_data, tmp_path):
+    args = ["--quick", "--seeds", "0", "--jobs", "1", "--protocols", "frame", "--arms", "random",
+            "--budget-steps", "3", "6", "--data", str(tiny_data), "--out", str(tmp_path)]
+    assert _al_curve().main(args) == 0
+    report = json.loads((tmp_path / "al.json").read_text())
+    assert [r["steps"] for r in report["runs"]] == [3, 6]
+    assert [r["steps"] for r in report["schedule"]] == [6, 12]  # the check doubles each point
+    assert "steps per budget point 3 / 6" in (tmp_path / "al.md").read_text()

@@ -135,6 +135,9 @@ class BenchConfig:
     # optimiser steps at every budget point, from the seed model's weights. 320: at 64x128 / width 8 a
     # 2x longer schedule no longer moves random beyond its seed spread (bench/results/al.md; 40 did)
     steps: int = 320
+    # optimiser steps per budget point instead (same length as the budgets of each protocol run): a
+    # schedule that grows with the labeled set, since 2 x steps still adds ~1 point at 20-40 %
+    budget_steps: tuple[int, ...] = ()
     batch_size: int = 8
     lr: float = 2e-3
     class_weights: str = "enet"  # the trainer's default loss weighting (segxal.train)
@@ -175,12 +178,24 @@ class BenchConfig:
                 raise InvalidInput(f"{name} must be increasing fractions in (0, 1], got {b}")
         if self.steps <= 0 or self.seed_steps <= 0 or self.seed_frames <= 0:
             raise InvalidInput("steps, seed_steps and seed_frames must be positive")
+        if self.budget_steps:
+            if any(s <= 0 for s in self.budget_steps):
+                raise InvalidInput(f"budget_steps must be positive, got {self.budget_steps}")
+            for p in self.protocols:
+                n = len(self.frame_budgets if p == "frame" else self.pixel_budgets)
+                if len(self.budget_steps) != n:
+                    raise InvalidInput(f"budget_steps has {len(self.budget_steps)} entries but the {p} "
+                                       f"protocol has {n} budgets")
         if self.mc_samples < 2:
             raise InvalidInput("mc_samples must be >= 2")
         if not self.seeds:
             raise InvalidInput("at least one seed")
         self.eem.validate()
         return self
+
+    def steps_at(self, b: int) -> int:
+        """Optimiser steps at budget point b (0-based)."""
+        return self.budget_steps[b] if self.budget_steps else self.steps
 
     def arms_for(self, protocol: str) -> list[Arm]:
         return [a for a in ALL_ARMS if a.protocol == protocol
@@ -503,7 +518,8 @@ def _frame_pick(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, out: PoolOutputs,
 
 
 def _run_frame_arm(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, data: _Data, inv: np.ndarray,
-                   steps: int) -> list[dict]:
+                   scale: int = 1) -> list[dict]:
+    """One frame arm over the budgets; `scale` multiplies the schedule (2: the schedule check)."""
     rng = np.random.default_rng([ctx.seed, 7])  # the random arm's stream (same in the schedule check)
     labeled: dict[int, np.ndarray | None] = {i: None for i in ctx.seed_idx}
     acquired: set[int] = set()
@@ -529,6 +545,7 @@ def _run_frame_arm(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, data: _Data, i
         diag["gt_class_share_of_new_labels"] = _gt_share(data, {i: None for i in picks})
         if arm.oracle == "machine":
             diag["pseudo_labeled_share"] = _labeled_share([labeled[i] for i in picks])
+        steps = scale * cfg.steps_at(b)
         model = train_from(ctx.model0, data, labeled, steps, cfg, seed=ctx.seed * 1000 + b)
         rec = {"protocol": "frame", "arm": arm.name, "seed": ctx.seed, "budget": frac, "steps": steps,
                "x": len(acquired) / len(ctx.pool), "cost": dict(cost), **evaluate(model, data),
@@ -665,7 +682,7 @@ def _run_region_arm(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, data: _Data, 
         for i, hm in human.items():
             rest = pseudo.get(i, np.full((h, w), IGNORE, np.uint8))
             labeled[i] = np.where(hm, data.train.raw(i)[1], rest).astype(np.uint8)
-        model = train_from(ctx.model0, data, labeled, cfg.steps, cfg, seed=ctx.seed * 1000 + b)
+        model = train_from(ctx.model0, data, labeled, cfg.steps_at(b), cfg, seed=ctx.seed * 1000 + b)
         areas_new = [int(m.sum()) for _, m in chosen]
         diag = {"regions_this_cycle": len(chosen), "frames_this_cycle": len(new),
                 "mean_region_px": float(np.mean(areas_new)) if areas_new else 0.0,
@@ -675,7 +692,7 @@ def _run_region_arm(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, data: _Data, 
         if tau is not None:
             diag["tau"] = tau if math.isfinite(tau) else None
             diag["pseudo_labeled_share"] = _labeled_share([pseudo[i] for i in new])
-        rec = {"protocol": "region", "arm": arm.name, "seed": ctx.seed, "budget": frac, "steps": cfg.steps,
+        rec = {"protocol": "region", "arm": arm.name, "seed": ctx.seed, "budget": frac, "steps": cfg.steps_at(b),
                "x": cost["pixels"] / pool_px, "cost": dict(cost), **evaluate(model, data), "diag": diag}
         if b + 1 < len(cfg.pixel_budgets) and arm.score != "random":
             out = pool_outputs(model, data.train, cfg, with_bald=arm.score == "bald")
@@ -737,7 +754,7 @@ def run_benchmark(cfg: BenchConfig, on_arm=None) -> dict:
             return bool(cfg.deadline_s) and time.time() - t_start > cfg.deadline_s
 
         def schedule_check() -> None:
-            recs = _run_frame_arm(FRAME_ARMS[0], cfg, ctx, data, inv, 2 * cfg.steps)
+            recs = _run_frame_arm(FRAME_ARMS[0], cfg, ctx, data, inv, scale=2)
             report["schedule"].extend(recs)
             if on_arm:
                 on_arm(recs)
@@ -748,8 +765,7 @@ def run_benchmark(cfg: BenchConfig, on_arm=None) -> dict:
                     report["skipped"].append({"seed": seed, "protocol": protocol, "arm": arm.name})
                     continue
                 runner = _run_frame_arm if protocol == "frame" else _run_region_arm
-                recs = runner(arm, cfg, ctx, data, inv, cfg.steps) if protocol == "frame" \
-                    else runner(arm, cfg, ctx, data, inv)
+                recs = runner(arm, cfg, ctx, data, inv)
                 report["runs"].extend(recs)
                 if on_arm:
                     on_arm(recs)

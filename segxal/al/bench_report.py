@@ -147,6 +147,12 @@ def verdicts(report: dict) -> list[str]:
     return lines
 
 
+def _schedule(cfg: dict) -> str:
+    if cfg.get("budget_steps"):
+        return "steps per budget point " + " / ".join(str(s) for s in cfg["budget_steps"])
+    return f"{cfg['steps']} steps at every budget point"
+
+
 def _share(d: dict, names) -> float:
     return float(sum(d.get(n, 0.0) for n in names))
 
@@ -159,7 +165,7 @@ def markdown(report: dict, title: str = "Label-efficiency benchmark", note: str 
            f"{report['n_train']} training frames (seed set {cfg['seed_frames']}, the rest is the pool), "
            f"{report['n_val']} validation frames, {cfg['size'][0]}x{cfg['size'][1]}, U-Net width {cfg['width']} "
            f"depth {cfg['unet_depth']} (bottleneck dropout {cfg['dropout']}), seeds {cfg['seeds']}, "
-           f"{cfg['steps']} steps (batch {cfg['batch_size']}) from the seed model at every budget point, "
+           f"{_schedule(cfg)} (batch {cfg['batch_size']}) from the seed model, "
            f"device {cfg['device']}. Wall time {report.get('seconds', 0) / 60:.1f} min, "
            f"loadavg at the end: {report.get('loadavg', 'n/a')}.", ""]
     if note:
@@ -233,7 +239,7 @@ def markdown(report: dict, title: str = "Label-efficiency benchmark", note: str 
         out += ["## Is the schedule long enough? (frame protocol, random arm, mIoU)", "",
                 "Long enough when the paired change from doubling the steps is smaller than the spread of "
                 "random over seeds (its std at the benchmark's steps).", "",
-                f"| budget | {cfg['steps']} steps | {2 * cfg['steps']} steps | Δ (paired) | Δ inside the spread? |",
+                "| budget | the schedule | 2 x the schedule | Δ (paired) | Δ inside the spread? |",
                 "|---|---|---|---|---|"]
         for b in sorted(sched):
             a = [main.get(b, {}).get(s, {}).get("miou") for s in sched[b]]
