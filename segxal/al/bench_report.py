@@ -239,7 +239,8 @@ def markdown(report: dict, title: str = "Label-efficiency benchmark", note: str 
         out += ["## Is the schedule long enough? (frame protocol, random arm, mIoU)", "",
                 "Long enough when the paired change from doubling the steps is smaller than the spread of "
                 "random over seeds (its std at the benchmark's steps).", "",
-                "| budget | the schedule | 2 x the schedule | Δ (paired) | Δ inside the spread? |",
+                (f"| budget | {cfg['steps']} steps | {2 * cfg['steps']} steps |" if not cfg.get("budget_steps")
+                 else "| budget | the schedule | 2 x the schedule |") + " Δ (paired) | Δ inside the spread? |",
                 "|---|---|---|---|---|"]
         for b in sorted(sched):
             a = [main.get(b, {}).get(s, {}).get("miou") for s in sched[b]]
