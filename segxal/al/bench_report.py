@@ -42,15 +42,18 @@ def paired(table: dict, arm: str, ref: str, budget: float, metric: str) -> dict 
     if not d:
         return None
     mean, std = float(np.mean(d)), _std(d)
+    return {"mean": mean, "std": std, "wins": sum(x > 0 for x in d), "n": len(d), "verdict": _verdict(d)}
+
+
+def _verdict(d: list[float]) -> str:
+    """The module's rule for paired differences d (one per seed): better / worse only beyond the spread."""
+    mean, std = float(np.mean(d)), _std(d)
     if len(d) < 2:
-        verdict = "n=1"
-    elif mean > std:
-        verdict = "better"
-    elif mean < -std:
-        verdict = "worse"
-    else:
-        verdict = "="
-    return {"mean": mean, "std": std, "wins": sum(x > 0 for x in d), "n": len(d), "verdict": verdict}
+        return "n=1"
+    return "better" if mean > std else "worse" if mean < -std else "="
+
+
+_MARK = {"better": "▲", "worse": "▼", "=": "=", "n=1": ""}
 
 
 def pooled(table: dict, arm: str, ref: str, metric: str, budgets: list[float]) -> dict | None:
@@ -72,7 +75,7 @@ def pooled(table: dict, arm: str, ref: str, metric: str, budgets: list[float]) -
     wins, n = sum(x > 0 for x in pairs), len(pairs)
     p = sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
     return {"mean": float(np.mean(curve)), "std": _std(curve), "seeds_won": sum(x > 0 for x in curve),
-            "seeds": len(curve), "wins": wins, "n": n, "p": p}
+            "seeds": len(curve), "wins": wins, "n": n, "p": p, "verdict": _verdict(curve)}
 
 
 def _pooled_rows(table: dict, budgets: list[float], ref: str, arms: list[str]) -> list[str]:
@@ -85,8 +88,7 @@ def _pooled_rows(table: dict, budgets: list[float], ref: str, arms: list[str]) -
                 cells.append("-")
                 continue
             std = "" if np.isnan(q["std"]) else f"±{q['std']:.1f}"
-            mark = "▲" if q["mean"] > q["std"] else "▼" if q["mean"] < -q["std"] else "="
-            cells.append(f"{q['mean']:+.2f}{std} ({q['seeds_won']}/{q['seeds']}) {mark}; pairs won "
+            cells.append(f"{q['mean']:+.2f}{std} ({q['seeds_won']}/{q['seeds']}) {_MARK[q['verdict']]}; pairs won "
                          f"{q['wins']}/{q['n']}, p {q['p']:.2f}")
         out.append(f"| {arm} | " + " | ".join(cells) + " |")
     return out
@@ -102,9 +104,8 @@ def _cell(vals: list[float]) -> str:
 def _diff_cell(p: dict | None) -> str:
     if p is None:
         return "-"
-    mark = {"better": "▲", "worse": "▼", "=": "=", "n=1": ""}[p["verdict"]]
     std = "" if np.isnan(p["std"]) else f"±{p['std']:.1f}"
-    return f"{p['mean']:+.1f}{std} ({p['wins']}/{p['n']}) {mark}"
+    return f"{p['mean']:+.1f}{std} ({p['wins']}/{p['n']}) {_MARK[p['verdict']]}"
 
 
 def _eem_arms(table: dict) -> list[str]:
