@@ -2,7 +2,7 @@
 project's server, a naive KServe v2 server and a real Triton Inference Server.
 
     .venv/bin/python bench/infer_overhead.py [--size 256x512] [--concurrency 1,4,8] [--seconds 6]
-        [--rounds 2] [--sides in-process,server,naive,triton]
+        [--rounds 2] [--sides in-process,server,naive,triton] [--server-variant NAME="FLAGS" ...]
 
 One default-size U-Net (width 32, depth 4, random weights: speed does not depend on them) is
 exported with its extra outputs (labels uint8; ebu, cam, pmax float16) and published to a
@@ -18,7 +18,12 @@ load on a shared machine hits every side alike):
   backend** (services/triton/segxal_onnxruntime: ONNX Runtime in a Python stub process, each
   request's tensors crossing shared memory), not Triton's native ONNX Runtime backend, which the
   wheel does not have. Its dynamic batching and instance settings come from the same config.pbtxt.
-frames/s is the total over rounds; latencies are pooled; CPU ms/frame counts every process involved
+- NAME (--server-variant): the project's server again, with extra flags (an A/B of a server setting
+  in the same alternation, e.g. nospin="--no-ort-spinning").
+Each round runs the sides in turn, in reverse order every other round. frames/s is the total over
+rounds, and each ratio is printed with the min-max of its per-round ratios: on a shared 2-core VM a
+round-to-round spread of +-10 % is common, and a difference inside it is not a result. Latencies are
+pooled (p99 includes each round's start). CPU ms/frame counts every process involved
 (this one + the server's, Triton's stubs included), which is robust to neighbours on a shared
 machine, unlike frames/s. The load average is printed beside each concurrency.
 """
@@ -268,6 +273,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from services.inference.config import RuntimeConfig
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="256x512", help="frame size HxW")
     p.add_argument("--concurrency", default="1,4,8")
@@ -277,7 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = the server's default)")
     p.add_argument("--parallel-runs", type=int, default=0,
                    help="batches executing at once on CPU (server, in-process); 0 = the server's default")
-    p.add_argument("--spin", action="store_true", help="ONNX Runtime threads spin for work (server, in-process)")
+    p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=RuntimeConfig.spinning,
+                   help="ONNX Runtime threads spin between the parallel sections of a run (server, in-process; "
+                        "default: the server's)")
+    p.add_argument("--server-variant", action="append", default=[], metavar="NAME=FLAGS",
+                   help="one more side: the project's server with these extra flags, e.g. "
+                        "\"nospin=--no-ort-spinning\" (repeatable)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--queue-delay-us", type=int, default=2000)
     p.add_argument("--workdir", default=None, help="keep the model and the server logs here")
@@ -292,7 +304,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime as ort
 
-    from services.inference.config import RuntimeConfig
     from services.inference.model_manager import batch_policy
     from services.inference.runtime import OnnxModel
 
@@ -316,15 +327,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "in-process" in wanted:
             sides.append(_InProcessSide(model, policy))
-        if "server" in wanted:
+        servers = [("server", [])] if "server" in wanted else []
+        for v in a.server_variant:
+            name, _, flags = v.partition("=")
+            servers.append((name, flags.split()))
+        for name, flags in servers:
             port = _free_port()
             proc = _start([sys.executable, "-m", "services.inference.main", "--repo", str(repo.root), "--host",
                            "127.0.0.1", "--port", str(port), "--poll-interval", "0", "--intra-op-threads",
-                           str(a.threads), "--cpu-parallel-runs", str(a.parallel_runs), "--log-level", "WARNING"] + (["--ort-spinning"] if a.spin else []),
-                          folder / "server.log")
+                           str(a.threads), "--cpu-parallel-runs", str(a.parallel_runs), "--log-level", "WARNING",
+                           "--ort-spinning" if a.spin else "--no-ort-spinning", *flags],
+                          folder / f"{name}.log")
             procs.append(proc)
-            _wait_ready(f"127.0.0.1:{port}", proc, folder / "server.log")
-            sides.append(_RemoteSide("server", f"127.0.0.1:{port}", [psutil.Process(), psutil.Process(proc.pid)],
+            _wait_ready(f"127.0.0.1:{port}", proc, folder / f"{name}.log")
+            sides.append(_RemoteSide(name, f"127.0.0.1:{port}", [psutil.Process(), psutil.Process(proc.pid)],
                                      stats=True))
         if "naive" in wanted:
             port = _free_port()
@@ -366,12 +382,12 @@ def _run_levels(sides, levels: list[int], frame: np.ndarray, a) -> list[dict]:
     rows = []
     for n in levels:
         load0 = os.getloadavg()[0]
-        acc = {s.name: dict(frames=0, lat=[], wall=0.0, cpu=0.0, rows=0, execs=0) for s in sides}
+        acc = {s.name: dict(frames=0, lat=[], wall=0.0, cpu=0.0, rows=0, execs=0, per_round=[]) for s in sides}
         for s in sides:
             s.open(n)
             _drive(n, 1.0, lambda i, s=s: s.call(i, frame))  # warm-up
-        for _ in range(a.rounds):
-            for s in sides:
+        for k in range(a.rounds):
+            for s in (sides if k % 2 == 0 else sides[::-1]):  # no side always first or last
                 r0, e0 = s.executions()
                 c0 = cpu_seconds(s.procs)
                 frames, lat, wall = _drive(n, a.seconds, lambda i, s=s: s.call(i, frame))
@@ -384,13 +400,14 @@ def _run_levels(sides, levels: list[int], frame: np.ndarray, a) -> list[dict]:
                 x["cpu"] += c1 - c0
                 x["rows"] += r1 - r0
                 x["execs"] += e1 - e0
+                x["per_round"].append(frames / wall)
         for s in sides:
             s.close()
         row = dict(n=n, load=(load0 + os.getloadavg()[0]) / 2)
         for name, x in acc.items():
             row[name] = dict(fps=x["frames"] / x["wall"], cpu_ms=x["cpu"] / max(x["frames"], 1) * 1e3,
                              batch=x["rows"] / x["execs"] if x["execs"] else float("nan"),
-                             p50=_pct(x["lat"], 50), p99=_pct(x["lat"], 99))
+                             p50=_pct(x["lat"], 50), p99=_pct(x["lat"], 99), per_round=np.array(x["per_round"]))
         rows.append(row)
         print(f"  concurrency {n} done (load {row['load']:.1f})", flush=True)
     return rows
@@ -409,14 +426,21 @@ def _print_table(rows: list[dict], names: list[str], h: int, w: int, a) -> None:
             batch = "" if r["batch"] != r["batch"] else f" b{r['batch']:.2f}"
             cells.append(f"{name} {r['fps']:.2f}{batch} ({r['p50']:.0f}/{r['p99']:.0f} ms, {r['cpu_ms']:.0f} cpu-ms)")
         print(f"  c={row['n']}: " + " | ".join(cells) + f" | load {row['load']:.1f}")
+    variants = [n for n in names if n not in ("server", "naive", "in-process", "triton")]
     pairs = [(x, y) for x, y in (("server", "naive"), ("server", "in-process"), ("triton", "server"),
-                                 ("naive", "in-process"), ("triton", "in-process")) if x in names and y in names]
-    print(f"\nratios of frames/s (CPU-ms ratio y/x in brackets: what a dedicated CPU-bound machine would see)")
-    print(f"{'conc':>4} | " + " | ".join(f"{x + ' / ' + y:>22}" for x, y in pairs) + " | load")
+                                 ("naive", "in-process"), ("triton", "in-process"),
+                                 *((v, y) for v in variants for y in ("server", "naive")))
+             if x in names and y in names]
+    print("\nratios of frames/s, pooled over the rounds (min-max of the per-round ratios: the spread to read a "
+          "difference against) [CPU-ms ratio y/x: what a dedicated CPU-bound machine would see]")
+    print(f"{'conc':>4} | " + " | ".join(f"{x + ' / ' + y:>32}" for x, y in pairs) + " | load")
     for row in rows:
-        cells = [f"{row[x]['fps'] / row[y]['fps']:>6.3f} [{row[y]['cpu_ms'] / row[x]['cpu_ms']:>6.3f}]"
-                 for x, y in pairs]
-        print(f"{row['n']:>4} | " + " | ".join(f"{c:>22}" for c in cells) + f" | {row['load']:.1f}")
+        cells = []
+        for x, y in pairs:
+            per_round = row[x]["per_round"] / row[y]["per_round"]
+            cells.append(f"{row[x]['fps'] / row[y]['fps']:.3f} ({per_round.min():.2f}-{per_round.max():.2f}) "
+                         f"[{row[y]['cpu_ms'] / row[x]['cpu_ms']:.3f}]")
+        print(f"{row['n']:>4} | " + " | ".join(f"{c:>32}" for c in cells) + f" | {row['load']:.1f}")
 
 
 if __name__ == "__main__":

@@ -37,3 +37,14 @@ def test_a_switch_refuses_other_words(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         inference_main.build_config(["--repo", "R"])
     assert "SEGXAL_INFERENCE_ORT_SPINNING" in capsys.readouterr().err
+
+
+def test_a_switch_takes_its_no_form_and_a_flag_wins_over_the_variable(monkeypatch):
+    import argparse
+
+    from services.common.flags import EnvFlags
+    p = argparse.ArgumentParser()
+    EnvFlags(p, "T_").switch("--fast", True)
+    assert p.parse_args([]).fast is True and p.parse_args(["--no-fast"]).fast is False
+    monkeypatch.setenv("SEGXAL_INFERENCE_ORT_SPINNING", "on")
+    assert inference_main.build_config(["--repo", "R", "--no-ort-spinning"]).runtime.spinning is False

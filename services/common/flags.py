@@ -44,13 +44,15 @@ class EnvFlags:
                 self.parser.error(f"{name}={raw!r}: {e}")
         self.parser.add_argument(flag, *aliases, type=type, default=default, **kwargs)
 
-    def switch(self, flag: str, *, env: str | None = None, **kwargs) -> None:
-        """An on/off flag (store_true); the variable takes 1/0, true/false, yes/no, on/off."""
+    def switch(self, flag: str, default: bool = False, *, env: str | None = None, **kwargs) -> None:
+        """An on/off flag, `--x` and `--no-x`; the variable takes 1/0, true/false, yes/no, on/off
+        (unset or empty: `default`)."""
         name = self.variable(flag, env)
         raw = os.environ.get(name, "").strip().lower()
         if raw not in _TRUE + _FALSE:
             self.parser.error(f"{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
-        self.parser.add_argument(flag, action="store_true", default=raw in _TRUE, **kwargs)
+        on = default if raw == "" else raw in _TRUE
+        self.parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=on, **kwargs)
 
     def paths(self, flag: str, dest: str, *, env: str | None = None, **kwargs) -> None:
         """A repeatable path flag; its variable is a list separated by the OS path separator. The

@@ -32,8 +32,9 @@ def build_config(argv: list[str] | None = None) -> InferenceServerConfig:
     f.add("--cpu-parallel-runs", d.runtime.cpu_parallel_runs, type=int,
           help="on CPU, batches of a model executing at once (overlapping ones run one thread "
                "each); 0 = one per core; the config's instance_group count is the floor")
-    f.switch("--ort-spinning",
-          help="let ONNX Runtime threads spin for work after a run (off: see RuntimeConfig)")
+    f.switch("--ort-spinning", d.runtime.spinning,
+             help="ONNX Runtime threads spin between the parallel sections of a run that executes alone, "
+                  "stopping when it returns (see RuntimeConfig)")
     f.add("--max-tensor-mb", d.max_tensor_bytes / 2**20, type=float)
     f.add("--memory-budget-mb", d.memory_budget_bytes / 2**20, type=float,
           help="memory the requests in flight may use together; sets the pixel admission limit "
