@@ -22,7 +22,8 @@ load on a shared machine hits every side alike):
   in the same alternation, e.g. nospin="--no-ort-spinning").
 Each round runs the sides in turn, in reverse order every other round. frames/s is the total over
 rounds, and each ratio is printed with the min-max of its per-round ratios: on a shared 2-core VM a
-round-to-round spread of +-10 % is common, and a difference inside it is not a result. Latencies are
+round-to-round spread of +-10 % is common, and a difference inside it is not a result; the +- is two
+standard errors of the mean of the per-round ratios. Latencies are
 pooled (p99 includes each round's start). CPU ms/frame counts every process involved
 (this one + the server's, Triton's stubs included), which is robust to neighbours on a shared
 machine, unlike frames/s. The load average is printed beside each concurrency.
@@ -431,16 +432,17 @@ def _print_table(rows: list[dict], names: list[str], h: int, w: int, a) -> None:
                                  ("naive", "in-process"), ("triton", "in-process"),
                                  *((v, y) for v in variants for y in ("server", "naive")))
              if x in names and y in names]
-    print("\nratios of frames/s, pooled over the rounds (min-max of the per-round ratios: the spread to read a "
-          "difference against) [CPU-ms ratio y/x: what a dedicated CPU-bound machine would see]")
-    print(f"{'conc':>4} | " + " | ".join(f"{x + ' / ' + y:>32}" for x, y in pairs) + " | load")
+    print("\nratios of frames/s, pooled over the rounds, +- two standard errors of the per-round ratios' mean "
+          "(min-max of the per-round ratios) [CPU-ms ratio y/x: what a dedicated CPU-bound machine would see]")
+    print(f"{'conc':>4} | " + " | ".join(f"{x + ' / ' + y:>39}" for x, y in pairs) + " | load")
     for row in rows:
         cells = []
         for x, y in pairs:
             per_round = row[x]["per_round"] / row[y]["per_round"]
-            cells.append(f"{row[x]['fps'] / row[y]['fps']:.3f} ({per_round.min():.2f}-{per_round.max():.2f}) "
-                         f"[{row[y]['cpu_ms'] / row[x]['cpu_ms']:.3f}]")
-        print(f"{row['n']:>4} | " + " | ".join(f"{c:>32}" for c in cells) + f" | {row['load']:.1f}")
+            half = 2 * per_round.std(ddof=1) / np.sqrt(len(per_round)) if len(per_round) > 1 else float("nan")
+            cells.append(f"{row[x]['fps'] / row[y]['fps']:.3f} +-{half:.3f} ({per_round.min():.2f}-"
+                         f"{per_round.max():.2f}) [{row[y]['cpu_ms'] / row[x]['cpu_ms']:.3f}]")
+        print(f"{row['n']:>4} | " + " | ".join(f"{c:>39}" for c in cells) + f" | {row['load']:.1f}")
 
 
 if __name__ == "__main__":

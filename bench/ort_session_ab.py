@@ -4,8 +4,10 @@ runs (a request's round trip), so that the machine's drift hits every variant al
 
     .venv/bin/python bench/ort_session_ab.py [--model model.onnx] [--runs 60] [--size 256x512]
 
-Variants: the server's lone session without spinning (its default), the same with spinning that
-stops after each run (--ort-spinning), and ONNX Runtime's defaults (what the naive server uses).
+Variants: the server's lone session with spinning that stops after each run (its default), the
+same without spinning (--no-ort-spinning), and ONNX Runtime's defaults (what the naive server uses).
+In one process the sessions' threads do not meet gRPC's wake-ups; bench/infer_overhead.py measures
+the setting behind the server.
 Without --model, the default U-Net with its EEM outputs is exported to a temporary folder.
 """
 from __future__ import annotations
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         export_segmentation(UNet(), Path(path), ExportConfig(trace_hw=(h, w), parity_batch=1))
     from services.inference.runtime import available_cores
     threads = available_cores()
-    variants = {"server (no spin)": _session(path, False, threads), "server --ort-spinning": _session(path, True, threads),
+    variants = {"server (spinning)": _session(path, True, threads),
+                "server --no-ort-spinning": _session(path, False, threads),
                 "ORT defaults (naive)": _session(path, None, threads)}
     first = next(iter(variants.values())).get_inputs()[0]
     x = np.random.default_rng(0).integers(0, 255, (1, h, w, 3), dtype=np.uint8) if first.type == "tensor(uint8)" \

@@ -26,7 +26,7 @@ def test_a_bad_variable_is_refused_by_name(monkeypatch, capsys):
     assert e.value.code == 2 and "SEGXAL_COORDINATOR_SCORING_CHUNK='three'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("value, on", [("yes", True), ("1", True), ("off", False), ("", False)])
+@pytest.mark.parametrize("value, on", [("yes", True), ("1", True), ("off", False), ("0", False), ("", True)])
 def test_switches_read_the_usual_spellings(monkeypatch, value, on):
     monkeypatch.setenv("SEGXAL_INFERENCE_ORT_SPINNING", value)
     assert inference_main.build_config(["--repo", "R"]).runtime.spinning is on

@@ -18,12 +18,15 @@ class RuntimeConfig:
     # session (services.inference.runtime.OnnxModel); 0 = one per core; the config's
     # instance_group count is the floor
     cpu_parallel_runs: int = 0
-    # ONNX Runtime's worker threads by default spin after each run waiting for more work. Measured
-    # (bench/infer_overhead.py, 2 cores, 256x512 U-Net): spinning raised CPU per frame from ~88 ms
-    # to 112-146 ms in process and 136-177 ms behind the server (the spin window is wasted whenever
-    # the next batch comes through gRPC), so it is off unless asked for. When on, spinning stops
-    # as soon as the last concurrent run returns (session.force_spinning_stop).
-    spinning: bool = False
+    # The intra-op threads of a run that executes alone spin between its parallel sections instead of
+    # sleeping (a sleeping worker must be woken for every operator; on a VM that is an IPI and a vCPU
+    # wake-up), and stop spinning as soon as the run returns (session.force_spinning_stop), so no
+    # core is burnt between requests. Overlapping runs take the one-thread session, which has no
+    # workers to spin. Measured (bench/infer_overhead.py, 2 cores, 256x512 U-Net, 16 alternating
+    # rounds at concurrency 1): 1.031 +- 0.027 x the frames/s without spinning, CPU per frame the
+    # same (+0.6 %); at concurrency 4 and 8 within the rounds' spread (0.96-1.02). ORT's own default
+    # (spin after a run too) cost 112-146 CPU-ms a frame where 88 were needed, an earlier measurement.
+    spinning: bool = True
 
 
 @dataclass

@@ -141,9 +141,9 @@ class OnnxModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1  # parallelism comes from parallel runs and intra-op threads
-        if runtime.spinning:
+        if runtime.spinning and threads > 1:
             # spin between the parallel sections of a run (no wake-up per operator), but stop as soon
-            # as the last concurrent run returns: no core burnt while waiting for the next request
+            # as the run returns: no core burnt while waiting for the next request (RuntimeConfig)
             opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
             opts.add_session_config_entry("session.force_spinning_stop", "1")
         else:

@@ -82,9 +82,9 @@ class TritonConfig:
     host: str = "127.0.0.1"
     grpc_port: int = 0  # 0 = an ephemeral port
     # ONNX Runtime threads per model instance in the backend (0 = ONNX Runtime's default), and
-    # spinning off, as the project's server (services.inference.config.RuntimeConfig)
+    # spinning within a run only, as the project's server (services.inference.config.RuntimeConfig)
     intra_op_threads: int = 0
-    ort_spinning: bool = False
+    ort_spinning: bool = True
     # every config must be complete (no auto-complete): what the project writes is checked as is
     strict_config: bool = True
     exit_on_error: bool = False  # a model that fails to load leaves the others serving

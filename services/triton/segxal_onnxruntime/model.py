@@ -16,8 +16,8 @@ venv), appended to sys.path, not prepended, so that the stub's own modules keep 
 imports nothing from the project.
 
 Environment (set by services/triton/server.py): SEGXAL_TRITON_SITE_PACKAGES,
-SEGXAL_TRITON_INTRA_OP_THREADS (0 = ONNX Runtime's default), SEGXAL_TRITON_ORT_SPINNING ("1" lets
-ONNX Runtime threads spin; off, like the project's server).
+SEGXAL_TRITON_INTRA_OP_THREADS (0 = ONNX Runtime's default), SEGXAL_TRITON_ORT_SPINNING ("1", the
+default, lets ONNX Runtime threads spin within a run, like the project's server; "0" never).
 """
 import json
 import os
@@ -35,12 +35,12 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state  # noqa: E4
 
 def _session_options(instances: int) -> ort.SessionOptions:
     """As the project's server (services.inference.runtime): threads = the process's cores shared
-    among the instances unless set; spinning off, or on with a stop when the last run returns."""
+    among the instances unless set; spinning within a run (stopping when it returns) unless off."""
     opts = ort.SessionOptions()
     threads = int(os.environ.get("SEGXAL_TRITON_INTRA_OP_THREADS", "0") or 0)
     opts.intra_op_num_threads = threads or max(1, len(os.sched_getaffinity(0)) // max(1, instances))
     opts.inter_op_num_threads = 1
-    spinning = os.environ.get("SEGXAL_TRITON_ORT_SPINNING", "0") == "1"
+    spinning = os.environ.get("SEGXAL_TRITON_ORT_SPINNING", "1") == "1"
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if spinning:
         opts.add_session_config_entry("session.force_spinning_stop", "1")
