@@ -337,6 +337,28 @@ def test_overlapping_cpu_runs_take_a_one_thread_session_and_agree_with_a_lone_ru
             np.testing.assert_allclose(out[name].astype(np.float32), lone[name].astype(np.float32), atol=2e-3)
 
 
+def test_a_lone_run_spins_only_until_it_returns_and_the_one_thread_copy_never(tmp_path, exports):
+    """What made concurrency 1 faster (bench/infer_overhead.py): the wide session's workers spin
+    between the operators of a run instead of sleeping, and stop when it returns; the one-thread
+    copy has no workers; --no-ort-spinning turns it off."""
+    from services.inference.config import RuntimeConfig
+    from services.inference.runtime import OnnxModel
+    repo = make_repository(tmp_path / "repo", exports)
+
+    def entries(session):
+        opts = session.get_session_options()
+        return (opts.get_session_config_entry("session.intra_op.allow_spinning"),
+                opts.get_session_config_entry("session.force_spinning_stop")
+                if opts.get_session_config_entry("session.intra_op.allow_spinning") == "1" else None)
+    model = OnnxModel(repo.model_file("segmentation", 1), repo.read_config("segmentation"),
+                      RuntimeConfig(intra_op_threads=2, cpu_parallel_runs=2))
+    assert entries(model.session) == ("1", "1")
+    assert entries(model._narrow) == ("0", None)
+    off = OnnxModel(repo.model_file("segmentation", 1), repo.read_config("segmentation"),
+                    RuntimeConfig(intra_op_threads=2, cpu_parallel_runs=2, spinning=False))
+    assert entries(off.session) == ("0", None)
+
+
 def test_parallel_runs_follow_cores_on_cpu_and_the_config_elsewhere(tmp_path, exports):
     from services.inference.config import RuntimeConfig
     from services.inference.runtime import available_cores, parallel_runs
