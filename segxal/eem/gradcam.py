@@ -363,12 +363,14 @@ def bottleneck_weights(model: nn.Module, x: torch.Tensor, class_weights: torch.T
         h, tape = _block_forward_with_tape(dec, torch.cat([up(h), skip], dim=1))
         tapes.append((up, tape))
     logits = model.upsample(model.head(h))  # [B, C, H, W]
-    labels = logits.argmax(1)  # [B, H, W]
+    # argmax as segxal.eem.ebu takes it (max with indices, keepdim): the exported graph then holds the
+    # same ReduceMax/ArgMax nodes twice, and ONNX Runtime's common-subexpression pass computes them once
+    labels = logits.max(1, keepdim=True).indices  # [B, 1, H, W]; ties: the first class, as argmax
     head_w = model.head.weight  # [C, K, 1, 1]
     num_classes = head_w.shape[0]
     check_class_weights(class_weights, num_classes)
     classes = torch.arange(num_classes, device=labels.device)
-    g = (labels[:, None] == classes[None, :, None, None]).to(logits.dtype)  # [B, C, H, W]: dT/dz
+    g = (labels == classes[None, :, None, None]).to(logits.dtype)  # [B, C, H, W]: dT/dz
     if class_weights is not None:
         g = g * class_weights.to(g.dtype)[None, :, None, None]
     if model.cfg.head_stride == 2:
