@@ -24,8 +24,9 @@ class RuntimeConfig:
     # core is burnt between requests. Overlapping runs take the one-thread session, which has no
     # workers to spin. Measured (bench/infer_overhead.py, 2 cores, 256x512 U-Net, 16 alternating
     # rounds at concurrency 1): 1.031 +- 0.027 x the frames/s without spinning, CPU per frame the
-    # same (+0.6 %); at concurrency 4 and 8 within the rounds' spread (0.95-1.02 in four runs). ORT's own default
-    # (spin after a run too) cost 112-146 CPU-ms a frame where 88 were needed, an earlier measurement.
+    # same (+0.6 %); at concurrency 4 and 8 within the rounds' spread (0.95-1.02 in four runs).
+    # ORT's own default (spin after a run too) cost 112-146 CPU-ms a frame where 88 were needed, an
+    # earlier measurement.
     spinning: bool = True
 
 
