@@ -42,6 +42,17 @@ def test_segmentation_export_parity_and_compact_outputs(seg_export):
     assert spec.kind == "segmentation" and spec.num_classes == 19 and spec.spatial_multiple == 8
 
 
+def test_the_graph_computes_the_argmax_once_after_onnx_runtimes_optimisation(seg_export, tmp_path):
+    """labels (EBU's pass) and the CAM's class mask share one ArgMax once ONNX Runtime has merged
+    common subexpressions: the exporter writes them as the same node (segxal/eem/gradcam.py)."""
+    import onnx
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(seg_export.path), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+    assert ops.count("ArgMax") == 1
+
+
 def test_in_graph_normalisation_matches_the_training_loader(seg_export):
     """The uint8 graph equals ExplainedSegmenter on the loader's normalize_image (MEAN/STD)."""
     x = images(1, seed=3)
