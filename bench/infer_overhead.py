@@ -21,10 +21,9 @@ load on a shared machine hits every side alike):
 - NAME (--server-variant): the project's server again, with extra flags (an A/B of a server setting
   in the same alternation, e.g. nospin="--no-ort-spinning").
 Each round runs the sides in turn, in reverse order every other round. frames/s is the total over
-rounds, and each ratio is printed with the min-max of its per-round ratios: on a shared 2-core VM a
-round-to-round spread of +-10 % is common, and a difference inside it is not a result; the +- is two
-standard errors of the mean of the per-round ratios. Latencies are
-pooled (p99 includes each round's start). CPU ms/frame counts every process involved
+rounds; each ratio is printed with +- two standard errors of the mean of its per-round ratios and
+their min-max (on a shared 2-core VM rounds move +-10 %: a difference inside that is not a result).
+Latencies are pooled (p99 includes each round's start). CPU ms/frame counts every process involved
 (this one + the server's, Triton's stubs included), which is robust to neighbours on a shared
 machine, unlike frames/s. The load average is printed beside each concurrency.
 """

@@ -347,9 +347,8 @@ def test_a_lone_run_spins_only_until_it_returns_and_the_one_thread_copy_never(tm
 
     def entries(session):
         opts = session.get_session_options()
-        return (opts.get_session_config_entry("session.intra_op.allow_spinning"),
-                opts.get_session_config_entry("session.force_spinning_stop")
-                if opts.get_session_config_entry("session.intra_op.allow_spinning") == "1" else None)
+        spin = opts.get_session_config_entry("session.intra_op.allow_spinning")
+        return spin, opts.get_session_config_entry("session.force_spinning_stop") if spin == "1" else None
     model = OnnxModel(repo.model_file("segmentation", 1), repo.read_config("segmentation"),
                       RuntimeConfig(intra_op_threads=2, cpu_parallel_runs=2))
     assert entries(model.session) == ("1", "1")
