@@ -33,7 +33,7 @@ from torch import nn
 from segxal.data.cityscapes import MEAN, STD
 from segxal.errors import InvalidInput, SegxalError
 from segxal.resize import resize_image
-from segxal.modelspec import DEPTH, NO_CAM, SEGMENTATION, ModelSpec, Preprocessing, TensorSpec
+from segxal.modelspec import DEPTH, EMBEDDING, NO_CAM, SEGMENTATION, ModelSpec, Preprocessing, TensorSpec
 
 INPUT_NAME = "image"
 SEGMENTATION_OUTPUTS = ("labels", "ebu", "cam", "pmax")
@@ -55,6 +55,9 @@ class ExportConfig:
     declare_input_size: bool = False
     half_outputs: bool = True  # segmentation ebu/cam/pmax (and logits) as float16: half the bytes
     with_logits: bool = False  # add `logits` [B, C, H, W]: large, for debugging and user tools
+    # add `embedding` FP32 [B, D]: L2-normalised pooled features for diversity selection (issue 27;
+    # the U-Net's UNet.embed, a model from elsewhere's head input)
+    with_embedding: bool = True
     depth_half: bool = False  # inverse_depth as float16
     # parity thresholds
     min_label_agreement: float = 0.999  # argmax may flip at exact ties between float paths
@@ -126,6 +129,24 @@ class _WithLogits(nn.Module):
         return (*outputs, logits.half() if self.half else logits)
 
 
+class _WithEmbedding(nn.Module):
+    """The wrapped outputs + `embedding` [B, D] (UNet.embed's features), captured by a hook during
+    the same forward pass, so the graph pools features it computes anyway."""
+
+    def __init__(self, inner: nn.Module, model: nn.Module):
+        super().__init__()
+        self.inner, self.model = inner, model
+
+    def forward(self, x: torch.Tensor):
+        captured = {}
+        handle = self.model.embedding_module().register_forward_hook(lambda m, i, o: captured.setdefault("f", o))
+        try:
+            outputs = self.inner(x)
+        finally:
+            handle.remove()
+        return (*outputs, self.model.pool_embedding(captured["f"]))
+
+
 def _export_graph(module: nn.Module, path: Path, output_names: list[str], cfg: ExportConfig) -> None:
     """Trace `module` (uint8 NHWC in) to `path` atomically, with dynamic batch/height/width."""
     import onnx
@@ -134,7 +155,7 @@ def _export_graph(module: nn.Module, path: Path, output_names: list[str], cfg: E
     dynamic = {INPUT_NAME: {0: "batch", 1: "height", 2: "width"}}
     for name in output_names:
         dynamic[name] = {0: "batch", 2: "height", 3: "width"} if name == LOGITS_OUTPUT else \
-            {0: "batch", 1: "height", 2: "width"}
+            {0: "batch"} if name == EMBEDDING else {0: "batch", 1: "height", 2: "width"}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -278,6 +299,8 @@ def export_segmentation(model: nn.Module, path: str | os.PathLike, cfg: ExportCo
         inner: nn.Module = explained
         if cfg.with_logits:
             inner, names = _WithLogits(explained, cfg.half_outputs), names + [LOGITS_OUTPUT]
+        if cfg.with_embedding:
+            inner, names = _WithEmbedding(inner, model), names + [EMBEDDING]
         module = _ImageInput(inner).eval()
         num_classes = model.head.out_channels
         half = "FP16" if cfg.half_outputs else "FP32"
@@ -285,6 +308,10 @@ def export_segmentation(model: nn.Module, path: str | os.PathLike, cfg: ExportCo
             TensorSpec(n, half, (-1, -1)) for n in OUTPUT_NAMES if n != "labels"]
         if cfg.with_logits:
             outputs.append(TensorSpec(LOGITS_OUTPUT, half, (num_classes, -1, -1)))
+        if cfg.with_embedding:
+            with torch.no_grad():  # D: the pooled layer's channels
+                dim = model.embed(torch.zeros(1, 3, model.multiple, model.multiple)).shape[1]
+            outputs.append(TensorSpec(EMBEDDING, "FP32", (int(dim),)))
         spec = ModelSpec(kind=SEGMENTATION, inputs=(TensorSpec(INPUT_NAME, "UINT8", (-1, -1, 3)),),
                          outputs=tuple(outputs), preprocessing=Preprocessing(mean=MEAN, std=STD),
                          num_classes=num_classes, spatial_multiple=model.multiple,

@@ -21,6 +21,8 @@ Our config.pbtxt parameters (all string values, as Triton stores them):
                       and maps come back at the frame's size (default: the input's static dims)
     resize_mode       "stretch" (default) | "letterbox": keep the aspect ratio, pad bottom/right
                       to input_size, or with a dynamic input to the next spatial_multiple
+    output_embedding  (optional role `embedding`) a frame embedding FP32 [B, D], L2-normalised,
+                      for diversity selection (issue 27); a model without it serves as before
     cam_layer         where the served `cam` is computed ("bottleneck", "head", "Conv 1x1 on ...");
                       "none" = the model has no CAM and is scored with EBU alone
     class_names       JSON list of class names, index = label value; read from the Triton label
@@ -47,7 +49,8 @@ DEPTH = "depth"
 MODEL_KINDS = (SEGMENTATION, DEPTH)
 
 # roles of output tensors, mapped to tensor names through output_<role> parameters
-SEGMENTATION_ROLES = ("labels", "ebu", "cam", "pmax", "logits")
+SEGMENTATION_ROLES = ("labels", "ebu", "cam", "pmax", "logits", "embedding")
+EMBEDDING = "embedding"  # optional role: FP32 [B, D], one L2-normalised vector per image
 DEPTH_ROLES = ("inverse_depth",)  # the depth map's role, whatever its convention
 DEPTH_CONVENTIONS = ("inverse", "metric")
 RESIZE_MODES = ("stretch", "letterbox")
@@ -183,6 +186,15 @@ class ModelSpec:
     def has_cam(self) -> bool:
         """True when the model serves a CAM output (else it is scored with EBU alone)."""
         return self.cam_layer != NO_CAM and self.output_name("cam") is not None
+
+    @property
+    def embedding_dim(self) -> int | None:
+        """D of the `embedding` output [B, D], or None when the model serves no embedding."""
+        name = self.output_name(EMBEDDING)
+        if name is None:
+            return None
+        dims = next(t.dims for t in self.outputs if t.name == name)
+        return int(dims[-1]) if dims and dims[-1] > 0 else None
 
     @property
     def image_input(self) -> TensorSpec:

@@ -17,6 +17,10 @@ from torch import nn
 
 from segxal.labels import NUM_CLASSES
 
+# Where UNet.embed (and the exported `embedding` output) pools its features; "dec<i>" is the i-th
+# decoder stage (1 = coarsest), "head_input" the last one (A). Chosen by bench/embedding_layers.py.
+EMBEDDING_LAYER = "bottleneck"
+
 
 @dataclass
 class UNetConfig:
@@ -78,6 +82,54 @@ class UNet(nn.Module):
     def bottleneck_layer(self) -> nn.Module:
         """The deepest encoder block: its output B is the shipped GradCAM target (segxal.eem.gradcam)."""
         return self.down[-1]
+
+    @property
+    def embedding_layers(self) -> tuple[str, ...]:
+        """Layers embed() can pool: the bottleneck, each decoder stage but the last, the head input."""
+        return ("bottleneck", *(f"dec{i}" for i in range(1, self.cfg.depth)), "head_input")
+
+    def embedding_module(self, layer: str | None = None) -> nn.Module:
+        """The leaf module whose output embed() pools: the last ReLU of the layer's block, so a forward
+        hook on it fires however the block is run (whole, or layer by layer as the written-out VJP of
+        segxal.eem.gradcam runs the decoder).
+
+        Raises:
+            ValueError: an unknown layer name.
+        """
+        layer = layer or EMBEDDING_LAYER
+        if layer == "bottleneck":
+            return self.down[-1][-1]
+        if layer == "head_input":
+            return self.dec[-1][-1]
+        if layer in self.embedding_layers:
+            return self.dec[int(layer[3:]) - 1][-1]
+        raise ValueError(f"unknown embedding layer {layer!r}; expected one of {self.embedding_layers}")
+
+    @staticmethod
+    def pool_embedding(features: torch.Tensor) -> torch.Tensor:
+        """Features [B, K, h, w] -> global average pool, L2-normalised: [B, K] (unit rows)."""
+        return F.normalize(features.mean(dim=(2, 3)), p=2.0, dim=1)
+
+    def embed(self, x: torch.Tensor, layer: str | None = None) -> torch.Tensor:
+        """Frame embeddings: x [B, 3, H, W] (normalised, as forward takes it) -> [B, D], each row
+        L2-normalised; the features the exported graph's `embedding` output carries (segxal.export).
+
+        Args:
+            x: normalised images.
+            layer: one of embedding_layers; None: EMBEDDING_LAYER (what the export ships).
+
+        Raises:
+            ValueError: an unknown layer, or H, W not multiples of `multiple`.
+        """
+        captured: list[torch.Tensor] = []
+        handle = self.embedding_module(layer).register_forward_hook(lambda m, i, o: captured.append(o))
+        try:
+            bottleneck, skips = self.encode(x)
+            if not captured:  # a decoder layer: run the decoder (the head is not needed)
+                self.decode(bottleneck, skips)
+        finally:
+            handle.remove()
+        return self.pool_embedding(captured[0])
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x [B, 3, H, W] -> (bottleneck B [B, width*2^depth, H/(s*2^depth), W/(s*2^depth)], skips,
