@@ -2,7 +2,7 @@
 
 Writes <out>/al.json (every cycle), <out>/al.md (tables, paired differences with random, verdict,
 diagnosis), <out>/al_frame.png, al_region.png, al_schedule.png; prints the tables.
-Details: segxal.al.bench (protocols, training schedule) and segxal.al.bench_report (statistics).
+Details: bench.albench.harness (protocols, training schedule) and bench.albench.report (statistics).
 
     # data once (CPU size): 300 train / 75 val frames, 50 test frames for the depth net
     .venv/bin/segxal data synth --out data/synth-64x128 --height 64 --width 128 \\
@@ -25,9 +25,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from segxal.al.bench import (ALL_ARMS, PROTOCOLS, BenchConfig, full_size, merge_reports, print_progress,
+from bench.albench.harness import (ALL_ARMS, PROTOCOLS, BenchConfig, full_size, merge_reports, print_progress,
                               run_benchmark, run_seeds_in_parallel)
-from segxal.al.bench_report import markdown, plot
+from bench.albench.report import markdown, plot
 from segxal.errors import SegxalError
 from segxal.train import parse_size
 

@@ -1,6 +1,6 @@
 """Headroom of the label-efficiency benchmark: does labeled data matter under a schedule, and is the
 schedule converged? Random frames at a few budgets and step counts, plus the supervised ceiling
-(every pool frame), each trained from the seed model (segxal.al.bench.train_from) or from scratch.
+(every pool frame), each trained from the seed model (bench.albench.harness.train_from) or from scratch.
 
     nice -n 19 .venv/bin/python bench/al_headroom.py --data data/synth-64x128 --width 8 \\
         --steps 160 320 640 --budgets 0.05 0.4 1.0 --seeds 0 1 2 --out runs/headroom/w8.json
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segxal.al.bench import BenchConfig, _load_data, evaluate, seed_model, train_from
+from bench.albench.harness import BenchConfig, _load_data, evaluate, seed_model, train_from
 from segxal.models.unet import UNet
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segxal.al.bench import ALL_ARMS, BenchConfig, _cells, _load_data
-from segxal.al.bench_report import paired, pooled
+from bench.albench.harness import ALL_ARMS, BenchConfig, _cells, _load_data
+from bench.albench.report import paired, pooled
 from segxal.data.synth import SynthConfig, generate
 from segxal.errors import InvalidInput
 

@@ -18,10 +18,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # layer -> the top-level packages it must never import
 FORBIDDEN = {
-    "segxal": ("services", "clients", "app"),
-    "services": ("clients", "app"),
-    "clients": ("app",),
-    "app": (),
+    "segxal": ("services", "clients", "app", "bench"),
+    "services": ("clients", "app", "bench"),
+    "clients": ("app", "bench"),
+    "app": ("bench",),
+    "bench": (),  # benchmarks may import any layer; no layer imports them
 }
 # clients reach a service only through its client API (and the shared channel/health/auth helpers)
 CLIENT_FACING = ("client", "api")

@@ -2,8 +2,8 @@
 
 Frame scores (higher = query first) are reduced from per-pixel maps; batch selection turns scores
 (and, for the diversity terms, pooled features) into the indices to label. Each function cites the
-paper it implements. The benchmark (segxal.al.bench) feeds them the EEM maps of
-segxal.eem.explain.ExplainedSegmenter and segxal.al.scoring, so they rank with exactly the maths
+paper it implements. The benchmark (bench.albench.harness) feeds them the EEM maps of
+segxal.eem.explain.ExplainedSegmenter and segxal.eem.frame, so they rank with exactly the maths
 the services use.
 
 None of these functions sees ground truth: they get model outputs and features only.
@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from segxal.eem.fuse import frame_score
+from segxal.eem.frame import FrameEEM
 from segxal.errors import InvalidInput
 from segxal.labels import IGNORE, NUM_CLASSES
 
@@ -395,3 +397,20 @@ def random_boxes(rng: np.random.Generator, n_frames: int, shape: tuple[int, int]
         taken[f] = new if prior is None else (prior | new)
         spent += n_new
     return out
+
+# ------------------------------------------------------------------ the in-process loop's frame scores
+
+LOOP_STRATEGIES = ("random", "entropy", "pae", "eem", "eem-topq")
+
+
+def strategy_score(strategy: str, frame: FrameEEM, q: float = 0.05) -> float:
+    """The acquisition score a strategy ranks by (higher = query first)."""
+    if strategy == "entropy":
+        return float(frame.ebu.mean())
+    if strategy == "pae":
+        return float(frame.pae.mean())
+    if strategy == "eem":
+        return float(frame.eem.mean())
+    if strategy == "eem-topq":
+        return frame_score(frame.eem, mode="topq", q=q)
+    raise InvalidInput(f"unknown strategy {strategy!r}; choose from {', '.join(LOOP_STRATEGIES)}")

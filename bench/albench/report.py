@@ -1,4 +1,4 @@
-"""Tables, verdicts and plots of the label-efficiency benchmark (segxal.al.bench).
+"""Tables, verdicts and plots of the label-efficiency benchmark (bench.albench.harness).
 
 Statistics: every arm is compared with a reference arm (random, and entropy for the EEM arms) as a
 paired difference per seed (same seed set, seed model and schedule). A difference is reported as

@@ -14,7 +14,7 @@ budget point b picks what is added for point b+1. Each seed has its own seed set
 random stream; every arm of a seed shares them and the pool outputs of the cycle-0 model.
 
 The maps come from the project's own EEM path (segxal.eem.explain.ExplainedSegmenter for
-labels / EBU / CAM / p_max, segxal.al.scoring.score_frame for proximity, PAE and EEM), so a change of
+labels / EBU / CAM / p_max, segxal.eem.frame.score_frame for proximity, PAE and EEM), so a change of
 the CAM definition there reaches the benchmark unchanged. The monocular depth net is trained on the
 `test` split (standing in for an off-the-shelf depth model): no strategy sees ground truth, depth or
 labels, of a pool frame before it is labeled.
@@ -24,7 +24,7 @@ keep the default set inside the time budget. `eem-gated` gates the proximity ter
 own uncertainty (PAE = norm(CAM * proximity * EBU), segxal.eem.fuse.pae's gate): the diagnosis of
 the 40-step run was that ungated PAE sends EEM to the near road the model already gets right.
 
-Run it with bench/al_curve.py; the report is written by segxal.al.bench_report.
+Run it with bench/al_curve.py; the report is written by bench.albench.report.
 """
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ import torch
 from segxal import imageio
 from segxal.al import strategies as st
 from segxal.al.oracles import calibrate_tau, machine_oracle
-from segxal.al.scoring import EEMOptions, score_frame
+from segxal.eem.options import EEMOptions
+from segxal.eem.frame import score_frame
 from segxal.data.cityscapes import SegDataset, disparity_to_depth, list_frames, load_camera
 from segxal.eem.explain import ExplainedSegmenter
 from segxal.eem.fuse import frame_score
