@@ -1,6 +1,8 @@
 """`segxal up`: the five services as separate processes on local ports, embedded defaults
 (SQLite, a local model repository, local frame storage, CPU). Waits for every health check, and
-stops them all cleanly (SIGTERM, grace, then SIGKILL) on Ctrl-C or when the caller is done.
+stops them all cleanly (SIGTERM, grace, then SIGKILL) when the caller is done, on Ctrl-C (SIGINT)
+and on SIGTERM: the stack owns its services, and each runs in its own session, so a signal sent to
+the stack's process alone would otherwise leave all five running.
 
     workdir/repo/         model repository (Triton layout) served by both inference servers
     workdir/state/        trainer jobs and per-version checkpoints
@@ -16,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,13 +79,32 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _interrupt(signum, frame) -> None:
+    # SIGTERM becomes what Ctrl-C already is, so one `except KeyboardInterrupt` / `with` exit path
+    # stops the services whichever signal arrived.
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _stopping(signum, frame) -> None:
+    log.warning("%s while stopping the services: still stopping them", signal.Signals(signum).name)
+
+
 class Stack:
-    """Start with `with Stack(cfg) as stack:`; targets in `stack.targets[name]`."""
+    """Start with `with Stack(cfg) as stack:`; targets in `stack.targets[name]`.
+
+    Started from the main thread, the stack turns SIGTERM into KeyboardInterrupt until it is stopped
+    (so `with` exits and stops the services), and ignores SIGINT/SIGTERM while stopping (a second
+    Ctrl-C must not orphan the services half-way); the previous handlers come back afterwards.
+    """
 
     def __init__(self, cfg: StackConfig):
         self.cfg = cfg
         self.work = Path(cfg.workdir).resolve()
         self.services: dict[str, Service] = {}
+        self._saved_handlers: dict[int, object] = {}
 
     @property
     def repo(self) -> Path:
@@ -150,6 +172,7 @@ class Stack:
             for name in ("segmentation", "depth"):
                 ModelRepository(self.repo / name).set_default_flavour("python")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self._set_handlers(_interrupt)
         try:
             for svc in self._plan():
                 logf = open(self.work / "logs" / f"{svc.name}.log", "ab")
@@ -190,8 +213,34 @@ class Stack:
         with make_channel(self.services[name].target) as ch:
             wait_until_serving(ch, "", name, timeout_s, poll_s=0.3)
 
+    def _set_handlers(self, handler) -> None:
+        """Install `handler` for SIGINT and SIGTERM, remembering the first handlers seen (signals can
+        only be handled in the main thread: elsewhere the caller's handlers stay)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in STOP_SIGNALS:
+            previous = signal.signal(sig, handler)
+            self._saved_handlers.setdefault(sig, previous)
+
+    def _restore_handlers(self) -> None:
+        for sig, previous in self._saved_handlers.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._saved_handlers.clear()
+
     def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM every service (they finish in-flight calls), then SIGKILL stragglers."""
+        """SIGTERM every service (they finish in-flight calls), wait for each, SIGKILL stragglers
+        after `grace_s`. SIGINT and SIGTERM are held off until every service has exited.
+
+        Args:
+            grace_s: seconds all services together get to exit after their SIGTERM.
+        """
+        self._set_handlers(_stopping)
+        try:
+            self._stop_services(grace_s)
+        finally:
+            self._restore_handlers()
+
+    def _stop_services(self, grace_s: float) -> None:
         for svc in reversed(list(self.services.values())):
             if svc.proc and svc.proc.poll() is None:
                 svc.proc.send_signal(signal.SIGTERM)
