@@ -1,15 +1,23 @@
-"""Drive logs: MCAP files of camera images (the schemas of segxal.ingest.messages: foxglove,
-ROS 2 and ROS 1, compressed or raw), read as a stream and sampled into frames.
+"""Drive logs: camera images (the schemas of segxal.ingest.messages: foxglove, ROS 2 and ROS 1,
+compressed or raw) from MCAP files, ROS 1 bags, ROS 2 .db3 files and ROS 2 bag directories
+(segxal.ingest.sources), read as a stream and sampled into frames.
 
-Reading streams the file record by record (mcap's NonSeekingReader, no summary needed), so memory
-does not grow with the log, and a truncated log still yields every image before the damage and
-then raises InvalidInput saying where it broke.
+An MCAP file is read record by record (no summary needed, segxal.ingest.mcapstream), so memory does
+not grow with the log, and a truncated log still yields every image before the damage, inside a
+cut chunk too, and then raises InvalidInput saying where it broke.
+
+An image that cannot be read (an unsupported encoding, bytes that do not decode, more pixels than
+segxal.imageio.MAX_DECODE_PIXELS: for a raw image checked from the sizes its message states,
+before any pixel buffer exists; for a compressed one from its header) is skipped, counted
+(frames_skipped_unreadable) and named at the end; the images around it are kept and no file is
+written for it.
 
 Extraction writes a compressed image's bytes unchanged (no re-encoding, so no quality loss) and a
 raw image as a lossless PNG (debayered first) to `<storage>/frames/<sha256[:2]>/<sha256>.<ext>`:
 content-addressed, so ingesting a log twice writes nothing new and the same frame is never stored
 twice. Each frame keeps its topic (one topic = one camera: the frame's source is
-`mcap:<log>#<topic>`) and its timestamp.
+`mcap:<log>#<topic>`, for every drive-log format: the fleet worker reads the log back from it) and
+its timestamp.
 
 Sampling, per topic: a 30 Hz camera gives 108,000 frames an hour. `min_gap_s` keeps a frame only
 when at least that much log time has passed since the last kept frame of its topic (checked before
@@ -28,21 +36,19 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import struct
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
 from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
-from mcap.exceptions import McapError
-from mcap.reader import NonSeekingReader
 from mcap_protobuf.writer import Writer as ProtobufMcapWriter
 
 from segxal import imageio
-from segxal.errors import InvalidInput, NotFound, SegxalError
+from segxal.errors import InvalidInput, NotFound, ResourceExhausted, SegxalError
 from segxal.ingest.messages import IMAGE_SCHEMAS, RAW, LogImage, MessageReader
 from segxal.ingest.records import IngestCounters, IngestedFrame
+from segxal.ingest.sources import LogDamage, iter_log_messages
 
 DEFAULT_TOPIC = "/camera/front/image/compressed"
 DEFAULT_NEAR_DUPLICATE_THRESHOLD = 2.0  # grey levels, see the module docstring
@@ -101,47 +107,28 @@ def write_drive_log(path: str | Path, frames: Iterable[tuple[int, np.ndarray | b
     return count
 
 
-def _records(reader: NonSeekingReader, topics: Sequence[str] | None, where: str, counted: list[int]):
-    """The reader's messages; a broken file becomes InvalidInput saying how far it got."""
-    it = reader.iter_messages(topics=list(topics) if topics else None, log_time_order=False)
-    last_time = [None]
-    while True:
-        try:
-            item = next(it)
-        except StopIteration:
-            return
-        # mcap reports a cut-off file as EndOfFile / struct.error and bad compression or records as
-        # McapError or ValueError; all mean the same to us: the log ends here.
-        except (McapError, struct.error, EOFError, ValueError) as e:
-            kind = type(e).__name__
-            at = f" (last message read: log time {last_time[0]} ns)" if last_time[0] is not None else ""
-            raise InvalidInput(
-                f"{where}: truncated or corrupt MCAP ({kind}{': ' + str(e) if str(e) else ''}) after "
-                f"{counted[0]} images{at}; the images before the damage were kept") from None
-        last_time[0] = item[2].log_time
-        yield item
-
-
 def iter_drive_log_images(path: str | Path, topics: Sequence[str] | None = None, min_gap_s: float = 0.0,
                           counters: IngestCounters | None = None,
                           problems: _Problems | None = None) -> Iterator[LogImage]:
-    """Every camera image of a log (foxglove, ROS 2 or ROS 1; compressed or raw), in file order.
+    """Every camera image of a log (an MCAP file, a ROS 1 bag, a ROS 2 .db3 or bag directory:
+    segxal.ingest.sources; foxglove, ROS 2 or ROS 1 messages, compressed or raw), in file order.
 
     Args:
         topics: only these topics (each must hold images); None: every image topic.
         min_gap_s: per topic, skip an image less than this many seconds after the last one yielded.
-        counters: frames_read and frames_skipped_min_gap are counted here.
+        counters: frames_read, frames_skipped_min_gap and frames_skipped_unreadable are counted here.
         problems: collects the images that cannot be read (the caller reports them); None: raised
             here at the end.
     Raises:
-        NotFound: no such file.
-        InvalidInput: not an MCAP file, truncated / corrupt (raised after the readable images), a
-            wanted topic that holds no images (names its schema), no image message at all, or
-            (at the end) images in an unsupported encoding or format (names topic and encoding).
+        NotFound: no such file or bag directory.
+        InvalidInput: not a drive log (names the formats read), truncated / corrupt (raised after
+            the readable images), a wanted topic that holds no images (names its schema), no image
+            message at all, or (at the end) images that were skipped: an unsupported encoding or
+            format (names topic and encoding) or more pixels than any decode allows.
     """
     path = Path(path).resolve()
     where = str(path)
-    if not path.is_file():
+    if not path.exists():
         raise NotFound(f"{where}: drive log does not exist")
     if min_gap_s < 0 or not math.isfinite(min_gap_s):
         raise InvalidInput(f"min_gap_s must be >= 0 (0 keeps every frame), got {min_gap_s}")
@@ -149,37 +136,47 @@ def iter_drive_log_images(path: str | Path, topics: Sequence[str] | None = None,
     counters = counters if counters is not None else IngestCounters()
     own_problems = problems is None
     problems = _Problems() if problems is None else problems
-    counted = [0]
+    counted = 0
+    last_time = None
     channels_seen: dict[str, str] = {}
     last_kept: dict[str, int] = {}
     messages = MessageReader()
-    with open(path, "rb") as f:
-        reader = NonSeekingReader(f)
-        for schema, channel, message in _records(reader, topics, where, counted):
-            schema_name = schema.name if schema is not None else ""
-            channels_seen[channel.topic] = schema_name
-            if not messages.is_image(schema, channel):
-                continue
-            counted[0] += 1
-            counters.frames_read += 1
-            try:
-                image = messages.to_image(schema, channel, message.data, int(message.log_time),
-                                          f"{where}#{channel.topic}@{message.log_time}")
-            except InvalidInput as e:
-                problems.add(str(e))
-                continue
-            last = last_kept.get(image.topic)
-            if min_gap_ns and last is not None and abs(image.timestamp_ns - last) < min_gap_ns:
-                counters.frames_skipped_min_gap += 1
-                continue
-            last_kept[image.topic] = image.timestamp_ns
-            yield image
+    stream = iter_log_messages(path, list(topics) if topics else None, channels_seen)
+    while True:
+        try:
+            raw = next(stream)
+        except StopIteration:
+            break
+        except LogDamage as e:
+            at = f" (last message read: log time {last_time} ns)" if last_time is not None else ""
+            raise InvalidInput(f"{e.detail} after {counted} images{at}; the images before the damage were kept") \
+                from None
+        schema, channel = raw.schema, raw.channel
+        last_time = raw.log_time
+        channels_seen[channel.topic] = schema.name if schema is not None else ""
+        if not messages.is_image(schema, channel):
+            continue
+        counted += 1
+        counters.frames_read += 1
+        try:
+            image = messages.to_image(schema, channel, raw.data, raw.log_time,
+                                      f"{where}#{channel.topic}@{raw.log_time}")
+        except (InvalidInput, ResourceExhausted) as e:
+            counters.frames_skipped_unreadable += 1
+            problems.add(str(e))
+            continue
+        last = last_kept.get(image.topic)
+        if min_gap_ns and last is not None and abs(image.timestamp_ns - last) < min_gap_ns:
+            counters.frames_skipped_min_gap += 1
+            continue
+        last_kept[image.topic] = image.timestamp_ns
+        yield image
     not_images = {t: s for t, s in channels_seen.items() if s not in IMAGE_SCHEMAS}
     if topics and not_images:
         listed = ", ".join(f"{t} ({s or 'no schema'})" for t, s in sorted(not_images.items()))
         raise InvalidInput(f"{where}: topics that hold no camera images: {listed}; image schemas read: "
                            f"{', '.join(IMAGE_SCHEMAS)}")
-    if counted[0] == 0:
+    if counted == 0:
         seen = ", ".join(f"{t} ({s or 'no schema'})" for t, s in sorted(channels_seen.items())) or "none"
         wanted = f" on topics {list(topics)}" if topics else ""
         raise InvalidInput(f"{where}: no camera image messages{wanted} (read: {', '.join(IMAGE_SCHEMAS)}); "
@@ -270,7 +267,8 @@ def extract_drive_log(path: str | Path, storage_dir: str | Path, topics: Sequenc
                     gray = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)  # [H, W]
                 else:
                     gray = imageio.decode_image(image.data, where=where, mode="L")  # [H, W]
-            except InvalidInput as e:
+            except (InvalidInput, ResourceExhausted) as e:  # skipped and reported; the log goes on
+                counters.frames_skipped_unreadable += 1
                 problems.add(str(e))
                 continue
             if not dedup.keep(image.topic, gray):

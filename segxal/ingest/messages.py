@@ -9,6 +9,7 @@ build a decoder from the schema the log carries; the foxglove ones by foxglove-s
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,7 +22,7 @@ from mcap_ros2.decoder import DecoderFactory as Ros2DecoderFactory
 
 from segxal import imageio
 from segxal.errors import InvalidInput
-from segxal.ingest.pixels import SUPPORTED_ENCODINGS, raw_to_image
+from segxal.ingest.pixels import SUPPORTED_ENCODINGS, check_pixel_count, raw_to_image
 from segxal.ingest.rosmsgs import ROS1_COMPRESSED_IMAGE, ROS1_IMAGE, ROS2_COMPRESSED_IMAGE, ROS2_IMAGE
 
 FOXGLOVE_COMPRESSED_IMAGE = "foxglove.CompressedImage"
@@ -82,6 +83,74 @@ def _check_encoding(encoding: str, topic: str) -> None:
                            f"(supported: {', '.join(SUPPORTED_ENCODINGS)})")
 
 
+def _ros2_raw_size(data: bytes) -> tuple[int, int]:
+    """(height, width) of a CDR sensor_msgs/msg/Image: encapsulation (4 bytes), stamp (2 x 4),
+    frame_id (uint32 length with its NUL, the bytes), padding to 4, then height and width."""
+    endian = "<" if data[1] & 1 else ">"
+    (n,) = struct.unpack_from(endian + "I", data, 4 + 8)
+    at = 12 + n
+    at += -at % 4  # CDR aligns a uint32 to 4 from the end of the encapsulation header
+    return struct.unpack_from(endian + "II", data, 4 + at)
+
+
+def _ros1_raw_size(data: bytes) -> tuple[int, int]:
+    """(height, width) of a ROS 1 sensor_msgs/Image: seq, stamp (2 x uint32), frame_id (uint32
+    length, the bytes), then height and width, little-endian and unaligned."""
+    (n,) = struct.unpack_from("<I", data, 12)
+    return struct.unpack_from("<II", data, 16 + n)
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = data[at]
+        at += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, at
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _foxglove_raw_size(data: bytes) -> tuple[int, int]:
+    """(height, width) of a foxglove.RawImage, walking the protobuf fields without copying `data`
+    (width = field 2, height = field 3, both fixed32)."""
+    sizes, at = {2: 0, 3: 0}, 0
+    while at < len(data):
+        key, at = _varint(data, at)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _, at = _varint(data, at)
+        elif wire == 1:
+            at += 8
+        elif wire == 2:
+            n, at = _varint(data, at)
+            at += n
+        elif wire == 5:
+            if field in sizes:
+                (sizes[field],) = struct.unpack_from("<I", data, at)
+            at += 4
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+    return sizes[3], sizes[2]
+
+
+_RAW_SIZE = {ROS2_IMAGE: _ros2_raw_size, ROS1_IMAGE: _ros1_raw_size, FOXGLOVE_RAW_IMAGE: _foxglove_raw_size}
+
+
+def raw_size(schema_name: str, data: bytes) -> tuple[int, int] | None:
+    """(height, width) a raw image message states, read from its first bytes (never decoding its
+    pixels); None for compressed schemas or bytes too short to say (the decoder then reports them)."""
+    peek = _RAW_SIZE.get(schema_name)
+    if peek is None:
+        return None
+    try:
+        return peek(data)
+    except (struct.error, IndexError, ValueError):
+        return None
+
+
 def _stamp_ns(header: Any, ros1: bool) -> int:
     stamp = header.stamp
     if ros1:
@@ -114,8 +183,13 @@ class MessageReader:
         Raises:
             InvalidInput: a message encoding the schema does not go with, unreadable message bytes,
                 an unsupported compressed format.
+            ResourceExhausted: a raw image whose stated size is over segxal.imageio.MAX_DECODE_PIXELS
+                (checked from the message's first bytes, before its pixels are decoded).
         """
         name, enc, topic = schema.name, channel.message_encoding, channel.topic
+        size = raw_size(name, data)
+        if size is not None:
+            check_pixel_count(*size, where)  # before the decoder copies the pixel bytes
         try:
             if name in (FOXGLOVE_COMPRESSED_IMAGE, FOXGLOVE_RAW_IMAGE):
                 if enc != "protobuf":

@@ -10,7 +10,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from segxal.errors import InvalidInput
+from segxal import imageio
+from segxal.errors import InvalidInput, ResourceExhausted
 
 _CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8uc1": 1, "8uc3": 3}
 _BAYER_TO_RGB = {
@@ -20,6 +21,18 @@ _BAYER_TO_RGB = {
     "bayer_grbg8": cv2.COLOR_BayerGB2RGB,
 }
 SUPPORTED_ENCODINGS = tuple(sorted(set(_CHANNELS) | set(_BAYER_TO_RGB)))
+
+
+def check_pixel_count(height: int, width: int, where: str, max_pixels: int = imageio.MAX_DECODE_PIXELS) -> None:
+    """Refuse a raw image larger than every decode allows (segxal.imageio.MAX_DECODE_PIXELS), from
+    the sizes its message states, before any pixel buffer is made.
+
+    Raises:
+        ResourceExhausted: height x width over max_pixels (named with `where`).
+    """
+    if int(height) * int(width) > max_pixels:
+        raise ResourceExhausted(f"{where}: raw image of {width} x {height} = {int(height) * int(width)} pixels is "
+                                f"over the decode limit of {max_pixels} pixels (skipped)")
 
 
 def raw_to_image(data: bytes, height: int, width: int, encoding: str, step: int, where: str) -> np.ndarray:
@@ -33,7 +46,9 @@ def raw_to_image(data: bytes, height: int, width: int, encoding: str, step: int,
     Raises:
         InvalidInput: an encoding not in SUPPORTED_ENCODINGS (named with `where`), or a buffer that
             does not hold height x step bytes.
+        ResourceExhausted: more pixels than segxal.imageio.MAX_DECODE_PIXELS.
     """
+    check_pixel_count(height, width, where)
     enc = encoding.lower()
     channels = 1 if enc in _BAYER_TO_RGB else _CHANNELS.get(enc)
     if channels is None:

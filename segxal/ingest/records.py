@@ -20,3 +20,4 @@ class IngestCounters:
     frames_read: int = 0
     frames_skipped_near_duplicate: int = 0
     frames_skipped_min_gap: int = 0  # drive logs: closer in time than the sampling gap
+    frames_skipped_unreadable: int = 0  # drive logs: an unsupported encoding, unreadable bytes, over the pixel limit
