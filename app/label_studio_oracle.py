@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
+from segxal.progress import progress
 
 from clients.label_studio.bridge import PUSH_FAILED, Bridge, BridgeConfig
 from clients.label_studio.local import LocalLabelStudio, LocalLabelStudioConfig
@@ -114,7 +114,7 @@ class LabelStudioOracle:
         with Bridge(cfg) as bridge:
             thread = threading.Thread(target=bridge.run, args=(stop,), name=f"bridge-{cycle_id}", daemon=True)
             thread.start()
-            bar = tqdm(total=total, desc=f"label {cycle_id} in Label Studio", disable=not self.progress, leave=False)
+            bar = progress(total=total, desc=f"label {cycle_id} in Label Studio", unit="task", enabled=self.progress)
             try:
                 while True:
                     report = coord.cycle_report(cycle_id)

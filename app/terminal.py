@@ -1,6 +1,7 @@
 """What a person sees of the main job: one progress bar per cycle phase (rank, label, train,
-publish), the per-cycle table printed above the bars, and the logs in a file instead of the
-terminal (the labeling clients log a line per task: hundreds per run)."""
+publish) - one line per phase when standard error is not a terminal (segxal.progress) - the
+per-cycle table printed above the bars, and the logs in a file instead of the terminal (the
+labeling clients log a line per task: hundreds per run)."""
 from __future__ import annotations
 
 import contextlib
@@ -12,20 +13,20 @@ from typing import Iterator
 from tqdm import tqdm
 
 from segxal.errors import SegxalError
+from segxal.progress import progress
 
 PHASES = ("rank", "label", "train", "publish")
 
 
 class Terminal:
-    """Progress bars and table rows; bars are off when `progress` is False (tests, pipes)."""
+    """Progress bars and table rows; bars are off when `progress` is False (tests)."""
 
     def __init__(self, progress: bool = True):
         self.progress = progress
 
     def bar(self, cycle: str, phase: str, total: int | None = None, unit: str = "it") -> tqdm:
         """A bar for one phase of one cycle ("cycle  3 label"); total None: elapsed time only."""
-        return tqdm(total=total, desc=f"{cycle:>8} {phase:<7}", unit=unit, disable=not self.progress,
-                    leave=False, dynamic_ncols=True)
+        return progress(total=total, desc=f"{cycle:>8} {phase:<7}", unit=unit, enabled=self.progress)
 
     def row(self, text: str) -> None:
         """A line of the table, printed above the bars."""

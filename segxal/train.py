@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from segxal.progress import progress
 
 from segxal import imageio
 from segxal.data.cityscapes import SegDataset, list_frames
@@ -174,7 +174,7 @@ def _fit(model: torch.nn.Module, dataset, cfg: TrainConfig, loss_fn: Callable, *
         gen.manual_seed(cfg.seed * 100_003 + epoch)
         running, n = 0.0, 0
         it = _loader(dataset, cfg.batch_size, True, gen, drop_single=isinstance(model, ExternalModel))
-        bar = tqdm(it, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False)
+        bar = progress(it, desc=f"{desc} {epoch + 1}/{cfg.epochs}", unit="batch", enabled=cfg.progress)
         for img, lab, depth in bar:
             img, lab, depth = img.to(device), lab.to(device), depth.to(device)
             if cfg.crop is not None:
