@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from segxal import imageio
 from segxal.al.oracles import Cost, machine_oracle, simulated_human
@@ -31,6 +30,7 @@ from segxal.eem.regions import rle_to_mask
 from segxal.errors import InvalidInput
 from segxal.labels import IGNORE
 from segxal.metrics import iou_report, macro_dice
+from segxal.progress import progress as progress_bar
 from segxal.models.depth import DepthConfig, DepthNet
 from segxal.models.unet import UNet, UNetConfig
 from segxal.train import (TrainConfig, disparity_scale_from, evaluate_depth, evaluate_segmentation,
@@ -167,7 +167,7 @@ def _pool_outputs(explained: ExplainedSegmenter, depth: DepthNet | None, ds: Seg
                   indices: list[int], batch: int, progress: bool):
     """Yield (index, labels, ebu, cam, pmax, inverse_depth) for pool frames, batched."""
     dev = _device()
-    for s in tqdm(range(0, len(indices), batch), desc="score pool", disable=not progress, leave=False):
+    for s in progress_bar(range(0, len(indices), batch), desc="score pool", unit="batch", enabled=progress):
         idx = indices[s:s + batch]
         items = [ds[i] for i in idx]
         x = torch.from_numpy(np.stack([it[0] for it in items])).to(dev)  # [B, 3, H, W]
