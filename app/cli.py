@@ -8,16 +8,16 @@ import argparse
 import logging
 import sys
 
-from app import export_labels, fleet_job, ingest, loop, models
+from app import al_run, export_labels, fleet_job, ingest, loop, models, trainer_jobs
 from segxal import train
-from segxal.al import loop as al_loop
 from segxal.config_file import apply_config_file
 from segxal.data import synth
 from segxal.errors import SegxalError
 
 # Modules that add subcommands, in help order: synth (`data synth`), train (`train seg|depth`,
-# `eval`), the in-process loop (`al run`), the services loop (`loop`, `up`), the fleet (`fleet`).
-_COMMAND_MODULES = [synth, train, al_loop, loop, fleet_job, ingest, export_labels, models]
+# `eval`), the in-process loop (`al run`), the services loop (`loop`, `up`), the fleet (`fleet`),
+# a trainer's jobs (`trainer jobs|cancel`).
+_COMMAND_MODULES = [synth, train, al_run, loop, fleet_job, ingest, export_labels, models, trainer_jobs]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,8 +31,8 @@ from clients.labeling import LabelingConfig, LabelingSession, work
 from clients.machine import MachineOracle, MachineOracleConfig
 from clients.simulated_human import GroundTruth, SimulatedHuman, SimulatedHumanConfig
 from segxal import imageio
-from segxal.al.loop import (SERVICES_ORACLES, ALConfig, add_al_arguments, config_from_args, depth_model_for,
-                            plot_curves, seed_indices)
+from app.al_run import add_al_arguments, config_from_args
+from segxal.al.loop import SERVICES_ORACLES, ALConfig, depth_model_for, plot_curves, seed_indices
 from segxal.data.cityscapes import SegDataset, list_frames
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound, NotReady
 from segxal.export import ExportConfig, export_depth

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from segxal import imageio
-from segxal.al.scoring import EEMOptions
+from segxal.eem.options import EEMOptions
 from segxal.labels import colorize
 from segxal.storage import FrameStorage
 from services.coordinator.client import CoordinatorClient

@@ -5,7 +5,7 @@
 Both sides score the same PNG frames with the same default-size models (random weights: speed
 does not depend on them) exported to ONNX:
 - in process: segxal.storage reads and decodes a frame, ONNX Runtime runs segmentation then depth
-  in this process, segxal.al.scoring.score_frame fuses (the AL loop's path, one frame at a time;
+  in this process, segxal.eem.frame.score_frame fuses (the AL loop's path, one frame at a time;
   also 2 frames at a time on threads, a stronger in-process baseline);
 - services: two inference servers (python -m services.inference.main, one model each) and the
   EEM server (python -m services.eem.main) as separate processes; this process streams frame URIs
@@ -34,7 +34,8 @@ import onnxruntime as ort
 import psutil
 
 from segxal import imageio
-from segxal.al.scoring import EEMOptions, score_frame
+from segxal.eem.options import EEMOptions
+from segxal.eem.frame import score_frame
 from segxal.export import ExportConfig, export_depth, export_segmentation
 from segxal.models.depth import DepthNet
 from segxal.models.unet import UNet
@@ -90,7 +91,7 @@ def _export(folder: Path, h: int, w: int) -> tuple[Path, Path, ModelRepository, 
 
 class _InProcess:
     """The in-process pipeline: segxal.storage decodes, ONNX Runtime runs segmentation then depth
-    in this process, segxal.al.scoring.score_frame fuses (the AL loop's path)."""
+    in this process, segxal.eem.frame.score_frame fuses (the AL loop's path)."""
 
     def __init__(self, seg_path: Path, depth_path: Path, roots: list[str], opts: ScoreOptions, threads: int):
         so = ort.SessionOptions()

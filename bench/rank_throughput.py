@@ -127,7 +127,8 @@ def _decoders(files: list[Path], reps: int) -> dict[str, dict[str, float]]:
 def _stages(files: list[Path], seg, depth, seg_spec, depth_spec, reps: int) -> dict[str, float]:
     """CPU ms per frame of each step the EEM path takes, one frame at a time in this process."""
     from segxal import imageio
-    from segxal.al.scoring import EEMOptions, score_frame
+    from segxal.eem.options import EEMOptions
+    from segxal.eem.frame import score_frame
     from segxal.resize import resize_image
     from services.inference.client import _prepare_images, _restore
     data = files[0].read_bytes()

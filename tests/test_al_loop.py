@@ -4,7 +4,7 @@ import json
 import pytest
 
 from segxal.al.loop import ALConfig, run
-from segxal.al.scoring import EEMOptions
+from segxal.eem.options import EEMOptions
 from app.cli import main as cli
 
 

@@ -36,8 +36,7 @@ CAM_TOL = 1e-3
 
 def user_spec(info, h: int = H, w: int = W) -> ModelSpec:
     """The config a user writes for a float NCHW model with the EEM outputs."""
-    outputs = (TensorSpec("labels", "UINT8", (-1, -1)),) + tuple(
-        TensorSpec(n, "FP16", (-1, -1)) for n in info.outputs if n != "labels")
+    outputs = info.output_specs()  # labels UINT8, maps FP16, embedding FP32 [D]
     return ModelSpec(kind=SEGMENTATION, inputs=(TensorSpec("image", "FP32", (3, h, w)),), outputs=outputs,
                      preprocessing=Preprocessing(layout="NCHW", normalization="client", mean=MEAN, std=STD),
                      num_classes=info.num_classes, cam_layer=info.cam_layer or NO_CAM, class_names=CLASS_NAMES)

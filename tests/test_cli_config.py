@@ -3,7 +3,7 @@ import pytest
 
 from app import cli
 from segxal.config_file import apply_config_file
-from segxal.al.loop import config_from_args
+from app.al_run import config_from_args
 from segxal.errors import InvalidInput, NotFound
 
 

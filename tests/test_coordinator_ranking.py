@@ -22,7 +22,7 @@ from segxalpb.coordinator.v1 import coordinator_pb2 as pb
 from services.common.server import ServerConfig
 from services.coordinator.client import image_folder_source
 from services.coordinator.domain import Candidate, FrameScore
-from services.coordinator.ranking import RankingConfig, ScoreOptions, TopK, Ranked, rank_frames
+from services.coordinator.ranking import RankingConfig, TopK, Ranked, rank_frames
 from services.eem.api import ScoreOptions as EemScoreOptions
 from services.eem.client import EemClient
 from services.eem.pipeline import PipelineConfig
@@ -54,7 +54,7 @@ class HashScorer:
         self.in_flight = self.max_in_flight = 0
         self.calls_per_uri: dict[str, list[float]] = {}
 
-    def score_many(self, uris, options):
+    def score_many(self, uris, options, deadline_s):
         with self.lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -94,7 +94,7 @@ def test_rank_frames_scores_each_frame_once_with_bounded_concurrency():
     scorer = HashScorer(delay_s=0.01)
     cands = _candidates(40)
     recorded = []
-    out = rank_frames(cands, scorer, 5, VERSION, FAST, ScoreOptions(), on_scored=recorded.extend)
+    out = rank_frames(cands, scorer, 5, VERSION, FAST, EemScoreOptions(), on_scored=recorded.extend)
     want = sorted(cands, key=lambda c: _score_of(c.uri), reverse=True)[:5]
     assert [r.frame_id for r in out.top] == [c.frame_id for c in want]
     assert out.scored == 40 and out.failed == 0 and len(recorded) == 40
@@ -108,7 +108,7 @@ def test_transient_failures_retry_with_exponential_backoff_and_permanent_ones_fa
     scorer = HashScorer(fail_first_calls={flaky: 2, dead: 99},
                         always={broken: InvalidInput(f"{broken}: not a readable image")})
     failures = []
-    out = rank_frames(cands, scorer, 10, VERSION, FAST, ScoreOptions(), on_failed=failures.extend)
+    out = rank_frames(cands, scorer, 10, VERSION, FAST, EemScoreOptions(), on_failed=failures.extend)
     failed = {f.uri: f for f in failures}
     assert out.failed == 2
     assert set(failed) == {broken, dead}
@@ -125,8 +125,8 @@ def test_transient_failures_retry_with_exponential_backoff_and_permanent_ones_fa
 class BreaksMidStream(HashScorer):
     """Answers the first frame of a call, then the whole call fails (a stream cut mid-way)."""
 
-    def score_many(self, uris, options):
-        for i, item in enumerate(super().score_many(uris, options)):
+    def score_many(self, uris, options, deadline_s):
+        for i, item in enumerate(super().score_many(uris, options, deadline_s)):
             if i == 1 and len(self.calls_per_uri[uris[1]]) == 1:
                 raise NotReady("stream reset")
             yield item
@@ -134,7 +134,7 @@ class BreaksMidStream(HashScorer):
 
 def test_a_call_that_breaks_mid_stream_keeps_the_results_that_arrived():
     scorer = BreaksMidStream()
-    out = rank_frames(_candidates(6), scorer, 6, VERSION, FAST, ScoreOptions())
+    out = rank_frames(_candidates(6), scorer, 6, VERSION, FAST, EemScoreOptions())
     assert out.scored == 6 and out.failed == 0
     firsts = [u for u, t in scorer.calls_per_uri.items() if len(t) == 1]
     assert len(firsts) == 3  # the first frame of each 2-frame call was not scored again
@@ -145,7 +145,7 @@ def test_scores_of_another_model_version_are_kept_but_never_ranked():
               Candidate("c1", "/c1.png", cached=FrameScore("/c1.png", 0.98, "segmentation:0"))]
     scorer = HashScorer(version="segmentation:2")
     recorded, failures = [], []
-    out = rank_frames(cached + _candidates(3), scorer, 3, VERSION, FAST, ScoreOptions(),
+    out = rank_frames(cached + _candidates(3), scorer, 3, VERSION, FAST, EemScoreOptions(),
                       on_scored=recorded.extend, on_failed=failures.extend)
     assert [r.frame_id for r in out.top] == ["c0"] and out.reused == 1  # c0's own version only
     assert len(recorded) == 4 and {s.segmentation_version for _, s in recorded} == {"segmentation:2"}
@@ -251,7 +251,7 @@ def test_rank_cycle_ranks_by_the_eem_services_scores(coord_eem):
 def test_a_cycles_eem_options_reach_the_eem_service_and_are_stored_with_it(coord_eem, eem_stack):
     """StartCycle's EEM options (the loop's alpha/beta and strategy) rank that cycle exactly as the
     EEM service scores with those options, and come back with the cycle."""
-    from segxal.al.scoring import EEMOptions
+    from segxal.eem.options import EEMOptions
     opts = EEMOptions(alpha=0.8, beta=0.2, score_mode="topq", q=0.1, threshold_mode="fixed", threshold=0.3,
                       min_region_area=4)
     c = coord_eem.client
@@ -326,7 +326,7 @@ def test_eem_down_ranking_retries_then_reports_every_frame_and_succeeds_later(ba
 def test_stale_scores_after_options_change(coord_eem, eem_stack):
     """Regression: scores were keyed by (frame, model version) only, so a ranking with other EEM
     options reused the scores made with the old ones. Now they are keyed by the options too."""
-    from segxal.al.scoring import EEMOptions
+    from segxal.eem.options import EEMOptions
     c, pool = coord_eem.client, coord_eem.pool.pool_id
     c.register_model_version("segmentation", "repo/segmentation/1")
     first = c.rank_cycle(c.start_cycle(pool, 3).cycle_id)
@@ -344,7 +344,7 @@ def test_stale_scores_after_options_change(coord_eem, eem_stack):
 
 
 def test_bad_cycle_eem_options_are_refused_at_start_cycle(coord_eem):
-    from segxal.al.scoring import EEMOptions
+    from segxal.eem.options import EEMOptions
     c = coord_eem.client
     c.register_model_version("segmentation", "repo/segmentation/1")
     for bad, needle in ((EEMOptions(alpha=0.7, beta=0.7), "alpha"),

@@ -1,6 +1,6 @@
 """EEM scoring service end to end: real inference server (services.inference) serving tiny
 exported models from a temp model repository, the real EEM server and its client, all on
-ephemeral ports. The reference is the in-process EEM: segxal.al.scoring.score_frame (the same
+ephemeral ports. The reference is the in-process EEM: segxal.eem.frame.score_frame (the same
 segxal.eem functions) on in-process ONNX Runtime outputs of the same graphs, and on PyTorch
 outputs of the same weights."""
 from __future__ import annotations
@@ -22,7 +22,8 @@ import torch
 from pycocotools import mask as coco_mask
 
 from segxal import imageio
-from segxal.al.scoring import EEMOptions, score_frame
+from segxal.eem.options import EEMOptions
+from segxal.eem.frame import score_frame
 from segxal.data.cityscapes import MEAN, STD
 from segxal.eem.explain import ExplainedSegmenter
 from segxal.eem.health import cam_degenerate

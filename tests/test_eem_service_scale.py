@@ -2,7 +2,7 @@
 size and only what leaves the service is brought to the frame. Real inference server and EEM
 server on ephemeral ports serving tiny U-Net / depth exports that declare a 64 x 128 input; the
 reference is the same maths in process (ONNX Runtime on the same files, the frame resized with the
-project's one resize function, segxal.al.scoring.score_frame at 64 x 128), and the regions at the
+project's one resize function, segxal.eem.frame.score_frame at 64 x 128), and the regions at the
 model's size upsampled nearest-neighbour (segxal.resize.resize_nearest)."""
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from segxal import imageio
-from segxal.al.scoring import EEMOptions, score_frame
+from segxal.eem.options import EEMOptions
+from segxal.eem.frame import score_frame
 from segxal.eem.regions import extract_regions, rle_to_mask
 from segxal.export import ExportConfig, export_depth, export_segmentation
 from segxal.models.depth import DepthConfig, DepthNet

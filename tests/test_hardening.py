@@ -23,7 +23,7 @@ from PIL import Image
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from segxal import imageio
-from segxal.al.scoring import EEMOptions
+from segxal.eem.options import EEMOptions
 from segxal.annotation import TRAIN_IDS, EncodedMask
 from segxal.errors import FailedPrecondition, InvalidInput, PermissionDenied, ResourceExhausted
 from segxalpb.eem.v1 import eem_pb2, eem_pb2_grpc

@@ -97,6 +97,14 @@ def test_importing_a_layer_loads_nothing_above_it(layer):
     assert not above, f"importing {layer} loads {above}"
 
 
+def test_services_never_import_the_active_learning_package():
+    """The EEM options and the selection live in the core's own homes (segxal.eem.options,
+    segxal.selection); segxal.al is the in-process loop's library, not a service dependency."""
+    bad = [f"{m}:{line} imports {name}" for m in _modules("services") for line, name in _imports(m)
+           if name == "segxal.al" or name.startswith("segxal.al.")]
+    assert not bad, "\n".join(bad)
+
+
 def test_the_scanner_sees_lazy_and_importlib_imports(tmp_path):
     """A lazy import and an import_module string are found (so the checks above can fail)."""
     probe = tmp_path / "probe.py"

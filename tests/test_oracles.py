@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from segxal.al.oracles import calibrate_tau, machine_oracle, simulated_human
-from segxal.al.scoring import EEMOptions, score_frame, strategy_score
+from segxal.eem.options import EEMOptions
+from segxal.eem.frame import score_frame
+from segxal.al.strategies import strategy_score
 from segxal.errors import InvalidInput
 from segxal.labels import IGNORE, NAME_TO_TRAIN_ID
 

@@ -25,17 +25,24 @@ Classes: the project's labels must be the classes being labelled (index = class 
 pool's (`Pool.class_names`, the segmentation model's) when annotations go to a coordinator, else the
 19 Cityscapes trainIds. /setup refuses a label config with other labels, naming the difference.
 
-Frames: a task's `image` is `/data/local-files/?d=<path>` (read from the LOCAL_FILES_DOCUMENT_ROOT
-as this backend sees it), or any other URL Label Studio serves (uploads), downloaded with the
-project's token into a cache folder. The EEM service reads frames by path, so its storage roots
-must hold the document root and the cache.
+Frames: a task's `image` is `/data/local-files/?d=<path>` or `file://<path>` (read from the
+LOCAL_FILES_DOCUMENT_ROOT as this backend sees it; anything outside it is refused), or a URL of the
+configured Label Studio (--ls-url: a path such as /data/upload/..., or an absolute URL of that
+origin), downloaded with the token into a cache folder. No other host is ever asked: the token
+goes only to --ls-url, and /setup's `hostname` is not used. The EEM service reads frames by path,
+so its storage roots must hold the document root and the cache.
+
+Security: with basic auth configured (basic_auth_user / basic_auth_pass) every route but /health
+needs it (the HTTP edge checks, clients.label_studio.ml_backend); a backend that forwards
+annotations refuses to start without it unless insecure_no_auth is set.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
-import os
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -47,12 +54,14 @@ import numpy as np
 
 from clients.label_studio import project as lsp
 from clients.label_studio.api import LabelStudioAPI
+from clients.label_studio.ml_project import set_up_project
 from clients.label_studio.overlay import eem_overlay_png
 from segxal import imageio
-from segxal.al.scoring import EEMOptions
+from segxal.eem.options import EEMOptions
 from segxal.annotation import Rle, decode_rle
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound, NotReady, PermissionDenied, SegxalError
 from segxal.labels import CLASS_NAMES
+from services.common.channel import ChannelConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +69,10 @@ FORWARD_MODES = ("coordinator", "trainer", "none")
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 LOCAL_FILES_PREFIX = "/data/local-files/"
 FRAME_LIST_REFRESH_S = 10.0  # least time between two listings of the pool's frames
+# When /setup has answered, the project is set up (clients.label_studio.ml_project) after these
+# delays: Label Studio writes the project's model version (the backend's title) only after /setup
+# returns, so one pass may come too early; every pass is idempotent.
+PROJECT_SETUP_DELAYS_S = (0.5, 2.0, 6.0, 15.0)
 
 
 @dataclass
@@ -74,8 +87,21 @@ class MLBackendConfig:
     # Overlays are written here (strictly inside ls_document_root) and set as the task's `overlay`.
     media_dir: str = ""
     cache_dir: str = "runs/ls-ml-cache"  # frames downloaded from Label Studio (must be an EEM root)
-    ls_url: str = ""  # Label Studio's URL; empty: the hostname /setup sends
-    ls_token: str = ""  # API token; empty: the access token /setup sends
+    # Label Studio's URL: the only origin frames are fetched from and the API is called at (never the
+    # hostname /setup sends, which any caller could name); empty: local files only, no overlays set.
+    ls_url: str = ""
+    ls_token: str = ""  # API token; empty: the access token /setup sends (used only with ls_url)
+    # The overlay folder as Label Studio's host sees it (for its Local Storage); empty: media_dir.
+    ls_media_dir: str = ""
+    # HTTP basic auth (Label Studio: Model -> Authentication method "Basic Authentication"):
+    # required on every route but /health when set. A forwarding backend needs it, or insecure_no_auth.
+    basic_auth_user: str = ""
+    basic_auth_pass: str = ""
+    insecure_no_auth: bool = False
+    # TLS / bearer token of each gRPC channel (services.common.channel, the flags every client has).
+    eem_channel: ChannelConfig = field(default_factory=ChannelConfig)
+    coordinator_channel: ChannelConfig = field(default_factory=ChannelConfig)
+    trainer_channel: ChannelConfig = field(default_factory=ChannelConfig)
     forward: str = "coordinator"  # FORWARD_MODES: where annotations go on ANNOTATION_CREATED/UPDATED
     coordinator: str = ""  # coordinator host:port (forward = coordinator)
     pool: str = ""  # the coordinator pool the frames belong to (name or id)
@@ -100,8 +126,27 @@ class MLBackendConfig:
             media, root = Path(self.media_dir).resolve(), Path(self.ls_document_root).resolve()
             if media == root or not media.is_relative_to(root):
                 raise InvalidInput(f"--media-dir {media} must lie strictly inside --ls-document-root {root}")
+        if self.ls_url and urlsplit(self.ls_url).scheme not in ("http", "https"):
+            raise InvalidInput(f"--ls-url must be an http:// or https:// URL, got {self.ls_url!r}")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise InvalidInput("basic auth needs both a user and a password (BASIC_AUTH_USER and BASIC_AUTH_PASS, or "
+                               "--basic-auth-user and --basic-auth-pass-file)")
+        if self.basic_auth_user and ":" in self.basic_auth_user:
+            raise InvalidInput("the basic-auth user cannot contain ':' (HTTP basic auth splits on it)")
+        if self.forward != "none" and not self.basic_auth_user and not self.insecure_no_auth:
+            raise InvalidInput(f"forward = {self.forward} acts on what callers post to /webhook: set basic auth "
+                               f"(BASIC_AUTH_USER and BASIC_AUTH_PASS, the same in Label Studio's model settings) "
+                               f"or pass --insecure-no-auth to accept anyone")
         self.eem.validate()
         return self
+
+    @property
+    def auth_header(self) -> str:
+        """The `Authorization` value callers must send ("Basic ..."); empty when auth is off."""
+        if not self.basic_auth_user:
+            return ""
+        pair = f"{self.basic_auth_user}:{self.basic_auth_pass}".encode()
+        return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 class RequestError(SegxalError):
@@ -162,7 +207,10 @@ class SegxalMLModel:
         self.coordinator = coordinator
         self.trainer = trainer
         self.model_version = cfg.model_version
-        self._projects: dict[int, dict] = {}  # project id -> {"hostname", "access_token"} from /setup
+        self._projects: dict[int, dict] = {}  # project id -> {"access_token"} from /setup
+        self._announced: set[str] = set()  # model versions /setup and /predict have named
+        self._setups: dict[int, threading.Thread] = {}  # project id -> its running set-up passes
+        self._closed = threading.Event()
         self._frame_ids: dict[str, str] = {}  # real path of a coordinator frame -> frame id
         self._pool = None  # the coordinator's pb.Pool, once resolved
         self._frames_listed_at = -math.inf
@@ -175,14 +223,59 @@ class SegxalMLModel:
 
     def setup(self, body: Any) -> dict:
         """Check the project's label config is one this backend can pre-annotate and read back;
-        remember the project's Label Studio host and token (to fetch frames, set overlays)."""
+        remember the project's token (used only with the configured --ls-url; the `hostname` sent
+        here is ignored, so no caller can point downloads elsewhere), and set the project up in the
+        background (clients.label_studio.ml_project: model version, webhook credentials, overlay
+        storage) once Label Studio has finished connecting.
+
+        Raises:
+            RequestError: a malformed body. InvalidInput: a label config this backend cannot use.
+        """
         project = _project_id(_require(body, "project", (str, int), "setup request"))
         schema = _require(body, "schema", str, "setup request")
         lsp.check_label_config_xml(schema, self.classes())
         with self._lock:
-            self._projects[project] = {"hostname": str(body.get("hostname") or ""),
-                                       "access_token": str(body.get("access_token") or "")}
-        return {"model_version": self._current_model_version()}
+            self._projects[project] = {"access_token": str(body.get("access_token") or "")}
+        version = self._current_model_version()
+        self._announced.add(version)
+        self.set_up_project_later(project)
+        return {"model_version": version}
+
+    def set_up_project_later(self, project: int) -> None:
+        """Run clients.label_studio.ml_project.set_up_project for `project` in a thread, after each of
+        PROJECT_SETUP_DELAYS_S (one thread per project; a call while one runs does nothing)."""
+        if self._api(project) is None:
+            log.info("project %s: no --ls-url (or token): its model version, webhook and overlay storage are "
+                     "left as they are", project)
+            return
+        with self._lock:
+            running = self._setups.get(project)
+            if running is not None and running.is_alive():
+                return
+            thread = threading.Thread(target=self._set_up_project, args=(project,), daemon=True,
+                                      name=f"ls-project-{project}-setup")
+            self._setups[project] = thread
+        thread.start()
+
+    def _set_up_project(self, project: int) -> None:
+        media = self.cfg.ls_media_dir or self.cfg.media_dir
+        for delay in PROJECT_SETUP_DELAYS_S:
+            if self._closed.wait(delay):
+                return
+            api = self._api(project)
+            try:
+                done = set_up_project(api, project, self.model_version, set(self._announced),
+                                      auth_user=self.cfg.basic_auth_user, auth_header=self.cfg.auth_header,
+                                      overlay_dir=str(Path(media).absolute()) if media else "")
+            except SegxalError as e:  # Label Studio busy or refusing: the next pass (or /setup) tries again
+                log.warning("project %s: setting up in Label Studio failed: %s", project, e)
+                continue
+            for change in done.changed:
+                log.info("project %s: %s", project, change)
+
+    def close(self) -> None:
+        """Stop the background set-up passes (the server's stop calls it)."""
+        self._closed.set()
 
     def _current_model_version(self) -> str:
         """The segmentation model version the EEM service last scored with; before any scoring, the
@@ -220,12 +313,13 @@ class SegxalMLModel:
             return self._pool
 
     def _api(self, project: int | None) -> LabelStudioAPI | None:
+        """A client of the configured Label Studio (never of a host a request names), or None
+        without --ls-url or a token."""
         info = self._projects.get(project, {}) if project is not None else {}
-        url = self.cfg.ls_url or info.get("hostname", "")
         token = self.cfg.ls_token or info.get("access_token", "")
-        if not (url and token):
+        if not (self.cfg.ls_url and token):
             return None
-        return LabelStudioAPI(url, token, timeout_s=30.0)
+        return LabelStudioAPI(self.cfg.ls_url, token, timeout_s=30.0)
 
     # ------------------------------------------------------------------ frames
     def frame_path(self, task: dict, project: int | None) -> str:
@@ -242,17 +336,22 @@ class SegxalMLModel:
             raise RequestError(400, f"task {task.get('id')}: data has no {lsp.FRAME_KEY!r} image URL "
                                     f"(keys: {sorted(data)})")
         parts = urlsplit(url)
+        if parts.scheme == "file":
+            if parts.netloc not in ("", "localhost"):
+                raise RequestError(400, f"task {task.get('id')}: file URL {url!r} names a host; only local files "
+                                        f"inside the document root are read")
+            return self._local_file(url, unquote(parts.path), task)
         if parts.path == LOCAL_FILES_PREFIX or parts.path.endswith(LOCAL_FILES_PREFIX):
-            return self._local_file(url, parts.query, task)
+            return self._local_file(url, unquote((parse_qs(parts.query).get("d") or [""])[0]), task)
         return self._download(url, project, task)
 
-    def _local_file(self, url: str, query: str, task: dict) -> str:
+    def _local_file(self, url: str, rel: str, task: dict) -> str:
+        """A file inside the document root (`rel` relative to it, or absolute), or RequestError."""
         if not self.cfg.ls_document_root:
-            raise RequestError(422, f"task {task.get('id')}: {url} is a Label Studio local file; start the backend "
+            raise RequestError(422, f"task {task.get('id')}: {url} is a local file; start the backend "
                                     f"with --ls-document-root (Label Studio's LOCAL_FILES_DOCUMENT_ROOT)")
-        rel = unquote((parse_qs(query).get("d") or [""])[0])
         root = os.path.realpath(self.cfg.ls_document_root)
-        path = os.path.realpath(os.path.join(root, rel))
+        path = os.path.realpath(os.path.join(root, rel))  # an absolute `rel` stays itself, then is checked
         if not rel or not path.startswith(root + os.sep):
             raise RequestError(400, f"task {task.get('id')}: local file {rel!r} is not inside the document root")
         if not os.path.isfile(path):
@@ -260,10 +359,20 @@ class SegxalMLModel:
         return path
 
     def _download(self, url: str, project: int | None, task: dict) -> str:
+        parts = urlsplit(url)
+        if parts.scheme and parts.scheme not in ("http", "https"):
+            raise RequestError(400, f"task {task.get('id')}: cannot read {parts.scheme}:// URLs ({url!r}); frames are "
+                                    f"local files or files the configured Label Studio serves")
+        if not self.cfg.ls_url:
+            raise RequestError(422, f"task {task.get('id')}: cannot fetch {url}: start the backend with --ls-url "
+                                    f"(the Label Studio it may fetch from) to read frames it serves")
         api = self._api(project)
         if api is None:
-            raise RequestError(422, f"task {task.get('id')}: cannot fetch {url}: no Label Studio URL and token "
-                                    f"(Label Studio sends them to /setup; or start with --ls-url/--ls-token)")
+            raise RequestError(422, f"task {task.get('id')}: cannot fetch {url}: no Label Studio token (Label Studio "
+                                    f"sends it to /setup; or start with --ls-token)")
+        if parts.scheme and not api.same_origin(url):
+            raise RequestError(400, f"task {task.get('id')}: refused to fetch {url!r}: only the configured Label "
+                                    f"Studio ({self.cfg.ls_url}) is fetched from")
         try:
             data = api.download(url)
         except SegxalError as e:
@@ -315,6 +424,7 @@ class SegxalMLModel:
     def _prediction(self, task: dict, project: int | None, path: str, scored) -> dict:
         if scored.model_versions.segmentation:
             self.model_version = scored.model_versions.segmentation
+            self._announced.add(self.model_version)
         regions = _region_masks(scored)
         result = lsp.region_pre_annotation(regions, scored.labels(), self.classes())
         if self.cfg.media_dir and isinstance(task.get("id"), int):

@@ -1,7 +1,7 @@
-"""The in-process active-learning loop (`segxal al run`): the whole method in one process.
+"""The in-process active-learning loop (`segxal al run`, app/al_run.py): the whole method in one process.
 
 seed set (whole frames, ground truth) -> train -> cycles of:
-    score the unlabeled pool (segmentation + depth -> EEM, segxal.al.scoring)
+    score the unlabeled pool (segmentation + depth -> EEM, segxal.eem.frame)
     -> pick the top frames by the strategy -> annotate with the oracle (regions to fix from the EEM)
     -> DICE(prediction, annotation): frames >= threshold leave the query pool
     -> fine-tune on every label so far -> evaluate mIoU on the held-out split
@@ -10,7 +10,6 @@ Writes cycles.json (one record per cycle) and miou_vs_pixels.png.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -22,8 +21,10 @@ import torch
 
 from segxal import imageio
 from segxal.al.oracles import Cost, machine_oracle, simulated_human
-from segxal.al.scoring import STRATEGIES, EEMOptions, score_frame, strategy_score
-from segxal.config_file import add_config_argument
+from segxal.eem.options import EEMOptions
+from segxal.eem.frame import score_frame
+from segxal.al.strategies import LOOP_STRATEGIES as STRATEGIES, strategy_score
+from segxal.cache import cache_path
 from segxal.data.cityscapes import SegDataset, list_frames
 from segxal.eem.explain import ExplainedSegmenter
 from segxal.eem.regions import rle_to_mask
@@ -118,10 +119,10 @@ def _train_cfg(cfg: ALConfig, epochs: int, seed: int) -> TrainConfig:
                        progress=cfg.progress)
 
 
-def _cache_path(cfg: ALConfig, name: str) -> Path:
-    base = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out)
-    base.mkdir(parents=True, exist_ok=True)
-    return base / name
+def _cache_path(cfg: ALConfig, name: str, **inputs) -> Path:
+    """Where a model this run trains is cached: keyed by the data's content and every input named
+    (segxal.cache), so another dataset or other hyper-parameters never reuse it."""
+    return cache_path(cfg.cache_dir or cfg.out, name, data=cfg.data, **inputs)
 
 
 def depth_model_for(cfg: ALConfig, train: SegDataset) -> DepthNet | None:
@@ -133,7 +134,8 @@ def depth_model_for(cfg: ALConfig, train: SegDataset) -> DepthNet | None:
         if not isinstance(model, DepthNet):
             raise InvalidInput(f"{cfg.depth_checkpoint}: not a depth checkpoint")
         return model
-    path = _cache_path(cfg, f"depth_{cfg.size[0]}x{cfg.size[1]}_e{cfg.depth_epochs}.pt")
+    path = _cache_path(cfg, "depth", size=cfg.size, epochs=cfg.depth_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                       seed=cfg.seed)
     if path.is_file():
         return load_model(path)
     train_d = SegDataset(train.frames, cfg.size, with_labels=False, with_depth=True)
@@ -146,8 +148,9 @@ def depth_model_for(cfg: ALConfig, train: SegDataset) -> DepthNet | None:
 def _seed_model(cfg: ALConfig, train: SegDataset, state: _State) -> UNet:
     """The cycle-0 model trained on the seed set; cached so strategies compared on the same seed
     start from the very same weights."""
-    path = _cache_path(cfg, f"seed_{cfg.seed}_{cfg.seed_frames}_{cfg.size[0]}x{cfg.size[1]}"
-                            f"_w{cfg.width}d{cfg.unet_depth}_e{cfg.init_epochs}.pt")
+    path = _cache_path(cfg, "seed", seed=cfg.seed, seed_frames=cfg.seed_frames, size=cfg.size,
+                       model=UNetConfig(width=cfg.width, depth=cfg.unet_depth), epochs=cfg.init_epochs,
+                       batch_size=cfg.batch_size, lr=cfg.lr)
     if path.is_file():
         return load_model(path)
     torch.manual_seed(cfg.seed)  # initial weights repeat with the seed, as in the trainer service
@@ -321,73 +324,3 @@ def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
     fig.savefig(buf, format="png")
     plt.close(fig)
     imageio.atomic_write_bytes(path, buf.getvalue())
-
-
-def add_al_arguments(p: argparse.ArgumentParser, oracles: tuple[str, ...] = ORACLES) -> None:
-    d = ALConfig(data="", out="")
-    add_config_argument(p)
-    # --data and --out are required, from a flag or the --config file (checked in config_from_args)
-    p.add_argument("--data", help="Cityscapes-layout folder with train and val splits (required)")
-    p.add_argument("--out", help="folder for cycles.json, the plot and the model (required)")
-    p.add_argument("--size", default=f"{d.size[0]}x{d.size[1]}")
-    p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES)
-    p.add_argument("--oracle", default=d.oracle, choices=oracles)
-    p.add_argument("--cycles", type=int, default=d.cycles)
-    p.add_argument("--budget", type=int, default=d.budget, help="frames queried in total after the seed set")
-    p.add_argument("--per-cycle", type=int, default=d.per_cycle)
-    p.add_argument("--seed-frames", type=int, default=d.seed_frames)
-    p.add_argument("--width", type=int, default=d.width)
-    p.add_argument("--init-epochs", type=int, default=d.init_epochs)
-    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--alpha", type=float, default=d.eem.alpha)
-    p.add_argument("--beta", type=float, default=d.eem.beta)
-    p.add_argument("--threshold-mode", default=d.eem.threshold_mode, choices=("otsu", "fixed"))
-    p.add_argument("--threshold", type=float, default=d.eem.threshold)
-    p.add_argument("--tau", type=float, default=d.tau)
-    p.add_argument("--outside", default=d.outside, choices=("prediction", "ignore"),
-                   help="human oracle: labels outside the fixed regions (the prediction, or none)")
-    p.add_argument("--dice-threshold", type=float, default=d.dice_threshold)
-    p.add_argument("--depth-source", default=d.depth_source, choices=("model", "gt"))
-    p.add_argument("--depth-checkpoint")
-    p.add_argument("--depth-epochs", type=int, default=d.depth_epochs)
-    p.add_argument("--cache-dir")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--no-progress", action="store_true")
-
-
-def config_from_args(args) -> ALConfig:
-    for name in ("data", "out"):
-        if not getattr(args, name):
-            raise InvalidInput(f"--{name} is required (a flag, or `{name} = ...` in the --config file)")
-    return ALConfig(
-        data=args.data, out=args.out, size=parse_size(args.size), strategy=args.strategy,
-        oracle=args.oracle, cycles=args.cycles, budget=args.budget, per_cycle=args.per_cycle,
-        seed_frames=args.seed_frames, width=args.width, init_epochs=args.init_epochs,
-        finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, tau=args.tau, outside=args.outside,
-        dice_threshold=args.dice_threshold,
-        eem=EEMOptions(alpha=args.alpha, beta=args.beta, threshold_mode=args.threshold_mode,
-                       threshold=args.threshold),
-        depth_source=args.depth_source, depth_checkpoint=args.depth_checkpoint,
-        depth_epochs=args.depth_epochs, cache_dir=args.cache_dir, seed=args.seed,
-        progress=not args.no_progress)
-
-
-def _cmd_run(args) -> int:
-    report = run(config_from_args(args))
-    print(f"{'cycle':>5} {'mIoU':>6} {'frames':>6} {'regions':>7} {'pixels':>9} {'DICE':>6}")
-    for r in report["cycles"]:
-        lab = r["labeled"]
-        dice = "-" if r["mean_dice"] is None else f"{r['mean_dice']:.3f}"
-        print(f"{r['cycle']:>5} {100 * r['miou']:6.2f} {lab['frames']:>6} {lab['regions']:>7} "
-              f"{lab['pixels']:>9} {dice:>6}")
-    print(f"stopped: {report['stop_reason']}; {report['seconds']:.0f} s; "
-          f"wrote {Path(args.out) / 'cycles.json'} and miou_vs_pixels.png")
-    return 0
-
-
-def register_cli(sub) -> None:
-    al = sub.add_parser("al", help="active learning").add_subparsers(dest="al_cmd", required=True)
-    p = al.add_parser("run", help="run the in-process active-learning loop")
-    add_al_arguments(p)
-    p.set_defaults(func=_cmd_run)

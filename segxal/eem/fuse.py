@@ -1,7 +1,7 @@
-"""Fusing the maps: PAE = norm(CAM * proximity), EEM = alpha EBU + beta PAE, and the frame score.
+"""Fusing the maps: PAE = norm(CAM * proximity), the EEM from EBU and PAE, and the frame score.
 
-DESIGN.md: "PAE", "EEM" (alpha + beta = 1, default 0.5 / 0.5, both per request) and "Frame score"
-(mean EEM by default, top-q mean with q = 5 % as an option). Maps may arrive as float16 (the
+docs/design.md, "The EEM as shipped": PAE, the fusions (segxal.eem.options: alpha + beta = 1) and
+the frame score (mean EEM by default, top-q mean with q = 5 % as an option). Maps may arrive as float16 (the
 exported graph's outputs); everything is computed in float32.
 
 References:
@@ -16,7 +16,6 @@ import numpy as np
 
 from segxal.errors import InvalidInput
 
-WEIGHT_SUM_TOLERANCE = 1e-6  # alpha + beta may miss 1 by float rounding of client input
 FRAME_SCORE_MODES = ("mean", "topq")
 GATE_TOLERANCE = 1e-3  # a float16 EBU may round a hair past 1
 
@@ -72,27 +71,40 @@ def pae(cam: np.ndarray, proximity: np.ndarray, gate: np.ndarray | None = None) 
     return np.where(span > 0, (prod - lo) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
 
 
-def eem(ebu: np.ndarray, pae_map: np.ndarray, alpha: float = 0.5, beta: float = 0.5) -> np.ndarray:
-    """Explainable Error Map EEM = alpha * EBU + beta * PAE.
+def eem(ebu: np.ndarray, pae_map: np.ndarray, alpha: float = 0.5, beta: float = 0.5,
+        fusion: str = "additive") -> np.ndarray:
+    """Explainable Error Map from EBU and PAE.
+
+    additive:        EEM = alpha * EBU + beta * PAE (the paper's).
+    multiplicative:  EEM = EBU * (alpha + beta * PAE): PAE re-weights the pixels the model is unsure
+                     of and cannot raise a confident one. Measured reason: PAE is min-max scaled per
+                     image while EBU rarely nears 1, so at equal additive weights PAE decides the top
+                     pixels and moves them off the model's errors (bench/eem_diagnostics.py).
+
+    The weights come validated (segxal.eem.options.EEMOptions.validate: in [0, 1], summing to 1):
+    this is the maths, not an entry point.
 
     Args:
         ebu: entropy uncertainty [H, W] or [B, H, W] in [0, 1].
         pae_map: PAE, same shape, in [0, 1].
-        alpha: weight of EBU, in [0, 1].
-        beta: weight of PAE, in [0, 1]; alpha + beta must be 1.
+        alpha: weight of EBU.
+        beta: weight of PAE.
+        fusion: "additive" | "multiplicative".
 
     Returns:
         float32 EEM, same shape, in [0, 1] for inputs in [0, 1].
 
     Raises:
-        InvalidInput: alpha or beta outside [0, 1], alpha + beta != 1, shapes differ, non-finite values.
+        InvalidInput: an unknown fusion, shapes differ, non-finite values.
     """
-    if not (0.0 <= alpha <= 1.0 and 0.0 <= beta <= 1.0 and abs(alpha + beta - 1.0) <= WEIGHT_SUM_TOLERANCE):
-        raise InvalidInput(f"EEM weights must lie in [0, 1] and sum to 1, got alpha={alpha}, beta={beta} "
-                           f"(sum {alpha + beta})")
     ebu, pae_map = _as_maps("ebu", ebu), _as_maps("pae", pae_map)
     _same_shape("ebu", ebu, "pae", pae_map)
-    return (np.float32(alpha) * ebu + np.float32(beta) * pae_map).astype(np.float32, copy=False)
+    a, b = np.float32(alpha), np.float32(beta)
+    if fusion == "additive":
+        return (a * ebu + b * pae_map).astype(np.float32, copy=False)
+    if fusion == "multiplicative":
+        return (ebu * (a + b * pae_map)).astype(np.float32, copy=False)
+    raise InvalidInput(f"fusion must be 'additive' or 'multiplicative', got {fusion!r}")
 
 
 def frame_score(eem_map: np.ndarray, mode: str = "mean", q: float = 0.05) -> float | np.ndarray:

@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from segxal import imageio
-from segxal.al.scoring import EEMOptions
+from segxal.eem.options import EEMOptions
 from segxal.annotation import LABEL_IDS, TRAIN_IDS, EncodedMask, encode_class_rles
 from segxal.errors import InvalidInput
 from segxal.labels import CLASS_NAMES

@@ -14,7 +14,7 @@ from services.coordinator.domain import (
     CANCELLED, CYCLE_CLOSED, CYCLE_COMPLETE, CYCLE_LABELING, CYCLE_STARTED, DONE, LEASED, OPEN, REGIONS,
     SELECTION_EEM, SELECTION_RANDOM, STOP_BUDGET_SPENT, STOP_DICE_REACHED, STOP_NONE, STOP_POOL_EXHAUSTED,
     WHOLE_FRAME, Annotation, Budget, BudgetLimits, Cycle, CycleReport, FailedFrame, Frame,
-    IngestSourceResult, ModelVersion, Pool, Region, Task)
+    IngestSourceResult, ModelVersion, Pool, TaskRegion, Task)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name  # "segxal.coordinator.v1.Coordinator"
 _SELECTION = {pb.SELECTION_UNSPECIFIED: SELECTION_EEM, pb.SELECTION_EEM: SELECTION_EEM,
@@ -163,7 +163,7 @@ def cycle_to_proto(c: Cycle) -> pb.Cycle:
     return msg
 
 
-def region_to_proto(r: Region) -> pb.Region:
+def region_to_proto(r: TaskRegion) -> pb.Region:
     x, y, w, h = r.bbox
     msg = pb.Region(region_id=r.region_id, bbox=types_pb.BoundingBox(x=x, y=y, width=w, height=h),
                     polygon=[types_pb.Point(x=px, y=py) for px, py in r.polygon], area=r.area,

@@ -5,7 +5,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
-from segxal.al.scoring import EEMOptions
+from segxal.eem.options import EEMOptions
 from segxal.labels import CLASS_NAMES
 from segxal.annotation import Rle
 from segxal.errors import FailedPrecondition, InvalidInput, PermissionDenied
@@ -102,7 +102,7 @@ class ModelVersion:
 
 
 @dataclass(frozen=True)
-class Region:
+class TaskRegion:
     """A region to fix, as the EEM service cut it out of the EEM map."""
     region_id: int
     bbox: tuple[int, int, int, int]  # x, y, width, height
@@ -114,15 +114,15 @@ class Region:
     dominant_class: str = ""
 
 
-def regions_to_json(regions: tuple[Region, ...] | list[Region]) -> str:
+def regions_to_json(regions: tuple[TaskRegion, ...] | list[TaskRegion]) -> str:
     return json.dumps([asdict(r) for r in regions], separators=(",", ":"))
 
 
-def regions_from_json(text: str | None) -> tuple[Region, ...]:
+def regions_from_json(text: str | None) -> tuple[TaskRegion, ...]:
     out = []
     for d in json.loads(text or "[]"):
         rle = d.get("rle")
-        out.append(Region(
+        out.append(TaskRegion(
             region_id=int(d["region_id"]), bbox=tuple(d["bbox"]),
             polygon=tuple(tuple(p) for p in d.get("polygon", ())),
             rle=Rle(rle["height"], rle["width"], rle.get("counts", ""),
@@ -156,7 +156,7 @@ class TaskDraft:
     frame_id: str
     score: float
     rank: int
-    regions: tuple[Region, ...] = ()
+    regions: tuple[TaskRegion, ...] = ()
     prediction_uri: str = ""
 
 
@@ -171,7 +171,7 @@ class Task:
     height: int
     score: float
     rank: int
-    regions: tuple[Region, ...]
+    regions: tuple[TaskRegion, ...]
     model: ModelVersion | None
     prediction_uri: str
     state: str
@@ -343,7 +343,7 @@ class FrameScore:
     score: float
     segmentation_version: str  # "<model name>:<version>" whose labels / EBU / CAM made the score
     depth_version: str = ""
-    regions: tuple[Region, ...] = ()
+    regions: tuple[TaskRegion, ...] = ()
     height: int = 0
     width: int = 0
     prediction_png: bytes | None = None  # predicted trainIds, 8-bit PNG, when asked for

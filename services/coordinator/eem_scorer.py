@@ -6,17 +6,16 @@ from typing import Iterator, Sequence
 
 from segxal.annotation import Rle
 from services.common.channel import ChannelConfig
-from services.coordinator.domain import FrameScore, Region
-from services.coordinator.ranking import ScoreOptions
+from services.coordinator.domain import FrameScore, TaskRegion
 from services.eem.api import ScoredFrame
-from services.eem.api import ScoreOptions as EemScoreOptions
+from services.eem.api import ScoreOptions
 from services.eem.client import EemClient
 
 
-def _region(i: int, r) -> Region:
+def _region(i: int, r) -> TaskRegion:
     """segxal.eem.regions.Region -> the coordinator's Region (RLE kept in COCO's uncompressed form)."""
     h, w = r.rle["size"]
-    return Region(region_id=i, bbox=tuple(int(v) for v in r.bbox),
+    return TaskRegion(region_id=i, bbox=tuple(int(v) for v in r.bbox),
                   polygon=tuple((int(p[0]), int(p[1])) for p in r.polygon),
                   rle=Rle(int(h), int(w), "", tuple(int(c) for c in r.rle["counts"])),
                   area=int(r.area), mean_eem=float(r.mean_eem), dominant_train_id=int(r.class_id),
@@ -38,7 +37,7 @@ class EemScorer:
     Args:
         target: the EEM service, "host:port" or a replica list (services.common.channel).
         channel_cfg: TLS / mTLS / token to it.
-    The EEM maths come with each call (ScoreOptions.eem: the cycle's options).
+    The EEM maths come with each call (options.eem: the cycle's options), passed through as given.
     """
 
     def __init__(self, target: str, channel_cfg: ChannelConfig | None = None):
@@ -54,12 +53,12 @@ class EemScorer:
     def close(self) -> None:
         self._client.close()
 
-    def score_many(self, uris: Sequence[str], options: ScoreOptions) -> Iterator[tuple[str, FrameScore | Exception]]:
+    def score_many(self, uris: Sequence[str], options: ScoreOptions,
+                   deadline_s: float) -> Iterator[tuple[str, FrameScore | Exception]]:
         """(uri, FrameScore or that frame's error) as results arrive; raises (NotReady...) when the
         stream as a whole fails, after the results that did arrive."""
-        opts = EemScoreOptions(eem=options.eem, regions=options.include_regions, labels=options.include_prediction)
         # Tag each request with its index: results come back in completion order.
         refs = [(str(i), uri) for i, uri in enumerate(uris)]
-        for frame in self._client.score_stream(refs, opts, timeout_s=options.deadline_s):
+        for frame in self._client.score_stream(refs, options, timeout_s=deadline_s):
             uri = uris[int(frame.frame_id)]
             yield uri, (frame.error if frame.error is not None else frame_score_from_eem(frame))

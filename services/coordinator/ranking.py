@@ -1,7 +1,7 @@
 """Ranking a pool: fan frames out to a scorer with bounded concurrency, per-call deadlines and
 retries with exponential backoff, keeping only the top K in memory (a min-heap).
 
-The scorer is anything with `score_many(uris, options) -> iterator of (uri, FrameScore | Exception)`
+The scorer is anything with `score_many(uris, options, deadline_s) -> iterator of (uri, FrameScore | Exception)`
 (the EEM service's client, through services/coordinator/eem_scorer.py). Results are recorded as they
 arrive (`on_scored`), each under the model version that produced it, and only results of the
 expected version enter the heap: when the EEM service reloads a new model mid-ranking, the frames it
@@ -24,29 +24,21 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
-from segxal.al.scoring import EEMOptions
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
 from services.coordinator.domain import Candidate, FailedFrame, FrameScore
+from services.eem.api import ScoreOptions
 
 log = logging.getLogger(__name__)
 
 _PERMANENT = (InvalidInput, NotFound, PermissionDenied, FailedPrecondition)
 
 
-@dataclass(frozen=True)
-class ScoreOptions:
-    """What the coordinator asks of a scorer: the cycle's EEM maths and what to send back."""
-    deadline_s: float = 60.0           # per score_many call
-    include_prediction: bool = True    # predicted trainIds PNG, for DICE at submit time
-    include_regions: bool = True
-    eem: EEMOptions = field(default_factory=EEMOptions)
-
-
 class FrameScorer(Protocol):
-    def score_many(self, uris: Sequence[str], options: ScoreOptions
+    def score_many(self, uris: Sequence[str], options: ScoreOptions, deadline_s: float
                    ) -> Iterator[tuple[str, FrameScore | Exception]]:
-        """Score frames; one (uri, result or the frame's error) per uri, in any order. May raise
-        (e.g. NotReady) when the whole call fails."""
+        """Score frames with the EEM service's options (the cycle's EEM maths and what to send
+        back); one (uri, result or the frame's error) per uri, in any order. May raise (e.g.
+        NotReady) when the whole call fails."""
         ...
 
 
@@ -142,7 +134,7 @@ def score_candidates(candidates: Iterable[Candidate], scorer: FrameScorer, optio
     def call(chunk: _Chunk) -> dict[str, FrameScore | Exception]:
         results: dict[str, FrameScore | Exception] = {}
         try:
-            for uri, res in scorer.score_many([c.uri for c in chunk.items], options):
+            for uri, res in scorer.score_many([c.uri for c in chunk.items], options, cfg.deadline_s):
                 results[uri] = res
         except Exception as e:  # noqa: BLE001 - the call broke: frames without a result get its error
             for c in chunk.items:

@@ -2,7 +2,7 @@
 fills them), the wire conversion (services.eem.wire) and the client (which returns them), so the
 coordinator sees the same objects whether it scores in process or through the service.
 
-No gRPC here; the EEM maths options are segxal.al.scoring.EEMOptions, the very ones the
+No gRPC here; the EEM maths options are segxal.eem.options.EEMOptions, the very ones the
 in-process loop uses.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from segxal import imageio
-from segxal.al.scoring import EEMOptions
+from segxal.eem.options import EEMOptions
 from segxal.eem.regions import Region
 from segxal.errors import InvalidInput, SegxalError
 

@@ -1,5 +1,5 @@
 """The EEM scoring pipeline behind the service: frame URI -> decoded image -> segmentation and
-depth through the project's one inference client -> segxal.al.scoring.score_frame (the very
+depth through the project's one inference client -> segxal.eem.frame.score_frame (the very
 function the in-process loop uses) -> score, regions, PNG maps.
 
 Scale. The EEM maths (proximity, PAE, EEM, score, threshold, components) runs at the model's
@@ -47,7 +47,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from segxal import imageio
-from segxal.al.scoring import FrameEEM, score_frame
+from segxal.eem.frame import FrameEEM, score_frame
 from segxal.eem.health import cam_degenerate
 from segxal.eem.regions import otsu_threshold
 from segxal.errors import InvalidInput, SegxalError

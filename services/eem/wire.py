@@ -6,7 +6,7 @@ from typing import Iterable, Iterator
 
 import grpc
 
-from segxal.al.scoring import EEMOptions
+from segxal.eem.options import EEMOptions, resolve_weights
 from segxal.eem.regions import Region
 from segxal.errors import InvalidInput
 from segxal.labels import CLASS_NAMES, NUM_CLASSES
@@ -22,6 +22,9 @@ _THRESHOLD_MODE = {pb.THRESHOLD_MODE_UNSPECIFIED: "otsu", pb.THRESHOLD_MODE_OTSU
                    pb.THRESHOLD_MODE_FIXED: "fixed"}
 _MAP_KIND = {pb.MAP_KIND_EBU: "ebu", pb.MAP_KIND_CAM: "cam", pb.MAP_KIND_PROXIMITY: "proximity",
              pb.MAP_KIND_EEM: "eem"}
+_FUSION = {pb.FUSION_UNSPECIFIED: "additive", pb.FUSION_ADDITIVE: "additive",
+           pb.FUSION_MULTIPLICATIVE: "multiplicative"}
+_FUSION_PB = {"additive": pb.FUSION_ADDITIVE, "multiplicative": pb.FUSION_MULTIPLICATIVE}
 _BITS = {pb.MAP_BIT_DEPTH_UNSPECIFIED: 8, pb.MAP_BIT_DEPTH_8: 8, pb.MAP_BIT_DEPTH_16: 16}
 
 
@@ -38,18 +41,6 @@ def _enum(table: dict, value: int, what: str):
         raise InvalidInput(f"unknown {what} {value}") from None
 
 
-def _weights(msg: pb.EemOptions) -> tuple[float, float]:
-    """alpha, beta with the proto's rule: both unset -> defaults, one set -> the other is 1 - it."""
-    has_a, has_b = msg.HasField("alpha"), msg.HasField("beta")
-    if has_a and has_b:
-        return msg.alpha, msg.beta
-    if has_a:
-        return msg.alpha, 1.0 - msg.alpha
-    if has_b:
-        return 1.0 - msg.beta, msg.beta
-    return _DEFAULTS.alpha, _DEFAULTS.beta
-
-
 def _field(msg, name: str, default):
     """A field with presence: its value when set (0 included), else the default."""
     return getattr(msg, name) if msg.HasField(name) else default
@@ -64,9 +55,10 @@ def eem_options_from_proto(msg: pb.EemOptions) -> EEMOptions:
     Raises:
         InvalidInput: an unknown score or threshold mode.
     """
-    alpha, beta = _weights(msg)
+    alpha, beta = resolve_weights(msg.alpha if msg.HasField("alpha") else None,
+                                  msg.beta if msg.HasField("beta") else None)
     return EEMOptions(
-        alpha=alpha, beta=beta,
+        alpha=alpha, beta=beta, fusion=_enum(_FUSION, msg.fusion, "fusion"),
         score_mode=_enum(_SCORE_MODE, msg.score_mode, "score mode"),
         q=_field(msg, "top_q", _DEFAULTS.q),
         threshold_mode=_enum(_THRESHOLD_MODE, msg.threshold_mode, "threshold mode"),
@@ -82,7 +74,8 @@ def eem_options_to_proto(e: EEMOptions) -> pb.EemOptions:
     """
     return pb.EemOptions(alpha=e.alpha, beta=e.beta, score_mode=_enum(_SCORE_MODE_PB, e.score_mode, "score mode"),
                          top_q=e.q, threshold_mode=_enum(_THRESHOLD_MODE_PB, e.threshold_mode, "threshold mode"),
-                         threshold=e.threshold, min_region_area=e.min_region_area)
+                         threshold=e.threshold, min_region_area=e.min_region_area,
+                         fusion=_enum(_FUSION_PB, e.fusion, "fusion"))
 
 
 def options_from_proto(msg: pb.ScoreOptions) -> ScoreOptions:

@@ -43,13 +43,14 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from segxal import imageio
-from segxal.al.scoring import EEMOptions
+from segxal.eem.options import EEMOptions, add_eem_arguments, eem_options_from_args
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound, SegxalError
 from services.common.channel import ChannelConfig
 from services.coordinator.client import CoordinatorClient, drive_log_source
 from services.coordinator.domain import Candidate, FailedFrame, FrameScore
 from services.coordinator.eem_scorer import EemScorer
-from services.coordinator.ranking import RankingConfig, ScoreOptions, score_candidates
+from services.coordinator.ranking import RankingConfig, score_candidates
+from services.eem.api import ScoreOptions
 
 log = logging.getLogger("services.fleet.worker")
 
@@ -299,8 +300,7 @@ def run_shard(cfg: WorkerConfig) -> ShardReport:
     candidates = [cand for cand, _ in frames.values()]
     scored = 0
     with EemScorer(cfg.eem_target, cfg.eem_channel) as scorer:
-        options = ScoreOptions(deadline_s=cfg.ranking.deadline_s, include_prediction=False, include_regions=False,
-                           eem=cfg.eem)
+        options = ScoreOptions(eem=cfg.eem)  # the score only: no labels, regions or maps
 
         def score(todo: list[Candidate]) -> str | None:
             """Score `todo`, recording as results come; returns the model version that served."""
@@ -360,8 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=_env("RESULTS"), help="folder of the shard result files")
     p.add_argument("--topic", dest="topics", action="append", default=[], help="image topic (repeatable)")
     p.add_argument("--near-duplicate-threshold", type=float, default=None)
-    p.add_argument("--alpha", type=float, default=EEMOptions.alpha, help="EEM weight of EBU (beta = 1 - alpha)")
-    p.add_argument("--score-mode", choices=("mean", "topq"), default=EEMOptions.score_mode)
+    add_eem_arguments(p, env=_env)
     p.add_argument("--concurrency", type=int, default=int(_env("CONCURRENCY", r.concurrency)))
     p.add_argument("--chunk", type=int, default=int(_env("CHUNK", r.chunk_size)))
     p.add_argument("--deadline-s", type=float, default=float(_env("DEADLINE_S", r.deadline_s)))
@@ -399,7 +398,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         topics=tuple(args.topics), near_duplicate_threshold=args.near_duplicate_threshold,
         coordinator_channel=channel(args.coordinator_tls_ca, _read_token(args.coordinator_token_file)),
         eem_channel=channel(args.eem_tls_ca),
-        eem=EEMOptions(alpha=args.alpha, beta=1.0 - args.alpha, score_mode=args.score_mode).validate(),
+        eem=eem_options_from_args(args),
         ranking=RankingConfig(concurrency=args.concurrency, chunk_size=args.chunk, deadline_s=args.deadline_s,
                               max_attempts=args.attempts))
 

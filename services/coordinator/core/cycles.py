@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from segxal import imageio
-from segxal.al.scoring import EEMOptions
+from segxal.eem.options import EEMOptions
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.domain import (
     CYCLE_CLOSED, CYCLE_COMPLETE, CYCLE_STARTED, SELECTION_EEM, SELECTION_RANDOM, STOP_BUDGET_SPENT,
     STOP_DICE_REACHED, STOP_NONE, STOP_POOL_EXHAUSTED, Budget, Candidate, Cycle, CycleReport, FailedFrame,
     FrameScore, ModelVersion, RankResult, TaskCounts, TaskDraft)
-from services.coordinator.ranking import FrameScorer, Ranked, ScoreOptions, TopK, rank_frames, score_candidates
+from services.coordinator.ranking import FrameScorer, Ranked, TopK, rank_frames, score_candidates
+from services.eem.api import ScoreOptions
 from services.coordinator.store.store import CoordinatorStore
 
 
@@ -198,7 +199,8 @@ class CyclesAndRanking:
         return kept
 
     def _score_options(self, cycle: Cycle) -> ScoreOptions:
-        return ScoreOptions(deadline_s=self.cfg.ranking.deadline_s, eem=cycle.eem)
+        # labels for DICE at submit time, regions for the labeling clients
+        return ScoreOptions(eem=cycle.eem, regions=True, labels=True)
 
     def _drafts_with_predictions(self, cycle: Cycle, top: list[Ranked]) -> list[TaskDraft]:
         """Tasks for the winners, each with the model's prediction saved for DICE at submit time.

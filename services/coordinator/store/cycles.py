@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict
 from typing import Sequence
 
-from segxal.al.scoring import EEMOptions
+from segxal.eem.options import EEMOptions
 from segxal.errors import FailedPrecondition, NotFound
 from services.coordinator.domain import Cycle, ModelVersion, Task, TaskDraft, regions_to_json
 from services.coordinator.store.db import Database, Tx

@@ -5,7 +5,7 @@ import hashlib
 import json
 import uuid
 
-from segxal.al.scoring import EEMOptions
+from segxal.eem.options import EEMOptions
 from segxal.labels import CLASS_NAMES
 from services.coordinator.domain import (
     CYCLE_CLOSED, CYCLE_COMPLETE, CYCLE_LABELING, CYCLE_STARTED, Annotation, BudgetLimits, Cycle, Frame,
@@ -91,7 +91,7 @@ def _cycle(r: dict) -> Cycle:
                  selection=r["selection"], model=model, batch_size=int(r["batch_size"]),
                  dice_threshold=float(r["dice_threshold"]), random_seed=int(r["random_seed"]),
                  started_at=float(r["started_at"]), ranked_at=r["ranked_at"], closed_at=r["closed_at"],
-                 state=state, eem=EEMOptions(**json.loads(r["eem_options"])) if r["eem_options"] else EEMOptions())
+                 state=state, eem=EEMOptions.from_dict(json.loads(r["eem_options"])) if r["eem_options"] else EEMOptions())
 
 
 def _task(r: dict, with_token: bool = False) -> Task:

@@ -1,80 +1,23 @@
-"""EEM of one frame from the model outputs, shared by the in-process loop and the EEM service, so
-both rank frames with exactly the same maths:
+"""The EEM of one frame from the model outputs, shared by the in-process loop, the benchmark and the
+EEM service, so all rank frames with exactly the same maths (docs/design.md, "The EEM as shipped"):
 
     proximity = prox(inverse depth), sky = 0       (segxal.eem.proximity)
-    PAE = norm(CAM ⊙ proximity);  EEM = α·EBU + β·PAE   (segxal.eem.fuse)
+    PAE = norm(CAM * proximity)                     (segxal.eem.fuse.pae)
+    EEM = alpha EBU + beta PAE, or EBU (alpha + beta PAE)   (segxal.eem.fuse.eem, by options.fusion)
     score = mean | top-q mean of EEM;  regions = components of EEM > threshold (segxal.eem.regions)
-
-Acquisition strategies for the benchmark reuse the same maps: `entropy` ranks by EBU alone,
-`pae` by PAE alone, `eem` / `eem-topq` by the fused map.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from segxal.eem.fuse import eem as fuse_eem
-from segxal.eem.fuse import WEIGHT_SUM_TOLERANCE, frame_score, pae as fuse_pae
+from segxal.eem.fuse import frame_score, pae as fuse_pae
+from segxal.eem.options import EEMOptions
 from segxal.eem.proximity import proximity_from_inverse_depth, proximity_from_metric_depth
-from segxal.eem.regions import DEFAULT_MAX_REGIONS, DEFAULT_MIN_AREA, Region, extract_regions, scaled_min_area
+from segxal.eem.regions import DEFAULT_MAX_REGIONS, Region, extract_regions, scaled_min_area
 from segxal.errors import InvalidInput
-
-STRATEGIES = ("random", "entropy", "pae", "eem", "eem-topq")
-
-
-SCORE_MODES = ("mean", "topq")
-THRESHOLD_MODES = ("otsu", "fixed")
-
-
-@dataclass
-class EEMOptions:
-    """The EEM maths of a ranking: everything that makes a frame's score and regions what they are.
-    One type for the in-process loop, the EEM service (per request) and the coordinator (per cycle)."""
-    alpha: float = 0.5
-    beta: float = 0.5
-    score_mode: str = "mean"  # "mean" | "topq"
-    q: float = 0.05  # fraction of pixels averaged by "topq"
-    threshold_mode: str = "otsu"  # "otsu" | "fixed"
-    threshold: float = 0.5  # used when threshold_mode == "fixed"; in [0, 1], the EEM's range
-    min_region_area: int = DEFAULT_MIN_AREA  # pixels; 0 keeps every component
-
-    def validate(self) -> "EEMOptions":
-        """The one check of EEM options, wherever they come from (flags, TOML, the wire).
-
-        Raises:
-            InvalidInput: weights outside [0, 1] or not summing to 1 (within WEIGHT_SUM_TOLERANCE),
-                an unknown score or threshold mode, q outside (0, 1], a threshold outside [0, 1],
-                a negative minimum region area, a NaN or infinite number.
-        """
-        # NaN would pass a comparison written the other way round (nan < 0 is False): name it first
-        bad = {k: v for k, v in (("alpha", self.alpha), ("beta", self.beta), ("top_q", self.q),
-                                 ("threshold", self.threshold)) if not math.isfinite(v)}
-        if bad:
-            raise InvalidInput(f"options must be finite numbers, got {bad}")
-        a, b = self.alpha, self.beta
-        if not (0.0 <= a <= 1.0 and 0.0 <= b <= 1.0 and abs(a + b - 1.0) <= WEIGHT_SUM_TOLERANCE):
-            raise InvalidInput(f"alpha and beta must lie in [0, 1] and sum to 1, got alpha={a}, beta={b}")
-        if self.score_mode not in SCORE_MODES:
-            raise InvalidInput(f"score_mode must be 'mean' or 'topq', got {self.score_mode!r}")
-        if not 0.0 < self.q <= 1.0:
-            raise InvalidInput(f"q must be in (0, 1], got {self.q}")
-        if self.threshold_mode not in THRESHOLD_MODES:
-            raise InvalidInput(f"threshold_mode must be 'otsu' or 'fixed', got {self.threshold_mode!r}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise InvalidInput(f"threshold must lie in [0, 1] (the EEM's range), got {self.threshold}")
-        if self.min_region_area < 0:
-            raise InvalidInput(f"min_region_area must be >= 0, got {self.min_region_area}")
-        return self
-
-    def key(self) -> str:
-        """A short stable hash of these options: scores are stored per (frame, model version, key),
-        so a ranking with other options never reuses a score they did not make."""
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -117,7 +60,7 @@ def score_frame(labels: np.ndarray, ebu: np.ndarray, cam: np.ndarray | None, inv
         cam: its CAM [H, W]; None for a model without one: the frame is scored with EBU alone
             (PAE = 0, EEM = EBU whatever alpha and beta say).
         inverse_depth: the depth model's map [H, W], in `depth_convention`.
-        opts: the EEM maths.
+        opts: the EEM maths, validated (EEMOptions.validate).
         with_regions: extract regions.
         depth_convention: "inverse" (larger = nearer) or "metric" (metres, exp(-D / depth_tau)).
         depth_tau: metres, metric depth only.
@@ -129,7 +72,7 @@ def score_frame(labels: np.ndarray, ebu: np.ndarray, cam: np.ndarray | None, inv
             maths runs on the maps as given, and only the regions are brought to frame
             coordinates (segxal.eem.regions.extract_regions); None: the maps' own size.
         gate_proximity: PAE = norm(CAM * proximity * EBU) (segxal.eem.fuse.pae's gate): proximity
-            counts only where the model is unsure. Off by default (DESIGN.md's PAE); the benchmark's
+            counts only where the model is unsure. Off by default (the paper's PAE); the benchmark's
             `eem-gated` arms measure it.
 
     Raises:
@@ -147,7 +90,7 @@ def score_frame(labels: np.ndarray, ebu: np.ndarray, cam: np.ndarray | None, inv
     else:
         cam = cam.astype(np.float32)
         p = fuse_pae(cam, prox, gate=ebu if gate_proximity else None)  # [H, W]
-        e = fuse_eem(ebu, p, opts.alpha, opts.beta)  # [H, W]
+        e = fuse_eem(ebu, p, opts.alpha, opts.beta, fusion=opts.fusion)  # [H, W]
     score = frame_score(e, mode=opts.score_mode, q=opts.q)
     regions = []
     if with_regions:
@@ -156,16 +99,3 @@ def score_frame(labels: np.ndarray, ebu: np.ndarray, cam: np.ndarray | None, inv
                                   min_area=scaled_min_area(opts.min_region_area, *e.shape),
                                   class_names=class_names, max_regions=max_regions, frame_hw=frame_hw)
     return FrameEEM(float(score), labels, ebu, cam, prox, p, e, regions)
-
-
-def strategy_score(strategy: str, frame: FrameEEM, q: float = 0.05) -> float:
-    """The acquisition score a strategy ranks by (higher = query first)."""
-    if strategy == "entropy":
-        return float(frame.ebu.mean())
-    if strategy == "pae":
-        return float(frame.pae.mean())
-    if strategy == "eem":
-        return float(frame.eem.mean())
-    if strategy == "eem-topq":
-        return frame_score(frame.eem, mode="topq", q=q)
-    raise InvalidInput(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
