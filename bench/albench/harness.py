@@ -29,7 +29,6 @@ Run it with bench/al_curve.py; the report is written by bench.albench.report.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -45,6 +44,7 @@ from segxal.al import strategies as st
 from segxal.al.oracles import calibrate_tau, machine_oracle
 from segxal.eem.options import EEMOptions
 from segxal.eem.frame import score_frame
+from segxal.cache import cache_path
 from segxal.data.cityscapes import SegDataset, disparity_to_depth, list_frames, load_camera
 from segxal.eem.explain import ExplainedSegmenter
 from segxal.eem.fuse import frame_score
@@ -252,10 +252,8 @@ def _load_data(cfg: BenchConfig) -> _Data:
 
 
 def _cache_path(cfg: BenchConfig, name: str, **key) -> Path:
-    base = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out) / "cache"
-    base.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return base / f"{name}_{digest}.pt"
+    # the one model cache (segxal.cache): `data` enters the key by its content, the rest as given
+    return cache_path(Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out) / "cache", name, **key)
 
 
 def _train_cfg(cfg: BenchConfig, seed: int, class_weights: str | None = None) -> TrainConfig:
