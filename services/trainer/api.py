@@ -18,10 +18,11 @@ class JobState(str, Enum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"  # trained, evaluated and exported; see the report for publishing
     FAILED = "failed"
+    CANCELLED = "cancelled"  # CancelJob: stopped (or never started); never resumes
 
     @property
     def finished(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED)
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
 class JobPhase(str, Enum):
@@ -189,6 +190,9 @@ class Job:
     finished_unix_s: float = 0.0
     error: str = ""
     error_code: str = ""  # the gRPC status name our exception maps to, e.g. "INVALID_ARGUMENT"
+    # CancelJob on a running job: it stops at its next epoch or phase change; saved, so a restart
+    # in between ends it CANCELLED instead of resuming it
+    cancel_requested: bool = False
     report: JobReport = field(default_factory=JobReport)
 
     @property

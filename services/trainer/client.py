@@ -9,6 +9,7 @@
         job.report.candidate.miou, job.report.published_version, job.report.publish_refused
         trainer.publish(job.job_id, PublishPolicy(force=True))
         trainer.rollback(version=2)
+        trainer.cancel_job(job.job_id)
         versions, current = trainer.list_versions()
 
 Results are services.trainer.api dataclasses. Channels come from services.common.channel (message
@@ -74,6 +75,18 @@ class TrainerClient(GrpcClient):
 
     def get_job(self, job_id: str) -> Job:
         return wire.job_from_proto(self._call("GetJob", pb.GetJobRequest(job_id=job_id)))
+
+    def cancel_job(self, job_id: str) -> Job:
+        """Cancel a queued job (it never runs) or a running one (it stops at its next epoch or
+        phase change and ends CANCELLED; a restart before that does not resume it).
+
+        Returns:
+            The job now: CANCELLED, or still RUNNING with cancel_requested set.
+
+        Raises:
+            NotFound: no such job. FailedPrecondition: the job already succeeded or failed.
+        """
+        return wire.job_from_proto(self._call("CancelJob", pb.CancelJobRequest(job_id=job_id)))
 
     def list_jobs(self) -> list[Job]:
         return [wire.job_from_proto(j) for j in self._call("ListJobs", pb.ListJobsRequest()).jobs]

@@ -2,6 +2,7 @@
 passed down."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from segxal.errors import InvalidInput
@@ -40,6 +41,11 @@ class TrainerConfig:
     batch_size: int = 8
     learning_rate: float = 1e-3  # below segxal.train's 2e-3: fine-tuning starts from a trained model
     seed: int = 0
+    # StartJob refuses more (INVALID_ARGUMENT): one job holds the one worker for its whole run, so
+    # an unbounded one would block every later job. 1000 epochs is 25x the main loop's seed
+    # training; a batch holds min(batch_size, frames) frames in memory at once.
+    max_epochs: int = 1000
+    max_batch_size: int = 64
     device: str = "auto"  # segxal.train.resolve_device: cuda when present, else cpu
     torch_threads: int = 0  # torch intra-op threads; 0 = torch's default
     miou_tolerance: float = 0.01  # a candidate may lose this much held-out mIoU (fraction) and publish
@@ -63,11 +69,14 @@ class TrainerConfig:
         h, w = self.size
         if h <= 0 or w <= 0:
             raise InvalidInput(f"training size must be positive, got {h}x{w}")
-        for name in ("epochs", "batch_size", "max_queued_jobs"):
+        for name in ("epochs", "batch_size", "max_queued_jobs", "max_epochs", "max_batch_size"):
             if getattr(self, name) <= 0:
                 raise InvalidInput(f"{name} must be positive, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise InvalidInput(f"learning_rate must be positive, got {self.learning_rate}")
+        for name, limit in (("epochs", "max_epochs"), ("batch_size", "max_batch_size")):
+            if getattr(self, name) > getattr(self, limit):
+                raise InvalidInput(f"{name} {getattr(self, name)} is over {limit} {getattr(self, limit)}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise InvalidInput(f"learning_rate must be finite and positive, got {self.learning_rate}")
         if not self.storage_roots:
             raise InvalidInput("at least one storage root is required (frames are read only from under them)")
         return self

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 from segxal import imageio
@@ -44,6 +45,7 @@ from services.common.model_repository import build_config, format_config, parse_
 from services.trainer.api import (AnnotationRef, Job, JobPhase, JobProgress, JobRequest, JobSpec, JobState,
                                   Metrics, PublishPolicy, VersionInfo)
 from services.trainer.config import TrainerConfig
+from services.trainer.finite import check_finite_export
 from services.trainer.trainset import LabeledFrames, build_training_set, seed_annotations
 from services.trainer.versions import VersionStore
 
@@ -62,11 +64,22 @@ class _ShuttingDown(Exception):
     """Raised inside a job when the runner stops: the job stays RUNNING on disk and resumes."""
 
 
+class _Cancelled(Exception):
+    """Raised inside a job at its next epoch or phase change after CancelJob: it ends CANCELLED."""
+
+
 @dataclass
 class _Tracked:
     job: Job
     events: list[JobProgress]
     dataset: LabeledFrames | None = None  # decoded by StartJob; None after a restart (read again)
+
+
+def _check_policy(policy: PublishPolicy) -> None:
+    """Raises InvalidInput: a NaN or infinite mIoU tolerance (NaN would refuse every candidate,
+    inf pass every one)."""
+    if policy.miou_tolerance is not None and not math.isfinite(policy.miou_tolerance):
+        raise InvalidInput(f"miou_tolerance must be finite, got {policy.miou_tolerance}")
 
 
 def _error_code(e: BaseException) -> str:
@@ -128,9 +141,18 @@ class JobRunner:
         unfinished = sorted((t.job for t in self._jobs.values() if not t.job.state.finished),
                             key=lambda j: j.spec.created_unix_s)
         for job in unfinished:
-            job.state = JobState.QUEUED
-            self._queue.append(job.job_id)
-            log.info("job %s: resumes (was %s)", job.job_id, job.phase.value)
+            problem = self._limits_problem(job.spec)
+            if job.cancel_requested:  # cancelled while running, stopped before it noticed
+                self._update(job, state=JobState.CANCELLED, finished_unix_s=time.time(), message="cancelled")
+                log.info("job %s: cancelled before the stop; not resumed", job.job_id)
+            elif problem:  # saved by a trainer without these limits: it would block the worker
+                self._update(job, state=JobState.FAILED, error=problem, error_code="INVALID_ARGUMENT",
+                             finished_unix_s=time.time(), message=problem)
+                log.warning("job %s: not resumed: %s", job.job_id, problem)
+            else:
+                job.state = JobState.QUEUED
+                self._queue.append(job.job_id)
+                log.info("job %s: resumes (was %s)", job.job_id, job.phase.value)
         self._worker.start()
 
     def stop(self, timeout: float | None = None) -> None:
@@ -166,9 +188,8 @@ class JobRunner:
         model = request.model_name or self.cfg.model_name
         self.versions.repository.version_dir(model, 1)  # InvalidInput when the name is no plain folder name
         opts = request.options
-        if opts.epochs < 0 or opts.batch_size < 0 or opts.learning_rate < 0:
-            raise InvalidInput(f"epochs, batch_size and learning_rate must be >= 0 (0: the default), got "
-                               f"{opts.epochs}, {opts.batch_size}, {opts.learning_rate}")
+        self._check_options(opts)
+        _check_policy(request.policy)
         annotations = self._fetch_pool(request.pool_id) + list(request.annotations)
         current = self.versions.current(model)
         if not annotations and current:
@@ -206,6 +227,56 @@ class JobRunner:
             self._cond.notify_all()
             log.info("job %s: queued (model %s, cycle %s, %d annotations + %d seed frames, %d frames)",
                      job.job_id, model, spec.cycle_id, spec.annotation_count, spec.seed_frame_count, len(dataset))
+            return copy.deepcopy(job)
+
+    def _check_options(self, opts) -> None:
+        """Raises InvalidInput naming the limit: epochs or batch size out of 0..max (0: the
+        default), a learning rate that is negative, NaN or infinite."""
+        cfg = self.cfg
+        for name, value, limit in (("epochs", opts.epochs, cfg.max_epochs),
+                                   ("batch_size", opts.batch_size, cfg.max_batch_size)):
+            if not 0 <= value <= limit:
+                raise InvalidInput(f"{name} must be 1..{limit} (0: the trainer's default {getattr(cfg, name)}; "
+                                   f"the limit is the trainer's --max-{name.replace('_', '-')}), got {value}")
+        if not (math.isfinite(opts.learning_rate) and opts.learning_rate >= 0):
+            raise InvalidInput(f"learning_rate must be finite and > 0 (0: the trainer's default "
+                               f"{cfg.learning_rate:g}), got {opts.learning_rate}")
+
+    def _limits_problem(self, spec: JobSpec) -> str:
+        """Why a saved job is out of this trainer's limits ("" when it is within them)."""
+        cfg = self.cfg
+        if not 1 <= spec.epochs <= cfg.max_epochs:
+            return f"epochs {spec.epochs} is out of 1..{cfg.max_epochs} (--max-epochs)"
+        if not 1 <= spec.batch_size <= cfg.max_batch_size:
+            return f"batch_size {spec.batch_size} is out of 1..{cfg.max_batch_size} (--max-batch-size)"
+        if not (math.isfinite(spec.learning_rate) and spec.learning_rate > 0):
+            return f"learning_rate {spec.learning_rate} is not finite and positive"
+        return ""
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job (it never runs) or ask a running one to stop at its next epoch or
+        phase change; either way it never resumes.
+
+        Returns:
+            The job now (CANCELLED, or RUNNING with cancel_requested).
+
+        Raises:
+            NotFound: no such job. FailedPrecondition: the job already succeeded or failed.
+        """
+        with self._cond:
+            job = self._tracked(job_id).job
+            if job.state == JobState.CANCELLED:
+                return copy.deepcopy(job)
+            if job.state.finished:
+                raise FailedPrecondition(f"job {job_id} is {job.state.value}; only a queued or running job "
+                                         f"can be cancelled")
+            if job.state == JobState.QUEUED and job_id in self._queue:
+                self._queue.remove(job_id)
+                self._update(job, state=JobState.CANCELLED, cancel_requested=True, finished_unix_s=time.time(),
+                             message="cancelled before it ran")
+            else:  # running: the worker raises _Cancelled at the job's next epoch or phase change
+                self._update(job, cancel_requested=True, message="cancel requested")
+            log.info("job %s: cancel (%s)", job_id, job.state.value)
             return copy.deepcopy(job)
 
     def _fetch_pool(self, pool_id: str) -> list[AnnotationRef]:
@@ -288,6 +359,8 @@ class JobRunner:
                 if self._stopping.is_set():
                     return
                 tracked = self._jobs[self._queue.popleft()]
+                if tracked.job.state.finished:  # cancelled while queued
+                    continue
             try:
                 self._run(tracked)
             finally:
@@ -302,6 +375,10 @@ class JobRunner:
         except _ShuttingDown:
             log.info("job %s: stopped at epoch %d by shutdown; resumes at the next start",
                      job.job_id, len(job.report.epoch_losses))
+        except _Cancelled:
+            log.info("job %s: cancelled at epoch %d", job.job_id, len(job.report.epoch_losses))
+            self._update(job, state=JobState.CANCELLED, finished_unix_s=time.time(),
+                         message=f"cancelled at epoch {len(job.report.epoch_losses)}/{job.spec.epochs}")
         except SegxalError as e:
             log.warning("job %s failed: %s", job.job_id, e)
             self._update(job, state=JobState.FAILED, error=str(e), error_code=_error_code(e),
@@ -326,6 +403,7 @@ class JobRunner:
         if job.base_version:
             job.report.base = self._evaluate(model)
 
+        self._stop_if_cancelled(job)
         self._update(job, phase=JobPhase.TRAINING, message=f"fine-tuning on {len(dataset)} frames ({device})")
         train_cfg = TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.learning_rate,
                                 seed=spec.seed, device=cfg.device, progress=False)
@@ -340,12 +418,15 @@ class JobRunner:
                 f"training diverged: loss {job.report.epoch_losses[diverged[0] - 1]} at epoch {diverged[0]} "
                 f"(learning rate {spec.learning_rate:g}); nothing was published")
 
+        self._stop_if_cancelled(job)
         self._update(job, phase=JobPhase.EVALUATING, message=f"held-out split {cfg.eval_split!r}")
         job.report.candidate = self._evaluate(model)
 
+        self._stop_if_cancelled(job)
         self._update(job, phase=JobPhase.EXPORTING, message=f"candidate mIoU {job.report.candidate.miou:.4f}")
         self._export(job, model.cpu(), dataset)
 
+        self._stop_if_cancelled(job)
         if spec.publish:
             self._update(job, phase=JobPhase.PUBLISHING, message="gates, then publish")
             try:
@@ -358,6 +439,10 @@ class JobRunner:
         self._update(job, state=JobState.SUCCEEDED, phase=JobPhase.DONE, finished_unix_s=time.time(),
                      message=f"published version {published}" if published else
                      (f"not published: {job.report.publish_refused}" if spec.publish else "candidate ready"))
+
+    def _stop_if_cancelled(self, job: Job) -> None:
+        if job.cancel_requested:
+            raise _Cancelled
 
     def _base_model(self, job: Job) -> UNet | ExternalModel:
         cfg = self.cfg
@@ -389,6 +474,8 @@ class JobRunner:
             with self._cond:
                 job.report.epoch_losses = losses
             self._update(job, eta_s=eta, message=f"epoch {epoch}/{job.spec.epochs} loss {loss:.4f}")
+            if job.cancel_requested:
+                raise _Cancelled
             if self._stopping.is_set():
                 raise _ShuttingDown  # the epoch's checkpoint is on disk: the resume starts after it
         return report
@@ -423,6 +510,7 @@ class JobRunner:
             NotFound: no such job.
             FailedPrecondition: the job has not succeeded, failed parity, or a gate refused.
         """
+        _check_policy(policy)
         with self._cond:
             job = self._tracked(job_id).job
             if job.state != JobState.SUCCEEDED:
@@ -447,6 +535,8 @@ class JobRunner:
             if not report.parity_passed:
                 raise FailedPrecondition(f"job {spec.job_id}: the ONNX export failed the parity check "
                                          f"({report.parity_summary}); it is never published")
+            # never overridable, first versions included: parity passes on a diverged model
+            check_finite_export(self._job_dir(job) / CANDIDATE_DIR / "model.onnx", self._heldout_images())
             version = self.versions.publish(
                 spec.model_name, self._job_dir(job) / CANDIDATE_DIR,
                 parse_config((self._job_dir(job) / CONFIG_FILE).read_text()),
@@ -456,6 +546,11 @@ class JobRunner:
                 gate=lambda current: self._gate(job, policy, current))
             self._set_published(job, version)
             return version
+
+    def _heldout_images(self) -> np.ndarray:
+        """uint8 [n, H, W, 3]: the first parity_frames held-out frames at the training size."""
+        n = max(1, min(self.cfg.parity_frames, len(self._heldout)))
+        return np.stack([self._heldout.raw(i)[0] for i in range(n)])
 
     def _set_published(self, job: Job, version: int) -> None:
         with self._cond:

@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add("--batch-size", d.batch_size, type=int)
     f.add("--lr", d.learning_rate, type=float)
     f.add("--seed", d.seed, type=int)
+    f.add("--max-epochs", d.max_epochs, type=int,
+          help="StartJob refuses more epochs (one job holds the worker for its whole run)")
+    f.add("--max-batch-size", d.max_batch_size, type=int,
+          help="StartJob refuses a larger batch size")
     f.add("--device", d.device,
           help="auto (cuda when present), cpu, cuda")
     f.add("--torch-threads", d.torch_threads, type=int)
@@ -108,6 +112,7 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfig:
         model_import=args.model_import, model_kwargs=model_kwargs, model_checkpoint=args.model_checkpoint,
         class_names=read_label_file(args.labels) if args.labels else None,
         batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, device=args.device,
+        max_epochs=args.max_epochs, max_batch_size=args.max_batch_size,
         torch_threads=args.torch_threads, miou_tolerance=args.miou_tolerance,
         export=ExportConfig(trace_hw=size), coordinator=args.coordinator,
         coordinator_channel=channel_config_from_args(args, "coordinator"),

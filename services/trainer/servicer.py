@@ -22,6 +22,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     def GetJob(self, request, context):
         return wire.job_to_proto(self.runner.get(request.job_id))
 
+    def CancelJob(self, request, context):
+        return wire.job_to_proto(self.runner.cancel(request.job_id))
+
     def ListJobs(self, request, context):
         return pb.ListJobsResponse(jobs=[wire.job_to_proto(j) for j in self.runner.list()])
 

@@ -16,7 +16,8 @@ _LABEL_SPACE = {pb.LABEL_SPACE_UNSPECIFIED: TRAIN_IDS, pb.LABEL_SPACE_TRAIN_IDS:
                 pb.LABEL_SPACE_LABEL_IDS: LABEL_IDS}
 _LABEL_SPACE_PB = {TRAIN_IDS: pb.LABEL_SPACE_TRAIN_IDS, LABEL_IDS: pb.LABEL_SPACE_LABEL_IDS}
 _STATE_PB = {JobState.QUEUED: pb.JOB_STATE_QUEUED, JobState.RUNNING: pb.JOB_STATE_RUNNING,
-             JobState.SUCCEEDED: pb.JOB_STATE_SUCCEEDED, JobState.FAILED: pb.JOB_STATE_FAILED}
+             JobState.SUCCEEDED: pb.JOB_STATE_SUCCEEDED, JobState.FAILED: pb.JOB_STATE_FAILED,
+             JobState.CANCELLED: pb.JOB_STATE_CANCELLED}
 _STATE = {v: k for k, v in _STATE_PB.items()}
 _PHASE_PB = {JobPhase.QUEUED: pb.JOB_PHASE_QUEUED, JobPhase.LOADING: pb.JOB_PHASE_LOADING,
              JobPhase.TRAINING: pb.JOB_PHASE_TRAINING, JobPhase.EVALUATING: pb.JOB_PHASE_EVALUATING,
@@ -126,7 +127,8 @@ def job_to_proto(job: Job) -> pb.Job:
         phase=_PHASE_PB[job.phase], base_version=job.base_version, annotation_count=s.annotation_count,
         seed_frame_count=s.seed_frame_count, train_frame_count=job.train_frame_count, epochs=s.epochs,
         seed=s.seed, publish=s.publish, created_unix_s=s.created_unix_s, started_unix_s=job.started_unix_s,
-        finished_unix_s=job.finished_unix_s, error=job.error, error_code=job.error_code, report=report)
+        finished_unix_s=job.finished_unix_s, error=job.error, error_code=job.error_code, report=report,
+        cancel_requested=job.cancel_requested)
 
 
 def job_from_proto(msg: pb.Job) -> Job:
@@ -144,7 +146,8 @@ def job_from_proto(msg: pb.Job) -> Job:
         published_version=r.published_version, publish_refused=r.publish_refused)
     return Job(spec=spec, state=_STATE[msg.state], phase=_PHASE[msg.phase], base_version=msg.base_version,
                base_resolved=True, train_frame_count=msg.train_frame_count, started_unix_s=msg.started_unix_s,
-               finished_unix_s=msg.finished_unix_s, error=msg.error, error_code=msg.error_code, report=report)
+               finished_unix_s=msg.finished_unix_s, error=msg.error, error_code=msg.error_code, report=report,
+               cancel_requested=msg.cancel_requested)
 
 
 def progress_to_proto(p: JobProgress) -> pb.JobProgress:
