@@ -49,8 +49,7 @@ def spec_for(model_path: Path, info: EEMGraphInfo, normalization: str, mean, std
     layout = info.input_layout
     if layout == "NHWC" and normalization == "client":
         raise InvalidInput("a uint8 NHWC input normalises in the graph; use --normalization in_graph")
-    outputs = (TensorSpec("labels", "UINT8", (-1, -1)),) + tuple(
-        TensorSpec(n, "FP16", (-1, -1)) for n in info.outputs if n not in ("labels", "logits"))
+    outputs = info.output_specs()  # labels UINT8, maps FP16, embedding FP32 [D]
     return ModelSpec(kind=SEGMENTATION, inputs=(TensorSpec(x.name, datatype, tuple(dims[1:])),), outputs=outputs,
                      preprocessing=Preprocessing(layout=layout, normalization=normalization, mean=mean, std=std),
                      num_classes=info.num_classes, spatial_multiple=spatial_multiple, input_size=input_size,
@@ -72,7 +71,7 @@ def _run_add_eem(args: argparse.Namespace) -> int:
     summary = {"output": args.output, "num_classes": info.num_classes, "cam_layer": info.cam_layer,
                "cam_exact": info.cam_exact, "ebu_only": info.cam_layer is None, "reason": info.reason or None,
                "upsampled_in_graph": info.upsampled, "uncertainty_at": info.uncertainty_at,
-               "outputs": list(info.outputs)}
+               "outputs": list(info.outputs), "embedding_dim": info.embedding_dim}
     if args.repo:
         if not args.name:
             raise InvalidInput("--repo needs --name (the model's folder in the repository)")

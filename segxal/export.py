@@ -32,6 +32,8 @@ from torch import nn
 
 from segxal.data.cityscapes import MEAN, STD
 from segxal.errors import InvalidInput, SegxalError
+from segxal.models.external import FullResLogits, export_logits_onnx
+from segxal.models.image_input import EvalMode as _EvalMode, ImageInput as _ImageInput
 from segxal.resize import resize_image
 from segxal.modelspec import DEPTH, EMBEDDING, NO_CAM, SEGMENTATION, ModelSpec, Preprocessing, TensorSpec
 
@@ -92,21 +94,6 @@ class ExportResult:
     path: Path  # the written model.onnx
     spec: ModelSpec  # what config.pbtxt must say (services.common.model_repository.build_config)
     parity: ParityReport
-
-
-class _ImageInput(nn.Module):
-    """uint8 RGB [B, H, W, 3] -> normalised float [B, 3, H, W] -> the wrapped model."""
-
-    def __init__(self, inner: nn.Module, mean=MEAN, std=STD):
-        super().__init__()
-        self.inner = inner
-        # scale folded into the statistics: (x/255 - m)/s = x * (1/(255 s)) - m/s
-        self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(std))).view(1, 3, 1, 1))
-        self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1))
-
-    def forward(self, image: torch.Tensor):
-        x = image.permute(0, 3, 1, 2).float()  # [B, 3, H, W]
-        return self.inner(x * self.scale - self.shift)
 
 
 class _WithLogits(nn.Module):
@@ -248,19 +235,6 @@ def _export_checked(module: nn.Module, path: Path, output_names: list[str], spec
     return ExportResult(path=path, spec=spec, parity=report)
 
 
-class _EvalMode:
-    """Put a model in eval mode for the export, restore its mode afterwards."""
-
-    def __init__(self, model: nn.Module):
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self):
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        self.model.train(self.was_training)
-
-
 def export_segmentation(model: nn.Module, path: str | os.PathLike, cfg: ExportConfig | None = None,
                         class_weights: torch.Tensor | None = None,
                         sample_images: np.ndarray | None = None,
@@ -326,7 +300,6 @@ class _Statistics(nn.Module):
 
     def __init__(self, model: nn.Module, half: bool):
         super().__init__()
-        from segxal.models.external import FullResLogits
         self.full, self.half = FullResLogits(model), half
 
     def forward(self, x: torch.Tensor):
@@ -350,13 +323,12 @@ def export_any_segmentation(model: nn.Module, path: str | os.PathLike, cfg: Expo
         InvalidInput: the model's output has no logits, or no class names fit its class count.
     """
     from segxal.graph.add_eem import add_eem_file
-    from segxal.models.external import export_logits_onnx
     cfg = cfg or ExportConfig()
     path = Path(path)
     h, w = cfg.trace_hw
     with _EvalMode(model), tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as tmp:
         raw = export_logits_onnx(model, Path(tmp) / "logits.onnx", (h, w), uint8_input=True, opset=cfg.opset)
-        info = add_eem_file(raw, path)
+        info = add_eem_file(raw, path, embedding=cfg.with_embedding)
         rng = np.random.default_rng(cfg.seed)
         inputs = [rng.integers(0, 256, (cfg.parity_batch, h, w, 3), dtype=np.uint8)]
         if sample_images is not None:
@@ -365,10 +337,8 @@ def export_any_segmentation(model: nn.Module, path: str | os.PathLike, cfg: Expo
         report = check_parity(_ImageInput(_Statistics(model, True)).eval(), path, names, inputs, cfg)
     if not report.passed:
         raise ParityError(f"{path}: ONNX export disagrees with PyTorch: {report.summary()}")
-    outputs = [TensorSpec("labels", "UINT8", (-1, -1))] + [
-        TensorSpec(n, "FP16", (-1, -1)) for n in info.outputs if n != "labels"]
     spec = ModelSpec(kind=SEGMENTATION, inputs=(TensorSpec(INPUT_NAME, "UINT8", (h, w, 3)),),
-                     outputs=tuple(outputs), preprocessing=Preprocessing(mean=MEAN, std=STD),
+                     outputs=info.output_specs(), preprocessing=Preprocessing(mean=MEAN, std=STD),
                      num_classes=info.num_classes, input_size=(h, w),
                      cam_layer=info.cam_layer or NO_CAM, class_names=class_names)
     return ExportResult(path=path, spec=spec, parity=report)

@@ -136,7 +136,8 @@ def test_graph_without_linear_head_is_ebu_only():
                       output_names=["logits"], opset_version=17, dynamo=False)
     model, info = add_eem_outputs(onnx.load_from_string(buf.getvalue()))
     assert info.cam_layer is None and "Mul node" in info.reason
-    assert [o.name for o in model.graph.output] == ["labels", "ebu", "pmax"]
+    assert [o.name for o in model.graph.output] == ["labels", "ebu", "pmax"]  # no head: no embedding either
+    assert info.embedding_dim is None
     with pytest.raises(InvalidInput, match="no recognisable linear classifier"):
         add_eem_outputs(onnx.load_from_string(buf.getvalue()), require_cam=True)
 
@@ -145,3 +146,35 @@ def test_unknown_logits_output_is_a_clear_error(zoo_exports):
     _, _, eem_path, _ = zoo_exports("smp_fpn")
     with pytest.raises(InvalidInput, match="has no output 'nope'"):
         add_eem_outputs(onnx.load(str(eem_path)), logits_name="nope")
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_added_embedding_is_the_normalised_pool_of_the_head_input(name, zoo_exports):
+    """`embedding` FP32 [B, D]: the classifier input(s) averaged over positions, concatenated over
+    summed branches (in the graph's order), L2-normalised; D is declared in the serving spec."""
+    import itertools
+    model, entry, eem_path, info = zoo_exports(name)
+    x = images_nchw(2, seed=4)
+    (emb,) = ort.InferenceSession(str(eem_path), providers=["CPUExecutionProvider"]).run(["embedding"], {"image": x.numpy()})
+    pooled, handles = [], [layer.register_forward_hook(lambda m, i, o: pooled.append(o.mean((2, 3))))
+                           for layer in entry.target_layers(model)]
+    try:
+        with torch.no_grad():
+            FullResLogits(model).eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    assert emb.dtype == np.float32 and emb.shape == (2, info.embedding_dim)
+    assert info.embedding_dim == sum(p.shape[1] for p in pooled)
+    assert [s for s in info.output_specs() if s.name == "embedding"][0].dims == (info.embedding_dim,)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    refs = [torch.nn.functional.normalize(torch.cat(order, 1), dim=1).numpy() for order in itertools.permutations(pooled)]
+    assert min(np.abs(emb - ref).max() for ref in refs) < 1e-4
+    assert np.abs(emb[0] - emb[1]).max() > 1e-3  # two images, two embeddings
+
+
+def test_embedding_can_be_left_out(zoo_exports, tmp_path):
+    _, _, eem_path, _ = zoo_exports("smp_fpn")
+    info = add_eem_file(eem_path.parent / "logits.onnx", tmp_path / "m.onnx", embedding=False)
+    assert "embedding" not in info.outputs and info.embedding_dim is None
+    assert [o.name for o in onnx.load(str(tmp_path / "m.onnx")).graph.output] == ["labels", "ebu", "cam", "pmax"]

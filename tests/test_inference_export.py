@@ -29,7 +29,7 @@ def seg_export(tmp_path_factory):
 def test_segmentation_export_parity_and_compact_outputs(seg_export):
     r = seg_export
     assert r.parity.passed and r.parity.label_agreement >= 0.999
-    assert set(r.parity.max_abs_diff) == {"ebu", "cam", "pmax"}
+    assert set(r.parity.max_abs_diff) == {"ebu", "cam", "pmax", "embedding"}
     assert max(r.parity.max_abs_diff.values()) <= 5e-3
     assert (1, 32, 64) in r.parity.sizes  # a second size: height/width are dynamic
     session = ort.InferenceSession(str(r.path), providers=["CPUExecutionProvider"])
@@ -37,7 +37,7 @@ def test_segmentation_export_parity_and_compact_outputs(seg_export):
     assert (inp.name, inp.type) == ("image", "tensor(uint8)")
     types = {o.name: o.type for o in session.get_outputs()}
     assert types == {"labels": "tensor(uint8)", "ebu": "tensor(float16)", "cam": "tensor(float16)",
-                     "pmax": "tensor(float16)"}
+                     "pmax": "tensor(float16)", "embedding": "tensor(float)"}
     spec = r.spec
     assert spec.kind == "segmentation" and spec.num_classes == 19 and spec.spatial_multiple == 8
 
@@ -57,13 +57,39 @@ def test_in_graph_normalisation_matches_the_training_loader(seg_export):
     """The uint8 graph equals ExplainedSegmenter on the loader's normalize_image (MEAN/STD)."""
     x = images(1, seed=3)
     session = ort.InferenceSession(str(seg_export.path), providers=["CPUExecutionProvider"])
-    labels, ebu, cam, pmax = session.run(None, {"image": x})
+    labels, ebu, cam, pmax = session.run(["labels", "ebu", "cam", "pmax"], {"image": x})
     explained = ExplainedSegmenter(tiny_unet().eval(), half_outputs=True)
     with torch.inference_mode():
         ref = explained(torch.from_numpy(normalize_image(x[0]))[None])
     assert (ref[0].numpy() == labels).mean() >= 0.999
     np.testing.assert_allclose(ref[1].float().numpy(), ebu.astype(np.float32), atol=2e-3)
     np.testing.assert_allclose(ref[3].float().numpy(), pmax.astype(np.float32), atol=2e-3)
+
+
+def test_exported_embedding_is_unet_embed_of_the_same_frames(seg_export):
+    """`embedding` FP32 [B, D]: UNet.embed on the loader's normalisation (what the benchmark's
+    diversity arms call), one unit vector per image, D as the serving spec declares it."""
+    x = np.concatenate([images(1, seed=5), images(1, seed=6)])
+    session = ort.InferenceSession(str(seg_export.path), providers=["CPUExecutionProvider"])
+    (emb,) = session.run(["embedding"], {"image": x})
+    model = tiny_unet().eval()
+    with torch.inference_mode():
+        ref = model.embed(torch.stack([torch.from_numpy(normalize_image(im)) for im in x]))
+    [spec] = [t for t in seg_export.spec.outputs if t.name == "embedding"]
+    assert (spec.datatype, spec.dims) == ("FP32", (model.embed(torch.zeros(1, 3, 8, 8)).shape[1],))
+    assert emb.dtype == np.float32 and emb.shape == (2, spec.dims[0])
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(emb, ref.numpy(), atol=1e-5)
+    assert seg_export.parity.max_abs_diff["embedding"] < 1e-5
+    assert np.abs(emb[0] - emb[1]).max() > 1e-3
+
+
+def test_export_without_embedding_still_serves_the_maps(tmp_path):
+    r = export_segmentation(tiny_unet(), tmp_path / "n" / "model.onnx",
+                            ExportConfig(trace_hw=TRACE.trace_hw, with_embedding=False))
+    assert r.spec.output_name("embedding") is None and r.spec.embedding_dim is None
+    assert [o.name for o in ort.InferenceSession(str(r.path), providers=["CPUExecutionProvider"]).get_outputs()] == [
+        "labels", "ebu", "cam", "pmax"]
 
 
 def test_logits_output_on_request_and_depth_export(tmp_path):
@@ -101,7 +127,9 @@ def test_every_config_parses_with_triton_model_config(tmp_path, seg_export):
         assert [(i.name, mc.DataType.Name(i.data_type), list(i.dims)) for i in config.input] == \
             [("image", "TYPE_UINT8", [-1, -1, 3])]
         assert {o.name: mc.DataType.Name(o.data_type) for o in config.output} == {
-            "labels": "TYPE_UINT8", "ebu": "TYPE_FP16", "cam": "TYPE_FP16", "pmax": "TYPE_FP16"}
+            "labels": "TYPE_UINT8", "ebu": "TYPE_FP16", "cam": "TYPE_FP16", "pmax": "TYPE_FP16",
+            "embedding": "TYPE_FP32"}
+        assert [list(o.dims) for o in config.output if o.name == "embedding"] == [[seg_export.spec.embedding_dim]]
         params = {k: v.string_value for k, v in config.parameters.items()}
         assert params["model_kind"] == "segmentation" and params["num_classes"] == "19"
         assert params["input_layout"] == "NHWC" and params["normalization"] == "in_graph"

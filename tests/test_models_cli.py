@@ -29,12 +29,13 @@ def test_add_eem_and_publish(lraspp_onnx, tmp_path, capsys):
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["cam_layer"].count("Conv 1x1") == 2 and summary["cam_exact"] and not summary["ebu_only"]
-    assert summary["outputs"] == ["labels", "ebu", "cam", "pmax"] and summary["version"] == 1
+    assert summary["outputs"] == ["labels", "ebu", "cam", "pmax", "embedding"] and summary["version"] == 1
     config = ModelRepository(tmp_path / "repo").read_config("seg")
     spec = spec_from_config(config)
     assert config.max_batch_size == 0 and spec.fixed_batch == 1 and spec.image_input.dims == (3, H, W)
     assert spec.class_names == ("road", "car", "person", "tree", "sky")
     assert spec.cam_layer == summary["cam_layer"] and spec.has_cam
+    assert spec.embedding_dim == summary["embedding_dim"] > 0  # both LR-ASPP branches' channels
 
 
 def test_label_file_with_the_wrong_class_count_is_one_clear_line(lraspp_onnx, tmp_path, capsys):

@@ -33,6 +33,10 @@ third of its forward (bench/any_model.py), while a bilinear upsampling of the lo
 information to the uncertainty, only smoothness; recorded as `segxal.uncertainty_at` metadata.
 Graphs whose logits come at the input's size are the same either way.
 
+The frame embedding (`embedding`, FP32 [B, D], issue 27) is the head input's global average pool,
+L2-normalised: A as the CAM uses it, so it costs one reduction (summed branches: their pools
+concatenated). It feeds diversity selection on the coordinator's side.
+
 A graph whose logits do not come from such a head gets labels, ebu and pmax only (cam_layer None):
 the EEM service then scores its frames with EBU alone and says so in its response.
 
@@ -52,8 +56,10 @@ import onnx_graphsurgeon as gs
 
 from segxal.errors import InvalidInput
 from segxal.graph.head import Head, NoLinearHead, find_head
+from segxal.modelspec import TensorSpec
 
 OUTPUTS = ("labels", "ebu", "cam", "pmax")
+EMBEDDING_OUTPUT = "embedding"  # FP32 [B, D]: the head input's global average pool, L2-normalised
 LOGITS_OUTPUT = "logits"
 _EPS = 1e-7  # pytorch-grad-cam's scale_cam_image adds this to the max
 METADATA_CAM_LAYER = "segxal.cam_layer"  # ONNX metadata_props keys written with the outputs
@@ -73,6 +79,20 @@ class EEMGraphInfo:
     input_layout: str  # "NCHW" | "NHWC" (uint8 [B, H, W, 3] inputs are NHWC)
     outputs: tuple[str, ...]
     uncertainty_at: str = "input"  # where EBU and p_max were computed (the module docstring)
+    embedding_dim: int | None = None  # D of the `embedding` output; None: no embedding (no head found)
+
+    def output_specs(self) -> tuple[TensorSpec, ...]:
+        """The added outputs as the serving config declares them (batch not included): labels
+        UINT8 [H, W], the maps FP16 [H, W], embedding FP32 [D]; a kept `logits` is left out."""
+        specs = []
+        for name in self.outputs:
+            if name == "labels":
+                specs.append(TensorSpec(name, "UINT8", (-1, -1)))
+            elif name == EMBEDDING_OUTPUT:
+                specs.append(TensorSpec(name, "FP32", (int(self.embedding_dim),)))
+            elif name != LOGITS_OUTPUT:
+                specs.append(TensorSpec(name, "FP16", (-1, -1)))
+        return tuple(specs)
 
 
 class _Builder:
@@ -227,9 +247,20 @@ def _branch_cam(b: _Builder, branch, counts, onehot, exact_borders: bool, full_h
     return b.resize_to(b.minmax(cam), full_hw)  # [B, 1, H, W]
 
 
+def _embedding(b: _Builder, head: Head) -> gs.Variable:
+    """The frame embedding [B, D]: each branch's head input A_b [B, K_b, h, w] averaged over its
+    positions, concatenated (D = sum K_b), L2-normalised as torch.nn.functional.normalize (eps 1e-12)."""
+    pooled = [b.op("Cast", [b.reduce("ReduceMean", br.features, [2, 3], False)], {"to": onnx.TensorProto.FLOAT})
+              for br in head.branches]  # [B, K_b] each
+    v = pooled[0] if len(pooled) == 1 else b.op("Concat", pooled, {"axis": 1})  # [B, D]
+    norm = b.op("Max", [b.reduce("ReduceL2", v, [1], True), b.const(1e-12, np.float32)])  # [B, 1]
+    return b.op("Div", [v, norm], dtype=np.float32, name=EMBEDDING_OUTPUT)
+
+
 def add_eem_outputs(model: onnx.ModelProto, logits_name: str | None = None, keep_logits: bool = False,
                     require_cam: bool = False, probe_hw: tuple[int, int] | None = None,
-                    uncertainty_at: str = "input") -> tuple[onnx.ModelProto, EEMGraphInfo]:
+                    uncertainty_at: str = "input", embedding: bool = True
+                    ) -> tuple[onnx.ModelProto, EEMGraphInfo]:
     """Append labels, ebu, cam and pmax to a segmentation graph (see the module docstring).
 
     Args:
@@ -240,6 +271,8 @@ def add_eem_outputs(model: onnx.ModelProto, logits_name: str | None = None, keep
         require_cam: raise instead of falling back to EBU only when no linear head is found.
         probe_hw: (H, W) to measure the logits' size at when the input's H and W are dynamic.
         uncertainty_at: "input" (default) or "model": the grid EBU and p_max are computed on.
+        embedding: add `embedding` FP32 [B, D], the head input's global average pool L2-normalised
+            (for diversity selection); a graph without a recognisable head gets none.
 
     Returns:
         (the new model, what was found and added).
@@ -327,6 +360,12 @@ def add_eem_outputs(model: onnx.ModelProto, logits_name: str | None = None, keep
     batch = (x.shape or ["batch"])[0]
     for t in new_outputs:
         t.shape = [batch, "height", "width"]
+    embedding_dim = None
+    if embedding and head is not None:
+        embedding_dim = int(sum(br.weight.shape[1] for br in head.branches))  # K_b from the classifier weights
+        emb = _embedding(b, head)
+        emb.shape = [batch, embedding_dim]
+        new_outputs.append(emb)
     if keep_logits:
         full.name = LOGITS_OUTPUT
         new_outputs.append(full)
@@ -341,7 +380,7 @@ def add_eem_outputs(model: onnx.ModelProto, logits_name: str | None = None, keep
     onnx.checker.check_model(out)
     info = EEMGraphInfo(num_classes=num_classes, cam_layer=cam_layer, cam_exact=cam_exact, reason=reason,
                         upsampled=not at_size, input_layout=layout, outputs=tuple(t.name for t in new_outputs),
-                        uncertainty_at=grid)
+                        uncertainty_at=grid, embedding_dim=embedding_dim)
     return out, info
 
 
