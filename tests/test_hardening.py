@@ -494,3 +494,24 @@ def test_nan_options_are_refused_before_inference(eem, inference, frames, field)
     with pytest.raises(InvalidInput, match=f"options must be finite numbers, got {{'{'top_q' if field == 'q' else field}'"):
         eem.score(str(frames / "good.png"), ScoreOptions(eem=opts))
     assert _inference_count(inference.target) == before  # refused before the frame reached the model
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize("name, message", [
+    ("cam\x00front", r"create pool: pool name may not contain control characters; U\+0000 at position 3"),
+    ("line\nbreak", r"pool name may not contain control characters; U\+000A at position 4"),
+    ("x" * 2**20, r"create pool: pool name has 1048576 characters, over the limit of 200"),
+    ("  ", r"create pool: pool name is required"),
+])
+def test_pool_names_follow_one_rule_on_every_backend(backend, name, message, tmp_path):
+    from tests.coordinator_support import database_url
+    with database_url(backend, tmp_path) as url, \
+            running_coordinator(coordinator_config(url, tmp_path / "storage")) as (_server, client):
+        with pytest.raises(InvalidInput, match=message):
+            client.create_pool(name)
+        if name.strip():
+            with pytest.raises(InvalidInput, match=message.replace("create pool", "get pool")):
+                client.get_pool(name=name)
+        assert client.list_pools() == []  # nothing was stored
+        ok = client.create_pool(" " + "é" * 200 + " ")  # the longest name, stripped like before
+        assert client.get_pool(name="é" * 200).pool_id == ok.pool_id

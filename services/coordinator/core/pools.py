@@ -2,6 +2,7 @@
 allowed roots."""
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -20,6 +21,31 @@ from services.coordinator.store.store import CoordinatorStore
 IMAGE_FOLDER, CITYSCAPES, DRIVE_LOG = "image_folder", "cityscapes", "drive_log"
 _INGEST_BATCH = 500  # frames per insert transaction
 _MAX_PAGE = 10_000
+# Pool names: the one rule on every backend (PostgreSQL refuses NUL in text and fails on index
+# rows over ~2.7 kB, SQLite takes anything): printable, at most this many characters.
+MAX_POOL_NAME_CHARS = 200
+
+
+def check_pool_name(name: str, what: str) -> str:
+    """The pool name, stripped of surrounding spaces.
+
+    Raises:
+        InvalidInput: empty, longer than MAX_POOL_NAME_CHARS, or holding a control character
+            (the message names the rule and the first offending character's position).
+    """
+    name = name.strip()
+    if not name:
+        raise InvalidInput(f"{what}: pool name is required")
+    if len(name) > MAX_POOL_NAME_CHARS:
+        raise InvalidInput(f"{what}: pool name has {len(name)} characters, over the limit of "
+                           f"{MAX_POOL_NAME_CHARS}")
+    for i, ch in enumerate(name):
+        if unicodedata.category(ch) in ("Cc", "Cs"):  # C0/C1 controls (NUL, newline, DEL...), lone surrogates
+            raise InvalidInput(f"{what}: pool name may not contain control characters; U+{ord(ch):04X} "
+                               f"at position {i}")
+    return name
+
+
 @dataclass(frozen=True)
 class IngestSource:
     kind: str  # IMAGE_FOLDER, CITYSCAPES or DRIVE_LOG
@@ -50,18 +76,20 @@ class PoolsAndIngest:
         """A new pool; `class_names` are its classes (index = class id), empty: Cityscapes.
 
         Raises:
-            InvalidInput: no name, negative limits, a bad class list. FailedPrecondition: the name is taken.
+            InvalidInput: no name, a name over MAX_POOL_NAME_CHARS or with a control character,
+                negative limits, a bad class list. FailedPrecondition: the name is taken.
         """
-        if not name.strip():
-            raise InvalidInput("create pool: name is required")
+        name = check_pool_name(name, "create pool")
         if min(limits.max_frames, limits.max_regions, limits.max_pixels) < 0:
             raise InvalidInput(f"create pool: budget limits must be >= 0 (0 = unlimited), got {limits}")
         classes = check_class_names(class_names, "create pool") if class_names else tuple(CLASS_NAMES)
-        return self.store.create_pool(name.strip(), limits, classes)
+        return self.store.create_pool(name, limits, classes)
 
     def get_pool(self, pool_id: str = "", name: str = "") -> Pool:
         if not pool_id and not name:
             raise InvalidInput("get pool: give pool_id or name")
+        if not pool_id:  # a name that no pool can have is refused the same way on every backend
+            name = check_pool_name(name, "get pool")
         return self.store.get_pool(pool_id=pool_id, name=name)
 
     def list_pools(self) -> list[Pool]:
