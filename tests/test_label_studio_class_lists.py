@@ -76,7 +76,7 @@ def test_ml_backend_takes_the_pools_classes_for_setup_and_annotations(coordinato
     client.ingest(pool.pool_id, [image_folder_source(str(root / "frames"))])
     client.rank_cycle(client.start_cycle(pool.pool_id, 1, selection="random").cycle_id)
     cfg = MLBackendConfig(port=0, forward="coordinator", coordinator=server.target, pool="four",
-                          ls_document_root=str(root))
+                          ls_document_root=str(root), insecure_no_auth=True)
     with CoordinatorClient(server.target, client_id="ml-backend") as coord, \
             MLBackendServer(cfg, model=SegxalMLModel(cfg, eem=None, coordinator=coord)) as backend:
         assert json_call(backend.url, "/setup", {"project": "1.2", "schema": lsp.label_config(FOUR)})[0] == 200

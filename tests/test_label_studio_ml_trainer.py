@@ -34,10 +34,11 @@ def test_webhook_starts_a_trainer_job_on_the_annotation(ls_tools, tiny_dataset, 
             "task": {"id": 9, "data": {lsp.FRAME_KEY: f"/data/local-files/?d={frame.relative_to(root).as_posix()}"}}}
     with running_trainer(trainer_config(tiny_dataset, tmp_path / "trainer", epochs=1)) as trainer, \
             TrainerClient(trainer.target) as client:
-        cfg = MLBackendConfig(port=0, forward="trainer", trainer=trainer.target, ls_document_root=str(root))
+        cfg = MLBackendConfig(port=0, forward="trainer", trainer=trainer.target, ls_document_root=str(root),
+                              basic_auth_user="label-studio", basic_auth_pass="s3cret")
         with MLBackendServer(cfg, model=SegxalMLModel(cfg, eem=None, trainer=client)) as backend:
             req = urllib.request.Request(backend.url + "/webhook", data=json.dumps(body).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json", "Authorization": cfg.auth_header})
             with urllib.request.urlopen(req, timeout=60) as resp:
                 status, reply = resp.status, json.loads(resp.read())
         assert status == 202 and reply["status"] == "training"

@@ -26,6 +26,35 @@ from segxal.errors import InvalidInput, NotFound, NotReady, PermissionDenied
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 100
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple | None:
+    """(scheme, host, port) of an absolute URL; None when it has none or a bad port."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        return None
+    return (scheme, parts.hostname, port) if scheme and parts.hostname else None
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to the request's own origin: urllib would carry the Authorization
+    header to any host a redirect names."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        newurl = urllib.parse.urljoin(req.full_url, newurl)
+        if _origin(newurl) != _origin(req.full_url):
+            b = urllib.parse.urlsplit(newurl)
+            error = urllib.error.HTTPError(req.full_url, code, f"to {b.scheme}://{b.netloc}", headers, fp)
+            error.off_origin = True
+            raise error
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_SAME_ORIGIN_OPENER = urllib.request.build_opener(_SameOriginRedirects)
 
 
 def _is_jwt(token: str) -> bool:
@@ -88,9 +117,11 @@ class LabelStudioAPI:
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
         what = f"Label Studio {method} {path}"
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            with _SAME_ORIGIN_OPENER.open(req, timeout=self.timeout_s) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
+            if getattr(e, "off_origin", False):
+                raise InvalidInput(f"{what}: Label Studio redirected off its origin ({e.msg}); refused") from None
             detail = _detail(e.read())
             if e.code in (401, 403):
                 raise PermissionDenied(f"{what}: Label Studio at {self.url} refused the API token "
@@ -105,19 +136,31 @@ class LabelStudioAPI:
             raise NotReady(f"{what}: Label Studio at {self.url} is unreachable ({reason})") from None
         return json.loads(raw) if raw else None
 
+    def same_origin(self, url: str) -> bool:
+        """`url` (absolute) is on this server's scheme, host and port."""
+        mine = _origin(self.url)
+        return mine is not None and _origin(url) == mine
+
     def download(self, path: str, max_bytes: int = 64 << 20) -> bytes:
         """The bytes Label Studio serves at `path` (an uploaded or local file of a task), with the token.
+        Only this server is asked: a URL of another origin is refused before any request, and so is
+        a redirect to one (the token would go with it).
 
         Raises:
-            PermissionDenied / NotFound / NotReady: as request(); InvalidInput: larger than max_bytes.
+            PermissionDenied / NotFound / NotReady: as request(); InvalidInput: larger than max_bytes,
+                or a URL / redirect off this server.
         """
-        url = self.url + path if path.startswith("/") else path
+        url = urllib.parse.urljoin(self.url + "/", path)
+        if not self.same_origin(url):
+            raise InvalidInput(f"Label Studio GET {path}: not a URL of {self.url}; refused")
         req = urllib.request.Request(url, headers={"Authorization": self._auth_header()})
         what = f"Label Studio GET {path}"
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            with _SAME_ORIGIN_OPENER.open(req, timeout=self.timeout_s) as resp:
                 data = resp.read(max_bytes + 1)
         except urllib.error.HTTPError as e:
+            if getattr(e, "off_origin", False):
+                raise InvalidInput(f"{what}: Label Studio redirected off its origin ({e.msg}); refused") from None
             if e.code in (401, 403):
                 raise PermissionDenied(f"{what}: refused ({e.code})") from None
             if e.code == 404:

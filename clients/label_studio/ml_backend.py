@@ -300,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Handlers first: whoever reads the "listening" line may stop us at once.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         server = MLBackendServer(config_from_args(args))
         server.start()
@@ -307,9 +311,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ml backend: error: {e}", file=sys.stderr)
         return 2
     print(f"ml backend listening on {server.url}", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     server.stop()
     return 0
