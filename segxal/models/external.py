@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segxal.data.cityscapes import MEAN, STD
 from segxal.errors import InvalidInput, NotFound
+from segxal.models.image_input import EvalMode, ImageInput
 
 UNET_IMPORT_PATH = "segxal.models.unet.UNet"  # the project's own model (the default)
 
@@ -169,14 +171,12 @@ def export_logits_onnx(model: nn.Module, path: str | os.PathLike, input_hw: tupl
         The written path.
     """
     import onnx
-    from segxal.export import _EvalMode, _ImageInput
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _EvalMode(model):
+    with EvalMode(model):
         module: nn.Module = _RawLogits(model)
         if uint8_input:
-            from segxal.data.cityscapes import MEAN, STD
-            module = _ImageInput(module, MEAN if mean is None else mean, STD if std is None else std)
+            module = ImageInput(module, MEAN if mean is None else mean, STD if std is None else std)
             example = torch.zeros(1, *input_hw, 3, dtype=torch.uint8)
         else:
             example = torch.zeros(1, 3, *input_hw)
