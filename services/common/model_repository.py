@@ -115,17 +115,21 @@ def build_config(name: str, spec: ModelSpec, batching: BatchingConfig | None = N
         InvalidInput: unknown flavour.
     """
     b = batching or BatchingConfig()
-    cfg = mc.ModelConfig(name=name, platform=PLATFORM, max_batch_size=b.max_batch_size)
+    # a graph exported with a fixed batch (spec.fixed_batch): Triton's max_batch_size 0, the dims
+    # carry the batch, no dynamic batching
+    fixed = [spec.fixed_batch] if spec.fixed_batch is not None else []
+    cfg = mc.ModelConfig(name=name, platform=PLATFORM, max_batch_size=0 if fixed else b.max_batch_size)
     cfg.version_policy.latest.num_versions = b.num_versions
     for t in spec.inputs:
-        cfg.input.add(name=t.name, data_type=config_datatype(t.datatype), dims=list(t.dims))
+        cfg.input.add(name=t.name, data_type=config_datatype(t.datatype), dims=fixed + list(t.dims))
     labels_output = spec.output_name("labels") if spec.class_names is not None else None
     for t in spec.outputs:
-        out = cfg.output.add(name=t.name, data_type=config_datatype(t.datatype), dims=list(t.dims))
+        out = cfg.output.add(name=t.name, data_type=config_datatype(t.datatype), dims=fixed + list(t.dims))
         if t.name == labels_output:
             out.label_filename = LABEL_FILE  # written beside config.pbtxt by write_config
-    cfg.dynamic_batching.max_queue_delay_microseconds = b.max_queue_delay_us
-    cfg.dynamic_batching.default_queue_policy.max_queue_size = b.max_queue_size
+    if not fixed:
+        cfg.dynamic_batching.max_queue_delay_microseconds = b.max_queue_delay_us
+        cfg.dynamic_batching.default_queue_policy.max_queue_size = b.max_queue_size
     # KIND_AUTO: Triton puts the instances on the GPU when there is one (the gpu overlay), else CPU;
     # our own server takes the device from its --device flag
     cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_AUTO, count=b.instance_count)

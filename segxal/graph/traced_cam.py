@@ -1,0 +1,553 @@
+"""GradCAM at a named layer of ANY torch segmentation model, inside the exported ONNX graph.
+
+ONNX has no autograd, and torch's exporters do not trace `torch.autograd.grad`. So the forward
+pass and the backward pass to the CAM layer are traced together into one plain ATen graph with
+`make_fx` (autograd runs while tracing, only its ops are recorded), and that graph goes through the
+dynamo ONNX exporter. What makes every backward op exportable (../shared/FACTS.md, "GradCAM of
+any torch model inside an ONNX graph"):
+
+* torch's core ATen decompositions (batch-norm and threshold backwards become plain arithmetic),
+  plus `aten.convolution_backward` written as a transposed convolution (input gradient only: the
+  weights are constants of the graph, so their gradient is never asked for);
+* every resampling a model does through `F.interpolate` (bilinear, nearest) and
+  `F.adaptive_avg_pool2d` (PSPNet's pyramid, mobile nets' squeeze-excite) is traced as two
+  MatMuls with constant matrices, `Uh @ x @ Uw^T`: all of them are separable and linear, so this
+  is exact (the matrices are the op applied to an identity), and the backward of a MatMul is a
+  MatMul. That replaces `upsample_bilinear2d_backward`, `upsample_nearest2d_backward` and
+  `_adaptive_avg_pool2d_backward`, which have no ONNX translation.
+
+The graph takes uint8 RGB [B, H, W, 3] at a fixed H x W (the model's declared input size; the
+inference client resizes frames to it), normalises inside, and gives the outputs our other
+exports give (segxal.modelspec roles): `labels` uint8, `ebu`, `pmax`, `cam` float16 [B, H, W],
+plus `embedding` float32 [B, D], the L2-normalised global average pool of the CAM layer's
+activation (a descriptor for diversity-aware selection, free once the activation is computed).
+B is fixed at trace time (the traced ATen graph bakes its shapes in): 1 by default, which is how
+the EEM service asks (one frame a call); the config then says max_batch_size 0.
+
+CAM (Selvaraju et al., ICCV 2017; scaled exactly as pytorch-grad-cam 1.5.7, `BaseCAM` with one
+target layer): for the target T (a CamTarget over the logits at the input's size), weights
+alpha_k = mean_{h,w} dT/dA_k, map ReLU(sum_k alpha_k A_k), per image min-max, bilinear resize to
+H x W (cv2 INTER_LINEAR = half-pixel), min-max again.
+
+References:
+    Selvaraju et al., Grad-CAM, ICCV 2017; jacobgil/pytorch-grad-cam 1.5.7 (`BaseCAM`,
+    `scale_cam_image`, `SemanticSegmentationTarget`); torch._decomp (core ATen decompositions).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segxal.errors import InvalidInput
+
+OUTPUTS = ("labels", "ebu", "cam", "pmax", "embedding")
+INPUT_NAME = "image"
+METADATA_CAM_LAYER = "segxal.cam_layer"  # the same keys segxal.graph.add_eem writes
+METADATA_CAM_TARGET = "segxal.cam_target"
+_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image adds this to the max
+# Cityscapes classes with instances (cityscapesscripts hasInstances): what "objects" targets
+OBJECT_CLASS_NAMES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
+
+
+# ---------------------------------------------------------------------------------------------
+# CAM targets: what the gradient explains. Each maps logits [B, C, H, W] at the input's size to one
+# scalar per image [B]; pytorch-grad-cam calls the same objects per image (see as_grad_cam_target).
+
+
+class CamTarget:
+    """Base of the CAM targets: `__call__(logits [B, C, H, W]) -> [B]`."""
+    name = ""
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ClassAgnostic(CamTarget):
+    """T = sum_i z_{y(i)}(i), y = argmax: every predicted pixel's own logit (the shipped target of
+    segxal.eem.gradcam; each class weighs by its area)."""
+    name = "class-agnostic"
+
+    def __call__(self, logits):
+        labels = logits.argmax(1, keepdim=True)  # [B, 1, H, W]
+        return logits.gather(1, labels).sum((1, 2, 3))  # [B]
+
+
+class ClassBalanced(CamTarget):
+    """T = sum_c (1 / n_c) sum_{i in M_c} z_c(i): the mean predicted logit of each predicted class,
+    so a class on 50 pixels weighs as much as road on 20,000."""
+    name = "class-balanced"
+
+    def __call__(self, logits):
+        classes = torch.arange(logits.shape[1]).view(1, -1, 1, 1)  # [1, C, 1, 1]
+        # a comparison, not F.one_hot: one_hot checks its values, which a traced graph cannot
+        onehot = (logits.argmax(1, keepdim=True) == classes).to(logits.dtype)  # [B, C, H, W]
+        counts = onehot.sum((2, 3))  # [B, C]
+        per_class = (onehot * logits).sum((2, 3))  # [B, C]
+        return (per_class / counts.clamp_min(1.0)).sum(1)  # [B]; absent classes add 0
+
+
+class Objects(CamTarget):
+    """T = sum over pixels predicted as an object class of their predicted logit (the
+    class-agnostic target restricted to `class_ids`); zero where no object is predicted."""
+    name = "objects"
+
+    def __init__(self, class_ids: Sequence[int]):
+        if not class_ids:
+            raise InvalidInput("the objects target needs at least one object class")
+        self.class_ids = tuple(int(c) for c in class_ids)
+
+    def __call__(self, logits):
+        labels = logits.argmax(1, keepdim=True)  # [B, 1, H, W]
+        keep = torch.zeros(logits.shape[1], dtype=logits.dtype)
+        keep[list(self.class_ids)] = 1.0
+        return (logits.gather(1, labels) * keep[labels]).sum((1, 2, 3))  # [B]
+
+
+class EbuGradient(CamTarget):
+    """T = sum_i EBU(i), the frame's summed normalised entropy: the CAM shows the features whose
+    change would change the model's doubt most."""
+    name = "ebu-gradient"
+
+    def __call__(self, logits):
+        log_p = logits.log_softmax(1)  # [B, C, H, W]
+        entropy = -(log_p.exp() * log_p).sum(1)  # [B, H, W]
+        return (entropy / math.log(logits.shape[1])).sum((1, 2))  # [B]
+
+
+CAM_TARGETS = ("class-agnostic", "class-balanced", "objects", "ebu-gradient")
+DEFAULT_CAM_TARGET = "class-balanced"  # bench/cam_health.py --train decided (docs/cam.md)
+
+
+def make_target(name: str, class_names: Sequence[str] | None = None, num_classes: int | None = None) -> CamTarget:
+    """A CamTarget by name (CAM_TARGETS).
+
+    Args:
+        name: one of CAM_TARGETS.
+        class_names: the model's classes (index = label); "objects" picks OBJECT_CLASS_NAMES among
+            them (None: the 19 Cityscapes trainIds).
+        num_classes: the model's class count, checked against the class names "objects" uses.
+
+    Raises:
+        InvalidInput: an unknown name, or "objects" with no object class among class_names, or
+            class names that do not fit num_classes.
+    """
+    if name == "class-agnostic":
+        return ClassAgnostic()
+    if name == "class-balanced":
+        return ClassBalanced()
+    if name == "ebu-gradient":
+        return EbuGradient()
+    if name == "objects":
+        from segxal.labels import CLASS_NAMES
+        names = list(class_names or CLASS_NAMES)
+        if num_classes is not None and len(names) != num_classes:
+            raise InvalidInput(f"the objects target needs the model's {num_classes} class names "
+                               f"({'got ' + str(len(names)) if class_names else 'default: the 19 Cityscapes classes'})")
+        ids = [i for i, n in enumerate(names) if n in OBJECT_CLASS_NAMES]
+        if not ids:
+            raise InvalidInput(f"the objects target needs one of {OBJECT_CLASS_NAMES} among the classes {names}")
+        return Objects(ids)
+    raise InvalidInput(f"unknown CAM target {name!r}; expected one of {CAM_TARGETS}")
+
+
+def as_grad_cam_target(target: CamTarget) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The same target as pytorch-grad-cam calls it: one image's output [C, H, W] -> scalar."""
+    return lambda output: target(output[None])[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The layer
+
+
+def _stage_owner(model: nn.Module) -> tuple[str, nn.Module] | None:
+    for name in ("backbone", "encoder"):  # torchvision segmentation models, smp
+        owner = getattr(model, name, None)
+        if isinstance(owner, nn.Module):
+            return name, owner
+    return None
+
+
+def default_layer(model: nn.Module, probe_hw: tuple[int, int] = (64, 64)) -> str:
+    """The default CAM layer of a model family: the backbone's (torchvision) or encoder's (smp)
+    last stage, i.e. the last of its direct children to run whose output is a 4-D feature map; for
+    Hugging Face SegFormer the last encoder block's output as the decode head reads it
+    ("decode_head.linear_c.<last>:input").
+
+    Raises:
+        InvalidInput: a model of no known family (name a layer instead).
+    """
+    if hasattr(model, "decode_head") and hasattr(model.decode_head, "linear_c"):  # HF SegFormer
+        return f"decode_head.linear_c.{len(model.decode_head.linear_c) - 1}:input"
+    found = _stage_owner(model)
+    if found is None:
+        raise InvalidInput(f"no default CAM layer for a {type(model).__name__} (no backbone or encoder); "
+                           f"name one with --layer, e.g. one of {[n for n, _ in model.named_children()]}")
+    owner_name, owner = found
+    seen: list[str] = []
+    handles = [child.register_forward_hook(
+        lambda m, i, o, n=name: seen.append(n) if isinstance(o, torch.Tensor) and o.dim() == 4 else None)
+        for name, child in owner.named_children()]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *probe_hw))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if not seen:
+        raise InvalidInput(f"{type(model).__name__}.{owner_name} has no stage with a 4-D output; name a layer")
+    return f"{owner_name}.{seen[-1]}"
+
+
+def resolve_layer(model: nn.Module, layer: str) -> tuple[nn.Module, bool]:
+    """"a.b.c" -> (module, False): its output is the activation; "a.b.c:input" -> (module, True):
+    its first input is.
+
+    Raises:
+        InvalidInput: no such submodule (the message lists the top-level names).
+    """
+    name, _, which = layer.partition(":")
+    if which not in ("", "input"):
+        raise InvalidInput(f"layer {layer!r}: only ':input' may follow the module name")
+    try:
+        return model.get_submodule(name), which == "input"
+    except AttributeError:
+        raise InvalidInput(f"the model has no layer {name!r}; its top-level modules are "
+                           f"{[n for n, _ in model.named_children()]}") from None
+
+
+def _first_tensor(value):
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    raise InvalidInput(f"the CAM layer gives a {type(value).__name__}, not a tensor")
+
+
+@contextlib.contextmanager
+def capture_activation(module: nn.Module, of_input: bool, store: dict):
+    """Record the layer's activation [B, K, h, w] in store["a"] during a forward pass."""
+    def hook(m, args, output=None):
+        a = _first_tensor(args if of_input else output)
+        if a.dim() != 4:
+            raise InvalidInput(f"the CAM layer's activation must be a feature map [B, K, h, w], got {list(a.shape)}")
+        store["a"] = a
+    handle = module.register_forward_pre_hook(hook) if of_input else module.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+# ---------------------------------------------------------------------------------------------
+# Resampling as MatMuls (exact; see the module docstring)
+
+
+def _matrix(op: Callable, n_in: int, **kwargs) -> torch.Tensor:
+    """[n_out, n_in]: the 1-D linear map `op` does along the last axis, from an identity."""
+    from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+    with disable_proxy_modes_tracing(), torch.no_grad():  # a constant of the graph, not traced ops
+        basis = torch.eye(n_in).view(n_in, 1, 1, n_in)  # n_in images 1 x n_in
+        return op(basis, **kwargs)[:, 0, 0, :].T.contiguous()  # [n_out, n_in]
+
+
+def _separable(x: torch.Tensor, mh: torch.Tensor, mw: torch.Tensor) -> torch.Tensor:
+    return torch.matmul(torch.matmul(mh, x), mw.T)  # [B, C, H', W']
+
+
+class _ResampleAsMatMul(torch.overrides.TorchFunctionMode):
+    """Inside: F.interpolate (bilinear/nearest, 4-D) and F.adaptive_avg_pool2d run as two MatMuls."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.interpolate and args[0].dim() == 4:
+            out = self._interpolate(*args, **kwargs)
+            if out is not None:
+                return out
+        if func is F.adaptive_avg_pool2d and args[0].dim() == 4:
+            x, size = args[0], (args[1] if len(args) > 1 else kwargs["output_size"])
+            size = (size, size) if isinstance(size, int) else tuple(size)
+            h, w = x.shape[-2:]
+            oh, ow = (h if s is None else s for s, h in zip(size, (h, w)))
+            mh = _matrix(F.adaptive_avg_pool2d, h, output_size=(1, oh))
+            mw = _matrix(F.adaptive_avg_pool2d, w, output_size=(1, ow))
+            return _separable(x, mh, mw)
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                     recompute_scale_factor=None, antialias=False):
+        if mode not in ("bilinear", "nearest", "nearest-exact") or antialias:
+            return None
+        h, w = x.shape[-2:]
+        common = {"mode": mode, "align_corners": align_corners, "recompute_scale_factor": recompute_scale_factor}
+        if size is not None:
+            oh, ow = (size, size) if isinstance(size, int) else size
+            mh = _matrix(F.interpolate, h, size=(1, oh), **common)
+            mw = _matrix(F.interpolate, w, size=(1, ow), **common)
+        else:
+            sh, sw = (scale_factor, scale_factor) if isinstance(scale_factor, (int, float)) else scale_factor
+            mh = _matrix(F.interpolate, h, scale_factor=(1.0, float(sh)), **common)
+            mw = _matrix(F.interpolate, w, scale_factor=(1.0, float(sw)), **common)
+        return _separable(x, mh, mw)
+
+
+def _convolution_backward(grad_output, input, weight, bias_sizes, stride, padding, dilation, transposed,
+                          output_padding, groups, output_mask):
+    """aten.convolution_backward, input gradient only (the weights are constants here): the
+    adjoint of a convolution is the transposed convolution with the same weights, and vice versa;
+    output_padding restores the rows/columns a strided convolution dropped."""
+    grad_input = None
+    if output_mask[0]:
+        if transposed:
+            grad_input = torch.ops.aten.convolution(grad_output, weight, None, stride, padding, dilation,
+                                                    False, [0] * len(stride), groups)
+        else:
+            extra = [i - ((o - 1) * s - 2 * p + d * (k - 1) + 1) for i, o, s, p, d, k in zip(
+                input.shape[2:], grad_output.shape[2:], stride, padding, dilation, weight.shape[2:])]
+            grad_input = torch.ops.aten.convolution(grad_output, weight, None, stride, padding, dilation,
+                                                    True, extra, groups)
+    if output_mask[1] or output_mask[2]:
+        raise InvalidInput("the traced CAM needs no weight gradients; a parameter asked for one")
+    return grad_input, None, None
+
+
+def _decompositions() -> dict:
+    from torch._decomp import core_aten_decompositions
+    table = dict(core_aten_decompositions())
+    table[torch.ops.aten.convolution_backward.default] = _convolution_backward
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# The explained forward pass that is traced
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    """Per image of [B, h, w]: x - min, / (max + 1e-7), as pytorch-grad-cam's scale_cam_image."""
+    x = x - x.amin((1, 2), keepdim=True)
+    return x / (x.amax((1, 2), keepdim=True) + _EPS)
+
+
+class TracedExplainer(nn.Module):
+    """uint8 RGB [B, H, W, 3] -> (labels uint8, ebu, cam, pmax float16 [B, H, W], embedding float32
+    [B, D]) for any segmentation model (segxal.models.external.logits_of reads its output), with
+    the GradCAM of `target` at `layer`. Autograd runs inside forward (to be traced by make_fx).
+
+    Args:
+        model: the segmentation model, eval mode.
+        layer: a submodule name (resolve_layer), e.g. "encoder.layer4".
+        target: the CAM target.
+        mean, std: the normalisation statistics applied in the graph.
+    """
+
+    def __init__(self, model: nn.Module, layer: str, target: CamTarget, mean, std):
+        super().__init__()
+        self.model, self.layer, self.target = model, layer, target
+        self.module, self.of_input = resolve_layer(model, layer)
+        self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(1, 3, 1, 1))
+        self.register_buffer("shift", (torch.tensor(mean, dtype=torch.float32) /
+                                       torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1))
+
+    def explain(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Normalised x [B, 3, H, W] -> (logits [B, C, H, W], cam [B, H, W] float32, embedding [B, D])."""
+        from segxal.models.external import logits_of
+        store: dict = {}
+        with capture_activation(self.module, self.of_input, store), torch.enable_grad():
+            z = logits_of(self.model(x))  # [B, C, h, w]
+            if z.shape[-2:] != x.shape[-2:]:
+                z = F.interpolate(z, size=x.shape[-2:], mode="bilinear", align_corners=False)  # [B, C, H, W]
+            if "a" not in store:
+                raise InvalidInput(f"layer {self.layer!r} did not run in the model's forward pass")
+            a = store["a"]  # [B, K, h, w]
+            (grad,) = torch.autograd.grad(self.target(z).sum(), a, allow_unused=True)
+        if grad is None:  # the target does not depend on this layer
+            raise InvalidInput(f"the CAM target does not depend on layer {self.layer!r}")
+        z, a, grad = z.detach(), a.detach(), grad.detach()
+        alpha = grad.mean((2, 3), keepdim=True)  # [B, K, 1, 1]
+        cam = _minmax(torch.relu((alpha * a).sum(1)))  # [B, h, w]
+        cam = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        pooled = a.mean((2, 3))  # [B, K]
+        embedding = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-12)  # [B, K], unit length
+        return z, _minmax(cam), embedding
+
+    def forward(self, image: torch.Tensor):
+        from segxal.eem.ebu import prediction_statistics
+        x = image.permute(0, 3, 1, 2).float() * self.scale - self.shift  # [B, 3, H, W]
+        z, cam, embedding = self.explain(x)
+        labels, ebu, pmax = prediction_statistics(z)  # [B, H, W] each
+        return labels.to(torch.uint8), ebu.half(), cam.half(), pmax.half(), embedding
+
+
+def trace_explainer(explainer: TracedExplainer, example: torch.Tensor) -> torch.fx.GraphModule:
+    """Forward and backward to the CAM layer as one plain ATen graph (no autograd left)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    with _ResampleAsMatMul(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return make_fx(explainer, decomposition_table=_decompositions())(example)
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+
+@dataclass
+class TracedExport:
+    """What export_traced wrote."""
+    path: Path
+    layer: str
+    target: str
+    num_classes: int
+    embedding_dim: int
+    batch: int
+    input_hw: tuple[int, int]
+    parity: dict = field(default_factory=dict)  # output -> max |ONNX - PyTorch| (labels: disagreement share)
+
+
+def export_traced(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, int], layer: str | None = None,
+                  target: str = DEFAULT_CAM_TARGET, class_names: Sequence[str] | None = None,
+                  mean=None, std=None, batch: int = 1, check: bool = True, seed: int = 0) -> TracedExport:
+    """Export `model` with labels, ebu, cam, pmax and embedding (see the module docstring).
+
+    Args:
+        model: any segmentation nn.Module (exported in eval mode; its mode is restored).
+        path: the model.onnx to write (atomically; one self-contained file).
+        input_hw: (H, W) of the graph's uint8 input [batch, H, W, 3].
+        layer: the CAM layer (resolve_layer's syntax); None: default_layer(model).
+        target: one of CAM_TARGETS.
+        class_names: the model's classes ("objects" picks its object classes among them).
+        mean, std: in-graph normalisation (default ImageNet/Cityscapes statistics).
+        batch: the graph's fixed batch size.
+        check: run ONNX Runtime against the PyTorch explainer on two random images' worth of input
+            and raise when they disagree.
+        seed: of the check's images.
+
+    Returns:
+        TracedExport (the parity figures filled when check is True).
+
+    Raises:
+        InvalidInput: no such layer or target, a layer the target does not depend on, or
+            fewer than 2 classes.
+        segxal.export.ParityError: ONNX Runtime disagrees with PyTorch (check=True).
+    """
+    import onnx
+
+    from segxal.data.cityscapes import MEAN, STD
+    from segxal.imageio import atomic_write_bytes
+    path = Path(path)
+    h, w = input_hw
+    was_training = model.training
+    model.eval()
+    try:
+        layer = layer or default_layer(model, (h, w))
+        mean, std = MEAN if mean is None else mean, STD if std is None else std
+        num_classes = _num_classes(model, (h, w))
+        explainer = TracedExplainer(model, layer, make_target(target, class_names, num_classes), mean, std).eval()
+        example = torch.zeros(batch, h, w, 3, dtype=torch.uint8)
+        graph = trace_explainer(explainer, example)
+        with torch.no_grad():
+            outs = graph(example)
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(graph, (example,), input_names=[INPUT_NAME], output_names=list(OUTPUTS),
+                                        dynamo=True, external_data=False, verbose=False)
+            program.save(str(Path(tmp) / "m.onnx"))
+            proto = onnx.load(str(Path(tmp) / "m.onnx"))
+        onnx.helper.set_model_props(proto, {METADATA_CAM_LAYER: layer, METADATA_CAM_TARGET: target})
+        onnx.checker.check_model(proto)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, proto.SerializeToString())
+        result = TracedExport(path=path, layer=layer, target=target, num_classes=num_classes,
+                              embedding_dim=int(outs[4].shape[1]), batch=batch, input_hw=(h, w))
+        if check:
+            result.parity = check_traced(explainer, path, batch, (h, w), seed)
+    finally:
+        model.train(was_training)
+    return result
+
+
+def _num_classes(model: nn.Module, hw: tuple[int, int]) -> int:
+    from segxal.models.external import logits_of
+    with torch.no_grad():
+        c = int(logits_of(model(torch.zeros(1, 3, *hw))).shape[1])
+    if c < 2:
+        raise InvalidInput(f"the model gives {c} class(es); segmentation needs >= 2")
+    return c
+
+
+# parity bounds: float16 outputs in [0, 1] have a step of 4.9e-4 below 1; the CAM's min-max scaling
+# magnifies float32 rounding where the raw range is small (as segxal.export.ExportConfig says)
+MAX_ABS_DIFF = 5e-3
+CAM_MAX_ABS_DIFF = 2e-2
+MIN_LABEL_AGREEMENT = 0.999
+
+
+def check_traced(explainer: TracedExplainer, path: str | os.PathLike, batch: int, hw: tuple[int, int],
+                 seed: int = 0) -> dict:
+    """ONNX Runtime against the eager explainer (autograd) on smooth random images.
+
+    Returns:
+        {"labels": share of disagreeing pixels, "<output>": max abs difference}.
+
+    Raises:
+        segxal.export.ParityError: beyond the bounds above.
+    """
+    import onnxruntime as ort
+
+    from segxal.export import ParityError
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (batch, max(1, hw[0] // 8), max(1, hw[1] // 8), 3), dtype=np.uint8)
+    images = np.ascontiguousarray(np.kron(small, np.ones((1, 8, 8, 1), np.uint8))[:, :hw[0], :hw[1]])
+    images = np.pad(images, ((0, 0), (0, hw[0] - images.shape[1]), (0, hw[1] - images.shape[2]), (0, 0)), mode="edge")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(list(OUTPUTS), {INPUT_NAME: images})
+    ref = [t.detach().numpy() for t in explainer(torch.from_numpy(images))]
+    report = {"labels": float(np.mean(got[0] != ref[0]))}
+    for name, g, r in zip(OUTPUTS[1:], got[1:], ref[1:]):
+        report[name] = float(np.abs(g.astype(np.float32) - r.astype(np.float32)).max())
+    failures = [f"{k} max abs diff {v:.2e}" for k, v in report.items()
+                if k != "labels" and not v <= (CAM_MAX_ABS_DIFF if k == "cam" else MAX_ABS_DIFF)]
+    if not report["labels"] <= 1 - MIN_LABEL_AGREEMENT:
+        failures.append(f"labels disagree on {report['labels']:.2%} of pixels")
+    if failures:
+        raise ParityError(f"{path}: the traced CAM graph disagrees with PyTorch: {'; '.join(failures)}")
+    return report
+
+
+def describe_cam(layer: str, target: str) -> str:
+    """The cam_layer parameter of a traced export: "<layer> (<target>)"."""
+    return f"{layer} ({target})"
+
+
+def serving_spec(export: TracedExport, class_names: Sequence[str] | None = None, mean=None, std=None):
+    """The serving contract (segxal.modelspec.ModelSpec) of a graph export_traced wrote: uint8
+    input at the declared size, the four maps, `embedding` FP32 [D], and the fixed batch.
+
+    Raises:
+        InvalidInput: class names that do not fit the model's class count.
+    """
+    from segxal.data.cityscapes import MEAN, STD
+    from segxal.modelspec import EMBEDDING, SEGMENTATION, ModelSpec, Preprocessing, TensorSpec
+    h, w = export.input_hw
+    outputs = (TensorSpec("labels", "UINT8", (h, w)),) + tuple(
+        TensorSpec(n, "FP16", (h, w)) for n in ("ebu", "cam", "pmax")) + (
+        TensorSpec(EMBEDDING, "FP32", (export.embedding_dim,)),)
+    return ModelSpec(kind=SEGMENTATION, inputs=(TensorSpec(INPUT_NAME, "UINT8", (h, w, 3)),), outputs=outputs,
+                     preprocessing=Preprocessing(mean=tuple(MEAN if mean is None else mean),
+                                                 std=tuple(STD if std is None else std)),
+                     num_classes=export.num_classes, input_size=(h, w),
+                     cam_layer=describe_cam(export.layer, export.target),
+                     class_names=tuple(class_names) if class_names is not None else None, fixed_batch=export.batch)
