@@ -7,6 +7,7 @@ coordinator."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -243,3 +244,74 @@ def test_segxal_ingest_log_through_the_coordinator(tmp_path, capsys):
         capsys.readouterr()
         assert segxal_main([*base, "--pool", "drive", "--labels", str(tmp_path / "labels.txt")]) == 2
         assert "pool 'drive' is labelled in 19 classes (road, " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("compression", ["zstd", "lz4", "none"])
+def test_a_log_cut_inside_its_only_chunk_keeps_the_images_before_the_cut(tmp_path, compression):
+    """A log under the writers' 1 MiB chunk size is one chunk: the cut falls inside it."""
+    noise = [np.random.default_rng(i).integers(0, 256, (128, 256, 3), dtype=np.uint8) for i in range(10)]
+    path = tmp_path / "small.mcap"
+    write_camera_log(path, [CameraMessage("/cam", T0 + i * 10**8, n, "rgb8") for i, n in enumerate(noise)], "ros2",
+                     compression=compression)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    got = []
+    with pytest.raises(InvalidInput, match=r"truncated or corrupt MCAP \(chunk record claims \d+ bytes, only \d+ are "
+                                           r"left: cut off at byte \d+\) after (\d+) images"):
+        for rec in extract_drive_log(cut, tmp_path / "storage", near_duplicate_threshold=0):
+            got.append(rec)
+    # 60 % of the bytes hold 6 of the 10 images whole (98 kB of noise each: it does not compress);
+    # zstd and lz4 decode whole blocks (128 / 64 kB), so the last one before the cut may be lost.
+    assert 5 <= len(got) <= 6
+    assert [r.timestamp_ns for r in got] == [T0 + i * 10**8 for i in range(len(got))]
+    for rec, n in zip(got, noise):
+        np.testing.assert_array_equal(_stored(rec), n)
+
+
+# ---------------------------------------------------------------- images larger than any decode allows
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_a_raw_image_over_the_pixel_limit_is_skipped_from_its_stated_size(tmp_path, profile):
+    """8200 x 8200 mono8 (67.2 Mpx, just over the 8192 x 8192 limit) between two good frames: the
+    size is read from the message's first bytes, so no pixel buffer is made for it."""
+    import tracemalloc
+    side = 8200
+    path = tmp_path / "bomb.mcap"
+    write_camera_log(path, [CameraMessage("/cam/a", T0, rgb_to_raw(_scene(1), "rgb8"), "rgb8"),
+                            CameraMessage("/cam/a", T0 + 1, np.zeros((side, side), np.uint8), "mono8"),
+                            CameraMessage("/cam/a", T0 + 2, rgb_to_raw(_scene(2), "rgb8"), "rgb8")], profile)
+    assert path.stat().st_size < 1_000_000  # zeros compress: small on disk
+    counters, got = IngestCounters(), []
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidInput, match=rf"1 images could not be read and were skipped: .*#/cam/a@{T0 + 1}: raw "
+                                               rf"image of {side} x {side} = {side * side} pixels is over the decode "
+                                               rf"limit of 67108864 pixels"):
+            for rec in extract_drive_log(path, tmp_path / "storage", near_duplicate_threshold=0, counters=counters):
+                got.append(rec)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [r.timestamp_ns for r in got] == [T0, T0 + 2]
+    assert counters.frames_read == 3 and counters.frames_skipped_unreadable == 1
+    assert len(list((tmp_path / "storage").rglob("*.png"))) == 2
+    # The decompressed chunk holds the message once (side^2 bytes); decoding it would need several copies.
+    assert peak < 1.3 * side * side, peak
+
+
+def test_a_compressed_bomb_is_skipped_and_the_frames_after_it_are_kept(tmp_path):
+    from tests.ingest_support import png_bomb
+    good = [imageio.encode_jpeg(_scene(i)) for i in range(3)]
+    path = tmp_path / "bomb.mcap"
+    write_camera_log(path, [CameraMessage("/cam/c", T0, good[0], "jpeg"),
+                            CameraMessage("/cam/c", T0 + 1, png_bomb(), "png"),
+                            CameraMessage("/cam/c", T0 + 2, good[1], "jpeg"),
+                            CameraMessage("/cam/c", T0 + 3, good[2], "jpeg")], "ros2")
+    got = []
+    with pytest.raises(InvalidInput, match=r"1 images could not be read and were skipped: .*#/cam/c@1700000000000000001: "
+                                           r"image of .* is over the decode limit of 67108864 pixels"):
+        for rec in extract_drive_log(path, tmp_path / "storage", near_duplicate_threshold=0):
+            got.append(rec)
+    assert [imageio.read_bytes(r.uri) for r in got] == good
+    assert sorted(p.name for p in (tmp_path / "storage").rglob("*.*")) == sorted(Path(r.uri).name for r in got)

@@ -1,4 +1,5 @@
-"""Ingest: turn image folders, Cityscapes-layout folders and MCAP drive logs into frame records
+"""Ingest: turn image folders, Cityscapes-layout folders and drive logs (MCAP, ROS 1 bags, ROS 2
+bags in SQLite or MCAP storage) into frame records
 (URI on shared storage, source, capture time, size, ground truth when there is one).
 
 Folders are referenced in place; drive-log frames are extracted once to storage, content-addressed.
@@ -11,10 +12,11 @@ from segxal.ingest.folders import iter_cityscapes, iter_image_folder
 from segxal.ingest.messages import IMAGE_SCHEMAS, LogImage
 from segxal.ingest.pixels import SUPPORTED_ENCODINGS, rgb_to_raw
 from segxal.ingest.records import IngestCounters, IngestedFrame
+from segxal.ingest.sources import log_format as drive_log_format
 from segxal.ingest.writers import CameraMessage, write_camera_log
 
 __all__ = [
     "DEFAULT_NEAR_DUPLICATE_THRESHOLD", "IMAGE_SCHEMAS", "SUPPORTED_ENCODINGS", "CameraMessage", "IngestCounters",
-    "IngestedFrame", "LogImage", "NearDuplicateFilter", "extract_drive_log", "iter_cityscapes",
+    "IngestedFrame", "LogImage", "drive_log_format", "NearDuplicateFilter", "extract_drive_log", "iter_cityscapes",
     "iter_drive_log_images", "iter_image_folder", "rgb_to_raw", "write_camera_log", "write_drive_log",
 ]

@@ -4,8 +4,9 @@ mcap's own stream reader reads a chunk record whole before it parses a message o
 was cut inside a chunk (and logs under the writers' 1 MiB chunk size are one chunk) then gives
 no message at all. Here the top-level records are framed by hand (opcode, length) and parsed with
 mcap's record classes; a record cut short is, when it is a chunk, decompressed as far as its
-bytes go (uncompressed, zstd and lz4 all decode a prefix) and its complete inner records are read
-message by message. So "every image before the damage" holds inside a chunk too.
+bytes go and its complete inner records are read message by message. So "every image before the
+damage" holds inside a chunk too: to the message for an uncompressed chunk, to the compression
+block for zstd (blocks of up to 128 KiB) and lz4 (64 KiB) chunks, which decode only whole blocks.
 
 A record longer than what is left of the file is treated as the damage (never allocated), so a
 corrupt length cannot make the reader ask for terabytes.
@@ -23,7 +24,7 @@ import zstandard
 from mcap.data_stream import ReadDataStream
 from mcap.exceptions import McapError
 from mcap.opcode import Opcode
-from mcap.records import Channel, Chunk, Message, Schema
+from mcap.records import Channel, Message, Schema
 
 MAGIC = b"\x89MCAP0\r\n"
 _RECORD_HEADER = struct.Struct("<BQ")  # opcode, length
@@ -45,32 +46,48 @@ class _State:
     channels: dict[int, Channel]
 
 
-def _read_record(opcode: int, body: bytes) -> Schema | Channel | Message | Chunk | None:
-    data = ReadDataStream(io.BytesIO(body))
-    if opcode == Opcode.SCHEMA:
-        return Schema.read(data)
-    if opcode == Opcode.CHANNEL:
-        return Channel.read(data)
+_MESSAGE_FIXED = struct.Struct("<HIQQ")  # channel id, sequence, log time, publish time
+
+
+def _read_record(opcode: int, body: memoryview) -> Schema | Channel | Message | None:
+    """Schema and Channel records by mcap's parsers; a Message by hand, its data a view into the
+    chunk (mcap's parser copies it twice: a camera image can be tens of MB)."""
     if opcode == Opcode.MESSAGE:
-        return Message.read(data, len(body))
-    if opcode == Opcode.CHUNK:
-        return Chunk.read(data)
+        channel_id, sequence, log_time, publish_time = _MESSAGE_FIXED.unpack_from(body)
+        return Message(channel_id=channel_id, sequence=sequence, log_time=log_time, publish_time=publish_time,
+                       data=body[_MESSAGE_FIXED.size:])
+    if opcode == Opcode.SCHEMA:
+        return Schema.read(ReadDataStream(io.BytesIO(body)))
+    if opcode == Opcode.CHANNEL:
+        return Channel.read(ReadDataStream(io.BytesIO(body)))
     return None
 
 
-def _partial_chunk_records(body: bytes) -> bytes:
-    """The decompressed records of a chunk record cut short: as many bytes as its prefix decodes to
-    (b"" when not even the chunk's own fields are there)."""
+def _chunk_fields(body: bytes | memoryview) -> tuple[int, str, memoryview]:
+    """(uncompressed size, compression, compressed records as a view) of a chunk record's body; the
+    records are whatever of them is there when the body is cut short.
+
+    Raises:
+        ValueError: not even the chunk's own fields are there.
+    """
+    view = memoryview(body)
     fixed = _CHUNK_FIXED.size
-    if len(body) < fixed + 4:
-        return b""
-    (n,) = struct.unpack_from("<I", body, fixed)
+    if len(view) < fixed + 4:
+        raise ValueError("chunk fields cut short")
+    _, _, uncompressed_size, _ = _CHUNK_FIXED.unpack_from(view)
+    (n,) = struct.unpack_from("<I", view, fixed)
     pos = fixed + 4 + n
-    if len(body) < pos + 8:
-        return b""
-    compression = body[fixed + 4:pos].decode("utf-8", "replace")
-    records = body[pos + 8:]
+    if len(view) < pos + 8:
+        raise ValueError("chunk fields cut short")
+    (records_len,) = struct.unpack_from("<Q", view, pos)
+    return uncompressed_size, bytes(view[fixed + 4:pos]).decode("utf-8", "replace"), view[pos + 8:pos + 8 + records_len]
+
+
+def _partial_chunk_records(body: bytes) -> bytes | memoryview:
+    """The decompressed records of a chunk record cut short or corrupt: as many bytes as its prefix
+    decodes to (b"" when not even the chunk's own fields are there)."""
     try:
+        _, compression, records = _chunk_fields(body)
         if compression == "":
             return records
         if compression == "zstd":
@@ -82,9 +99,10 @@ def _partial_chunk_records(body: bytes) -> bytes:
     return b""
 
 
-def _inner_records(data: bytes, complete: bool, base: int) -> Iterator[tuple[int, bytes]]:
+def _inner_records(data: bytes | memoryview, complete: bool, base: int) -> Iterator[tuple[int, memoryview]]:
     """(opcode, body) of the records inside a chunk's decompressed bytes; when the chunk is not
     complete, stops at the first record cut short (no error: the caller reports the damage)."""
+    view = memoryview(data)
     pos, end = 0, len(data)
     while pos < end:
         if end - pos < _RECORD_HEADER.size:
@@ -97,7 +115,7 @@ def _inner_records(data: bytes, complete: bool, base: int) -> Iterator[tuple[int
             if complete:
                 raise Damage(f"a record inside a chunk claims {length} bytes, the chunk has {end - pos}", base)
             return
-        yield opcode, data[pos:pos + length]
+        yield opcode, view[pos:pos + length]
         pos += length
 
 
@@ -108,6 +126,8 @@ def iter_mcap_messages(f: BinaryIO, topics: Sequence[str] | None = None
     Args:
         f: the file, opened for binary reading at its start.
         topics: only messages of these topics; None: all.
+    A message's data is a memoryview into its chunk.
+
     Raises:
         Damage: after every message before it: not an MCAP file, a record cut short or corrupt
             (a cut chunk's complete messages were yielded first).
@@ -120,7 +140,7 @@ def iter_mcap_messages(f: BinaryIO, topics: Sequence[str] | None = None
     state = _State({}, {})
     offset = len(MAGIC)
 
-    def handle(opcode: int, body: bytes, where: int) -> Iterator[tuple[Schema | None, Channel, Message]]:
+    def handle(opcode: int, body: memoryview, where: int) -> Iterator[tuple[Schema | None, Channel, Message]]:
         try:
             record = _read_record(opcode, body)
         except (McapError, struct.error, EOFError, ValueError, UnicodeDecodeError) as e:
@@ -152,22 +172,23 @@ def iter_mcap_messages(f: BinaryIO, topics: Sequence[str] | None = None
                 body = f.read(size - body_at)
                 for inner_op, inner in _inner_records(_partial_chunk_records(body), False, body_at):
                     yield from handle(inner_op, inner, body_at)
-            raise Damage(f"a record ({Opcode(opcode).name if opcode in Opcode._value2member_map_ else opcode}) "
-                         f"claims {length} bytes, {size - body_at} are left (cut off)", offset)
+            name = Opcode(opcode).name.lower() if opcode in Opcode._value2member_map_ else f"opcode {opcode:#x}"
+            raise Damage(f"{name} record claims {length} bytes, only {size - body_at} are left: cut off", offset)
         body = f.read(length)
         if opcode == Opcode.CHUNK:
             try:
-                chunk = Chunk.read(ReadDataStream(io.BytesIO(body)))
-                if chunk.compression == "zstd":
-                    data = zstandard.ZstdDecompressor().decompress(chunk.data, max_output_size=chunk.uncompressed_size)
-                elif chunk.compression == "lz4":
-                    data = lz4.frame.decompress(chunk.data)
-                elif chunk.compression == "":
-                    data = chunk.data
+                uncompressed_size, compression, records = _chunk_fields(body)
+                if compression == "zstd":
+                    data = zstandard.ZstdDecompressor().decompress(records, max_output_size=uncompressed_size)
+                elif compression == "lz4":
+                    data = lz4.frame.decompress(records)
+                elif compression == "":
+                    data = records
                 else:
-                    raise Damage(f"chunk compression {chunk.compression!r} is not supported (zstd, lz4, none)",
-                                 offset)
-            except (McapError, struct.error, EOFError, ValueError, RuntimeError, zstandard.ZstdError) as e:
+                    raise Damage(f"chunk compression {compression!r} is not supported (zstd, lz4, none)", offset)
+                if len(data) != uncompressed_size:
+                    raise ValueError(f"chunk decompressed to {len(data)} bytes, its record says {uncompressed_size}")
+            except (struct.error, ValueError, RuntimeError, zstandard.ZstdError) as e:
                 # A corrupt chunk: its readable prefix, then the damage.
                 for inner_op, inner in _inner_records(_partial_chunk_records(body), False, body_at):
                     yield from handle(inner_op, inner, body_at)
@@ -175,5 +196,5 @@ def iter_mcap_messages(f: BinaryIO, topics: Sequence[str] | None = None
             for inner_op, inner in _inner_records(data, True, body_at):
                 yield from handle(inner_op, inner, body_at)
         else:
-            yield from handle(opcode, body, offset)
+            yield from handle(opcode, memoryview(body), offset)
         offset = body_at + length

@@ -139,7 +139,7 @@ def _foxglove_raw_size(data: bytes) -> tuple[int, int]:
 _RAW_SIZE = {ROS2_IMAGE: _ros2_raw_size, ROS1_IMAGE: _ros1_raw_size, FOXGLOVE_RAW_IMAGE: _foxglove_raw_size}
 
 
-def raw_size(schema_name: str, data: bytes) -> tuple[int, int] | None:
+def raw_size(schema_name: str, data: bytes | memoryview) -> tuple[int, int] | None:
     """(height, width) a raw image message states, read from its first bytes (never decoding its
     pixels); None for compressed schemas or bytes too short to say (the decoder then reports them)."""
     peek = _RAW_SIZE.get(schema_name)
@@ -176,7 +176,7 @@ class MessageReader:
             self._decoders[schema.id] = factory.decoder_for(channel.message_encoding, schema)
         return self._decoders[schema.id]
 
-    def to_image(self, schema: Schema, channel: Channel, data: bytes, log_time_ns: int,
+    def to_image(self, schema: Schema, channel: Channel, data: bytes | memoryview, log_time_ns: int,
                  where: str) -> LogImage:
         """One image message as a LogImage.
 
@@ -190,6 +190,7 @@ class MessageReader:
         size = raw_size(name, data)
         if size is not None:
             check_pixel_count(*size, where)  # before the decoder copies the pixel bytes
+        data = bytes(data)
         try:
             if name in (FOXGLOVE_COMPRESSED_IMAGE, FOXGLOVE_RAW_IMAGE):
                 if enc != "protobuf":

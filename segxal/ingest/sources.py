@@ -38,7 +38,7 @@ _STORAGE_SUFFIXES = (".mcap", ".db3")
 class RawMessage:
     schema: Schema | None
     channel: Channel
-    data: bytes
+    data: bytes | memoryview
     log_time: int  # ns
 
 
@@ -141,7 +141,7 @@ def _rosbags_messages(path: Path, fmt: str, topics: Sequence[str] | None,
         try:
             for conn, timestamp, data in reader.messages(connections=wanted):
                 schema, channel = records[conn.id]
-                yield RawMessage(schema, channel, bytes(data), int(timestamp))
+                yield RawMessage(schema, channel, data, int(timestamp))
         except Exception as e:  # rosbags' ReaderError, or the storage's own (sqlite, zstd, struct)
             raise LogDamage(fmt, f"{path}: truncated or corrupt {fmt} ({type(e).__name__}: {e})") from None
     finally:

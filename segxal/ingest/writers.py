@@ -13,6 +13,7 @@ from typing import Iterable
 import numpy as np
 from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
 from foxglove_schemas_protobuf.RawImage_pb2 import RawImage
+from mcap.writer import CompressionType
 from mcap_protobuf.writer import Writer as ProtobufWriter
 # mcap_ros1's writer takes genpy message objects; its decoder builds their classes from the schema
 # text with this same vendored genpy, so writer and reader agree without a ROS installation.
@@ -50,8 +51,8 @@ def _raw_fields(m: CameraMessage) -> tuple[int, int, int, bytes]:
 
 
 class _Ros2:
-    def __init__(self, f, chunk_size: int):
-        self.w = Ros2Writer(f, chunk_size=chunk_size)
+    def __init__(self, f, chunk_size: int, compression: CompressionType):
+        self.w = Ros2Writer(f, chunk_size=chunk_size, compression=compression)
         self.schemas = {name: self.w.register_msgdef(name, text) for name, text in ROS2_MSGDEFS.items()}
 
     def write(self, m: CameraMessage, seq: int) -> None:
@@ -72,8 +73,8 @@ class _Ros2:
 
 
 class _Ros1:
-    def __init__(self, f, chunk_size: int):
-        self.w = Ros1Writer(f, chunk_size=chunk_size)
+    def __init__(self, f, chunk_size: int, compression: CompressionType):
+        self.w = Ros1Writer(f, chunk_size=chunk_size, compression=compression)
         self.types = {name: ros1_dynamic.generate_dynamic(name, text)[name] for name, text in ROS1_MSGDEFS.items()}
 
     def write(self, m: CameraMessage, seq: int) -> None:
@@ -94,8 +95,8 @@ class _Ros1:
 
 
 class _Foxglove:
-    def __init__(self, f, chunk_size: int):
-        self.w = ProtobufWriter(f, chunk_size=chunk_size)
+    def __init__(self, f, chunk_size: int, compression: CompressionType):
+        self.w = ProtobufWriter(f, chunk_size=chunk_size, compression=compression)
 
     def write(self, m: CameraMessage, seq: int) -> None:
         if isinstance(m.data, bytes):
@@ -111,25 +112,31 @@ class _Foxglove:
 
 
 _WRITERS = {"ros2": _Ros2, "ros1": _Ros1, "foxglove": _Foxglove}
+_COMPRESSION = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4, "none": CompressionType.NONE}
 
 
 def write_camera_log(path: str | Path, messages: Iterable[CameraMessage], profile: str = "ros2",
-                     chunk_size: int = 1 << 20) -> int:
+                     chunk_size: int = 1 << 20, compression: str = "zstd") -> int:
     """Write camera messages to an MCAP file (beside, then renamed: never half-written).
 
     Args:
         messages: in log order; several topics may be mixed.
         profile: "ros2" (CDR), "ros1" or "foxglove" (protobuf).
+        chunk_size: bytes of messages per chunk (the writers' default, 1 MiB).
+        compression: of each chunk: "zstd" (the writers' default), "lz4" or "none".
     Returns:
         the number of messages written.
     Raises:
-        InvalidInput: an unknown profile, or compressed bytes whose encoding is not jpeg / png.
+        InvalidInput: an unknown profile or compression, or compressed bytes whose encoding is not
+            jpeg / png.
     """
     if profile not in _WRITERS:
         raise InvalidInput(f"profile must be one of {PROFILES}, got {profile!r}")
+    if compression not in _COMPRESSION:
+        raise InvalidInput(f"compression must be one of {tuple(_COMPRESSION)}, got {compression!r}")
     count = 0
     with imageio.atomic_output(path, fsync=False) as f:
-        writer = _WRITERS[profile](f, chunk_size)
+        writer = _WRITERS[profile](f, chunk_size, _COMPRESSION[compression])
         for m in messages:
             if isinstance(m.data, bytes) and m.encoding not in COMPRESSED:
                 raise InvalidInput(f"compressed image bytes need encoding jpeg or png, got {m.encoding!r}")
