@@ -18,6 +18,7 @@ from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.inference_support import export_models, images, make_repository, running_server
+from tests.net_support import free_port
 from services.common.model_repository import BatchingConfig
 
 
@@ -372,7 +373,6 @@ def test_parallel_runs_follow_cores_on_cpu_and_the_config_elsewhere(tmp_path, ex
 def test_entry_point_from_flags_and_env_stops_gracefully_on_sigterm(tmp_path, exports):
     import os
     import signal
-    import socket
     import subprocess
     import sys
 
@@ -381,9 +381,7 @@ def test_entry_point_from_flags_and_env_stops_gracefully_on_sigterm(tmp_path, ex
     assert (cfg.repository, cfg.server.address, cfg.runtime.device, cfg.poll_interval_s) == \
         ("R", "0.0.0.0:9", "cuda", 0.5)
     repo = make_repository(tmp_path / "repo", exports)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, SEGXAL_INFERENCE_HOST="127.0.0.1", SEGXAL_INFERENCE_INTRA_OP_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "services.inference.main", "--repo", str(repo.root),
                              "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

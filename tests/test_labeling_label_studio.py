@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import socket
 import threading
 import time
 import urllib.request
@@ -33,6 +32,7 @@ from segxal.errors import InvalidInput, NotFound, NotReady, PermissionDenied
 from segxal.labels import CLASS_NAMES, IGNORE, LABEL_MAP_FILE, NAME_TO_TRAIN_ID, load_label_map
 from services.coordinator.client import CoordinatorClient, cityscapes_source
 from tests.coordinator_support import REPO_ROOT
+from tests.net_support import free_port
 from tests.labeling_support import (LS_VENV, Chromium, annotations_by_task, django_login, eem_pool, sdk_brush,
                                     serving_stack)
 
@@ -300,15 +300,9 @@ def test_a_personal_access_token_works_like_the_legacy_token(ls):
         LabelStudioAPI(ls.url, pat[:-4] + "abcd").whoami()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_label_studio_down_or_refusing_the_token(ls, stack, tmp_path):
     pool, tasks = eem_pool(stack, "ls-faults", batch=2)
-    down = _bridge_config(ls, stack, "ls-faults", tmp_path / "a", ls_url=f"http://127.0.0.1:{_free_port()}")
+    down = _bridge_config(ls, stack, "ls-faults", tmp_path / "a", ls_url=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(NotReady, match=r"Label Studio at http://127\.0\.0\.1:\d+ is unreachable"):
         Bridge(down).start()
     with pytest.raises(PermissionDenied, match=r"refused the API token \(401"):
