@@ -206,3 +206,37 @@ def test_ingest_paths_outside_the_ingest_roots_are_refused(tmp_path):
         assert reply.results[1].frames_added == 0 and "outside the ingest roots" in reply.results[1].error
         with pytest.raises(InvalidInput, match="at least one source"):
             c.ingest(pool.pool_id, [])
+
+
+def test_a_bomb_frame_is_skipped_and_counted_and_the_other_logs_are_read(coord):
+    """A log of [jpeg, 16384 x 16384 PNG, jpeg, jpeg] beside a good log and a ROS 2 bag directory,
+    in one IngestFrames call: the bomb is skipped and named in its log's report, every other
+    frame lands, and storage holds exactly the frames of the pool (no file for the bomb)."""
+    from rosbags.rosbag2 import StoragePlugin
+
+    from segxal.ingest import CameraMessage, write_camera_log
+    from tests.ingest_support import png_bomb, write_ros2_bag
+    tmp, c = coord.tmp, coord.client
+    good = [imageio.encode_jpeg(_scene(i)) for i in range(3)]
+    bomb_log = tmp / "bomb.mcap"
+    write_camera_log(bomb_log, [CameraMessage("/cam", T0, good[0], "jpeg"),
+                                CameraMessage("/cam", T0 + DT, png_bomb(), "png"),
+                                CameraMessage("/cam", T0 + 2 * DT, good[1], "jpeg"),
+                                CameraMessage("/cam", T0 + 3 * DT, good[2], "jpeg")], "ros2")
+    good_log = tmp / "good.mcap"
+    write_drive_log(good_log, _distinct_frames(4, seed=5))
+    bag = tmp / "rosbag2_2026_11_03"
+    write_ros2_bag(bag, [(T0 + k * DT, _scene(50 + k), imageio.encode_jpeg(_scene(60 + k))) for k in range(2)],
+                   StoragePlugin.SQLITE3)
+    pool = c.create_pool("bombs")
+    reply = c.ingest(pool.pool_id, [drive_log_source(str(bomb_log), near_duplicate_threshold=0),
+                                    drive_log_source(str(good_log)), drive_log_source(str(bag))])
+    bomb, ok, ros = reply.results
+    assert bomb.frames_added == 3
+    assert "1 images could not be read and were skipped" in bomb.error and "over the decode limit" in bomb.error
+    assert (ok.frames_added, ok.error) == (4, "") and (ros.frames_added, ros.error) == (4, "")
+    frames = list(c.frames(pool.pool_id))
+    assert reply.frame_count == len(frames) == 11
+    stored = sorted(str(p) for p in (tmp / "storage" / "frames").rglob("*") if p.is_file())
+    assert stored == sorted(f.uri for f in frames)
+    assert sorted(imageio.read_bytes(f.uri) for f in frames if str(bomb_log) in f.source) == sorted(good)

@@ -6,28 +6,22 @@ header stamps that went in, and through `segxal ingest log` and the real coordin
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from rosbags.rosbag1 import Writer as Ros1Writer
 from rosbags.rosbag2 import StoragePlugin
-from rosbags.rosbag2 import Writer as Ros2Writer
-from rosbags.typesys import Stores, get_typestore
-from ruamel.yaml import YAML
 
 from app.cli import main as segxal_main
 from segxal import imageio
 from segxal.errors import InvalidInput
-from segxal.ingest import IngestCounters, extract_drive_log, rgb_to_raw
+from segxal.ingest import IngestCounters, extract_drive_log
 from tests.coordinator_support import coordinator_config, running_coordinator
+from tests.ingest_support import JPEG_TOPIC, RAW_TOPIC, write_ros1_bag, write_ros2_bag, write_split_bag
 
 T0 = 1_700_000_000_000_000_000  # ns
 DT = 100_000_000  # 10 Hz
-RAW_TOPIC, JPEG_TOPIC = "/cam/front/image_raw", "/cam/left/image_raw/compressed"
-ROS1 = get_typestore(Stores.ROS1_NOETIC)
-ROS2 = get_typestore(Stores.ROS2_HUMBLE)
 
 
 def _scene(seed: int, h: int = 32, w: int = 64) -> np.ndarray:
@@ -36,78 +30,10 @@ def _scene(seed: int, h: int = 32, w: int = 64) -> np.ndarray:
     return np.kron(rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))
 
 
-def _header(store, k: int, stamp_ns: int):
-    sec, nanosec = divmod(stamp_ns, 1_000_000_000)
-    t = store.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
-    header = store.types["std_msgs/msg/Header"]
-    return header(seq=k, stamp=t, frame_id="camera") if store is ROS1 else header(stamp=t, frame_id="camera")
-
-
-def _raw_msg(store, k: int, stamp_ns: int, rgb: np.ndarray, encoding: str = "rgb8"):
-    pixels = rgb_to_raw(rgb, encoding)
-    h, w = pixels.shape[:2]
-    return store.types["sensor_msgs/msg/Image"](
-        header=_header(store, k, stamp_ns), height=h, width=w, encoding=encoding, is_bigendian=0,
-        step=pixels.size // h, data=pixels.reshape(-1))
-
-
-def _jpeg_msg(store, k: int, stamp_ns: int, jpeg: bytes):
-    return store.types["sensor_msgs/msg/CompressedImage"](
-        header=_header(store, k, stamp_ns), format="jpeg", data=np.frombuffer(jpeg, np.uint8))
-
-
 def _drive(n: int, first: int = 0) -> list[tuple[int, np.ndarray, bytes]]:
-    """n frames of two cameras: (stamp, raw scene, jpeg bytes). The header stamp is 3 ms before
-    the recording time, as a camera's capture precedes the bag's receive time."""
+    """n frames of two cameras: (header stamp, raw scene, jpeg bytes)."""
     return [(T0 + (first + k) * DT, _scene(first + k), imageio.encode_jpeg(_scene(1000 + first + k)))
             for k in range(n)]
-
-
-def write_ros1_bag(path: Path, frames, compression=None) -> None:
-    writer = Ros1Writer(path)
-    if compression:
-        writer.set_compression(compression)
-    with writer:
-        raw = writer.add_connection(RAW_TOPIC, "sensor_msgs/msg/Image", typestore=ROS1)
-        jpeg = writer.add_connection(JPEG_TOPIC, "sensor_msgs/msg/CompressedImage", typestore=ROS1)
-        for k, (stamp, rgb, jpg) in enumerate(frames):
-            writer.write(raw, stamp + 3_000_000, ROS1.serialize_ros1(_raw_msg(ROS1, k, stamp, rgb), raw.msgtype))
-            writer.write(jpeg, stamp + 3_000_000, ROS1.serialize_ros1(_jpeg_msg(ROS1, k, stamp, jpg), jpeg.msgtype))
-
-
-def write_ros2_bag(path: Path, frames, storage: StoragePlugin) -> None:
-    with Ros2Writer(path, version=9, storage_plugin=storage) as writer:
-        raw = writer.add_connection(RAW_TOPIC, "sensor_msgs/msg/Image", typestore=ROS2)
-        jpeg = writer.add_connection(JPEG_TOPIC, "sensor_msgs/msg/CompressedImage", typestore=ROS2)
-        for k, (stamp, rgb, jpg) in enumerate(frames):
-            writer.write(raw, stamp + 3_000_000, ROS2.serialize_cdr(_raw_msg(ROS2, k, stamp, rgb), raw.msgtype))
-            writer.write(jpeg, stamp + 3_000_000, ROS2.serialize_cdr(_jpeg_msg(ROS2, k, stamp, jpg), jpeg.msgtype))
-
-
-def write_split_bag(path: Path, parts: list[list], storage: StoragePlugin) -> None:
-    """One bag directory of several storage files (NAME_0, NAME_1, ... as `ros2 bag record
-    --max-bag-size` splits them), metadata.yaml listing them in order."""
-    yaml = YAML(typ="safe")
-    files, metas = [], []
-    for i, frames in enumerate(parts):
-        part = path.parent / f"{path.name}-part{i}"
-        write_ros2_bag(part, frames, storage)
-        meta = yaml.load((part / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
-        (src,) = meta["relative_file_paths"]
-        dst = f"{path.name}_{i}{Path(src).suffix}"
-        path.mkdir(exist_ok=True)
-        shutil.move(part / src, path / dst)
-        shutil.rmtree(part)
-        files.append(dst)
-        metas.append(meta)
-    info = metas[0]
-    info["relative_file_paths"] = files
-    info["files"] = [{**m["files"][0], "path": f} for m, f in zip(metas, files)]
-    info["message_count"] = sum(m["message_count"] for m in metas)
-    for t, topic in enumerate(info["topics_with_message_count"]):
-        topic["message_count"] = sum(m["topics_with_message_count"][t]["message_count"] for m in metas)
-    with open(path / "metadata.yaml", "w") as f:
-        yaml.dump({"rosbag2_bagfile_information": info}, f)
 
 
 def _check(frames, got, log: Path) -> None:
