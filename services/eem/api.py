@@ -13,6 +13,7 @@ import numpy as np
 
 from segxal import imageio
 from segxal.eem.options import EEMOptions
+from segxal.eem.health import CamHealth
 from segxal.eem.regions import Region
 from segxal.errors import InvalidInput, SegxalError
 
@@ -71,6 +72,9 @@ class Stats:
     # scored frames whose CAM was all zero or constant (segxal.eem.health): PAE = 0 for them, the
     # EEM fell back to alpha * EBU; a rising share means the explanation term has died
     frames_cam_degenerate: int = 0
+    # CAM health per segmentation model version (segxal.eem.health: dead share, corr(CAM, EBU),
+    # the two flags), most recently used last
+    cam_health: list[CamHealth] = field(default_factory=list)
 
 
 @dataclass
@@ -103,6 +107,10 @@ class ScoredFrame:
     cam_degenerate: bool = False  # the CAM carried no spatial information (all zero or constant)
     cam_layer: str = ""  # where the CAM came from; "none": no CAM, scored with EBU alone
     class_names: tuple[str, ...] = ()  # the segmentation model's classes (empty: not said)
+    # float32 [D], L2-normalised: the segmentation graph's `embedding` output; empty when the model has none
+    embedding: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    # float32 [C]: share of the frame's predicted pixels per class (sums to 1); empty on errors
+    class_histogram: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     @property
     def ebu_only(self) -> bool:

@@ -48,7 +48,7 @@ import numpy as np
 
 from segxal import imageio
 from segxal.eem.frame import FrameEEM, score_frame
-from segxal.eem.health import cam_degenerate
+from segxal.eem.health import CamHealthMonitor, cam_degenerate
 from segxal.eem.regions import otsu_threshold
 from segxal.errors import InvalidInput, SegxalError
 from segxal.labels import CLASS_NAMES
@@ -175,6 +175,7 @@ class ScoringPipeline:
         self._frames = ThreadPoolExecutor(cfg.max_concurrency, thread_name_prefix="eem-frame")
         self._depth_calls = ThreadPoolExecutor(cfg.max_concurrency, thread_name_prefix="eem-depth")
         self._counters = _Counters(cfg.latency_window)
+        self._health = CamHealthMonitor()  # per segmentation model version: dead share, corr(CAM, EBU)
 
     # -- one frame -----------------------------------------------------------------------------
 
@@ -243,7 +244,19 @@ class ScoringPipeline:
         result.cam_layer = NO_CAM if cam is None else (seg_spec.cam_layer or "")
         result.class_names = tuple(seg_spec.class_names or CLASS_NAMES)
         result.cam_degenerate = cam is not None and bool(cam_degenerate(cam))
+        if seg.get("embedding") is not None:  # [1, D]; models without the output give none
+            result.embedding = np.asarray(seg["embedding"][0], np.float32)
+        result.class_histogram = class_histogram(seg["labels"][0], len(result.class_names))
+        if cam is not None:
+            self._cam_health(result.model_versions.segmentation, cam, seg["ebu"][0], result.cam_layer)
         return result
+
+    def _cam_health(self, version: str, cam: np.ndarray, ebu: np.ndarray, cam_layer: str) -> None:
+        """Count the frame's CAM for its model version; a CAM that died or became a confidence map is
+        logged once per version (and flagged in the stats from then on)."""
+        _, problems = self._health.add(version, cam, ebu, cam_layer)
+        for problem in problems:
+            log.warning("segmentation model %s (CAM at %s): %s", version, cam_layer or "?", problem)
 
     def _result(self, request: FrameRequest, frame: FrameEEM, size: tuple[int, int],
                 versions: ModelVersions, started: float) -> ScoredFrame:
@@ -331,12 +344,21 @@ class ScoringPipeline:
             return False
 
     def stats(self) -> Stats:
-        return self._counters.snapshot()
+        stats = self._counters.snapshot()
+        stats.cam_health = self._health.snapshot()
+        return stats
 
     def close(self, wait: bool = True) -> None:
         """Stop the pools (frames in progress finish when wait=True)."""
         self._frames.shutdown(wait=wait, cancel_futures=not wait)
         self._depth_calls.shutdown(wait=wait, cancel_futures=not wait)
+
+
+def class_histogram(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Share of a label map's pixels per class: float32 [num_classes], summing to 1 (labels at or
+    above num_classes, which a model's argmax never gives, are not counted)."""
+    counts = np.bincount(labels.ravel(), minlength=num_classes)[:num_classes].astype(np.float64)
+    return (counts / max(1.0, counts.sum())).astype(np.float32)
 
 
 def _model_images(image: np.ndarray, seg_spec: ModelSpec, depth_spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Iterable, Iterator
 
 import grpc
+import numpy as np
 
 from segxal.eem.options import EEMOptions, resolve_weights
+from segxal.eem.health import CamHealth
 from segxal.eem.regions import Region
 from segxal.errors import InvalidInput
 from segxal.labels import CLASS_NAMES, NUM_CLASSES
@@ -160,7 +162,9 @@ def result_to_proto(r: ScoredFrame) -> pb.ScoreResult:
         maps=[pb.Map(kind=_MAP_KIND_PB[k], bit_depth=bits, png=png) for k, png in r.maps_png.items()],
         regions=[_region_to_proto(x) for x in r.regions],
         labels_png=r.labels_png, latency_ms=r.latency_ms, cam_degenerate=r.cam_degenerate,
-        cam_layer=r.cam_layer, class_names=list(r.class_names))
+        cam_layer=r.cam_layer, class_names=list(r.class_names),
+        embedding=np.asarray(r.embedding, np.float32).tolist(),
+        class_histogram=np.asarray(r.class_histogram, np.float32).tolist())
 
 
 def result_from_proto(m: pb.ScoreResult) -> ScoredFrame:
@@ -175,17 +179,32 @@ def result_from_proto(m: pb.ScoreResult) -> ScoredFrame:
         maps_png={_MAP_KIND[mp.kind]: mp.png for mp in m.maps if mp.kind in _MAP_KIND},
         map_bits=max(bits), regions=[_region_from_proto(x) for x in m.regions],
         labels_png=m.labels_png, latency_ms=m.latency_ms, cam_degenerate=m.cam_degenerate,
-        cam_layer=m.cam_layer, class_names=tuple(m.class_names))
+        cam_layer=m.cam_layer, class_names=tuple(m.class_names),
+        embedding=np.asarray(m.embedding, np.float32), class_histogram=np.asarray(m.class_histogram, np.float32))
 
 
 def stats_to_proto(s: Stats) -> pb.Stats:
     return pb.Stats(frames_scored=s.frames_scored, frames_failed=s.frames_failed, in_flight=s.in_flight,
                     latency_ms_mean=s.latency_ms_mean, latency_ms_p50=s.latency_ms_p50,
                     latency_ms_p95=s.latency_ms_p95, uptime_s=s.uptime_s,
-                    frames_cam_degenerate=s.frames_cam_degenerate)
+                    frames_cam_degenerate=s.frames_cam_degenerate,
+                    cam_health=[_cam_health_to_proto(h) for h in s.cam_health])
 
 
 def stats_from_proto(m: pb.Stats) -> Stats:
     return Stats(m.frames_scored, m.frames_failed, m.in_flight, m.latency_ms_mean, m.latency_ms_p50,
-                 m.latency_ms_p95, m.uptime_s, m.frames_cam_degenerate)
+                 m.latency_ms_p95, m.uptime_s, m.frames_cam_degenerate,
+                 [_cam_health_from_proto(h) for h in m.cam_health])
 
+
+def _cam_health_to_proto(h: CamHealth) -> pb.CamHealth:
+    return pb.CamHealth(model_version=h.model_version, cam_layer=h.cam_layer, frames=h.frames,
+                        frames_cam_dead=h.frames_dead, dead_share=h.dead_share,
+                        cam_ebu_correlation=h.cam_ebu_correlation, cam_dead=h.cam_dead,
+                        cam_confidence_map=h.cam_confidence_map)
+
+
+def _cam_health_from_proto(m: pb.CamHealth) -> CamHealth:
+    return CamHealth(m.model_version, m.cam_layer, m.frames, m.frames_cam_dead,
+                     m.cam_ebu_correlation if m.HasField("cam_ebu_correlation") else None,
+                     cam_dead=m.cam_dead, cam_confidence_map=m.cam_confidence_map)

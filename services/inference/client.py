@@ -143,7 +143,7 @@ def _restore(maps: np.ndarray, plan: ResizePlan, nearest: bool) -> np.ndarray:
 
 
 def _segmentation_outputs(spec: ModelSpec, with_logits: bool) -> list[str]:
-    names = [spec.output_name(r) for r in ("labels", "ebu", "cam", "pmax")]
+    names = [spec.output_name(r) for r in ("labels", "ebu", "cam", "pmax", "embedding")]
     if with_logits or spec.output_name("labels") is None:
         names.append(spec.output_name("logits"))
     names = [n for n in names if n is not None]
@@ -177,6 +177,8 @@ def _segmentation_result(spec: ModelSpec, out: InferOutputs, plan: ResizePlan, w
     result = {r: (None if m is None else _restore(m, plan, nearest=(r == "labels"))) for r, m in maps.items()}
     if with_logits:
         result["logits"] = logits
+    emb = get("embedding")  # [B, D] per image: no resize to undo
+    result["embedding"] = None if emb is None else emb.astype(np.float32, copy=False)
     result["model_version"] = out.model_version
     return result
 
@@ -312,7 +314,8 @@ class InferenceClient:
         Returns:
             dict with labels uint8 [B, H, W], ebu, cam, pmax float16 [B, H, W] (cam is None for a
             model without a CAM output; ebu/pmax are derived from logits when the model gives only
-            logits), "logits" when asked, and "model_version" (str).
+            logits), "embedding" float32 [B, D] (None for a model without one), "logits" when
+            asked, and "model_version" (str).
 
         Raises:
             InvalidInput: images not uint8 [B, H, W, 3], or sizes the model cannot take; and as infer.
