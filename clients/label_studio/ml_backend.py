@@ -117,8 +117,13 @@ class _Handler(BaseHTTPRequestHandler):
                 status, reply = model.webhook(body)
         except SegxalError as e:
             status = next((code or getattr(e, "status") for kind, code in _STATUS if isinstance(e, kind)), 500)
-            log.info("%s -> %d: %s", path, status, e)
             reply = {"error": str(e)}
+            if getattr(getattr(e, "code", None), "name", "") == "UNAUTHENTICATED":
+                # A service behind us refused our credentials: a set-up error, not a bug here.
+                status = 502
+                reply = {"error": f"{e}: a service refused this backend's credentials (--coordinator-token-file, "
+                                  f"--eem-token-file, --trainer-token-file and the matching --*-tls-ca)"}
+            log.info("%s -> %d: %s", path, status, reply["error"])
         except Exception:  # a bug: the traceback goes to the log, the caller gets no internals
             log.exception("%s failed", path)
             status, reply = 500, {"error": "internal error in the SegXAL ML backend (see its log)"}
@@ -231,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = MLBackendConfig()
     env = lambda name, default: os.environ.get(ENV_PREFIX + name, default)  # noqa: E731
     p = argparse.ArgumentParser(prog="python -m clients.label_studio.ml_backend", description=__doc__.splitlines()[0])
-    p.add_argument("--host", default=env("HOST", d.host))
-    p.add_argument("--port", type=int, default=int(env("PORT", d.port)))
+    p.add_argument("--host", default=env("HOST", d.host), help="address the backend listens on")
+    p.add_argument("--port", type=int, default=int(env("PORT", d.port)), help="its port")
     p.add_argument("--eem-target", default=env("EEM_TARGET", d.eem_target), help="EEM scoring service host:port")
     add_eem_arguments(p, prefix="eem-", env=lambda name: os.environ.get(ENV_PREFIX + name))
     p.add_argument("--ls-document-root", default=env("LS_DOCUMENT_ROOT", d.ls_document_root),
@@ -259,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where saved annotations go")
     p.add_argument("--coordinator", default=env("COORDINATOR", ""), help="coordinator host:port")
     p.add_argument("--pool", default=env("POOL", ""), help="the coordinator pool of the project's frames")
-    p.add_argument("--client-id", default=env("CLIENT_ID", ""))
+    p.add_argument("--client-id", default=env("CLIENT_ID", ""), help="lease holder's name at the coordinator (default: label-studio-ml@<host>:<pid>)")
     p.add_argument("--trainer", default=env("TRAINER", ""), help="trainer host:port (--forward trainer)")
     p.add_argument("--trainer-publish", action="store_true", help="publish the trained version when it passes")
     p.add_argument("-v", "--verbose", action="store_true")
