@@ -34,11 +34,34 @@ def cam_degenerate_share(before, after) -> float | None:
     return (after.frames_cam_degenerate - before.frames_cam_degenerate) / scored if scored > 0 else None
 
 
+def version_cam_health(stats, model_version: str) -> dict | None:
+    """The EEM service's running CAM health of one segmentation model version (Stats.cam_health:
+    every frame the service scored with it so far), as cycles.json keeps it; None when the service
+    has not scored a frame with that version's CAM (a model without one, or nothing ranked).
+
+    Args:
+        stats: services.eem.api.Stats.
+        model_version: "<model name>:<version>", as the EEM service names it.
+    """
+    for h in stats.cam_health:
+        if h.model_version == model_version:
+            return {"model_version": h.model_version, "frames": h.frames, "dead_share": h.dead_share,
+                    "cam_ebu_correlation": h.cam_ebu_correlation, "cam_dead": h.cam_dead,
+                    "cam_confidence_map": h.cam_confidence_map}
+    return None
+
+
 def table_row(r: dict) -> str:
     lab = r["labeled"]
     dice = "-" if r["mean_dice"] is None else f"{r['mean_dice']:.3f}"
     cam = r.get("cam_degenerate_share")
     cam = "" if cam is None else f"  CAM dead {100 * cam:4.1f} %"
+    health = r.get("cam_health")
+    if health is not None:  # the ranking version's running figures (flags: ! dead, ? confidence map)
+        corr = health["cam_ebu_correlation"]
+        flags = ("!" if health["cam_dead"] else "") + ("?" if health["cam_confidence_map"] else "")
+        cam += (f"  v{health['model_version'].rsplit(':', 1)[-1]} dead {100 * health['dead_share']:4.1f} % "
+                f"corr(CAM,EBU) {'-' if corr is None else f'{corr:+.2f}'}{flags}")
     note = f"  (publish refused: {r['publish_refused']})" if r["publish_refused"] else ""
     return (f"cycle {r['cycle']:>2}  mIoU {100 * r['miou']:6.2f}  v{r['model_version']:<3} frames {lab['frames']:>4} "
             f"regions {lab['regions']:>4} pixels {lab['pixels']:>9}  DICE {dice:>6}{cam}  {r['seconds']:6.1f} s{note}")

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from app.report import table_row, version_cam_health
 from segxal import imageio
 from segxal.data.cityscapes import normalize_image
 from segxal.export import ExportConfig, export_any_segmentation, export_depth, export_segmentation
@@ -115,8 +116,8 @@ def _score_and_watch(tmp_path, seg_export, caplog):
         before = eem.stats().cam_health
         warned_before = [r.getMessage() for r in caplog.records]
         eem.score(str(paths[-1])).raise_for_error()
-        after = eem.stats().cam_health
-    return before, after, warned_before, [r.getMessage() for r in caplog.records]
+        stats = eem.stats()
+    return before, stats.cam_health, warned_before, [r.getMessage() for r in caplog.records], stats
 
 
 def test_stats_flag_a_model_version_whose_cam_died(tmp_path, caplog):
@@ -126,7 +127,7 @@ def test_stats_flag_a_model_version_whose_cam_died(tmp_path, caplog):
         model.head.weight.zero_()
         model.head.bias.zero_()
     seg = export_segmentation(model, tmp_path / "export" / "seg" / "model.onnx", ExportConfig(trace_hw=(H, W)))
-    before, after, warned_before, warned = _score_and_watch(tmp_path, seg, caplog)
+    before, after, warned_before, warned, stats = _score_and_watch(tmp_path, seg, caplog)
     [b], [a] = before, after
     assert b.model_version == a.model_version == "segmentation:1" and a.cam_layer == "bottleneck"
     assert (b.frames, b.frames_dead, b.cam_dead) == (FRAMES - 1, FRAMES - 1, False)  # too few frames yet
@@ -134,6 +135,14 @@ def test_stats_flag_a_model_version_whose_cam_died(tmp_path, caplog):
     assert not a.cam_confidence_map
     assert not warned_before and len(warned) == 1
     assert "segmentation:1" in warned[0] and "CAM dead on 20 of 20 frames" in warned[0]
+    # the loop's cycle record and table row read the same stats
+    health = version_cam_health(stats, "segmentation:1")
+    assert health["dead_share"] == 1.0 and health["cam_dead"] and health["cam_ebu_correlation"] is None
+    assert version_cam_health(stats, "segmentation:2") is None
+    row = table_row({"cycle": 1, "miou": 0.5, "model_version": 1, "mean_dice": None, "seconds": 1.0,
+                     "publish_refused": "", "labeled": {"frames": 1, "regions": 1, "pixels": 1},
+                     "cam_health": health})
+    assert "v1 dead 100.0 % corr(CAM,EBU) -!" in row
 
 
 class _ConfidenceCam(nn.Module):
@@ -157,9 +166,11 @@ class _ConfidenceCam(nn.Module):
 def test_stats_flag_a_model_version_whose_cam_is_a_confidence_map(tmp_path, caplog):
     seg = export_any_segmentation(_ConfidenceCam().eval(), tmp_path / "export" / "seg" / "model.onnx",
                                   ExportConfig(trace_hw=(H, W)), class_names=("near", "far"))
-    before, after, warned_before, warned = _score_and_watch(tmp_path, seg, caplog)
+    before, after, warned_before, warned, stats = _score_and_watch(tmp_path, seg, caplog)
     [b], [a] = before, after
     assert b.cam_ebu_correlation < -0.3 and not b.cam_confidence_map  # too few frames yet
     assert a.frames == FRAMES and a.frames_dead == 0 and not a.cam_dead
     assert a.cam_ebu_correlation < -0.3 and a.cam_confidence_map
     assert not warned_before and len(warned) == 1 and "a confidence map" in warned[0]
+    health = version_cam_health(stats, "segmentation:1")
+    assert health["cam_confidence_map"] and health["cam_ebu_correlation"] == pytest.approx(a.cam_ebu_correlation)
