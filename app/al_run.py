@@ -19,28 +19,36 @@ def add_al_arguments(p: argparse.ArgumentParser, oracles: tuple[str, ...] = ORAC
     # --data and --out are required, from a flag or the --config file (checked in config_from_args)
     p.add_argument("--data", help="Cityscapes-layout folder with train and val splits (required)")
     p.add_argument("--out", help="folder for cycles.json, the plot and the model (required)")
-    p.add_argument("--size", default=f"{d.size[0]}x{d.size[1]}")
-    p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES)
-    p.add_argument("--oracle", default=d.oracle, choices=oracles)
-    p.add_argument("--cycles", type=int, default=d.cycles)
+    p.add_argument("--size", default=f"{d.size[0]}x{d.size[1]}", help="training and scoring size HxW")
+    p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES, help="how the pool is ranked")
+    p.add_argument("--oracle", default=d.oracle, choices=oracles,
+                   help="who labels: human (regions fixed by a simulated person), human-frame (whole frames), machine "
+                        "(pseudo-labels)")
+    p.add_argument("--cycles", type=int, default=d.cycles, help="most query-train cycles after the seed set")
     p.add_argument("--budget", type=int, default=d.budget, help="frames queried in total after the seed set")
-    p.add_argument("--per-cycle", type=int, default=d.per_cycle)
-    p.add_argument("--seed-frames", type=int, default=d.seed_frames)
-    p.add_argument("--width", type=int, default=d.width)
-    p.add_argument("--init-epochs", type=int, default=d.init_epochs)
-    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--per-cycle", type=int, default=d.per_cycle, help="frames queried per cycle (0: budget / cycles)")
+    p.add_argument("--seed-frames", type=int, default=d.seed_frames,
+                   help="fully labeled frames the first model trains on")
+    p.add_argument("--width", type=int, default=d.width, help="U-Net channels of the first level")
+    p.add_argument("--init-epochs", type=int, default=d.init_epochs, help="epochs of the seed model")
+    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="epochs of each cycle's fine-tuning")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="frames per optimiser step")
     add_eem_arguments(p, defaults=d.eem)
-    p.add_argument("--tau", type=float, default=d.tau)
+    p.add_argument("--tau", type=float, default=d.tau, help="machine oracle: keep predicted pixels with p_max >= tau")
     p.add_argument("--outside", default=d.outside, choices=("prediction", "ignore"),
                    help="human oracle: labels outside the fixed regions (the prediction, or none)")
-    p.add_argument("--dice-threshold", type=float, default=d.dice_threshold)
-    p.add_argument("--depth-source", default=d.depth_source, choices=("model", "gt"))
-    p.add_argument("--depth-checkpoint")
-    p.add_argument("--depth-epochs", type=int, default=d.depth_epochs)
-    p.add_argument("--cache-dir")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--dice-threshold", type=float, default=d.dice_threshold,
+                   help="stop when a cycle's mean DICE(prediction, label) reaches it; frames at or above it leave the "
+                        "pool")
+    p.add_argument("--depth-source", default=d.depth_source, choices=("model", "gt"),
+                   help="proximity from the monocular depth net (model) or the ground-truth disparity (gt)")
+    p.add_argument("--depth-checkpoint", help="a trained depth net (.pt) instead of training one")
+    p.add_argument("--depth-epochs", type=int, default=d.depth_epochs,
+                   help="epochs of the depth net when it is trained")
+    p.add_argument("--cache-dir",
+                   help="shares the depth net and seed model between runs, keyed by data and settings (default: --out)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the seed set, weights and random picks")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def config_from_args(args) -> ALConfig:

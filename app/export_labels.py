@@ -97,7 +97,7 @@ def register_cli(sub) -> None:
     p.add_argument("--coordinator", required=True, help="coordinator host:port")
     add_channel_args(p, "coordinator", ENV_PREFIX, "the coordinator")
     p.add_argument("--pool", required=True, help="pool name (or id)")
-    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--format", required=True, choices=FORMATS, help="cityscapes (gtFine PNGs) or coco (RLE JSON)")
     p.add_argument("--out", required=True, help="dataset folder (must be empty unless --force)")
     p.add_argument("--force", action="store_true", help="write into a non-empty folder, replacing an earlier export")
     p.add_argument("--split", default="train", help="Cityscapes split folder (default train)")

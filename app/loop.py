@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.label_studio_oracle import LabelStudioOracle, LabelStudioOracleConfig
-from app.report import (cam_degenerate_share, cycle_record, rank_drive_log, render_overlays, table_row,
-                        version_cam_health)
+from app.report import cam_degenerate_share, cycle_record, rank_drive_log, render_overlays, table_row
 from app.stack import Stack, StackConfig
 from app.terminal import Terminal, following_tasks, logs_in_file
 from clients.labeling import LabelingConfig, LabelingSession, work
@@ -248,9 +247,7 @@ def run(scfg: ServicesLoopConfig) -> dict:
             with term.bar(name, "rank", unit="call") as bar:
                 ranked = coord.rank_cycle(cyc.cycle_id)
                 bar.set_postfix(scored=ranked.frames_scored, reused=ranked.frames_reused, tasks=len(ranked.tasks))
-            after = eem_stats.stats()
-            cam_health = cam_degenerate_share(before, after)
-            version_health = version_cam_health(after, f"{SEG_MODEL}:{version}")  # the ranking version's
+            cam_health = cam_degenerate_share(before, eem_stats.stats())
             summary = _label_cycle(cfg, stack, pool.pool_id, cyc.cycle_id, storage, coord, ls, term, name,
                                    len(ranked.tasks))
             report = coord.cycle_report(cyc.cycle_id)
@@ -262,8 +259,7 @@ def run(scfg: ServicesLoopConfig) -> dict:
             budget = coord.budget(pool.pool_id)
             rec = cycle_record(cycle, job, version, seed_px, budget, report, tc, data["seed_frames"])
             rec.update(tasks=report.tasks_total, submitted=summary.submitted, released=summary.released,
-                       failed_frames=report.failed_frames, cam_degenerate_share=cam_health,
-                       cam_health=version_health)
+                       failed_frames=report.failed_frames, cam_degenerate_share=cam_health)
             records.append(rec)
             term.row(table_row(rec))
             if cfg.oracle != "machine" and report.stop_reason == cpb.STOP_REASON_DICE_THRESHOLD_REACHED:
@@ -294,7 +290,8 @@ def register_cli(sub) -> None:
     add_al_arguments(p, SERVICES_ORACLES)
     p.add_argument("--workdir", default="", help="services' state (default: <out>/services)")
     p.add_argument("--db", default="", help="coordinator database URL (default: SQLite in the workdir)")
-    p.add_argument("--miou-tolerance", type=float, default=0.05)
+    p.add_argument("--miou-tolerance", type=float, default=0.05,
+                   help="the trainer publishes a version only if its mIoU is at most this below the served one")
     p.add_argument("--model-import", default="",
                    help="any segmentation model in place of the U-Net, by import path, e.g. "
                         "torchvision.models.segmentation.deeplabv3_mobilenet_v3_large")
@@ -313,10 +310,12 @@ def register_cli(sub) -> None:
                    help="longest wait in seconds for the people per cycle (0: as long as it takes)")
     p.set_defaults(func=_cmd_loop)
     p = sub.add_parser("up", help="start the five services and wait (Ctrl-C stops them)")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--seed-data", default="")
-    p.add_argument("--db", default="")
+    p.add_argument("--workdir", required=True,
+                   help="folder of the services' state: model repository, database, storage, logs")
+    p.add_argument("--data", required=True,
+                   help="Cityscapes-layout folder: the trainer's held-out split, readable by the services")
+    p.add_argument("--seed-data", default="", help="Cityscapes-layout folder of the trainer's seed set (default: none)")
+    p.add_argument("--db", default="", help="coordinator database URL (default: SQLite in the workdir)")
     p.add_argument("--backend", choices=("segxal", "triton"), default="segxal",
                    help="inference servers: the project's (default) or one real Triton Inference Server "
                         "(scripts/setup_triton.sh; Python backend running ONNX Runtime)")

@@ -115,6 +115,7 @@ def register_cli(sub) -> None:
     p.add_argument("--mean", default="0.485,0.456,0.406", help="per-channel mean, after scaling pixels to [0, 1]")
     p.add_argument("--std", default="0.229,0.224,0.225", help="per-channel std")
     p.add_argument("--input-size", help="H,W the model expects (default: the input's static dims)")
-    p.add_argument("--resize-mode", choices=("stretch", "letterbox"), default="stretch")
+    p.add_argument("--resize-mode", choices=("stretch", "letterbox"), default="stretch",
+                   help="how a frame of another size meets the model's input: stretch, or letterbox (pad, keep aspect)")
     p.add_argument("--spatial-multiple", type=int, default=1, help="input H and W must be multiples of this")
     p.set_defaults(func=_run_add_eem)

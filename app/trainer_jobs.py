@@ -57,7 +57,7 @@ def register_cli(sub) -> None:
         p = trainer.add_parser(name, help=help_text, description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == "cancel":
-            p.add_argument("job_id")
+            p.add_argument("job_id", help="the job to cancel (from `segxal trainer jobs`)")
             p.add_argument("--wait-s", type=float, default=60.0,
                            help="wait this long for a running job to stop (0: do not wait)")
         p.add_argument("--trainer", required=True, help="trainer host:port")

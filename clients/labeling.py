@@ -387,7 +387,8 @@ def add_labeling_args(parser: argparse.ArgumentParser, env_prefix: str) -> None:
     parser.add_argument("--pool", default=env("POOL", ""), help="pool id or name")
     parser.add_argument("--cycle", default=env("CYCLE", ""), help="lease from this cycle only")
     parser.add_argument("--client-id", default=env("CLIENT_ID", ""), help="lease holder's name")
-    parser.add_argument("--lease-s", type=float, default=float(env("LEASE_S", d.lease_s)))
+    parser.add_argument("--lease-s", type=float, default=float(env("LEASE_S", d.lease_s)),
+                        help="how long a leased task stays this client's without a heartbeat")
     parser.add_argument("--heartbeat-s", type=float, default=float(env("HEARTBEAT_S", 0.0)),
                         help="0: a third of --lease-s")
     parser.add_argument("--tls-ca", default=env("TLS_CA", None), help="PEM of the coordinator's CA: use TLS")

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder frames may be read from (repeatable)")
     p.set_defaults(env_frame_roots=env_roots)
     add_work_args(p)
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 

@@ -178,15 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=env("DATASET", ""), help="Cityscapes-layout folder with gtFine labels")
     p.add_argument("--split", dest="splits", action="append", default=None,
                    help="split to look frames up in (repeatable; default: all)")
-    p.add_argument("--scope", choices=SCOPES, default=env("SCOPE", d.scope))
-    p.add_argument("--outside", choices=OUTSIDE, default=env("OUTSIDE", d.outside))
-    p.add_argument("--delay-s", type=float, default=float(env("DELAY_S", d.delay_s)))
-    p.add_argument("--delay-per-region-s", type=float, default=float(env("DELAY_PER_REGION_S", d.delay_per_region_s)))
-    p.add_argument("--wrong-label-rate", type=float, default=float(env("WRONG_LABEL_RATE", d.wrong_label_rate)))
-    p.add_argument("--skip-region-rate", type=float, default=float(env("SKIP_REGION_RATE", d.skip_region_rate)))
-    p.add_argument("--seed", type=int, default=int(env("SEED", d.seed)))
+    p.add_argument("--scope", choices=SCOPES, default=env("SCOPE", d.scope),
+                   help="fix the EEM regions only, or the whole frame")
+    p.add_argument("--outside", choices=OUTSIDE, default=env("OUTSIDE", d.outside),
+                   help="labels outside the regions: ignore, or the model's prediction")
+    p.add_argument("--delay-s", type=float, default=float(env("DELAY_S", d.delay_s)), help="seconds spent per task")
+    p.add_argument("--delay-per-region-s", type=float, default=float(env("DELAY_PER_REGION_S", d.delay_per_region_s)),
+                   help="extra seconds per region fixed")
+    p.add_argument("--wrong-label-rate", type=float, default=float(env("WRONG_LABEL_RATE", d.wrong_label_rate)),
+                   help="share of the labeled pixels given another class (a careless person)")
+    p.add_argument("--skip-region-rate", type=float, default=float(env("SKIP_REGION_RATE", d.skip_region_rate)),
+                   help="probability that a region is left undone")
+    p.add_argument("--seed", type=int, default=int(env("SEED", d.seed)), help="seed of the mistakes")
     add_work_args(p)
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 

@@ -48,3 +48,32 @@ def test_a_switch_takes_its_no_form_and_a_flag_wins_over_the_variable(monkeypatc
     assert p.parse_args([]).fast is True and p.parse_args(["--no-fast"]).fast is False
     monkeypatch.setenv("SEGXAL_INFERENCE_ORT_SPINNING", "on")
     assert inference_main.build_config(["--repo", "R", "--no-ort-spinning"]).runtime.spinning is False
+
+
+# every entry point a person or a manifest runs: the `segxal` command, each service's main, the
+# fleet worker and the labeling clients
+ENTRY_POINTS = ["app.cli", "services.inference.main", "services.triton.main", "services.eem.main",
+                "services.coordinator.main", "services.trainer.main", "services.fleet.worker",
+                "clients.machine", "clients.simulated_human", "clients.label_studio.__main__",
+                "clients.label_studio.ml_backend"]
+
+
+def _flags_without_help(parser, prefix: str) -> list[str]:
+    import argparse
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                missing += _flags_without_help(sub, f"{prefix} {name}")
+        elif isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+            continue
+        elif not (action.help or "").strip():
+            missing.append(f"{prefix} {action.option_strings[-1] if action.option_strings else action.dest}")
+    return missing
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_every_flag_says_what_it_does(module):
+    import importlib
+    parser = importlib.import_module(module).build_parser()
+    assert _flags_without_help(parser, module) == []

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_labeling_args(p, ENV_PREFIX)
     p.add_argument("--ls-url", default=env("LS_URL", d.ls_url), help="Label Studio base URL")
     p.add_argument("--ls-token", default=env("LS_TOKEN", ""), help="Label Studio API token (legacy or personal)")
-    p.add_argument("--project-title", default=env("PROJECT_TITLE", d.project_title))
+    p.add_argument("--project-title", default=env("PROJECT_TITLE", d.project_title),
+                   help="project found by title, created when missing")
     p.add_argument("--project-id", type=int, default=int(env("PROJECT_ID", 0)), help="use this project (0: by title)")
     p.add_argument("--work-dir", default=env("WORK_DIR", d.work_dir), help="bridge state (and media by default)")
     p.add_argument("--media-dir", default=env("MEDIA_DIR", ""),
@@ -49,16 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder frames and stored predictions may be read from (repeatable)")
     p.set_defaults(env_frame_roots=env_roots)
     p.add_argument("--eem-target", default=env("EEM_TARGET", ""), help="EEM service for the heat map")
-    p.add_argument("--max-waiting", type=int, default=int(env("MAX_WAITING", d.max_waiting)))
-    p.add_argument("--poll-s", type=float, default=float(env("POLL_S", d.poll_s)))
+    p.add_argument("--max-waiting", type=int, default=int(env("MAX_WAITING", d.max_waiting)),
+                   help="coordinator tasks waiting in Label Studio at once")
+    p.add_argument("--poll-s", type=float, default=float(env("POLL_S", d.poll_s)),
+                   help="seconds between fallback polls of Label Studio")
     p.add_argument("--no-webhook", action="store_true", help="poll only")
-    p.add_argument("--webhook-host", default=env("WEBHOOK_HOST", d.webhook_host))
-    p.add_argument("--webhook-port", type=int, default=int(env("WEBHOOK_PORT", d.webhook_port)))
+    p.add_argument("--webhook-host", default=env("WEBHOOK_HOST", d.webhook_host),
+                   help="address the webhook receiver listens on")
+    p.add_argument("--webhook-port", type=int, default=int(env("WEBHOOK_PORT", d.webhook_port)),
+                   help="its port (0: any free one)")
     p.add_argument("--webhook-url", default=env("WEBHOOK_URL", ""), help="URL Label Studio calls")
     p.add_argument("--start-local", action="store_true",
                    help="start Label Studio from .venv-ls with its data under --work-dir")
-    p.add_argument("--ls-venv", default=env("LS_VENV", ".venv-ls"))
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--ls-venv", default=env("LS_VENV", ".venv-ls"), help="Label Studio's own venv for --start-local")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 

@@ -264,10 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where saved annotations go")
     p.add_argument("--coordinator", default=env("COORDINATOR", ""), help="coordinator host:port")
     p.add_argument("--pool", default=env("POOL", ""), help="the coordinator pool of the project's frames")
-    p.add_argument("--client-id", default=env("CLIENT_ID", ""), help="lease holder's name at the coordinator (default: label-studio-ml@<host>:<pid>)")
+    p.add_argument("--client-id", default=env("CLIENT_ID", ""),
+                   help="lease holder's name at the coordinator (default: label-studio-ml@<host>:<pid>)")
     p.add_argument("--trainer", default=env("TRAINER", ""), help="trainer host:port (--forward trainer)")
     p.add_argument("--trainer-publish", action="store_true", help="publish the trained version when it passes")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 

@@ -124,7 +124,7 @@ def add_channel_args(parser, flag: str, env_prefix: str, what: str) -> None:
     f = EnvFlags(parser, env_prefix)
     f.add(f"--{flag}-tls-ca", help=f"PEM of the CA that signed {what}: enables TLS to it")
     f.add(f"--{flag}-tls-cert", help=f"client certificate for mutual TLS to {what}")
-    f.add(f"--{flag}-tls-key")
+    f.add(f"--{flag}-tls-key", help="PEM private key of the client certificate (with the matching --*-tls-cert)")
     f.add(f"--{flag}-token-file", help=f"file holding the bearer token for {what} (a mounted Secret)")
 
 

@@ -230,13 +230,13 @@ def add_server_args(p: argparse.ArgumentParser, env_prefix: str, default: Server
     AUTH_TOKENS_FILE, HEALTH_PORT), then to `default`. Only main() functions call this."""
     f = EnvFlags(p, env_prefix)
     host, port = default.address.rsplit(":", 1)
-    f.add("--host", host)
+    f.add("--host", host, help="address to listen on (0.0.0.0: every interface)")
     f.add("--port", int(port), type=int, help="0: any free port")
     f.add("--max-workers", default.max_workers, type=int, help="gRPC handler threads")
     f.add("--grace-s", default.grace_s, type=float, aliases=("--grace",),
           help="seconds in-flight calls get to finish on SIGTERM")
     f.add("--tls-cert", help="PEM certificate: serve TLS (with --tls-key)")
-    f.add("--tls-key")
+    f.add("--tls-key", help="PEM private key of --tls-cert")
     f.add("--tls-client-ca", help="PEM CA: require client certificates (mTLS)")
     f.add("--auth-tokens-file", help="JSON {identity: 'sha256:<token hex>'}: require bearer tokens (services.common.auth)")
     f.add("--health-port", type=int,

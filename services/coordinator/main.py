@@ -33,20 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
     f.add("--storage", d.storage, help="folder for extracted frames, annotation masks and predictions")
     add_channel_args(p, "eem", ENV_PREFIX, "the EEM scoring service")
     f.add("--eem-target", d.eem_target, help="EEM scoring service host:port (empty: only random cycles can rank)")
-    f.add("--model-name", d.model_name)
-    f.add("--default-lease-s", d.default_lease_s, type=float)
-    f.add("--max-lease-s", d.max_lease_s, type=float)
-    f.add("--dice-threshold", d.default_dice_threshold, type=float)
-    f.add("--db-pool-size", d.db_pool_size, type=int)
+    f.add("--model-name", d.model_name, help="the model whose versions pin cycles when none is named")
+    f.add("--default-lease-s", d.default_lease_s, type=float, help="lease of a task when the labeler asks for none")
+    f.add("--max-lease-s", d.max_lease_s, type=float, help="longest lease a labeler may hold")
+    f.add("--dice-threshold", d.default_dice_threshold, type=float,
+          help="a cycle whose mean DICE reaches it stops the querying (default of each pool)")
+    f.add("--db-pool-size", d.db_pool_size, type=int, help="database connections per replica")
     f.paths("--ingest-root", "ingest_roots", env="INGEST_ROOTS",
             help="ingest paths must lie under one of these folders (repeatable; default: anywhere)")
-    f.add("--scoring-concurrency", r.concurrency, type=int)
-    f.add("--scoring-chunk", r.chunk_size, type=int)
-    f.add("--scoring-deadline-s", r.deadline_s, type=float)
-    f.add("--scoring-attempts", r.max_attempts, type=int)
-    f.add("--scoring-backoff-s", r.backoff_initial_s, type=float)
+    f.add("--scoring-concurrency", r.concurrency, type=int, help="EEM scoring calls in flight at once while ranking")
+    f.add("--scoring-chunk", r.chunk_size, type=int, help="frames per EEM scoring call")
+    f.add("--scoring-deadline-s", r.deadline_s, type=float, help="deadline of each EEM scoring call")
+    f.add("--scoring-attempts", r.max_attempts, type=int, help="tries per frame, the first included")
+    f.add("--scoring-backoff-s", r.backoff_initial_s, type=float, help="first wait between tries (doubling)")
     add_server_args(p, ENV_PREFIX, d.server)
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 

@@ -34,16 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
           help="depth inference server host:port (default: --seg-target)")
     f.paths("--storage-root", "storage_roots", env="STORAGE_ROOTS",
           help="folder or fsspec URL prefix frames may be read from (repeatable)")
-    f.add("--seg-model", "segmentation")
-    f.add("--depth-model", "depth")
+    f.add("--seg-model", "segmentation", help="segmentation model's name in the repository")
+    f.add("--depth-model", "depth", help="depth model's name in the repository")
     f.add("--max-concurrency", defaults.max_concurrency, type=int,
           help="frames scored at once across all calls")
     f.add("--stream-window", defaults.stream_window, type=int,
           help="requests a stream reads ahead of its results")
-    f.add("--inference-timeout-s", defaults.inference_timeout_s, type=float)
+    f.add("--inference-timeout-s", defaults.inference_timeout_s, type=float,
+          help="deadline of each call to an inference server")
     add_channel_args(p, "backend", ENV_PREFIX, "the inference servers")
     add_server_args(p, ENV_PREFIX, _DEFAULT_SERVER)
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 

@@ -350,29 +350,34 @@ def build_parser() -> argparse.ArgumentParser:
     r = RankingConfig()
     p = argparse.ArgumentParser(prog="python -m services.fleet.worker", description=__doc__.splitlines()[0])
     index = os.environ.get("JOB_COMPLETION_INDEX", _env("INDEX"))  # set by Kubernetes in Indexed Jobs
-    p.add_argument("--index", type=int, default=int(index) if index is not None else None)
+    p.add_argument("--index", type=int, default=int(index) if index is not None else None,
+                   help="this worker's shard (default: JOB_COMPLETION_INDEX, set by Kubernetes)")
     p.add_argument("--count", type=int, default=int(_env("COUNT", "1")), help="number of indices (shards)")
     p.add_argument("--logs", nargs="+", default=[x for x in (_env("LOGS") or "").split(os.pathsep) if x],
                    help=".mcap files, folders of them, or glob patterns")
-    p.add_argument("--pool", default=_env("POOL", "fleet"))
+    p.add_argument("--pool", default=_env("POOL", "fleet"), help="coordinator pool the logs are ingested into")
     p.add_argument("--coordinator", default=_env("COORDINATOR"), help="coordinator target")
     p.add_argument("--eem", default=_env("EEM"), help="EEM scoring target")
     p.add_argument("--results", default=_env("RESULTS"), help="folder of the shard result files")
     p.add_argument("--topic", dest="topics", action="append", default=[], help="image topic (repeatable)")
-    p.add_argument("--near-duplicate-threshold", type=float, default=None)
+    p.add_argument("--near-duplicate-threshold", type=float, default=None,
+                   help="drop a frame this similar to the one kept before it (default: the coordinator's)")
     add_eem_arguments(p, env=_env)
-    p.add_argument("--concurrency", type=int, default=int(_env("CONCURRENCY", r.concurrency)))
-    p.add_argument("--chunk", type=int, default=int(_env("CHUNK", r.chunk_size)))
-    p.add_argument("--deadline-s", type=float, default=float(_env("DEADLINE_S", r.deadline_s)))
-    p.add_argument("--attempts", type=int, default=int(_env("ATTEMPTS", r.max_attempts)))
+    p.add_argument("--concurrency", type=int, default=int(_env("CONCURRENCY", r.concurrency)),
+                   help="EEM scoring calls in flight at once")
+    p.add_argument("--chunk", type=int, default=int(_env("CHUNK", r.chunk_size)), help="frames per EEM scoring call")
+    p.add_argument("--deadline-s", type=float, default=float(_env("DEADLINE_S", r.deadline_s)),
+                   help="deadline of each EEM scoring call")
+    p.add_argument("--attempts", type=int, default=int(_env("ATTEMPTS", r.max_attempts)),
+                   help="tries per frame, the first included")
     p.add_argument("--coordinator-token-file", default=_env("COORDINATOR_TOKEN_FILE"),
                    help="file holding this worker's bearer token for the coordinator")
     p.add_argument("--coordinator-tls-ca", default=_env("COORDINATOR_TLS_CA"),
                    help="CA of the coordinator's certificate (enables TLS to it)")
     p.add_argument("--eem-tls-ca", default=_env("EEM_TLS_CA"), help="CA of the EEM service's certificate")
     p.add_argument("--tls-cert", default=_env("TLS_CERT"), help="client certificate (mutual TLS)")
-    p.add_argument("--tls-key", default=_env("TLS_KEY"))
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--tls-key", default=_env("TLS_KEY"), help="PEM private key of --tls-cert")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 

@@ -18,7 +18,8 @@ from services.inference.server import InferenceServer
 ENV_PREFIX = "SEGXAL_INFERENCE_"
 
 
-def build_config(argv: list[str] | None = None) -> InferenceServerConfig:
+def build_parser() -> argparse.ArgumentParser:
+    """The server's flags, each defaulting to SEGXAL_INFERENCE_<FLAG> (services.common.flags)."""
     d = InferenceServerConfig()
     p = argparse.ArgumentParser(description="SegXAL inference server (open inference protocol, ONNX Runtime)")
     f = EnvFlags(p, ENV_PREFIX)
@@ -26,7 +27,7 @@ def build_config(argv: list[str] | None = None) -> InferenceServerConfig:
           help="model repository (Triton layout)")
     f.add("--poll-interval", d.poll_interval_s, type=float, env="POLL_INTERVAL_S",
           help="seconds between repository polls; 0 = explicit loads only")
-    f.add("--device", d.runtime.device, choices=("cpu", "cuda"))
+    f.add("--device", d.runtime.device, choices=("cpu", "cuda"), help="where ONNX Runtime runs the models")
     f.add("--intra-op-threads", d.runtime.intra_op_threads, type=int,
           help="threads of an execution that runs alone; 0 = the cores this process may use")
     f.add("--cpu-parallel-runs", d.runtime.cpu_parallel_runs, type=int,
@@ -35,13 +36,20 @@ def build_config(argv: list[str] | None = None) -> InferenceServerConfig:
     f.switch("--ort-spinning", d.runtime.spinning,
              help="ONNX Runtime threads spin between the parallel sections of a run that executes alone, "
                   "stopping when it returns (see RuntimeConfig)")
-    f.add("--max-tensor-mb", d.max_tensor_bytes / 2**20, type=float)
+    f.add("--max-tensor-mb", d.max_tensor_bytes / 2**20, type=float,
+          help="largest input tensor a request may send (MiB); larger ones are refused")
     f.add("--memory-budget-mb", d.memory_budget_bytes / 2**20, type=float,
           help="memory the requests in flight may use together; sets the pixel admission limit "
                "(measured bytes per pixel); 0 = no limit")
     add_server_args(p, ENV_PREFIX, d.server)
-    f.add("--log-level", "INFO")
-    a = p.parse_args(argv)
+    f.add("--log-level", "INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return p
+
+
+def build_config(argv: list[str] | None = None) -> InferenceServerConfig:
+    """The server's configuration from `argv` (default: sys.argv) and the environment; sets up logging."""
+    d = InferenceServerConfig()
+    a = build_parser().parse_args(argv)
     logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return InferenceServerConfig(
         repository=a.repo,

@@ -44,15 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
           help="folder for jobs and per-version checkpoints")
     f.add("--data", None,
           help="Cityscapes-layout folder with the held-out split")
-    f.add("--eval-split", d.eval_split)
+    f.add("--eval-split", d.eval_split, help="split of --data the gate evaluates on")
     f.paths("--storage-root", "storage_roots", env="STORAGE_ROOTS",
           help="folder or fsspec URL prefix frames and masks may be read from (repeatable)")
     f.add("--seed-data", None,
           help="Cityscapes-layout folder of the seed set")
-    f.add("--seed-split", d.seed_split)
+    f.add("--seed-split", d.seed_split, help="split of --seed-data")
     f.add("--seed-frames", d.seed_frames, type=int,
           help="the first N labeled frames of the seed split (0: all)")
-    f.add("--model-name", d.model_name)
+    f.add("--model-name", d.model_name, help="name the trainer publishes under in the repository")
     f.add("--size", f"{d.size[0]}x{d.size[1]}",
           help="HxW to train and evaluate at")
     f.add("--width", d.unet.width, type=int,
@@ -68,24 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
           help="its initial weights (state_dict file)")
     f.add("--labels", None,
           help="class names, one per line (the published config's label file; default Cityscapes)")
-    f.add("--epochs", d.epochs, type=int)
-    f.add("--batch-size", d.batch_size, type=int)
-    f.add("--lr", d.learning_rate, type=float)
-    f.add("--seed", d.seed, type=int)
+    f.add("--epochs", d.epochs, type=int, help="epochs of a fine-tuning job that names none")
+    f.add("--batch-size", d.batch_size, type=int, help="frames per optimiser step")
+    f.add("--lr", d.learning_rate, type=float, help="peak learning rate")
+    f.add("--seed", d.seed, type=int, help="seed of the weights and the shuffling")
     f.add("--max-epochs", d.max_epochs, type=int,
           help="StartJob refuses more epochs (one job holds the worker for its whole run)")
     f.add("--max-batch-size", d.max_batch_size, type=int,
           help="StartJob refuses a larger batch size")
     f.add("--device", d.device,
           help="auto (cuda when present), cpu, cuda")
-    f.add("--torch-threads", d.torch_threads, type=int)
+    f.add("--torch-threads", d.torch_threads, type=int, help="PyTorch threads (0: PyTorch's default)")
     f.add("--miou-tolerance", d.miou_tolerance, type=float,
           help="held-out mIoU a new version may lose and still publish (fraction)")
     f.add("--coordinator", None,
           help="coordinator host:port (enables pool_id)")
     add_channel_args(p, "coordinator", ENV_PREFIX, "the coordinator")
     add_server_args(p, ENV_PREFIX, d.server)
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 

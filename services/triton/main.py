@@ -19,20 +19,27 @@ from services.triton.server import TritonConfig, TritonServer, find_triton
 log = logging.getLogger("services.triton")
 
 
-def build_config(argv: list[str] | None = None) -> TritonConfig:
+def build_parser() -> argparse.ArgumentParser:
+    """The launcher's flags."""
     d = TritonConfig(repository=[])
     p = argparse.ArgumentParser(description="Triton Inference Server over SegXAL model repositories "
                                             "(Python backend running ONNX Runtime)")
     p.add_argument("--repo", action="append", required=True, help="model repository (repeatable)")
-    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--host", default="0.0.0.0", help="address Triton listens on")
     p.add_argument("--port", type=int, default=8001, help="gRPC port (HTTP and metrics are off)")
-    p.add_argument("--control-mode", choices=("poll", "explicit", "none"), default=d.control_mode)
+    p.add_argument("--control-mode", choices=("poll", "explicit", "none"), default=d.control_mode,
+                   help="Triton's model control: poll the repositories, explicit loads only, or none")
     p.add_argument("--poll-interval", type=int, default=d.poll_interval_s, help="seconds between repository polls")
     p.add_argument("--intra-op-threads", type=int, default=d.intra_op_threads,
                    help="ONNX Runtime threads per model instance (0 = its default)")
     p.add_argument("--workdir", default=None, help="Triton's log and backend folder (default: a temp dir)")
-    p.add_argument("--log-level", default="INFO")
-    a = p.parse_args(argv)
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return p
+
+
+def build_config(argv: list[str] | None = None) -> TritonConfig:
+    """The launcher's configuration from `argv` (default: sys.argv); sets up logging."""
+    a = build_parser().parse_args(argv)
     logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return TritonConfig(repository=a.repo, control_mode=a.control_mode, poll_interval_s=a.poll_interval,
                         host=a.host, grpc_port=a.port, intra_op_threads=a.intra_op_threads, workdir=a.workdir)
