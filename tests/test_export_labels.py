@@ -1,11 +1,17 @@
 """`segxal export labels` through the real coordinator (SQLite, in this process): annotations
 submitted through the coordinator's API come out as a Cityscapes-layout dataset that the
-project's loader and cityscapesscripts' evaluator read back with the submitted labels, and as
-COCO semantic masks that pycocotools decodes to the same labels; the manifest says who labeled
-what; a non-empty folder is refused unless --force."""
+project's loader and cityscapesscripts' evaluator (its functions, and its stock command line)
+read back with the submitted labels, and as COCO semantic masks that pycocotools decodes to the
+same labels; the manifest says who labeled what; a non-empty folder is refused unless --force,
+and --force replaces only what the previous export wrote."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,7 +135,7 @@ def test_coco_export_decodes_to_the_submitted_labels(exported_pool, tmp_path):
     coco = COCO(str(out / "annotations.json"))
     by_image = {f["coco_image_id"]: f for f in manifest["frames"]}
     assert sorted(coco.getImgIds()) == sorted(by_image)
-    label_of_category = {c["id"]: c["train_id"] for c in coco.loadCats(coco.getCatIds())}
+    label_of_category = {c["id"]: c["trainId"] for c in coco.loadCats(coco.getCatIds())}
     for image_id, entry in by_image.items():
         rebuilt = np.full((H, W), IGNORE, np.uint8)
         for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])):
@@ -155,6 +161,89 @@ def test_export_refuses_a_non_empty_folder_unless_forced(exported_pool, tmp_path
     assert not (out / "leftImg8bit").exists()  # the earlier export's files were replaced, not mixed in
     assert segxal_main([*argv[:5], "no-such-pool", *argv[6:-1], str(tmp_path / "x")]) == 2
     assert "no-such-pool" in capsys.readouterr().err
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_force_replaces_only_the_files_the_previous_export_wrote(exported_pool, tmp_path, tiny_dataset):
+    """--out at a Cityscapes-layout folder of someone's own data: a val split, a file of theirs in
+    leftImg8bit/. An export there, then another with --force (other split, other format): the
+    previous export's files go, theirs stay byte for byte."""
+    target, pool, *_ = exported_pool
+    out = tmp_path / "cityscapes"
+    shutil.copytree(tiny_dataset, out)
+    (out / "leftImg8bit" / "README.txt").write_text("our own notes")
+    theirs = _tree(out)
+    argv = ["export", "labels", "--coordinator", target, "--pool", pool, "--out", str(out), "--force"]
+    first = _export(target, pool, "cityscapes", out, "--split", "export1", "--force")
+    assert len(list_frames(out, "export1", require_labels=True)) == 6
+    assert len(first["files"]) == 6 * 4 + 1  # image, labelIds, trainIds, instanceIds per frame; the manifest
+    assert segxal_main([*argv, "--format", "coco"]) == 0
+    after = _tree(out)
+    assert {k: after[k] for k in theirs} == theirs  # every file of theirs, unchanged
+    second = json.loads((out / "manifest.json").read_text())
+    assert set(after) == set(theirs) | set(second["files"])  # and nothing of the first export is left
+    assert not (out / "leftImg8bit" / "export1").exists() and not (out / "gtFine" / "export1").exists()
+    assert not list(out.glob(".segxal-export-*"))
+
+
+def test_force_refuses_to_replace_a_file_no_export_wrote_and_changes_nothing(exported_pool, tmp_path, capsys):
+    target, pool, *_ = exported_pool
+    out = tmp_path / "ds"
+    _export(target, pool, "coco", out)
+    # A file of someone else's where the Cityscapes export will write its first frame.
+    mine = out / "leftImg8bit" / "train" / "Drive202611" / "Drive202611_000000_000000_leftImg8bit.png"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"their own frame")
+    before = _tree(out)
+    argv = ["export", "labels", "--coordinator", target, "--pool", pool, "--format", "cityscapes", "--out", str(out),
+            "--force"]
+    assert segxal_main(argv) == 2
+    err = capsys.readouterr().err
+    assert ("the export would replace leftImg8bit/train/Drive202611/Drive202611_000000_000000_leftImg8bit.png, "
+            "which the previous export did not write") in err and "Nothing was changed" in err
+    assert _tree(out) == before and not list(out.glob(".segxal-export-*"))
+
+
+def test_cityscapes_export_runs_through_cityscapesscripts_evaluator_command(exported_pool, tmp_path):
+    """The stock evaluator, run as its command line on the export's val split: it loads every
+    labelIds and instanceIds file and scores a road-everywhere prediction with the road IoU the
+    submitted masks give.
+
+    cityscapesscripts 2.3.0 calls numpy.in1d, which NumPy 2.4 (pinned here) removed; the command
+    runs with that one name put back (numpy.isin, what in1d became), through a sitecustomize on
+    its PYTHONPATH, and is otherwise the installed console script."""
+    target, pool, submitted, *_ = exported_pool
+    out = tmp_path / "cs"
+    manifest = _export(target, pool, "cityscapes", out, "--split", "val")
+    results, export_dir = tmp_path / "results", tmp_path / "eval"
+    results.mkdir()
+    export_dir.mkdir()
+    road = NAME_TO_TRAIN_ID["road"]
+    for f in manifest["frames"]:
+        stem = Path(f["label_ids"]).name.replace("_gtFine_labelIds.png", "")
+        imageio.write_png(results / f"{stem}_pred.png", np.full((H, W), TRAIN_ID_TO_LABEL_ID[road], np.uint8))
+    shim = tmp_path / "numpy_in1d"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "import numpy\n"
+        "if not hasattr(numpy, 'in1d'):\n"
+        "    numpy.in1d = lambda a, b, assume_unique=False, invert=False: numpy.isin(\n"
+        "        numpy.ravel(a), b, assume_unique=assume_unique, invert=invert)\n")
+    evaluator = Path(sys.executable).parent / "csEvalPixelLevelSemanticLabeling"
+    env = {**os.environ, "CITYSCAPES_DATASET": str(out), "CITYSCAPES_RESULTS": str(results),
+           "CITYSCAPES_EXPORT_DIR": str(export_dir),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([str(evaluator)], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "Unable to load" not in run.stdout
+    scores = json.loads((export_dir / "resultPixelLevelSemanticLabeling.json").read_text())
+    gts = np.stack(list(submitted.values()))
+    labeled = gts != IGNORE
+    assert scores["classScores"]["road"] == pytest.approx((gts == road).sum() / labeled.sum())
+    assert scores["classScores"]["car"] == 0.0
 
 
 def test_merge_of_two_annotations_of_one_frame():

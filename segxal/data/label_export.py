@@ -1,35 +1,50 @@
 """Accepted annotations as a dataset a team can train on: Cityscapes layout or COCO-style semantic
 masks, with a manifest of who or what labeled each frame.
 
-Cityscapes (`--format cityscapes`), loadable by segxal.data.cityscapes and cityscapesscripts:
+Cityscapes (`--format cityscapes`), loadable by segxal.data.cityscapes and cityscapesscripts (its
+stock evaluator, csEvalPixelLevelSemanticLabeling, runs on it as it is):
     leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png   the frame (PNG, as Cityscapes)
     gtFine/<split>/<city>/<stem>_gtFine_labelIds.png        labelIds; 0 ("unlabeled") where nobody labeled
     gtFine/<split>/<city>/<stem>_gtFine_labelTrainIds.png   trainIds; 255 where nobody labeled
+    gtFine/<split>/<city>/<stem>_gtFine_instanceIds.png     16-bit; the labelId at every pixel
 `<city>` is the pool name reduced to letters and digits (Cityscapes splits names on "_"), `<seq>`
 numbers the frame's source (one drive-log topic = one camera = one sequence), `<frame>` its frames.
 labelIds cannot hold 255: cityscapesscripts' evaluator refuses ids it does not define, so
 "nothing labeled" is written as labelId 0, which every Cityscapes tool maps to trainId 255.
+Annotations are semantic (no object instances), so instanceIds holds the labelId everywhere:
+Cityscapes' own encoding of a region of an instance class with no single instance (ids >= 1000,
+labelId * 1000 + k, are instances). The evaluator then scores IoU as usual and has no instance to
+weight iIoU with (it reports iIoU as nan), as for a crowd region of the real data set.
 
 COCO (`--format coco`), the COCO-Stuff convention for semantic masks:
     images/<stem><ext>     the frame's bytes unchanged
-    annotations.json       images, categories (id = Cityscapes labelId, with trainId, name,
+    annotations.json       images, categories (id = Cityscapes labelId, with `trainId`, name,
                            colour), and one annotation per (image, class) with a compressed RLE
                            `segmentation` (segxal.annotation's RLE, pycocotools' format), area, bbox.
 
 Both: manifest.json lists each frame with its files, its source and timestamp, and every
 annotation that went into it (who labeled it, human or machine oracle, region-level or whole
-frame, the model version the task came from, DICE against the model's prediction). When a frame
-was annotated more than once, later annotations win where they label a pixel and earlier ones
-fill the rest.
+frame, the model version the task came from, DICE against the model's prediction), and under
+"files" every file the export wrote. When a frame was annotated more than once, later annotations
+win where they label a pixel and earlier ones fill the rest.
+
+Writing: the files go to a hidden staging folder inside the output folder and are moved into
+place when the export is complete, so a failed export leaves the folder as it was. Into a folder
+that is not empty only with force, and then force replaces only what the previous export wrote
+(the files its manifest names): everything else in the folder is left alone, and a file of the new
+export that would land on a file the previous export did not write is refused, naming it, before
+anything is replaced.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from cityscapesscripts.helpers.labels import id2label
@@ -42,8 +57,8 @@ from segxal.labels import CLASS_COLORS, CLASS_NAMES, IGNORE, NUM_CLASSES, TRAIN_
 FORMATS = ("cityscapes", "coco")
 MANIFEST = "manifest.json"
 COCO_ANNOTATIONS = "annotations.json"
-# What an export writes into its folder: --force replaces these and nothing else.
-_EXPORT_ENTRIES = ("leftImg8bit", "gtFine", "images", COCO_ANNOTATIONS, MANIFEST)
+_STAGING_PREFIX = ".segxal-export-"
+_FRAME_FILE_KEYS = ("image", "label_ids", "train_ids", "instance_ids")  # a manifest frame's files
 
 
 @dataclass(frozen=True)
@@ -102,7 +117,7 @@ def _categories() -> list[dict]:
     for train_id, name in enumerate(CLASS_NAMES):
         label_id = int(TRAIN_ID_TO_LABEL_ID[train_id])
         out.append({"id": label_id, "name": name, "supercategory": id2label[label_id].category,
-                    "train_id": train_id, "color": [int(c) for c in CLASS_COLORS[train_id]]})
+                    "trainId": train_id, "color": [int(c) for c in CLASS_COLORS[train_id]]})
     return out
 
 
@@ -135,22 +150,20 @@ class LabelDatasetWriter:
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
             raise InvalidInput(f"{self.out}: exists and is not a folder")
-        present = sorted(p.name for p in self.out.iterdir()) if self.out.is_dir() else []
+        present = sorted(p.name for p in self.out.iterdir()
+                         if not p.name.startswith(_STAGING_PREFIX)) if self.out.is_dir() else []
         if present and not force:
             shown = ", ".join(present[:5]) + (" ..." if len(present) > 5 else "")
             raise InvalidInput(f"{self.out}: folder is not empty ({shown}); choose an empty folder, or pass "
                                f"--force to replace an earlier export there")
-        for entry in _EXPORT_ENTRIES:
-            p = self.out / entry
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        self._previous = previous_export_files(self.out) if present else set()
         self.out.mkdir(parents=True, exist_ok=True)
+        self._stage = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self.out))
         self.fmt, self.name, self.split = fmt, name, split
         self.city = _city(name)
         self.info = dict(info or {})
         self._frames: list[dict] = []
+        self._files: list[str] = []
         self._sequences: dict[str, int] = {}
         self._per_sequence: dict[int, int] = {}
         self._coco_images: list[dict] = []
@@ -162,6 +175,18 @@ class LabelDatasetWriter:
     def __exit__(self, exc_type, *exc) -> None:
         if exc_type is None:
             self.close()
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop what was written so far; the folder stays as it was."""
+        shutil.rmtree(self._stage, ignore_errors=True)
+
+    def _write(self, rel: Path, data: bytes) -> None:
+        path = self._stage / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)  # made durable together when the export is moved into place
+        self._files.append(rel.as_posix())
 
     def _stem(self, source: str) -> str:
         seq = self._sequences.setdefault(source, len(self._sequences))
@@ -200,19 +225,23 @@ class LabelDatasetWriter:
         image = Path("leftImg8bit") / rel / f"{stem}_leftImg8bit.png"
         label_ids = Path("gtFine") / rel / f"{stem}_gtFine_labelIds.png"
         train_ids = Path("gtFine") / rel / f"{stem}_gtFine_labelTrainIds.png"
+        instance_ids = Path("gtFine") / rel / f"{stem}_gtFine_instanceIds.png"
         # Cityscapes images are PNG: a PNG frame is copied, others are re-encoded losslessly.
         png = frame.image if frame.image[:8] == b"\x89PNG\r\n\x1a\n" else imageio.encode_png(rgb)
-        imageio.atomic_write_bytes(self.out / image, png)
-        imageio.write_png(self.out / label_ids, train_ids_to_label_ids(labels))
-        imageio.write_png(self.out / train_ids, labels)
-        return {"image": image.as_posix(), "label_ids": label_ids.as_posix(), "train_ids": train_ids.as_posix()}
+        ids = train_ids_to_label_ids(labels)  # [H, W] uint8
+        self._write(image, png)
+        self._write(label_ids, imageio.encode_png(ids))
+        self._write(train_ids, imageio.encode_png(labels))
+        self._write(instance_ids, imageio.encode_png(ids.astype(np.uint16)))  # no instances: labelId (module doc)
+        return {"image": image.as_posix(), "label_ids": label_ids.as_posix(), "train_ids": train_ids.as_posix(),
+                "instance_ids": instance_ids.as_posix()}
 
     def _write_coco(self, stem: str, frame: LabeledFrame, labels: np.ndarray) -> dict:
         ext = ".png" if frame.image[:8] == b"\x89PNG\r\n\x1a\n" else ".jpg" if frame.image[:2] == b"\xff\xd8" else ""
         if not ext:
             ext = Path(frame.frame_uri).suffix.lower() or ".img"
         image = Path("images") / f"{stem}{ext}"
-        imageio.atomic_write_bytes(self.out / image, frame.image)
+        self._write(image, frame.image)
         image_id = len(self._coco_images) + 1
         h, w = labels.shape
         self._coco_images.append({"id": image_id, "file_name": image.name, "height": int(h), "width": int(w),
@@ -229,14 +258,88 @@ class LabelDatasetWriter:
         return {"image": image.as_posix(), "coco_image_id": image_id}
 
     def close(self) -> None:
-        """Write manifest.json (and annotations.json for COCO)."""
-        info = {"pool": self.name, "format": self.fmt, "exported_unix_s": time.time(), **self.info}
-        if self.fmt == "coco":
-            doc = {"info": {"description": f"SegXAL pool {self.name}", **info}, "images": self._coco_images,
-                   "annotations": self._coco_annotations, "categories": _categories()}
-            imageio.atomic_write_bytes(self.out / COCO_ANNOTATIONS, json.dumps(doc).encode())
-        manifest = {**info, "split": self.split if self.fmt == "cityscapes" else None,
-                    "frames": self._frames,
-                    "counts": {"frames": len(self._frames),
-                               "annotations": sum(len(f["annotations"]) for f in self._frames)}}
-        imageio.atomic_write_bytes(self.out / MANIFEST, json.dumps(manifest, indent=1).encode())
+        """Write manifest.json (and annotations.json for COCO), then move the export into place:
+        the previous export's files are removed first, everything else in the folder stays.
+
+        Raises:
+            InvalidInput: a file of this export would replace one the previous export did not write
+                (named); nothing in the folder was changed.
+        """
+        try:
+            info = {"pool": self.name, "format": self.fmt, "exported_unix_s": time.time(), **self.info}
+            if self.fmt == "coco":
+                doc = {"info": {"description": f"SegXAL pool {self.name}", **info}, "images": self._coco_images,
+                       "annotations": self._coco_annotations, "categories": _categories()}
+                self._write(Path(COCO_ANNOTATIONS), json.dumps(doc).encode())
+            manifest = {**info, "split": self.split if self.fmt == "cityscapes" else None,
+                        "frames": self._frames,
+                        "counts": {"frames": len(self._frames),
+                                   "annotations": sum(len(f["annotations"]) for f in self._frames)},
+                        "files": sorted([*self._files, MANIFEST])}
+            self._write(Path(MANIFEST), json.dumps(manifest, indent=1).encode())
+            self._move_into_place()
+        finally:
+            self.abort()
+
+    def _move_into_place(self) -> None:
+        taken = [rel for rel in self._files if (self.out / rel).is_dir()
+                 or (rel not in self._previous and os.path.lexists(self.out / rel))]
+        if taken:
+            shown = ", ".join(taken[:5]) + (f" and {len(taken) - 5} more" if len(taken) > 5 else "")
+            raise InvalidInput(f"{self.out}: the export would replace {shown}, which the previous export did not "
+                               f"write (its manifest does not name them); move them away or choose another folder. "
+                               f"Nothing was changed")
+        os.sync()  # the new files are durable before the previous export's are removed
+        for rel in sorted(self._previous):
+            path = self.out / rel
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+            _remove_empty_parents(path.parent, self.out)
+        # The manifest last: a folder with a manifest holds the whole export it names.
+        for rel in sorted(self._files, key=lambda r: r == MANIFEST):
+            target = self.out / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._stage / rel, target)
+        imageio.fsync_dir(self.out)
+
+
+def _remove_empty_parents(folder: Path, root: Path) -> None:
+    """Remove `folder` and its parents up to (not including) `root` while they are empty."""
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): it holds something else
+            return
+        folder = folder.parent
+
+
+def previous_export_files(out: Path) -> set[str]:
+    """The files (paths relative to `out`) that the export whose manifest.json is in `out` wrote;
+    empty when there is none (nothing in the folder may then be replaced).
+
+    Manifests of exports before "files" was recorded name their files per frame.
+
+    Raises:
+        InvalidInput: a manifest of this exporter that names a path outside the folder.
+    """
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return set()  # no manifest, or not ours: nothing here was written by an export
+    if not isinstance(manifest, dict) or manifest.get("format") not in FORMATS or \
+            not isinstance(manifest.get("frames"), list):
+        return set()
+    if isinstance(manifest.get("files"), list):
+        named = [f for f in manifest["files"] if isinstance(f, str)]
+    else:
+        named = [MANIFEST] + ([COCO_ANNOTATIONS] if manifest["format"] == "coco" else [])
+        for frame in manifest["frames"]:
+            if isinstance(frame, dict):
+                named += [frame[k] for k in _FRAME_FILE_KEYS if isinstance(frame.get(k), str)]
+    files = set()
+    for rel in named:
+        p = PurePosixPath(rel)
+        if p.is_absolute() or ".." in p.parts or not p.parts or p.parts[0].startswith(_STAGING_PREFIX):
+            raise InvalidInput(f"{out / MANIFEST}: names {rel!r}, outside the export folder; not replacing anything")
+        files.add(p.as_posix())
+    return files
