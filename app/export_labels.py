@@ -5,7 +5,9 @@ semantic masks, segxal.data.label_export), read through the coordinator's API.
 
 Annotations, frames and cycles (for the model version) come from the coordinator; the frame
 images and annotation masks are read by their URIs from shared storage (--storage-root, as the
-EEM service and trainer read them). Prints a JSON summary.
+EEM service and trainer read them). Prints a JSON summary. The export is staged inside --out and
+moved into place when complete: a failed export changes nothing there. See docs/drive_logs.md
+(label export) for what --force replaces.
 """
 from __future__ import annotations
 
@@ -99,7 +101,9 @@ def register_cli(sub) -> None:
     p.add_argument("--pool", required=True, help="pool name (or id)")
     p.add_argument("--format", required=True, choices=FORMATS, help="cityscapes (gtFine PNGs) or coco (RLE JSON)")
     p.add_argument("--out", required=True, help="dataset folder (must be empty unless --force)")
-    p.add_argument("--force", action="store_true", help="write into a non-empty folder, replacing an earlier export")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty folder: replaces the files an earlier export wrote there (its "
+                        "manifest.json names them), leaves everything else, and refuses to overwrite any other file")
     p.add_argument("--split", default="train", help="Cityscapes split folder (default train)")
     p.add_argument("--storage-root", dest="storage_roots", action="append", default=[],
                    help="read frames and masks only under these roots (repeatable; default: anywhere local)")
