@@ -22,6 +22,7 @@ import numpy as np
 
 from segxal import imageio
 from segxal.eem.options import EEMOptions
+from segxal.selection import SelectionSpec
 from segxal.annotation import LABEL_IDS, TRAIN_IDS, EncodedMask, encode_class_rles
 from segxal.errors import InvalidInput
 from segxal.labels import CLASS_NAMES
@@ -29,7 +30,7 @@ from segxalpb.coordinator.v1 import coordinator_pb2 as pb
 from segxalpb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
 from services.common.channel import ChannelConfig
 from services.common.client import GrpcClient
-from services.coordinator.convert import SERVICE_NAME, mask_to_proto
+from services.coordinator.convert import SERVICE_NAME, mask_to_proto, selection_spec_to_proto
 from services.eem.wire import eem_options_to_proto
 
 _SELECTION = {"eem": pb.SELECTION_EEM, "random": pb.SELECTION_RANDOM}
@@ -136,7 +137,8 @@ class CoordinatorClient(GrpcClient):
     # ---- cycles
     def start_cycle(self, pool_id: str, batch_size: int, *, selection: str = "eem", model_name: str = "",
                     model_version: int = 0, dice_threshold: float | None = None, random_seed: int = 0,
-                    cancel_unfinished: bool = False, eem: EEMOptions | None = None) -> pb.Cycle:
+                    cancel_unfinished: bool = False, eem: EEMOptions | None = None,
+                    selection_spec: SelectionSpec | None = None) -> pb.Cycle:
         """Open the pool's next cycle. `eem`: the EEM maths it ranks with (None: the defaults),
         stored with the cycle; scores are reused only under the same model version and options."""
         if selection not in _SELECTION:
@@ -148,6 +150,8 @@ class CoordinatorClient(GrpcClient):
             req.dice_threshold = dice_threshold
         if eem is not None:
             req.eem_options.CopyFrom(eem_options_to_proto(eem))
+        if selection_spec is not None:
+            req.selection_spec.CopyFrom(selection_spec_to_proto(selection_spec))
         return self._call("StartCycle", req)
 
     def rank_cycle(self, cycle_id: str, timeout_s: float | None = 3600.0) -> pb.RankCycleResponse:

@@ -2,8 +2,11 @@
 one place that knows both, used by the servicer (and by the client for masks)."""
 from __future__ import annotations
 
+import math
+
 from segxal.annotation import LABEL_IDS, TRAIN_IDS, ClassRle, EncodedMask, Rle
 from segxal.errors import InvalidInput
+from segxal.selection import SelectionSpec
 from segxalpb.common.v1 import types_pb2 as types_pb
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
 from services.coordinator.core.cycles import StartCycleSpec
@@ -66,13 +69,47 @@ def ingest_sources_from_proto(sources) -> list[IngestSource]:
     return out
 
 
+def selection_spec_from_proto(msg: pb.SelectionSpec) -> SelectionSpec:
+    """Unset fields take SelectionSpec's defaults; not validated here (start_cycle validates)."""
+    d = SelectionSpec()
+    return SelectionSpec(**{name: getattr(msg, name) if msg.HasField(name) else getattr(d, name)
+                            for name in ("score", "diversity", "balance", "log_cap", "min_distance",
+                                         "min_score", "shortlist")})
+
+
+def selection_spec_to_proto(s: SelectionSpec) -> pb.SelectionSpec:
+    """Every field set but a min_score of -inf (no threshold), which stays unset."""
+    msg = pb.SelectionSpec(score=s.score, diversity=s.diversity, balance=s.balance, log_cap=s.log_cap,
+                           min_distance=s.min_distance, shortlist=s.shortlist)
+    if s.min_score != -math.inf:
+        msg.min_score = s.min_score
+    return msg
+
+
+def reasons_to_proto(r: dict) -> pb.PickReasons:
+    msg = pb.PickReasons(order=int(r.get("order", 0)), gain=float(r.get("gain", 0.0)),
+                         score=float(r.get("score", 0.0)), log=r.get("log") or "")
+    for name in ("distance", "class_gain"):
+        if r.get(name) is not None:
+            setattr(msg, name, float(r[name]))
+    return msg
+
+
+def reasons_from_proto(msg: pb.PickReasons) -> dict:
+    return {"order": msg.order, "gain": msg.gain, "score": msg.score,
+            "distance": msg.distance if msg.HasField("distance") else None,
+            "class_gain": msg.class_gain if msg.HasField("class_gain") else None, "log": msg.log or None}
+
+
 def start_cycle_from_proto(r: pb.StartCycleRequest) -> StartCycleSpec:
     return StartCycleSpec(pool_id=r.pool_id, batch_size=r.batch_size,
                           selection=_enum(_SELECTION, r.selection, "selection"), model_name=r.model_name,
                           model_version=r.model_version,
                           dice_threshold=r.dice_threshold if r.HasField("dice_threshold") else None,
                           random_seed=r.random_seed, cancel_unfinished=r.cancel_unfinished,
-                          eem=eem_options_from_proto(r.eem_options) if r.HasField("eem_options") else None)
+                          eem=eem_options_from_proto(r.eem_options) if r.HasField("eem_options") else None,
+                          selection_spec=(selection_spec_from_proto(r.selection_spec)
+                                          if r.HasField("selection_spec") else None))
 
 
 def rle_from_proto(msg: types_pb.CocoRle) -> Rle:
@@ -157,7 +194,8 @@ def cycle_to_proto(c: Cycle) -> pb.Cycle:
                    selection=_SELECTION_PB[c.selection], batch_size=c.batch_size,
                    dice_threshold=c.dice_threshold, state=_CYCLE_STATE_PB[c.state],
                    started_unix_s=c.started_at, ranked_unix_s=c.ranked_at or 0.0,
-                   eem_options=eem_options_to_proto(c.eem))
+                   eem_options=eem_options_to_proto(c.eem),
+                   selection_spec=selection_spec_to_proto(c.selection_spec))
     if c.model is not None:
         msg.model.CopyFrom(model_to_proto(c.model))
     return msg
@@ -181,6 +219,8 @@ def task_to_proto(t: Task) -> pb.Task:
                   state=_TASK_STATE_PB[t.state], lease_owner=t.lease_owner, lease_token=t.lease_token,
                   lease_expires_unix_s=t.lease_expires_at, lease_count=t.lease_count,
                   label_uri=t.label_uri)
+    if t.reasons:
+        msg.reasons.CopyFrom(reasons_to_proto(t.reasons))
     if t.model is not None:
         msg.model.CopyFrom(model_to_proto(t.model))
     return msg

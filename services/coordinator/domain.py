@@ -5,7 +5,10 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from segxal.eem.options import EEMOptions
+from segxal.selection import SelectionSpec
 from segxal.labels import CLASS_NAMES
 from segxal.annotation import Rle
 from segxal.errors import FailedPrecondition, InvalidInput, PermissionDenied
@@ -148,6 +151,7 @@ class Cycle:
     closed_at: float | None = None
     state: str = CYCLE_STARTED
     eem: EEMOptions = field(default_factory=EEMOptions)  # the EEM maths this cycle ranks with
+    selection_spec: SelectionSpec = field(default_factory=SelectionSpec)  # how it picks from the scores
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,7 @@ class TaskDraft:
     rank: int
     regions: tuple[TaskRegion, ...] = ()
     prediction_uri: str = ""
+    reasons: dict | None = field(default=None, compare=False)  # segxal.selection.Pick.reasons()
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,7 @@ class Task:
     label_uri: str = ""
     dice_threshold: float = 0.95
     previous_lease_token: str = ""  # the lease before this one (set with lease_token only)
+    reasons: dict | None = field(default=None, compare=False)  # why the selection picked it
 
 
 def check_lease_holder(task: Task, lease_token: str, client_id: str, action: str,
@@ -348,6 +354,8 @@ class FrameScore:
     width: int = 0
     prediction_png: bytes | None = None  # predicted trainIds, 8-bit PNG, when asked for
     class_names: tuple[str, ...] = ()  # the segmentation model's classes; empty: not said
+    embedding: np.ndarray | None = field(default=None, compare=False)  # float32 [D], unit; None: none
+    class_hist: np.ndarray | None = field(default=None, compare=False)  # float32 [C] shares; None: none
 
 
 @dataclass(frozen=True)
@@ -358,3 +366,4 @@ class Candidate:
     width: int = 0
     height: int = 0
     cached: FrameScore | None = None
+    source: str = ""  # the drive log or folder it came from (the selection's log cap)

@@ -28,7 +28,9 @@ def frame_score_from_eem(frame: ScoredFrame) -> FrameScore:
                       depth_version=frame.model_versions.depth,
                       regions=tuple(_region(i, r) for i, r in enumerate(frame.regions)),
                       height=int(frame.height), width=int(frame.width),
-                      prediction_png=frame.labels_png or None, class_names=tuple(frame.class_names))
+                      prediction_png=frame.labels_png or None, class_names=tuple(frame.class_names),
+                      embedding=frame.embedding if len(frame.embedding) else None,
+                      class_hist=frame.class_histogram if len(frame.class_histogram) else None)
 
 
 class EemScorer:

@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
@@ -93,6 +93,21 @@ class TopK:
 
     def best_first(self) -> list[Ranked]:
         return sorted(self._heap, reverse=True)
+
+
+class _All:
+    """TopK's interface, keeping every entry (prediction PNGs dropped: memory per frame stays small)."""
+
+    def __init__(self):
+        self._all: list[Ranked] = []
+
+    def offer(self, entry: Ranked) -> None:
+        if entry.result.prediction_png is not None:
+            entry = Ranked(entry.score, entry.frame_id, entry.candidate, replace(entry.result, prediction_png=None))
+        self._all.append(entry)
+
+    def best_first(self) -> list[Ranked]:
+        return sorted(self._all, reverse=True)
 
 
 @dataclass
@@ -179,11 +194,13 @@ def score_candidates(candidates: Iterable[Candidate], scorer: FrameScorer, optio
                     retry.sort(key=lambda c: c.not_before)
 
 
-def rank_frames(candidates: Iterable[Candidate], scorer: FrameScorer | None, k: int, expected_version: str,
+def rank_frames(candidates: Iterable[Candidate], scorer: FrameScorer | None, k: int | None, expected_version: str,
                 cfg: RankingConfig, options: ScoreOptions,
                 on_scored: Callable[[list[tuple[str, FrameScore]]], None] = lambda batch: None,
                 on_failed: Callable[[list[FailedFrame]], None] = lambda batch: None) -> RankOutcome:
-    """The top k candidates by score under `expected_version` ("<model>:<version>").
+    """The top k candidates by score under `expected_version` ("<model>:<version>"); k None: every
+    candidate, best first, without prediction PNGs (a composed selection's input: it needs every
+    frame's score and features, and fetches the winners' predictions afterwards).
 
     Candidates that already carry a score of that version are ranked without scoring. Every new
     score goes to on_scored and every failure to on_failed, in batches as they happen, so memory
@@ -192,7 +209,7 @@ def rank_frames(candidates: Iterable[Candidate], scorer: FrameScorer | None, k: 
     """
     if scorer is None:
         raise FailedPrecondition("ranking needs a scorer: start the coordinator with --eem-target")
-    top = TopK(k)
+    top: TopK | _All = TopK(k) if k is not None else _All()
     outcome = RankOutcome(top=[])
     scored: list[tuple[str, FrameScore]] = []
     failed: list[FailedFrame] = []

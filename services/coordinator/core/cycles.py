@@ -1,5 +1,6 @@
-"""Model versions, cycles (each pinned to a model version, with its EEM options) and ranking:
-EEM scores through the scorer or a seeded random sample; the cycle report and its stop decision."""
+"""Model versions, cycles (each pinned to a model version, with its EEM options and selection) and
+ranking: EEM scores through the scorer, picked by score or by the cycle's composed selection
+(segxal.selection), or a seeded random sample; the cycle report and its stop decision."""
 from __future__ import annotations
 
 import hashlib
@@ -8,17 +9,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
+
 from segxal import imageio
 from segxal.eem.options import EEMOptions
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound
+from segxal.selection import PoolFeatures, SelectionSpec, select
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.domain import (
     CYCLE_CLOSED, CYCLE_COMPLETE, CYCLE_STARTED, SELECTION_EEM, SELECTION_RANDOM, STOP_BUDGET_SPENT,
     STOP_DICE_REACHED, STOP_NONE, STOP_POOL_EXHAUSTED, Budget, Candidate, Cycle, CycleReport, FailedFrame,
     FrameScore, ModelVersion, RankResult, TaskCounts, TaskDraft)
 from services.coordinator.ranking import FrameScorer, Ranked, TopK, rank_frames, score_candidates
-from services.eem.api import ScoreOptions
 from services.coordinator.store.store import CoordinatorStore
+from services.eem.api import ScoreOptions
 
 
 _MAX_FAILED_LISTED = 1000  # per RankCycle reply; the cycle report has the full count
@@ -36,6 +40,7 @@ class StartCycleSpec:
     random_seed: int = 0
     cancel_unfinished: bool = False
     eem: EEMOptions | None = None  # EEM cycles rank with these (None: EEMOptions' defaults)
+    selection_spec: SelectionSpec | None = None  # EEM cycles pick with it (None: by score alone)
 
 
 def decide_stop(cycle: Cycle, complete: bool, mean_dice: float | None, dice_count: int, budget: Budget,
@@ -104,6 +109,10 @@ class CyclesAndRanking:
             eem = (spec.eem or EEMOptions()).validate()
         except InvalidInput as e:
             raise InvalidInput(f"start cycle: EEM options: {e}") from None
+        try:
+            selection_spec = (spec.selection_spec or SelectionSpec()).validate()
+        except InvalidInput as e:
+            raise InvalidInput(f"start cycle: {e}") from None
         budget = self.store.budget(spec.pool_id)  # NotFound for an unknown pool
         if budget.exhausted:
             raise FailedPrecondition(f"start cycle: pool {spec.pool_id} has no budget left ({budget.exhausted_reason})")
@@ -121,7 +130,7 @@ class CyclesAndRanking:
                         f"register one, or start a random cycle") from None
                 model = None  # a cold-start random cycle: no model yet
         return self.store.start_cycle(spec.pool_id, spec.selection, model, spec.batch_size, thr,
-                                      spec.random_seed, spec.cancel_unfinished, eem)
+                                      spec.random_seed, spec.cancel_unfinished, eem, selection_spec)
 
     def rank_cycle(self, cycle_id: str) -> RankResult:
         """Rank the cycle's query pool and make the top K frames its open tasks.
@@ -152,13 +161,17 @@ class CyclesAndRanking:
             def record(batch: list[tuple[str, FrameScore]]) -> None:
                 _check_classes(cycle, pool_classes, batch)
                 self.store.record_scores(batch, options_key)
+            composed = cycle.selection_spec != SelectionSpec()
             outcome = rank_frames(
-                candidates, self.scorer, cycle.batch_size, cycle.model.key, self.cfg.ranking,
-                self._score_options(cycle), on_scored=record,
+                candidates, self.scorer, None if composed else cycle.batch_size, cycle.model.key,
+                self.cfg.ranking, self._score_options(cycle), on_scored=record,
                 on_failed=lambda batch: self.store.record_score_failures(cycle.cycle_id, batch))
             self.store.forget_resolved_failures(cycle.cycle_id, cycle.model.key, options_key)
             scored, reused = outcome.scored, outcome.reused
-            drafts = self._drafts_with_predictions(cycle, outcome.top)
+            top, reasons = outcome.top, {}
+            if composed:
+                top, reasons = self._compose(cycle, outcome.top, record)
+            drafts = self._drafts_with_predictions(cycle, top, reasons)
         tasks = self.store.replace_open_tasks(cycle, drafts)
         return RankResult(cycle=self.store.get_cycle(cycle_id), frames_scored=scored, frames_reused=reused,
                           failed=self.store.list_score_failures(cycle_id, limit=_MAX_FAILED_LISTED),
@@ -202,7 +215,65 @@ class CyclesAndRanking:
         # labels for DICE at submit time, regions for the labeling clients
         return ScoreOptions(eem=cycle.eem, regions=True, labels=True)
 
-    def _drafts_with_predictions(self, cycle: Cycle, top: list[Ranked]) -> list[TaskDraft]:
+    def _compose(self, cycle: Cycle, ranked: list[Ranked], record) -> tuple[list[Ranked], dict[str, dict]]:
+        """The cycle's composed selection over every scored frame (segxal.selection.select, the
+        benchmark's and the fleet's one path): the winners in pick order, and each one's reasons.
+
+        Raises:
+            FailedPrecondition: the selection needs embeddings or class histograms the served
+                model does not give.
+        """
+        spec = cycle.selection_spec
+        if not ranked:
+            return [], {}
+        missing = [r.frame_id for r in ranked if (spec.needs_embeddings and r.result.embedding is None)
+                   or (spec.needs_class_histograms and r.result.class_hist is None)]
+        if missing:
+            raise FailedPrecondition(
+                f"rank cycle: selection '{spec.text()}' needs frame embeddings and class histograms, but model "
+                f"{cycle.model.key if cycle.model else ''} gave none for {len(missing)} of {len(ranked)} frames "
+                f"(e.g. {missing[0]}): serve a model exported with an `embedding` output, or select without "
+                f"diversity / min_distance / balance")
+        lab_emb, lab_hist = self._labelled_features(cycle, record)
+        pool = PoolFeatures(
+            ids=[r.frame_id for r in ranked], scores=np.array([r.score for r in ranked], np.float64),
+            embeddings=np.stack([r.result.embedding for r in ranked]) if spec.needs_embeddings else None,
+            class_hist=np.stack([r.result.class_hist for r in ranked]) if spec.needs_class_histograms else None,
+            log_ids=[r.candidate.source for r in ranked])
+        try:
+            picks = select(pool, cycle.batch_size, spec, labelled_embeddings=lab_emb, labelled_class_hist=lab_hist)
+        except InvalidInput as e:  # features of another shape than the labelled frames': a model change
+            raise FailedPrecondition(f"rank cycle: {e}") from None
+        return [ranked[p.index] for p in picks], {p.id: p.reasons() for p in picks}
+
+    def _labelled_features(self, cycle: Cycle, record) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Embeddings [M, D] and summed class histograms [C] of the pool's labelled frames under the
+        cycle's model version, scoring (and storing) those without a score of it; (None, None)
+        when the selection needs neither. A labelled frame that cannot be scored is left out."""
+        spec = cycle.selection_spec
+        if not (spec.needs_embeddings or spec.needs_class_histograms):
+            return None, None
+        assert cycle.model is not None
+        have: dict[str, FrameScore] = {}
+        todo = []
+        for cand in self.store.iter_labelled(cycle):
+            if cand.cached is not None:
+                have[cand.frame_id] = cand.cached
+            else:
+                todo.append(cand)
+        fresh = []
+        for cand, res in score_candidates(todo, self.scorer, ScoreOptions(eem=cycle.eem), self.cfg.ranking):
+            if isinstance(res, FrameScore) and res.segmentation_version == cycle.model.key:
+                have[cand.frame_id] = res
+                fresh.append((cand.frame_id, res))
+        if fresh:
+            record(fresh)
+        embs = [s.embedding for s in have.values() if s.embedding is not None]
+        hists = [s.class_hist for s in have.values() if s.class_hist is not None]
+        return (np.stack(embs) if embs else None), (np.sum(hists, axis=0) if hists else None)
+
+    def _drafts_with_predictions(self, cycle: Cycle, top: list[Ranked],
+                                 reasons: dict[str, dict] | None = None) -> list[TaskDraft]:
         """Tasks for the winners, each with the model's prediction saved for DICE at submit time.
         Winners ranked from stored scores have no prediction in memory: ask the scorer again for
         just those (K frames, not the pool); one it cannot give gets a task without prediction."""
@@ -224,7 +295,8 @@ class CyclesAndRanking:
                         / f"{r.frame_id}.png")
                 imageio.atomic_write_bytes(path, png)
                 uri = str(path)
-            drafts.append(TaskDraft(r.frame_id, r.result.score, i + 1, tuple(r.result.regions), uri))
+            drafts.append(TaskDraft(r.frame_id, r.result.score, i + 1, tuple(r.result.regions), uri,
+                                    (reasons or {}).get(r.frame_id)))
         return drafts
 
     def cycle_report(self, cycle_id: str, pool_id: str = "") -> CycleReport:

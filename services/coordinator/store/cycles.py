@@ -6,6 +6,7 @@ from dataclasses import asdict
 from typing import Sequence
 
 from segxal.eem.options import EEMOptions
+from segxal.selection import SelectionSpec
 from segxal.errors import FailedPrecondition, NotFound
 from services.coordinator.domain import Cycle, ModelVersion, Task, TaskDraft, regions_to_json
 from services.coordinator.store.db import Database, Tx
@@ -19,7 +20,7 @@ class CycleRepository:
 
     def start_cycle(self, pool_id: str, selection: str, model: ModelVersion | None, batch_size: int,
                     dice_threshold: float, random_seed: int, cancel_unfinished: bool,
-                    eem: EEMOptions | None = None) -> Cycle:
+                    eem: EEMOptions | None = None, selection_spec: SelectionSpec | None = None) -> Cycle:
         cycle_id = _new_id("cycle")
 
         def txn(tx: Tx) -> Cycle:
@@ -38,11 +39,12 @@ class CycleRepository:
                                    (pool_id,))) + 1
             tx.execute("""INSERT INTO cycles (cycle_id, pool_id, number, selection, model_name,
                                               model_version, batch_size, dice_threshold, random_seed,
-                                              eem_options, started_at)
-                          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {now})""",
+                                              eem_options, selection_spec, started_at)
+                          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {now})""",
                        (cycle_id, pool_id, number, selection, model.model_name if model else None,
                         model.version if model else None, batch_size, dice_threshold, random_seed,
-                        json.dumps(asdict(eem or EEMOptions()))))
+                        json.dumps(asdict(eem or EEMOptions())),
+                        json.dumps((selection_spec or SelectionSpec()).to_dict())))
             return _cycle(tx.one(_CYCLE_SELECT + " WHERE c.cycle_id = ?", (cycle_id,)))
         return self.db.run(txn)
 
@@ -66,7 +68,7 @@ class CycleRepository:
     def replace_open_tasks(self, cycle: Cycle, drafts: Sequence[TaskDraft]) -> list[Task]:
         """Make the ranked frames the cycle's waiting tasks: open tasks (never leased, or released)
         are dropped and re-made from `drafts`; leased and annotated tasks stay and count against
-        the batch size. Returns the cycle's open and leased tasks, best first."""
+        the batch size. Returns the cycle's open and leased tasks, in pick order."""
         def txn(tx: Tx) -> list[Task]:
             tx.execute("DELETE FROM tasks WHERE cycle_id = ? AND state = 'open'", (cycle.cycle_id,))
             kept = {r["frame_id"] for r in tx.all(
@@ -75,12 +77,13 @@ class CycleRepository:
             fresh = [d for d in drafts if d.frame_id not in kept][:room]
             tx.executemany(
                 """INSERT INTO tasks (task_id, cycle_id, pool_id, frame_id, score, rank, regions,
-                                      prediction_uri, state, created_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'open', {now})""",
+                                      prediction_uri, reasons, state, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', {now})""",
                 [(_new_id("task"), cycle.cycle_id, cycle.pool_id, d.frame_id, d.score, d.rank,
-                  regions_to_json(d.regions), d.prediction_uri) for d in fresh])
+                  regions_to_json(d.regions), d.prediction_uri, json.dumps(d.reasons) if d.reasons else "")
+                 for d in fresh])
             tx.execute("UPDATE cycles SET ranked_at = {now} WHERE cycle_id = ?", (cycle.cycle_id,))
             return [_task(r) for r in tx.all(
                 _TASK_SELECT + " WHERE t.cycle_id = ? AND t.state IN ('open', 'leased') "
-                               "ORDER BY t.score DESC, t.rank", (cycle.cycle_id,))]
+                               "ORDER BY t.rank, t.task_id", (cycle.cycle_id,))]
         return self.db.run(txn)

@@ -172,6 +172,16 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "pools.class_names", (
         "ALTER TABLE pools ADD COLUMN class_names TEXT NOT NULL DEFAULT ''",
     )),
+    # Composed selection (docs/design.md, "EEM options and selection"): the cycle's selection spec
+    # (a JSON dict; '' = by score alone, every cycle made before), each score's frame embedding and
+    # predicted class histogram (base64 of float32; '' = the model gave none), and each task's
+    # reasons for being picked (JSON; '' = none recorded).
+    Migration(5, "cycles.selection_spec, scores.embedding / class_hist, tasks.reasons", (
+        "ALTER TABLE cycles ADD COLUMN selection_spec TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE scores ADD COLUMN embedding TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE scores ADD COLUMN class_hist TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE tasks ADD COLUMN reasons TEXT NOT NULL DEFAULT ''",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

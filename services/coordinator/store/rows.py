@@ -1,12 +1,16 @@
 """The store's rows as the coordinator's records, the SELECTs that read them, and ids."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import uuid
 
+import numpy as np
+
 from segxal.eem.options import EEMOptions
 from segxal.labels import CLASS_NAMES
+from segxal.selection import SelectionSpec
 from services.coordinator.domain import (
     CYCLE_CLOSED, CYCLE_COMPLETE, CYCLE_LABELING, CYCLE_STARTED, Annotation, BudgetLimits, Cycle, Frame,
     ModelVersion, Pool, Task, regions_from_json)
@@ -24,6 +28,15 @@ def frame_id_for(pool_id: str, uri: str) -> str:
     return "f_" + hashlib.sha256(f"{pool_id}\0{uri}".encode()).hexdigest()[:24]
 
 
+def vector_to_text(v: np.ndarray | None) -> str:
+    """A float vector as stored (base64 of float32); '' for none."""
+    return "" if v is None or len(v) == 0 else base64.b64encode(np.asarray(v, np.float32).tobytes()).decode()
+
+
+def vector_from_text(text: str | None) -> np.ndarray | None:
+    return np.frombuffer(base64.b64decode(text), np.float32).copy() if text else None
+
+
 # ---------------------------------------------------------------- rows -> records
 
 _POOL_SELECT = """
@@ -36,6 +49,7 @@ FROM pools p"""
 _CYCLE_SELECT = """
 SELECT c.cycle_id, c.pool_id, c.number, c.selection, c.model_name, c.model_version, c.batch_size,
        c.dice_threshold, c.random_seed, c.started_at, c.ranked_at, c.closed_at, c.eem_options,
+       c.selection_spec,
        m.uri AS model_uri, m.registered_at AS model_registered_at,
        (SELECT COUNT(*) FROM tasks t WHERE t.cycle_id = c.cycle_id
                                        AND t.state IN ('open', 'leased')) AS unfinished,
@@ -47,6 +61,7 @@ _TASK_SELECT = """
 SELECT t.task_id, t.cycle_id, t.pool_id, t.frame_id, f.uri AS frame_uri, f.width, f.height,
        f.label_uri, t.score, t.rank, t.regions, t.prediction_uri, t.state, t.lease_owner,
        t.lease_token, t.previous_lease_token, t.lease_expires_at, t.lease_count, c.model_name, c.model_version,
+       t.reasons,
        c.dice_threshold
 FROM tasks t JOIN frames f ON f.frame_id = t.frame_id JOIN cycles c ON c.cycle_id = t.cycle_id"""
 
@@ -91,7 +106,10 @@ def _cycle(r: dict) -> Cycle:
                  selection=r["selection"], model=model, batch_size=int(r["batch_size"]),
                  dice_threshold=float(r["dice_threshold"]), random_seed=int(r["random_seed"]),
                  started_at=float(r["started_at"]), ranked_at=r["ranked_at"], closed_at=r["closed_at"],
-                 state=state, eem=EEMOptions.from_dict(json.loads(r["eem_options"])) if r["eem_options"] else EEMOptions())
+                 state=state,
+                 eem=EEMOptions.from_dict(json.loads(r["eem_options"])) if r["eem_options"] else EEMOptions(),
+                 selection_spec=(SelectionSpec.from_dict(json.loads(r["selection_spec"])) if r["selection_spec"]
+                                 else SelectionSpec()))
 
 
 def _task(r: dict, with_token: bool = False) -> Task:
@@ -105,7 +123,8 @@ def _task(r: dict, with_token: bool = False) -> Task:
                 lease_token=r["lease_token"] if with_token else "",
                 lease_expires_at=float(r["lease_expires_at"]), lease_count=int(r["lease_count"]),
                 label_uri=r["label_uri"], dice_threshold=float(r["dice_threshold"]),
-                previous_lease_token=r["previous_lease_token"] if with_token else "")
+                previous_lease_token=r["previous_lease_token"] if with_token else "",
+                reasons=json.loads(r["reasons"]) if r["reasons"] else None)
 
 
 def _annotation(r: dict) -> Annotation:

@@ -6,7 +6,7 @@ from typing import Iterator, Sequence
 
 from services.coordinator.domain import (
     Candidate, Cycle, FailedFrame, FrameScore, regions_from_json, regions_to_json)
-from services.coordinator.store.rows import _BATCH
+from services.coordinator.store.rows import _BATCH, vector_from_text, vector_to_text
 from services.coordinator.store.db import Database
 
 
@@ -25,8 +25,9 @@ class ScoreRepository:
         after = ""
         while True:
             rows = self.db.run(lambda tx: tx.all(
-                """SELECT f.frame_id, f.uri, f.width, f.height, s.score, s.regions,
-                          s.height AS s_height, s.width AS s_width, s.depth_model_key
+                """SELECT f.frame_id, f.uri, f.width, f.height, f.source, s.score, s.regions,
+                          s.height AS s_height, s.width AS s_width, s.depth_model_key, s.embedding,
+                          s.class_hist
                    FROM frames f LEFT JOIN scores s ON s.frame_id = f.frame_id AND s.model_key = ?
                                                    AND s.options_key = ?
                    WHERE f.pool_id = ? AND f.retired = 0 AND f.fully_labeled = 0 AND f.frame_id > ?
@@ -43,9 +44,11 @@ class ScoreRepository:
                     cached = FrameScore(uri=r["uri"], score=float(r["score"]), segmentation_version=model_key,
                                         depth_version=r["depth_model_key"],
                                         regions=regions_from_json(r["regions"]),
-                                        height=int(r["s_height"]), width=int(r["s_width"]))
+                                        height=int(r["s_height"]), width=int(r["s_width"]),
+                                        embedding=vector_from_text(r["embedding"]),
+                                        class_hist=vector_from_text(r["class_hist"]))
                 yield Candidate(frame_id=r["frame_id"], uri=r["uri"], width=int(r["width"]),
-                                height=int(r["height"]), cached=cached)
+                                height=int(r["height"]), cached=cached, source=r["source"])
             if len(rows) < page_size:
                 return
             after = rows[-1]["frame_id"]
@@ -54,15 +57,47 @@ class ScoreRepository:
         """Upsert (frame_id, score) pairs, each under its own model version, made with the EEM
         options whose EEMOptions.key() is `options_key`."""
         rows = [(fid, s.segmentation_version, options_key, s.score, regions_to_json(s.regions), s.height,
-                 s.width, s.depth_version) for fid, s in scored]
+                 s.width, s.depth_version, vector_to_text(s.embedding), vector_to_text(s.class_hist))
+                for fid, s in scored]
         self.db.run(lambda tx: tx.executemany(
             """INSERT INTO scores (frame_id, model_key, options_key, score, regions, height, width,
-                                   depth_model_key, scored_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, {now})
+                                   depth_model_key, embedding, class_hist, scored_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {now})
                ON CONFLICT (frame_id, model_key, options_key) DO UPDATE SET
                  score = excluded.score, regions = excluded.regions, height = excluded.height,
                  width = excluded.width, depth_model_key = excluded.depth_model_key,
+                 embedding = excluded.embedding, class_hist = excluded.class_hist,
                  scored_at = excluded.scored_at""", rows))
+
+    def iter_labelled(self, cycle: Cycle, page_size: int = _BATCH) -> Iterator[Candidate]:
+        """The pool's labelled frames (an accepted annotation, or retired), in frame_id order, each
+        with its score of the cycle's model version and EEM options when it has one: a composed
+        selection counts its distance to them (diversity) and their classes (balance)."""
+        model_key = cycle.model.key if cycle.model else ""
+        options_key = cycle.eem.key()
+        after = ""
+        while True:
+            rows = self.db.run(lambda tx: tx.all(
+                """SELECT f.frame_id, f.uri, f.width, f.height, f.source, s.score, s.embedding, s.class_hist,
+                          s.depth_model_key
+                   FROM frames f LEFT JOIN scores s ON s.frame_id = f.frame_id AND s.model_key = ?
+                                                   AND s.options_key = ?
+                   WHERE f.pool_id = ? AND (f.annotation_count > 0 OR f.retired = 1 OR f.fully_labeled = 1)
+                     AND f.frame_id > ?
+                   ORDER BY f.frame_id LIMIT ?""",
+                (model_key, options_key, cycle.pool_id, after, page_size)), write=False)
+            for r in rows:
+                cached = None
+                if r["score"] is not None:
+                    cached = FrameScore(uri=r["uri"], score=float(r["score"]), segmentation_version=model_key,
+                                        depth_version=r["depth_model_key"],
+                                        embedding=vector_from_text(r["embedding"]),
+                                        class_hist=vector_from_text(r["class_hist"]))
+                yield Candidate(frame_id=r["frame_id"], uri=r["uri"], width=int(r["width"]),
+                                height=int(r["height"]), cached=cached, source=r["source"])
+            if len(rows) < page_size:
+                return
+            after = rows[-1]["frame_id"]
 
     def record_score_failures(self, cycle_id: str, failed: Sequence[FailedFrame]) -> None:
         """Remember scoring failures of a cycle: the frames stay in the pool, and the next

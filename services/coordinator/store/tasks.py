@@ -58,14 +58,14 @@ class TaskRepository:
                      SELECT task_id FROM tasks
                      WHERE pool_id = ? AND (? = '' OR cycle_id = ?) AND (? = '' OR frame_id = ?)
                        AND (state = 'open' OR (state = 'leased' AND lease_expires_at <= {now}))
-                     ORDER BY score DESC, rank, task_id LIMIT ? {skip_locked})
+                     ORDER BY rank, score DESC, task_id LIMIT ? {skip_locked})
                    RETURNING task_id""",
                 (client_id, token, lease_seconds, pool_id, cycle_id, cycle_id, frame_id, frame_id, n))
             if not leased:
                 return [], False
             ids = [r["task_id"] for r in leased]
             marks = ",".join("?" * len(ids))
-            rows = tx.all(_TASK_SELECT + f" WHERE t.task_id IN ({marks}) ORDER BY t.score DESC, t.rank", ids)
+            rows = tx.all(_TASK_SELECT + f" WHERE t.task_id IN ({marks}) ORDER BY t.rank, t.score DESC", ids)
             return [_task(r, with_token=True) for r in rows], False
         return self.db.run(txn)
 
