@@ -7,10 +7,7 @@ and --force replaces only what the previous export wrote."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +21,7 @@ from segxal.data.cityscapes import SegDataset, list_frames, load_train_ids
 from segxal.labels import IGNORE, NAME_TO_TRAIN_ID, TRAIN_ID_TO_LABEL_ID
 from segxal.ingest import CameraMessage, write_camera_log
 from services.coordinator.client import CoordinatorClient, drive_log_source, image_folder_source
+from tests.cityscapes_support import run_pixel_level_evaluator
 from tests.coordinator_support import coordinator_config, running_coordinator, write_frames
 
 H, W = 32, 64
@@ -210,36 +208,17 @@ def test_force_refuses_to_replace_a_file_no_export_wrote_and_changes_nothing(exp
 def test_cityscapes_export_runs_through_cityscapesscripts_evaluator_command(exported_pool, tmp_path):
     """The stock evaluator, run as its command line on the export's val split: it loads every
     labelIds and instanceIds file and scores a road-everywhere prediction with the road IoU the
-    submitted masks give.
-
-    cityscapesscripts 2.3.0 calls numpy.in1d, which NumPy 2.4 (pinned here) removed; the command
-    runs with that one name put back (numpy.isin, what in1d became), through a sitecustomize on
-    its PYTHONPATH, and is otherwise the installed console script."""
+    submitted masks give (tests/cityscapes_support.py says how the command is run)."""
     target, pool, submitted, *_ = exported_pool
     out = tmp_path / "cs"
     manifest = _export(target, pool, "cityscapes", out, "--split", "val")
-    results, export_dir = tmp_path / "results", tmp_path / "eval"
+    results = tmp_path / "results"
     results.mkdir()
-    export_dir.mkdir()
     road = NAME_TO_TRAIN_ID["road"]
     for f in manifest["frames"]:
         stem = Path(f["label_ids"]).name.replace("_gtFine_labelIds.png", "")
         imageio.write_png(results / f"{stem}_pred.png", np.full((H, W), TRAIN_ID_TO_LABEL_ID[road], np.uint8))
-    shim = tmp_path / "numpy_in1d"
-    shim.mkdir()
-    (shim / "sitecustomize.py").write_text(
-        "import numpy\n"
-        "if not hasattr(numpy, 'in1d'):\n"
-        "    numpy.in1d = lambda a, b, assume_unique=False, invert=False: numpy.isin(\n"
-        "        numpy.ravel(a), b, assume_unique=assume_unique, invert=invert)\n")
-    evaluator = Path(sys.executable).parent / "csEvalPixelLevelSemanticLabeling"
-    env = {**os.environ, "CITYSCAPES_DATASET": str(out), "CITYSCAPES_RESULTS": str(results),
-           "CITYSCAPES_EXPORT_DIR": str(export_dir),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))}
-    run = subprocess.run([str(evaluator)], env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert "Unable to load" not in run.stdout
-    scores = json.loads((export_dir / "resultPixelLevelSemanticLabeling.json").read_text())
+    scores = run_pixel_level_evaluator(out, results, tmp_path)
     gts = np.stack(list(submitted.values()))
     labeled = gts != IGNORE
     assert scores["classScores"]["road"] == pytest.approx((gts == road).sum() / labeled.sum())

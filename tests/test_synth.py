@@ -74,6 +74,46 @@ def test_layout_round_trips_through_the_cityscapes_loader(dataset):
     assert sum(record["label_pixel_counts"]["train"].values()) == 9 * 64 * 128
 
 
+def test_instance_ids_give_each_object_of_an_instance_class_its_own_id(dataset):
+    from cityscapesscripts.helpers.labels import id2label
+    objects = 0
+    for f in _frames(dataset) + _frames(dataset, "val"):
+        label = imageio.read_label(f.label)
+        inst = imageio.decode_image(imageio.read_bytes(str(f.label).replace("labelIds", "instanceIds")), mode=None)
+        assert inst.dtype == np.uint16 and inst.shape == label.shape
+        stuff = inst < 1000
+        np.testing.assert_array_equal(inst[stuff], label[stuff])  # no instance: the labelId itself
+        np.testing.assert_array_equal(inst[~stuff] // 1000, label[~stuff])
+        assert all(id2label[int(i) // 1000].hasInstances for i in np.unique(inst[~stuff]))
+        # Every pixel of a class with instances belongs to an object.
+        has = np.isin(label, [i for i, lab in id2label.items() if lab.hasInstances and i >= 0])
+        assert not (has & stuff).any()
+        for cls in np.unique(label[has]):
+            ks = np.unique(inst[label == cls]).astype(np.int64) - int(cls) * 1000
+            assert ks.tolist() == list(range(len(ks)))  # numbered from 0 within the class, per frame
+        objects += len(np.unique(inst[~stuff]))
+    assert objects >= 10
+
+
+def test_the_val_split_runs_through_cityscapesscripts_evaluator_command(dataset, tmp_path):
+    """Predicting the ground truth itself: IoU 1 for every class present and, through the instance
+    ids, instance-weighted iIoU 1 for every instance class present."""
+    from tests.cityscapes_support import run_pixel_level_evaluator
+    results = tmp_path / "results"
+    results.mkdir()
+    present = set()
+    for f in _frames(dataset, "val"):
+        stem = f.label.name.replace("_gtFine_labelIds.png", "")
+        (results / f"{stem}_pred.png").write_bytes(f.label.read_bytes())
+        present |= set(np.unique(imageio.read_label(f.label)).tolist())
+    scores = run_pixel_level_evaluator(dataset, results, tmp_path)
+    from cityscapesscripts.helpers.labels import id2label
+    evaluated = [id2label[i] for i in present if not id2label[i].ignoreInEval]
+    assert evaluated and all(scores["classScores"][lab.name] == 1.0 for lab in evaluated)
+    instance_classes = [lab for lab in evaluated if lab.hasInstances]
+    assert instance_classes and all(scores["classInstScores"][lab.name] == 1.0 for lab in instance_classes)
+
+
 def test_every_label_id_is_a_known_cityscapes_id(dataset):
     seen = set()
     for split in synth.SPLITS:
@@ -146,7 +186,7 @@ def test_farther_objects_are_smaller_and_have_lower_disparity():
                  weather_weights={"clear": 1.0}, time_weights={"day": 1.0})
     heights, disps, metric = [], [], []
     for i in range(cfg.train_sequences):
-        for _, _, ids, disp, cam in synth.render_sequence(cfg, "train", i):
+        for _, _, ids, disp, cam, _ in synth.render_sequence(cfg, "train", i):
             fx, fy, base = cam["intrinsic"]["fx"], cam["intrinsic"]["fy"], cam["extrinsic"]["baseline"]
             n, comp, stats, _ = cv2.connectedComponentsWithStats((ids == ID["person"]).astype(np.uint8), 8)
             for j in range(1, n):
@@ -168,7 +208,7 @@ def test_label_edges_are_image_edges():
     cfg = _small(height=128, width=256, train_sequences=2, frames_per_sequence=1, difficulty=0.0,
                  weather_weights={"clear": 1.0}, time_weights={"day": 1.0})
     for i in range(2):
-        for _, rgb, ids, _, _ in synth.render_sequence(cfg, "train", i):
+        for _, rgb, ids, _, _, _ in synth.render_sequence(cfg, "train", i):
             grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
             grad = np.abs(np.diff(grey, axis=1))  # [H, W - 1] between horizontal neighbours
             edge = ids[:, 1:] != ids[:, :-1]
@@ -187,9 +227,9 @@ def test_weather_and_light_change_the_image_not_the_labels():
                        time_weights={"day": 1.0}),
     }
     for i in range(2):
-        _, base_rgb, base_ids, base_disp, _ = next(synth.render_sequence(clear, "train", i))
+        _, base_rgb, base_ids, base_disp, _, _ = next(synth.render_sequence(clear, "train", i))
         for name, cfg in variants.items():
-            _, rgb, ids, disp, cam = next(synth.render_sequence(cfg, "train", i))
+            _, rgb, ids, disp, cam, _ = next(synth.render_sequence(cfg, "train", i))
             np.testing.assert_array_equal(ids, base_ids)
             np.testing.assert_array_equal(disp, base_disp)
             assert cam["synth"]["weather"] == ("clear" if name == "night" else name)
@@ -205,7 +245,7 @@ def test_consecutive_frames_of_a_drive_log_are_similar_but_not_identical():
     cfg = _small(height=128, width=256, train_sequences=3, frames_per_sequence=2)
     logs = [list(synth.render_sequence(cfg, "train", i)) for i in range(3)]
     for frames in logs:
-        (_, rgb0, ids0, _, cam0), (_, rgb1, ids1, _, cam1) = frames
+        (_, rgb0, ids0, _, cam0, _), (_, rgb1, ids1, _, cam1, _) = frames
         assert cam1["synth"]["ego_position_m"]["z"] >= cam0["synth"]["ego_position_m"]["z"]
         assert (rgb0 != rgb1).any()
         within = (ids0 == ids1).mean()
@@ -226,7 +266,7 @@ def test_the_ego_camera_drives_forward_so_the_scene_expands():
     cfg = _small(height=128, width=256, train_sequences=8, frames_per_sequence=2)
     moved = 0
     for i in range(cfg.train_sequences):
-        (_, _, ids0, _, cam0), (_, _, ids1, _, cam1) = synth.render_sequence(cfg, "train", i)
+        (_, _, ids0, _, cam0, _), (_, _, ids1, _, cam1, _) = synth.render_sequence(cfg, "train", i)
         if cam1["synth"]["ego_position_m"]["z"] - cam0["synth"]["ego_position_m"]["z"] < 1.0:
             continue  # a stopped car
         moved += 1
@@ -243,7 +283,7 @@ def test_rare_classes_are_rarer_than_common_ones():
     cfg = _small(height=64, width=128, train_sequences=60, frames_per_sequence=1, seed=3)
     counts = np.zeros(256, np.int64)
     for i in range(cfg.train_sequences):
-        for _, _, ids, _, _ in synth.render_sequence(cfg, "train", i):
+        for _, _, ids, _, _, _ in synth.render_sequence(cfg, "train", i):
             counts += np.bincount(ids.ravel(), minlength=256)
     share = counts / counts.sum()
     for rare in ("rider", "motorcycle", "bicycle", "bus", "truck", "traffic light"):

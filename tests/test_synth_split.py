@@ -1,10 +1,12 @@
 """segxal.data.synth became a package (config, camera, textures, world, traffic, static, objects,
 light, frames, dataset, cli): the same public API, and the same bytes for the same config as the
-single module it was, which is read from git history and run side by side."""
+single module it was, which is read from git history and run side by side. Since format version 2
+the package also writes each frame's instanceIds, which the module did not."""
 from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -44,9 +46,15 @@ def test_the_package_writes_the_bytes_the_module_wrote(tmp_path, monkeypatch, kw
     old = before.generate(before.SynthConfig(**args), tmp_path / "before")
     new = synth.generate(synth.SynthConfig(**args), tmp_path / "after")
     old_files, new_files = _files(old), _files(new)
-    assert sorted(old_files) == sorted(new_files) and len(new_files) > 20
+    added = sorted(set(new_files) - set(old_files))
+    labels = [n for n in old_files if n.endswith("_gtFine_labelIds.png")]
+    assert set(old_files) <= set(new_files) and len(new_files) > 20
+    assert added == sorted(n.replace("_labelIds", "_instanceIds") for n in labels)
     different = [name for name in old_files if old_files[name] != new_files[name]]
-    assert not different, different
+    assert different == [synth.SIDECAR], different
+    sidecar_old, sidecar_new = (json.loads(f[synth.SIDECAR]) for f in (old_files, new_files))
+    assert (sidecar_old.pop("format_version"), sidecar_new.pop("format_version")) == (1, 2)
+    assert sidecar_old == sidecar_new
 
 
 def test_the_public_api_is_unchanged(tmp_path, monkeypatch):

@@ -1,5 +1,7 @@
 """Procedural synthetic driving scenes, written in the Cityscapes layout that
-segxal.data.cityscapes reads (leftImg8bit/, gtFine/*_labelIds.png, disparity/, camera/).
+segxal.data.cityscapes reads (leftImg8bit/, gtFine/*_labelIds.png, disparity/, camera/), with the
+*_instanceIds.png that cityscapesscripts' evaluators read (each car, person, rider, bicycle, ...
+its own id, labelId * 1000 + k, as in Cityscapes).
 
 Scene model
 -----------

@@ -17,7 +17,7 @@ CITIES = {
 WEATHERS = ("clear", "overcast", "rain", "fog")
 TIMES_OF_DAY = ("day", "dusk", "night")
 SIDECAR = "synth.json"  # dataset-level record: config and class pixel counts; marks our folders
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: gtFine *_instanceIds.png (each object of a class with instances)
 
 _ID = {n: NAME_TO_LABEL_ID[n] for n in (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",

@@ -33,7 +33,7 @@ def _write_sequence(job: tuple) -> tuple:
     dirs = {kind: Path(root) / kind / split / city for kind in ("leftImg8bit", "gtFine", "disparity", "camera")}
     for p in dirs.values():
         p.mkdir(parents=True, exist_ok=True)
-    for k, rgb, label, disparity, meta in render_sequence(cfg, split, index):
+    for k, rgb, label, disparity, meta, instances in render_sequence(cfg, split, index):
         stem = f"{city}_{index:06d}_{k:06d}"
         # Plain writes: the whole dataset is built in a temporary folder that is renamed at the end,
         # so per-file atomic writes (an fsync each) would only slow generation down.
@@ -41,6 +41,7 @@ def _write_sequence(job: tuple) -> tuple:
         (dirs["gtFine"] / f"{stem}_gtFine_labelIds.png").write_bytes(imageio.encode_png(label))
         (dirs["gtFine"] / f"{stem}_gtFine_labelTrainIds.png").write_bytes(
             imageio.encode_png(label_ids_to_train_ids(label, where=stem)))
+        (dirs["gtFine"] / f"{stem}_gtFine_instanceIds.png").write_bytes(imageio.encode_png(instances))
         (dirs["disparity"] / f"{stem}_disparity.png").write_bytes(
             imageio.encode_png(imageio.encode_disparity(disparity)))
         (dirs["camera"] / f"{stem}_camera.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+from cityscapesscripts.helpers.labels import labels as _CS_LABELS
+
 from segxal.errors import InvalidInput
 from segxal.data.synth.config import SPLITS, SynthConfig, _validate
 from segxal.data.synth.camera import Camera, _Rays
@@ -15,6 +18,9 @@ from segxal.data.synth.light import _compose, _lighting, _optics, _sky_image
 
 
 # ---------------------------------------------------------------------------------------- frames
+# labelIds of the classes Cityscapes annotates per object (person, rider, car, truck, bus, ...).
+_HAS_INSTANCES = np.zeros(256, bool)
+_HAS_INSTANCES[[l.id for l in _CS_LABELS if l.hasInstances and l.id >= 0]] = True
 _TEXTURES: dict[int, _Textures] = {}  # per process and seed: the tiles take ~10 ms to make
 
 
@@ -31,12 +37,36 @@ def _ego_pose(world: _World, time_s: float) -> tuple:
     return amp * math.sin(2 * math.pi * time_s / period + phase), world.speed * time_s
 
 
+def instance_ids(label: np.ndarray, thing: np.ndarray) -> np.ndarray:
+    """Cityscapes instanceIds of a frame: labelId * 1000 + k on the pixels of each object of a class
+    with instances (k numbers that class's objects in the frame from 0, in the world's object
+    order), the labelId everywhere else.
+
+    Args:
+        label: labelIds uint8 [H, W].
+        thing: the object drawn at each pixel (index in the world's objects, -1 = none) int32 [H, W].
+    Returns:
+        uint16 [H, W].
+    """
+    out = label.astype(np.uint16)  # [H, W]
+    obj = _HAS_INSTANCES[label] & (thing >= 0)
+    if obj.any():
+        keys = label[obj].astype(np.int64) << 32 | thing[obj].astype(np.int64)  # (class, object), sorted by both
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        cls = uniq >> 32
+        first = np.searchsorted(cls, cls)  # where each class's objects start in the sorted keys
+        k = np.arange(len(uniq)) - first  # the object's number within its class
+        out[obj] = (cls * 1000 + k)[inverse].astype(np.uint16)
+    return out
+
+
 def render_sequence(cfg: SynthConfig, split: str, index: int):
     """Render one drive log in memory (generate() writes these to disk).
 
     Yields, per frame: (frame index, RGB uint8 [H, W, 3], Cityscapes labelIds uint8 [H, W],
     disparity float32 [H, W] (0 on sky), camera dict in the Cityscapes camera JSON format plus a
-    "synth" record of city, weather, time of day and ego pose). Deterministic in (cfg, split, index).
+    "synth" record of city, weather, time of day and ego pose, Cityscapes instanceIds uint16
+    [H, W] (instance_ids)). Deterministic in (cfg, split, index).
 
     Raises:
         InvalidInput: an invalid config, an unknown split or a negative index.
@@ -72,4 +102,4 @@ def render_sequence(cfg: SynthConfig, split: str, index: int):
             "ego_speed_mps": round(world.speed, 4),
             "ego_position_m": {"x": round(cam_x, 4), "z": round(cam_z, 4)},
         }
-        yield k, rgb, cv.label, disparity, meta
+        yield k, rgb, cv.label, disparity, meta, instance_ids(cv.label, cv.thing)

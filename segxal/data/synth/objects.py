@@ -674,13 +674,16 @@ def _draw_things(world: _World, cam: Camera, cv: _Canvas, cam_x: float, cam_z: f
                 cv2.fillPoly(cv.part_id, polys, part, cv2.LINE_8, 4)
             part += 1
     planes = np.concatenate([sh.planes for sh in shapes])  # [parts, (x0, z0, dx, dz)] in own frames
+    index = {id(t): i for i, t in enumerate(world.things)}
+    things = np.repeat([index[id(t)] for t, _, _, _ in visible], n_parts)  # [parts] the object of each part
     _resolve_parts(cv, np.concatenate([sh.labels for sh in shapes]), np.concatenate([sh.rgba for sh in shapes]),
-                   planes, np.repeat(xs, n_parts), np.repeat(zs, n_parts), world.sun)
+                   planes, np.repeat(xs, n_parts), np.repeat(zs, n_parts), world.sun, things)
 
 
 def _resolve_parts(cv: _Canvas, labels: np.ndarray, rgba: np.ndarray, planes: np.ndarray,
-                   x: np.ndarray, z: np.ndarray, sun: tuple) -> None:
-    """Label, albedo and plane (n_x, n_z, c, sun cosine) of every object pixel from its part id."""
+                   x: np.ndarray, z: np.ndarray, sun: tuple, things: np.ndarray) -> None:
+    """Label, albedo, plane (n_x, n_z, c, sun cosine) and object (index in world.things, for the
+    instance ids) of every object pixel from its part id."""
     x0, z0, dx, dz = planes[:, 0] + x, planes[:, 1] + z, planes[:, 2], planes[:, 3]
     nx, nz = dz, -dx  # plane: nx * X + nz * Z = c (camera-relative)
     c = nx * x0 + nz * z0
@@ -692,6 +695,7 @@ def _resolve_parts(cv: _Canvas, labels: np.ndarray, rgba: np.ndarray, planes: np
         return
     sel = ids[obj] - 1
     cv.label.reshape(-1)[obj] = labels[sel]
+    cv.thing.reshape(-1)[obj] = things[sel]
     cv.albedo.reshape(-1, 3)[obj] = rgba[sel, :3]
     cv.emissive.reshape(-1)[obj] = rgba[sel, 3]
     cv.plane.reshape(-1, 4)[obj] = np.stack((nx, nz, c, sun_cos), 1).astype(np.float32)[sel]

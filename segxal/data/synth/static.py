@@ -30,6 +30,7 @@ class _Canvas:
         self.surf = np.zeros((h, w), np.uint8)  # static material
         self.block = np.zeros((h, w), np.int32)  # block table index of plane pixels
         self.part_id = np.zeros((h, w), np.int32)  # object part drawn last at a pixel (0 = none)
+        self.thing = np.full((h, w), -1, np.int32)  # index in world.things of that part's object (-1 = none)
         self.shadow = np.ones((h, w), np.float32)  # sun visibility on the ground (object shadows)
         self.ao = np.ones((h, w), np.float32)  # ambient occlusion under vehicles
 
