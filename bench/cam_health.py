@@ -1,31 +1,89 @@
-"""CAM health of every published segmentation version: is the explanation term alive?
+"""CAM health: is the explanation term alive, and is it more than the model's confidence?
 
-For each version under <workdir>/repo/<model>[/<model>]/<v>/model.onnx (what the inference servers serve) it
-runs the graph with ONNX Runtime on validation frames and prints the share of frames whose `cam`
-is all zero or constant (segxal.eem.health), the mean fraction of CAM > 0 pixels, the CAM's
-correlation with EBU and p_max, and, where the trainer kept the version's checkpoint
-(<workdir>/state/models/<model>/<v>/checkpoint.pt), the largest difference between the served CAM
-and pytorch-grad-cam's GradCAM on the same checkpoint and target layer (the bottleneck).
+Per checkpoint and CAM target it prints the share of frames whose `cam` is all zero or constant
+(segxal.eem.health, "dead"), the mean fraction of CAM > 0 pixels, and the CAM's correlation with EBU
+and with p_max over all pixels of the validation frames (a CAM that follows p_max and opposes EBU is
+the model's confidence in disguise).
 
-    python bench/cam_health.py --workdir runs/main/services --data data/synth-128x256 --frames 50
+Two modes:
+
+* a model repository (`--repo DIR`, or a loop run's `--workdir`, whose repository is
+  <workdir>/repo/<model>[/<model>]): every version of `--model` served by ONNX Runtime, whatever
+  the architecture; the input is prepared as its config.pbtxt says (segxal.modelspec: input size,
+  layout, normalisation, fixed batch) and the outputs found by role. Where a loop run's trainer kept
+  a U-Net version's checkpoint (<workdir>/state/models/<model>/<v>/checkpoint.pt) it also prints
+  the largest difference between the served CAM and pytorch-grad-cam's GradCAM at the bottleneck.
+
+      python bench/cam_health.py --workdir runs/main/services --data data/synth-128x256 --frames 50
+      python bench/cam_health.py --repo models/ --model segmentation --data data/synth-128x256
+
+* `--train`: trains architectures that are not the project's U-Net (segxal.models.external, no
+  pretrained weights) on the synthetic data for `--epochs` epochs (one run per architecture, one
+  thread) and, after the epochs listed in `--at` (default 1, 3, 10), measures the GradCAM of every
+  target of segxal.graph.traced_cam at the architecture's default layer. It uses the PyTorch
+  explainer that export_traced traces into the served graph (the export's parity check and
+  tests/test_traced_cam.py hold ONNX Runtime to it); the CAM is cast to float16 as served.
+
+      python bench/cam_health.py --train --data data/synth-128x256 --train-frames 160 --json runs/cam_health.json
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from segxal.data.cityscapes import MEAN, STD, SegDataset, list_frames
 from segxal.eem.health import cam_degenerate
-from segxal.train import load_model
+
+# the architectures of issue 32's "Done when" (none is the project's U-Net); no weights downloaded
+_SMP = {"encoder_name": "resnet18", "encoder_weights": None, "classes": 19}
+_TV = {"weights": None, "weights_backbone": None, "num_classes": 19}
+ARCHITECTURES = {
+    "smp_deeplabv3plus": ("segmentation_models_pytorch.DeepLabV3Plus", _SMP),
+    "smp_pspnet": ("segmentation_models_pytorch.PSPNet", _SMP),
+    "smp_unet": ("segmentation_models_pytorch.Unet", _SMP),
+    "smp_fpn": ("segmentation_models_pytorch.FPN", _SMP),
+    "tv_lraspp": ("torchvision.models.segmentation.lraspp_mobilenet_v3_large", _TV),
+    "tv_deeplabv3": ("torchvision.models.segmentation.deeplabv3_mobilenet_v3_large", {**_TV, "aux_loss": False}),
+    "tv_fcn": ("torchvision.models.segmentation.fcn_resnet50", {**_TV, "aux_loss": False}),
+    "segformer": ("transformers.SegformerForSemanticSegmentation",
+                  {"num_labels": 19, "hidden_sizes": [32, 64, 160, 256], "decoder_hidden_size": 128,
+                   "depths": [1, 1, 1, 1]}),
+}
+
+
+def health_row(labels, ebu, cam, pmax, truth=None) -> dict:
+    """The health figures of one checkpoint (and target) over N frames of [N, H, W] maps."""
+    c = cam.astype(np.float32).ravel()
+
+    def corr(other: np.ndarray) -> float:  # NaN when either map is constant over all frames
+        o = other.astype(np.float32).ravel()
+        return float(np.corrcoef(c, o)[0, 1]) if c.std() > 0 and o.std() > 0 else float("nan")
+    row = {"frames": int(cam.shape[0]), "dead_share": float(np.mean(cam_degenerate(cam))),
+           "cam_positive_fraction": float((cam > 0).mean()), "corr_ebu": corr(ebu), "corr_pmax": corr(pmax)}
+    if truth is not None:
+        valid = truth != 255
+        row["pixel_accuracy"] = float((labels[valid] == truth[valid]).mean())
+    return row
+
+
+def _val_frames(data: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    val = SegDataset(list_frames(data, "val", True))
+    step = max(1, len(val) // n)
+    raws = [val.raw(i) for i in range(0, len(val), step)][:n]
+    return np.stack([r[0] for r in raws]), np.stack([r[1] for r in raws])  # uint8 [N, H, W, 3], [N, H, W]
+
+
+# ---- a model repository (any architecture) ----
 
 
 class _AllPredictedClassesTarget:
-    """The shipped class-agnostic target for pytorch-grad-cam: sum over pixels of the predicted logit."""
+    """The U-Net's shipped class-agnostic target for pytorch-grad-cam: sum of the predicted logit."""
 
     def __init__(self, labels: np.ndarray):
         self.mask = torch.from_numpy(labels)
@@ -34,9 +92,14 @@ class _AllPredictedClassesTarget:
         return model_output.gather(0, self.mask[None].long())[0].sum()
 
 
-def _grad_cam_diff(ckpt: Path, images: np.ndarray, served_cam: np.ndarray, labels: np.ndarray) -> float:
+def _grad_cam_diff(ckpt: Path, images: np.ndarray, served_cam: np.ndarray, labels: np.ndarray) -> float | None:
     from pytorch_grad_cam import GradCAM  # the independent reference, only where a checkpoint exists
+
+    from segxal.models.unet import UNet
+    from segxal.train import load_model
     model = load_model(ckpt)
+    if not isinstance(model, UNet) or served_cam.shape[1:] != images.shape[1:3]:
+        return None
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0  # [B, 3, H, W]
     x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     with GradCAM(model=model, target_layers=[model.bottleneck_layer]) as cam:
@@ -44,49 +107,175 @@ def _grad_cam_diff(ckpt: Path, images: np.ndarray, served_cam: np.ndarray, label
     return float(np.abs(ref - served_cam.astype(np.float32)).max())
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", required=True, help="the services' workdir of a loop run (repo/, state/)")
-    p.add_argument("--data", required=True, help="Cityscapes-layout folder; its val split is used")
-    p.add_argument("--model", default="segmentation")
-    p.add_argument("--frames", type=int, default=50)
-    p.add_argument("--json", default="", help="also write the table here")
-    args = p.parse_args(argv)
-    work = Path(args.workdir)
-    val = SegDataset(list_frames(args.data, "val", True))
-    step = max(1, len(val) // args.frames)
-    images = np.stack([val.raw(i)[0] for i in range(0, len(val), step)][:args.frames])  # uint8 [N, H, W, 3]
-    # `segxal up` keeps one repository per model (repo/<model>/<model>/<v>); a shared one is repo/<model>/<v>
-    model_dir = work / "repo" / args.model / args.model
-    model_dir = model_dir if model_dir.is_dir() else work / "repo" / args.model
-    versions = sorted(int(d.name) for d in model_dir.iterdir() if d.name.isdigit())
+def _run_served(session, spec, images: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(labels, ebu, cam, pmax) [N, h, w] of one served model, one frame a call as the EEM service
+    asks, the input prepared as the model's config says."""
+    from segxal.resize import resize_image
+    x_spec = spec.image_input
+    names = [spec.output_name(r) for r in ("labels", "ebu", "cam", "pmax")]
+    if names[2] is None:
+        raise SystemExit("this model serves no cam (it is scored with EBU alone)")
+    size = spec.input_size or (images.shape[1], images.shape[2])
+    dtype = np.dtype(onnx_dtype(session))
+    out = []
+    for img in images:
+        frame = resize_image(img, tuple(size)) if tuple(size) != img.shape[:2] else img
+        out.append([o[0] for o in session.run(names, {x_spec.name: spec.preprocessing.apply(frame[None], dtype)})])
+    return tuple(np.stack(a) for a in zip(*out))
+
+
+def onnx_dtype(session) -> str:
+    return {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16"}[
+        session.get_inputs()[0].type]
+
+
+def _repository_table(args) -> list[dict]:
+    import onnxruntime as ort
+
+    from segxal.resize import resize_nearest
+    from services.common.model_repository import ModelRepository, spec_from_config
+    work = Path(args.workdir) if args.workdir else None
+    if args.repo:
+        root = Path(args.repo)
+    else:  # `segxal up` keeps one repository per model (repo/<model>/<model>/<v>); a shared one is repo/<model>/<v>
+        root = work / "repo" / args.model
+        root = root if (root / args.model).is_dir() else work / "repo"
+    repo = ModelRepository(root)
+    spec = spec_from_config(repo.read_config(args.model))
+    images, truth = _val_frames(args.data, args.frames)
+    versions = sorted(int(d.name) for d in (root / args.model).iterdir() if d.name.isdigit())
     rows = []
-    print(f"{'version':>7} {'degenerate':>10} {'cam>0':>6} {'corr(ebu)':>9} {'corr(pmax)':>10} {'vs grad-cam':>11}")
+    print(f"{args.model}: cam_layer {spec.cam_layer}")
+    print(f"{'version':>7} {'dead':>6} {'cam>0':>6} {'corr(ebu)':>9} {'corr(pmax)':>10} {'vs grad-cam':>11}")
     for v in versions:
-        sess = ort.InferenceSession(str(model_dir / str(v) / "model.onnx"),
-                                    providers=["CPUExecutionProvider"])
-        labels, ebu, cam, pmax = [], [], [], []
-        for img in images:  # one frame per call, as the EEM service asks
-            out = sess.run(["labels", "ebu", "cam", "pmax"], {"image": img[None]})
-            for acc, o in zip((labels, ebu, cam, pmax), out):
-                acc.append(o[0])
-        labels, ebu, cam, pmax = (np.stack(a) for a in (labels, ebu, cam, pmax))
-        c = cam.astype(np.float32).ravel()
-        row = {"version": v, "frames": len(images),
-               "degenerate_share": float(np.mean(cam_degenerate(cam))),
-               "cam_positive_fraction": float((cam > 0).mean()),
-               "corr_ebu": float(np.corrcoef(c, ebu.astype(np.float32).ravel())[0, 1]),
-               "corr_pmax": float(np.corrcoef(c, pmax.astype(np.float32).ravel())[0, 1])}
-        ckpt = work / "state" / "models" / args.model / str(v) / "checkpoint.pt"
-        row["max_diff_vs_grad_cam"] = _grad_cam_diff(ckpt, images[:8], cam[:8], labels[:8]) if ckpt.is_file() else None
+        sess = ort.InferenceSession(str(repo.model_file(args.model, v)), providers=["CPUExecutionProvider"])
+        labels, ebu, cam, pmax = _run_served(sess, spec, images)
+        tr = np.stack([resize_nearest(t, labels.shape[1:]) for t in truth]) if labels.shape[1:] != truth.shape[1:] \
+            else truth
+        row = {"version": v, **health_row(labels, ebu, cam, pmax, tr)}
+        ckpt = work / "state" / "models" / args.model / str(v) / "checkpoint.pt" if work else None
+        row["max_diff_vs_grad_cam"] = _grad_cam_diff(ckpt, images[:8], cam[:8], labels[:8]) \
+            if ckpt is not None and ckpt.is_file() else None
         rows.append(row)
         diff = "-" if row["max_diff_vs_grad_cam"] is None else f"{row['max_diff_vs_grad_cam']:.1e}"
-        print(f"{v:>7} {row['degenerate_share']:>10.2f} {row['cam_positive_fraction']:>6.2f} "
+        print(f"{v:>7} {row['dead_share']:>6.2f} {row['cam_positive_fraction']:>6.2f} "
               f"{row['corr_ebu']:>+9.2f} {row['corr_pmax']:>+10.2f} {diff:>11}", flush=True)
+    return rows
+
+
+# ---- --train: foreign architectures, every target ----
+
+
+def _explain_all(model, layer: str, images: np.ndarray, targets: list[str], batch: int = 10) -> dict:
+    """target -> (labels, ebu, cam, pmax) [N, H, W] of the PyTorch explainer (float16 maps, as served)."""
+    from segxal.graph.traced_cam import TracedExplainer, make_target
+    out = {}
+    for name in targets:
+        explainer = TracedExplainer(model, layer, make_target(name), MEAN, STD).eval()
+        parts = []
+        for i in range(0, len(images), batch):
+            labels, ebu, cam, pmax, _ = explainer(torch.from_numpy(images[i:i + batch]))
+            parts.append([t.detach().numpy() for t in (labels, ebu, cam, pmax)])
+        out[name] = tuple(np.concatenate(a) for a in zip(*parts))
+    return out
+
+
+def _train_table(args) -> list[dict]:
+    from segxal.graph.traced_cam import CAM_TARGETS, default_layer
+    from segxal.models.external import ExternalModel, ExternalModelConfig
+    from segxal.train import TrainConfig, train_segmentation
+    torch.set_num_threads(args.threads)
+    train = SegDataset(list_frames(args.data, "train", True))
+    if args.train_frames and args.train_frames < len(train):  # a fixed, spread subset
+        keep = np.linspace(0, len(train) - 1, args.train_frames).round().astype(int)
+        train = SegDataset([train.frames[i] for i in keep])
+    images, truth = _val_frames(args.data, args.frames)
+    out_dir = Path(args.out)
+    rows: list[dict] = []
+    print(f"train {len(train)} frames of {args.data}, validation {len(images)} frames, "
+          f"{args.threads} thread(s), measured after epochs {args.at}")
+    print(f"{'architecture':<18} {'layer':<22} {'ep':>3} {'acc':>5} {'target':<15} {'dead':>5} {'cam>0':>6} "
+          f"{'c(ebu)':>7} {'c(pmax)':>8}", flush=True)
+    for arch in args.archs:
+        import_path, kwargs = ARCHITECTURES[arch]
+        torch.manual_seed(args.seed)
+        model = ExternalModel(ExternalModelConfig(import_path, kwargs))
+        layer = default_layer(model.inner, tuple(images.shape[1:3]))
+        t0 = time.time()
+
+        def measure(epoch: int, loss: float, model=model, arch=arch, layer=layer, t0=t0) -> None:
+            if epoch not in args.at:
+                return
+            model.eval()
+            ckpt = out_dir / arch / f"epoch{epoch}.pt"
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"config": model.cfg.to_dict(), "state_dict": model.inner.state_dict()}, ckpt)
+            for target, maps in _explain_all(model.inner, layer, images, list(CAM_TARGETS)).items():
+                row = {"architecture": arch, "layer": layer, "epoch": epoch, "loss": loss, "target": target,
+                       "train_seconds": time.time() - t0, **health_row(*maps, truth)}
+                rows.append(row)
+                print(f"{arch:<18} {layer:<22} {epoch:>3} {row['pixel_accuracy']:>5.3f} {target:<15} "
+                      f"{row['dead_share']:>5.2f} {row['cam_positive_fraction']:>6.2f} {row['corr_ebu']:>+7.2f} "
+                      f"{row['corr_pmax']:>+8.2f}", flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=2))
+            model.train()
+
+        train_segmentation(model, train, TrainConfig(epochs=max(args.at), batch_size=args.batch_size, lr=args.lr,
+                                                     seed=args.seed, progress=False, device="cpu"),
+                           on_epoch=measure)
+    _summarise(rows, args.max_dead, args.max_abs_corr)
+    return rows
+
+
+def _summarise(rows: list[dict], max_dead: float, max_abs_corr: float) -> None:
+    """Which target meets dead <= max_dead and |corr(EBU)| <= max_abs_corr at every checkpoint."""
+    print(f"\ntarget           checkpoints  meets dead<={max_dead:.0%} and |corr ebu|<={max_abs_corr} "
+          f"  worst dead  worst |corr ebu|")
+    for target in dict.fromkeys(r["target"] for r in rows):
+        mine = [r for r in rows if r["target"] == target]
+        ok = sum(r["dead_share"] <= max_dead and abs(r["corr_ebu"]) <= max_abs_corr for r in mine)
+        worst_corr = np.nanmax([abs(r["corr_ebu"]) for r in mine]) if any(
+            np.isfinite(r["corr_ebu"]) for r in mine) else float("nan")
+        print(f"{target:<16} {len(mine):>11}  {ok:>3}/{len(mine):<3} {'ALL' if ok == len(mine) else '':<38}"
+              f"{max(r['dead_share'] for r in mine):>10.2f}  {worst_corr:>15.2f}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="Cityscapes-layout folder; its val split is measured")
+    p.add_argument("--workdir", help="the services' workdir of a loop run (repo/, state/)")
+    p.add_argument("--repo", help="any model repository (Triton layout)")
+    p.add_argument("--model", default="segmentation")
+    p.add_argument("--frames", type=int, default=50, help="validation frames measured")
+    p.add_argument("--train", action="store_true", help="train the --archs and measure every target (see above)")
+    p.add_argument("--archs", nargs="+", default=["smp_deeplabv3plus", "smp_pspnet", "smp_unet", "smp_fpn",
+                                                  "tv_lraspp", "tv_deeplabv3", "segformer"],
+                   choices=sorted(ARCHITECTURES))
+    p.add_argument("--epochs", dest="at", type=int, nargs="+", default=[1, 3, 10],
+                   help="measure after these epochs of one run as long as the largest")
+    p.add_argument("--train-frames", type=int, default=0, help="train on this many train frames (0: all)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="runs/cam_health", help="--train: where the checkpoints go")
+    p.add_argument("--max-dead", type=float, default=0.05)
+    p.add_argument("--max-abs-corr", type=float, default=0.3)
+    p.add_argument("--json", default="", help="also write the table here")
+    args = p.parse_args(argv)
+    if args.train:
+        rows = _train_table(args)
+    elif args.workdir or args.repo:
+        rows = _repository_table(args)
+    else:
+        p.error("give --train, --repo or --workdir")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=2))
-    return {"versions": rows}
+    return {"rows": rows}
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     main()

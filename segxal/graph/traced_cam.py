@@ -182,13 +182,15 @@ def default_layer(model: nn.Module, probe_hw: tuple[int, int] = (64, 64)) -> str
     """The default CAM layer of a model family: the backbone's (torchvision) or encoder's (smp)
     last stage, i.e. the last of its direct children to run whose output is a 4-D feature map; for
     Hugging Face SegFormer the last encoder block's output as the decode head reads it
-    ("decode_head.linear_c.<last>:input").
+    ("decode_head.linear_projections.<last>:input"; linear_c in transformers 4).
 
     Raises:
         InvalidInput: a model of no known family (name a layer instead).
     """
-    if hasattr(model, "decode_head") and hasattr(model.decode_head, "linear_c"):  # HF SegFormer
-        return f"decode_head.linear_c.{len(model.decode_head.linear_c) - 1}:input"
+    head = getattr(model, "decode_head", None)
+    for name in ("linear_projections", "linear_c"):  # HF SegFormer (transformers 5; 4.x)
+        if isinstance(getattr(head, name, None), nn.ModuleList):
+            return f"decode_head.{name}.{len(getattr(head, name)) - 1}:input"
     found = _stage_owner(model)
     if found is None:
         raise InvalidInput(f"no default CAM layer for a {type(model).__name__} (no backbone or encoder); "

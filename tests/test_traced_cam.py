@@ -1,0 +1,193 @@
+"""GradCAM at a named layer of any torch model, inside the exported graph (segxal.graph.traced_cam).
+
+Three architectures no one here wrote (smp DeepLabV3+ and Unet on resnet18, torchvision LR-ASPP),
+each exported with a different CAM target, published with a five-class label file, served by the
+project's inference server and scored through the real EEM service: the served `cam` equals
+pytorch-grad-cam's GradCAM at the same layer with the same target (its scaling) within 1e-3.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from pytorch_grad_cam import GradCAM
+
+from segxal import imageio
+from segxal.data.cityscapes import MEAN, STD
+from segxal.errors import InvalidInput
+from segxal.export import ExportConfig, export_depth
+from segxal.graph.traced_cam import (CAM_TARGETS, METADATA_CAM_LAYER, METADATA_CAM_TARGET, TracedExplainer,
+                                     as_grad_cam_target, capture_activation, default_layer, describe_cam,
+                                     export_traced, make_target, resolve_layer, serving_spec)
+from segxal.models import zoo
+from segxal.models.depth import DepthConfig, DepthNet
+from segxal.models.external import FullResLogits, build_model
+from services.common.model_repository import ModelRepository, build_config, spec_from_config
+from services.common.server import ServerConfig
+from services.eem.api import ScoreOptions
+from services.eem.client import EemClient
+from services.eem.pipeline import PipelineConfig
+from services.eem.server import EemServer, EemServiceConfig
+from services.inference.config import InferenceServerConfig, RuntimeConfig
+from services.inference.server import InferenceServer
+from tests.zoo_support import H, NUM_CLASSES, W
+
+CLASS_NAMES = ("road", "car", "person", "tree", "sky")  # a non-Cityscapes taxonomy with two object classes
+CAM_TOL = 1e-3
+# architecture -> (the target it is exported with, the default layer expected)
+SERVED = {"smp_deeplabv3plus": ("class-balanced", "encoder.layer4"),
+          "lraspp_mobilenet_v3_large": ("class-agnostic", "backbone.16"),
+          "smp_unet": ("objects", "encoder.layer4")}
+
+
+def _model(name: str) -> torch.nn.Module:
+    """A random-weight model whose classifier is re-initialised N(0, 1), so that several classes
+    are predicted (segxal.models.zoo does this for its architectures)."""
+    if name in zoo.entries(NUM_CLASSES):
+        return zoo.build(name, NUM_CLASSES)[0]
+    torch.manual_seed(0)
+    model = build_model("segmentation_models_pytorch.DeepLabV3Plus",
+                        {"encoder_name": "resnet18", "encoder_weights": None, "classes": NUM_CLASSES})
+    torch.nn.init.normal_(model.segmentation_head[0].weight, std=1.0)
+    torch.nn.init.zeros_(model.segmentation_head[0].bias)
+    return model.eval()
+
+
+def _frame() -> np.ndarray:
+    rng = np.random.default_rng(5)
+    small = rng.integers(0, 256, (H // 8, W // 8, 3), dtype=np.uint8)
+    return np.kron(small, np.ones((8, 8, 1), np.uint8))  # uint8 [H, W, 3]
+
+
+def _grad_cam(model, layer: str, target: str, image: np.ndarray) -> np.ndarray:
+    """pytorch-grad-cam's GradCAM of one uint8 image [H, W, 3] at `layer` with `target`: [H, W]."""
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0  # [1, 3, H, W]
+    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    module, _ = resolve_layer(model, layer)
+    with GradCAM(model=FullResLogits(model).eval(), target_layers=[module]) as cam:
+        return cam(input_tensor=x, targets=[as_grad_cam_target(make_target(target, CLASS_NAMES))])[0]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("traced")
+    repo = ModelRepository(root / "repo")
+    exports = {}
+    for name, (target, _) in SERVED.items():
+        model = _model(name)
+        result = export_traced(model, root / name / "model.onnx", (H, W), target=target, class_names=CLASS_NAMES)
+        repo.publish(name, result.path, build_config(name, serving_spec(result, CLASS_NAMES)))
+        exports[name] = (model, result)
+    torch.manual_seed(1)
+    depth = export_depth(DepthNet(DepthConfig(width=4, depth=2)), root / "depth" / "model.onnx",
+                         ExportConfig(trace_hw=(H, W)))
+    repo.publish("depth", depth.path, build_config("depth", depth.spec))
+    frames = root / "frames"
+    imageio.write_png(frames / "frame.png", _frame())
+    server = InferenceServer(InferenceServerConfig(
+        repository=str(repo.root), server=ServerConfig(address="127.0.0.1:0", max_workers=8, grace_s=2.0),
+        runtime=RuntimeConfig(intra_op_threads=1), poll_interval_s=0.0))
+    server.start()
+    yield {"server": server, "exports": exports, "frames": frames, "repo": repo}
+    server.stop(2.0)
+
+
+def _score(served, seg_model: str):
+    eem = EemServer(EemServiceConfig(seg_target=served["server"].target, depth_target=served["server"].target,
+                                     storage_roots=[str(served["frames"])], seg_model=seg_model,
+                                     server=ServerConfig(address="127.0.0.1:0", grace_s=2.0), health_poll_s=0.1,
+                                     pipeline=PipelineConfig(max_concurrency=1)))
+    eem.start()
+    try:
+        with EemClient(eem.target, timeout_s=60) as client:
+            client.wait_until_serving(30)
+            return client.score(str(served["frames"] / "frame.png"), ScoreOptions(
+                maps=("ebu", "cam", "eem"), map_bits=16, regions=True, labels=True)).raise_for_error()
+    finally:
+        eem.stop(2.0)
+
+
+@pytest.mark.parametrize("name", SERVED)
+def test_served_cam_equals_pytorch_grad_cam_at_the_named_layer(name, served):
+    model, export = served["exports"][name]
+    target, layer = SERVED[name]
+    assert export.layer == layer and export.target == target
+    result = _score(served, name)
+    image = _frame()
+    ref = _grad_cam(model, layer, target, image)  # [H, W]
+    with torch.no_grad():
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
+        logits = FullResLogits(model)((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
+    assert result.cam_layer == describe_cam(layer, target) and not result.ebu_only
+    assert np.mean(result.labels() == logits.argmax(1)[0].numpy()) > 0.999
+    assert len(np.unique(result.labels())) > 1  # a non-trivial prediction, else the check is weak
+    assert ref.max() > 0.99 and ref.std() > 0.05  # a live reference CAM
+    assert np.abs(result.map("cam") - ref).max() < CAM_TOL
+    assert result.regions and {r.class_name for r in result.regions} <= set(CLASS_NAMES)
+
+
+def test_export_records_layer_and_target_in_onnx_metadata_and_config(served):
+    _, export = served["exports"]["smp_deeplabv3plus"]
+    props = {p.key: p.value for p in onnx.load(str(export.path)).metadata_props}
+    assert props[METADATA_CAM_LAYER] == "encoder.layer4" and props[METADATA_CAM_TARGET] == "class-balanced"
+    spec = spec_from_config(served["repo"].read_config("smp_deeplabv3plus"))
+    assert spec.cam_layer == "encoder.layer4 (class-balanced)" and spec.has_cam
+    assert spec.fixed_batch == 1 and spec.input_size == (H, W) and spec.class_names == CLASS_NAMES
+    assert spec.embedding_dim == 512  # resnet18's last stage
+
+
+def test_embedding_is_the_normalised_pooled_activation_of_the_cam_layer(served):
+    model, export = served["exports"]["smp_unet"]
+    image = _frame()[None]
+    (embedding,) = ort.InferenceSession(str(export.path), providers=["CPUExecutionProvider"]).run(
+        ["embedding"], {"image": image})
+    module, of_input = resolve_layer(model, export.layer)
+    store: dict = {}
+    x = (torch.from_numpy(image).permute(0, 3, 1, 2).float() / 255.0 - torch.tensor(MEAN).view(1, 3, 1, 1)) \
+        / torch.tensor(STD).view(1, 3, 1, 1)
+    with capture_activation(module, of_input, store), torch.no_grad():
+        model(x)
+    pooled = store["a"].mean((2, 3))  # [1, K]
+    assert embedding.dtype == np.float32 and embedding.shape == (1, 512)
+    np.testing.assert_allclose(embedding, (pooled / pooled.norm(dim=1, keepdim=True)).numpy(), atol=1e-5)
+
+
+# with random weights a target's CAM can be all zero at a layer; each target is checked on a model
+# where it is alive (the check asserts that)
+@pytest.mark.parametrize("target,name", [(t, "smp_unet" if t == "objects" else "smp_deeplabv3plus")
+                                         for t in CAM_TARGETS])
+def test_every_target_equals_pytorch_grad_cam(target, name):
+    """The PyTorch explainer export_traced traces, for each target (the served graph is held to it
+    by the export's parity check and by the test above)."""
+    model = _model(name)
+    image = _frame()
+    explainer = TracedExplainer(model, "encoder.layer3", make_target(target, CLASS_NAMES), MEAN, STD).eval()
+    cam = explainer(torch.from_numpy(image[None]))[2][0].float().numpy()
+    ref = _grad_cam(model, "encoder.layer3", target, image)
+    assert ref.std() > 0.05
+    assert np.abs(cam - ref).max() < CAM_TOL
+
+
+def test_default_layer_is_the_last_stage_of_each_family():
+    pspnet = build_model("segmentation_models_pytorch.PSPNet",
+                         {"encoder_name": "resnet18", "encoder_weights": None, "classes": 3})
+    assert default_layer(pspnet) == "encoder.layer2"  # PSPNet's encoder stops at depth 3
+    segformer = zoo.build("segformer", NUM_CLASSES)[0]
+    assert default_layer(segformer) == "decode_head.linear_projections.3:input"
+    with pytest.raises(InvalidInput, match="no default CAM layer.*--layer"):
+        default_layer(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1)))
+
+
+def test_bad_layer_or_target_is_a_clear_error(tmp_path):
+    model = _model("smp_deeplabv3plus")
+    with pytest.raises(InvalidInput, match="no layer 'encoder.layer9'.*top-level modules"):
+        export_traced(model, tmp_path / "m.onnx", (H, W), layer="encoder.layer9")
+    with pytest.raises(InvalidInput, match="unknown CAM target 'gradient'"):
+        export_traced(model, tmp_path / "m.onnx", (H, W), target="gradient")
+    with pytest.raises(InvalidInput, match="objects target needs one of"):
+        make_target("objects", ("a", "b"))
+    with pytest.raises(InvalidInput, match="model's 5 class names"):
+        export_traced(model, tmp_path / "m.onnx", (H, W), target="objects")  # Cityscapes' 19 by default
+    assert not (tmp_path / "m.onnx").exists()
