@@ -1,11 +1,15 @@
 """SegXAL's Label Studio ML backend against a real Label Studio 1.23.2 (its own venv), the real
 EEM service, inference server and coordinator. Label Studio itself connects the backend (its
-/api/ml), asks for predictions (the data manager's "Retrieve Predictions" action), sorts the
-tasks by the prediction score in a data-manager view, and calls the backend's /webhook when an
-annotation is saved; the annotation must reach the coordinator. The EEM service, asked directly,
+/api/ml, with basic auth, as "Connect Model" does), asks for predictions (the data manager's
+"Retrieve Predictions" action), sorts the tasks by the prediction score in a data-manager view
+with nothing changed by hand after connecting, and calls the backend's /webhook when an annotation
+is saved; the annotation must reach the coordinator. The overlays live in a folder of their own,
+which Label Studio serves without a Local Storage added by hand. The EEM service, asked directly,
 is the reference for scores, regions and classes; label_studio_sdk decodes the brush RLE. One test
-saves a headless-Chromium screenshot of the sorted task list with the pre-annotated task open under
-artifacts/label_studio/. Malformed requests get 4xx with a message, never 500.
+saves headless-Chromium screenshots of the sorted task list (artifacts/label_studio_sorted.png)
+and of the pre-annotated task under artifacts/label_studio/. Malformed requests get 4xx with a
+message, never 500; forged webhooks without credentials get 401; /setup cannot point downloads at
+another host.
 
 Skips (with the reason) only when the Label Studio venv cannot be made, e.g. without a package index.
 """
@@ -34,13 +38,18 @@ from tests.labeling_support import (LS_VENV, Chromium, annotations_by_task, djan
                                     serving_stack)
 
 ARTIFACTS = REPO_ROOT / "artifacts" / "label_studio"
+SORTED_SCREENSHOT = REPO_ROOT / "artifacts" / "label_studio_sorted.png"
 POOL = "ml-backend"
+USER, PASSWORD = "label-studio", "basic-auth-pass-of-the-test"
+BASIC = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
 
 
 @pytest.fixture(scope="module")
 def env(ls_tools, tiny_dataset, tmp_path_factory):
     """Label Studio (document root `media`), the serving stack reading a copy of the tiny dataset
-    inside that root, a ranked EEM cycle in the coordinator, and the ML backend on an ephemeral port."""
+    inside that root, a ranked EEM cycle in the coordinator, and the ML backend on an ephemeral port
+    with basic auth, fetching only from this Label Studio, writing overlays to `media/overlays`
+    (outside the frames' storage)."""
     root = tmp_path_factory.mktemp("ls-ml")
     media = root / "media"
     dataset = media / "ds"
@@ -50,8 +59,9 @@ def env(ls_tools, tiny_dataset, tmp_path_factory):
     with LocalLabelStudio(cfg) as ls, serving_stack(root / "stack", dataset) as stack:
         pool, tasks = eem_pool(stack, POOL, batch=4)
         backend_cfg = MLBackendConfig(host="127.0.0.1", port=0, eem_target=stack.eem, ls_document_root=str(media),
-                                      media_dir=str(dataset / "overlays"), cache_dir=str(dataset / "cache"),
-                                      forward="coordinator", coordinator=stack.coordinator, pool=POOL)
+                                      media_dir=str(media / "overlays"), cache_dir=str(dataset / "cache"),
+                                      forward="coordinator", coordinator=stack.coordinator, pool=POOL,
+                                      ls_url=ls.url, basic_auth_user=USER, basic_auth_pass=PASSWORD)
         with MLBackendServer(backend_cfg) as backend:
             yield SimpleNamespace(ls=ls, api=ls.api(), stack=stack, pool=pool, tasks=tasks, backend=backend,
                                   media=media, dataset=dataset, chromium=ls_tools.get("chromium", "missing"))
@@ -64,7 +74,8 @@ def _local_url(env, path) -> str:
 @pytest.fixture(scope="module")
 def project(env):
     """A Label Studio project of the 8 validation frames, connected to the ML backend through Label
-    Studio's API, with predictions retrieved by Label Studio and a view sorted by prediction score."""
+    Studio's API as "Connect Model" does (basic auth), with predictions retrieved by Label Studio and
+    a view sorted by prediction score: what a user does, and nothing else."""
     api = env.api
     proj = api.create_project("SegXAL ML backend", lsp.label_config())
     pid = int(proj["id"])
@@ -75,17 +86,16 @@ def project(env):
     api.request("POST", f"/api/projects/{pid}/import",
                 [{lsp.FRAME_KEY: _local_url(env, f), lsp.OVERLAY_KEY: _local_url(env, f)} for f in frames])
     ml = api.request("POST", "/api/ml", {"url": env.backend.url, "project": pid, "title": "SegXAL EEM",
-                                         "is_interactive": False})
+                                         "is_interactive": False, "auth_method": "BASIC_AUTH",
+                                         "basic_auth_user": USER, "basic_auth_pass": PASSWORD})
     assert ml["state"] == "CO", ml  # Label Studio called /health and /setup: connected
-    hooks = api.request("GET", "/api/webhooks", params={"project": pid})
-    assert any(h["url"] == env.backend.url + "/webhook" for h in hooks)  # Label Studio made it itself
+    # Label Studio makes the backend's webhook itself, without credentials; the backend adds them.
+    hook_url = env.backend.url + "/webhook"
+    _wait(lambda: any(h["url"] == hook_url and h.get("headers", {}).get("Authorization") == BASIC["Authorization"]
+                      for h in api.request("GET", "/api/webhooks", params={"project": pid})),
+          timeout_s=60, what="the backend's credentials on Label Studio's webhook")
     api.request("POST", "/api/dm/actions", {"selectedItems": {"all": True, "excluded": []}},
                 params={"id": "retrieve_tasks_predictions", "project": pid})
-    # Settings -> Annotation -> "Use predictions to prelabel": the backend's model version. Label
-    # Studio averages (and sorts by) only the scores of the project's model version, and shows
-    # that version's predictions as pre-annotations.
-    version = api.request("GET", f"/api/ml/{ml['id']}")["model_version"]
-    api.request("PATCH", f"/api/projects/{pid}", {"model_version": version, "show_collab_predictions": True})
     view = api.request("POST", "/api/dm/views", {"project": pid, "data": {
         "title": "By EEM score", "ordering": ["-tasks:predictions_score"],
         "hiddenColumns": {"explore": ["tasks:annotations_results", "tasks:predictions_results", "tasks:data.overlay",
@@ -96,6 +106,13 @@ def project(env):
                           "labeling": []}}})
     tasks = {int(t["id"]): api.get_task(int(t["id"])) for t in api.iter_tasks(pid)}
     return SimpleNamespace(id=pid, view=int(view["id"]), tasks=tasks, frames=frames, ml_id=int(ml["id"]))
+
+
+def _sorted_ids(env, project) -> list[int]:
+    listed = env.api.request("GET", "/api/tasks", params={"view": project.view, "project": project.id,
+                                                          "page_size": 100})
+    rows = listed["tasks"] if isinstance(listed, dict) else listed
+    return [int(t["id"]) for t in rows]
 
 
 def _region_masks(scored) -> list[np.ndarray]:
@@ -139,15 +156,95 @@ def test_label_studio_gets_eem_restricted_pre_annotations_with_the_eem_score(env
                                           eem_overlay(imageio.read_rgb(path), ref.map("eem"), regions))
 
 
-def test_data_manager_sorts_tasks_by_the_eem_score(env, project):
-    listed = env.api.request("GET", "/api/tasks", params={"view": project.view, "project": project.id,
-                                                          "page_size": 100})
-    rows = listed["tasks"] if isinstance(listed, dict) else listed
-    order = [int(t["id"]) for t in rows]
+def test_data_manager_sorts_by_prediction_score_as_connect_model_leaves_the_project(env, project):
+    """No setting changed by hand: the project's model version is the predictions' version, so
+    each task's "Prediction score" is its EEM score and the view sorts by it."""
     scores = {i: t["predictions"][0]["score"] for i, t in project.tasks.items()}
-    assert sorted(order) == sorted(scores)
-    assert order == sorted(scores, key=lambda i: -scores[i])
     assert len(set(scores.values())) > 1  # the order says something
+    expected = sorted(scores, key=lambda i: -scores[i])
+    _wait(lambda: _sorted_ids(env, project) == expected, timeout_s=60, what="the view sorted by prediction score")
+    versions = {t["predictions"][0]["model_version"] for t in project.tasks.values()}
+    assert env.api.get_project(project.id)["model_version"] in versions
+    listed = env.api.request("GET", "/api/tasks", params={"view": project.view, "project": project.id,
+                                                          "fields": "all", "page_size": 100})
+    rows = listed["tasks"] if isinstance(listed, dict) else listed
+    for row in rows:  # the column the user sorts by holds the EEM score, not null
+        assert row["predictions_score"] == pytest.approx(scores[int(row["id"])], rel=1e-6)
+
+
+def test_overlays_are_served_by_label_studio_without_a_hand_made_storage(env, project):
+    """The overlay folder lies outside the frames' storage; the backend connected it (a Local
+    Storage whose Sync imports nothing) and Label Studio serves each task's overlay."""
+    storages = env.api.local_storages(project.id)
+    assert str(env.media / "overlays") in {s["path"] for s in storages}
+    for ls_task in project.tasks.values():
+        url = ls_task["data"][lsp.OVERLAY_KEY]
+        assert url.startswith("/data/local-files/?d=overlays/"), url
+        served = env.api.download(url)  # through Label Studio, as the browser fetches it
+        assert served == (env.media / url.split("?d=", 1)[1]).read_bytes()
+    for storage in storages:  # "Sync" adds no task (the overlay storage's filter matches no file)
+        if storage["path"] == str(env.media / "overlays"):
+            env.api.request("POST", f"/api/storages/localfiles/{storage['id']}/sync")
+    assert len(list(env.api.iter_tasks(project.id, with_annotations=False))) == len(project.tasks)
+
+
+def test_forged_webhooks_are_refused_without_credentials(env, project):
+    """An anonymous ANNOTATION_CREATED (a brush over the whole frame) for a waiting task is refused
+    and submits nothing; with the backend's credentials the same body is submitted."""
+    task = env.tasks[1]
+    (ls_id,) = [i for i, t in project.tasks.items() if _frame_path(env, t) == task.frame_uri]
+    h, w = task.height, task.width
+    body = {"action": "ANNOTATION_CREATED", "project": {"id": project.id},
+            "annotation": {"id": 99001, "result": _strokes(np.ones((h, w), bool), "sky")},
+            "task": {"id": ls_id, "data": project.tasks[ls_id]["data"]}}
+    wrong = {"Authorization": "Basic " + base64.b64encode(f"{USER}:guess".encode()).decode()}
+    for headers in ({}, wrong):
+        for _ in range(3):
+            status, reply = json_call(env.backend.url, "/webhook", body, headers=headers)
+            assert status == 401, reply
+    assert task.task_id not in annotations_by_task(env.stack, env.pool.pool_id)
+    status, reply = json_call(env.backend.url, "/webhook", body, headers=BASIC)
+    assert status == 201 and reply["task_id"] == task.task_id, reply
+    assert task.task_id in annotations_by_task(env.stack, env.pool.pool_id)
+
+
+def test_setup_cannot_point_downloads_at_another_host(env, project):
+    """/setup names a capture server as Label Studio's hostname; later downloads still go only to
+    the configured Label Studio, and an absolute URL of another host is refused unfetched."""
+    import http.server
+    import threading
+
+    seen: list[tuple[str, str]] = []
+
+    class Capture(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append((self.path, self.headers.get("Authorization", "")))
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    capture = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Capture)
+    threading.Thread(target=capture.serve_forever, daemon=True).start()
+    here = f"http://127.0.0.1:{capture.server_address[1]}"
+    try:
+        status, _ = json_call(env.backend.url, "/setup", {"project": f"{project.id}.0", "schema": lsp.label_config(),
+                                                          "hostname": here, "access_token": env.ls.token},
+                              headers=BASIC)
+        assert status == 200
+        for image in ("/data/upload/1/frame.png", f"{here}/data/upload/1/frame.png"):
+            status, reply = json_call(env.backend.url, "/predict", {
+                "project": f"{project.id}.0", "tasks": [{"id": 1, "data": {"image": image}}]}, headers=BASIC)
+            assert 400 <= status < 600 and status != 500 and reply["error"], (image, status, reply)
+        status, reply = json_call(env.backend.url, "/predict", {
+            "project": f"{project.id}.0", "tasks": [{"id": 1, "data": {"image": f"{here}/x.png"}}]}, headers=BASIC)
+        assert status == 400 and "only the configured Label Studio" in reply["error"], reply
+        assert seen == []  # the capture server saw no request, so no token
+    finally:
+        capture.shutdown()
+        capture.server_close()
 
 
 def _strokes(mask: np.ndarray, label: str) -> list[dict]:
@@ -210,19 +307,22 @@ def test_malformed_requests_get_4xx_with_a_message_never_500(env, project):
         ("/nowhere", {}, None, 404, "unknown path"),
     ]
     for path, body, raw, code, text in cases:
-        status, reply = json_call(env.backend.url, path, body, raw)
+        status, reply = json_call(env.backend.url, path, body, raw, headers=BASIC)
         assert (status, text in reply.get("error", "")) == (code, True), (path, body, status, reply)
     # A frame of the pool that no coordinator task waits for (not in the ranked cycle): 409.
     ranked = {t.frame_uri for t in env.tasks}
     idle = next(t for t in project.tasks.values() if _frame_path(env, t) not in ranked)
     status, reply = json_call(env.backend.url, "/webhook", {"action": "ANNOTATION_UPDATED", "project": {"id": project.id},
-                                            "annotation": good_ann, "task": {"id": idle["id"], "data": idle["data"]}})
+                                            "annotation": good_ann, "task": {"id": idle["id"], "data": idle["data"]}},
+                              headers=BASIC)
     assert status == 409 and "no coordinator task waits for it" in reply["error"]
-    status, reply = json_call(env.backend.url, "/webhook", {"action": "PROJECT_UPDATED", "project": {"id": project.id}})
+    status, reply = json_call(env.backend.url, "/webhook", {"action": "PROJECT_UPDATED", "project": {"id": project.id}},
+                              headers=BASIC)
     assert (status, reply["status"]) == (200, "ignored")
-    status, reply = json_call(env.backend.url, "/predict", None, raw=b"{}", headers={"Content-Length": str(1 << 40)})
+    status, reply = json_call(env.backend.url, "/predict", None, raw=b"{}",
+                              headers={"Content-Length": str(1 << 40), **BASIC})
     assert status == 413 and "larger than" in reply["error"]
-    status, reply = json_call(env.backend.url, "/predict", None, method="GET")
+    status, reply = json_call(env.backend.url, "/predict", None, method="GET", headers=BASIC)
     assert status == 405 and "takes POST" in reply["error"]
     status, reply = json_call(env.backend.url, "/health", None, method="GET")
     assert status == 200 and reply["status"] == "UP"

@@ -39,6 +39,7 @@ import signal
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from clients.label_studio.ml_model import FORWARD_MODES, MLBackendConfig, RequestError, SegxalMLModel
 from services.common.channel import add_channel_args, channel_config_from_args
@@ -208,6 +209,8 @@ class MLBackendServer:
         return f"http://{host}:{port}"
 
     def start(self) -> None:
+        if self.cfg.media_dir:  # Label Studio checks a Local Storage's folder exists when it is added
+            Path(self.cfg.media_dir).mkdir(parents=True, exist_ok=True)
         self._server = _Server((self.cfg.host, self.cfg.port), self.model, self.cfg.max_body_bytes,
                                self.cfg.auth_header)
         self._thread = threading.Thread(target=self._server.serve_forever, name="ls-ml-backend", daemon=True)

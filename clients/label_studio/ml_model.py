@@ -69,9 +69,10 @@ FORWARD_MODES = ("coordinator", "trainer", "none")
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 LOCAL_FILES_PREFIX = "/data/local-files/"
 FRAME_LIST_REFRESH_S = 10.0  # least time between two listings of the pool's frames
-# When /setup has answered, the project is set up (clients.label_studio.ml_project) after these
-# delays: Label Studio writes the project's model version (the backend's title) only after /setup
-# returns, so one pass may come too early; every pass is idempotent.
+# When /setup or /predict has answered, the project is set up (clients.label_studio.ml_project)
+# after these delays: Label Studio writes the project's model version (the backend's title) only
+# after /setup returns, and accepts a version for the project only once predictions of it are
+# saved (after /predict returns), so one pass may come too early; every pass is idempotent.
 PROJECT_SETUP_DELAYS_S = (0.5, 2.0, 6.0, 15.0)
 
 
@@ -210,6 +211,7 @@ class SegxalMLModel:
         self._projects: dict[int, dict] = {}  # project id -> {"access_token"} from /setup
         self._announced: set[str] = set()  # model versions /setup and /predict have named
         self._setups: dict[int, threading.Thread] = {}  # project id -> its running set-up passes
+        self._setup_again: set[int] = set()  # projects asked again while their passes run
         self._closed = threading.Event()
         self._frame_ids: dict[str, str] = {}  # real path of a coordinator frame -> frame id
         self._pool = None  # the coordinator's pb.Pool, once resolved
@@ -243,14 +245,14 @@ class SegxalMLModel:
 
     def set_up_project_later(self, project: int) -> None:
         """Run clients.label_studio.ml_project.set_up_project for `project` in a thread, after each of
-        PROJECT_SETUP_DELAYS_S (one thread per project; a call while one runs does nothing)."""
+        PROJECT_SETUP_DELAYS_S (one thread per project; a call while it runs restarts its delays)."""
         if self._api(project) is None:
             log.info("project %s: no --ls-url (or token): its model version, webhook and overlay storage are "
                      "left as they are", project)
             return
         with self._lock:
-            running = self._setups.get(project)
-            if running is not None and running.is_alive():
+            if project in self._setups:
+                self._setup_again.add(project)
                 return
             thread = threading.Thread(target=self._set_up_project, args=(project,), daemon=True,
                                       name=f"ls-project-{project}-setup")
@@ -259,19 +261,31 @@ class SegxalMLModel:
 
     def _set_up_project(self, project: int) -> None:
         media = self.cfg.ls_media_dir or self.cfg.media_dir
-        for delay in PROJECT_SETUP_DELAYS_S:
-            if self._closed.wait(delay):
+        i = 0
+        while True:
+            if i == len(PROJECT_SETUP_DELAYS_S):
+                with self._lock:
+                    if project not in self._setup_again:
+                        del self._setups[project]
+                        return
+            with self._lock:
+                if project in self._setup_again:  # asked again meanwhile: the delays start over
+                    self._setup_again.discard(project)
+                    i = 0
+            if self._closed.wait(PROJECT_SETUP_DELAYS_S[i]):
                 return
-            api = self._api(project)
+            i += 1
             try:
-                done = set_up_project(api, project, self.model_version, set(self._announced),
+                done = set_up_project(self._api(project), project, self.model_version, set(self._announced),
                                       auth_user=self.cfg.basic_auth_user, auth_header=self.cfg.auth_header,
                                       overlay_dir=str(Path(media).absolute()) if media else "")
-            except SegxalError as e:  # Label Studio busy or refusing: the next pass (or /setup) tries again
-                log.warning("project %s: setting up in Label Studio failed: %s", project, e)
+            except Exception:  # a bug (an answer we did not expect): logged, and the next pass runs
+                log.exception("project %s: setting up in Label Studio failed", project)
                 continue
             for change in done.changed:
                 log.info("project %s: %s", project, change)
+            for problem in done.failed:  # Label Studio busy or refusing: the next pass tries again
+                log.info("project %s: not yet: %s", project, problem)
 
     def close(self) -> None:
         """Stop the background set-up passes (the server's stop calls it)."""
@@ -419,6 +433,8 @@ class SegxalMLModel:
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
             raise NotReady(f"the EEM service returned no result for tasks {missing}")
+        if project is not None:  # once Label Studio has saved these, the project may take their version
+            self.set_up_project_later(project)
         return {"results": results, "model_version": self.model_version}
 
     def _prediction(self, task: dict, project: int | None, path: str, scored) -> dict:

@@ -11,7 +11,8 @@ team needs no step beyond "Connect Model" (Label Studio 1.23.2):
 - a Local Storage for the overlay folder (--media-dir), which Label Studio must have before it
   serves a file from it; its regex matches no file, so a "Sync" imports no overlay as a task.
 
-Each step reads first and changes only what differs; running it again changes nothing.
+Each step reads first and changes only what differs; running it again changes nothing. A step
+Label Studio refuses (e.g. a model version no prediction carries yet) leaves the others to run.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clients.label_studio.api import LabelStudioAPI
+from segxal.errors import SegxalError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ class ProjectSetup:
     """What one pass of `set_up_project` changed (for logs and tests)."""
     model_version: str = ""  # the project's version after the pass
     changed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # steps Label Studio refused (with its reason)
 
 
 def _ours(api: LabelStudioAPI, project_id: int, auth_user: str) -> list[dict]:
@@ -56,36 +59,46 @@ def set_up_project(api: LabelStudioAPI, project_id: int, model_version: str, ann
         overlay_dir: the overlay folder as Label Studio sees it; empty: no overlays.
 
     Returns:
-        What the pass changed.
-
-    Raises:
-        PermissionDenied / NotFound / NotReady / InvalidInput: as LabelStudioAPI.request.
+        What the pass changed, and the steps Label Studio refused (never raises for those).
     """
     out = ProjectSetup()
-    ours = _ours(api, project_id, auth_user)
-    project = api.get_project(project_id)
-    current = project.get("model_version") or ""
-    replaceable = {""} | {b.get("title") or "" for b in ours} | set(announced)
-    if current != model_version and current in replaceable:
-        api.request("PATCH", f"/api/projects/{project_id}", {"model_version": model_version})
-        out.changed.append(f"project model version {current!r} -> {model_version!r}")
-        current = model_version
-    out.model_version = current
+    try:
+        ours = _ours(api, project_id, auth_user)
+    except SegxalError as e:
+        out.failed.append(f"listing the project's ML backends: {e}")
+        return out
+    try:
+        current = api.get_project(project_id).get("model_version") or ""
+        replaceable = {""} | {b.get("title") or "" for b in ours} | set(announced)
+        if current != model_version and current in replaceable:
+            # Label Studio takes only a version that an ML backend is titled or predictions carry.
+            api.request("PATCH", f"/api/projects/{project_id}", {"model_version": model_version})
+            out.changed.append(f"project model version {current!r} -> {model_version!r}")
+            current = model_version
+        out.model_version = current
+    except SegxalError as e:
+        out.failed.append(f"project model version {model_version!r}: {e}")
     if auth_header:
-        urls = {b["url"].rstrip("/") + "/webhook" for b in ours if b.get("url")}
-        for hook in api.webhooks(project_id) or []:
-            headers = dict(hook.get("headers") or {})
-            if hook.get("url") in urls and headers.get("Authorization") != auth_header:
-                api.request("PATCH", f"/api/webhooks/{int(hook['id'])}",
-                            {"headers": {**headers, "Authorization": auth_header}})
-                out.changed.append(f"webhook {hook['id']} authenticates")
+        try:
+            urls = {b["url"].rstrip("/") + "/webhook" for b in ours if b.get("url")}
+            for hook in api.webhooks(project_id) or []:
+                headers = dict(hook.get("headers") or {})
+                if hook.get("url") in urls and headers.get("Authorization") != auth_header:
+                    api.request("PATCH", f"/api/webhooks/{int(hook['id'])}",
+                                {"headers": {**headers, "Authorization": auth_header}})
+                    out.changed.append(f"webhook {hook['id']} authenticates")
+        except SegxalError as e:
+            out.failed.append(f"webhook credentials: {e}")
     if overlay_dir:
         want = Path(overlay_dir)
-        covered = any(s.get("path") and (want == Path(s["path"]) or Path(s["path"]) in want.parents)
-                      for s in api.local_storages(project_id) or [])
-        if not covered:
-            api.request("POST", "/api/storages/localfiles", {
-                "project": project_id, "path": str(want), "title": OVERLAY_STORAGE_TITLE,
-                "regex_filter": NO_FILE_REGEX, "use_blob_urls": False})
-            out.changed.append(f"local storage for {want}")
+        try:
+            covered = any(s.get("path") and (want == Path(s["path"]) or Path(s["path"]) in want.parents)
+                          for s in api.local_storages(project_id) or [])
+            if not covered:
+                api.request("POST", "/api/storages/localfiles", {
+                    "project": project_id, "path": str(want), "title": OVERLAY_STORAGE_TITLE,
+                    "regex_filter": NO_FILE_REGEX, "use_blob_urls": False})
+                out.changed.append(f"local storage for {want}")
+        except SegxalError as e:
+            out.failed.append(f"local storage for {want}: {e}")
     return out
