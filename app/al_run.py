@@ -10,6 +10,7 @@ from segxal.al.strategies import LOOP_STRATEGIES as STRATEGIES
 from segxal.config_file import add_config_argument
 from segxal.eem.options import add_eem_arguments, eem_options_from_args
 from segxal.errors import InvalidInput
+from segxal.selection import SelectionSpec
 from segxal.train import parse_size
 
 
@@ -34,6 +35,10 @@ def add_al_arguments(p: argparse.ArgumentParser, oracles: tuple[str, ...] = ORAC
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs, help="epochs of each cycle's fine-tuning")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="frames per optimiser step")
     add_eem_arguments(p, defaults=d.eem)
+    p.add_argument("--selection", default=d.selection.text(),
+                   help="how frames are picked from the scores: comma-separated name=value of score, diversity, "
+                        "balance (strengths), log_cap, min_distance, min_score, shortlist (segxal/selection/spec.py); "
+                        f"default {d.selection.text()!r}")
     p.add_argument("--tau", type=float, default=d.tau, help="machine oracle: keep predicted pixels with p_max >= tau")
     p.add_argument("--outside", default=d.outside, choices=("prediction", "ignore"),
                    help="human oracle: labels outside the fixed regions (the prediction, or none)")
@@ -61,7 +66,7 @@ def config_from_args(args) -> ALConfig:
         seed_frames=args.seed_frames, width=args.width, init_epochs=args.init_epochs,
         finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, tau=args.tau, outside=args.outside,
         dice_threshold=args.dice_threshold,
-        eem=eem_options_from_args(args),
+        eem=eem_options_from_args(args), selection=SelectionSpec.parse(args.selection),
         depth_source=args.depth_source, depth_checkpoint=args.depth_checkpoint,
         depth_epochs=args.depth_epochs, cache_dir=args.cache_dir, seed=args.seed,
         progress=not args.no_progress)

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.label_studio_oracle import LabelStudioOracle, LabelStudioOracleConfig
-from app.report import cam_degenerate_share, cycle_record, rank_drive_log, render_overlays, table_row
+from app.report import (cam_degenerate_share, cycle_record, rank_drive_log, render_overlays, table_row,
+                        version_cam_health)
 from app.stack import Stack, StackConfig
 from app.terminal import Terminal, following_tasks, logs_in_file
 from clients.labeling import LabelingConfig, LabelingSession, work
@@ -241,13 +242,15 @@ def run(scfg: ServicesLoopConfig) -> dict:
             cyc = coord.start_cycle(pool.pool_id, cfg.frames_per_cycle,
                                     selection="random" if cfg.strategy == "random" else "eem",
                                     model_name=SEG_MODEL, model_version=version, random_seed=cfg.seed + cycle,
-                                    eem=eem)
+                                    eem=eem, selection_spec=cfg.selection)
             name = f"cycle {cycle}"
             before = eem_stats.stats()
             with term.bar(name, "rank", unit="call") as bar:
                 ranked = coord.rank_cycle(cyc.cycle_id)
                 bar.set_postfix(scored=ranked.frames_scored, reused=ranked.frames_reused, tasks=len(ranked.tasks))
-            cam_health = cam_degenerate_share(before, eem_stats.stats())
+            after = eem_stats.stats()
+            cam_health = cam_degenerate_share(before, after)
+            version_health = version_cam_health(after, f"{SEG_MODEL}:{version}")  # the ranking version's
             summary = _label_cycle(cfg, stack, pool.pool_id, cyc.cycle_id, storage, coord, ls, term, name,
                                    len(ranked.tasks))
             report = coord.cycle_report(cyc.cycle_id)
@@ -259,7 +262,8 @@ def run(scfg: ServicesLoopConfig) -> dict:
             budget = coord.budget(pool.pool_id)
             rec = cycle_record(cycle, job, version, seed_px, budget, report, tc, data["seed_frames"])
             rec.update(tasks=report.tasks_total, submitted=summary.submitted, released=summary.released,
-                       failed_frames=report.failed_frames, cam_degenerate_share=cam_health)
+                       failed_frames=report.failed_frames, cam_degenerate_share=cam_health,
+                       cam_health=version_health)
             records.append(rec)
             term.row(table_row(rec))
             if cfg.oracle != "machine" and report.stop_reason == cpb.STOP_REASON_DICE_THRESHOLD_REACHED:

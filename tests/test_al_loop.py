@@ -72,3 +72,15 @@ def test_cli_refuses_bad_options(tiny_dataset, tmp_path, capsys):
     assert cli(["al", "run", "--data", str(tiny_dataset), "--out", str(tmp_path / "x"),
                 "--seed-frames", "999", "--size", "64x128"]) == 2
     assert "leaves no pool" in capsys.readouterr().err
+
+
+def test_composed_selection_with_a_log_cap_picks_each_frame_from_another_drive_log(tiny_dataset, tmp_path, cache):
+    """`--selection score=1,diversity=1,log_cap=1`: the loop picks through segxal.selection (the
+    coordinator's path), so no cycle takes two frames of one drive log."""
+    from segxal.selection import SelectionSpec
+    report = run(_cfg(tiny_dataset, tmp_path / "composed", cache, cycles=2, budget=6,
+                      selection=SelectionSpec.parse("score=1,diversity=1,log_cap=1")))
+    assert report["config"]["selection"] == "score=1,diversity=1,log_cap=1"
+    for rec in report["cycles"][1:]:
+        logs = [f.rsplit("_", 1)[0] for f in rec["picked"]]
+        assert len(rec["picked"]) == 3 and len(set(logs)) == len(logs), logs

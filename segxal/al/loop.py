@@ -22,6 +22,7 @@ import torch
 from segxal import imageio
 from segxal.al.oracles import Cost, machine_oracle, simulated_human
 from segxal.eem.options import EEMOptions
+from segxal.selection import PoolFeatures, SelectionSpec, select
 from segxal.eem.frame import score_frame
 from segxal.al.strategies import LOOP_STRATEGIES as STRATEGIES, strategy_score
 from segxal.cache import cache_path
@@ -29,13 +30,13 @@ from segxal.data.cityscapes import SegDataset, list_frames
 from segxal.eem.explain import ExplainedSegmenter
 from segxal.eem.regions import rle_to_mask
 from segxal.errors import InvalidInput
-from segxal.labels import IGNORE
+from segxal.labels import IGNORE, NUM_CLASSES
 from segxal.metrics import iou_report, macro_dice
 from segxal.progress import progress as progress_bar
 from segxal.models.depth import DepthConfig, DepthNet
 from segxal.models.unet import UNet, UNetConfig
 from segxal.train import (TrainConfig, disparity_scale_from, evaluate_depth, evaluate_segmentation,
-                          load_model, parse_size, save_checkpoint, train_depth, train_segmentation)
+                          load_model, save_checkpoint, train_depth, train_segmentation)
 
 log = logging.getLogger(__name__)
 ORACLES = ("human", "human-frame", "machine")
@@ -64,6 +65,8 @@ class ALConfig:
     outside: str = "prediction"  # human oracle: labels outside the regions ("prediction" | "ignore")
     dice_threshold: float = 0.95
     eem: EEMOptions = field(default_factory=EEMOptions)
+    # how frames are picked from the strategy's scores (segxal.selection): by score alone, or composed
+    selection: SelectionSpec = field(default_factory=SelectionSpec)
     depth_source: str = "model"  # "model": monocular depth net; "gt": ground-truth disparity
     depth_checkpoint: str | None = None  # reuse a trained depth net (else trained and cached)
     depth_epochs: int = 6
@@ -85,6 +88,7 @@ class ALConfig:
         if not 0 < self.dice_threshold <= 1:
             raise InvalidInput("--dice-threshold must be in (0, 1]")
         self.eem.validate()
+        self.selection.validate()
         return self
 
     @property
@@ -166,6 +170,22 @@ def _training_set(train: SegDataset, state: _State) -> SegDataset:
 
 
 @torch.no_grad()
+def _embeddings(model: UNet, ds: SegDataset, indices: list[int], batch: int) -> np.ndarray:
+    """The frames' embeddings [N, D] (UNet.embed: what the served graph's `embedding` output gives)."""
+    out = []
+    for s in range(0, len(indices), batch):
+        x = torch.from_numpy(np.stack([ds[i][0] for i in indices[s:s + batch]])).to(_device())
+        out.append(model.embed(x).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _class_shares(labels: np.ndarray) -> np.ndarray:
+    """Share of a label map's pixels per class [C] (IGNORE left out), the score result's histogram."""
+    counts = np.bincount(labels[labels != IGNORE].ravel().astype(np.int64), minlength=NUM_CLASSES)[:NUM_CLASSES]
+    return (counts / max(counts.sum(), 1)).astype(np.float32)
+
+
+@torch.no_grad()
 def _pool_outputs(explained: ExplainedSegmenter, depth: DepthNet | None, ds: SegDataset,
                   indices: list[int], batch: int, progress: bool):
     """Yield (index, labels, ebu, cam, pmax, inverse_depth) for pool frames, batched."""
@@ -242,6 +262,7 @@ def run(cfg: ALConfig) -> dict:
         state.queried += len(picked)
         train_segmentation(model, _training_set(train, state), _train_cfg(cfg, cfg.finetune_epochs, cfg.seed + cycle))
         rec = _record(cycle, model, val, state, dices, tc, "")
+        rec["picked"] = [train.frames[i].frame_id for i, _, _ in picked]  # in pick order
         records.append(rec)
         log.info("cycle %d: mIoU %.2f, %d human pixels, mean DICE %.3f", cycle, 100 * rec["miou"],
                  state.cost.pixels, rec["mean_dice"])
@@ -269,20 +290,44 @@ def _select(cfg, model, depth, train, state, n_query, rng) -> list:
     if cfg.strategy == "random":
         pool = sorted(rng.choice(pool, size=n_query, replace=False).tolist())
     scored = []  # (score, index)
+    shares = {}  # index -> predicted class shares, for a selection with a balance term
     for i, labels, ebu, cam, pmax, inv in _pool_outputs(explained, depth, train, pool,
                                                          cfg.batch_size, cfg.progress):
+        shares[i] = _class_shares(labels)
         if cfg.strategy == "random":
             scored.append((0.0, i))
             continue
         f = score_frame(labels, ebu, cam, inv, cfg.eem, with_regions=False)
         scored.append((strategy_score(cfg.strategy, f, cfg.eem.q), i))
     scored.sort(key=lambda t: (-t[0], t[1]))
-    chosen = [i for _, i in scored[:n_query]]
+    if cfg.strategy == "random" or cfg.selection == SelectionSpec():
+        chosen = [i for _, i in scored[:n_query]]
+    else:  # the coordinator's composed selection, on the same features
+        chosen = _compose(cfg, model, train, state, scored, shares, n_query)
     picked = []
     for i, labels, ebu, cam, pmax, inv in _pool_outputs(explained, depth, train, chosen,
                                                          cfg.batch_size, False):
         picked.append((i, score_frame(labels, ebu, cam, inv, cfg.eem, with_regions=True), pmax))
     return picked
+
+
+def _compose(cfg: ALConfig, model: UNet, train: SegDataset, state: _State, scored: list[tuple[float, int]],
+             shares: dict[int, np.ndarray], n_query: int) -> list[int]:
+    """segxal.selection.select over the scored pool, with the labelled frames' embeddings (diversity)
+    and their labels' class shares (balance); drive log = the frame's sequence."""
+    spec = cfg.selection
+    idx = [i for _, i in scored]
+    labelled = sorted(state.labels)
+    emb = lab_emb = None
+    if spec.needs_embeddings:
+        emb = _embeddings(model, train, idx, cfg.batch_size)
+        lab_emb = _embeddings(model, train, labelled, cfg.batch_size) if labelled else None
+    lab_hist = np.sum([_class_shares(state.labels[i]) for i in labelled], axis=0) if labelled else None
+    pool = PoolFeatures(ids=[str(i) for i in idx], scores=np.array([s for s, _ in scored]), embeddings=emb,
+                        class_hist=np.stack([shares[i] for i in idx]),
+                        log_ids=[train.frames[i].sequence for i in idx])
+    picks = select(pool, n_query, spec, labelled_embeddings=lab_emb, labelled_class_hist=lab_hist)
+    return [idx[p.index] for p in picks]
 
 
 def _record(cycle: int, model: UNet, val: SegDataset, state: _State, dices: list[float],
@@ -302,6 +347,7 @@ def _record(cycle: int, model: UNet, val: SegDataset, state: _State, dices: list
 def _config_dict(cfg: ALConfig) -> dict:
     d = asdict(cfg)
     d["size"] = list(cfg.size)
+    d["selection"] = cfg.selection.text()
     return d
 
 

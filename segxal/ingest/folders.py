@@ -45,5 +45,6 @@ def iter_cityscapes(root: str | Path, split: str, require_labels: bool = False,
     for f in list_frames(root, split, require_labels=require_labels):
         if counters is not None:
             counters.frames_read += 1
-        yield IngestedFrame(uri=str(f.image), source=f"cityscapes:{root}#{split}/{f.city}",
+        # one source per drive log (<city>_<seq>), so a selection's log cap counts drive logs
+        yield IngestedFrame(uri=str(f.image), source=f"cityscapes:{root}#{split}/{f.sequence}",
                             label_uri=str(f.label) if f.label else "")
