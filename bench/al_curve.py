@@ -1,20 +1,24 @@
-"""Label-efficiency benchmark: every acquisition strategy, frame and region protocols, several seeds.
+"""Label-efficiency benchmark: acquisition strategies through the product's selection, frame and
+region (cells) protocols, paired statistics over seeds, in one invocation.
 
-Writes <out>/al.json (every cycle), <out>/al.md (tables, paired differences with random, verdict,
-diagnosis), <out>/al_frame.png, al_region.png, al_schedule.png; prints the tables.
-Details: bench.albench.harness (protocols, training schedule) and bench.albench.report (statistics).
+Writes <out>/al.json (every cycle, the config and the commit), <out>/al.md (primary endpoints with
+95 % CIs, Holm-corrected p, power; descriptive curves; vulnerable classes and cost; the schedule
+check), <out>/al_frame.png and al_region.png. Details: bench/albench/harness.py (setting, protocols,
+arms), bench/albench/stats.py (statistics fixed before the run), bench/albench/report.py.
 
-    # data once (CPU size): 300 train / 75 val frames, 50 test frames for the depth net
-    .venv/bin/segxal data synth --out data/synth-64x128 --height 64 --width 128 \\
-        --train-sequences 60 --val-sequences 15 --test-sequences 10
-    # every default arm, both protocols, 3 seeds side by side (one process each, --jobs): ~45-50 min on 2 cores
-    .venv/bin/python bench/al_curve.py --data data/synth-64x128 --out bench/results
-    # every arm, the extra ones too: add --arms followed by every name in --help
-    # runs split by hand (other arms, other machines) merge into one report:
-    .venv/bin/python bench/al_curve.py --merge runs/a/al.json runs/b/al.json --note NOTE.md --out bench/results
-    # headroom (supervised ceiling, random at several schedules): bench/al_headroom.py
-    # full size (GPU): 256x512, the default U-Net
-    .venv/bin/python bench/al_curve.py --full --device cuda --data data/synth-256x512 --out runs/al-full
+    # data once: the benchmark's (train = seed set + pool, val = design, test = report) and a
+    # disjoint labelled dataset for the frozen encoder and the depth net (another generator seed)
+    .venv/bin/segxal data synth --out data/al-64x128 --height 64 --width 128 \\
+        --train-sequences 60 --val-sequences 15 --test-sequences 20 --seed 0
+    .venv/bin/segxal data synth --out data/al-pre-64x128 --height 64 --width 128 \\
+        --train-sequences 60 --val-sequences 2 --test-sequences 2 --seed 1
+    # the benchmark (bench/results/al.md: its wall time there), one process, one torch thread
+    .venv/bin/python bench/al_curve.py --data data/al-64x128 --pretrain-data data/al-pre-64x128 \\
+        --out bench/results --note bench/results/al_reading.md
+    # CI: tiny images and schedules, every arm, seconds
+    .venv/bin/python bench/al_curve.py --quick --data D --pretrain-data P --out /tmp/al
+    # re-render al.md from al.json (no run)
+    .venv/bin/python bench/al_curve.py --report bench/results/al.json --note bench/results/al_reading.md --out bench/results
 """
 from __future__ import annotations
 
@@ -25,23 +29,22 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from bench.albench.harness import (ALL_ARMS, PROTOCOLS, BenchConfig, full_size, merge_reports, print_progress,
-                              run_benchmark, run_seeds_in_parallel)
+from bench.albench.harness import ALL_ARMS, PROTOCOLS, BenchConfig, full_size, print_progress, run_benchmark
 from bench.albench.report import markdown, plot
 from segxal.errors import SegxalError
 from segxal.train import parse_size
 
 
 def quick(cfg: BenchConfig) -> BenchConfig:
-    """Tiny images and schedules: the whole pipeline in seconds (tests), every arm (the extra ones too)."""
-    return replace(cfg, size=(32, 64), width=4, unet_depth=3, seeds=(0, 1), seed_frames=4, seed_steps=6,
-                   steps=4, batch_size=4, depth_steps=4, mc_samples=2, region_min_area=4,
-                   frame_budgets=(0.1, 0.3), pixel_budgets=(0.02, 0.05),
-                   arms=tuple(dict.fromkeys(a.name for a in ALL_ARMS)))
+    """Tiny images and schedules: the whole pipeline in seconds (tests), every arm."""
+    return replace(cfg, size=(32, 64), width=4, unet_depth=3, seeds=(0, 1), exploratory_seeds=1, random_draws=2,
+                   seed_frames=4, seed_steps=4, steps=3, encoder_steps=4, batch_size=4, depth_steps=4, mc_samples=2,
+                   cell_px=16, cells_per_frame=2, frame_budgets=(0.1, 0.3), pixel_budgets=(0.05, 0.1))
 
 
 def build_config(args: argparse.Namespace) -> BenchConfig:
-    cfg = BenchConfig(data=args.data, out=args.out, device=args.device)
+    """The configuration from the command line (--quick / --full first, then each flag given)."""
+    cfg = BenchConfig(data=args.data, out=args.out, pretrain_data=args.pretrain_data or "", device=args.device)
     if args.quick:
         cfg = quick(cfg)
     if args.full:
@@ -49,12 +52,13 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
     overrides = {k: v for k, v in {
         "size": parse_size(args.size) if args.size else None, "width": args.width,
         "unet_depth": args.unet_depth, "steps": args.steps, "seed_steps": args.seed_steps,
-        "budget_steps": tuple(args.budget_steps) if args.budget_steps else None,
-        "seed_frames": args.seed_frames, "batch_size": args.batch_size,
+        "encoder_steps": args.encoder_steps, "seed_frames": args.seed_frames, "batch_size": args.batch_size,
         "seeds": tuple(args.seeds) if args.seeds else None,
+        "exploratory_seeds": args.exploratory_seeds, "random_draws": args.random_draws,
         "protocols": tuple(args.protocols) if args.protocols else None,
         "arms": tuple(args.arms) if args.arms else None, "cache_dir": args.cache_dir,
         "deadline_s": 60 * args.deadline_min if args.deadline_min else None, "threads": args.threads,
+        "cell_px": args.cell_px,
     }.items() if v is not None}
     cfg = replace(cfg, **overrides)
     if args.no_schedule_check:
@@ -66,46 +70,46 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--data", help="Cityscapes-layout folder with train, val and test splits")
-    p.add_argument("--merge", nargs="+", metavar="AL_JSON",
-                   help="no run: one report over the al.json of several runs (e.g. one per seed)")
+    p.add_argument("--pretrain-data", help="a disjoint labelled dataset (train split): frozen encoder, depth net")
+    p.add_argument("--report", metavar="AL_JSON", help="no run: render al.md and the plots from this al.json")
     p.add_argument("--out", default="bench/results", help="folder for al.json, al.md and the plots")
     p.add_argument("--quick", action="store_true", help="tiny images and schedules (tests)")
-    p.add_argument("--full", action="store_true", help="256x512 and the default U-Net (width 32, depth 4)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--full", action="store_true", help="256x512, the default U-Net (width 32, depth 4), 64 px cells")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--size", help="HxW (default 64x128; --full 256x512)")
-    p.add_argument("--width", type=int)
-    p.add_argument("--unet-depth", type=int)
-    p.add_argument("--steps", type=int, help="optimiser steps at every budget point")
-    p.add_argument("--budget-steps", type=int, nargs="+",
-                   help="optimiser steps per budget point (one per budget), instead of --steps at every point")
-    p.add_argument("--seed-steps", type=int)
-    p.add_argument("--seed-frames", type=int)
+    p.add_argument("--width", type=int, help="U-Net width (default 16)")
+    p.add_argument("--unet-depth", type=int, help="U-Net levels (default 3)")
+    p.add_argument("--steps", type=int, help="decoder steps at every budget point")
+    p.add_argument("--seed-steps", type=int, help="decoder steps of model 0 on the seed set")
+    p.add_argument("--encoder-steps", type=int, help="steps of the frozen encoder's training on --pretrain-data")
+    p.add_argument("--seed-frames", type=int, help="ground-truth frames before the first acquisition")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--seeds", type=int, nargs="+")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds of the key arms (default 0-11)")
+    p.add_argument("--exploratory-seeds", type=int, help="the first this many seeds run the exploratory arms (default 3)")
+    p.add_argument("--random-draws", type=int, help="random arm draws per seed, averaged (default 3)")
     p.add_argument("--protocols", nargs="+", choices=PROTOCOLS)
-    p.add_argument("--arms", nargs="+", choices=sorted({a.name for a in ALL_ARMS}))
+    p.add_argument("--arms", nargs="+", choices=sorted({a.name for a in ALL_ARMS}), help="default: every arm")
+    p.add_argument("--cell-px", type=int, help="region protocol: cell side in pixels (default 16)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a shared machine more threads are slower; 0 = torch's default)")
-    p.add_argument("--jobs", type=int, default=0,
-                   help="seeds run side by side, one process each (default 0: every seed at once; 1: one process)")
-    p.add_argument("--cache-dir", help="seed models and depth net (default <out>/cache)")
-    p.add_argument("--deadline-min", type=float, help="start no new arm after this many minutes")
-    p.add_argument("--note", help="Markdown file put into al.md after the configuration (what changed and why)")
+    p.add_argument("--cache-dir", help="frozen encoder and depth net (default <out>/cache)")
+    p.add_argument("--deadline-min", type=float, help="start no new seed after this many minutes")
+    p.add_argument("--note", help="Markdown file put into al.md after the header (the reading)")
     p.add_argument("--no-schedule-check", action="store_true", help="skip the 2 x steps run of random")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    if args.merge:
-        return _write(merge_reports([json.loads(Path(f).read_text()) for f in args.merge]), Path(args.out),
-                      _note(args.note))
-    if not args.data:
-        p.error("--data is required (unless --merge)")
+    if args.report:
+        try:
+            report = json.loads(Path(args.report).read_text())
+        except (OSError, ValueError) as e:
+            print(f"error: cannot read {args.report}: {e}", file=sys.stderr)
+            return 2
+        return _write(report, Path(args.out), _note(args.note))
+    if not args.data or not args.pretrain_data:
+        p.error("--data and --pretrain-data are required (unless --report)")
     try:
         cfg = build_config(args)
-        jobs = args.jobs or len(cfg.seeds)
-        if jobs > 1 and len(cfg.seeds) > 1:
-            report = run_seeds_in_parallel(cfg, jobs, on_arm=print_progress)
-        else:
-            report = run_benchmark(cfg, on_arm=print_progress)
+        report = run_benchmark(cfg, on_arm=print_progress)
     except SegxalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,66 +1,119 @@
-"""Headroom of the label-efficiency benchmark: does labeled data matter under a schedule, and is the
-schedule converged? Random frames at a few budgets and step counts, plus the supervised ceiling
-(every pool frame), each trained from the seed model (bench.albench.harness.train_from) or from scratch.
+"""Headroom of the label-efficiency benchmark's setting, measured on the validation split (design
+only; the benchmark reports on test): model 0 (seed set) -> random frames at each budget -> the
+ceiling with every pool frame labelled, at the run's steps and at 2 x steps, per seed. Writes a JSON
+of every row and a Markdown table (--md).
 
-    nice -n 19 .venv/bin/python bench/al_headroom.py --data data/synth-64x128 --width 8 \\
-        --steps 160 320 640 --budgets 0.05 0.4 1.0 --seeds 0 1 2 --out runs/headroom/w8.json
+    .venv/bin/python bench/al_headroom.py --data data/al-64x128 --pretrain-data data/al-pre-64x128 \\
+        --width 8 16 --seeds 0 1 2 --out runs/headroom/headroom.json --md bench/results/headroom.md
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.albench.harness import BenchConfig, _load_data, evaluate, seed_model, train_from
-from segxal.models.unet import UNet
+from bench.albench.harness import VULNERABLE, BenchConfig, evaluate, load_data, seed_model, train_model
+
+
+def measure(cfg: BenchConfig, seeds: list[int], budgets: list[float], on_row=None) -> list[dict]:
+    """Rows {width, seed, budget (0 = model 0, 1 = ceiling), steps, miou, vulnerable, seconds} on val."""
+    data = load_data(cfg, report_split="val")
+    n = len(data.train)
+    rows = []
+    for seed in seeds:
+        seed_idx = sorted(np.random.default_rng(seed).permutation(n)[:cfg.seed_frames].tolist())
+        pool = sorted(set(range(n)) - set(seed_idx))
+        t0 = time.time()
+        m0 = seed_model(cfg, data, seed_idx, seed)
+        rows.append({"width": cfg.width, "seed": seed, "budget": 0.0, "steps": cfg.seed_steps,
+                     **_metrics(evaluate(m0, data)), "seconds": time.time() - t0})
+        on_row and on_row(rows[-1])
+        order = np.random.default_rng([seed, 7, 0]).permutation(pool).tolist()
+        for frac in budgets:
+            picks = order[:round(frac * len(pool))]
+            masks = {i: data.train_gt[i] for i in seed_idx + picks}
+            for steps in (cfg.steps, 2 * cfg.steps):
+                t0 = time.time()
+                m = train_model(m0, data, masks, steps, cfg, seed=seed * 1000)
+                rows.append({"width": cfg.width, "seed": seed, "budget": frac, "steps": steps,
+                             **_metrics(evaluate(m, data)), "seconds": time.time() - t0})
+                on_row and on_row(rows[-1])
+    return rows
+
+
+def _metrics(e: dict) -> dict:
+    return {"miou": 100 * e["miou"], "near_miou": 100 * e["near_miou"],
+            "vulnerable": {c: 100 * (e["vulnerable"][c] or 0.0) for c in VULNERABLE}}
+
+
+def table(rows: list[dict]) -> list[str]:
+    """Markdown: per width, mean over seeds of val mIoU at each budget and steps; vulnerable classes."""
+    out = []
+    for width in sorted({r["width"] for r in rows}):
+        rs = [r for r in rows if r["width"] == width]
+        budgets = sorted({r["budget"] for r in rs})
+        steps = sorted({r["steps"] for r in rs if r["budget"] > 0})
+        seeds = sorted({r["seed"] for r in rs})
+        out += [f"### width {width} ({len(seeds)} seeds; val mIoU %, mean±SD over seeds)", "",
+                "| budget (of pool frames) | " + " | ".join(f"{s} steps" for s in steps)
+                + " | Δ 2x steps (paired) | person / rider / bicycle / motorcycle IoU at the longer schedule |",
+                "|---|" + "---|" * (len(steps) + 2)]
+        for b in budgets:
+            cells, per = [], {}
+            for s in steps if b > 0 else [None]:
+                v = {r["seed"]: r for r in rs if r["budget"] == b and (b == 0 or r["steps"] == s)}
+                per[s] = v
+                m = [x["miou"] for x in v.values()]
+                cells.append(f"{np.mean(m):.1f}±{np.std(m, ddof=1):.1f}" if len(m) > 1 else f"{m[0]:.1f}")
+            if b == 0:
+                cells = [cells[0]] + ["" for _ in steps[1:]]
+                delta = ""
+            else:
+                d = [per[steps[-1]][s]["miou"] - per[steps[0]][s]["miou"] for s in per[steps[0]]]
+                delta = f"{np.mean(d):+.2f}±{np.std(d, ddof=1) if len(d) > 1 else 0:.2f}"
+            last = per[steps[-1] if b > 0 else None]
+            vul = " / ".join(f"{np.mean([x['vulnerable'][c] for x in last.values()]):.1f}" for c in VULNERABLE)
+            name = "model 0 (seed set)" if b == 0 else ("ceiling (every pool frame)" if b >= 1 else f"{100 * b:g} %")
+            out.append(f"| {name} | " + " | ".join(cells) + f" | {delta} | {vul} |")
+        out.append("")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True, help="JSON of every (seed, budget, steps, init) result")
-    p.add_argument("--width", type=int, default=8)
-    p.add_argument("--seed-steps", type=int, default=200)
-    p.add_argument("--steps", type=int, nargs="+", default=[160, 320])
-    p.add_argument("--budgets", type=float, nargs="+", default=[0.05, 0.4, 1.0], help="fractions of the pool")
+    p.add_argument("--pretrain-data", required=True)
+    p.add_argument("--out", required=True, help="JSON of every row")
+    p.add_argument("--md", help="Markdown table to write")
+    p.add_argument("--width", type=int, nargs="+", default=[16])
+    p.add_argument("--steps", type=int, default=BenchConfig.steps)
+    p.add_argument("--seed-frames", type=int, default=BenchConfig.seed_frames)
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.02, 0.04, 0.08, 0.16, 1.0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--init", choices=("seed", "scratch"), default="seed")
-    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--cache-dir", default="runs/headroom/cache")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = BenchConfig(data=args.data, out=str(Path(args.out).parent), width=args.width, lr=args.lr,
-                      seed_steps=args.seed_steps, cache_dir=args.cache_dir)
-    data = _load_data(cfg)
     rows = []
-    for seed in args.seeds:
-        n = len(data.train)
-        seed_idx = sorted(np.random.default_rng(seed).permutation(n)[:cfg.seed_frames].tolist())
-        pool = sorted(set(range(n)) - set(seed_idx))
-        model0 = seed_model(cfg, data, seed_idx, seed)
-        e0 = evaluate(model0, data)
-        rows.append({"seed": seed, "budget": 0.0, "steps": 0, "init": "seed", "miou": e0["miou"],
-                     "near_miou": e0["near_miou"]})
-        print(f"seed {seed}: seed model mIoU {100 * e0['miou']:.1f}", flush=True)
-        order = np.random.default_rng([seed, 7]).permutation(pool).tolist()
-        for frac in args.budgets:
-            picks = order[:round(frac * len(pool))]
-            for steps in args.steps:
-                t0 = time.time()
-                torch.manual_seed(seed)
-                init = model0 if args.init == "seed" else UNet(model0.cfg)
-                model = train_from(init, data, {i: None for i in seed_idx + picks}, steps, cfg, seed=seed * 1000)
-                e = evaluate(model, data)
-                rows.append({"seed": seed, "budget": frac, "steps": steps, "init": args.init, "width": args.width,
-                             "miou": e["miou"], "near_miou": e["near_miou"], "seconds": time.time() - t0})
-                print(f"seed {seed} budget {frac:.2f} steps {steps:4d} {args.init}: mIoU {100 * e['miou']:.1f} "
-                      f"near {100 * e['near_miou']:.1f} ({time.time() - t0:.0f} s)", flush=True)
-                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.out).write_text(json.dumps(rows, indent=1))
+    for w in args.width:
+        cfg = replace(BenchConfig(data=args.data, out=str(Path(args.out).parent), pretrain_data=args.pretrain_data,
+                                  cache_dir=args.cache_dir), width=w, steps=args.steps, seed_frames=args.seed_frames)
+        cfg.validate()
+
+        def show(r: dict) -> None:
+            print(f"width {r['width']} seed {r['seed']} budget {r['budget']:.2f} steps {r['steps']}: val mIoU "
+                  f"{r['miou']:.1f} vulnerable {[round(v, 1) for v in r['vulnerable'].values()]} "
+                  f"({r['seconds']:.0f} s)", flush=True)
+            rows.append(r)
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(rows, indent=1))
+        measure(cfg, args.seeds, args.budgets, on_row=show)
+    if args.md:
+        Path(args.md).write_text("\n".join(table(rows)) + "\n")
     return 0
 
 
