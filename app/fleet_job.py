@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from segxal.errors import FailedPrecondition, InvalidInput, NotReady
+from segxal.selection import SelectionSpec
 
 # The kubernetes package is imported inside the functions that need it: `segxal --help` and the
 # other subcommands start without paying for it.
@@ -237,19 +238,30 @@ def _print_ranking(container, top: int) -> None:
               f"`segxal fleet ranking --results {flags['--results']} --count {flags['--count']}` where it is mounted")
 
 
-def _show_ranking(results: str, count: int, top: int, model_key: str | None = None) -> None:
-    from services.fleet.worker import merge_shards
+def _show_ranking(results: str, count: int, top: int, model_key: str | None = None,
+                  selection: str = "") -> None:
+    from services.fleet.worker import merge_shards, select_fleet
     ranking = merge_shards(results, count, model_key)
     print(f"model {ranking.model_key}: {len(ranking.frames)} frames ranked"
           + (f"; indexes without results: {ranking.missing_indices}" if ranking.missing_indices else "")
           + (f"; {len(ranking.unscored)} frames unscored" if ranking.unscored else "")
           + (f"; {len(ranking.ingest_errors)} logs ingested in part" if ranking.ingest_errors else ""))
+    if selection:  # one global step over every shard's scores and embeddings
+        spec = SelectionSpec.parse(selection)
+        picks = select_fleet(ranking, top, spec)
+        print(f"selection '{spec.text()}': {len(picks)} of {len(ranking.frames)} frames picked "
+              f"from {len({p.log_id for p in picks})} drive logs")
+        for p in picks:
+            r = p.reasons()
+            dist = "-" if r["distance"] is None else f"{r['distance']:.3f}"
+            print(f"{p.order:5d}  {p.score:.6f}  {p.id}  distance {dist}  gain {r['gain']:.3f}  {p.log_id}")
+        return
     for i, r in enumerate(ranking.frames[:top], 1):
         print(f"{i:5d}  {r.score:.6f}  {r.frame_id}  {r.source}")
 
 
 def _cmd_ranking(args: argparse.Namespace) -> int:
-    _show_ranking(args.results, args.count, args.top, args.model_key)
+    _show_ranking(args.results, args.count, args.top, args.model_key, args.selection)
     return 0
 
 
@@ -284,4 +296,7 @@ def register_cli(sub) -> None:
     rank.add_argument("--count", type=int, required=True, help="the run's number of indexes")
     rank.add_argument("--top", type=int, default=20, help="frames of the ranking to print")
     rank.add_argument("--model-key", default=None, help="rank by this model version (default: the most used)")
+    rank.add_argument("--selection", default="",
+                      help="pick --top frames with a composed selection (e.g. 'score=1,diversity=1,log_cap=2', "
+                           "segxal/selection/spec.py) instead of listing the top scores")
     rank.set_defaults(func=_cmd_ranking)

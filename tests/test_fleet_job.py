@@ -100,6 +100,49 @@ def test_merge_ranks_by_the_most_used_model_version_and_reports_gaps(tmp_path):
     assert ranking.missing_indices == [1] and ranking.other_versions == {"segmentation:1": 1}
 
 
+def test_fleet_selection_is_one_global_step_over_every_shards_embeddings(tmp_path, capsys):
+    """Two shards, each holding near-duplicates of one scene with the best scores of its own log:
+    the global composed selection takes one frame per scene (diversity) and at most one per log
+    (the cap), while the plain ranking takes the near-duplicates; embeddings survive the shard file."""
+    import base64
+
+    import numpy as np
+
+    from app import cli
+    from segxal.selection import SelectionSpec
+    from services.fleet.worker import select_fleet
+
+    def emb(v):
+        v = np.asarray(v, np.float32)
+        return base64.b64encode((v / np.linalg.norm(v)).astype(np.float16).tobytes()).decode()
+
+    shards = [ShardResults(0, 2), ShardResults(1, 2)]
+    scene = {"a": [1, 0, 0, 0], "b": [0, 1, 0, 0], "c": [0, 0, 1, 0], "d": [0, 0, 0, 1]}
+    rows = [("a1", 0, "a", 0.99, "a"), ("a2", 0, "a", 0.98, "a"), ("a3", 0, "a", 0.97, "a"), ("c1", 0, "c", 0.10, "c"),
+            ("b1", 1, "b", 0.96, "b"), ("b2", 1, "b", 0.95, "b"), ("d1", 1, "d", 0.20, "d")]
+    for fid, shard, sc, score, log in rows:
+        v = np.array(scene[sc], np.float32) + 0.01 * (int(fid[1]) - 1)
+        shards[shard].add(ScoredEntry(fid, f"/s/{fid}.jpg", f"mcap:/logs/{log}.mcap#/cam", "segmentation:1",
+                                      "depth:1", score, emb(v), emb([0.5, 0.5])))
+    for s in shards:
+        s.save(tmp_path)
+    ranking = merge_shards(tmp_path, 2)
+    assert [r.frame_id for r in ranking.frames[:4]] == ["a1", "a2", "a3", "b1"]
+    picks = select_fleet(ranking, 4, SelectionSpec.parse("score=1,diversity=1"))
+    assert [p.id for p in picks] == ["a1", "b1", "d1", "c1"]  # one per scene, best score first
+    assert picks[1].distance == pytest.approx(np.sqrt(2), abs=0.02)  # orthogonal scenes, float16 storage
+    capped = select_fleet(ranking, 3, SelectionSpec.parse("score=1,log_cap=1"))
+    assert [p.log_id for p in capped] == ["/logs/a.mcap", "/logs/b.mcap", "/logs/d.mcap"]
+    assert cli.main(["fleet", "ranking", "--results", str(tmp_path), "--count", "2", "--top", "2",
+                     "--selection", "score=1,diversity=1"]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 7 frames picked from 2 drive logs" in out and " a1 " in out and " b1 " in out
+    shards[1].add(ScoredEntry("e1", "/s/e1.jpg", "mcap:/logs/e.mcap#/cam", "segmentation:1", "depth:1", 0.5))
+    shards[1].save(tmp_path)
+    with pytest.raises(InvalidInput, match="needs each frame's embedding, but 1 of 8"):
+        select_fleet(merge_shards(tmp_path, 2), 2, SelectionSpec.parse("diversity=1"))
+
+
 # ---------------------------------------------------------------- watching
 
 def _job(active=0, succeeded=0, failed=0, completed="", failed_indexes=None, condition=None):

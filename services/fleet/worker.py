@@ -18,7 +18,8 @@ not on which pod lists them). For its logs, a worker
      `flush_every` frames.
 A rerun of an index (the Job retries a failed pod) reads its shard file and scores only the frames
 without a score of the serving model version, so it never duplicates a score. `merge_shards` turns
-the shard files into the fleet's ranking.
+the shard files into the fleet's ranking, and `select_fleet` picks from it in one global step with the
+same composed selection a cycle uses (segxal.selection).
 
 The coordinator API has no RPC to record scores computed elsewhere (its store has the idempotent
 upsert, `CoordinatorStore.record_scores`, used only by RankCycle), so the scores stay in the shard
@@ -31,6 +32,7 @@ or input that no retry can fix (fail the index at once).
 from __future__ import annotations
 
 import argparse
+import base64
 import glob
 import hashlib
 import json
@@ -42,9 +44,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from segxal import imageio
 from segxal.eem.options import EEMOptions, add_eem_arguments, eem_options_from_args
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound, SegxalError
+from segxal.selection import Pick, PoolFeatures, SelectionSpec, select
 from services.common.channel import ChannelConfig
 from services.coordinator.client import CoordinatorClient, drive_log_source
 from services.coordinator.domain import Candidate, FailedFrame, FrameScore
@@ -113,6 +118,19 @@ class ScoredEntry:
     model_key: str  # "<segmentation model>:<version>" that produced the score
     depth_key: str
     score: float
+    # the frame's embedding and predicted class shares as the EEM service gave them: base64 of
+    # float16 ('' = none), for the fleet's global selection (float16: the distances between unit
+    # vectors keep ~3 digits, and a million 256-d embeddings stay ~700 MB of shard files)
+    embedding: str = ""
+    class_hist: str = ""
+
+
+def _pack(v) -> str:
+    return "" if v is None or len(v) == 0 else base64.b64encode(np.asarray(v, np.float16).tobytes()).decode()
+
+
+def _unpack(text: str) -> np.ndarray | None:
+    return np.frombuffer(base64.b64decode(text), np.float16).astype(np.float32) if text else None
 
 
 @dataclass
@@ -175,6 +193,8 @@ class RankedFrame:
     frame_id: str
     uri: str
     source: str
+    embedding: str = ""  # as in ScoredEntry
+    class_hist: str = ""
 
 
 @dataclass
@@ -208,7 +228,7 @@ def merge_shards(results_dir: str | Path, count: int, model_key: str | None = No
         for (_, key) in shard.entries:
             per_key[key] = per_key.get(key, 0) + 1
     chosen = model_key or (max(sorted(per_key), key=per_key.get) if per_key else "")
-    frames = [RankedFrame(e.score, e.frame_id, e.uri, e.source)
+    frames = [RankedFrame(e.score, e.frame_id, e.uri, e.source, e.embedding, e.class_hist)
               for shard in shards for (fid, key), e in shard.entries.items() if key == chosen]
     frames.sort(key=lambda r: (r.score, r.frame_id), reverse=True)
     return FleetRanking(
@@ -216,6 +236,37 @@ def merge_shards(results_dir: str | Path, count: int, model_key: str | None = No
         unscored={fid: err for shard in shards for fid, err in shard.failed.items()},
         ingest_errors={lg: err for shard in shards for lg, err in shard.ingest_errors.items()},
         other_versions={k: n for k, n in per_key.items() if k != chosen})
+
+
+def select_fleet(ranking: FleetRanking, k: int, spec: SelectionSpec,
+                 labelled_embeddings: np.ndarray | None = None) -> list[Pick]:
+    """The fleet's one global selection step over every shard's scores and embeddings: the same
+    segxal.selection.select the coordinator runs for a cycle; a frame's drive log is its MCAP file.
+
+    Args:
+        ranking: merge_shards' result.
+        k: frames to pick.
+        spec: the composed selection.
+        labelled_embeddings: [M, D] of frames labelled already (diversity keeps away from them).
+
+    Raises:
+        InvalidInput: the selection needs embeddings or class shares some frame has not (scored by a
+            model without an `embedding` output, or by a worker before embeddings were recorded).
+    """
+    frames = ranking.frames
+    needs = [("embedding", spec.needs_embeddings), ("class_hist", spec.needs_class_histograms)]
+    for name, needed in needs:
+        lacking = sum(1 for f in frames if needed and not getattr(f, name))
+        if lacking:
+            raise InvalidInput(f"selection '{spec.text()}' needs each frame's {name}, but {lacking} of "
+                               f"{len(frames)} frames have none (model {ranking.model_key}): score them again "
+                               f"with a model exported with an `embedding` output")
+    pool = PoolFeatures(
+        ids=[f.frame_id for f in frames], scores=np.array([f.score for f in frames], np.float64),
+        embeddings=np.stack([_unpack(f.embedding) for f in frames]) if spec.needs_embeddings and frames else None,
+        class_hist=np.stack([_unpack(f.class_hist) for f in frames]) if spec.needs_class_histograms and frames else None,
+        log_ids=[_log_of_source(f.source) or f.source for f in frames])
+    return select(pool, k, spec, labelled_embeddings=labelled_embeddings)
 
 
 # ---------------------------------------------------------------- the worker
@@ -313,7 +364,8 @@ def run_shard(cfg: WorkerConfig) -> ShardReport:
                 assert isinstance(res, FrameScore)
                 serving = res.segmentation_version
                 results.add(ScoredEntry(cand.frame_id, cand.uri, frames[cand.frame_id][1],
-                                        res.segmentation_version, res.depth_version, float(res.score)))
+                                        res.segmentation_version, res.depth_version, float(res.score),
+                                        _pack(res.embedding), _pack(res.class_hist)))
                 scored += 1
                 if scored % cfg.flush_every == 0:
                     results.save(cfg.results)
