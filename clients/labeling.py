@@ -353,6 +353,8 @@ def work(session: LabelingSession, annotate: Callable[[Lease], Answer | Decline]
             stop.wait(idle_s)
             continue
         with fresh[0] as lease:
+            why = CoordinatorClient.pick_reasons(lease.task)
+            log.info("task %s leased (frame %s)%s", lease.task_id, lease.task.frame_id, f": {why}" if why else "")
             try:
                 outcome = annotate(lease)
             except SegxalError as e:

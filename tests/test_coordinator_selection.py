@@ -107,6 +107,9 @@ def test_leased_tasks_carry_each_picks_reasons(coord):
     assert all(t.reasons.HasField("class_gain") and 0 < t.reasons.gain <= 1 for t in tasks)
     assert [t.reasons.log for t in tasks] == ["folder:" + t.frame_uri.rsplit("/", 1)[0] for t in tasks]
     assert all(t.reasons.score == pytest.approx(t.score) for t in tasks)
+    line = c.pick_reasons(tasks[1])  # what the labeling clients log when they lease it
+    assert line.startswith("pick 2, score ") and "to the nearest labelled or picked frame" in line
+    assert "class gain" in line and "log folder:" in line
 
 
 def test_log_cap_takes_one_frame_per_drive_log(coord):

@@ -135,6 +135,23 @@ class CoordinatorClient(GrpcClient):
         return self._call("GetCurrentModelVersion", pb.GetCurrentModelVersionRequest(model_name=model_name))
 
     # ---- cycles
+    @staticmethod
+    def pick_reasons(task: pb.Task) -> str:
+        """Why the cycle's selection picked a task's frame, in one line for a labeler ('' when the
+        task carries no reasons): its pick order, score, distance to the nearest labelled or
+        earlier-picked frame, class gain and drive log."""
+        if not task.HasField("reasons"):
+            return ""
+        r = task.reasons
+        parts = [f"pick {r.order}", f"score {r.score:.4f}"]
+        if r.HasField("distance"):
+            parts.append(f"distance {r.distance:.3f} to the nearest labelled or picked frame")
+        if r.HasField("class_gain"):
+            parts.append(f"class gain {r.class_gain:.2f}")
+        if r.log:
+            parts.append(f"log {r.log}")
+        return ", ".join(parts)
+
     def start_cycle(self, pool_id: str, batch_size: int, *, selection: str = "eem", model_name: str = "",
                     model_version: int = 0, dice_threshold: float | None = None, random_seed: int = 0,
                     cancel_unfinished: bool = False, eem: EEMOptions | None = None,
