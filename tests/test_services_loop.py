@@ -1,6 +1,9 @@
 """The main job end to end through the real services (five processes), on tiny sizes, and its
 agreement with the in-process loop on the same seed."""
+import contextlib
 import json
+import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -11,8 +14,10 @@ from app.loop import run as run_services
 
 
 def _cfg(data, out, cache, **kw):
+    # 10 epochs at lr 0.01: a seed model that has learned something (val mIoU ~0.12), so the two
+    # loops' agreement is a comparison of numbers, not of two zeros
     base = dict(data=str(data), out=str(out), size=(64, 128), width=8, unet_depth=2, seed_frames=6,
-                cycles=2, budget=4, init_epochs=3, finetune_epochs=1, depth_epochs=1, batch_size=4,
+                cycles=2, budget=4, init_epochs=10, finetune_epochs=1, depth_epochs=1, batch_size=4, lr=1e-2,
                 progress=False, cache_dir=str(cache))
     base.update(kw)
     return ALConfig(**base)
@@ -35,23 +40,50 @@ def test_services_loop_runs_every_stage_and_writes_the_report(both_loops):
     assert (out / "miou_vs_pixels.png").read_bytes()[:4] == b"\x89PNG"
     assert len(report["overlays"]) == 2 and all((out / "overlays").iterdir())
     recs = report["cycles"]
-    assert [r["model_version"] for r in recs] == list(range(1, len(recs) + 1))  # published and hot-reloaded
-    assert report["stop_reason"] in ("budget", "dice", "cycles")
-    assert recs[-1]["labeled"]["frames"] <= 6 + 4  # the budget holds
-    assert all(r["mean_dice"] is not None for r in recs[1:])
-    # the CAM health of the version that ranked each cycle, from the EEM service's counters
-    assert all(0.0 <= r["cam_degenerate_share"] <= 1.0 for r in recs[1:])
-    assert report["drive_log"]["frames_ingested"] >= 1 and report["drive_log"]["top_frames"]
+    assert [r["model_version"] for r in recs] == [1, 2, 3]  # each cycle published and hot-reloaded
+    # 2 frames a cycle (budget 4 over 2 cycles), every task answered: the budget is spent exactly,
+    # and that is the reason given (the mean DICE of this small model stays far below 0.95)
+    assert [(r["tasks"], r["submitted"], r["released"], r["failed_frames"]) for r in recs[1:]] == [(2, 2, 0, 0)] * 2
+    assert [r["labeled"]["frames"] for r in recs] == [6, 8, 10]
+    assert report["stop_reason"] == "budget" and recs[-1]["stop_reason"] == "budget"
+    assert all(0.0 < r["mean_dice"] < 0.95 for r in recs[1:])
+    # the bottleneck GradCAM of a model that learned something is alive on most frames it ranked
+    assert all(r["cam_degenerate_share"] < 0.5 for r in recs[1:])
+    assert report["drive_log"]["frames_ingested"] == 4 and len(report["drive_log"]["top_frames"]) == 4
+
+
+def _services_picks(out) -> list[list[str]]:
+    """The frames each cycle of the services loop queried, read from its coordinator's SQLite file
+    (cycle 1 first, in rank order), as Cityscapes frame ids like the in-process report's `picked`."""
+    with contextlib.closing(sqlite3.connect(out / "services" / "coordinator.db")) as db:
+        rows = db.execute("SELECT c.number, f.uri FROM tasks t JOIN cycles c ON c.cycle_id = t.cycle_id "
+                          "JOIN pools p ON p.pool_id = t.pool_id JOIN frames f ON f.frame_id = t.frame_id "
+                          "WHERE p.name = 'train-pool' ORDER BY c.number, t.rank").fetchall()
+    picks: dict[int, list[str]] = {}
+    for number, uri in rows:
+        picks.setdefault(number, []).append(Path(uri).name.removesuffix("_leftImg8bit.png"))
+    return [picks[n] for n in sorted(picks)]
 
 
 def test_services_loop_agrees_with_the_in_process_loop(both_loops):
-    _, services, in_process = both_loops
+    root, services, in_process = both_loops
     s, p = services["cycles"], in_process["cycles"]
     # cycle 0: same seed set, same initial weights, same training order -> the same model
+    assert s[0]["miou"] > 0.05  # a model that learned something: the agreement is not 0 == 0
     assert s[0]["miou"] == pytest.approx(p[0]["miou"], abs=1e-9)
+    # per class too (classes absent from the val split: None in-process, left out by the trainer)
+    assert s[0]["per_class"] == pytest.approx({c: v for c, v in p[0]["per_class"].items() if v is not None}, abs=1e-9)
     assert s[0]["labeled"]["pixels"] == p[0]["labeled"]["pixels"]
-    # later cycles rank on float16 maps from ONNX Runtime (in-process: float32 torch), so a near
-    # tie may pick another frame; measured at the main job's size: identical at cycle 0, within 2.5
-    # points after (the services loop alone varies ~1.6 points run to run: dynamic batching)
-    for a, b in zip(s[1:], p[1:]):
-        assert abs(a["miou"] - b["miou"]) <= 0.10
+    # later cycles rank on float16 maps from ONNX Runtime (in-process: float32 torch), so a near tie
+    # may pick another frame, and from there on the two loops train on different frames. While they
+    # pick the same frames, the EEM regions differ by border pixels only, and the loops agree
+    # closely (measured: labeled pixels within 0.01 %, DICE within 0.011, mIoU within 0.0001)
+    picks = _services_picks(root / "services")
+    assert [len(c) for c in picks] == [r["tasks"] for r in s[1:]]
+    for a, b, picked in zip(s[1:], p[1:], picks):
+        if sorted(picked) != sorted(b["picked"]):
+            break
+        assert (a["labeled"]["frames"], a["labeled"]["regions"]) == (b["labeled"]["frames"], b["labeled"]["regions"])
+        assert a["labeled"]["pixels"] == pytest.approx(b["labeled"]["pixels"], rel=0.002)
+        assert a["mean_dice"] == pytest.approx(b["mean_dice"], abs=0.03)
+        assert a["miou"] == pytest.approx(b["miou"], abs=0.005)
