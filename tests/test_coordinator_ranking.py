@@ -323,7 +323,7 @@ def test_eem_down_ranking_retries_then_reports_every_frame_and_succeeds_later(ba
             assert c.cycle_report(cycle.cycle_id).failed_frames == 1
 
 
-def test_stale_scores_after_options_change(coord_eem, eem_stack):
+def test_a_ranking_with_other_eem_options_scores_the_frames_again(coord_eem, eem_stack):
     """Regression: scores were keyed by (frame, model version) only, so a ranking with other EEM
     options reused the scores made with the old ones. Now they are keyed by the options too."""
     from segxal.eem.options import EEMOptions
