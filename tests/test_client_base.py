@@ -70,10 +70,9 @@ CALLS = {
 
 
 @pytest.mark.parametrize("name", sorted(CALLS))
-def test_coordinator_client_vs_eem_client_timeout_s_none_semantics(any_server, name):
-    """Regression: CoordinatorClient read a call's timeout_s=None as its 30 s default, EemClient's
-    stream as no deadline. Now, for every client: None = the client's default, NO_DEADLINE = none,
-    a number = that many seconds."""
+def test_every_client_reads_timeout_none_as_its_default_and_no_deadline_as_none(any_server, name):
+    """For every client and call: timeout_s=None = the client's default, NO_DEADLINE = none, a
+    number = that many seconds (the coordinator and EEM clients once read None differently)."""
     target, handler = any_server
     cls, call, stream = CALLS[name]
     with cls(target, timeout_s=40.0) as client:
