@@ -7,6 +7,8 @@ pytorch-grad-cam's GradCAM at the same layer with the same target (its scaling) 
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -191,3 +193,45 @@ def test_bad_layer_or_target_is_a_clear_error(tmp_path):
     with pytest.raises(InvalidInput, match="model's 5 class names"):
         export_traced(model, tmp_path / "m.onnx", (H, W), target="objects")  # Cityscapes' 19 by default
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_models_add_eem_exports_a_torch_model_by_import_path_and_publishes_it(tmp_path, capsys):
+    from app.cli import main
+    torch.manual_seed(3)
+    model = build_model("segmentation_models_pytorch.FPN",
+                        {"encoder_name": "resnet18", "encoder_weights": None, "classes": NUM_CLASSES})
+    torch.save(model.state_dict(), tmp_path / "fpn.pt")
+    (tmp_path / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    out = tmp_path / "fpn_eem.onnx"
+    rc = main(["models", "add-eem", str(out), "--model-import", "segmentation_models_pytorch:FPN",
+               "--model-kwargs", '{"encoder_name": "resnet18", "encoder_weights": null, "classes": 5}',
+               "--checkpoint", str(tmp_path / "fpn.pt"), "--layer", "encoder.layer3", "--cam-target", "ebu-gradient",
+               "--input-size", f"{H},{W}", "--labels", str(tmp_path / "classes.txt"),
+               "--repo", str(tmp_path / "repo"), "--name", "seg"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["cam_layer"] == "encoder.layer3 (ebu-gradient)" and summary["version"] == 1
+    assert summary["outputs"] == ["labels", "ebu", "cam", "pmax", "embedding"] and summary["embedding_dim"] == 256
+    spec = spec_from_config(ModelRepository(tmp_path / "repo").read_config("seg"))
+    assert spec.cam_layer == summary["cam_layer"] and spec.class_names == CLASS_NAMES and spec.fixed_batch == 1
+    image = _frame()
+    served = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["cam"], {"image": image[None]})[0]
+    model.load_state_dict(torch.load(tmp_path / "fpn.pt"))  # the checkpoint's weights, as served
+    ref = _grad_cam(model.eval(), "encoder.layer3", "ebu-gradient", image)
+    assert ref.std() > 0.05 and np.abs(served[0].astype(np.float32) - ref).max() < CAM_TOL
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["o.onnx", "--model-import", "segmentation_models_pytorch.FPN", "--model-kwargs", "{bad", "--input-size", "64,128"],
+     "--model-kwargs is not JSON"),
+    (["o.onnx", "--model-import", "segmentation_models_pytorch.FPN"], "--input-size H,W is needed"),
+    (["o.onnx", "--model-import", "no_such_package.Model", "--input-size", "64,128"], "cannot import"),
+    (["in.onnx", "out.onnx", "--layer", "encoder.layer4"], "--layer and --cam-target need a torch model"),
+])
+def test_models_add_eem_bad_torch_arguments_are_one_clear_line(argv, message, tmp_path, capsys, monkeypatch):
+    from app.cli import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["models", "add-eem", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o.onnx").exists()

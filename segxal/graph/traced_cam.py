@@ -421,7 +421,8 @@ class TracedExport:
 
 def export_traced(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, int], layer: str | None = None,
                   target: str = DEFAULT_CAM_TARGET, class_names: Sequence[str] | None = None,
-                  mean=None, std=None, batch: int = 1, check: bool = True, seed: int = 0) -> TracedExport:
+                  mean=None, std=None, batch: int = 1, check: bool = True, seed: int = 0,
+                  sample_images: np.ndarray | None = None) -> TracedExport:
     """Export `model` with labels, ebu, cam, pmax and embedding (see the module docstring).
 
     Args:
@@ -436,6 +437,7 @@ def export_traced(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int
         check: run ONNX Runtime against the PyTorch explainer on two random images' worth of input
             and raise when they disagree.
         seed: of the check's images.
+        sample_images: uint8 [N, h, w, 3] real frames added to the check.
 
     Returns:
         TracedExport (the parity figures filled when check is True).
@@ -475,7 +477,7 @@ def export_traced(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int
         result = TracedExport(path=path, layer=layer, target=target, num_classes=num_classes,
                               embedding_dim=int(outs[4].shape[1]), batch=batch, input_hw=(h, w))
         if check:
-            result.parity = check_traced(explainer, path, batch, (h, w), seed)
+            result.parity = check_traced(explainer, path, batch, (h, w), seed, sample_images)
     finally:
         model.train(was_training)
     return result
@@ -498,8 +500,9 @@ MIN_LABEL_AGREEMENT = 0.999
 
 
 def check_traced(explainer: TracedExplainer, path: str | os.PathLike, batch: int, hw: tuple[int, int],
-                 seed: int = 0) -> dict:
-    """ONNX Runtime against the eager explainer (autograd) on smooth random images.
+                 seed: int = 0, sample_images: np.ndarray | None = None) -> dict:
+    """ONNX Runtime against the eager explainer (autograd) on smooth random images, and on
+    `sample_images` (uint8 [N, h, w, 3] real frames, resized to hw) when given.
 
     Returns:
         {"labels": share of disagreeing pixels, "<output>": max abs difference}.
@@ -514,12 +517,19 @@ def check_traced(explainer: TracedExplainer, path: str | os.PathLike, batch: int
     small = rng.integers(0, 256, (batch, max(1, hw[0] // 8), max(1, hw[1] // 8), 3), dtype=np.uint8)
     images = np.ascontiguousarray(np.kron(small, np.ones((1, 8, 8, 1), np.uint8))[:, :hw[0], :hw[1]])
     images = np.pad(images, ((0, 0), (0, hw[0] - images.shape[1]), (0, hw[1] - images.shape[2]), (0, 0)), mode="edge")
+    batches = [images]
+    if sample_images is not None and len(sample_images):
+        from segxal.resize import resize_image
+        frames = np.stack([resize_image(im, hw) for im in sample_images])
+        batches += [frames[i:i + batch] for i in range(0, len(frames) - batch + 1, batch)]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(list(OUTPUTS), {INPUT_NAME: images})
-    ref = [t.detach().numpy() for t in explainer(torch.from_numpy(images))]
-    report = {"labels": float(np.mean(got[0] != ref[0]))}
-    for name, g, r in zip(OUTPUTS[1:], got[1:], ref[1:]):
-        report[name] = float(np.abs(g.astype(np.float32) - r.astype(np.float32)).max())
+    report: dict = {}
+    for x in batches:
+        got = session.run(list(OUTPUTS), {INPUT_NAME: x})
+        ref = [t.detach().numpy() for t in explainer(torch.from_numpy(x))]
+        report["labels"] = max(report.get("labels", 0.0), float(np.mean(got[0] != ref[0])))
+        for name, g, r in zip(OUTPUTS[1:], got[1:], ref[1:]):
+            report[name] = max(report.get(name, 0.0), float(np.abs(g.astype(np.float32) - r.astype(np.float32)).max()))
     failures = [f"{k} max abs diff {v:.2e}" for k, v in report.items()
                 if k != "labels" and not v <= (CAM_MAX_ABS_DIFF if k == "cam" else MAX_ABS_DIFF)]
     if not report["labels"] <= 1 - MIN_LABEL_AGREEMENT:
@@ -553,3 +563,32 @@ def serving_spec(export: TracedExport, class_names: Sequence[str] | None = None,
                      num_classes=export.num_classes, input_size=(h, w),
                      cam_layer=describe_cam(export.layer, export.target),
                      class_names=tuple(class_names) if class_names is not None else None, fixed_batch=export.batch)
+
+
+def export_for_serving(model: nn.Module, path: str | os.PathLike, cfg, class_names: Sequence[str] | None = None,
+                       layer: str | None = None, target: str = DEFAULT_CAM_TARGET,
+                       sample_images: np.ndarray | None = None):
+    """export_traced as segxal.export.export_segmentation is called (the trainer's export of a
+    model built by import path): at cfg.trace_hw, with the parity check, returning an ExportResult.
+
+    Args:
+        model: a segxal.models.external.ExternalModel (its inner model is exported; layer names are
+            the inner model's) or any segmentation nn.Module.
+        path: the model.onnx to write.
+        cfg: segxal.export.ExportConfig (trace_hw, seed).
+        class_names, layer, target, sample_images: as export_traced.
+
+    Returns:
+        segxal.export.ExportResult (spec for config.pbtxt with the fixed batch, parity report).
+
+    Raises:
+        segxal.export.ParityError: ONNX Runtime disagrees with PyTorch. InvalidInput: as export_traced.
+    """
+    from segxal.export import ExportResult, ParityReport
+    from segxal.models.external import ExternalModel
+    inner = model.inner if isinstance(model, ExternalModel) else model
+    export = export_traced(inner, path, tuple(cfg.trace_hw), layer=layer, target=target, class_names=class_names,
+                           seed=cfg.seed, sample_images=sample_images)
+    report = ParityReport(sizes=[(export.batch, *export.input_hw)], label_agreement=1.0 - export.parity["labels"],
+                          max_abs_diff={k: v for k, v in export.parity.items() if k != "labels"})
+    return ExportResult(path=export.path, spec=serving_spec(export, class_names), parity=report)

@@ -35,6 +35,7 @@ from segxal import imageio
 from segxal.data.cityscapes import SegDataset, list_frames
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound, ResourceExhausted, SegxalError
 from segxal.export import ParityError, export_segmentation
+from segxal.graph.traced_cam import export_for_serving
 from segxal.metrics import iou_report
 from segxal.models.external import ExternalModel, ExternalModelConfig, num_classes_of
 from segxal.models.unet import UNet
@@ -491,9 +492,15 @@ class JobRunner:
         candidate = job_dir / CANDIDATE_DIR
         shutil.rmtree(candidate, ignore_errors=True)  # an earlier attempt's
         try:
-            result = export_segmentation(model, candidate / "model.onnx", self._export_cfg,
-                                         sample_images=dataset.sample_images(self.cfg.parity_frames),
-                                         class_names=self.cfg.class_names)
+            if isinstance(model, ExternalModel):  # GradCAM at a named layer, traced into the graph (docs/cam.md)
+                result = export_for_serving(model, candidate / "model.onnx", self._export_cfg,
+                                            class_names=self.cfg.class_names, layer=self.cfg.cam_layer,
+                                            target=self.cfg.cam_target,
+                                            sample_images=dataset.sample_images(self.cfg.parity_frames))
+            else:
+                result = export_segmentation(model, candidate / "model.onnx", self._export_cfg,
+                                             sample_images=dataset.sample_images(self.cfg.parity_frames),
+                                             class_names=self.cfg.class_names)
         except ParityError as e:
             job.report.parity_passed, job.report.parity_summary = False, str(e)
             return
