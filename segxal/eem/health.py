@@ -57,14 +57,14 @@ class CamHealth:
     def dead_share(self) -> float:
         return self.frames_dead / self.frames if self.frames else 0.0
 
-    def problems(self) -> list[str]:
-        """What is wrong, in words (empty when healthy)."""
-        out = []
+    def problems(self) -> dict[str, str]:
+        """What is wrong, in words, by flag ("dead", "confidence_map"); empty when healthy."""
+        out = {}
         if self.cam_dead:
-            out.append(f"CAM dead on {self.frames_dead} of {self.frames} frames ({self.dead_share:.1%})")
+            out["dead"] = f"CAM dead on {self.frames_dead} of {self.frames} frames ({self.dead_share:.1%})"
         if self.cam_confidence_map:
-            out.append(f"CAM correlates {self.cam_ebu_correlation:+.2f} with EBU over {self.frames} frames: "
-                       f"a confidence map, not an explanation")
+            out["confidence_map"] = (f"CAM correlates {self.cam_ebu_correlation:+.2f} with EBU over {self.frames} "
+                                     f"frames: a confidence map, not an explanation")
         return out
 
 
@@ -136,11 +136,9 @@ class CamHealthMonitor:
             s.n += c.size
             s.sc, s.se, s.scc, s.see, s.sce = (a + b for a, b in zip((s.sc, s.se, s.scc, s.see, s.sce), sums))
             health = self._health(model_version, s)
-            flags = {"dead": health.cam_dead, "confidence": health.cam_confidence_map}
-            new = [k for k, on in flags.items() if on and k not in s.flagged]
+            new = {k: text for k, text in health.problems().items() if k not in s.flagged}
             s.flagged.update(new)
-        problems = health.problems()
-        return health, [p for p in problems if ("dead" if p.startswith("CAM dead") else "confidence") in new]
+        return health, list(new.values())
 
     def _health(self, version: str, s: _Sums) -> CamHealth:
         corr = s.correlation()
