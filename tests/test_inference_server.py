@@ -422,3 +422,94 @@ def test_weights_in_external_data_publish_and_serve(tmp_path, exports):
         assert result.get_response().model_version == "2"
         np.testing.assert_array_equal(result.as_numpy("inverse_depth"),
                                       _in_process(exports["depth"][1].path, x)["inverse_depth"])
+
+
+# ---- memory admission: the default U-Net (width 32, depth 4) in a server process of its own ----
+
+def _rss_kb(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
+@pytest.fixture(scope="module")
+def unet32_server(tmp_path_factory):
+    """`python -m services.inference.main` serving the default U-Net, memory budget 512 MiB, the
+    default bytes per pixel and arena settings; yields (process, tritonclient)."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from segxal.export import ExportConfig, export_segmentation
+    from segxal.models.unet import UNet, UNetConfig
+    from services.common.model_repository import ModelRepository, build_config
+
+    root = tmp_path_factory.mktemp("unet32")
+    torch.manual_seed(0)
+    result = export_segmentation(UNet(UNetConfig(width=32, depth=4)).eval(), root / "export" / "model.onnx",
+                                 ExportConfig(trace_hw=(128, 256), parity_batch=1))
+    repo = ModelRepository(root / "repo")
+    repo.publish("segmentation", result.path, build_config("segmentation", result.spec))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "services.inference.main", "--repo", str(repo.root),
+                             "--host", "127.0.0.1", "--port", str(port), "--intra-op-threads", "1",
+                             "--memory-budget-mb", "512"],
+                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with tg.InferenceServerClient(f"127.0.0.1:{port}") as client:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if client.is_model_ready("segmentation"):
+                        break
+                except InferenceServerException:
+                    pass
+                assert time.monotonic() < deadline and proc.poll() is None, "inference server did not start"
+                time.sleep(0.2)
+            for batch in (1, 2, 1):  # typical traffic first: the arena keeps what these runs grew
+                client.infer("segmentation", [_infer_input(np.zeros((batch, 256, 512, 3), np.uint8))])
+            yield proc, client
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _largest_admitted_frame(client) -> tuple[int, int]:
+    """(H, W) of the largest 1:2 frame (sides multiples of 32) under the limit the server states
+    when it refuses a request over it."""
+    with pytest.raises(InferenceServerException, match="over the limit of") as refused:
+        client.infer("segmentation", [_infer_input(np.zeros((1, 2048, 4096, 3), np.uint8))])
+    limit = int(str(refused.value).split("over the limit of ")[1].split()[0])
+    h = 32
+    while (h + 32) * 2 * (h + 32) <= limit:
+        h += 32
+    return h, 2 * h
+
+
+def test_the_largest_admitted_request_stays_within_the_memory_budget(unet32_server):
+    proc, client = unet32_server
+    h, w = _largest_admitted_frame(client)
+    x = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
+    for attempt in ("first at this shape", "again"):  # the second run also allocates ORT's memory pattern
+        with open(f"/proc/{proc.pid}/clear_refs", "w") as f:
+            f.write("5")  # VmHWM := VmRSS
+        before = _rss_kb(proc.pid, "VmRSS")
+        client.infer("segmentation", [_infer_input(x)])
+        growth_mb = (_rss_kb(proc.pid, "VmHWM") - before) / 1024
+        assert growth_mb <= 512, f"{h}x{w} {attempt}: peak RSS grew {growth_mb:.0f} MB, budget 512 MiB"
+
+
+def test_an_outsize_request_gives_its_memory_back(unet32_server):
+    proc, client = unet32_server
+    h, w = _largest_admitted_frame(client)  # over the default arena_keep_pixels (2 x 256 x 512)
+    assert h * w > 2 * 256 * 512
+    idle = _rss_kb(proc.pid, "VmRSS")
+    with open(f"/proc/{proc.pid}/clear_refs", "w") as f:
+        f.write("5")
+    client.infer("segmentation", [_infer_input(np.zeros((1, h, w, 3), np.uint8))])
+    grown = _rss_kb(proc.pid, "VmHWM") - idle
+    kept = _rss_kb(proc.pid, "VmRSS") - idle
+    assert grown > 100 * 1024  # the request did need memory ...
+    assert kept < 0.2 * grown, f"kept {kept / 1024:.0f} of the {grown / 1024:.0f} MB the request grew"  # ... and gave it back
+    client.infer("segmentation", [_infer_input(np.zeros((1, 256, 512, 3), np.uint8))])  # and serves on

@@ -17,17 +17,20 @@ from typing import Iterator
 
 import numpy as np
 
-from segxal.errors import ResourceExhausted
+from segxal.errors import InvalidInput, ResourceExhausted
 from services.common.errors import DeadlineExceeded
 
-# Peak RSS growth per pixel of one request, measured with bench/inference_memory.py on the
-# default U-Net (width 32, depth 4; the depth network needs ~125 B/px): 348 B/px on a server that
-# has already served that size (ONNX Runtime's arena keeps what it grew), ~560 B/px for the first
-# request at a new size (the arena grows as well). Rounded up from the cold figure: admission errs
-# on the safe side.
-DEFAULT_BYTES_PER_PIXEL = 600
-# Activations of requests in flight, all models together: 7.1 Mpx at 600 B/px, so three
-# 1024 x 2048 frames at once, and one request may not exceed 7.1 Mpx (a 2048 x 4096 frame is 8.4).
+# Peak RSS growth per pixel of one request over the server's RSS before it, measured with
+# bench/inference_memory.py on the default U-Net (width 32, depth 4; the depth network needs
+# ~110 B/px), at 256 x 512 to 1024 x 2048, the first request at a shape and the one after it:
+# 842-1,138 B/px for the first, 1,181-1,244 B/px again (ONNX Runtime allocates the shape's
+# memory-pattern block on the second run). An earlier 600 B/px left out both the second run and
+# the arena's power-of-two growth, and a 1024 x 2048 request took ~1,200 B/px. Rounded up from
+# the worst figure; runs over RuntimeConfig.arena_keep_pixels give their arena growth back, so
+# the figure holds for every admitted request on a server that has served others before.
+DEFAULT_BYTES_PER_PIXEL = 1400
+# Activations of requests in flight, all models together: 3.07 Mpx at 1,400 B/px, so one
+# 1024 x 2048 frame (2.1 Mpx) at a time, and no request over 3.07 Mpx (a 1216 x 2432 frame fits).
 DEFAULT_MEMORY_BUDGET_BYTES = 4 * 2**30
 _NO_DEADLINE_WAIT_S = 60.0  # a request without a deadline waits this long for room at most
 
@@ -73,7 +76,13 @@ class PixelAdmission:
     @classmethod
     def from_budget(cls, memory_budget_bytes: int, bytes_per_pixel: int = DEFAULT_BYTES_PER_PIXEL
                     ) -> "PixelAdmission":
-        """Limits from a memory budget: one request and all in flight may use all of it."""
+        """Limits from a memory budget: one request and all in flight may use all of it.
+
+        Raises:
+            InvalidInput: a budget with a bytes-per-pixel figure that is not positive.
+        """
+        if memory_budget_bytes > 0 and bytes_per_pixel <= 0:
+            raise InvalidInput(f"bytes per pixel must be positive, got {bytes_per_pixel}")
         pixels = memory_budget_bytes // bytes_per_pixel if memory_budget_bytes > 0 else 0
         return cls(pixels, pixels, bytes_per_pixel)
 

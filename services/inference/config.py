@@ -28,6 +28,17 @@ class RuntimeConfig:
     # ORT's own default (spin after a run too) cost 112-146 CPU-ms a frame where 88 were needed, an
     # earlier measurement.
     spinning: bool = True
+    # ONNX Runtime's CPU arena keeps what a run grew: about 2.4 kB per pixel of the largest shape
+    # run (the first run's tensors plus the memory-pattern block of the second; measured with
+    # bench/inference_memory.py), per session. A run of more pixels than this (batch x height x
+    # width) ends with the arena shrunk (run option memory.enable_memory_arena_shrinkage), giving
+    # back all it grew; smaller runs keep the arena warm, since shrinking after every run made a
+    # 256 x 512 frame 1.3x and a batch of four 2x slower (ONNX Runtime without an arena: 1.45x;
+    # alternating rounds on the loaded 2-core machine). So an idle server holds its weights plus
+    # at most ~2.4 kB x this many pixels per session (~600 MB at the default, two frames at
+    # 256 x 512 or one 512 x 512), and requests in flight add at most the memory budget.
+    # 0 = shrink after every run.
+    arena_keep_pixels: int = 2 * 256 * 512
 
 
 @dataclass

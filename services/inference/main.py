@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add("--memory-budget-mb", d.memory_budget_bytes / 2**20, type=float,
           help="memory the requests in flight may use together; sets the pixel admission limit "
                "(measured bytes per pixel); 0 = no limit")
+    f.add("--bytes-per-pixel", d.bytes_per_pixel, type=int,
+          help="peak memory per pixel of a request (bench/inference_memory.py measures it for your "
+               "models; the default is the project's U-Net, width 32)")
+    f.add("--arena-keep-pixels", d.runtime.arena_keep_pixels, type=int,
+          help="a run of more pixels (batch x height x width) gives back the ONNX Runtime arena "
+               "memory it grew; 0 = after every run")
     add_server_args(p, ENV_PREFIX, d.server)
     f.add("--log-level", "INFO", help="DEBUG, INFO, WARNING or ERROR")
     return p
@@ -55,9 +61,11 @@ def build_config(argv: list[str] | None = None) -> InferenceServerConfig:
         repository=a.repo,
         server=server_config_from_args(a, d.server),
         runtime=RuntimeConfig(device=a.device, intra_op_threads=a.intra_op_threads,
-                              cpu_parallel_runs=a.cpu_parallel_runs, spinning=a.ort_spinning),
+                              cpu_parallel_runs=a.cpu_parallel_runs, spinning=a.ort_spinning,
+                              arena_keep_pixels=a.arena_keep_pixels),
         poll_interval_s=a.poll_interval,
-        max_tensor_bytes=int(a.max_tensor_mb * 2**20), memory_budget_bytes=int(a.memory_budget_mb * 2**20))
+        max_tensor_bytes=int(a.max_tensor_mb * 2**20), memory_budget_bytes=int(a.memory_budget_mb * 2**20),
+        bytes_per_pixel=a.bytes_per_pixel)
 
 
 def main(argv: list[str] | None = None) -> int:

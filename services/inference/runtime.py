@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnx.utils
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from tritonclient.grpc import model_config_pb2 as mc
@@ -22,6 +24,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from segxal.errors import FailedPrecondition, InvalidInput
 from segxal.modelspec import TensorSpec, datatype_of, numpy_dtype
 from services.common.model_repository import config_datatype, protocol_datatype
+from services.inference.admission import request_pixels
 from services.inference.config import RuntimeConfig
 
 log = logging.getLogger(__name__)
@@ -111,6 +114,14 @@ class OnnxModel:
     def __init__(self, path: Path, config: mc.ModelConfig, runtime: RuntimeConfig):
         threads = intra_op_threads(runtime)
         self.session = self._load(path, runtime, threads)
+        # ONNX Runtime runs every node of a graph whatever outputs a run asks for (measured:
+        # tests/test_cam_skipped_at_beta_zero.py), so a request for fewer outputs (the EEM service
+        # leaves out `cam` when beta = 0) runs on a copy of the graph cut down to them, made on first
+        # use and kept per output set: the CAM's backward half is then not computed at all.
+        self._path, self._runtime, self._threads = path, runtime, threads
+        self._pruned: dict[frozenset[str], ort.InferenceSession] = {}
+        self.pruned_node_counts: dict[frozenset[str], int] = {}  # nodes of each cut-down copy
+        self._pruned_lock = threading.Lock()
         if runtime.device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             log.warning("%s: CUDAExecutionProvider failed to initialise; running on CPU", path)
         self.config = config
@@ -135,9 +146,16 @@ class OnnxModel:
         params = {k: v.string_value for k, v in config.parameters.items()}
         self.spatial_multiple = int(params.get("spatial_multiple", "1") or 1)
         self.layout = params.get("input_layout", "")
+        # runs of more pixels than this give back what they grew the arena by (RuntimeConfig)
+        self.arena_keep_pixels = runtime.arena_keep_pixels
+        self._shrink = ort.RunOptions()
+        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage",
+                                          "cpu:0;gpu:0" if runtime.device == "cuda" and
+                                          "CUDAExecutionProvider" in self.providers else "cpu:0")
+        self.shrunk_runs = 0  # runs that ended with the arena shrunk
 
     @staticmethod
-    def _load(path: Path, runtime: RuntimeConfig, threads: int) -> ort.InferenceSession:
+    def _load(path: Path | bytes, runtime: RuntimeConfig, threads: int) -> ort.InferenceSession:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1  # parallelism comes from parallel runs and intra-op threads
@@ -149,10 +167,14 @@ class OnnxModel:
         else:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3  # ORT warnings about unused initializers etc. are noise here
+        # weights outside the arena: otherwise they pin its first region and a shrink frees less
+        opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
         try:
-            return ort.InferenceSession(str(path), sess_options=opts, providers=_providers(runtime))
+            return ort.InferenceSession(path if isinstance(path, bytes) else str(path), sess_options=opts,
+                                        providers=_providers(runtime))
         except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types for bad files
-            raise FailedPrecondition(f"{path}: cannot load ONNX graph: {str(e).splitlines()[0][:300]}") from None
+            where = "a cut-down copy" if isinstance(path, bytes) else path
+            raise FailedPrecondition(f"{where}: cannot load ONNX graph: {str(e).splitlines()[0][:300]}") from None
 
     @property
     def providers(self) -> list[str]:
@@ -247,17 +269,22 @@ class OnnxModel:
         return batch or 1
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
-        """Execute one (batched) request; releases the GIL while ONNX Runtime computes.
+        """Execute one (batched) request; releases the GIL while ONNX Runtime computes. A run of
+        more pixels than RuntimeConfig.arena_keep_pixels gives back the arena memory it grew.
 
         Raises:
             InvalidInput: ONNX Runtime rejected the input values (e.g. a size the graph cannot take).
         """
+        shrink = request_pixels(feeds, self.layout) > self.arena_keep_pixels
+        pruned = self._pruned_session(output_names) if set(output_names) < set(self.output_names) else None
         with self._running_lock:
             session = self.session if self._running == 0 or self._narrow is None else self._narrow
             self._running += 1
             self.overlapped_runs += session is not self.session
+            self.shrunk_runs += shrink
+        session = pruned or session
         try:
-            values = session.run(output_names, feeds)
+            values = session.run(output_names, feeds, self._shrink if shrink else None)
         except ort_state.InvalidArgument as e:
             raise InvalidInput(f"model {self.config.name!r} rejected the inputs: "
                                f"{str(e).splitlines()[0][:300]}") from None
@@ -265,6 +292,22 @@ class OnnxModel:
             with self._running_lock:
                 self._running -= 1
         return dict(zip(output_names, values))
+
+
+    def _pruned_session(self, output_names: list[str]) -> ort.InferenceSession:
+        """The graph cut down to `output_names` (onnx.utils.Extractor), loaded once per output set."""
+        key = frozenset(output_names)
+        with self._pruned_lock:
+            if key not in self._pruned:
+                model = onnx.load(str(self._path))
+                inputs = [i.name for i in model.graph.input
+                          if i.name not in {init.name for init in model.graph.initializer}]
+                cut = onnx.utils.Extractor(model).extract_model(inputs, sorted(key))
+                self._pruned[key] = self._load(cut.SerializeToString(), self._runtime, self._threads)
+                self.pruned_node_counts[key] = len(cut.graph.node)
+                log.info("%s: a copy for outputs %s (%d of %d nodes)", self._path, sorted(key),
+                         len(cut.graph.node), len(model.graph.node))
+            return self._pruned[key]
 
 
 def _datatype(dtype: np.dtype) -> str:
