@@ -22,6 +22,7 @@ from services.common.server import ServerConfig
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.ranking import RankingConfig
 from services.coordinator.server import CoordinatorServer
+from services.coordinator.store.db import Database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("SEGXAL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -103,6 +104,16 @@ def pool_with_tasks(client: CoordinatorClient, frames_dir: Path, n: int, name: s
     ranked = client.rank_cycle(cycle.cycle_id)
     assert len(ranked.tasks) == n
     return pool, cycle
+
+
+def lapse_lease(db_url: str, task_id: str) -> None:
+    """Make a task's lease run out now, in the coordinator's database, as its clock would: a test of
+    what happens after a lease lapses must not depend on how long a sleep takes on a loaded machine."""
+    db = Database(db_url)
+    try:
+        db.run(lambda tx: tx.execute("UPDATE tasks SET lease_expires_at = 0 WHERE task_id = ?", (task_id,)))
+    finally:
+        db.close()
 
 
 def labels_for(task, value: int = 0) -> np.ndarray:

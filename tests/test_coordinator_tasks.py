@@ -9,8 +9,8 @@ import numpy as np
 import pycocotools.mask as coco_mask
 import pytest
 
-from tests.coordinator_support import (BACKENDS, coordinator_config, database_url, labels_for, pool_with_tasks,
-                                 running_coordinator, write_frames)
+from tests.coordinator_support import (BACKENDS, coordinator_config, database_url, labels_for, lapse_lease,
+                                       pool_with_tasks, running_coordinator, write_frames)
 from segxal import imageio
 from segxal.annotation import LABEL_IDS, ClassRle, EncodedMask, Rle
 from segxal.errors import FailedPrecondition, InvalidInput, NotFound
@@ -34,16 +34,6 @@ def coord(request, tmp_path):
 
 def _pool(coord, n=3, **kw):
     return pool_with_tasks(coord.client, coord.tmp / "frames", n, **kw)
-
-
-def _lapse(coord, task) -> None:
-    """Make `task`'s lease run out now, in the coordinator's database, as its clock would: a test of
-    what happens after a lease lapses must not depend on how long a sleep takes on a loaded machine."""
-    db = Database(coord.url)
-    try:
-        db.run(lambda tx: tx.execute("UPDATE tasks SET lease_expires_at = 0 WHERE task_id = ?", (task.task_id,)))
-    finally:
-        db.close()
 
 
 # ---------------------------------------------------------------- leases
@@ -135,7 +125,7 @@ def test_submit_after_the_lease_was_taken_over_is_refused(coord):
     pool, _ = _pool(coord, n=1)
     (stale,) = coord.client.lease(pool.pool_id, lease_seconds=30)
     assert coord.other.lease(pool.pool_id) == []  # a lease in force is nobody else's
-    _lapse(coord, stale)
+    lapse_lease(coord.url, stale.task_id)
     (fresh,) = coord.other.lease(pool.pool_id, lease_seconds=30)
     assert fresh.task_id == stale.task_id
     with pytest.raises(FailedPrecondition, match="taken over by client 'other-labeler'.*nothing was stored"):
@@ -152,7 +142,7 @@ def test_submit_after_the_lease_was_taken_over_is_refused(coord):
 def test_late_submit_is_accepted_when_nobody_took_the_task_over(coord):
     pool, _ = _pool(coord, n=1)
     (task,) = coord.client.lease(pool.pool_id, lease_seconds=30)
-    _lapse(coord, task)
+    lapse_lease(coord.url, task.task_id)
     assert coord.client.submit(task, labels_for(task)).annotation.task_id == task.task_id
     assert coord.other.lease(pool.pool_id) == []  # done, not requeued
 

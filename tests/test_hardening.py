@@ -38,7 +38,7 @@ from services.eem.server import EemServer, EemServiceConfig
 from services.inference.admission import PixelAdmission
 from services.inference.config import InferenceServerConfig, RuntimeConfig
 from services.inference.server import InferenceServer
-from tests.coordinator_support import coordinator_config, labels_for, pool_with_tasks, running_coordinator
+from tests.coordinator_support import coordinator_config, labels_for, lapse_lease, pool_with_tasks, running_coordinator
 from tests.inference_support import H, W, export_models, images, make_repository, running_server
 
 TOKENS = {"labeler-1": "token-of-labeler-1", "labeler-2": "token-of-labeler-2"}
@@ -195,12 +195,12 @@ def test_replay_with_a_junk_token_onto_a_finished_task_returns_no_record(tmp_pat
 
 
 def test_wrong_token_message_says_taken_over_only_when_it_was(tmp_path):
-    cfg = coordinator_config(f"sqlite://{tmp_path / 'c.db'}", tmp_path / "storage")
-    with running_coordinator(cfg) as (server, client):
+    url = f"sqlite://{tmp_path / 'c.db'}"
+    with running_coordinator(coordinator_config(url, tmp_path / "storage")) as (server, client):
         with CoordinatorClient(server.target, client_id="other", timeout_s=30) as other:
             pool, _ = pool_with_tasks(client, tmp_path / "frames", 1)
-            (stale,) = client.lease(pool.pool_id, lease_seconds=0.3)
-            time.sleep(0.5)
+            (stale,) = client.lease(pool.pool_id, lease_seconds=30)
+            lapse_lease(url, stale.task_id)
             (fresh,) = other.lease(pool.pool_id, lease_seconds=60)
             with pytest.raises(FailedPrecondition, match="taken over by client 'other'.*after yours ended"):
                 client.heartbeat(stale)  # true: it was this client's lease, and it expired
