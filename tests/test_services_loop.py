@@ -1,8 +1,6 @@
 """The main job end to end through the real services (five processes), on tiny sizes, and its
 agreement with the in-process loop on the same seed."""
-import contextlib
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -11,6 +9,7 @@ from segxal.al.loop import ALConfig
 from segxal.al.loop import run as run_in_process
 from app.loop import ServicesLoopConfig
 from app.loop import run as run_services
+from tests.coordinator_support import coordinator_config, running_coordinator
 
 
 def _cfg(data, out, cache, **kw):
@@ -52,17 +51,18 @@ def test_services_loop_runs_every_stage_and_writes_the_report(both_loops):
     assert report["drive_log"]["frames_ingested"] == 4 and len(report["drive_log"]["top_frames"]) == 4
 
 
-def _services_picks(out) -> list[list[str]]:
-    """The frames each cycle of the services loop queried, read from its coordinator's SQLite file
-    (cycle 1 first, in rank order), as Cityscapes frame ids like the in-process report's `picked`."""
-    with contextlib.closing(sqlite3.connect(out / "services" / "coordinator.db")) as db:
-        rows = db.execute("SELECT c.number, f.uri FROM tasks t JOIN cycles c ON c.cycle_id = t.cycle_id "
-                          "JOIN pools p ON p.pool_id = t.pool_id JOIN frames f ON f.frame_id = t.frame_id "
-                          "WHERE p.name = 'train-pool' ORDER BY c.number, t.rank").fetchall()
-    picks: dict[int, list[str]] = {}
-    for number, uri in rows:
-        picks.setdefault(number, []).append(Path(uri).name.removesuffix("_leftImg8bit.png"))
-    return [picks[n] for n in sorted(picks)]
+def _services_picks(out, tmp) -> list[list[str]]:
+    """The frames each cycle of the services loop had labeled (cycle 1 first), as Cityscapes frame
+    ids like the in-process report's `picked`: read back through a coordinator on the run's database
+    (every task of a cycle was answered, so its annotations are its picks)."""
+    work = out / "services"
+    with running_coordinator(coordinator_config(f"sqlite:///{work / 'coordinator.db'}", tmp)) as (_, c):
+        pool = c.get_pool(name="train-pool")
+        annotations = sorted(c.annotations(pool.pool_id), key=lambda a: a.created_unix_s)
+    picks: dict[str, list[str]] = {}  # cycle id -> frame ids, cycles in the order they were labeled
+    for a in annotations:
+        picks.setdefault(a.cycle_id, []).append(Path(a.frame_uri).name.removesuffix("_leftImg8bit.png"))
+    return list(picks.values())
 
 
 def test_services_loop_agrees_with_the_in_process_loop(both_loops):
@@ -78,7 +78,7 @@ def test_services_loop_agrees_with_the_in_process_loop(both_loops):
     # may pick another frame, and from there on the two loops train on different frames. While they
     # pick the same frames, the EEM regions differ by border pixels only, and the loops agree
     # closely (measured: labeled pixels within 0.01 %, DICE within 0.011, mIoU within 0.0001)
-    picks = _services_picks(root / "services")
+    picks = _services_picks(root / "services", root / "verify")
     assert [len(c) for c in picks] == [r["tasks"] for r in s[1:]]
     for a, b, picked in zip(s[1:], p[1:], picks):
         if sorted(picked) != sorted(b["picked"]):
