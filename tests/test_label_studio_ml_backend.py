@@ -16,7 +16,10 @@ Skips (with the reason) only when the Label Studio venv cannot be made, e.g. wit
 from __future__ import annotations
 
 import base64
+import json
 import shutil
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -27,14 +30,16 @@ import pytest
 from clients.label_studio import project as lsp
 from clients.label_studio.local import LocalLabelStudio, LocalLabelStudioConfig
 from clients.label_studio.ml_backend import MLBackendServer
+from clients.label_studio.ml_import import queue
 from clients.label_studio.ml_model import MLBackendConfig
 from clients.label_studio.overlay import eem_overlay
 from segxal import imageio
 from segxal.labels import IGNORE, NAME_TO_TRAIN_ID
 from services.eem.api import ScoreOptions
+from services.coordinator.client import CoordinatorClient
 from services.eem.client import EemClient
 from tests.coordinator_support import REPO_ROOT
-from tests.labeling_support import (LS_VENV, Chromium, annotations_by_task, django_login, eem_pool, json_call, sdk_brush,
+from tests.labeling_support import (LS_VENV, Chromium, annotations_by_task, django_login, json_call, sdk_brush,
                                     serving_stack)
 
 ARTIFACTS = REPO_ROOT / "artifacts" / "label_studio"
@@ -57,7 +62,11 @@ def env(ls_tools, tiny_dataset, tmp_path_factory):
     cfg = LocalLabelStudioConfig(data_dir=str(root / "ls-data"), document_root=str(media), venv=str(LS_VENV),
                                  template_dir=str(LS_VENV / "segxal-data-template"))
     with LocalLabelStudio(cfg) as ls, serving_stack(root / "stack", dataset) as stack:
-        pool, tasks = eem_pool(stack, POOL, batch=4)
+        with CoordinatorClient(stack.coordinator, client_id="test-setup") as client:  # as the trainer's publish does
+            client.register_model_version("segmentation", uri="repo/segmentation/1", version=1)
+        tasks = queue(stack.coordinator, POOL, str(dataset), "val", 4)  # the guide's `ml_import queue`
+        with CoordinatorClient(stack.coordinator, client_id="test-setup") as client:
+            pool = client.get_pool(name=POOL)
         backend_cfg = MLBackendConfig(host="127.0.0.1", port=0, eem_target=stack.eem, ls_document_root=str(media),
                                       media_dir=str(media / "overlays"), cache_dir=str(dataset / "cache"),
                                       forward="coordinator", coordinator=stack.coordinator, pool=POOL,
@@ -77,14 +86,20 @@ def project(env):
     Studio's API as "Connect Model" does (basic auth), with predictions retrieved by Label Studio and
     a view sorted by prediction score: what a user does, and nothing else."""
     api = env.api
-    proj = api.create_project("SegXAL ML backend", lsp.label_config())
+    # The label config and the import file as docs/label_studio.md makes them (the commands' output).
+    tool = [sys.executable, "-m", "clients.label_studio.ml_import"]
+    config = subprocess.run([*tool, "label-config"], capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout
+    val = env.dataset / "leftImg8bit" / "val"
+    imports = json.loads(subprocess.run([*tool, "tasks", str(val), "--document-root", str(env.media)],
+                                        capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout)
+    proj = api.create_project("SegXAL ML backend", config)
     pid = int(proj["id"])
     api.create_local_storage(pid, str(env.dataset), title="frames")
-    frames = sorted((env.dataset / "leftImg8bit" / "val").rglob("*.png"))
-    # A team imports its frames; `overlay` starts as the frame itself (Label Studio wants every key
-    # the label config names) and the backend points it at the heat-map overlay when it predicts.
-    api.request("POST", f"/api/projects/{pid}/import",
-                [{lsp.FRAME_KEY: _local_url(env, f), lsp.OVERLAY_KEY: _local_url(env, f)} for f in frames])
+    frames = sorted(val.rglob("*.png"))
+    # `overlay` starts as the frame itself (Label Studio wants every key the label config names);
+    # the backend points it at the heat-map overlay when it predicts.
+    assert imports == [{lsp.FRAME_KEY: _local_url(env, f), lsp.OVERLAY_KEY: _local_url(env, f)} for f in frames]
+    api.request("POST", f"/api/projects/{pid}/import", imports)
     ml = api.request("POST", "/api/ml", {"url": env.backend.url, "project": pid, "title": "SegXAL EEM",
                                          "is_interactive": False, "auth_method": "BASIC_AUTH",
                                          "basic_auth_user": USER, "basic_auth_pass": PASSWORD})
@@ -373,8 +388,9 @@ def test_screenshot_of_the_sorted_task_list_with_the_pre_annotation(env, project
     finally:
         browser.close()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for name, png in (("ml_backend_task_list.png", table), ("ml_backend_pre_annotation.png", task_page)):
-        imageio.atomic_write_bytes(ARTIFACTS / name, png)
+    for path, png in ((ARTIFACTS / "ml_backend_task_list.png", table), (SORTED_SCREENSHOT, table),
+                      (ARTIFACTS / "ml_backend_pre_annotation.png", task_page)):
+        imageio.atomic_write_bytes(path, png)
         assert imageio.decode_image(png).shape == (1000, 1600, 3)
-        print(f"\nscreenshot: {ARTIFACTS / name}")
+        print(f"\nscreenshot: {path}")
     assert "EEM heat map" in labeling_text and "Plain frame" in labeling_text

@@ -286,3 +286,23 @@ def test_downloads_go_only_to_the_configured_label_studio(tmp_path):
         for srv in (capture, redirect):
             srv.shutdown()
             srv.server_close()
+
+
+def test_import_tool_refuses_frames_outside_the_document_root(tiny_dataset, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.coordinator_support import REPO_ROOT
+    tool = [sys.executable, "-m", "clients.label_studio.ml_import", "tasks"]
+    val = tiny_dataset / "leftImg8bit" / "val"
+    out = subprocess.run([*tool, str(val), "--document-root", str(tmp_path)], capture_output=True, text=True,
+                         cwd=REPO_ROOT, timeout=60)
+    assert out.returncode == 2 and "is not inside the document root" in out.stderr and out.stdout == ""
+    out = subprocess.run([*tool, str(tmp_path), "--document-root", str(tmp_path)], capture_output=True, text=True,
+                         cwd=REPO_ROOT, timeout=60)
+    assert out.returncode == 2 and "no .png/.jpg/.jpeg files" in out.stderr
+    (tmp_path / "labels.txt").write_text("road\ncar\n")
+    out = subprocess.run([sys.executable, "-m", "clients.label_studio.ml_import", "label-config", "--classes-file",
+                          str(tmp_path / "labels.txt")], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    assert out.returncode == 0
+    lsp.check_label_config_xml(out.stdout, ("road", "car"))
