@@ -222,7 +222,9 @@ class ScoringPipeline:
         depth_call = self._depth_calls.submit(self.depth.infer_depth, depth_image[None], timeout_s=timeout)
         seg_error = None
         try:
-            seg = self.segmentation.infer_segmentation(seg_image[None], timeout_s=timeout)
+            # beta = 0: the CAM cannot change the EEM, so it is not asked for (nor computed)
+            seg = self.segmentation.infer_segmentation(seg_image[None], with_cam=opts.eem.uses_cam,
+                                                       timeout_s=timeout)
         except SegxalError as e:
             seg_error = e  # still wait for depth: the frame holds its slot until both calls end
         inverse_depth, depth_version = depth_call.result()  # [1, h', w']: the depth model's size

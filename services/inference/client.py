@@ -142,8 +142,11 @@ def _restore(maps: np.ndarray, plan: ResizePlan, nearest: bool) -> np.ndarray:
     return _resize_maps(plan.crop(maps), plan.frame_hw, nearest)
 
 
-def _segmentation_outputs(spec: ModelSpec, with_logits: bool) -> list[str]:
-    names = [spec.output_name(r) for r in ("labels", "ebu", "cam", "pmax", "embedding")]
+def _segmentation_outputs(spec: ModelSpec, with_logits: bool, with_cam: bool = True) -> list[str]:
+    # Without `cam` requested, ONNX Runtime runs only the nodes the other outputs need: the CAM's
+    # backward half of the graph is not executed (a cycle with beta = 0 does not pay for it).
+    roles = ("labels", "ebu", "cam", "pmax", "embedding") if with_cam else ("labels", "ebu", "pmax", "embedding")
+    names = [spec.output_name(r) for r in roles]
     if with_logits or spec.output_name("labels") is None:
         names.append(spec.output_name("logits"))
     names = [n for n in names if n is not None]
@@ -302,13 +305,15 @@ class InferenceClient:
         return _read_result(result, model)
 
     def infer_segmentation(self, images: np.ndarray, *, version: str = "", with_logits: bool = False,
-                           timeout_s: float | None = None) -> dict:
+                           with_cam: bool = True, timeout_s: float | None = None) -> dict:
         """Segment a batch of images.
 
         Args:
             images: uint8 RGB [B, H, W, 3].
             version: "" (latest) or a pinned version.
             with_logits: also return logits [B, C, H, W] (only if the model exports them; large).
+            with_cam: ask for the CAM; False leaves it out of the request (cam None), and the
+                server does not compute it.
             timeout_s: deadline of this call.
 
         Returns:
@@ -323,7 +328,7 @@ class InferenceClient:
         spec = self.model_spec(self.segmentation_model, timeout_s=timeout_s)  # the caller's deadline too
         _check_kind(spec, self.segmentation_model, SEGMENTATION)
         inputs, plan = _prepare_images(spec, images)
-        out = self.infer(self.segmentation_model, inputs, outputs=_segmentation_outputs(spec, with_logits),
+        out = self.infer(self.segmentation_model, inputs, outputs=_segmentation_outputs(spec, with_logits, with_cam),
                          version=version, timeout_s=timeout_s)
         return _segmentation_result(spec, out, plan, with_logits)
 
@@ -416,13 +421,13 @@ class AsyncInferenceClient:
         return _read_result(result, model)
 
     async def infer_segmentation(self, images: np.ndarray, *, version: str = "", with_logits: bool = False,
-                                 timeout_s: float | None = None) -> dict:
+                                 with_cam: bool = True, timeout_s: float | None = None) -> dict:
         """As InferenceClient.infer_segmentation."""
         spec = await self.model_spec(self.segmentation_model)
         _check_kind(spec, self.segmentation_model, SEGMENTATION)
         inputs, plan = _prepare_images(spec, images)
         out = await self.infer(self.segmentation_model, inputs,
-                               outputs=_segmentation_outputs(spec, with_logits),
+                               outputs=_segmentation_outputs(spec, with_logits, with_cam),
                                version=version, timeout_s=timeout_s)
         return _segmentation_result(spec, out, plan, with_logits)
 

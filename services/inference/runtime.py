@@ -146,6 +146,8 @@ class OnnxModel:
         params = {k: v.string_value for k, v in config.parameters.items()}
         self.spatial_multiple = int(params.get("spatial_multiple", "1") or 1)
         self.layout = params.get("input_layout", "")
+        # the model's own peak memory per pixel (bench/inference_memory.py); None: the server's
+        self.bytes_per_pixel = self._positive_int(params, "bytes_per_pixel")
         # runs of more pixels than this give back what they grew the arena by (RuntimeConfig)
         self.arena_keep_pixels = runtime.arena_keep_pixels
         self._shrink = ort.RunOptions()
@@ -153,6 +155,20 @@ class OnnxModel:
                                           "cpu:0;gpu:0" if runtime.device == "cuda" and
                                           "CUDAExecutionProvider" in self.providers else "cpu:0")
         self.shrunk_runs = 0  # runs that ended with the arena shrunk
+
+    @staticmethod
+    def _positive_int(params: dict[str, str], key: str) -> int | None:
+        """Raises FailedPrecondition: the config parameter is set but is no positive integer."""
+        text = params.get(key, "").strip()
+        if not text:
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise FailedPrecondition(f"config parameter {key!r} must be a positive integer, got {text!r}")
+        return value
 
     @staticmethod
     def _load(path: Path | bytes, runtime: RuntimeConfig, threads: int) -> ort.InferenceSession:
