@@ -29,9 +29,12 @@ class OneLineBar(tqdm):
         if self.disable:
             return
         d = self.format_dict
-        counted = f"{d['n']}/{d['total']}" if d["total"] is not None else f"{d['n']}"
+        if d["total"] is not None:
+            counted = f"{d['n']}/{d['total']} {d['unit']} in "
+        else:  # a bar that only shows time (a phase of one call) has nothing to count
+            counted = f"{d['n']} {d['unit']} in " if d["n"] else ""
         postfix = f" ({d['postfix']})" if d.get("postfix") else ""
-        line = f"{d['prefix'] or 'progress'}: {counted} {d['unit']} in {self.format_interval(d['elapsed'])}{postfix}"
+        line = f"{d['prefix'] or 'progress'}: {counted}{self.format_interval(d['elapsed'])}{postfix}"
         super().close()  # unregisters the bar; its display/clear draw nothing
         self.fp.write(line + "\n")
         self.fp.flush()

@@ -62,6 +62,14 @@ def test_a_terminal_gets_the_redrawn_bar():
     assert "\r" in drawn and "score pool" in drawn and "3/3" in drawn
 
 
+def test_a_phase_that_only_takes_time_says_how_long(tmp_path):
+    path = tmp_path / "log"
+    with open(path, "w") as f:
+        with progress(desc="cycle 2 rank", unit="call", file=f) as bar:
+            bar.set_postfix(scored=96, tasks=16)
+    assert path.read_text() == "cycle 2 rank: 00:00 (scored=96, tasks=16)\n"
+
+
 def test_a_disabled_bar_writes_nothing(tmp_path):
     path = tmp_path / "log"
     with open(path, "w") as f:
