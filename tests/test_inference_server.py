@@ -513,3 +513,39 @@ def test_an_outsize_request_gives_its_memory_back(unet32_server):
     assert grown > 100 * 1024  # the request did need memory ...
     assert kept < 0.2 * grown, f"kept {kept / 1024:.0f} of the {grown / 1024:.0f} MB the request grew"  # ... and gave it back
     client.infer("segmentation", [_infer_input(np.zeros((1, 256, 512, 3), np.uint8))])  # and serves on
+
+
+def test_a_models_own_bytes_per_pixel_sets_its_pixel_limit(tmp_path, exports):
+    from services.common.model_repository import ModelRepository, build_config
+    from services.common.server import ServerConfig
+    from services.inference.config import InferenceServerConfig, RuntimeConfig
+    from services.inference.server import InferenceServer
+    from tests.inference_support import H, W
+
+    repo = ModelRepository(tmp_path / "repo")
+    for name, figure in (("segmentation", ""), ("depth", "100"), ("broken", "-5")):
+        config = build_config(name, exports["depth" if name == "broken" else name][0].spec)
+        if figure:
+            config.parameters["bytes_per_pixel"].string_value = figure
+        repo.publish(name, exports["depth" if name == "broken" else name][0].path, config)
+    # the server's figure 1000 B/px: two frames per request; the depth model's own 100 B/px: twenty
+    server = InferenceServer(InferenceServerConfig(
+        repository=str(repo.root), server=ServerConfig(address="127.0.0.1:0", max_workers=8, grace_s=1.0),
+        runtime=RuntimeConfig(intra_op_threads=1), poll_interval_s=0.0,
+        memory_budget_bytes=2 * H * W * 1000, bytes_per_pixel=1000))
+    server.start()
+    try:
+        with tg.InferenceServerClient(server.target) as client:
+            eight_frames = images(1, h=2 * H, w=4 * W)
+            assert client.infer("depth", [_infer_input(eight_frames)]).as_numpy("inverse_depth").shape[0] == 1
+            with pytest.raises(InferenceServerException, match=r"over the limit of 16384 pixels per request "
+                                                               r"\(memory budget / 1000 bytes per pixel"):
+                client.infer("segmentation", [_infer_input(eight_frames)])
+            with pytest.raises(InferenceServerException, match=r"over the limit of 163840 pixels per request "
+                                                               r"\(memory budget / 100 bytes per pixel"):
+                client.infer("depth", [_infer_input(images(1, h=8 * H, w=4 * W))])
+            assert not client.is_model_ready("broken")
+            (broken,) = [m for m in client.get_model_repository_index().models if m.name == "broken"]
+            assert "config parameter 'bytes_per_pixel' must be a positive integer, got '-5'" in broken.reason
+    finally:
+        server.stop(1.0)

@@ -59,6 +59,10 @@ def request_pixels(inputs: dict[str, np.ndarray], layout: str) -> int:
 class PixelAdmission:
     """Counts the pixels in flight and admits requests while they fit. Thread-safe.
 
+    Limits and the count are in pixels at `bytes_per_pixel`; a model with a figure of its own
+    (its config's `bytes_per_pixel` parameter) weighs each pixel by its figure / this one, so a
+    light model (the depth network, ~110 B/px) may take larger requests and a heavy one smaller.
+
     Args:
         max_request_pixels: the most one request may ask for (0 = no limit at all).
         max_inflight_pixels: the most all admitted requests may hold together (>= max_request_pixels).
@@ -91,13 +95,15 @@ class PixelAdmission:
         return self._inflight
 
     @contextlib.contextmanager
-    def admit(self, model: str, pixels: int, deadline: float | None) -> Iterator[None]:
+    def admit(self, model: str, pixels: int, deadline: float | None,
+              bytes_per_pixel: int | None = None) -> Iterator[None]:
         """Hold `pixels` of the budget while the block runs.
 
         Args:
             model: for messages.
             pixels: the request's pixels (request_pixels).
             deadline: time.monotonic() by which the request must have run (None: none).
+            bytes_per_pixel: the model's own measured figure (None: the server's).
 
         Raises:
             ResourceExhausted: more pixels than one request may have (the message states the limit
@@ -107,11 +113,14 @@ class PixelAdmission:
         if self.max_request_pixels <= 0:
             yield
             return
-        if pixels > self.max_request_pixels:
+        bpp = bytes_per_pixel or self.bytes_per_pixel
+        limit = self.max_request_pixels * self.bytes_per_pixel // bpp  # in this model's pixels
+        if pixels > limit:
             raise ResourceExhausted(
-                f"model {model!r}: the request has {pixels} pixels, over the limit of {self.max_request_pixels} "
-                f"pixels per request (memory budget / {self.bytes_per_pixel} bytes per pixel measured); "
+                f"model {model!r}: the request has {pixels} pixels, over the limit of {limit} "
+                f"pixels per request (memory budget / {bpp} bytes per pixel measured); "
                 f"send smaller images or fewer per request")
+        pixels = -(-pixels * bpp // self.bytes_per_pixel)  # in the server's pixels, rounded up
         wait_until = deadline if deadline is not None else time.monotonic() + _NO_DEADLINE_WAIT_S
         with self._cond:
             while self._inflight + pixels > self.max_inflight_pixels:

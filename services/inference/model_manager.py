@@ -367,7 +367,7 @@ class ModelManager:
             rows = loaded.model.check_request(request.inputs, request.outputs)
             pixels = request_pixels(request.inputs, loaded.model.layout)
             try:
-                with self.admission.admit(request.model, pixels, request.deadline):
+                with self.admission.admit(request.model, pixels, request.deadline, loaded.model.bytes_per_pixel):
                     outputs = loaded.batcher.submit(request.inputs, request.outputs, rows, request.deadline)
             except BatcherClosed:
                 continue  # swapped out between resolve and submit: the new mapping is in place
