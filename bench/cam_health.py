@@ -40,7 +40,7 @@ import torch
 from segxal.data.cityscapes import MEAN, STD, SegDataset, list_frames
 from segxal.eem.health import cam_degenerate
 
-# the architectures of issue 32's "Done when" (none is the project's U-Net); no weights downloaded
+# architectures teams bring (none is the project's U-Net); no weights downloaded
 _SMP = {"encoder_name": "resnet18", "encoder_weights": None, "classes": 19}
 _TV = {"weights": None, "weights_backbone": None, "num_classes": 19}
 ARCHITECTURES = {

@@ -1,7 +1,7 @@
 """A drive log with one raw image over the decode limit: peak RSS of segxal.ingest.extract_drive_log
 on it, beside the RSS before the log is opened and the size the image claims.
 
-The log (issue 30, item 9): a zstd ROS 2 MCAP of [rgb8 32 x 64, mono8 SIDE x SIDE, rgb8 32 x 64],
+The log: a zstd ROS 2 MCAP of [rgb8 32 x 64, mono8 SIDE x SIDE, rgb8 32 x 64],
 a few kB on disk. The big image must be skipped from the size its message states, before any pixel
 buffer exists; what is left is the MCAP chunk decompressed once (SIDE^2 bytes here).
 

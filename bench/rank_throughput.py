@@ -152,7 +152,7 @@ def _stages(files: list[Path], seg, depth, seg_spec, depth_spec, reps: int) -> d
                                                        _restore(next(iter(depth_out.values())), dplan, False)), reps),
         "(old path) EEM + regions at frame size": _timedcpu_seconds(lambda: score_frame(
             maps["labels"][0], maps["ebu"][0], maps["cam"][0], inv[0], EEMOptions(), with_regions=True), reps),
-        # the service's path since issue 20: the maths at the model's size, regions to the frame
+        # the service's path: the maths at the model's size, regions to the frame
         "EEM + regions at input size, regions to frame": _timedcpu_seconds(lambda: score_frame(
             seg_out["labels"][0], seg_out["ebu"][0], seg_out["cam"][0], next(iter(depth_out.values()))[0],
             EEMOptions(), with_regions=True, frame_hw=image.shape[1:3]), reps),

@@ -1,4 +1,4 @@
-"""Machine oracle client: pseudo-labels from the served model (DESIGN.md, "Oracle modes"): the
+"""Machine oracle client: pseudo-labels from the served model (docs/design.md, "Oracle modes"): the
 predicted trainIds where p_max >= tau, "not annotated" (255) elsewhere, submitted as a whole-frame
 annotation. Frames that hold no confident pixel are released for another labeler.
 
@@ -36,7 +36,7 @@ class MachineOracleConfig:
     inference: str = "127.0.0.1:8001"  # the inference server (KServe v2: ours or Triton)
     model: str = DEFAULT_SEGMENTATION_MODEL
     model_version: str = ""  # "": the server's newest version
-    tau: float = 0.9  # DESIGN.md: pseudo-label where p_max >= tau
+    tau: float = 0.9  # pseudo-label where p_max >= tau (docs/design.md, "Oracle modes")
     frame_roots: list[str] = field(default_factory=list)  # frames are read only under these folders
     inference_timeout_s: float = 60.0
 

@@ -1,4 +1,4 @@
-"""Simulated human client, for experiments (DESIGN.md, "Oracle modes"): a labeler who copies the
+"""Simulated human client, for experiments (docs/design.md, "Oracle modes"): a labeler who copies the
 ground truth inside the regions a task asks to fix (or the whole frame), takes its time, and makes
 mistakes at a set rate. It counts what the work cost in frames, regions and pixels.
 

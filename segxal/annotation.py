@@ -1,7 +1,6 @@
 """Label masks sent by labelers: decoding (PNG or per-class COCO RLE, Cityscapes labelIds or
 trainIds), validation against the frame and the class list it is labelled in, and what an
-annotation costs (DESIGN.md: annotation cost
-is counted in frames, regions and pixels touched).
+annotation costs: frames, regions and pixels touched (docs/design.md, "Oracle modes").
 
 Every decoded mask is a trainId array uint8 [H, W] with 255 (segxal.labels.IGNORE) where the
 labeler did not annotate, so masks from any encoding compare and hash alike. "trainIds" are the

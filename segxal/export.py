@@ -1,7 +1,7 @@
 """Export the segmentation and depth models to ONNX for serving, and check the export against
 PyTorch (parity) before anything is published.
 
-Wire format (DESIGN.md, "Services and data flow"): the graph takes `image`, uint8 RGB
+Wire format (docs/design.md, "Services and data flow"): the graph takes `image`, uint8 RGB
 [B, H, W, 3], and normalises inside (x / 255 - MEAN) / STD, so a client sends 1 byte per channel
 instead of 4 and needs no knowledge of the statistics; batch, height and width are dynamic.
 Segmentation outputs are compact: `labels` uint8 argmax, `ebu`, `cam` (GradCAM at the bottleneck,
@@ -57,7 +57,7 @@ class ExportConfig:
     declare_input_size: bool = False
     half_outputs: bool = True  # segmentation ebu/cam/pmax (and logits) as float16: half the bytes
     with_logits: bool = False  # add `logits` [B, C, H, W]: large, for debugging and user tools
-    # add `embedding` FP32 [B, D]: L2-normalised pooled features for diversity selection (issue 27;
+    # add `embedding` FP32 [B, D]: L2-normalised pooled features for diversity selection (
     # the U-Net's UNet.embed, a model from elsewhere's head input)
     with_embedding: bool = True
     depth_half: bool = False  # inverse_depth as float16

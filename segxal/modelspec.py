@@ -22,7 +22,7 @@ Our config.pbtxt parameters (all string values, as Triton stores them):
     resize_mode       "stretch" (default) | "letterbox": keep the aspect ratio, pad bottom/right
                       to input_size, or with a dynamic input to the next spatial_multiple
     output_embedding  (optional role `embedding`) a frame embedding FP32 [B, D], L2-normalised,
-                      for diversity selection (issue 27); a model without it serves as before
+                      for diversity selection; a model without it serves as before
     cam_layer         where the served `cam` is computed ("bottleneck", "head", "Conv 1x1 on ...");
                       "none" = the model has no CAM and is scored with EBU alone
     class_names       JSON list of class names, index = label value; read from the Triton label
@@ -99,7 +99,7 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How an RGB uint8 image [H, W, 3] becomes the model input (DESIGN.md: the client applies
+    """How an RGB uint8 image [H, W, 3] becomes the model input (docs/design.md: the client applies
     what the config says; our own exports do it in the graph and take uint8 as is)."""
     layout: str = "NHWC"  # "NHWC" | "NCHW"
     normalization: str = "in_graph"  # "in_graph" | "client"

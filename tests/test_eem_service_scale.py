@@ -1,4 +1,4 @@
-"""The EEM service at camera resolution (issue 20): the EEM maths runs at the model's declared input
+"""The EEM service at camera resolution: the EEM maths runs at the model's declared input
 size and only what leaves the service is brought to the frame. Real inference server and EEM
 server on ephemeral ports serving tiny U-Net / depth exports that declare a 64 x 128 input; the
 reference is the same maths in process (ONNX Runtime on the same files, the frame resized with the

@@ -18,7 +18,7 @@ from segxal.graph.add_eem import METADATA_CAM_LAYER, METADATA_UNCERTAINTY_AT, ad
 from segxal.models.external import FullResLogits
 from tests.zoo_support import H, W, NUM_CLASSES, ZOO, images_nchw
 
-CAM_TOL = 1e-3  # the bar; float16 on the wire is 4.9e-4 per step just below 1
+CAM_TOL = 1e-3  # the agreement add-eem promises; float16 on the wire is 4.9e-4 per step just below 1
 
 
 class _ClassAgnosticTarget:

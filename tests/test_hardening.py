@@ -1,5 +1,5 @@
-"""Regression tests of issue 18 (an outside probe of the services), one per defect, each named
-after it. Real servers on 127.0.0.1 ephemeral ports, tritonclient's protocol messages for
+"""What an outside probe of the services found, one test per defect, each named for the behaviour
+it guarantees. Real servers on 127.0.0.1 ephemeral ports, tritonclient's protocol messages for
 inference, the project's own protos and clients for the EEM service and the coordinator."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One scale and label maps (issue 17): plan_resize (declared size, letterbox), the region floor
+"""One scale and label maps for models from elsewhere: plan_resize (declared size, letterbox), the region floor
 that grows with resolution and the cap on regions per frame, LabelMap (a dataset's own taxonomy),
 and ModelSpec's checks."""
 from __future__ import annotations

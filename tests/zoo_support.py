@@ -1,4 +1,4 @@
-"""Shared by the tests of issue 17: the architectures of segxal.models.zoo exported once per
+"""Shared by the tests of models from elsewhere: the architectures of segxal.models.zoo exported once per
 session (logits ONNX as a team would export it, then segxal.graph.add_eem)."""
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The benchmark's training setting: a frozen U-Net body trained once, a small decoder trained per budget point.
 
 Why: on a shared 2-core machine a full U-Net fine-tune per budget point costs ~25 s, so three seeds
-were all the benchmark could afford, and three seeds cannot resolve 0.5 mIoU (issue 28). Here a
+were all the benchmark could afford, and three seeds cannot resolve 0.5 mIoU. Here a
 U-Net is trained once on a disjoint labelled set (a second synthetic dataset, never pool,
 validation or test) and everything but its last decoder stage and head is frozen: the encoder, the
 bottleneck and the deeper decoder stages. What the last stage reads (the upsampled deeper features

@@ -1,4 +1,4 @@
-"""Oracles: who returns labels for a queried frame (DESIGN.md, "Oracle modes").
+"""Oracles: who returns labels for a queried frame (docs/design.md, "Oracle modes").
 
 - machine: pseudo-labels, the model's own confident predictions (p_max >= tau), ignore elsewhere;
   costs no human pixels.
@@ -96,7 +96,7 @@ def calibrate_tau(pmax: np.ndarray, pred: np.ndarray, gt: np.ndarray, precision:
 def simulated_human(gt: np.ndarray, pred: np.ndarray, region_masks: list[np.ndarray] | None,
                     outside: str = "prediction") -> Annotation:
     """A person fixing the requested regions: ground truth inside them, and outside either the
-    model's prediction (DESIGN.md) or nothing ("ignore"). `region_masks=None` = whole frame.
+    model's prediction (the default) or nothing ("ignore"). `region_masks=None` = whole frame.
 
     Pixels touched = region pixels (whole frame: all pixels).
     """

@@ -1,4 +1,4 @@
-"""EEM maths (Explainable Error Map, SegXAL arXiv 2408.04482; DESIGN.md "The method, made precise").
+"""EEM maths (Explainable Error Map, SegXAL arXiv 2408.04482; docs/design.md, "The EEM as shipped").
 
 Pure functions, arrays in and arrays out, one module per concept; import from the module:
 - segxal.eem.ebu: entropy-based uncertainty (torch, traceable to ONNX)

@@ -1,7 +1,7 @@
 """Entropy-based uncertainty (EBU), the first term of the EEM, with the other per-pixel statistics
 of the prediction (argmax labels, p_max) that come from the same pass over the logits.
 
-Per pixel i, with p = softmax(z) over C classes (DESIGN.md, "EBU"):
+Per pixel i, with p = softmax(z) over C classes (docs/design.md, "The EEM as shipped"):
     u(i) = -sum_c p_c(i) * log p_c(i) / log C,  in [0, 1]
 0 for a one-hot prediction, 1 for a uniform one.
 
@@ -30,7 +30,7 @@ from segxal.errors import InvalidInput
 def prediction_statistics(logits: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Argmax labels, normalised entropy u and top-class probability p_max, from one max-shifted exp.
 
-    p_max is the confidence the machine oracle thresholds (DESIGN.md, "Oracle modes").
+    p_max is the confidence the machine oracle thresholds (docs/design.md, "Oracle modes").
 
     Args:
         logits: raw scores, e.g. [B, C, H, W]; float32, float64 or float16 (computed in that dtype).

@@ -2,11 +2,11 @@
 
 This module is what the ONNX export (segxal.export) traces and what the in-process active-learning
 loop calls, so both see the same outputs in the same order, OUTPUT_NAMES. Full-resolution logits
-never leave the graph (DESIGN.md, "Services and data flow": compact extra outputs).
+never leave the graph (docs/design.md, "Services and data flow": model wire format).
 
 References:
     SegXAL, arXiv 2408.04482 (EBU + GradCAM in the EEM); Selvaraju et al., Grad-CAM, ICCV 2017;
-    DESIGN.md, "GradCAM" (segxal.eem.gradcam.explained_forward: the bottleneck CAM, in-graph).
+    docs/design.md, "The EEM as shipped" (segxal.eem.gradcam.explained_forward: the bottleneck CAM).
 """
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ def pae(cam: np.ndarray, proximity: np.ndarray, gate: np.ndarray | None = None) 
     Args:
         cam: GradCAM [H, W] or [B, H, W] (float16 or float32).
         proximity: same shape, in [0, 1].
-        gate: None (DESIGN.md's PAE) or an uncertainty map of the same shape in [0, 1].
+        gate: None (the shipped PAE) or an uncertainty map of the same shape in [0, 1].
 
     Returns:
         float32 PAE, same shape.

@@ -1,11 +1,11 @@
 """Class-agnostic GradCAM for segmentation: the autograd reference, the analytic head-input path and
 the shipped bottleneck CAM with its gradient written out (no autograd, so it exports to ONNX).
 
-Shipped definition (issue 15): target layer = the U-Net's bottleneck (deepest encoder block). At the
+Shipped definition: target layer = the U-Net's bottleneck (deepest encoder block). At the
 head's input every GradCAM is a linear function of the logits and the class-agnostic map collapses to
 zero as training makes the classifier discriminative; see the section "The shipped definition" below.
 
-Definition (DESIGN.md, "GradCAM"): predicted masks M_c = {i : argmax_c z(i) = c}, target
+Definition: predicted masks M_c = {i : argmax_c z(i) = c}, target
     T = sum_c w_c * sum_{i in M_c} z_c(i)          (w_c = 1 unless class weights are given)
 one backward pass for all classes and the whole batch (each image's T only depends on that image,
 so the gradient of the batch sum is the per-image gradient), weights
@@ -262,7 +262,7 @@ def analytic_cam(features: torch.Tensor, head_weight: torch.Tensor, labels: torc
 #
 # At the head's input every GradCAM is a linear function of the logits (the head is linear), so the
 # class-agnostic map is ReLU(sum_c n_c (z_c - b_c)): it cancels and clips to zero as the classifier
-# becomes discriminative (DESIGN.md, "Measured flaw"). The bottleneck is semantic and does not
+# becomes discriminative (docs/design.md, "The EEM as shipped"). The bottleneck is semantic and does not
 # collapse, but its gradient crosses the decoder. ONNX has no autograd and torch's exporters do not
 # trace torch.autograd.grad, so the decoder's vector-Jacobian product is written out below with the
 # same weights: conv -> conv_transpose, BatchNorm (eval) -> per-channel scale, ReLU -> its mask,

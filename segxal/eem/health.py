@@ -1,9 +1,9 @@
 """Health of the explanation maps: is a CAM alive, and is it an explanation?
 
 The class-agnostic GradCAM at a linear head's input collapses to all zero as a classifier becomes
-discriminative (issue 15); the EEM service counts such frames (Stats.frames_cam_degenerate) and the
+discriminative; the EEM service counts such frames (Stats.frames_cam_degenerate) and the
 loop reports their share per cycle, so a dead proximity term is seen, not guessed. numpy or torch in.
-A CAM that anti-correlates with EBU is the model's confidence in disguise (issue 32): inside
+A CAM that anti-correlates with EBU is the model's confidence in disguise: inside
 EEM = alpha EBU + beta PAE it fights the uncertainty term. CamHealthMonitor keeps both, per model
 version, for the EEM service's stats.
 """
@@ -35,7 +35,7 @@ def cam_degenerate(cam, tol: float = DEGENERATE_SPREAD):
     return out if cam.ndim == 3 else bool(out[0])
 
 
-# A served model's CAM is flagged once it has scored MIN_FRAMES frames and (issue 32)
+# A served model's CAM is flagged once it has scored MIN_FRAMES frames and
 DEAD_SHARE_LIMIT = 0.05  # more than this share of its CAMs were dead (all zero or constant), or
 CONFIDENCE_CORRELATION_LIMIT = -0.3  # its CAM's correlation with EBU fell below this: a confidence map
 MIN_FRAMES = 20

@@ -1,4 +1,4 @@
-"""Proximity pi in [0, 1] from monocular depth: near pixels matter more (DESIGN.md, "Proximity").
+"""Proximity pi in [0, 1] from monocular depth: near pixels matter more (docs/design.md, "The EEM as shipped").
 
 Two inputs, one meaning (1 = as near as this image gets, 0 = far, sky or no depth):
 - relative inverse depth (MiDaS / Depth Anything style, larger = nearer, unknown scale and shift):
@@ -9,7 +9,7 @@ Sky (a boolean mask, or the predicted sky class of a trainId map) and invalid de
 non-finite) get 0 in both.
 
 References:
-    SegXAL, arXiv 2408.04482 (proximity-aware explainability, PAE); DESIGN.md.
+    SegXAL, arXiv 2408.04482 (proximity-aware explainability, PAE).
     Ranftl et al., "Towards Robust Monocular Depth Estimation" (MiDaS), TPAMI 2020: relative
     inverse depth up to scale and shift.
 """

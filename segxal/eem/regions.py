@@ -1,4 +1,4 @@
-"""Regions to fix: connected components of the EEM above a threshold (DESIGN.md, "Regions to fix").
+"""Regions to fix: connected components of the EEM above a threshold (docs/design.md, "The EEM as shipped").
 
 Each region carries what a labeler or platform needs: bounding box, outer polygon, a COCO RLE mask,
 area, mean EEM and the dominant predicted class. The threshold is fixed or chosen per frame by

@@ -33,16 +33,16 @@ third of its forward (bench/any_model.py), while a bilinear upsampling of the lo
 information to the uncertainty, only smoothness; recorded as `segxal.uncertainty_at` metadata.
 Graphs whose logits come at the input's size are the same either way.
 
-The frame embedding (`embedding`, FP32 [B, D], issue 27) is the head input's global average pool,
+The frame embedding (`embedding`, FP32 [B, D]) is the head input's global average pool,
 L2-normalised: A as the CAM uses it, so it costs one reduction (summed branches: their pools
-concatenated). It feeds diversity selection on the coordinator's side.
+concatenated). It feeds diversity selection (docs/design.md, "EEM options and selection").
 
 A graph whose logits do not come from such a head gets labels, ebu and pmax only (cam_layer None):
 the EEM service then scores its frames with EBU alone and says so in its response.
 
 References:
     Selvaraju et al., Grad-CAM, ICCV 2017; jacobgil/pytorch-grad-cam 1.5.7 (`BaseCAM`,
-    `scale_cam_image`, `aggregate_multi_layers`); DESIGN.md "GradCAM", fast path.
+    `scale_cam_image`, `aggregate_multi_layers`); docs/design.md, "The EEM as shipped" (GradCAM).
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ class CoordinatorConfig:
     default_lease_s: float = 300.0  # a labeler annotating one frame by hand takes minutes
     max_lease_s: float = 3600.0     # longer leases hide crashed clients for too long
     max_lease_batch: int = 64       # tasks per LeaseTasks call
-    default_dice_threshold: float = 0.95  # DESIGN.md: DICE stopping default
+    default_dice_threshold: float = 0.95  # docs/design.md, "DICE stopping"
     db_pool_size: int = 8           # connections per replica (PostgreSQL allows ~100 in all)
     # address (port 0 = ephemeral, tests), handler threads, grace period, TLS / mTLS, bearer tokens
     # (every call but health must carry one; leases and submits act for its identity), health port

@@ -3,7 +3,7 @@ storage roots (segxal.storage), decoded once, merged per frame, at the training 
 
 A mask is a trainId map (255 = not annotated, segxal.annotation). The loss ignores 255, so a
 region-level annotation trains on the fixed regions plus whatever the labeling policy put
-elsewhere (DESIGN.md: the prediction, or nothing); the mask already carries that choice.
+elsewhere (the prediction, or nothing: docs/design.md, "Oracle modes"); the mask carries that choice.
 
 A frame annotated more than once (the seed set, then a region-level fix; or two region-level fixes
 in different cycles) keeps one mask: annotations apply in order, each one's annotated pixels

@@ -45,7 +45,7 @@ class StartCycleSpec:
 
 def decide_stop(cycle: Cycle, complete: bool, mean_dice: float | None, dice_count: int, budget: Budget,
                 queryable_frames: int, tasks: TaskCounts, failed_frames: int) -> tuple[str, str]:
-    """The loop's stop decision for a cycle (DESIGN.md, DICE stopping): (reason, detail)."""
+    """The loop's stop decision for a cycle (docs/design.md, "DICE stopping"): (reason, detail)."""
     thr = cycle.dice_threshold
     if complete and dice_count and mean_dice is not None and mean_dice >= thr:
         return STOP_DICE_REACHED, f"mean DICE {mean_dice:.4f} over {dice_count} annotations >= {thr}"
