@@ -84,7 +84,8 @@ def admission(repo: Path, log: Path, a) -> None:
 
     budget = a.budget_mb * 2**20
     limit_px = budget // DEFAULT_BYTES_PER_PIXEL
-    proc, target = start_server(repo, log, ["--intra-op-threads", str(a.threads), "--memory-budget-mb", str(a.budget_mb)])
+    proc, target = start_server(repo, log, ["--intra-op-threads", str(a.threads),
+                                            "--memory-budget-mb", str(a.budget_mb)])
     try:
         with InferenceClient(target, timeout_s=600) as client:
             deadline = time.monotonic() + 120

@@ -511,7 +511,8 @@ def test_an_outsize_request_gives_its_memory_back(unet32_server):
     grown = _rss_kb(proc.pid, "VmHWM") - idle
     kept = _rss_kb(proc.pid, "VmRSS") - idle
     assert grown > 100 * 1024  # the request did need memory ...
-    assert kept < 0.2 * grown, f"kept {kept / 1024:.0f} of the {grown / 1024:.0f} MB the request grew"  # ... and gave it back
+    # ... and gave it back
+    assert kept < 0.2 * grown, f"kept {kept / 1024:.0f} of the {grown / 1024:.0f} MB the request grew"
     client.infer("segmentation", [_infer_input(np.zeros((1, 256, 512, 3), np.uint8))])  # and serves on
 
 
