@@ -232,7 +232,7 @@ def test_a_bomb_frame_is_skipped_and_counted_and_the_other_logs_are_read(coord):
     reply = c.ingest(pool.pool_id, [drive_log_source(str(bomb_log), near_duplicate_threshold=0),
                                     drive_log_source(str(good_log)), drive_log_source(str(bag))])
     bomb, ok, ros = reply.results
-    assert bomb.frames_added == 3
+    assert (bomb.frames_added, bomb.frames_skipped_unreadable, ok.frames_skipped_unreadable) == (3, 1, 0)
     assert "1 images could not be read and were skipped" in bomb.error and "over the decode limit" in bomb.error
     assert (ok.frames_added, ok.error) == (4, "") and (ros.frames_added, ros.error) == (4, "")
     frames = list(c.frames(pool.pool_id))

@@ -181,7 +181,8 @@ def ingest_result_to_proto(r: IngestSourceResult) -> pb.IngestSourceResult:
     return pb.IngestSourceResult(source=r.source, frames_added=r.frames_added,
                                  frames_already_present=r.frames_already_present,
                                  frames_skipped_near_duplicate=r.frames_skipped_near_duplicate, error=r.error,
-                                 frames_skipped_min_gap=r.frames_skipped_min_gap)
+                                 frames_skipped_min_gap=r.frames_skipped_min_gap,
+                                 frames_skipped_unreadable=r.frames_skipped_unreadable)
 
 
 def model_to_proto(m: ModelVersion) -> pb.ModelVersion:

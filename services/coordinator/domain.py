@@ -297,6 +297,7 @@ class IngestSourceResult:
     frames_skipped_near_duplicate: int = 0
     error: str = ""
     frames_skipped_min_gap: int = 0
+    frames_skipped_unreadable: int = 0
 
 
 @dataclass(frozen=True)

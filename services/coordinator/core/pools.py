@@ -150,6 +150,7 @@ class PoolsAndIngest:
         return IngestSourceResult(source=source.path, frames_added=added, frames_already_present=present,
                                   frames_skipped_near_duplicate=counters.frames_skipped_near_duplicate,
                                   frames_skipped_min_gap=counters.frames_skipped_min_gap,
+                                  frames_skipped_unreadable=counters.frames_skipped_unreadable,
                                   error=error)
 
     def ingest(self, pool_id: str, sources: Sequence[IngestSource]) -> tuple[list[IngestSourceResult], Pool]:
