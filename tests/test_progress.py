@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import struct
 import subprocess
 import sys
@@ -55,7 +56,13 @@ def test_a_terminal_gets_the_redrawn_bar():
                 for _ in range(3):
                     bar.update(1)
                     bar.refresh()
-        drawn = os.read(master, 65536).decode()
+        drawn = b""
+        while select.select([master], [], [], 1.0)[0]:  # a pty hands its bytes over in pieces
+            chunk = os.read(master, 65536)
+            if not chunk:
+                break
+            drawn += chunk
+        drawn = drawn.decode()
     finally:
         os.close(master)
         os.close(slave)
