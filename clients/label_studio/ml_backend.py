@@ -82,8 +82,8 @@ class _Handler(BaseHTTPRequestHandler):
         log.warning("%s %s from %s refused: %s", self.command, path, self.client_address[0],
                     "wrong credentials" if given else "no credentials")
         self.close_connection = True  # an unread body must not be parsed as the next request
-        self._reply(401, {"error": "this ML backend requires HTTP basic auth (Label Studio: the model's "
-                                   "Authentication method 'Basic Authentication' with the backend's user and password)"},
+        self._reply(401, {"error": "this ML backend requires HTTP basic auth (Label Studio: the model's Authentication "
+                                   "method 'Basic Authentication' with the backend's user and password)"},
                     {"WWW-Authenticate": 'Basic realm="SegXAL ML backend"'})
         return False
 
