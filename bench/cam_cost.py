@@ -1,72 +1,121 @@
-"""What the in-graph CAM costs: ONNX Runtime time of the exported U-Net with the bottleneck CAM
-(shipped: the decoder's VJP written out in the graph), with the analytic head-input CAM, and of the
-plain logits graph, side by side in alternating rounds on the same weights (CPU, one frame a call).
+"""What the in-graph CAM costs: ONNX Runtime time of each model's EEM graph against its plain logits
+forward, side by side in alternating rounds on the same weights (CPU, one frame a call, uint8 in).
 
-    python bench/cam_cost.py --size 256x512 --width 32 --rounds 5
+Per model:
+  * "logits"       the plain forward (uint8 in, normalised in the graph, logits out);
+  * "EEM traced"   segxal.graph.traced_cam: labels, EBU, p_max, GradCAM at the named layer, embedding;
+  * "EEM head"     segxal.graph.add_eem on the logits graph: the analytic head-input CAM (what an
+                   ONNX-only model gets), foreign architectures only;
+  * the project's U-Net also "EEM VJP": its written-out bottleneck VJP (segxal.eem.gradcam), and
+    "EEM traced" at the same bottleneck, to decide whether the U-Net keeps its own VJP.
+
+    python bench/cam_cost.py --size 256x512 --rounds 5 --threads 1
+    python bench/cam_cost.py --models unet smp_deeplabv3plus --size 128x256
 """
 from __future__ import annotations
 
 import argparse
-import io
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
-from torch import nn
 
-from segxal.eem.explain import ExplainedSegmenter
-from segxal.models.unet import UNet, UNetConfig
 from segxal.train import parse_size
 
+# name -> (import path, kwargs); "unet" is the project's own (segxal.models.unet)
+_SMP = {"encoder_name": "resnet18", "encoder_weights": None, "classes": 19}
+_TV = {"weights": None, "weights_backbone": None, "num_classes": 19}
+MODELS = {
+    "unet": None,
+    "smp_deeplabv3plus": ("segmentation_models_pytorch.DeepLabV3Plus", _SMP),
+    "smp_fpn": ("segmentation_models_pytorch.FPN", _SMP),
+    "smp_unet": ("segmentation_models_pytorch.Unet", _SMP),
+    "smp_pspnet": ("segmentation_models_pytorch.PSPNet", _SMP),
+    "tv_lraspp": ("torchvision.models.segmentation.lraspp_mobilenet_v3_large", _TV),
+    "tv_deeplabv3": ("torchvision.models.segmentation.deeplabv3_mobilenet_v3_large", {**_TV, "aux_loss": False}),
+}
 
-def _session(module: nn.Module, x: torch.Tensor, outputs: list[str], threads: int) -> ort.InferenceSession:
-    buf = io.BytesIO()
-    torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=17, input_names=["x"], output_names=outputs)
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _module_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
+    return next(n for n, m in model.named_modules() if m is module)
+
+
+def _graphs(name: str, hw: tuple[int, int], tmp: Path) -> dict[str, Path]:
+    """label -> ONNX file of every graph measured for one model."""
+    from segxal.graph.add_eem import add_eem_file
+    from segxal.graph.traced_cam import export_traced
+    from segxal.models.external import build_model, export_logits_onnx
+    torch.manual_seed(0)
+    out: dict[str, Path] = {}
+    if name == "unet":
+        from segxal.export import ExportConfig, export_segmentation
+        from segxal.models.unet import UNet, UNetConfig
+        model = UNet(UNetConfig(width=32)).eval()
+        out["logits"] = export_logits_onnx(model, tmp / "unet_logits.onnx", hw, uint8_input=True)
+        export_segmentation(model, tmp / "unet_vjp.onnx", ExportConfig(trace_hw=hw))
+        out["EEM VJP"] = tmp / "unet_vjp.onnx"
+        layer = _module_name(model, model.bottleneck_layer)
+        out["EEM traced"] = export_traced(model, tmp / "unet_traced.onnx", hw, layer=layer,
+                                          target="class-agnostic").path  # the VJP's target
+        return out
+    import_path, kwargs = MODELS[name]
+    model = build_model(import_path, kwargs).eval()
+    out["logits"] = export_logits_onnx(model, tmp / f"{name}_logits.onnx", hw, uint8_input=True)
+    out["EEM traced"] = export_traced(model, tmp / f"{name}_traced.onnx", hw).path
+    add_eem_file(out["logits"], tmp / f"{name}_head.onnx")
+    out["EEM head"] = tmp / f"{name}_head.onnx"
+    return out
+
+
+def measure(sessions: dict[str, ort.InferenceSession], image: np.ndarray, rounds: int, calls: int) -> dict:
+    """label -> median ms per call over `rounds` alternating rounds of `calls` calls each."""
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for s in sessions.values():
+        s.run(None, {s.get_inputs()[0].name: image})  # warm-up
+    for _ in range(rounds):  # alternate: load drift on a shared machine hits every graph alike
+        for k, s in sessions.items():
+            feed = {s.get_inputs()[0].name: image}
+            t = time.perf_counter()
+            for _ in range(calls):
+                s.run(None, feed)
+            times[k].append((time.perf_counter() - t) / calls * 1e3)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=parse_size, default=(256, 512))
-    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--models", nargs="+", default=["unet", "smp_deeplabv3plus", "smp_fpn", "tv_lraspp",
+                                                   "smp_unet"], choices=sorted(MODELS))
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--calls", type=int, default=10, help="calls per graph per round")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--calls", type=int, default=5, help="calls per graph per round")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (1 on a shared machine)")
     args = p.parse_args(argv)
-    torch.manual_seed(0)
-    model = UNet(UNetConfig(width=args.width)).eval()
-    x = torch.randn(1, 3, *args.size)
-    names = ["labels", "ebu", "cam", "pmax"]
-    with torch.no_grad():
-        sessions = {"logits only": _session(model, x, ["logits"], args.threads),
-                    "EEM, head-input CAM": _session(ExplainedSegmenter(model, half_outputs=True, cam_layer="head"),
-                                                    x, names, args.threads),
-                    "EEM, bottleneck CAM": _session(ExplainedSegmenter(model, half_outputs=True), x, names,
-                                                    args.threads)}
-    feed = {"x": x.numpy()}
-    times = {k: [] for k in sessions}
-    for s in sessions.values():
-        s.run(None, feed)  # warm-up
-    for _ in range(args.rounds):  # alternate: load drift on a shared machine hits every graph alike
-        for k, s in sessions.items():
-            t = time.perf_counter()
-            for _ in range(args.calls):
-                s.run(None, feed)
-            times[k].append((time.perf_counter() - t) / args.calls * 1e3)
-    base = np.median(times["logits only"])
-    print(f"{args.size[0]}x{args.size[1]}, U-Net width {args.width}, {args.threads} threads, "
-          f"loadavg {open('/proc/loadavg').read().split()[0]}")
+    torch.set_num_threads(1)
+    image = np.random.default_rng(0).integers(0, 256, (1, *args.size, 3), dtype=np.uint8)
     result = {}
-    for k, ms in times.items():
-        med = float(np.median(ms))
-        result[k] = {"ms": med, "ratio": med / base}
-        print(f"  {k:<22} {med:8.1f} ms   x{med / base:.2f} of logits only")
+    print(f"{args.size[0]}x{args.size[1]}, {args.threads} ORT thread(s), {args.rounds} rounds x {args.calls} calls")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            sessions = {k: _session(v, args.threads) for k, v in _graphs(name, args.size, Path(tmp)).items()}
+            ms = measure(sessions, image, args.rounds, args.calls)
+            base = ms["logits"]
+            result[name] = {k: {"ms": v, "ratio": v / base} for k, v in ms.items()}
+            print(f"{name:<18} loadavg {open('/proc/loadavg').read().split()[0]:>5}  " + "  ".join(
+                f"{k} {v:7.1f} ms x{v / base:.2f}" for k, v in ms.items()), flush=True)
     return result
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     main()
