@@ -135,12 +135,15 @@ def test_bridge_makes_the_cityscapes_project_and_pre_annotated_tasks(ls, stack, 
     with Bridge(_bridge_config(ls, stack, "ls-tasks", tmp_path)) as bridge:
         project = ls.api.get_project(bridge.project_id)
         control = project["parsed_label_config"]["label"]
+        assert '<Header value="$segxal_why"' in project["label_config"]
         assert control["type"] == "BrushLabels" and control["labels"] == CLASS_NAMES
         assert all(control["labels_attrs"][n]["background"] == class_colour_hex(i) for i, n in enumerate(CLASS_NAMES))
         assert set(bridge.waiting) == {t.task_id for t in tasks}
         assert _still_leased(stack, pool.pool_id, tasks[0].task_id)
         for task in tasks:
             ls_task = ls.api.get_task(bridge.waiting[task.task_id])
+            # why it was picked, shown under the title (a plain score ranking: its score)
+            assert ls_task["data"]["segxal_why"] == f"Why this frame: EEM score {task.score:.4f}"
             frame = _served(ls, ls_task["data"]["image"])
             assert frame == open(task.frame_uri, "rb").read()  # the frame, served as a local file
             overlay = imageio.decode_image(_served(ls, ls_task["data"]["overlay"]))

@@ -46,6 +46,7 @@ from segxal import imageio
 from segxal.errors import FailedPrecondition, InvalidInput, SegxalError
 from segxal.storage import FrameStorage
 from segxalpb.coordinator.v1 import coordinator_pb2 as pb
+from services.coordinator.client import CoordinatorClient
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ class Bridge:
             project = self.api.find_project(self.cfg.project_title)
             if project is None:
                 project = self.api.create_project(
-                    self.cfg.project_title, lsp.label_config(self.classes),
+                    self.cfg.project_title, lsp.label_config(self.classes, with_reasons=True),
                     description="SegXAL: fix the regions the model is unsure about (pre-annotated)")
                 log.info("created Label Studio project %d %r", project["id"], self.cfg.project_title)
             self.project_id = int(project["id"])
@@ -394,7 +395,8 @@ class Bridge:
         return {lsp.FRAME_KEY: self._url(f"{task.task_id}/frame{suffix}"),
                 lsp.OVERLAY_KEY: self._url(f"{task.task_id}/overlay.png"),
                 lsp.TASK_KEY: task.task_id, "segxal_frame_uri": task.frame_uri,
-                "segxal_regions": len(task.regions), "segxal_score": task.score}
+                "segxal_regions": len(task.regions), "segxal_score": task.score,
+                lsp.WHY_KEY: "Why this frame: " + (CoordinatorClient.pick_reasons(task) or f"EEM score {task.score:.4f}")}
 
     def _url(self, relative: str) -> str:
         """/data/local-files/?d=<path under LOCAL_FILES_DOCUMENT_ROOT>, as Label Studio serves it."""

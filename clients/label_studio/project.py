@@ -42,6 +42,7 @@ FRAME_KEY = "image"  # task data: the plain frame
 OVERLAY_KEY = "overlay"  # task data: the frame with the EEM heat map blended over it
 PLAIN_NAME = "plain"  # the Image control of the plain frame (in a collapsed panel)
 TASK_KEY = "segxal_task_id"  # task data field linking a Label Studio task to its coordinator task
+WHY_KEY = "segxal_why"  # task data field: why the cycle's selection picked the frame (bridge tasks)
 DEFAULT_ALPHA_THRESHOLD = 128
 
 
@@ -51,14 +52,17 @@ def class_colour_hex(class_id: int, classes: Sequence[str] = CLASS_NAMES) -> str
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def label_config(classes: Sequence[str] = CLASS_NAMES) -> str:
+def label_config(classes: Sequence[str] = CLASS_NAMES, with_reasons: bool = False) -> str:
     """The project's labeling interface: the frame with the EEM heat map over it (BrushLabels of
-    `classes` paint on it), a legend, and the plain frame in a collapsed panel (one click away)."""
+    `classes` paint on it), a legend, and the plain frame in a collapsed panel (one click away).
+    with_reasons: a line under the title saying why the frame was picked (task data WHY_KEY; the
+    bridge's tasks carry it, frames imported for the ML backend do not)."""
+    why = f'\n  <Header value="${WHY_KEY}" size="6"/>' if with_reasons else ""
     labels = "\n".join(f"    <Label value={quoteattr(name)} background={quoteattr(class_colour_hex(i, classes))}/>"
                        for i, name in enumerate(classes))
     legend = quoteattr(f"width: 240px; height: 12px; border: 1px solid #888; background: {legend_css_gradient()}")
     return f"""<View>
-  <Header value="Fix the outlined regions: the heat map shows where the model is unsure (EEM)"/>
+  <Header value="Fix the outlined regions: the heat map shows where the model is unsure (EEM)"/>{why}
   <View style="display: flex; align-items: center; gap: 8px">
     <Header value="EEM heat map: sure" size="6"/>
     <View style={legend}/>
