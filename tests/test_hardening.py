@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
+import dataclasses
 import math
 import os
 import socket
@@ -485,11 +486,9 @@ def _inference_count(target: str) -> int:
 
 @pytest.mark.parametrize("field", ["alpha", "beta", "threshold", "q"])
 def test_nan_options_are_refused_before_inference(eem, inference, frames, field):
-    opts = EEMOptions(threshold_mode="fixed", threshold=0.5)
-    if field in ("alpha", "beta"):
-        opts.alpha, opts.beta = (math.nan, 0.5) if field == "alpha" else (0.5, math.nan)
-    else:
-        setattr(opts, field, math.nan)
+    bad = {"alpha": math.nan, "beta": 0.5} if field == "alpha" else (
+        {"alpha": 0.5, "beta": math.nan} if field == "beta" else {field: math.nan})
+    opts = dataclasses.replace(EEMOptions(threshold_mode="fixed", threshold=0.5), **bad)
     before = _inference_count(inference.target)
     with pytest.raises(InvalidInput, match=f"options must be finite numbers, got {{'{'top_q' if field == 'q' else field}'"):
         eem.score(str(frames / "good.png"), ScoreOptions(eem=opts))
