@@ -63,7 +63,7 @@ def test_metadata_config_index_and_health(tmp_path, exports):
         assert meta.versions == ["1"] and meta.platform == "onnxruntime_onnx"
         assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("image", "UINT8", [-1, -1, -1, 3])]
         assert {t.name: t.datatype for t in meta.outputs} == {
-            "labels": "UINT8", "ebu": "FP16", "cam": "FP16", "pmax": "FP16"}
+            "labels": "UINT8", "ebu": "FP16", "cam": "FP16", "pmax": "FP16", "embedding": "FP32"}
         config = client.get_model_config("segmentation").config
         assert config.max_batch_size == 8 and config.parameters["model_kind"].string_value == "segmentation"
         index = client.get_model_repository_index()
