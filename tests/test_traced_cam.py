@@ -235,3 +235,38 @@ def test_models_add_eem_bad_torch_arguments_are_one_clear_line(argv, message, tm
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "o.onnx").exists()
+
+
+def _served_health(path, images: np.ndarray) -> dict:
+    """dead share and the CAM's correlations over the frames, from the exported graph (one frame a call)."""
+    from segxal.eem.health import cam_degenerate
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    maps = [session.run(["ebu", "cam", "pmax"], {"image": im[None]}) for im in images]
+    ebu, cam, pmax = (np.concatenate(m).astype(np.float32) for m in zip(*maps))  # [N, H, W] each
+    return {"dead": float(np.mean(cam_degenerate(cam))),
+            "corr_ebu": float(np.corrcoef(cam.ravel(), ebu.ravel())[0, 1]),
+            "corr_pmax": float(np.corrcoef(cam.ravel(), pmax.ravel())[0, 1])}
+
+
+def test_briefly_trained_foreign_model_cam_is_neither_dead_nor_its_confidence(tiny_dataset, tmp_path):
+    """smp PSPNet trained for 3 epochs on the synthetic frames: the served CAM of the default target
+    is alive on every validation frame and does not follow the model's confidence (|corr| with EBU
+    and p_max <= 0.3); the class-agnostic target at the same layer of the same checkpoint does
+    (the check tells a confidence map apart)."""
+    from segxal.data.cityscapes import SegDataset, list_frames
+    from segxal.graph.traced_cam import DEFAULT_CAM_TARGET
+    from segxal.models.external import ExternalModel, ExternalModelConfig
+    from segxal.train import TrainConfig, train_segmentation
+    torch.manual_seed(0)
+    model = ExternalModel(ExternalModelConfig("segmentation_models_pytorch.PSPNet",
+                                              {"encoder_name": "resnet18", "encoder_weights": None, "classes": 19}))
+    train_segmentation(model, SegDataset(list_frames(tiny_dataset, "train", True)),
+                       TrainConfig(epochs=3, batch_size=8, progress=False, device="cpu"))
+    val = SegDataset(list_frames(tiny_dataset, "val", True))
+    images = np.stack([val.raw(i)[0] for i in range(len(val))])  # uint8 [8, 64, 128, 3]
+    shipped = _served_health(export_traced(model.inner, tmp_path / "shipped.onnx", images.shape[1:3]).path, images)
+    assert shipped["dead"] == 0.0
+    assert abs(shipped["corr_ebu"]) <= 0.3 and abs(shipped["corr_pmax"]) <= 0.3, (DEFAULT_CAM_TARGET, shipped)
+    agnostic = _served_health(export_traced(model.inner, tmp_path / "agnostic.onnx", images.shape[1:3],
+                                            target="class-agnostic").path, images)
+    assert agnostic["corr_ebu"] < -0.3 and agnostic["corr_pmax"] > 0.3, agnostic

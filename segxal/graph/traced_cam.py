@@ -126,7 +126,7 @@ class EbuGradient(CamTarget):
 
 
 CAM_TARGETS = ("class-agnostic", "class-balanced", "objects", "ebu-gradient")
-DEFAULT_CAM_TARGET = "class-balanced"  # bench/cam_health.py --train decided (docs/cam.md)
+DEFAULT_CAM_TARGET = "ebu-gradient"  # bench/cam_health.py --train decided (docs/cam.md)
 
 
 def make_target(name: str, class_names: Sequence[str] | None = None, num_classes: int | None = None) -> CamTarget:
