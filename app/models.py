@@ -121,7 +121,8 @@ def _run_traced(args: argparse.Namespace) -> int:
     export = export_traced(model, output, size, layer=args.layer, target=args.cam_target or DEFAULT_CAM_TARGET,
                            class_names=names, mean=mean, std=std)
     summary = {"output": output, "num_classes": export.num_classes,
-               "cam_layer": describe_cam(export.layer, export.target), "layer": export.layer, "cam_target": export.target, "ebu_only": False, "outputs": list(OUTPUTS),
+               "cam_layer": describe_cam(export.layer, export.target), "layer": export.layer,
+               "cam_target": export.target, "ebu_only": False, "outputs": list(OUTPUTS),
                "embedding_dim": export.embedding_dim, "batch": export.batch,
                "parity": {k: round(v, 6) for k, v in export.parity.items()}}
     if args.repo:
@@ -180,7 +181,8 @@ def register_cli(sub) -> None:
                                  "where to write the ONNX")
     p.add_argument("output", nargs="?", help="where to write the ONNX with the EEM outputs")
     t = p.add_argument_group("a torch model (GradCAM at a named layer, segxal.graph.traced_cam)")
-    t.add_argument("--model-import", help="the model's class or factory: 'package.module.Name' or 'package.module:Name'")
+    t.add_argument("--model-import",
+                   help="the model's class or factory: 'package.module.Name' or 'package.module:Name'")
     t.add_argument("--model-kwargs", default="", help="its keyword arguments as a JSON object")
     t.add_argument("--checkpoint", help="its weights (a state_dict file), or a checkpoint of the project's trainer")
     t.add_argument("--layer", help="the CAM layer, a submodule name ('encoder.layer4'; 'name:input' for its "

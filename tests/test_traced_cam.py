@@ -222,7 +222,8 @@ def test_models_add_eem_exports_a_torch_model_by_import_path_and_publishes_it(tm
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["o.onnx", "--model-import", "segmentation_models_pytorch.FPN", "--model-kwargs", "{bad", "--input-size", "64,128"],
+    (["o.onnx", "--model-import", "segmentation_models_pytorch.FPN", "--model-kwargs", "{bad",
+      "--input-size", "64,128"],
      "--model-kwargs is not JSON"),
     (["o.onnx", "--model-import", "segmentation_models_pytorch.FPN"], "--input-size H,W is needed"),
     (["o.onnx", "--model-import", "no_such_package.Model", "--input-size", "64,128"], "cannot import"),
