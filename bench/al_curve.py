@@ -18,7 +18,8 @@ arms), bench/albench/stats.py (statistics fixed before the run), bench/albench/r
     # CI: tiny images and schedules, every arm, seconds
     .venv/bin/python bench/al_curve.py --quick --data D --pretrain-data P --out /tmp/al
     # re-render al.md from al.json (no run)
-    .venv/bin/python bench/al_curve.py --report bench/results/al.json --note bench/results/al_reading.md --out bench/results
+    .venv/bin/python bench/al_curve.py --report bench/results/al.json --note bench/results/al_reading.md \\
+        --out bench/results
 """
 from __future__ import annotations
 
@@ -85,15 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed-frames", type=int, help="ground-truth frames before the first acquisition")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seeds", type=int, nargs="+", help="seeds of the key arms (default 0-11)")
-    p.add_argument("--exploratory-seeds", type=int, help="the first this many seeds run the exploratory arms (default 3)")
+    p.add_argument("--exploratory-seeds", type=int,
+                   help="the first this many seeds run the exploratory arms (default 3)")
     p.add_argument("--random-draws", type=int, help="random arm draws per seed, averaged (default 3)")
     p.add_argument("--protocols", nargs="+", choices=PROTOCOLS)
     p.add_argument("--arms", nargs="+", choices=sorted({a.name for a in ALL_ARMS}), help="default: every arm")
     p.add_argument("--cell-px", type=int, help="region protocol: cell side in pixels (default 16)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: on a shared machine more threads are slower; 0 = torch's default)")
+                   help="torch CPU threads (default 1: on a shared machine more threads are slower; "
+                        "0 = torch's default)")
     p.add_argument("--cache-dir", help="frozen encoder and depth net (default <out>/cache)")
-    p.add_argument("--deadline-min", type=float, help="start no new seed after this many minutes")
+    p.add_argument("--deadline-min", type=float,
+                   help="start no new seed of the key arms after this many minutes (the exploratory arms run after)")
     p.add_argument("--note", help="Markdown file put into al.md after the header (the reading)")
     p.add_argument("--no-schedule-check", action="store_true", help="skip the 2 x steps run of random")
     args = p.parse_args(argv)

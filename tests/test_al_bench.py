@@ -62,7 +62,7 @@ def test_one_invocation_runs_every_arm_of_both_protocols_and_records_its_commit(
             assert 0.0 <= r["miou"] <= 1.0 and set(r["vulnerable"]) == {"person", "rider", "bicycle", "motorcycle"}
             assert r["steps"] == cfg["steps"]
     assert all(r["steps"] == 2 * cfg["steps"] for r in report["schedule"])
-    assert len(report["schedule"]) == len(cfg["seeds"]) * len(cfg["frame_budgets"])
+    assert len(report["schedule"]) == cfg["exploratory_seeds"] * len(cfg["frame_budgets"])
     md = (out / "al.md").read_text()
     assert "Primary endpoints (fixed before the run" in md and report["commit"]["commit"] in md
     assert "## frame protocol: primary endpoint" in md and "## region protocol: primary endpoint" in md

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ def _last_stage_input(model: UNet, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_split(model: UNet, images: np.ndarray, batch: int = 32) -> Features:
+def encode_split(model: UNet, images: np.ndarray, batch: int = 32) -> Features:  # on the model's device
     """The frozen body's outputs for images [N, 3, H, W] (normalised float32), each frame and its mirror.
 
     Args:
@@ -76,14 +76,16 @@ def encode_split(model: UNet, images: np.ndarray, batch: int = 32) -> Features:
         the Features of the split.
     """
     model.eval()
+    dev = next(model.parameters()).device
     xs: list[list[torch.Tensor]] = [[], []]
     embs = []
     for s in range(0, len(images), batch):
-        x = torch.from_numpy(images[s:s + batch])
+        x = torch.from_numpy(images[s:s + batch]).to(dev)
         xs[0].append(_last_stage_input(model, x))
         xs[1].append(_last_stage_input(model, x.flip(-1)))
         embs.append(frame_embedding(model, x))
-    return Features(torch.stack([torch.cat(xs[0]), torch.cat(xs[1])]), torch.cat(embs).numpy().astype(np.float32))
+    return Features(torch.stack([torch.cat(xs[0]), torch.cat(xs[1])]),
+                    torch.cat(embs).cpu().numpy().astype(np.float32))
 
 
 def freeze_body(model: UNet) -> UNet:
@@ -94,15 +96,15 @@ def freeze_body(model: UNet) -> UNet:
     return model
 
 
-def fresh_decoder(body_model: UNet, seed: int) -> UNet:
-    """A copy of the trained U-Net with its last decoder stage and head re-initialised from `seed`."""
+def fresh_decoder(body_model: UNet, seed: int, num_classes: int = NUM_CLASSES) -> UNet:
+    """The trained U-Net's frozen body with a last decoder stage and a head for `num_classes`
+    classes initialised from `seed` (the body may have been trained on other classes)."""
     torch.manual_seed(seed)
-    model = copy.deepcopy(body_model)
-    fresh = UNet(body_model.cfg)
+    model = UNet(replace(body_model.cfg, num_classes=num_classes))
     keep = trainable_prefixes(model)
-    state = {k: v for k, v in fresh.state_dict().items() if k.startswith(keep)}
-    model.load_state_dict(state, strict=False)
-    return freeze_body(model)
+    body = {k: v for k, v in body_model.state_dict().items() if not k.startswith(keep)}
+    model.load_state_dict(body, strict=False)
+    return freeze_body(model.to(next(body_model.parameters()).device))
 
 
 def enet_weights(masks: list[np.ndarray]) -> torch.Tensor:
@@ -147,14 +149,15 @@ def train_decoder(init: UNet, feats: Features, masks: dict[int, np.ndarray], ste
         the trained copy, in eval mode.
     """
     torch.manual_seed(seed)  # the dropout masks
-    model = freeze_body(copy.deepcopy(init))
+    dev = feats.x.device
+    model = freeze_body(copy.deepcopy(init)).to(dev)
     idx = np.array(sorted(masks))
     rng = np.random.default_rng(seed)
     n_items = steps * batch
     order = np.concatenate([rng.permutation(idx) for _ in range(math.ceil(n_items / len(idx)))])[:n_items]
-    labels = torch.from_numpy(np.stack([masks[i] for i in idx]).astype(np.int64))  # [L, H, W]
+    labels = torch.from_numpy(np.stack([masks[i] for i in idx]).astype(np.int64)).to(dev)  # [L, H, W]
     row = {int(i): r for r, i in enumerate(idx)}
-    weight = enet_weights([masks[i] for i in idx])
+    weight = enet_weights([masks[i] for i in idx]).to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     model.eval()  # the frozen body's BatchNorm statistics stay
@@ -163,8 +166,8 @@ def train_decoder(init: UNet, feats: Features, masks: dict[int, np.ndarray], ste
     for s in range(steps):
         sel = order[s * batch:(s + 1) * batch]
         f = int(flips[s])
-        t = torch.from_numpy(sel)
-        lab = labels[[row[int(i)] for i in sel]]
+        t = torch.from_numpy(sel).to(dev)
+        lab = labels[torch.tensor([row[int(i)] for i in sel], device=dev)]
         if f:
             lab = lab.flip(-1)
         for g in opt.param_groups:
@@ -184,15 +187,17 @@ def predict(model: UNet, feats: Features, batch: int = 64) -> np.ndarray:
     out = []
     for s in range(0, len(feats), batch):
         sl = slice(s, s + batch)
-        out.append(_logits(model, feats.x[0, sl]).argmax(1).to(torch.uint8).numpy())
+        out.append(_logits(model, feats.x[0, sl]).argmax(1).to(torch.uint8).cpu().numpy())
     return np.concatenate(out)
 
 
 @torch.no_grad()
-def bald(model: UNet, feats: Features, samples: int, head_dropout: float, batch: int = 8) -> np.ndarray:
+def bald(model: UNet, feats: Features, samples: int, head_dropout: float, batch: int = 16) -> np.ndarray:
     """BALD mutual information float16 [N, H, W] of every frame from `samples` MC-dropout passes of
     the head-input dropout the trainable stage learned with (the frozen body is deterministic, so
-    only the last stage and head run per sample, on cached features).
+    only the last stage and head run per sample, on cached features). The class probabilities are
+    taken on the head's grid (1/head_stride of the frame, where the logits are computed) and the
+    map is resized to the frame: the same ranking at a quarter of the softmax cost.
 
     Raises:
         ValueError: head_dropout is 0 (nothing to sample).
@@ -203,11 +208,12 @@ def bald(model: UNet, feats: Features, samples: int, head_dropout: float, batch:
     model.eval()
     out = []
     for s in range(0, len(feats), batch):
-        sl = slice(s, s + batch)
-        probs = torch.stack([_logits(model, feats.x[0, sl], head_dropout, sample=True).softmax(1)
-                             for _ in range(samples)])  # [T, B, C, H, W]
-        mean = probs.mean(0)  # [B, C, H, W]
+        a = model.dec[-1](feats.x[0, s:s + batch])  # [B, K, h, w]: deterministic, once per batch
+        probs = torch.stack([model.head(F.dropout(a, head_dropout, training=True)).softmax(1)
+                             for _ in range(samples)])  # [T, B, C, h, w]
+        mean = probs.mean(0)  # [B, C, h, w]
         h_mean = -(mean * (mean + 1e-12).log()).sum(1)  # entropy of the mean
         mean_h = -(probs * (probs + 1e-12).log()).sum(2).mean(0)  # mean entropy
-        out.append((h_mean - mean_h).clamp_min(0).numpy().astype(np.float16))
+        mi = model.upsample((h_mean - mean_h).clamp_min(0)[:, None])[:, 0]  # [B, H, W]
+        out.append(mi.cpu().numpy().astype(np.float16))
     return np.concatenate(out)

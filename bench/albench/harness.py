@@ -1,11 +1,13 @@
 """Label-efficiency benchmark: acquisition strategies side by side, two protocols, one runner.
 
-Setting (bench/albench/frozen.py): the U-Net's encoder is trained once on a disjoint labelled
-dataset (`pretrain_data`, never pool, validation or test) and frozen; every model of the benchmark
-is that encoder plus a decoder trained on cached encoder features. A seed's model 0 is a decoder
-trained on the seed set; at every budget point the decoder restarts from model 0's weights and
-trains the same number of steps with the same data-order seed in every arm, so the arms differ only
-in what they labelled. Acquisition is sequential: the model of budget point b picks for point b+1.
+Setting (bench/albench/frozen.py): a U-Net is trained once on a disjoint labelled dataset
+(`pretrain_data`, never pool, validation or test; on the 7 Cityscapes categories by default,
+`body_labels`) and all of it but its last decoder stage and head is frozen; every model of the
+benchmark is that body plus a last stage and 19-class head trained on cached body outputs. A seed's
+model 0 is that small decoder trained on the seed set; at every budget point it restarts from model
+0's weights and trains the same number of steps with the same data-order seed in every arm, so the
+arms differ only in what they labelled. Acquisition is sequential: the model of budget point b
+picks for point b+1.
 
 Splits: `train` = seed set + pool; `val` = design only (headroom, schedule); `test` = every number
 the report states (no arm was designed on it). The depth net that gives EEM its proximity term is
@@ -46,6 +48,8 @@ import torch
 from bench.albench import frozen as fz
 from segxal import imageio
 from segxal.al import strategies as st
+from cityscapesscripts.helpers.labels import labels as cs_labels
+
 from segxal.cache import cache_path
 from segxal.data.cityscapes import SegDataset, disparity_to_depth, list_frames, load_camera
 from segxal.eem.explain import ExplainedSegmenter
@@ -63,6 +67,11 @@ from segxal.train import (TrainConfig, disparity_scale_from, load_model, resolve
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("frame", "region")
+BODY_LABELS = ("classes", "categories")
+# trainId -> Cityscapes category index (0 flat ... 6 vehicle); 255 stays 255
+CATEGORY_OF_TRAIN_ID = np.full(256, IGNORE, np.int64)
+CATEGORY_OF_TRAIN_ID[:NUM_CLASSES] = [l.categoryId - 1 for l in sorted(
+    (l for l in cs_labels if 0 <= l.trainId < 255), key=lambda l: l.trainId)]
 SCORES = ("random", "none", "entropy", "least-confidence", "bald", "eem")
 VULNERABLE = ("person", "rider", "bicycle", "motorcycle")
 # EEM variants (segxal.eem.options.EEMOptions): the shipped additive fusion, the multiplicative one,
@@ -132,12 +141,18 @@ class BenchConfig:
     random_draws: int = 3  # random arm: draws per seed, averaged into its curve
     protocols: tuple[str, ...] = PROTOCOLS
     arms: tuple[str, ...] = ()  # arm names to run (both protocols); empty = all
-    encoder_steps: int = 600  # the frozen encoder's training (full U-Net) on pretrain_data
+    encoder_steps: int = 600  # the frozen body's training (full U-Net) on pretrain_data
+    body_lr: float = 2e-3  # its peak learning rate
+    # what the body learns on pretrain_data: "classes" (the 19 trainIds) or "categories" (the 7
+    # Cityscapes categories: flat, construction, object, nature, sky, human, vehicle), so that the
+    # 19-class head must learn person from rider, car from truck, bicycle from motorcycle from the
+    # benchmark's labels (bench/results/headroom.md)
+    body_labels: str = "categories"
     seed_frames: int = 5  # whole ground-truth frames before the first acquisition
     seed_steps: int = 150  # decoder steps of model 0 on the seed set
     steps: int = 150  # decoder steps at every budget point, from model 0 (bench/results/convergence.md)
     batch_size: int = 8
-    lr: float = 2e-3
+    lr: float = 1e-2  # the small decoder's peak learning rate (cosine to 0): near converged in `steps` (headroom.md)
     frame_budgets: tuple[float, ...] = (0.02, 0.04, 0.08, 0.16)  # of the pool's frames
     pixel_budgets: tuple[float, ...] = (0.01, 0.02, 0.04, 0.08)  # of the pool's pixels, in whole cells
     cell_px: int = 16  # region protocol: square cells of this side
@@ -145,10 +160,12 @@ class BenchConfig:
     mc_samples: int = 20  # BALD dropout samples
     near_m: float = 20.0  # near-field metric: test pixels nearer than this (ground-truth depth)
     depth_steps: int = 100
-    schedule_check: bool = True  # random (draw 0) again at 2 x steps on every seed: converged?
+    # random (draw 0) again at 2 x steps on the first exploratory_seeds seeds: converged on test?
+    # (the design check on val with more budgets: bench/al_headroom.py, bench/results/convergence.md)
+    schedule_check: bool = True
     device: str = "cpu"
     threads: int = 1  # torch CPU threads (1: on a shared machine more threads are slower)
-    deadline_s: float = 0.0  # start no new seed after this many seconds (0: no limit)
+    deadline_s: float = 0.0  # start no new key-arm seed after this many seconds (0: no limit)
     cache_dir: str | None = None  # encoder, depth net (default <out>/cache)
 
     def validate(self) -> "BenchConfig":
@@ -166,6 +183,8 @@ class BenchConfig:
                 raise InvalidInput(f"{name} must be increasing fractions in (0, 1], got {b}")
         if min(self.steps, self.seed_steps, self.seed_frames, self.encoder_steps, self.random_draws) <= 0:
             raise InvalidInput("steps, seed_steps, seed_frames, encoder_steps and random_draws must be positive")
+        if self.body_labels not in BODY_LABELS:
+            raise InvalidInput(f"body_labels must be one of {BODY_LABELS}, got {self.body_labels!r}")
         if self.mc_samples < 2:
             raise InvalidInput("mc_samples must be >= 2")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -246,17 +265,35 @@ class _Repeated:
         return self.base[int(self.order[i])]
 
 
+class _Categories:
+    """A dataset's items with trainIds mapped to Cityscapes categories."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        img, lab, depth = self.base[i]
+        return img, CATEGORY_OF_TRAIN_ID[lab], depth
+
+
 def encoder_model(cfg: BenchConfig) -> UNet:
-    """The frozen encoder's U-Net: a full U-Net trained `encoder_steps` steps on pretrain_data's
-    train split (cached); only its stem and down blocks are used."""
-    path = _cache_path(cfg, "encoder", data=cfg.pretrain_data, size=cfg.size, model=_model_cfg(cfg).to_dict(),
-                       steps=cfg.encoder_steps, lr=cfg.lr, bs=cfg.batch_size)
+    """The frozen body's U-Net: a full U-Net trained `encoder_steps` steps on pretrain_data's train
+    split, on cfg.body_labels (cached); all but its last decoder stage and head are used."""
+    cats = cfg.body_labels == "categories"
+    mcfg = replace(_model_cfg(cfg), num_classes=int(CATEGORY_OF_TRAIN_ID[:NUM_CLASSES].max()) + 1) if cats \
+        else _model_cfg(cfg)
+    path = _cache_path(cfg, "encoder", data=cfg.pretrain_data, size=cfg.size, model=mcfg.to_dict(),
+                       steps=cfg.encoder_steps, lr=cfg.body_lr, bs=cfg.batch_size, labels=cfg.body_labels)
     if path.is_file():
         return load_model(path)
     ds = _split(cfg, cfg.pretrain_data, "train")
     torch.manual_seed(0)
-    model = UNet(_model_cfg(cfg))
-    train_segmentation(model, _Repeated(ds, cfg.encoder_steps * cfg.batch_size, 0), _train_cfg(cfg, 0, "enet"))
+    model = UNet(mcfg)
+    train_segmentation(model, _Repeated(_Categories(ds) if cats else ds, cfg.encoder_steps * cfg.batch_size, 0),
+                       replace(_train_cfg(cfg, 0, "enet"), lr=cfg.body_lr))
     save_checkpoint(path, model, kind="unet")
     return model
 
@@ -292,7 +329,7 @@ def load_data(cfg: BenchConfig, report_split: str = "test") -> _Data:
     for i, f in enumerate(rep.frames):
         depth = disparity_to_depth(rep.raw(i)[2], load_camera(f))  # metres, 0 = invalid
         near.append((depth > 0) & (depth < cfg.near_m))
-    enc = encoder_model(cfg)
+    enc = encoder_model(cfg).to(resolve_device(cfg.device))
     images = _images(train)
     inv = _inverse_depth(depth_net(cfg), images, cfg)
     return _Data(train, images, np.stack([train.raw(i)[1] for i in range(len(train))]),
@@ -304,7 +341,8 @@ def load_data(cfg: BenchConfig, report_split: str = "test") -> _Data:
 @torch.no_grad()
 def _inverse_depth(net: DepthNet, images: np.ndarray, cfg: BenchConfig, batch: int = 32) -> np.ndarray:
     net = net.to(resolve_device(cfg.device)).eval()
-    return np.concatenate([net(torch.from_numpy(images[s:s + batch])).numpy().astype(np.float16)
+    dev = resolve_device(cfg.device)
+    return np.concatenate([net(torch.from_numpy(images[s:s + batch]).to(dev)).cpu().numpy().astype(np.float16)
                            for s in range(0, len(images), batch)])
 
 
@@ -354,13 +392,13 @@ def pool_outputs(model: UNet, data: _Data, cfg: BenchConfig, with_bald: bool, ba
     explained = ExplainedSegmenter(model).eval()
     parts: dict[str, list] = {k: [] for k in ("labels", "ebu", "cam", "pmax", "embedding")}
     for s in range(0, len(data.train_images), batch):
-        x = torch.from_numpy(data.train_images[s:s + batch])
+        x = torch.from_numpy(data.train_images[s:s + batch]).to(data.train_feats.x.device)
         with torch.inference_mode():
             labels, ebu, cam, pmax = explained(x)  # each [B, H, W]
-            parts["embedding"].append(fz.frame_embedding(model, x).numpy().astype(np.float32))
-        parts["labels"].append(labels.numpy().astype(np.uint8))
+            parts["embedding"].append(fz.frame_embedding(model, x).cpu().numpy().astype(np.float32))
+        parts["labels"].append(labels.cpu().numpy().astype(np.uint8))
         for k, t in (("ebu", ebu), ("cam", cam), ("pmax", pmax)):
-            parts[k].append(t.float().numpy().astype(np.float16))
+            parts[k].append(t.float().cpu().numpy().astype(np.float16))
     out = {k: np.concatenate(v) for k, v in parts.items()}
     hist = np.stack([np.bincount(np.minimum(lab.ravel(), NUM_CLASSES), minlength=NUM_CLASSES + 1)[:NUM_CLASSES]
                      for lab in out["labels"]]).astype(np.float32)
@@ -576,7 +614,8 @@ def _run_region_arm(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, data: _Data, 
         for i, c in chosen:
             new[i] = new.get(i, np.zeros((h, w), bool)) | cells[c]
         rec = {"protocol": "region", "arm": arm.name, "seed": ctx.seed, "draw": draw, "budget": frac,
-               "steps": cfg.steps, "target": target * side * side, "shortfall": (target - cost["regions"]) * side * side,
+               "steps": cfg.steps, "target": target * side * side,
+               "shortfall": (target - cost["regions"]) * side * side,
                "x": cost["pixels"] / (len(ctx.pool) * h * w), "cost": dict(cost), **evaluate(model, data),
                "diag": {"regions_this_cycle": len(chosen), "frames_this_cycle": len(new_frames),
                         "logs": len({data.groups[i] for i in new_frames}),
@@ -645,30 +684,44 @@ def run_benchmark(cfg: BenchConfig, on_arm=None) -> dict:
               "n_train": len(data.train), "n_test": len(data.test_gt), "cycle0": [], "runs": [],
               "schedule": [], "skipped_seeds": [], "setup_seconds": time.time() - t_start}
     need_bald = any(a.score == "bald" for p in cfg.protocols for a in cfg.arms_for(p))
-    for n_seed, seed in enumerate(cfg.seeds):
-        if cfg.deadline_s and time.time() - t_start > cfg.deadline_s:
-            report["skipped_seeds"].append(seed)
-            continue
-        ctx = _seed_context(cfg, data, seed, need_bald and n_seed < cfg.exploratory_seeds)
-        report["cycle0"].append({"seed": seed, "seed_frames": cfg.seed_frames, "pool": len(ctx.pool), **ctx.eval0})
-        for protocol in cfg.protocols:
-            for arm in cfg.arms_for(protocol):
-                if not arm.key and n_seed >= cfg.exploratory_seeds:
-                    continue
-                runner = _run_frame_arm if protocol == "frame" else _run_region_arm
-                draws = cfg.random_draws if arm.score == "random" else 1
-                for d in range(draws):
-                    recs = runner(arm, cfg, ctx, data, d)
-                    report["runs"].extend(recs)
-                    if on_arm:
-                        on_arm(recs)
-                if protocol == "frame" and arm.score == "random" and cfg.schedule_check:
-                    recs = _run_frame_arm(arm, cfg, ctx, data, 0, scale=2)
-                    report["schedule"].extend(recs)
-                    if on_arm:
-                        on_arm(recs)
-                report["seconds"] = time.time() - t_start
-                _write_json(out_dir / "al.json", report)
+    contexts: dict[int, _SeedContext] = {}  # the exploratory seeds' contexts, kept for phase 2
+    # phase 1: the key arms, seed after seed until the deadline; phase 2: the exploratory arms on the
+    # first exploratory_seeds seeds (a fixed cost, so a deadline spends what is left on key seeds)
+    for phase in ("key", "exploratory"):
+        for n_seed, seed in enumerate(cfg.seeds):
+            if phase == "key" and cfg.deadline_s and time.time() - t_start > cfg.deadline_s:
+                report["skipped_seeds"].append(seed)
+                continue
+            if phase == "exploratory" and (n_seed >= cfg.exploratory_seeds or seed in report["skipped_seeds"]):
+                continue
+            ctx = contexts.get(seed)
+            if ctx is None:
+                ctx = _seed_context(cfg, data, seed, need_bald and n_seed < cfg.exploratory_seeds)
+                report["cycle0"].append({"seed": seed, "seed_frames": cfg.seed_frames, "pool": len(ctx.pool),
+                                         **ctx.eval0})
+                if n_seed < cfg.exploratory_seeds:
+                    contexts[seed] = ctx
+            for protocol in cfg.protocols:
+                for arm in cfg.arms_for(protocol):
+                    if arm.key != (phase == "key"):
+                        continue
+                    runner = _run_frame_arm if protocol == "frame" else _run_region_arm
+                    draws = cfg.random_draws if arm.score == "random" else 1
+                    for d in range(draws):
+                        recs = runner(arm, cfg, ctx, data, d)
+                        report["runs"].extend(recs)
+                        if on_arm:
+                            on_arm(recs)
+                    if protocol == "frame" and arm.score == "random" and cfg.schedule_check \
+                            and n_seed < cfg.exploratory_seeds:
+                        recs = _run_frame_arm(arm, cfg, ctx, data, 0, scale=2)
+                        report["schedule"].extend(recs)
+                        if on_arm:
+                            on_arm(recs)
+                    report["seconds"] = time.time() - t_start
+                    _write_json(out_dir / "al.json", report)
+            if n_seed >= cfg.exploratory_seeds or phase == "exploratory":
+                contexts.pop(seed, None)
     report["seconds"] = time.time() - t_start
     report["loadavg"] = _loadavg()
     _write_json(out_dir / "al.json", report)

@@ -107,7 +107,8 @@ def header(report: dict) -> list[str]:
         f"Run at commit `{commit.get('commit', 'unknown')}`"
         + (f" (uncommitted changes in: {', '.join(dirty)})" if dirty else " (the benchmark's code clean at it)")
         + f", all arms in one invocation: wall time {report.get('seconds', 0) / 60:.1f} min on "
-          f"{cfg['threads']} torch thread(s), device {cfg['device']}; loadavg at the end {report.get('loadavg', 'n/a')}.",
+          f"{cfg['threads']} torch thread(s), device {cfg['device']}; loadavg at the end "
+          f"{report.get('loadavg', 'n/a')}.",
         "",
         f"Setting: {report['n_train']} training frames ({cfg['seed_frames']} seed frames, the rest is the pool), "
         f"numbers on the **{report.get('report_split', 'test')} split** ({report['n_test']} frames, unseen by any "
@@ -120,7 +121,7 @@ def header(report: dict) -> list[str]:
         f"{cfg['cell_px']} cells ({cfg['cells_per_frame']} per picked frame per cycle). Seeds: {len(seeds)} "
         f"({seeds[0] if seeds else '-'}-{seeds[-1] if seeds else '-'}) for key arms, the first "
         f"{cfg['exploratory_seeds']} for exploratory arms; random: {cfg['random_draws']} draws per seed, averaged. "
-        f"BALD: {cfg['mc_samples']} MC-dropout samples (bottleneck {cfg['dropout']}, head input {cfg['head_dropout']}).",
+        f"BALD: {cfg['mc_samples']} MC-dropout samples of the head-input dropout ({cfg['head_dropout']}).",
         "",
         "**Primary endpoints (fixed before the run, bench/albench/stats.py).** "
         f"Frame protocol: {stats.PRIMARY_ENDPOINT['frame']}. Region protocol: {stats.PRIMARY_ENDPOINT['region']}. "
