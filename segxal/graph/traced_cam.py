@@ -36,6 +36,7 @@ References:
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import tempfile
@@ -464,7 +465,7 @@ def export_traced(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int
         graph = trace_explainer(explainer, example)
         with torch.no_grad():
             outs = graph(example)
-        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), _quiet("onnx_ir", "onnxscript"):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(graph, (example,), input_names=[INPUT_NAME], output_names=list(OUTPUTS),
                                         dynamo=True, external_data=False, verbose=False)
@@ -481,6 +482,20 @@ def export_traced(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int
     finally:
         model.train(was_training)
     return result
+
+
+@contextlib.contextmanager
+def _quiet(*names: str):
+    """The exporter's optimisation passes log every initializer they merge at INFO: keep them at WARNING."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _num_classes(model: nn.Module, hw: tuple[int, int]) -> int:
