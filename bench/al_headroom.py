@@ -1,11 +1,16 @@
 """Headroom of the label-efficiency benchmark's setting, measured on the validation split (design
 only; the benchmark reports on test): model 0 (seed set) -> random frames at each budget -> the
 ceiling with every pool frame labelled, at the run's steps and at 2 x steps, per seed. Writes a JSON
-of every row and a Markdown table (--md).
+of every row, a Markdown table (--md) and the convergence check by the paired criterion
+(--convergence-md). The three settings of bench/results/headroom.md:
 
-    .venv/bin/python bench/al_headroom.py --data data/al-64x128 --pretrain-data data/al-pre-64x128 \\
-        --width 16 --body-labels classes categories --seeds 0 1 2 --out runs/headroom/headroom.json \\
-        --md bench/results/headroom.md
+    H=".venv/bin/python bench/al_headroom.py --data data/al-64x128 --pretrain-data data/al-pre-64x128"
+    $H --body-labels classes --lr 0.002 --seed-frames 5 --out runs/headroom/classes16.json
+    $H --body-labels categories --lr 0.002 --seed-frames 5 --out runs/headroom/cat16.json
+    $H --body-labels categories --lr 0.01 --seed-frames 3 --budgets 0.01 0.04 0.16 1.0 \\
+        --out runs/headroom/final.json
+    .venv/bin/python bench/al_headroom.py --tables-only --merge runs/headroom/*.json \\
+        --md bench/results/headroom.md --convergence-md bench/results/convergence.md
 """
 from __future__ import annotations
 
@@ -137,9 +142,9 @@ def convergence(rows: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--pretrain-data", required=True)
-    p.add_argument("--out", required=True, help="JSON of every row")
+    p.add_argument("--data")
+    p.add_argument("--pretrain-data")
+    p.add_argument("--out", help="JSON of every row")
     p.add_argument("--md", help="Markdown headroom table to write")
     p.add_argument("--convergence-md", help="Markdown convergence table to write (the paired criterion)")
     p.add_argument("--width", type=int, nargs="+", default=[16])
@@ -152,10 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--cache-dir", default="runs/headroom/cache")
     p.add_argument("--merge", nargs="+", help="JSON rows of earlier invocations to put in the same table")
+    p.add_argument("--tables-only", action="store_true", help="no training: the tables from --merge alone")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     rows: list[dict] = []
-    for w, body in [(w, b) for b in args.body_labels for w in args.width]:
+    if not args.tables_only and not (args.data and args.pretrain_data and args.out):
+        p.error("--data, --pretrain-data and --out are required (unless --tables-only)")
+    for w, body in [] if args.tables_only else [(w, b) for b in args.body_labels for w in args.width]:
         cfg = replace(BenchConfig(data=args.data, out=str(Path(args.out).parent), pretrain_data=args.pretrain_data,
                                   cache_dir=args.cache_dir),
                       width=w, steps=args.steps, seed_frames=args.seed_frames, lr=args.lr,
