@@ -23,8 +23,11 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ -d .device-wheels ]; then
     source bench/gpu_env.sh
     set -e  # gpu_env.sh leaves errexit off for the scripts that source it
-elif ! "$PY" -c "import cityscapesscripts.helpers.labels, tqdm, faiss" 2>/dev/null; then
-    echo "cityscapesscripts/tqdm/faiss missing and no .device-wheels/ (see bench/gpu_env.sh)" >&2; exit 2
+fi
+# the diversity arms' nearest-neighbour distances go through FAISS (segxal.selection.neighbors)
+if ! "$PY" -c "import cityscapesscripts.helpers.labels, tqdm, faiss" 2>/dev/null; then
+    echo "cityscapesscripts, tqdm or faiss missing: carry their wheels in .device-wheels/ (faiss-cpu==1.15.1," \
+         "see bench/gpu_env.sh)" >&2; exit 2
 fi
 
 { date -u; nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || true; nproc
