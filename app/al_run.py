@@ -56,7 +56,13 @@ def add_al_arguments(p: argparse.ArgumentParser, oracles: tuple[str, ...] = ORAC
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def config_from_args(args) -> ALConfig:
+def config_from_args(args, oracles: tuple[str, ...] = ORACLES) -> ALConfig:
+    """The loop's config from flags and the --config file, validated once here (the CLI's entry
+    check: a bad flag fails before anything is written).
+
+    Raises:
+        InvalidInput: a missing --data / --out or any value ALConfig.validate refuses.
+    """
     for name in ("data", "out"):
         if not getattr(args, name):
             raise InvalidInput(f"--{name} is required (a flag, or `{name} = ...` in the --config file)")
@@ -66,10 +72,10 @@ def config_from_args(args) -> ALConfig:
         seed_frames=args.seed_frames, width=args.width, init_epochs=args.init_epochs,
         finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, tau=args.tau, outside=args.outside,
         dice_threshold=args.dice_threshold,
-        eem=eem_options_from_args(args), selection=SelectionSpec.parse(args.selection),
+        eem=eem_options_from_args(args, validate=False), selection=SelectionSpec.parse(args.selection),
         depth_source=args.depth_source, depth_checkpoint=args.depth_checkpoint,
         depth_epochs=args.depth_epochs, cache_dir=args.cache_dir, seed=args.seed,
-        progress=not args.no_progress)
+        progress=not args.no_progress).validate(oracles)
 
 
 def _cmd_run(args) -> int:

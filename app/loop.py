@@ -329,10 +329,10 @@ def register_cli(sub) -> None:
 def _cmd_loop(args) -> int:
     ls = LabelStudioOracleConfig(url=args.ls_url, token=args.ls_token, document_root=args.ls_document_root,
                                  venv=args.ls_venv, wait_s=args.ls_wait)
-    scfg = ServicesLoopConfig(al=config_from_args(args), workdir=args.workdir, db=args.db,
+    # config_from_args validates: a bad flag fails here, before a log file or a service exists
+    scfg = ServicesLoopConfig(al=config_from_args(args, SERVICES_ORACLES), workdir=args.workdir, db=args.db,
                               miou_tolerance=args.miou_tolerance, label_studio=ls,
                               model_import=args.model_import, model_kwargs=args.model_kwargs)
-    scfg.al.validate(SERVICES_ORACLES)  # a bad flag fails here, before a log file or a service exists
     log_file = Path(args.out) / "loop.log"
     print(f"segxal loop: logs in {log_file}", flush=True)
     with logs_in_file(log_file, verbose=args.verbose):

@@ -162,15 +162,20 @@ def add_eem_arguments(p: argparse.ArgumentParser, prefix: str = "", defaults: EE
                    help="smallest region kept, pixels at 256 x 512 (scaled to the map); 0 keeps all")
 
 
-def eem_options_from_args(args: argparse.Namespace, prefix: str = "") -> EEMOptions:
+def eem_options_from_args(args: argparse.Namespace, prefix: str = "", validate: bool = True) -> EEMOptions:
     """EEMOptions from the flags of add_eem_arguments (same prefix), weights by the one rule.
+
+    Args:
+        validate: check them here (a command whose config has no validate of its own); False for a
+            command whose config validation covers them (the loops' ALConfig.validate).
 
     Raises:
         InvalidInput: invalid options (EEMOptions.validate), naming the flag values.
     """
     a = prefix.replace("-", "_")
-    return EEMOptions.from_weights(
+    opts = EEMOptions.from_weights(
         getattr(args, f"{a}alpha"), getattr(args, f"{a}beta"), fusion=getattr(args, f"{a}fusion"),
         score_mode=getattr(args, f"{a}score_mode"), q=getattr(args, f"{a}top_q"),
         threshold_mode=getattr(args, f"{a}threshold_mode"), threshold=getattr(args, f"{a}threshold"),
-        min_region_area=getattr(args, f"{a}min_region_area")).validate()
+        min_region_area=getattr(args, f"{a}min_region_area"))
+    return opts.validate() if validate else opts
