@@ -155,7 +155,8 @@ def test_added_embedding_is_the_normalised_pool_of_the_head_input(name, zoo_expo
     import itertools
     model, entry, eem_path, info = zoo_exports(name)
     x = images_nchw(2, seed=4)
-    (emb,) = ort.InferenceSession(str(eem_path), providers=["CPUExecutionProvider"]).run(["embedding"], {"image": x.numpy()})
+    session = ort.InferenceSession(str(eem_path), providers=["CPUExecutionProvider"])
+    (emb,) = session.run(["embedding"], {"image": x.numpy()})
     pooled, handles = [], [layer.register_forward_hook(lambda m, i, o: pooled.append(o.mean((2, 3))))
                            for layer in entry.target_layers(model)]
     try:
@@ -168,7 +169,8 @@ def test_added_embedding_is_the_normalised_pool_of_the_head_input(name, zoo_expo
     assert info.embedding_dim == sum(p.shape[1] for p in pooled)
     assert [s for s in info.output_specs() if s.name == "embedding"][0].dims == (info.embedding_dim,)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-    refs = [torch.nn.functional.normalize(torch.cat(order, 1), dim=1).numpy() for order in itertools.permutations(pooled)]
+    refs = [torch.nn.functional.normalize(torch.cat(order, 1), dim=1).numpy()
+            for order in itertools.permutations(pooled)]
     assert min(np.abs(emb - ref).max() for ref in refs) < 1e-4
     assert np.abs(emb[0] - emb[1]).max() > 1e-3  # two images, two embeddings
 
