@@ -97,6 +97,12 @@ def _by(runs: list[dict], protocol: str) -> dict[str, dict[float, list[dict]]]:
     return out
 
 
+def _rendering_commit() -> str:
+    from bench.albench.harness import git_commit
+    c = git_commit()
+    return c["commit"][:12] + (" + uncommitted changes" if c["dirty"] else "")
+
+
 def header(report: dict) -> list[str]:
     """The run's setting, commit, and the statistics fixed before it."""
     cfg = report["config"]
@@ -106,16 +112,19 @@ def header(report: dict) -> list[str]:
     return [
         f"Run at commit `{commit.get('commit', 'unknown')}`"
         + (f" (uncommitted changes in: {', '.join(dirty)})" if dirty else " (the benchmark's code clean at it)")
-        + f", all arms in one invocation: wall time {report.get('seconds', 0) / 60:.1f} min on "
+        + f"; tables rendered from its al.json by bench/albench/report.py at `{_rendering_commit()}`"
+        + f"; all arms in one invocation: wall time {report.get('seconds', 0) / 60:.1f} min on "
           f"{cfg['threads']} torch thread(s), device {cfg['device']}; loadavg at the end "
           f"{report.get('loadavg', 'n/a')}.",
         "",
         f"Setting: {report['n_train']} training frames ({cfg['seed_frames']} seed frames, the rest is the pool), "
         f"numbers on the **{report.get('report_split', 'test')} split** ({report['n_test']} frames, unseen by any "
         f"arm's design; val was used for design only), {cfg['size'][0]}x{cfg['size'][1]}, U-Net width "
-        f"{cfg['width']} depth {cfg['unet_depth']} with a frozen encoder trained {cfg['encoder_steps']} steps on a "
-        f"disjoint labelled dataset; per budget point the decoder trains {cfg['steps']} steps (batch "
-        f"{cfg['batch_size']}) from model 0 ({cfg['seed_steps']} steps on the seed set). Frame budgets "
+        f"{cfg['width']} depth {cfg['unet_depth']} whose body (all but the last decoder stage and the head) was "
+        f"trained {cfg['encoder_steps']} steps on the {cfg.get('body_labels', 'classes')} of a disjoint labelled "
+        f"dataset and frozen; per budget point the last decoder stage and the 19-class head train {cfg['steps']} "
+        f"steps (batch {cfg['batch_size']}, lr {cfg['lr']:g}) from model 0 ({cfg['seed_steps']} steps on the "
+        f"seed set; bench/albench/frozen.py). Frame budgets "
         f"{', '.join(f'{100 * b:g} %' for b in cfg['frame_budgets'])} of the pool's frames; region budgets "
         f"{', '.join(f'{100 * b:g} %' for b in cfg['pixel_budgets'])} of its pixels in {cfg['cell_px']}x"
         f"{cfg['cell_px']} cells ({cfg['cells_per_frame']} per picked frame per cycle). Seeds: {len(seeds)} "
