@@ -22,6 +22,7 @@ from segxal.models.unet import UNet, UNetConfig
 from services.common.model_repository import ModelRepository, build_config
 from services.eem.api import ScoreOptions
 from tests.eem_stack_support import eem_stack
+from tests.triton_support import triton_install  # noqa: F401 (session fixture)
 
 H, W = 64, 128
 FRAMES = 20  # the CAM health flags need at least this many frames (segxal.eem.health.MIN_FRAMES)
@@ -175,3 +176,36 @@ def test_stats_flag_a_model_version_whose_cam_is_a_confidence_map(tmp_path, capl
     assert not warned_before and len(warned) == 1 and "a confidence map" in warned[0]
     health = version_cam_health(stats, "segmentation:1")
     assert health["cam_confidence_map"] and health["cam_ebu_correlation"] == pytest.approx(a.cam_ebu_correlation)
+
+
+def test_triton_passes_the_embedding_through_as_the_projects_server(tmp_path, triton_install):  # noqa: F811
+    """The same repository (Python-backend flavour) served by a real Triton Inference Server: the
+    EEM service's frames carry the same embedding and class histogram as with the project's server."""
+    from services.eem.client import EemClient
+    from services.eem.pipeline import PipelineConfig
+    from services.eem.server import EemServer, EemServiceConfig
+    from services.common.server import ServerConfig
+    from tests.triton_support import python_flavour, running_triton
+    model = _unet()
+    seg = export_segmentation(model, tmp_path / "export" / "seg" / "model.onnx", ExportConfig(trace_hw=(H, W)))
+    repo_root = _repository(tmp_path, seg)
+    paths = _frames(tmp_path / "frames", 2)
+    with eem_stack(repo_root, tmp_path / "frames") as eem:
+        ours = [eem.score(str(p)).raise_for_error() for p in paths]
+    python_flavour(ModelRepository(repo_root))
+    with running_triton(triton_install, ModelRepository(repo_root), tmp_path / "triton", control_mode="none") as triton:
+        server = EemServer(EemServiceConfig(seg_target=triton.target, depth_target=triton.target,
+                                            storage_roots=[str(tmp_path / "frames")], health_poll_s=0.1,
+                                            server=ServerConfig(address="127.0.0.1:0", grace_s=1.0),
+                                            pipeline=PipelineConfig(max_concurrency=1)))
+        server.start()
+        try:
+            with EemClient(server.target, timeout_s=60) as client:
+                client.wait_until_serving(60)
+                theirs = [client.score(str(p)).raise_for_error() for p in paths]
+        finally:
+            server.stop(1.0)
+    for a, b in zip(ours, theirs):
+        assert b.embedding.shape == (seg.spec.embedding_dim,)
+        np.testing.assert_array_equal(a.embedding, b.embedding)
+        np.testing.assert_array_equal(a.class_histogram, b.class_histogram)
