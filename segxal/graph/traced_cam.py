@@ -80,8 +80,8 @@ class ClassAgnostic(CamTarget):
     name = "class-agnostic"
 
     def __call__(self, logits):
-        labels = logits.argmax(1, keepdim=True)  # [B, 1, H, W]
-        return logits.gather(1, labels).sum((1, 2, 3))  # [B]
+        z = logits.movedim(1, -1)  # [B, H, W, C]: classes last (see EbuGradient)
+        return z.gather(-1, z.argmax(-1, keepdim=True)).sum((1, 2, 3))  # [B]
 
 
 class ClassBalanced(CamTarget):
@@ -121,8 +121,10 @@ class EbuGradient(CamTarget):
     name = "ebu-gradient"
 
     def __call__(self, logits):
-        log_p = logits.log_softmax(1)  # [B, C, H, W]
-        entropy = -(log_p.exp() * log_p).sum(1)  # [B, H, W]
+        # classes last: ONNX Runtime's LogSoftmax over a strided axis transposes around itself,
+        # which cost a third of a light model's traced graph
+        log_p = logits.movedim(1, -1).log_softmax(-1)  # [B, H, W, C]
+        entropy = -(log_p.exp() * log_p).sum(-1)  # [B, H, W]
         return (entropy / math.log(logits.shape[1])).sum((1, 2))  # [B]
 
 
@@ -271,6 +273,51 @@ def _separable(x: torch.Tensor, mh: torch.Tensor, mw: torch.Tensor) -> torch.Ten
     return torch.matmul(torch.matmul(mh, x), mw.T)  # [B, C, H', W']
 
 
+def _taps(s: int, mode: str) -> tuple[np.ndarray, int]:
+    """1-D kernel and padding of an upsampling by an integer s as a transposed convolution of
+    stride s: nearest = s ones; bilinear (half-pixel) = the tent max(0, 1 - |t + 1/2 - s/2| / s)
+    over output offsets t, which puts every output pixel's two weights where torch does."""
+    if mode == "nearest":
+        return np.ones(s, np.float32), 0
+    t = np.arange(-s, 2 * s)
+    weight = np.maximum(0.0, 1.0 - np.abs(t + 0.5 - s / 2) / s)
+    keep = np.nonzero(weight > 0)[0]
+    return weight[keep[0]:keep[-1] + 1].astype(np.float32), int(-t[keep[0]])
+
+
+def _upsample_integer(x: torch.Tensor, sh: int, sw: int, mode: str) -> torch.Tensor | None:
+    """Upsampling by integer factors as one depthwise transposed convolution (its backward is a
+    convolution): exact like the MatMuls, but O(taps) per output pixel instead of O(input side),
+    which matters for the logits brought to full resolution. Bilinear borders: the input is
+    edge-extended by one pixel (torch clamps the source index) and the result cropped."""
+    if sh == sw == 1:
+        return x
+    if mode == "bilinear" and (sh % 2 or sw % 2):
+        return None  # odd factors: the MatMuls
+    from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+    (kh, ph), (kw, pw) = _taps(sh, mode), _taps(sw, mode)
+    c = x.shape[1]
+    with disable_proxy_modes_tracing():  # a constant of the graph
+        weight = torch.from_numpy(np.ascontiguousarray(
+            np.broadcast_to(np.outer(kh, kw), (c, 1, len(kh), len(kw)))))  # [C, 1, kh, kw]
+    if mode == "nearest":
+        return F.conv_transpose2d(x, weight, stride=(sh, sw), groups=c)
+    # edge-extend by one pixel as a MatMul with a 0/1 matrix, and crop through the padding: slicing
+    # and concatenating would come back in the backward as ScatterND with Transposes around it
+    h, w = x.shape[-2:]
+    x = _separable(x, _edge_extension(h), _edge_extension(w))  # [B, C, h+2, w+2]
+    return F.conv_transpose2d(x, weight, stride=(sh, sw), padding=(ph + sh, pw + sw), groups=c)  # [B, C, h sh, w sw]
+
+
+def _edge_extension(n: int) -> torch.Tensor:
+    """[n + 2, n]: repeats the first and the last of n values once."""
+    from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+    with disable_proxy_modes_tracing():
+        m = torch.zeros(n + 2, n)
+        m[torch.arange(n + 2), torch.arange(n + 2).sub(1).clamp(0, n - 1)] = 1.0
+    return m
+
+
 class _ResampleAsMatMul(torch.overrides.TorchFunctionMode):
     """Inside: F.interpolate (bilinear/nearest, 4-D) and F.adaptive_avg_pool2d run as two MatMuls."""
 
@@ -296,6 +343,15 @@ class _ResampleAsMatMul(torch.overrides.TorchFunctionMode):
         if mode not in ("bilinear", "nearest", "nearest-exact") or antialias:
             return None
         h, w = x.shape[-2:]
+        if size is not None:
+            oh, ow = (size, size) if isinstance(size, int) else size
+        else:
+            sh, sw = (scale_factor, scale_factor) if isinstance(scale_factor, (int, float)) else scale_factor
+            oh, ow = int(h * sh), int(w * sw)
+        if mode in ("bilinear", "nearest") and not align_corners and oh % h == 0 and ow % w == 0:
+            fast = _upsample_integer(x, oh // h, ow // w, mode)
+            if fast is not None:
+                return fast
         common = {"mode": mode, "align_corners": align_corners, "recompute_scale_factor": recompute_scale_factor}
         if size is not None:
             oh, ow = (size, size) if isinstance(size, int) else size
@@ -391,7 +447,7 @@ class TracedExplainer(nn.Module):
         from segxal.eem.ebu import prediction_statistics
         x = image.permute(0, 3, 1, 2).float() * self.scale - self.shift  # [B, 3, H, W]
         z, cam, embedding = self.explain(x)
-        labels, ebu, pmax = prediction_statistics(z)  # [B, H, W] each
+        labels, ebu, pmax = prediction_statistics(z.movedim(1, -1), dim=-1)  # [B, H, W] each; classes last
         return labels.to(torch.uint8), ebu.half(), cam.half(), pmax.half(), embedding
 
 
