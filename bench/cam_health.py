@@ -24,7 +24,7 @@ Two modes:
   explainer that export_traced traces into the served graph (the export's parity check and
   tests/test_traced_cam.py hold ONNX Runtime to it); the CAM is cast to float16 as served.
 
-      python bench/cam_health.py --train --data data/synth-128x256 --train-frames 160 --json runs/cam_health.json
+      python bench/cam_health.py --train --data data/synth-128x256 --train-frames 120 --json runs/cam_health.json
 """
 from __future__ import annotations
 

@@ -13,8 +13,10 @@ any torch model inside an ONNX graph"):
   `F.adaptive_avg_pool2d` (PSPNet's pyramid, mobile nets' squeeze-excite) is traced as two
   MatMuls with constant matrices, `Uh @ x @ Uw^T`: all of them are separable and linear, so this
   is exact (the matrices are the op applied to an identity), and the backward of a MatMul is a
-  MatMul. That replaces `upsample_bilinear2d_backward`, `upsample_nearest2d_backward` and
-  `_adaptive_avg_pool2d_backward`, which have no ONNX translation.
+  MatMul. Upsampling by integer factors (nearest; bilinear by even factors, as logits are brought
+  to full resolution) is instead one depthwise transposed convolution with the interpolation
+  kernel, equally exact and O(taps) per output pixel. That replaces `upsample_bilinear2d_backward`,
+  `upsample_nearest2d_backward` and `_adaptive_avg_pool2d_backward`, which have no ONNX translation.
 
 The graph takes uint8 RGB [B, H, W, 3] at a fixed H x W (the model's declared input size; the
 inference client resizes frames to it), normalises inside, and gives the outputs our other
