@@ -60,6 +60,10 @@ class ExportConfig:
     # add `embedding` FP32 [B, D]: L2-normalised pooled features for diversity selection (
     # the U-Net's UNet.embed, a model from elsewhere's head input)
     with_embedding: bool = True
+    # the U-Net layer it pools (UNet.embedding_layers); None: segxal.models.unet.EMBEDDING_LAYER, the
+    # head input, measured best on trained models (bench/embedding_layers.py). An untrained net's
+    # head input barely tells frames apart; its bottleneck does (the tests' random-weight models).
+    embedding_layer: str | None = None
     depth_half: bool = False  # inverse_depth as float16
     # parity thresholds
     min_label_agreement: float = 0.999  # argmax may flip at exact ties between float paths
@@ -120,13 +124,14 @@ class _WithEmbedding(nn.Module):
     """The wrapped outputs + `embedding` [B, D] (UNet.embed's features), captured by a hook during
     the same forward pass, so the graph pools features it computes anyway."""
 
-    def __init__(self, inner: nn.Module, model: nn.Module):
+    def __init__(self, inner: nn.Module, model: nn.Module, layer: str | None = None):
         super().__init__()
-        self.inner, self.model = inner, model
+        self.inner, self.model, self.layer = inner, model, layer
 
     def forward(self, x: torch.Tensor):
         captured = {}
-        handle = self.model.embedding_module().register_forward_hook(lambda m, i, o: captured.setdefault("f", o))
+        handle = self.model.embedding_module(self.layer).register_forward_hook(
+            lambda m, i, o: captured.setdefault("f", o))
         try:
             outputs = self.inner(x)
         finally:
@@ -274,7 +279,7 @@ def export_segmentation(model: nn.Module, path: str | os.PathLike, cfg: ExportCo
         if cfg.with_logits:
             inner, names = _WithLogits(explained, cfg.half_outputs), names + [LOGITS_OUTPUT]
         if cfg.with_embedding:
-            inner, names = _WithEmbedding(inner, model), names + [EMBEDDING]
+            inner, names = _WithEmbedding(inner, model, cfg.embedding_layer), names + [EMBEDDING]
         module = _ImageInput(inner).eval()
         num_classes = model.head.out_channels
         half = "FP16" if cfg.half_outputs else "FP32"
@@ -284,7 +289,7 @@ def export_segmentation(model: nn.Module, path: str | os.PathLike, cfg: ExportCo
             outputs.append(TensorSpec(LOGITS_OUTPUT, half, (num_classes, -1, -1)))
         if cfg.with_embedding:
             with torch.no_grad():  # D: the pooled layer's channels
-                dim = model.embed(torch.zeros(1, 3, model.multiple, model.multiple)).shape[1]
+                dim = model.embed(torch.zeros(1, 3, model.multiple, model.multiple), cfg.embedding_layer).shape[1]
             outputs.append(TensorSpec(EMBEDDING, "FP32", (int(dim),)))
         spec = ModelSpec(kind=SEGMENTATION, inputs=(TensorSpec(INPUT_NAME, "UINT8", (-1, -1, 3)),),
                          outputs=tuple(outputs), preprocessing=Preprocessing(mean=MEAN, std=STD),

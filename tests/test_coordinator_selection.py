@@ -4,6 +4,7 @@ frames of one drive log holding the best scores), stored with the cycle, with ea
 the leased tasks."""
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from segxal import imageio
 from segxal.errors import FailedPrecondition, InvalidInput
+from segxal.export import export_segmentation
 from segxal.selection import SelectionSpec
 from services.common.server import ServerConfig
 from services.coordinator.client import image_folder_source
@@ -20,7 +22,7 @@ from services.eem.client import EemClient
 from services.eem.pipeline import PipelineConfig
 from services.eem.server import EemServer, EemServiceConfig
 from tests.coordinator_support import BACKENDS, coordinator_config, database_url, running_coordinator
-from tests.inference_support import H, W, export_models, make_repository, running_server
+from tests.inference_support import TRACE, H, W, export_models, make_repository, running_server, tiny_unet
 
 FAST = RankingConfig(concurrency=2, chunk_size=4, max_attempts=2, backoff_initial_s=0.05, deadline_s=30.0)
 DUPLICATES = 6  # near-duplicates of the best-scoring frame, all in drive log "a"
@@ -43,7 +45,11 @@ def stack(tmp_path_factory):
     cands = [_frame(rng) for _ in range(8)]
     for i, img in enumerate(cands):
         imageio.write_png(root / "candidates" / f"c{i}.png", img)
-    repo = make_repository(base / "repo", export_models(base / "export", seeds=(0,)))
+    # the embedding at the bottleneck: this random-weight net's head input barely tells frames apart
+    exports = export_models(base / "export", seeds=(0,))
+    exports["segmentation"] = [export_segmentation(tiny_unet(0), base / "export" / "seg-bottleneck" / "model.onnx",
+                                                   dataclasses.replace(TRACE, embedding_layer="bottleneck"))]
+    repo = make_repository(base / "repo", exports)
     with running_server(repo, grace_s=1.0) as inference:
         eem = EemServer(EemServiceConfig(
             seg_target=inference.target, depth_target=inference.target, storage_roots=[str(root)],
