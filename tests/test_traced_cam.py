@@ -271,3 +271,14 @@ def test_briefly_trained_foreign_model_cam_is_neither_dead_nor_its_confidence(ti
     agnostic = _served_health(export_traced(model.inner, tmp_path / "agnostic.onnx", images.shape[1:3],
                                             target="class-agnostic").path, images)
     assert agnostic["corr_ebu"] < -0.3 and agnostic["corr_pmax"] > 0.3, agnostic
+
+
+def test_cam_health_reads_a_repository_of_another_architecture(served, tiny_dataset, capsys):
+    """bench/cam_health.py on a repository holding smp Unet's traced graph (fixed batch, five
+    classes): every version measured through ONNX Runtime, input prepared as its config says."""
+    from bench.cam_health import main as cam_health
+    rows = cam_health(["--repo", str(served["repo"].root), "--model", "smp_unet", "--data", str(tiny_dataset),
+                       "--frames", "4"])["rows"]
+    assert [r["version"] for r in rows] == [1] and rows[0]["frames"] == 4
+    assert 0.0 <= rows[0]["dead_share"] <= 1.0 and 0.0 <= rows[0]["pixel_accuracy"] <= 1.0
+    assert "smp_unet: cam_layer encoder.layer4 (objects)" in capsys.readouterr().out
