@@ -19,6 +19,7 @@ import pytest
 from segxal import imageio
 from services.coordinator.client import CoordinatorClient, image_folder_source
 from services.common.server import ServerConfig
+from segxal.selection import SelectionSpec
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.ranking import RankingConfig
 from services.coordinator.server import CoordinatorServer
@@ -66,6 +67,9 @@ def coordinator_config(db_url: str, storage: Path, **overrides) -> CoordinatorCo
     server = {k: overrides.pop(k) for k in _SERVER_KEYS if k in overrides}
     if "health_port" in overrides:
         server["health_address"] = f"127.0.0.1:{overrides.pop('health_port')}"
+    # by score alone unless a test asks otherwise: most tests check the ranking itself
+    # (tests/test_coordinator_selection.py covers the product's default selection)
+    overrides.setdefault("default_selection", SelectionSpec())
     return CoordinatorConfig(db=db_url, storage=str(storage), ranking=ranking, db_pool_size=4,
                              server=ServerConfig(address="127.0.0.1:0", grace_s=1.0, **server), **overrides)
 

@@ -157,3 +157,33 @@ def test_selection_needing_embeddings_from_a_model_without_them_fails_clearly():
     ranked = [Ranked(0.5, "f", Candidate("f", "u"), FrameScore("u", 0.5, "segmentation:1"))]
     with pytest.raises(FailedPrecondition, match="embedding"):
         CyclesAndRanking._compose(None, cyc, ranked, lambda batch: None)
+
+
+def test_a_cycle_without_a_selection_picks_with_the_products_default(tmp_path, stack):
+    """StartCycle without a selection: the coordinator's default_selection, DEFAULT_SELECTION out of
+    the box (score and diversity), stored with the cycle; on this pool it takes one near-duplicate."""
+    from segxal.selection import DEFAULT_SELECTION
+    from services.coordinator.config import CoordinatorConfig
+    assert CoordinatorConfig().default_selection == SelectionSpec.parse(DEFAULT_SELECTION)
+    with database_url("sqlite", tmp_path) as url:
+        cfg = coordinator_config(url, tmp_path / "storage", eem_target=stack.eem.target, ranking=FAST,
+                                 default_selection=CoordinatorConfig().default_selection)
+        with running_coordinator(cfg) as (_, c):
+            pool = c.create_pool("default-selection")
+            c.ingest(pool.pool_id, [image_folder_source(str(stack.root / log)) for log in ("a",) + OTHER_LOGS])
+            c.register_model_version("segmentation", "repo/segmentation/1")
+            cycle = c.start_cycle(pool.pool_id, 4)
+            assert SelectionSpec.parse(DEFAULT_SELECTION).text() == "score=1,diversity=1"
+            assert (cycle.selection_spec.score, cycle.selection_spec.diversity) == (1.0, 1.0)
+            logs = [_log(t.frame_uri) for t in c.rank_cycle(cycle.cycle_id).tasks]
+            assert logs.count("a") == 1, logs
+
+
+def test_the_loops_default_is_the_products_selection():
+    from segxal.al.loop import ALConfig
+    from segxal.selection import DEFAULT_SELECTION
+    from services.coordinator.main import build_parser, config_from_args
+    assert ALConfig(data="d", out="o").selection == SelectionSpec.parse(DEFAULT_SELECTION)
+    assert config_from_args(build_parser().parse_args([])).default_selection == SelectionSpec.parse(DEFAULT_SELECTION)
+    assert config_from_args(build_parser().parse_args(["--default-selection", "score=1"])).default_selection \
+        == SelectionSpec()

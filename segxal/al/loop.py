@@ -22,7 +22,7 @@ import torch
 from segxal import imageio
 from segxal.al.oracles import Cost, machine_oracle, simulated_human
 from segxal.eem.options import EEMOptions
-from segxal.selection import PoolFeatures, SelectionSpec, select
+from segxal.selection import DEFAULT_SELECTION, PoolFeatures, SelectionSpec, select
 from segxal.eem.frame import score_frame
 from segxal.al.strategies import LOOP_STRATEGIES as STRATEGIES, strategy_score
 from segxal.cache import cache_path
@@ -66,7 +66,7 @@ class ALConfig:
     dice_threshold: float = 0.95
     eem: EEMOptions = field(default_factory=EEMOptions)
     # how frames are picked from the strategy's scores (segxal.selection): by score alone, or composed
-    selection: SelectionSpec = field(default_factory=SelectionSpec)
+    selection: SelectionSpec = field(default_factory=lambda: SelectionSpec.parse(DEFAULT_SELECTION))
     depth_source: str = "model"  # "model": monocular depth net; "gt": ground-truth disparity
     depth_checkpoint: str | None = None  # reuse a trained depth net (else trained and cached)
     depth_epochs: int = 6

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from segxal.selection import DEFAULT_SELECTION, SelectionSpec
 from services.coordinator.ranking import RankingConfig
 from services.common.channel import ChannelConfig
 from services.common.server import ServerConfig
@@ -29,4 +30,7 @@ class CoordinatorConfig:
     # Ingest reads server-side paths: when set, they must lie under one of these folders.
     ingest_roots: tuple[str, ...] = ()
     ranking: RankingConfig = field(default_factory=RankingConfig)
+    # how an EEM cycle picks when StartCycle names no selection (docs/design.md, "EEM options and
+    # selection"); the benchmark's choice, segxal.selection.DEFAULT_SELECTION
+    default_selection: SelectionSpec = field(default_factory=lambda: SelectionSpec.parse(DEFAULT_SELECTION))
     # The EEM maths come with each cycle (StartCycleRequest.eem_options), not from here.

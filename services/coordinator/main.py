@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from segxal.selection import SelectionSpec
 from services.common.channel import add_channel_args, channel_config_from_args
 from services.common.flags import EnvFlags, paths_from
 from services.common.runner import serve_until_signal
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add("--db-pool-size", d.db_pool_size, type=int, help="database connections per replica")
     f.paths("--ingest-root", "ingest_roots", env="INGEST_ROOTS",
             help="ingest paths must lie under one of these folders (repeatable; default: anywhere)")
+    f.add("--default-selection", d.default_selection.text(),
+          help="how an EEM cycle picks when StartCycle names no selection: name=value of score, diversity, "
+               "balance, log_cap, min_distance, min_score, shortlist ('score=1': by score alone)")
     f.add("--scoring-concurrency", r.concurrency, type=int, help="EEM scoring calls in flight at once while ranking")
     f.add("--scoring-chunk", r.chunk_size, type=int, help="frames per EEM scoring call")
     f.add("--scoring-deadline-s", r.deadline_s, type=float, help="deadline of each EEM scoring call")
@@ -58,6 +62,7 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
         default_dice_threshold=args.dice_threshold, db_pool_size=args.db_pool_size,
         server=server_config_from_args(args, CoordinatorConfig().server),
         ingest_roots=tuple(paths_from(args, "ingest_roots")),
+        default_selection=SelectionSpec.parse(args.default_selection),
         ranking=RankingConfig(concurrency=args.scoring_concurrency, chunk_size=args.scoring_chunk,
                               deadline_s=args.scoring_deadline_s, max_attempts=args.scoring_attempts,
                               backoff_initial_s=args.scoring_backoff_s))

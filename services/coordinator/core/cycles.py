@@ -40,7 +40,7 @@ class StartCycleSpec:
     random_seed: int = 0
     cancel_unfinished: bool = False
     eem: EEMOptions | None = None  # EEM cycles rank with these (None: EEMOptions' defaults)
-    selection_spec: SelectionSpec | None = None  # EEM cycles pick with it (None: by score alone)
+    selection_spec: SelectionSpec | None = None  # EEM cycles pick with it (None: cfg.default_selection)
 
 
 def decide_stop(cycle: Cycle, complete: bool, mean_dice: float | None, dice_count: int, budget: Budget,
@@ -110,7 +110,7 @@ class CyclesAndRanking:
         except InvalidInput as e:
             raise InvalidInput(f"start cycle: EEM options: {e}") from None
         try:
-            selection_spec = (spec.selection_spec or SelectionSpec()).validate()
+            selection_spec = (spec.selection_spec or self.cfg.default_selection).validate()
         except InvalidInput as e:
             raise InvalidInput(f"start cycle: {e}") from None
         budget = self.store.budget(spec.pool_id)  # NotFound for an unknown pool
