@@ -239,17 +239,21 @@ def plot(report: dict, out_dir: Path) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
         x = [100 * b for b in budgets]
-        for arm, seeds in cur.items():
+        keys = set(key_arms(report, protocol))
+        colours = plt.get_cmap("tab20").colors
+        for j, (arm, seeds) in enumerate(cur.items()):
             ys = np.stack([np.mean(np.asarray(v), axis=0) for v in seeds.values()])  # [seeds, budgets]
             m = ys.mean(0)
-            ax.plot(x, m, marker="o", label=f"{arm} (n={len(ys)})")
-            if len(ys) > 1:
+            # key arms solid with their band; exploratory arms (3 seeds: bands as wide as the plot) dashed
+            ax.plot(x, m, marker="o", color=colours[j % 20], linestyle="-" if arm in keys else "--",
+                    label=f"{arm} (n={len(ys)})")
+            if len(ys) > 1 and arm in keys:
                 half = sps.t.ppf(0.975, len(ys) - 1) * ys.std(0, ddof=1) / math.sqrt(len(ys))
-                ax.fill_between(x, m - half, m + half, alpha=0.12)
+                ax.fill_between(x, m - half, m + half, alpha=0.12, color=colours[j % 20])
         ax.set_xscale("log")
         ax.set_xlabel("% of pool frames" if protocol == "frame" else "% of pool pixels")
         ax.set_ylabel("test mIoU (%)")
-        ax.set_title(f"{protocol} protocol (mean over seeds, 95 % t band)")
+        ax.set_title(f"{protocol} protocol: mean over seeds (key arms: 95 % t band; exploratory: dashed)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
