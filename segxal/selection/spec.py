@@ -32,9 +32,9 @@ from segxal.errors import InvalidInput
 
 # The product's default selection (segxal loop, a StartCycle without a selection): EEM score rank
 # and farthest-first diversity at equal strength. Chosen by the label-efficiency benchmark's frame
-# protocol (bench/results/al.md, 19 seeds, paired whole-curve test mIoU): +1.85 [+1.34, +2.35] over
-# random and +1.64 [+1.05, +2.23] over entropy, Holm p < 0.001, ahead of plain EEM (+0.66) and
-# core-set (+1.45). SelectionSpec() itself stays the plain ranking by score ("score=1").
+# protocol (bench/results/al.md, 20 seeds, paired whole-curve test mIoU): +1.91 [+1.42, +2.41] over
+# random and +1.65 [+1.09, +2.21] over entropy, ahead of plain EEM (+0.69) and of core-set (+1.43;
+# EEM adds +0.48 [+0.01, +0.95] to it). SelectionSpec() itself stays the plain ranking by score.
 DEFAULT_SELECTION = "score=1,diversity=1"
 
 
