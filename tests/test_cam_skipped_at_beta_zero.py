@@ -12,12 +12,9 @@ import pytest
 
 from segxal import imageio
 from segxal.eem.options import EEMOptions
-from services.common.server import ServerConfig
 from services.eem.api import ScoreOptions
-from services.eem.client import EemClient
-from services.eem.pipeline import PipelineConfig
-from services.eem.server import EemServer, EemServiceConfig
-from tests.inference_support import export_models, images, make_repository, running_server
+from tests.eem_stack_support import eem_stack
+from tests.inference_support import export_models, images, make_repository
 
 
 @pytest.fixture(scope="module")
@@ -66,22 +63,12 @@ def test_eem_service_scores_beta_zero_without_asking_for_the_cam(exports, tmp_pa
     frames = tmp_path / "frames"
     frames.mkdir()
     imageio.write_png(frames / "f.png", images(1, seed=3)[0])
-    repo = make_repository(tmp_path / "repo", exports)
-    with running_server(repo, grace_s=1.0) as inference:
-        eem = EemServer(EemServiceConfig(
-            seg_target=inference.target, depth_target=inference.target, storage_roots=[str(frames)],
-            server=ServerConfig(address="127.0.0.1:0", grace_s=1.0), health_poll_s=0.1,
-            pipeline=PipelineConfig(max_concurrency=1)))
-        eem.start()
-        try:
-            with EemClient(eem.target, timeout_s=30) as client:
-                client.wait_until_serving(30)
-                uri = str(frames / "f.png")
-                with_cam = client.score(uri, ScoreOptions(maps=("cam", "ebu"))).raise_for_error()
-                no_cam = client.score(uri, ScoreOptions(eem=EEMOptions(alpha=1.0, beta=0.0),
-                                                        maps=("cam", "ebu"))).raise_for_error()
-        finally:
-            eem.stop(1.0)
+    make_repository(tmp_path / "repo", exports)
+    with eem_stack(tmp_path / "repo", frames) as client:
+        uri = str(frames / "f.png")
+        with_cam = client.score(uri, ScoreOptions(maps=("cam", "ebu"))).raise_for_error()
+        no_cam = client.score(uri, ScoreOptions(eem=EEMOptions(alpha=1.0, beta=0.0),
+                                                maps=("cam", "ebu"))).raise_for_error()
     assert with_cam.map("cam").max() > 0  # the served CAM is alive at beta 0.5
     assert no_cam.map("cam").max() == 0  # never computed at beta 0: no CAM came back
     assert no_cam.score == pytest.approx(float(no_cam.map("ebu").mean()), abs=2e-3)  # EBU alone

@@ -20,24 +20,34 @@ class ScoreRepository:
         held open while the caller scores): frames neither retired nor fully labeled, without a
         leased or annotated task in this cycle, and not waiting in another cycle's task. Each comes
         with its score for the cycle's model version and EEM options when it has one."""
-        model_key = cycle.model.key if cycle.model else ""
-        options_key = cycle.eem.key()
-        after = ""
-        while True:
-            rows = self.db.run(lambda tx: tx.all(
-                """SELECT f.frame_id, f.uri, f.width, f.height, f.source, s.score, s.regions,
-                          s.height AS s_height, s.width AS s_width, s.depth_model_key, s.embedding,
-                          s.class_hist
-                   FROM frames f LEFT JOIN scores s ON s.frame_id = f.frame_id AND s.model_key = ?
-                                                   AND s.options_key = ?
-                   WHERE f.pool_id = ? AND f.retired = 0 AND f.fully_labeled = 0 AND f.frame_id > ?
-                     AND NOT EXISTS (
+        return self._frames_with_scores(cycle, """f.retired = 0 AND f.fully_labeled = 0 AND NOT EXISTS (
                        SELECT 1 FROM tasks t WHERE t.frame_id = f.frame_id AND (
                          (t.cycle_id = ? AND t.state IN ('leased', 'done'))
-                         OR (t.cycle_id <> ? AND t.state IN ('open', 'leased'))))
-                   ORDER BY f.frame_id LIMIT ?""",
-                (model_key, options_key, cycle.pool_id, after, cycle.cycle_id, cycle.cycle_id, page_size)),
-                write=False)
+                         OR (t.cycle_id <> ? AND t.state IN ('open', 'leased'))))""",
+                                        (cycle.cycle_id, cycle.cycle_id), page_size)
+
+    def iter_labelled(self, cycle: Cycle, page_size: int = _BATCH) -> Iterator[Candidate]:
+        """The pool's labelled frames (an accepted annotation, or retired), in frame_id order, each
+        with its score of the cycle's model version and EEM options when it has one: a composed
+        selection counts its distance to them (diversity) and their classes (balance)."""
+        return self._frames_with_scores(
+            cycle, "f.annotation_count > 0 OR f.retired = 1 OR f.fully_labeled = 1", (), page_size)
+
+    def _frames_with_scores(self, cycle: Cycle, where: str, params: tuple, page_size: int) -> Iterator[Candidate]:
+        """Frames of the cycle's pool matching `where` (SQL over f = frames), page by page, each with
+        its stored score of the cycle's model version and EEM options (None when it has none)."""
+        model_key = cycle.model.key if cycle.model else ""
+        options_key = cycle.eem.key()
+        sql = f"""SELECT f.frame_id, f.uri, f.width, f.height, f.source, s.score, s.regions,
+                         s.height AS s_height, s.width AS s_width, s.depth_model_key, s.embedding, s.class_hist
+                  FROM frames f LEFT JOIN scores s ON s.frame_id = f.frame_id AND s.model_key = ?
+                                                  AND s.options_key = ?
+                  WHERE f.pool_id = ? AND f.frame_id > ? AND ({where})
+                  ORDER BY f.frame_id LIMIT ?"""
+        after = ""
+        while True:
+            rows = self.db.run(lambda tx: tx.all(sql, (model_key, options_key, cycle.pool_id, after, *params,
+                                                       page_size)), write=False)
             for r in rows:
                 cached = None
                 if r["score"] is not None:
@@ -68,36 +78,6 @@ class ScoreRepository:
                  width = excluded.width, depth_model_key = excluded.depth_model_key,
                  embedding = excluded.embedding, class_hist = excluded.class_hist,
                  scored_at = excluded.scored_at""", rows))
-
-    def iter_labelled(self, cycle: Cycle, page_size: int = _BATCH) -> Iterator[Candidate]:
-        """The pool's labelled frames (an accepted annotation, or retired), in frame_id order, each
-        with its score of the cycle's model version and EEM options when it has one: a composed
-        selection counts its distance to them (diversity) and their classes (balance)."""
-        model_key = cycle.model.key if cycle.model else ""
-        options_key = cycle.eem.key()
-        after = ""
-        while True:
-            rows = self.db.run(lambda tx: tx.all(
-                """SELECT f.frame_id, f.uri, f.width, f.height, f.source, s.score, s.embedding, s.class_hist,
-                          s.depth_model_key
-                   FROM frames f LEFT JOIN scores s ON s.frame_id = f.frame_id AND s.model_key = ?
-                                                   AND s.options_key = ?
-                   WHERE f.pool_id = ? AND (f.annotation_count > 0 OR f.retired = 1 OR f.fully_labeled = 1)
-                     AND f.frame_id > ?
-                   ORDER BY f.frame_id LIMIT ?""",
-                (model_key, options_key, cycle.pool_id, after, page_size)), write=False)
-            for r in rows:
-                cached = None
-                if r["score"] is not None:
-                    cached = FrameScore(uri=r["uri"], score=float(r["score"]), segmentation_version=model_key,
-                                        depth_version=r["depth_model_key"],
-                                        embedding=vector_from_text(r["embedding"]),
-                                        class_hist=vector_from_text(r["class_hist"]))
-                yield Candidate(frame_id=r["frame_id"], uri=r["uri"], width=int(r["width"]),
-                                height=int(r["height"]), cached=cached, source=r["source"])
-            if len(rows) < page_size:
-                return
-            after = rows[-1]["frame_id"]
 
     def record_score_failures(self, cycle_id: str, failed: Sequence[FailedFrame]) -> None:
         """Remember scoring failures of a cycle: the frames stay in the pool, and the next
