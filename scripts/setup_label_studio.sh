@@ -15,16 +15,20 @@ VENV=${SEGXAL_LS_VENV:-.venv-ls}
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 
+# Every package of that venv pinned (requirements-label-studio.txt, a freeze of a working one):
+# label-studio pins few of its own, and a new major of one (sentry-sdk 3.0) stops it from starting.
+LOCK=requirements-label-studio.txt
+want="$LS_VERSION $(sha256sum "$LOCK" | cut -d' ' -f1)"
 stamp="$VENV/.segxal-label-studio"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$LS_VERSION" ] || [ ! -x "$VENV/bin/label-studio" ]; then
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x "$VENV/bin/label-studio" ]; then
   echo "[setup-ls] installing label-studio==$LS_VERSION into $VENV (first run: ~2 min, ~1 GB)" >&2
   rm -rf "$VENV"
   "$PY" -m venv "$VENV"
   echo '*' > "$VENV/.gitignore"  # keep the venv out of git without touching the repo's .gitignore
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-  "$VENV/bin/python" -m pip install -q "label-studio==$LS_VERSION" >&2
+  "$VENV/bin/python" -m pip install -q "label-studio==$LS_VERSION" -c "$LOCK" >&2
   "$VENV/bin/python" -c "import label_studio, label_studio_sdk.converter.brush" >&2
-  echo "$LS_VERSION" > "$stamp"
+  echo "$want" > "$stamp"
 fi
 
 # Chromium for the task-page screenshot. Optional: without it only that test skips.
