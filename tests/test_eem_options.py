@@ -101,7 +101,8 @@ def test_loop_weight_given_alone_reaches_the_maths_with_the_other_one_minus_it(t
     labels = np.zeros((16, 32), np.uint8)
     inv_depth = np.linspace(1, 2, 16 * 32, dtype=np.float32).reshape(16, 32)
     f = score_frame(labels, ebu, cam, inv_depth, wired.validate(), with_regions=False)
-    np.testing.assert_allclose(f.eem, want[0] * f.ebu + want[1] * f.pae, atol=1e-6)
+    assert wired.fusion == "multiplicative"  # the default: EEM = EBU (alpha + beta PAE)
+    np.testing.assert_allclose(f.eem, f.ebu * (want[0] + want[1] * f.pae), atol=1e-6)
 
 
 def test_every_entry_point_applies_the_one_weight_rule():

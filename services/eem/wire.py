@@ -24,7 +24,7 @@ _THRESHOLD_MODE = {pb.THRESHOLD_MODE_UNSPECIFIED: "otsu", pb.THRESHOLD_MODE_OTSU
                    pb.THRESHOLD_MODE_FIXED: "fixed"}
 _MAP_KIND = {pb.MAP_KIND_EBU: "ebu", pb.MAP_KIND_CAM: "cam", pb.MAP_KIND_PROXIMITY: "proximity",
              pb.MAP_KIND_EEM: "eem"}
-_FUSION = {pb.FUSION_UNSPECIFIED: "additive", pb.FUSION_ADDITIVE: "additive",
+_FUSION = {pb.FUSION_UNSPECIFIED: _DEFAULTS.fusion, pb.FUSION_ADDITIVE: "additive",
            pb.FUSION_MULTIPLICATIVE: "multiplicative"}
 _FUSION_PB = {"additive": pb.FUSION_ADDITIVE, "multiplicative": pb.FUSION_MULTIPLICATIVE}
 _BITS = {pb.MAP_BIT_DEPTH_UNSPECIFIED: 8, pb.MAP_BIT_DEPTH_8: 8, pb.MAP_BIT_DEPTH_16: 16}
