@@ -12,9 +12,9 @@ arms), bench/albench/stats.py (statistics fixed before the run), bench/albench/r
         --train-sequences 60 --val-sequences 15 --test-sequences 20 --seed 0
     .venv/bin/segxal data synth --out data/al-pre-64x128 --height 64 --width 128 \\
         --train-sequences 60 --val-sequences 2 --test-sequences 2 --seed 1
-    # the benchmark (bench/results/al.md: its wall time there), one process, one torch thread
+    # the benchmark (bench/results/al.md: its wall time there), two worker processes of one torch thread
     .venv/bin/python bench/al_curve.py --data data/al-64x128 --pretrain-data data/al-pre-64x128 \\
-        --out bench/results --note bench/results/al_reading.md
+        --out bench/results --jobs 2 --seeds $(seq 0 59) --deadline-min 55 --note bench/results/al_reading.md
     # CI: tiny images and schedules, every arm, seconds
     .venv/bin/python bench/al_curve.py --quick --data D --pretrain-data P --out /tmp/al
     # re-render al.md from al.json (no run)
@@ -95,9 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a shared machine more threads are slower; "
                         "0 = torch's default)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes, seeds spread over them (each --threads threads): 2 on the 2-core machine")
     p.add_argument("--cache-dir", help="frozen encoder and depth net (default <out>/cache)")
     p.add_argument("--deadline-min", type=float,
-                   help="start no new seed of the key arms after this many minutes (the exploratory arms run after)")
+                   help="start no new key-arm seed after this many minutes (the exploratory arms run on the first seeds)")
     p.add_argument("--note", help="Markdown file put into al.md after the header (the reading)")
     p.add_argument("--no-schedule-check", action="store_true", help="skip the 2 x steps run of random")
     args = p.parse_args(argv)
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--data and --pretrain-data are required (unless --report)")
     try:
         cfg = build_config(args)
-        report = run_benchmark(cfg, on_arm=print_progress)
+        report = run_benchmark(cfg, on_arm=print_progress, jobs=args.jobs)
     except SegxalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.albench.harness import (ALL_ARMS, Arm, BenchConfig, PoolOutputs, _SeedContext, cell_masks, load_data,
-                                   pick_cells)
+from bench.albench.harness import (ALL_ARMS, EEM_VARIANTS, PROTOCOLS, Arm, BenchConfig, PoolOutputs, _SeedContext,
+                                   cell_masks, load_data, pick_cells)
+from segxal.eem.options import EEMOptions
 from segxal.data.synth import SynthConfig, generate
 from segxal.errors import InvalidInput
-from segxal.selection import SelectionSpec
+from segxal.selection import DEFAULT_SELECTION, SelectionSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 # the quick run trains ~100 tiny decoders: ~10 CPU-seconds, up to a minute of wall time when shared
@@ -62,11 +63,12 @@ def test_one_invocation_runs_every_arm_of_both_protocols_and_records_its_commit(
             assert 0.0 <= r["miou"] <= 1.0 and set(r["vulnerable"]) == {"person", "rider", "bicycle", "motorcycle"}
             assert r["steps"] == cfg["steps"]
     assert all(r["steps"] == 2 * cfg["steps"] for r in report["schedule"])
-    assert len(report["schedule"]) == cfg["exploratory_seeds"] * len(cfg["frame_budgets"])
+    assert len(report["schedule"]) == len(cfg["seeds"]) * len(cfg["frame_budgets"])  # every seed: its power
     md = (out / "al.md").read_text()
     assert "Primary endpoints (fixed before the run" in md and report["commit"]["commit"] in md
     assert "## frame protocol: primary endpoint" in md and "## region protocol: primary endpoint" in md
     assert "| p Holm |" in md and "Is the schedule long enough?" in md
+    assert "Secondary comparisons (fixed before the run" in md and "| eem | eem-add | secondary |" in md
 
 
 def test_frame_protocol_spends_exactly_the_frame_budgets(quick_run):
@@ -134,8 +136,36 @@ def test_every_arm_is_a_valid_product_selection():
         assert spec.validate() is spec
     coreset = next(a for a in ALL_ARMS if a.name == "coreset")
     assert coreset.spec.score == 0 and coreset.spec.diversity > 0  # diversity alone: k-center greedy
-    assert {a.name for a in ALL_ARMS if a.key and a.protocol == "frame"} == {"random", "entropy", "coreset", "eem",
-                                                                            "eem+div"}
+    assert {a.name for a in ALL_ARMS if a.key and a.protocol == "frame"} == {"random", "entropy", "coreset", "eem-add",
+                                                                            "eem", "eem+div"}
+
+
+def test_the_eem_arms_are_the_products_default_and_the_papers_additive_fusion():
+    arms = {(a.protocol, a.name): a for a in ALL_ARMS}
+    for protocol in PROTOCOLS:
+        assert EEM_VARIANTS[arms[protocol, "eem"].eem] == EEMOptions()  # what the coordinator ranks by
+        assert EEM_VARIANTS[arms[protocol, "eem+div"].eem] == EEMOptions()
+        assert SelectionSpec.parse(arms[protocol, "eem+div"].selection) == SelectionSpec.parse(DEFAULT_SELECTION)
+        add = EEM_VARIANTS[arms[protocol, "eem-add"].eem]
+        assert (add.fusion, add.alpha, add.beta) == ("additive", 0.5, 0.5)
+
+
+def test_seeds_spread_over_worker_processes_give_the_same_records_as_one_process(quick_run, tiny, tmp_path):
+    _, one = quick_run
+    data, pre = tiny
+    out = tmp_path / "jobs2"
+    assert _al_curve().main(["--quick", "--data", str(data), "--pretrain-data", str(pre), "--out", str(out),
+                             "--jobs", "2"]) == 0
+    two = json.loads((out / "al.json").read_text())
+    assert two["jobs"] == 2 and two["skipped_seeds"] == []
+
+    def key(r):
+        return r["protocol"], r["arm"], r["seed"], r.get("draw", 0), r["budget"]
+
+    def same(report):  # what each arm labelled (frames, or cells) and what it scored
+        return {key(r): (r["picks"], r["cost"], round(r["miou"], 6)) for r in report["runs"]}
+
+    assert same(one) == same(two) and len(same(one)) == len(one["runs"])
 
 
 def test_near_field_mask_is_nearer_than_20_m_on_the_report_split(quick_run):

@@ -74,12 +74,13 @@ CATEGORY_OF_TRAIN_ID[:NUM_CLASSES] = [l.categoryId - 1 for l in sorted(
     (l for l in cs_labels if 0 <= l.trainId < 255), key=lambda l: l.trainId)]
 SCORES = ("random", "none", "entropy", "least-confidence", "bald", "eem")
 VULNERABLE = ("person", "rider", "bicycle", "motorcycle")
-# EEM variants (segxal.eem.options.EEMOptions): the shipped additive fusion, the multiplicative one,
-# and a light proximity term
+# EEM variants (segxal.eem.options.EEMOptions): what the product ships (the multiplicative fusion
+# EBU (a + b PAE) at equal weights), the paper's additive fusion a EBU + b PAE, and a light proximity
+# term in the additive fusion. Spelled out, so that a change of the product's default shows here.
 EEM_VARIANTS = {
-    "additive": EEMOptions(),
-    "multiplicative": EEMOptions(fusion="multiplicative"),
-    "light": EEMOptions(alpha=0.9, beta=0.1),
+    "multiplicative": EEMOptions(alpha=0.5, beta=0.5, fusion="multiplicative"),
+    "additive": EEMOptions(alpha=0.5, beta=0.5, fusion="additive"),
+    "light": EEMOptions(alpha=0.9, beta=0.1, fusion="additive"),
 }
 
 
@@ -90,7 +91,7 @@ class Arm:
     protocol: str  # "frame" | "region"
     score: str  # one of SCORES: the per-pixel map it ranks by ("none": no score, diversity alone)
     selection: str = "score=1"  # segxal.selection.SelectionSpec text form
-    eem: str = "additive"  # EEM_VARIANTS key (score "eem" only)
+    eem: str = "multiplicative"  # EEM_VARIANTS key (score "eem" only); the product's default
     key: bool = False  # a key arm runs on every seed; the others on cfg.exploratory_seeds seeds
 
     @property
@@ -102,14 +103,12 @@ FRAME_ARMS = (  # key arms first: a run stopped by its deadline keeps them
     Arm("random", "frame", "random", key=True),
     Arm("entropy", "frame", "entropy", key=True),
     Arm("coreset", "frame", "none", "score=0,diversity=1", key=True),
-    Arm("eem", "frame", "eem", key=True),
-    # the composed default candidate (score x diversity on the product's embedding): the previous
-    # run's best EEM variant was EEM + k-center, which this is in the product's selection
-    Arm("eem+div", "frame", "eem", "score=1,diversity=1", key=True),
+    Arm("eem-add", "frame", "eem", eem="additive", key=True),  # the paper's EEM
+    Arm("eem", "frame", "eem", key=True),  # the product's EEM (the best fusion, fusion_region/)
+    Arm("eem+div", "frame", "eem", "score=1,diversity=1", key=True),  # the product's composed default
     Arm("entropy+div", "frame", "entropy", "score=1,diversity=1"),
     Arm("eem+div+bal", "frame", "eem", "score=1,diversity=1,balance=1"),
     Arm("eem+div+cap", "frame", "eem", "score=1,diversity=1,log_cap=1"),
-    Arm("eem-mult", "frame", "eem", eem="multiplicative"),
     Arm("eem-light", "frame", "eem", eem="light"),
     Arm("bald", "frame", "bald"),
     Arm("least-conf", "frame", "least-confidence"),
@@ -117,10 +116,10 @@ FRAME_ARMS = (  # key arms first: a run stopped by its deadline keeps them
 REGION_ARMS = (
     Arm("random", "region", "random", key=True),
     Arm("entropy", "region", "entropy", key=True),
+    Arm("eem-add", "region", "eem", eem="additive", key=True),
     Arm("eem", "region", "eem", key=True),
     Arm("eem+div", "region", "eem", "score=1,diversity=1", key=True),
     Arm("entropy+div", "region", "entropy", "score=1,diversity=1"),
-    Arm("eem-mult", "region", "eem", eem="multiplicative"),
 )
 ALL_ARMS = FRAME_ARMS + REGION_ARMS
 
@@ -621,6 +620,7 @@ def _run_region_arm(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, data: _Data, 
                "steps": cfg.steps, "target": target * side * side,
                "shortfall": (target - cost["regions"]) * side * side,
                "x": cost["pixels"] / (len(ctx.pool) * h * w), "cost": dict(cost), **evaluate(model, data),
+               "picks": [f"{data.train.frames[i].frame_id}#{c}" for i, c in chosen],  # frame#cell this cycle
                "diag": {"regions_this_cycle": len(chosen), "frames_this_cycle": len(new_frames),
                         "logs": len({data.groups[i] for i in new_frames}),
                         "region_px": [side * side], "gt_class_share_of_new_labels": _gt_share(data, new)}}
@@ -662,70 +662,106 @@ def git_commit() -> dict:
     return {"commit": head or "unknown", "dirty": dirty.splitlines()}
 
 
-def run_benchmark(cfg: BenchConfig, on_arm=None) -> dict:
-    """Run every (seed, protocol, arm) in one process and return the report, also written to
-    <out>/al.json after each arm (a run stopped early keeps what it finished).
+def _seed_unit(cfg: BenchConfig, data: _Data, seed: int, n_seed: int, need_bald: bool, t_start: float,
+               on_arm=None) -> dict:
+    """What one seed adds to the report: model 0's evaluation, the key arms' runs, random's 2 x steps
+    check, and on the first `exploratory_seeds` seeds the exploratory arms. A seed that would start
+    after the deadline is skipped (a unit's length is the seed's; the key arms' power is what a
+    deadline trades)."""
+    if cfg.deadline_s and n_seed >= cfg.exploratory_seeds and time.time() - t_start > cfg.deadline_s:
+        return {"seed": seed, "skipped": True}
+    exploratory = n_seed < cfg.exploratory_seeds
+    ctx = _seed_context(cfg, data, seed, need_bald and exploratory)
+    unit = {"seed": seed, "skipped": False, "runs": [], "schedule": [],
+            "cycle0": {"seed": seed, "seed_frames": cfg.seed_frames, "pool": len(ctx.pool), **ctx.eval0}}
+    for protocol in cfg.protocols:
+        for arm in cfg.arms_for(protocol):
+            if not (arm.key or exploratory):
+                continue
+            runner = _run_frame_arm if protocol == "frame" else _run_region_arm
+            for d in range(cfg.random_draws if arm.score == "random" else 1):
+                recs = runner(arm, cfg, ctx, data, d)
+                unit["runs"].extend(recs)
+                if on_arm:
+                    on_arm(recs)
+            if protocol == "frame" and arm.score == "random" and cfg.schedule_check:
+                recs = _run_frame_arm(arm, cfg, ctx, data, 0, scale=2)
+                unit["schedule"].extend(recs)
+                if on_arm:
+                    on_arm(recs)
+    return unit
+
+
+_WORKER: dict = {}  # a worker process's configuration and data (run_benchmark with jobs > 1)
+
+
+def _worker_init(cfg: BenchConfig) -> None:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _WORKER.update(cfg=cfg, data=load_data(cfg))
+
+
+def _worker_unit(args: tuple) -> dict:
+    seed, n_seed, need_bald, t_start = args
+    return _seed_unit(_WORKER["cfg"], _WORKER["data"], seed, n_seed, need_bald, t_start, print_progress)
+
+
+def run_benchmark(cfg: BenchConfig, on_arm=None, jobs: int = 1) -> dict:
+    """Run every (seed, protocol, arm) and return the report, also written to <out>/al.json after each
+    seed (a run stopped early keeps what it finished). One invocation, one commit: with jobs > 1 the
+    seeds are spread over that many worker processes (each `cfg.threads` torch threads, its own copy
+    of the cached data); a seed's arms always run in one process, in the same order.
 
     Args:
         cfg: the benchmark configuration.
-        on_arm: optional callback(records) after each arm (progress printing).
+        on_arm: optional callback(records) after each arm (progress printing; workers print themselves).
+        jobs: worker processes (1: this process).
 
     Returns:
         {"config", "commit", "cycle0": [per-seed evaluation of model 0], "runs": [cycle records],
-         "schedule": [records of the 2 x steps check], "skipped_seeds", "seconds", "loadavg"}.
+         "schedule": [records of the 2 x steps check], "skipped_seeds", "seconds", "loadavg", "jobs"}.
 
     Raises:
-        InvalidInput: a bad configuration or dataset.
+        InvalidInput: a bad configuration or dataset, or jobs < 1.
     """
     cfg.validate()
+    if jobs < 1:
+        raise InvalidInput(f"jobs must be at least 1, got {jobs}")
     t_start = time.time()
     out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    data = load_data(cfg)
-    report = {"config": cfg.to_dict(), "commit": git_commit(), "report_split": "test",
+    data = load_data(cfg)  # also fills the cache (encoder, depth net) the workers read
+    report = {"config": cfg.to_dict(), "commit": git_commit(), "report_split": "test", "jobs": jobs,
               "n_train": len(data.train), "n_test": len(data.test_gt), "cycle0": [], "runs": [],
               "schedule": [], "skipped_seeds": [], "setup_seconds": time.time() - t_start}
     need_bald = any(a.score == "bald" for p in cfg.protocols for a in cfg.arms_for(p))
-    contexts: dict[int, _SeedContext] = {}  # the exploratory seeds' contexts, kept for phase 2
-    # phase 1: the key arms, seed after seed until the deadline; phase 2: the exploratory arms on the
-    # first exploratory_seeds seeds (a fixed cost, so a deadline spends what is left on key seeds)
-    for phase in ("key", "exploratory"):
-        for n_seed, seed in enumerate(cfg.seeds):
-            if phase == "key" and cfg.deadline_s and time.time() - t_start > cfg.deadline_s:
-                report["skipped_seeds"].append(seed)
-                continue
-            if phase == "exploratory" and (n_seed >= cfg.exploratory_seeds or seed in report["skipped_seeds"]):
-                continue
-            ctx = contexts.get(seed)
-            if ctx is None:
-                ctx = _seed_context(cfg, data, seed, need_bald and n_seed < cfg.exploratory_seeds)
-                report["cycle0"].append({"seed": seed, "seed_frames": cfg.seed_frames, "pool": len(ctx.pool),
-                                         **ctx.eval0})
-                if n_seed < cfg.exploratory_seeds:
-                    contexts[seed] = ctx
-            for protocol in cfg.protocols:
-                for arm in cfg.arms_for(protocol):
-                    if arm.key != (phase == "key"):
-                        continue
-                    runner = _run_frame_arm if protocol == "frame" else _run_region_arm
-                    draws = cfg.random_draws if arm.score == "random" else 1
-                    for d in range(draws):
-                        recs = runner(arm, cfg, ctx, data, d)
-                        report["runs"].extend(recs)
-                        if on_arm:
-                            on_arm(recs)
-                    if protocol == "frame" and arm.score == "random" and cfg.schedule_check \
-                            and n_seed < cfg.exploratory_seeds:
-                        recs = _run_frame_arm(arm, cfg, ctx, data, 0, scale=2)
-                        report["schedule"].extend(recs)
-                        if on_arm:
-                            on_arm(recs)
-                    report["seconds"] = time.time() - t_start
-                    _write_json(out_dir / "al.json", report)
-            if n_seed >= cfg.exploratory_seeds or phase == "exploratory":
-                contexts.pop(seed, None)
+    units = [(seed, n, need_bald, t_start) for n, seed in enumerate(cfg.seeds)]
+
+    def add(unit: dict) -> None:
+        if unit["skipped"]:
+            report["skipped_seeds"].append(unit["seed"])
+        else:
+            report["cycle0"].append(unit["cycle0"])
+            report["runs"].extend(unit["runs"])
+            report["schedule"].extend(unit["schedule"])
+        report["seconds"] = time.time() - t_start
+        _write_json(out_dir / "al.json", report)
+
+    if jobs == 1:
+        for seed, n, nb, t0 in units:
+            add(_seed_unit(cfg, data, seed, n, nb, t0, on_arm))
+    else:
+        import multiprocessing as mp
+        del data  # the workers load their own
+        # spawn, not fork: a forked child of a process that has run torch's thread pools can hang
+        with mp.get_context("spawn").Pool(jobs, initializer=_worker_init, initargs=(cfg,)) as pool:
+            for unit in pool.imap_unordered(_worker_unit, units):
+                add(unit)
+        for key in ("cycle0", "runs", "schedule"):  # seed order, as one process writes it (stable within a seed)
+            report[key].sort(key=lambda c: cfg.seeds.index(c["seed"]))
+        report["skipped_seeds"].sort()
     report["seconds"] = time.time() - t_start
     report["loadavg"] = _loadavg()
     _write_json(out_dir / "al.json", report)
