@@ -119,8 +119,8 @@ def _run_traced(args: argparse.Namespace) -> int:
     mean, std = _floats(args.mean, "--mean"), _floats(args.std, "--std")
     model = load_torch_model(args.model_import, args.model_kwargs, args.checkpoint)
     export = export_traced(model, output, size, layer=args.layer, target=args.cam_target or DEFAULT_CAM_TARGET,
-                           class_names=names, mean=mean, std=std)
-    summary = {"output": output, "num_classes": export.num_classes,
+                           class_names=names, mean=mean, std=std, uncertainty_at=args.uncertainty_at)
+    summary = {"output": output, "num_classes": export.num_classes, "uncertainty_at": export.uncertainty_at,
                "cam_layer": describe_cam(export.layer, export.target), "layer": export.layer,
                "cam_target": export.target, "ebu_only": False, "outputs": list(OUTPUTS),
                "embedding_dim": export.embedding_dim, "batch": export.batch,
@@ -194,8 +194,9 @@ def register_cli(sub) -> None:
     p.add_argument("--require-cam", action="store_true",
                    help="fail when no linear classifier is found (default: EBU-only outputs, said so)")
     p.add_argument("--uncertainty-at", choices=UNCERTAINTY_AT, default="input",
-                   help="grid of EBU and p_max: the input's (exact, default) or the one the model computes "
-                        "its class scores on, then resized (cheaper for light models; see segxal.graph.add_eem)")
+                   help="grid of EBU and p_max (and, with --model-import, of the CAM target): the input's "
+                        "(exact, default) or the one the model computes its class scores on, then resized "
+                        "(cheaper, the traced CAM most; see segxal.graph.add_eem, docs/cam.md)")
     p.add_argument("--probe-size", help="H,W to measure the logits' size at when the input's H, W are dynamic")
     p.add_argument("--repo", help="publish into this model repository (Triton layout)")
     p.add_argument("--name", help="the model's name in the repository")

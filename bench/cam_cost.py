@@ -4,6 +4,8 @@ forward, side by side in alternating rounds on the same weights (CPU, one frame 
 Per model:
   * "logits"       the plain forward (uint8 in, normalised in the graph, logits out);
   * "EEM traced"   segxal.graph.traced_cam: labels, EBU, p_max, GradCAM at the named layer, embedding;
+  * "EEM traced@model" the same with uncertainty_at="model": EBU, p_max and the CAM target on the
+                   model's own grid (before its final resize), foreign architectures only;
   * "EEM head"     segxal.graph.add_eem on the logits graph: the analytic head-input CAM (what an
                    ONNX-only model gets), foreign architectures only;
   * the project's U-Net also "EEM VJP": its written-out bottleneck VJP (segxal.eem.gradcam), and
@@ -70,11 +72,34 @@ def _graphs(name: str, hw: tuple[int, int], tmp: Path) -> dict[str, Path]:
         return out
     import_path, kwargs = MODELS[name]
     model = build_model(import_path, kwargs).eval()
-    out["logits"] = export_logits_onnx(model, tmp / f"{name}_logits.onnx", hw, uint8_input=True)
+    try:
+        out["logits"] = export_logits_onnx(model, tmp / f"{name}_logits.onnx", hw, uint8_input=True)
+    except Exception as e:  # noqa: BLE001 - PSPNet at 256x512: "adaptive_avg_pool2d, output size that are not factor"
+        print(f"{name}: the TorchScript exporter refuses its logits ({str(e).splitlines()[0][:100]}); "
+              f"the plain forward is traced the traced CAM's way instead (resampling as MatMuls)", flush=True)
+        out["logits"] = _traced_logits(model, hw, tmp / f"{name}_logits.onnx")
     out["EEM traced"] = export_traced(model, tmp / f"{name}_traced.onnx", hw).path
+    out["EEM traced@model"] = export_traced(model, tmp / f"{name}_traced_model.onnx", hw, uncertainty_at="model").path
     add_eem_file(out["logits"], tmp / f"{name}_head.onnx")
     out["EEM head"] = tmp / f"{name}_head.onnx"
     return out
+
+
+def _traced_logits(model: torch.nn.Module, hw: tuple[int, int], path: Path) -> Path:
+    """The plain logits forward (uint8 in) through make_fx and the dynamo exporter with the traced
+    CAM's resampling (segxal.graph.traced_cam), for a model the TorchScript exporter refuses."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from segxal.graph.traced_cam import _ResampleAsMatMul
+    from segxal.models.external import ImageInput, _RawLogits
+    from segxal.data.cityscapes import MEAN, STD
+    module = ImageInput(_RawLogits(model), MEAN, STD).eval()
+    example = torch.zeros(1, *hw, 3, dtype=torch.uint8)
+    with _ResampleAsMatMul(), torch.no_grad():
+        graph = make_fx(module)(example)
+    torch.onnx.export(graph, (example,), input_names=["image"], output_names=["logits"], dynamo=True,
+                      external_data=False, verbose=False).save(str(path))
+    return path
 
 
 def measure(sessions: dict[str, ort.InferenceSession], image: np.ndarray, rounds: int, calls: int) -> dict:
@@ -96,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=parse_size, default=(256, 512))
     p.add_argument("--models", nargs="+", default=["unet", "smp_deeplabv3plus", "smp_fpn", "tv_lraspp",
-                                                   "smp_unet"], choices=sorted(MODELS))
+                                                   "smp_unet", "smp_pspnet"], choices=sorted(MODELS))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--calls", type=int, default=5, help="calls per graph per round")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (1 on a shared machine)")

@@ -166,17 +166,21 @@ def _repository_table(args) -> list[dict]:
 # ---- --train: foreign architectures, every target ----
 
 
-def _explain_all(model, layer: str, images: np.ndarray, targets: list[str], batch: int = 10) -> dict:
-    """target -> (labels, ebu, cam, pmax) [N, H, W] of the PyTorch explainer (float16 maps, as served)."""
+def _explain_all(model, layer: str, images: np.ndarray, targets: list[str], grids: list[str],
+                 batch: int = 10) -> dict:
+    """"target" (on the input's grid) or "target@model" (uncertainty_at="model": target, EBU and
+    p_max on the model's own grid) -> (labels, ebu, cam, pmax) [N, H, W] of the PyTorch explainer
+    (float16 maps, as served)."""
     from segxal.graph.traced_cam import TracedExplainer, make_target
     out = {}
-    for name in targets:
-        explainer = TracedExplainer(model, layer, make_target(name), MEAN, STD).eval()
-        parts = []
-        for i in range(0, len(images), batch):
-            labels, ebu, cam, pmax, _ = explainer(torch.from_numpy(images[i:i + batch]))
-            parts.append([t.detach().numpy() for t in (labels, ebu, cam, pmax)])
-        out[name] = tuple(np.concatenate(a) for a in zip(*parts))
+    for grid in grids:
+        for name in targets:
+            explainer = TracedExplainer(model, layer, make_target(name), MEAN, STD, grid).eval()
+            parts = []
+            for i in range(0, len(images), batch):
+                labels, ebu, cam, pmax, _ = explainer(torch.from_numpy(images[i:i + batch]))
+                parts.append([t.detach().numpy() for t in (labels, ebu, cam, pmax)])
+            out[name if grid == "input" else f"{name}@{grid}"] = tuple(np.concatenate(a) for a in zip(*parts))
     return out
 
 
@@ -194,7 +198,7 @@ def _train_table(args) -> list[dict]:
     rows: list[dict] = []
     print(f"train {len(train)} frames of {args.data}, validation {len(images)} frames, "
           f"{args.threads} thread(s), measured after epochs {args.at}")
-    print(f"{'architecture':<18} {'layer':<22} {'ep':>3} {'acc':>5} {'target':<15} {'dead':>5} {'cam>0':>6} "
+    print(f"{'architecture':<18} {'layer':<22} {'ep':>3} {'acc':>5} {'target':<21} {'dead':>5} {'cam>0':>6} "
           f"{'c(ebu)':>7} {'c(pmax)':>8}", flush=True)
     for arch in args.archs:
         import_path, kwargs = ARCHITECTURES[arch]
@@ -210,11 +214,12 @@ def _train_table(args) -> list[dict]:
             ckpt = out_dir / arch / f"epoch{epoch}.pt"
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"config": model.cfg.to_dict(), "state_dict": model.inner.state_dict()}, ckpt)
-            for target, maps in _explain_all(model.inner, layer, images, list(CAM_TARGETS)).items():
+            for target, maps in _explain_all(model.inner, layer, images, args.targets or list(CAM_TARGETS),
+                                             args.grids).items():
                 row = {"architecture": arch, "layer": layer, "epoch": epoch, "loss": loss, "target": target,
                        "train_seconds": time.time() - t0, **health_row(*maps, truth)}
                 rows.append(row)
-                print(f"{arch:<18} {layer:<22} {epoch:>3} {row['pixel_accuracy']:>5.3f} {target:<15} "
+                print(f"{arch:<18} {layer:<22} {epoch:>3} {row['pixel_accuracy']:>5.3f} {target:<21} "
                       f"{row['dead_share']:>5.2f} {row['cam_positive_fraction']:>6.2f} {row['corr_ebu']:>+7.2f} "
                       f"{row['corr_pmax']:>+8.2f}", flush=True)
             if args.json:
@@ -230,14 +235,14 @@ def _train_table(args) -> list[dict]:
 
 def _summarise(rows: list[dict], max_dead: float, max_abs_corr: float) -> None:
     """Which target meets dead <= max_dead and |corr(EBU)| <= max_abs_corr at every checkpoint."""
-    print(f"\ntarget           checkpoints  meets dead<={max_dead:.0%} and |corr ebu|<={max_abs_corr} "
+    print(f"\ntarget                checkpoints  meets dead<={max_dead:.0%} and |corr ebu|<={max_abs_corr} "
           f"  worst dead  worst |corr ebu|")
     for target in dict.fromkeys(r["target"] for r in rows):
         mine = [r for r in rows if r["target"] == target]
         ok = sum(r["dead_share"] <= max_dead and abs(r["corr_ebu"]) <= max_abs_corr for r in mine)
         worst_corr = np.nanmax([abs(r["corr_ebu"]) for r in mine]) if any(
             np.isfinite(r["corr_ebu"]) for r in mine) else float("nan")
-        print(f"{target:<16} {len(mine):>11}  {ok:>3}/{len(mine):<3} {'ALL' if ok == len(mine) else '':<38}"
+        print(f"{target:<21} {len(mine):>11}  {ok:>3}/{len(mine):<3} {'ALL' if ok == len(mine) else '':<38}"
               f"{max(r['dead_share'] for r in mine):>10.2f}  {worst_corr:>15.2f}")
 
 
@@ -256,6 +261,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="measure after these epochs of one run as long as the largest")
     p.add_argument("--train-frames", type=int, default=0, help="train on this many train frames (0: all)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--targets", nargs="+", help="CAM targets measured (default: every one)")
+    p.add_argument("--grids", nargs="+", default=["input"], choices=("input", "model"),
+                   help="--train: the grids of the target, EBU and p_max measured (segxal.graph.traced_cam)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)

@@ -3,7 +3,8 @@
 # device call: generates the data (the benchmark's 300 train / 75 val / 100 test frames and a
 # disjoint 300-frame pretraining set, 256x512), trains the frozen U-Net body (the default U-Net,
 # width 32, depth 4) and the depth net once, then runs the key arms (random with 3 draws, entropy,
-# core-set, EEM, EEM + diversity; both protocols, 64x64 cells) on as many seeds as the deadline
+# core-set, the paper's additive EEM, the product's EEM, EEM + diversity; both protocols, 64x64
+# cells) on as many seeds as the deadline
 # allows (at least 3: the run starts no new seed after FULL_DEADLINE_MIN minutes, default 6), in
 # one process, and writes into $OUT:
 #   $OUT/full-size/{al.json,al.md,al_frame.png,al_region.png}   $OUT/logs/*.log   $OUT/env.txt
@@ -50,7 +51,7 @@ echo "data: $(( $(date +%s) - T0 )) s" >> "$OUT/env.txt"
 
 rc=0
 "$PY" bench/al_curve.py "${SIZE[@]}" --device "$DEVICE" --threads 4 --data "$DATA" --pretrain-data "$PRE" \
-    --arms random entropy coreset eem eem+div --out "$OUT/full-size" --cache-dir "$WORK/cache" \
+    --arms random entropy coreset eem-add eem eem+div --out "$OUT/full-size" --cache-dir "$WORK/cache" \
     --deadline-min "${FULL_DEADLINE_MIN:-6}" > "$OUT/logs/full-size.log" 2>&1 || rc=$?
 echo "run: $(( $(date +%s) - T0 )) s, rc $rc" >> "$OUT/env.txt"
 exit $rc

@@ -20,7 +20,9 @@ from segxal import imageio
 from segxal.data.cityscapes import MEAN, STD
 from segxal.errors import InvalidInput
 from segxal.export import ExportConfig, export_depth
-from segxal.graph.traced_cam import (CAM_TARGETS, METADATA_CAM_LAYER, METADATA_CAM_TARGET, TracedExplainer,
+from segxal.eem.ebu import prediction_statistics
+from segxal.graph.traced_cam import (CAM_TARGETS, METADATA_CAM_LAYER, METADATA_CAM_TARGET, METADATA_UNCERTAINTY_AT,
+                                     ScoresOf, TracedExplainer,
                                      as_grad_cam_target, capture_activation, default_layer, describe_cam,
                                      export_traced, make_target, resolve_layer, serving_spec)
 from segxal.models import zoo
@@ -63,13 +65,17 @@ def _frame() -> np.ndarray:
     return np.kron(small, np.ones((8, 8, 1), np.uint8))  # uint8 [H, W, 3]
 
 
-def _grad_cam(model, layer: str, target: str, image: np.ndarray) -> np.ndarray:
-    """pytorch-grad-cam's GradCAM of one uint8 image [H, W, 3] at `layer` with `target`: [H, W]."""
+def _normalised(image: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0  # [1, 3, H, W]
-    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def _grad_cam(model, layer: str, target: str, image: np.ndarray, scores=None) -> np.ndarray:
+    """pytorch-grad-cam's GradCAM of one uint8 image [H, W, 3] at `layer` with `target`: [H, W], the
+    target on the logits at the input's size, or on what the module `scores` gives."""
     module, _ = resolve_layer(model, layer)
-    with GradCAM(model=FullResLogits(model).eval(), target_layers=[module]) as cam:
-        return cam(input_tensor=x, targets=[as_grad_cam_target(make_target(target, CLASS_NAMES))])[0]
+    with GradCAM(model=(scores or FullResLogits(model)).eval(), target_layers=[module]) as cam:
+        return cam(input_tensor=_normalised(image), targets=[as_grad_cam_target(make_target(target, CLASS_NAMES))])[0]
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +176,33 @@ def test_every_target_equals_pytorch_grad_cam(target, name):
     ref = _grad_cam(model, "encoder.layer3", target, image)
     assert ref.std() > 0.05
     assert np.abs(cam - ref).max() < CAM_TOL
+
+
+@pytest.mark.parametrize("name", ["smp_deeplabv3plus", "lraspp_mobilenet_v3_large"])
+def test_on_the_models_own_grid_the_cam_and_maps_come_from_the_logits_before_its_final_resize(name, tmp_path):
+    """uncertainty_at="model": the target, EBU and p_max on the class scores the model computes before
+    its last resize (smp's segmentation head, torchvision's F.interpolate), the labels still at the
+    input's size; the CAM equals pytorch-grad-cam's with the target on those scores."""
+    model = _model(name)
+    image = _frame()
+    layer = default_layer(model, (H, W))
+    explainer = TracedExplainer(model, layer, make_target("ebu-gradient", CLASS_NAMES), MEAN, STD, "model").eval()
+    labels, ebu, cam, pmax, _ = (t.float().numpy()[0] for t in explainer(torch.from_numpy(image[None])))
+    x = _normalised(image)
+    with torch.no_grad():
+        native, full = ScoresOf(explainer)(x), FullResLogits(model)(x)
+    assert native.shape[-2] < H and native.shape[-1] < W  # the model's own grid
+    ref = _grad_cam(model, layer, "ebu-gradient", image, scores=ScoresOf(explainer))
+    assert ref.std() > 0.05 and np.abs(cam - ref).max() < CAM_TOL
+    _, u, p = prediction_statistics(native)
+    up = [torch.nn.functional.interpolate(m[:, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+          for m in (u, p)]
+    np.testing.assert_allclose(ebu, up[0].numpy(), atol=1e-3)  # float16
+    np.testing.assert_allclose(pmax, up[1].numpy(), atol=1e-3)
+    assert (labels == full.argmax(1)[0].numpy()).all()
+    export = export_traced(model, tmp_path / "m.onnx", (H, W), uncertainty_at="model")  # parity-checked
+    props = {p.key: p.value for p in onnx.load(str(export.path)).metadata_props}
+    assert props[METADATA_UNCERTAINTY_AT] == "model" and export.parity["cam"] < 2e-3
 
 
 def test_default_layer_is_the_last_stage_of_each_family():

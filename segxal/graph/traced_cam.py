@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segxal.errors import InvalidInput
+from segxal.graph.add_eem import METADATA_UNCERTAINTY_AT, UNCERTAINTY_AT  # one rule for both routes
 
 OUTPUTS = ("labels", "ebu", "cam", "pmax", "embedding")
 INPUT_NAME = "image"
@@ -69,10 +70,12 @@ OBJECT_CLASS_NAMES = ("person", "rider", "car", "truck", "bus", "train", "motorc
 
 
 class CamTarget:
-    """Base of the CAM targets: `__call__(logits [B, C, H, W]) -> [B]`."""
+    """Base of the CAM targets: `__call__(logits [B, C, H, W], ebu=None) -> [B]`; `ebu` [B, H, W] is
+    the normalised entropy of those logits when the caller has it already (the explainer computes it
+    once for the target and the outputs)."""
     name = ""
 
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, ebu: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -81,7 +84,7 @@ class ClassAgnostic(CamTarget):
     segxal.eem.gradcam; each class weighs by its area)."""
     name = "class-agnostic"
 
-    def __call__(self, logits):
+    def __call__(self, logits, ebu=None):
         z = logits.movedim(1, -1)  # [B, H, W, C]: classes last (see EbuGradient)
         return z.gather(-1, z.argmax(-1, keepdim=True)).sum((1, 2, 3))  # [B]
 
@@ -91,7 +94,7 @@ class ClassBalanced(CamTarget):
     so a class on 50 pixels weighs as much as road on 20,000."""
     name = "class-balanced"
 
-    def __call__(self, logits):
+    def __call__(self, logits, ebu=None):
         classes = torch.arange(logits.shape[1]).view(1, -1, 1, 1)  # [1, C, 1, 1]
         # a comparison, not F.one_hot: one_hot checks its values, which a traced graph cannot
         onehot = (logits.argmax(1, keepdim=True) == classes).to(logits.dtype)  # [B, C, H, W]
@@ -110,7 +113,7 @@ class Objects(CamTarget):
             raise InvalidInput("the objects target needs at least one object class")
         self.class_ids = tuple(int(c) for c in class_ids)
 
-    def __call__(self, logits):
+    def __call__(self, logits, ebu=None):
         labels = logits.argmax(1, keepdim=True)  # [B, 1, H, W]
         keep = torch.zeros(logits.shape[1], dtype=logits.dtype)
         keep[list(self.class_ids)] = 1.0
@@ -122,7 +125,9 @@ class EbuGradient(CamTarget):
     change would change the model's doubt most."""
     name = "ebu-gradient"
 
-    def __call__(self, logits):
+    def __call__(self, logits, ebu=None):
+        if ebu is not None:
+            return ebu.sum((1, 2))
         # classes last: ONNX Runtime's LogSoftmax over a strided axis transposes around itself,
         # which cost a third of a light model's traced graph
         log_p = logits.movedim(1, -1).log_softmax(-1)  # [B, H, W, C]
@@ -403,54 +408,116 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
     return x / (x.amax((1, 2), keepdim=True) + _EPS)
 
 
+class _ResizeRecorder(torch.overrides.TorchFunctionMode):
+    """Inside: remembers every F.interpolate's output and input, so the explainer can find the
+    model's class scores on its own grid when its output is a resize of them (smp's segmentation
+    head, torchvision's final F.interpolate). Nested inside _ResampleAsMatMul while tracing: the
+    call goes on to that mode, and what is recorded is what the graph computes."""
+
+    def __init__(self):
+        super().__init__()
+        self.sources: list[tuple[torch.Tensor, torch.Tensor]] = []  # (output, input)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is F.interpolate and isinstance(out, torch.Tensor):
+            self.sources.append((out, args[0]))
+        return out
+
+    def source_of(self, z: torch.Tensor) -> torch.Tensor | None:
+        """The input of the resize whose output is z (the same tensor), else None."""
+        for out, src in reversed(self.sources):
+            if out is z and src.dim() == 4 and src.shape[:2] == z.shape[:2]:
+                return src
+        return None
+
+
 class TracedExplainer(nn.Module):
     """uint8 RGB [B, H, W, 3] -> (labels uint8, ebu, cam, pmax float16 [B, H, W], embedding float32
     [B, D]) for any segmentation model (segxal.models.external.logits_of reads its output), with
     the GradCAM of `target` at `layer`. Autograd runs inside forward (to be traced by make_fx).
+
+    Where the class statistics are computed (`uncertainty_at`, the rule of segxal.graph.add_eem):
+    "input" on the logits at the input's size (the model's output, resized if it is smaller);
+    "model" on the model's own grid (the logits before the model's final resize, or SegFormer's 1/4
+    logits), EBU and p_max then resized bilinearly to the input's size, the labels still the argmax
+    at the input's size. The target is defined on the same logits, and its EBU is the one the
+    outputs give (computed once): with "model" the backward never touches the full-resolution
+    tensors, which is most of a light model's CAM cost (docs/cam.md, Cost).
 
     Args:
         model: the segmentation model, eval mode.
         layer: a submodule name (resolve_layer), e.g. "encoder.layer4".
         target: the CAM target.
         mean, std: the normalisation statistics applied in the graph.
+        uncertainty_at: "input" or "model".
     """
 
-    def __init__(self, model: nn.Module, layer: str, target: CamTarget, mean, std):
+    def __init__(self, model: nn.Module, layer: str, target: CamTarget, mean, std, uncertainty_at: str = "input"):
         super().__init__()
-        self.model, self.layer, self.target = model, layer, target
+        if uncertainty_at not in UNCERTAINTY_AT:
+            raise InvalidInput(f"uncertainty_at must be one of {UNCERTAINTY_AT}, got {uncertainty_at!r}")
+        self.model, self.layer, self.target, self.uncertainty_at = model, layer, target, uncertainty_at
         self.module, self.of_input = resolve_layer(model, layer)
         self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(1, 3, 1, 1))
         self.register_buffer("shift", (torch.tensor(mean, dtype=torch.float32) /
                                        torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1))
 
-    def explain(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Normalised x [B, 3, H, W] -> (logits [B, C, H, W], cam [B, H, W] float32, embedding [B, D])."""
+    def scores(self, x: torch.Tensor, recorder: _ResizeRecorder) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised x [B, 3, H, W] -> (logits at the input's size [B, C, H, W], the logits the
+        statistics and the target use: the same tensor, or the model's own grid [B, C, h, w])."""
         from segxal.models.external import logits_of
+        out = logits_of(self.model(x))  # [B, C, h, w]
+        native = out if out.shape[-2:] != x.shape[-2:] else recorder.source_of(out)
+        full = out if out.shape[-2:] == x.shape[-2:] else \
+            F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)  # [B, C, H, W]
+        return full, (native if self.uncertainty_at == "model" and native is not None else full)
+
+    def explain(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Normalised x [B, 3, H, W] -> (labels [B, H, W] int64, ebu, pmax, cam [B, H, W] float32,
+        embedding [B, D])."""
+        from segxal.eem.ebu import prediction_statistics
         store: dict = {}
-        with capture_activation(self.module, self.of_input, store), torch.enable_grad():
-            z = logits_of(self.model(x))  # [B, C, h, w]
-            if z.shape[-2:] != x.shape[-2:]:
-                z = F.interpolate(z, size=x.shape[-2:], mode="bilinear", align_corners=False)  # [B, C, H, W]
+        with capture_activation(self.module, self.of_input, store), _ResizeRecorder() as rec, torch.enable_grad():
+            full, z = self.scores(x, rec)
             if "a" not in store:
                 raise InvalidInput(f"layer {self.layer!r} did not run in the model's forward pass")
             a = store["a"]  # [B, K, h, w]
-            (grad,) = torch.autograd.grad(self.target(z).sum(), a, allow_unused=True)
+            # classes last: ONNX Runtime's reductions over a strided class axis transpose around themselves
+            labels, ebu, pmax = prediction_statistics(z.movedim(1, -1), dim=-1)  # [B, h', w'] each
+            (grad,) = torch.autograd.grad(self.target(z, ebu).sum(), a, allow_unused=True)
         if grad is None:  # the target does not depend on this layer
             raise InvalidInput(f"the CAM target does not depend on layer {self.layer!r}")
-        z, a, grad = z.detach(), a.detach(), grad.detach()
+        a, grad, ebu, pmax = a.detach(), grad.detach(), ebu.detach(), pmax.detach()
+        if z is not full:  # statistics on the model's grid: the maps to the input's size, the labels from it
+            labels = full.detach().movedim(1, -1).argmax(-1)
+            ebu, pmax = (F.interpolate(m[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+                         for m in (ebu, pmax))
         alpha = grad.mean((2, 3), keepdim=True)  # [B, K, 1, 1]
         cam = _minmax(torch.relu((alpha * a).sum(1)))  # [B, h, w]
         cam = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         pooled = a.mean((2, 3))  # [B, K]
         embedding = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-12)  # [B, K], unit length
-        return z, _minmax(cam), embedding
+        return labels, ebu, pmax, _minmax(cam), embedding
 
     def forward(self, image: torch.Tensor):
-        from segxal.eem.ebu import prediction_statistics
         x = image.permute(0, 3, 1, 2).float() * self.scale - self.shift  # [B, 3, H, W]
-        z, cam, embedding = self.explain(x)
-        labels, ebu, pmax = prediction_statistics(z.movedim(1, -1), dim=-1)  # [B, H, W] each; classes last
+        labels, ebu, pmax, cam, embedding = self.explain(x)
         return labels.to(torch.uint8), ebu.half(), cam.half(), pmax.half(), embedding
+
+
+class ScoresOf(nn.Module):
+    """The logits an explainer's target is defined on, as a model: pytorch-grad-cam on this module
+    with the same layer and target computes the CAM the explainer computes (the reference of the
+    tests and of bench/cam_health.py)."""
+
+    def __init__(self, explainer: TracedExplainer):
+        super().__init__()
+        self.explainer = explainer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with _ResizeRecorder() as rec:
+            return self.explainer.scores(x, rec)[1]
 
 
 def trace_explainer(explainer: TracedExplainer, example: torch.Tensor) -> torch.fx.GraphModule:
@@ -475,13 +542,14 @@ class TracedExport:
     embedding_dim: int
     batch: int
     input_hw: tuple[int, int]
+    uncertainty_at: str = "input"
     parity: dict = field(default_factory=dict)  # output -> max |ONNX - PyTorch| (labels: disagreement share)
 
 
 def export_traced(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int, int], layer: str | None = None,
                   target: str = DEFAULT_CAM_TARGET, class_names: Sequence[str] | None = None,
                   mean=None, std=None, batch: int = 1, check: bool = True, seed: int = 0,
-                  sample_images: np.ndarray | None = None) -> TracedExport:
+                  sample_images: np.ndarray | None = None, uncertainty_at: str = "input") -> TracedExport:
     """Export `model` with labels, ebu, cam, pmax and embedding (see the module docstring).
 
     Args:
@@ -497,6 +565,7 @@ def export_traced(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int
             and raise when they disagree.
         seed: of the check's images.
         sample_images: uint8 [N, h, w, 3] real frames added to the check.
+        uncertainty_at: "input" or "model" (TracedExplainer): the grid of EBU, p_max and the target.
 
     Returns:
         TracedExport (the parity figures filled when check is True).
@@ -518,7 +587,8 @@ def export_traced(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int
         layer = layer or default_layer(model, (h, w))
         mean, std = MEAN if mean is None else mean, STD if std is None else std
         num_classes = _num_classes(model, (h, w))
-        explainer = TracedExplainer(model, layer, make_target(target, class_names, num_classes), mean, std).eval()
+        explainer = TracedExplainer(model, layer, make_target(target, class_names, num_classes), mean, std,
+                                    uncertainty_at).eval()
         example = torch.zeros(batch, h, w, 3, dtype=torch.uint8)
         graph = trace_explainer(explainer, example)
         with torch.no_grad():
@@ -529,12 +599,14 @@ def export_traced(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int
                                         dynamo=True, external_data=False, verbose=False)
             program.save(str(Path(tmp) / "m.onnx"))
             proto = onnx.load(str(Path(tmp) / "m.onnx"))
-        onnx.helper.set_model_props(proto, {METADATA_CAM_LAYER: layer, METADATA_CAM_TARGET: target})
+        onnx.helper.set_model_props(proto, {METADATA_CAM_LAYER: layer, METADATA_CAM_TARGET: target,
+                                            METADATA_UNCERTAINTY_AT: uncertainty_at})
         onnx.checker.check_model(proto)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, proto.SerializeToString())
         result = TracedExport(path=path, layer=layer, target=target, num_classes=num_classes,
-                              embedding_dim=int(outs[4].shape[1]), batch=batch, input_hw=(h, w))
+                              embedding_dim=int(outs[4].shape[1]), batch=batch, input_hw=(h, w),
+                              uncertainty_at=uncertainty_at)
         if check:
             result.parity = check_traced(explainer, path, batch, (h, w), seed, sample_images)
     finally:
@@ -640,7 +712,7 @@ def serving_spec(export: TracedExport, class_names: Sequence[str] | None = None,
 
 def export_for_serving(model: nn.Module, path: str | os.PathLike, cfg, class_names: Sequence[str] | None = None,
                        layer: str | None = None, target: str = DEFAULT_CAM_TARGET,
-                       sample_images: np.ndarray | None = None):
+                       sample_images: np.ndarray | None = None, uncertainty_at: str = "input"):
     """export_traced as segxal.export.export_segmentation is called (the trainer's export of a
     model built by import path): at cfg.trace_hw, with the parity check, returning an ExportResult.
 
@@ -649,7 +721,7 @@ def export_for_serving(model: nn.Module, path: str | os.PathLike, cfg, class_nam
             the inner model's) or any segmentation nn.Module.
         path: the model.onnx to write.
         cfg: segxal.export.ExportConfig (trace_hw, seed).
-        class_names, layer, target, sample_images: as export_traced.
+        class_names, layer, target, sample_images, uncertainty_at: as export_traced.
 
     Returns:
         segxal.export.ExportResult (spec for config.pbtxt with the fixed batch, parity report).
@@ -661,7 +733,7 @@ def export_for_serving(model: nn.Module, path: str | os.PathLike, cfg, class_nam
     from segxal.models.external import ExternalModel
     inner = model.inner if isinstance(model, ExternalModel) else model
     export = export_traced(inner, path, tuple(cfg.trace_hw), layer=layer, target=target, class_names=class_names,
-                           seed=cfg.seed, sample_images=sample_images)
+                           seed=cfg.seed, sample_images=sample_images, uncertainty_at=uncertainty_at)
     report = ParityReport(sizes=[(export.batch, *export.input_hw)], label_agreement=1.0 - export.parity["labels"],
                           max_abs_diff={k: v for k, v in export.parity.items() if k != "labels"})
     return ExportResult(path=export.path, spec=serving_spec(export, class_names), parity=report)

@@ -39,6 +39,7 @@ class TrainerConfig:
     # stage) and the target; the U-Net keeps its own bottleneck CAM
     cam_layer: str | None = None
     cam_target: str = DEFAULT_CAM_TARGET
+    uncertainty_at: str = "input"  # the grid of its EBU, p_max and CAM target (segxal.graph.traced_cam)
     # The model's classes, index = label value, written as the published config's label file;
     # None: the 19 Cityscapes trainIds. The training and held-out labels must use the same map.
     class_names: tuple[str, ...] | None = None
