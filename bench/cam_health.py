@@ -246,9 +246,42 @@ def _summarise(rows: list[dict], max_dead: float, max_abs_corr: float) -> None:
               f"{max(r['dead_share'] for r in mine):>10.2f}  {worst_corr:>15.2f}")
 
 
+def markdown(rows: list[dict], max_dead: float, max_abs_corr: float) -> str:
+    """--train rows as Markdown: per architecture and checkpoint, each target's dead share / corr(CAM,
+    EBU) / corr(CAM, p_max), **bold** where it meets both bounds; then per target the checkpoints that
+    meet them, over the architectures that learned (pixel accuracy above 0.5 at the last checkpoint)."""
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    ok = lambda r: r["dead_share"] <= max_dead and abs(r["corr_ebu"]) <= max_abs_corr  # noqa: E731 (NaN fails)
+    out = ["| architecture (layer) | epoch | pixel acc. | " + " | ".join(targets) + " |",
+           "|---|---|---|" + "---|" * len(targets)]
+    cells: dict = {}
+    for r in rows:
+        cells.setdefault((r["architecture"], r["layer"], r["epoch"]), {})[r["target"]] = r
+    for (arch, layer, epoch), by in cells.items():
+        acc = next(iter(by.values()))["pixel_accuracy"]
+        txt = [(lambda c: f"**{c}**" if ok(by[t]) else c)(
+            f"{by[t]['dead_share']:.2f} / {by[t]['corr_ebu']:+.2f} / {by[t]['corr_pmax']:+.2f}") if t in by else "-"
+            for t in targets]
+        out.append(f"| {arch} ({layer}) | {epoch} | {acc:.3f} | " + " | ".join(txt) + " |")
+    last = {}
+    for r in rows:
+        if r["epoch"] >= last.get(r["architecture"], (0, 0))[0]:
+            last[r["architecture"]] = (r["epoch"], r["pixel_accuracy"])
+    learned = {a for a, (_, acc) in last.items() if acc > 0.5}
+    out += ["", f"Checkpoints meeting dead <= {max_dead:.0%} and |corr EBU| <= {max_abs_corr}, over the "
+            f"{len(learned)} architectures that learned ({', '.join(sorted(learned))}):", "",
+            "| target | checkpoints meeting both | worst dead share | worst abs. corr(EBU) |", "|---|---|---|---|"]
+    for t in targets:
+        mine = [r for r in rows if r["target"] == t and r["architecture"] in learned]
+        corr = [abs(r["corr_ebu"]) for r in mine if np.isfinite(r["corr_ebu"])]
+        out.append(f"| {t} | {sum(map(ok, mine))}/{len(mine)} | {max(r['dead_share'] for r in mine):.2f} | "
+                   f"{max(corr) if corr else float('nan'):.2f} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="Cityscapes-layout folder; its val split is measured")
+    p.add_argument("--data", help="Cityscapes-layout folder; its val split is measured")
     p.add_argument("--workdir", help="the services' workdir of a loop run (repo/, state/)")
     p.add_argument("--repo", help="any model repository (Triton layout)")
     p.add_argument("--model", default="segmentation")
@@ -271,7 +304,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-dead", type=float, default=0.05)
     p.add_argument("--max-abs-corr", type=float, default=0.3)
     p.add_argument("--json", default="", help="also write the table here")
+    p.add_argument("--md", help="--train / --merge: write the Markdown tables here")
+    p.add_argument("--merge", nargs="+", help="no run: the tables of these --json files of --train runs")
     args = p.parse_args(argv)
+    if args.merge:
+        loaded = [json.loads(Path(f).read_text()) for f in args.merge]
+        rows = [r for d in loaded for r in (d["rows"] if isinstance(d, dict) else d)]
+        _summarise(rows, args.max_dead, args.max_abs_corr)
+        if args.md:
+            Path(args.md).write_text(markdown(rows, args.max_dead, args.max_abs_corr))
+        return {"rows": rows}
+    if not args.data:
+        p.error("--data is needed (unless --merge)")
     if args.train:
         rows = _train_table(args)
     elif args.workdir or args.repo:
@@ -281,6 +325,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=2))
+    if args.md and args.train:
+        Path(args.md).write_text(markdown(rows, args.max_dead, args.max_abs_corr))
     return {"rows": rows}
 
 
