@@ -184,8 +184,27 @@ def _explain_all(model, layer: str, images: np.ndarray, targets: list[str], grid
     return out
 
 
+def _measure(arch: str, layer: str, epoch: int, loss: float | None, inner, images, truth, args, t0: float) -> list[dict]:
+    """Rows of one checkpoint: every target (args.targets) on every grid (args.grids); printed."""
+    from segxal.graph.traced_cam import CAM_TARGETS
+    rows = []
+    for target, maps in _explain_all(inner, layer, images, args.targets or list(CAM_TARGETS), args.grids).items():
+        row = {"architecture": arch, "layer": layer, "epoch": epoch, "loss": loss, "target": target,
+               "train_seconds": time.time() - t0, **health_row(*maps, truth)}
+        rows.append(row)
+        print(f"{arch:<18} {layer:<22} {epoch:>3} {row['pixel_accuracy']:>5.3f} {target:<21} "
+              f"{row['dead_share']:>5.2f} {row['cam_positive_fraction']:>6.2f} {row['corr_ebu']:>+7.2f} "
+              f"{row['corr_pmax']:>+8.2f}", flush=True)
+    return rows
+
+
+def _header(images) -> None:
+    print(f"{'architecture':<18} {'layer':<22} {'ep':>3} {'acc':>5} {'target':<21} {'dead':>5} {'cam>0':>6} "
+          f"{'c(ebu)':>7} {'c(pmax)':>8}", flush=True)
+
+
 def _train_table(args) -> list[dict]:
-    from segxal.graph.traced_cam import CAM_TARGETS, default_layer
+    from segxal.graph.traced_cam import default_layer
     from segxal.models.external import ExternalModel, ExternalModelConfig
     from segxal.train import TrainConfig, train_segmentation
     torch.set_num_threads(args.threads)
@@ -198,8 +217,7 @@ def _train_table(args) -> list[dict]:
     rows: list[dict] = []
     print(f"train {len(train)} frames of {args.data}, validation {len(images)} frames, "
           f"{args.threads} thread(s), measured after epochs {args.at}")
-    print(f"{'architecture':<18} {'layer':<22} {'ep':>3} {'acc':>5} {'target':<21} {'dead':>5} {'cam>0':>6} "
-          f"{'c(ebu)':>7} {'c(pmax)':>8}", flush=True)
+    _header(images)
     for arch in args.archs:
         import_path, kwargs = ARCHITECTURES[arch]
         torch.manual_seed(args.seed)
@@ -213,15 +231,8 @@ def _train_table(args) -> list[dict]:
             model.eval()
             ckpt = out_dir / arch / f"epoch{epoch}.pt"
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"config": model.cfg.to_dict(), "state_dict": model.inner.state_dict()}, ckpt)
-            for target, maps in _explain_all(model.inner, layer, images, args.targets or list(CAM_TARGETS),
-                                             args.grids).items():
-                row = {"architecture": arch, "layer": layer, "epoch": epoch, "loss": loss, "target": target,
-                       "train_seconds": time.time() - t0, **health_row(*maps, truth)}
-                rows.append(row)
-                print(f"{arch:<18} {layer:<22} {epoch:>3} {row['pixel_accuracy']:>5.3f} {target:<21} "
-                      f"{row['dead_share']:>5.2f} {row['cam_positive_fraction']:>6.2f} {row['corr_ebu']:>+7.2f} "
-                      f"{row['corr_pmax']:>+8.2f}", flush=True)
+            torch.save({"config": model.cfg.to_dict(), "state_dict": model.inner.state_dict(), "loss": loss}, ckpt)
+            rows.extend(_measure(arch, layer, epoch, loss, model.inner, images, truth, args, t0))
             if args.json:
                 Path(args.json).write_text(json.dumps(rows, indent=2))
             model.train()
@@ -229,6 +240,30 @@ def _train_table(args) -> list[dict]:
         train_segmentation(model, train, TrainConfig(epochs=max(args.at), batch_size=args.batch_size, lr=args.lr,
                                                      seed=args.seed, progress=False, device="cpu"),
                            on_epoch=measure)
+    _summarise(rows, args.max_dead, args.max_abs_corr)
+    return rows
+
+
+def _checkpoint_table(args) -> list[dict]:
+    """The checkpoints an earlier --train run saved (<dir>/<arch>/epoch<N>.pt), measured again: other
+    targets or grids without training again."""
+    from segxal.graph.traced_cam import default_layer
+    from segxal.models.external import ExternalModel, ExternalModelConfig
+    torch.set_num_threads(args.threads)
+    images, truth = _val_frames(args.data, args.frames)
+    rows: list[dict] = []
+    _header(images)
+    for arch in args.archs:
+        for epoch in args.at:
+            path = Path(args.checkpoints) / arch / f"epoch{epoch}.pt"
+            if not path.is_file():
+                continue
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            model = ExternalModel(ExternalModelConfig(**ckpt["config"]))
+            model.inner.load_state_dict(ckpt["state_dict"])
+            model.eval()
+            layer = default_layer(model.inner, tuple(images.shape[1:3]))
+            rows.extend(_measure(arch, layer, epoch, ckpt.get("loss"), model.inner, images, truth, args, time.time()))
     _summarise(rows, args.max_dead, args.max_abs_corr)
     return rows
 
@@ -273,6 +308,8 @@ def markdown(rows: list[dict], max_dead: float, max_abs_corr: float) -> str:
             "| target | checkpoints meeting both | worst dead share | worst abs. corr(EBU) |", "|---|---|---|---|"]
     for t in targets:
         mine = [r for r in rows if r["target"] == t and r["architecture"] in learned]
+        if not mine:
+            continue
         corr = [abs(r["corr_ebu"]) for r in mine if np.isfinite(r["corr_ebu"])]
         out.append(f"| {t} | {sum(map(ok, mine))}/{len(mine)} | {max(r['dead_share'] for r in mine):.2f} | "
                    f"{max(corr) if corr else float('nan'):.2f} |")
@@ -306,6 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", default="", help="also write the table here")
     p.add_argument("--md", help="--train / --merge: write the Markdown tables here")
     p.add_argument("--merge", nargs="+", help="no run: the tables of these --json files of --train runs")
+    p.add_argument("--checkpoints", help="measure the checkpoints a --train run saved in this folder (its --out)")
     args = p.parse_args(argv)
     if args.merge:
         loaded = [json.loads(Path(f).read_text()) for f in args.merge]
@@ -318,6 +356,8 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--data is needed (unless --merge)")
     if args.train:
         rows = _train_table(args)
+    elif args.checkpoints:
+        rows = _checkpoint_table(args)
     elif args.workdir or args.repo:
         rows = _repository_table(args)
     else:
@@ -325,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=2))
-    if args.md and args.train:
+    if args.md and (args.train or args.checkpoints):
         Path(args.md).write_text(markdown(rows, args.max_dead, args.max_abs_corr))
     return {"rows": rows}
 
