@@ -126,7 +126,8 @@ def header(report: dict) -> list[str]:
         + (f" (uncommitted changes in: {', '.join(dirty)})" if dirty else " (the benchmark's code clean at it)")
         + f"; tables rendered from its al.json by bench/albench/report.py at `{_rendering_commit()}`"
         + f"; all arms in one invocation: wall time {report.get('seconds', 0) / 60:.1f} min on "
-          f"{cfg['threads']} torch thread(s), device {cfg['device']}; loadavg at the end "
+          f"{report.get('jobs', 1)} worker process(es) of {cfg['threads']} torch thread(s), device {cfg['device']}"
+          f"{', deadline %g min' % (cfg['deadline_s'] / 60) if cfg.get('deadline_s') else ''}; loadavg at the end "
           f"{report.get('loadavg', 'n/a')}.",
         "",
         f"Setting: {report['n_train']} training frames ({cfg['seed_frames']} seed frames, the rest is the pool), "
