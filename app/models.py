@@ -29,7 +29,7 @@ import onnx
 
 from segxal.errors import InvalidInput
 from segxal.graph.add_eem import UNCERTAINTY_AT, EEMGraphInfo, add_eem_file
-from segxal.graph.traced_cam import CAM_TARGETS, DEFAULT_CAM_TARGET
+from segxal.graph.traced_cam import CAM_TARGETS, DEFAULT_CAM_TARGET, DEFAULT_UNCERTAINTY_AT
 from segxal.labels import read_label_file
 from segxal.modelspec import NO_CAM, SEGMENTATION, ModelSpec, Preprocessing, TensorSpec, numpy_dtype, datatype_of
 
@@ -119,7 +119,8 @@ def _run_traced(args: argparse.Namespace) -> int:
     mean, std = _floats(args.mean, "--mean"), _floats(args.std, "--std")
     model = load_torch_model(args.model_import, args.model_kwargs, args.checkpoint)
     export = export_traced(model, output, size, layer=args.layer, target=args.cam_target or DEFAULT_CAM_TARGET,
-                           class_names=names, mean=mean, std=std, uncertainty_at=args.uncertainty_at)
+                           class_names=names, mean=mean, std=std,
+                           uncertainty_at=args.uncertainty_at or DEFAULT_UNCERTAINTY_AT)
     summary = {"output": output, "num_classes": export.num_classes, "uncertainty_at": export.uncertainty_at,
                "cam_layer": describe_cam(export.layer, export.target), "layer": export.layer,
                "cam_target": export.target, "ebu_only": False, "outputs": list(OUTPUTS),
@@ -147,7 +148,7 @@ def _run_add_eem(args: argparse.Namespace) -> int:
     args.normalization = args.normalization or "client"
     probe = tuple(int(v) for v in _floats(args.probe_size, "--probe-size")) if args.probe_size else None
     info = add_eem_file(args.input, args.output, logits_name=args.logits, keep_logits=args.keep_logits,
-                        require_cam=args.require_cam, probe_hw=probe, uncertainty_at=args.uncertainty_at)
+                        require_cam=args.require_cam, probe_hw=probe, uncertainty_at=args.uncertainty_at or "input")
     summary = {"output": args.output, "num_classes": info.num_classes, "cam_layer": info.cam_layer,
                "cam_exact": info.cam_exact, "ebu_only": info.cam_layer is None, "reason": info.reason or None,
                "upsampled_in_graph": info.upsampled, "uncertainty_at": info.uncertainty_at,
@@ -193,10 +194,11 @@ def register_cli(sub) -> None:
     p.add_argument("--keep-logits", action="store_true", help="keep the logits as an output named 'logits'")
     p.add_argument("--require-cam", action="store_true",
                    help="fail when no linear classifier is found (default: EBU-only outputs, said so)")
-    p.add_argument("--uncertainty-at", choices=UNCERTAINTY_AT, default="input",
-                   help="grid of EBU and p_max (and, with --model-import, of the CAM target): the input's "
-                        "(exact, default) or the one the model computes its class scores on, then resized "
-                        "(cheaper, the traced CAM most; see segxal.graph.add_eem, docs/cam.md)")
+    p.add_argument("--uncertainty-at", choices=UNCERTAINTY_AT, default=None,
+                   help="grid of EBU and p_max (and, with --model-import, of the CAM target): the input's or "
+                        "the one the model computes its class scores on, then resized (cheaper, the traced CAM "
+                        f"most). Default: 'input' for an ONNX graph, '{DEFAULT_UNCERTAINTY_AT}' with --model-import "
+                        "(segxal.graph.add_eem, docs/cam.md)")
     p.add_argument("--probe-size", help="H,W to measure the logits' size at when the input's H, W are dynamic")
     p.add_argument("--repo", help="publish into this model repository (Triton layout)")
     p.add_argument("--name", help="the model's name in the repository")

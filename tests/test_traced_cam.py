@@ -21,7 +21,7 @@ from segxal.data.cityscapes import MEAN, STD
 from segxal.errors import InvalidInput
 from segxal.export import ExportConfig, export_depth
 from segxal.eem.ebu import prediction_statistics
-from segxal.graph.traced_cam import (CAM_TARGETS, METADATA_CAM_LAYER, METADATA_CAM_TARGET, METADATA_UNCERTAINTY_AT,
+from segxal.graph.traced_cam import (CAM_TARGETS, DEFAULT_UNCERTAINTY_AT, METADATA_CAM_LAYER, METADATA_CAM_TARGET, METADATA_UNCERTAINTY_AT,
                                      ScoresOf, TracedExplainer,
                                      as_grad_cam_target, capture_activation, default_layer, describe_cam,
                                      export_traced, make_target, resolve_layer, serving_spec)
@@ -78,6 +78,11 @@ def _grad_cam(model, layer: str, target: str, image: np.ndarray, scores=None) ->
         return cam(input_tensor=_normalised(image), targets=[as_grad_cam_target(make_target(target, CLASS_NAMES))])[0]
 
 
+def _default_scores(model, layer: str) -> ScoresOf:
+    """The logits an export with the default grid defines its target on (pytorch-grad-cam's model)."""
+    return ScoresOf(TracedExplainer(model, layer, make_target("ebu-gradient"), MEAN, STD, DEFAULT_UNCERTAINTY_AT))
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("traced")
@@ -124,7 +129,7 @@ def test_served_cam_equals_pytorch_grad_cam_at_the_named_layer(name, served):
     assert export.layer == layer and export.target == target
     result = _score(served, name)
     image = _frame()
-    ref = _grad_cam(model, layer, target, image)  # [H, W]
+    ref = _grad_cam(model, layer, target, image, scores=_default_scores(model, layer))  # [H, W]
     with torch.no_grad():
         x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
         logits = FullResLogits(model)((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
@@ -244,13 +249,15 @@ def test_models_add_eem_exports_a_torch_model_by_import_path_and_publishes_it(tm
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["cam_layer"] == "encoder.layer3 (ebu-gradient)" and summary["version"] == 1
+    assert summary["uncertainty_at"] == DEFAULT_UNCERTAINTY_AT == "model"
     assert summary["outputs"] == ["labels", "ebu", "cam", "pmax", "embedding"] and summary["embedding_dim"] == 256
     spec = spec_from_config(ModelRepository(tmp_path / "repo").read_config("seg"))
     assert spec.cam_layer == summary["cam_layer"] and spec.class_names == CLASS_NAMES and spec.fixed_batch == 1
     image = _frame()
     served = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["cam"], {"image": image[None]})[0]
     model.load_state_dict(torch.load(tmp_path / "fpn.pt"))  # the checkpoint's weights, as served
-    ref = _grad_cam(model.eval(), "encoder.layer3", "ebu-gradient", image)
+    ref = _grad_cam(model.eval(), "encoder.layer3", "ebu-gradient", image,
+                    scores=_default_scores(model, "encoder.layer3"))
     assert ref.std() > 0.05 and np.abs(served[0].astype(np.float32) - ref).max() < CAM_TOL
 
 
