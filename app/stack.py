@@ -12,6 +12,7 @@ the stack's process alone would otherwise leave all five running.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -73,10 +74,17 @@ class Service:
         return f"127.0.0.1:{self.port}"
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def free_ports(host: str, names) -> dict[str, int]:
+    """A free port per name, all different: every socket stays bound until all are chosen (one at a
+    time, a port closed can come back at once: the main job once gave depth and the coordinator the
+    same port, and the loop called the coordinator's methods on the depth server)."""
+    with contextlib.ExitStack() as held:
+        socks = {}
+        for name in names:
+            s = held.enter_context(socket.socket())
+            s.bind((host, 0))
+            socks[name] = s
+        return {name: s.getsockname()[1] for name, s in socks.items()}
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -123,7 +131,7 @@ class Stack:
 
     def _plan(self) -> list[Service]:
         c, py = self.cfg, sys.executable
-        port = {n: _free_port(c.host) for n in ("segmentation", "depth", "eem", "coordinator", "trainer")}
+        port = free_ports(c.host, ("segmentation", "depth", "eem", "coordinator", "trainer"))
         roots = [str(self.storage), *(str(Path(r).resolve()) for r in c.storage_roots)]
         root_flags = [f for r in roots for f in ("--storage-root", r)]
         db = c.db or f"sqlite:///{self.work / 'coordinator.db'}"

@@ -58,3 +58,13 @@ def _alive(p: psutil.Process) -> bool:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_the_stack_gives_each_service_its_own_port():
+    """Ports are chosen with every socket still bound, so two services never get the same one (the
+    main job once started depth and the coordinator on one port, one at a time)."""
+    from app.stack import free_ports
+    names = [f"s{i}" for i in range(64)]
+    ports = free_ports("127.0.0.1", names)
+    assert set(ports) == set(names) and len(set(ports.values())) == len(names)
+    assert all(1024 <= p < 65536 for p in ports.values())
