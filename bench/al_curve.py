@@ -1,7 +1,7 @@
 """Label-efficiency benchmark: acquisition strategies through the product's selection, frame and
 region (cells) protocols, paired statistics over seeds, in one invocation.
 
-Writes <out>/al.json (every cycle, the config and the commit), <out>/al.md (primary endpoints with
+Writes <out>/al.json.gz (every cycle, the config and the commit), <out>/al.md (primary endpoints with
 95 % CIs, Holm-corrected p, power; descriptive curves; vulnerable classes and cost; the schedule
 check), <out>/al_frame.png and al_region.png. Details: bench/albench/harness.py (setting, protocols,
 arms), bench/albench/stats.py (statistics fixed before the run), bench/albench/report.py.
@@ -17,20 +17,20 @@ arms), bench/albench/stats.py (statistics fixed before the run), bench/albench/r
         --out bench/results --jobs 2 --seeds $(seq 0 59) --deadline-min 55 --note bench/results/al_reading.md
     # CI: tiny images and schedules, every arm, seconds
     .venv/bin/python bench/al_curve.py --quick --data D --pretrain-data P --out /tmp/al
-    # re-render al.md from al.json (no run)
-    .venv/bin/python bench/al_curve.py --report bench/results/al.json --note bench/results/al_reading.md \\
+    # re-render al.md from a run's report (no run; earlier runs' al.json too)
+    .venv/bin/python bench/al_curve.py --report bench/results/al.json.gz --note bench/results/al_reading.md \\
         --out bench/results
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from bench.albench.harness import ALL_ARMS, PROTOCOLS, BenchConfig, full_size, print_progress, run_benchmark
+from bench.albench.harness import (ALL_ARMS, PROTOCOLS, BenchConfig, full_size, load_report, print_progress,
+                                   run_benchmark, write_report)
 from bench.albench.report import markdown, plot
 from segxal.errors import SegxalError
 from segxal.train import parse_size
@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--data", help="Cityscapes-layout folder with train, val and test splits")
     p.add_argument("--pretrain-data", help="a disjoint labelled dataset (train split): frozen encoder, depth net")
-    p.add_argument("--report", metavar="AL_JSON", help="no run: render al.md and the plots from this al.json")
-    p.add_argument("--out", default="bench/results", help="folder for al.json, al.md and the plots")
+    p.add_argument("--report", metavar="REPORT",
+                   help="no run: render al.md and the plots from this al.json.gz (or an earlier run's al.json)")
+    p.add_argument("--out", default="bench/results", help="folder for al.json.gz, al.md and the plots")
     p.add_argument("--quick", action="store_true", help="tiny images and schedules (tests)")
     p.add_argument("--full", action="store_true", help="256x512, the default U-Net (width 32, depth 4), 64 px cells")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.report:
         try:
-            report = json.loads(Path(args.report).read_text())
+            report = load_report(args.report)
         except (OSError, ValueError) as e:
             print(f"error: cannot read {args.report}: {e}", file=sys.stderr)
             return 2
@@ -128,12 +129,12 @@ def _note(path: str | None) -> str:
 
 def _write(report: dict, out: Path, note: str = "") -> int:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "al.json").write_text(json.dumps(report, indent=1))
+    data = write_report(out, report)
     text = markdown(report, note=note)
     (out / "al.md").write_text(text + "\n")
     files = plot(report, out)
     print(text)
-    print("wrote " + ", ".join(str(f) for f in [out / "al.json", out / "al.md", *files]))
+    print("wrote " + ", ".join(str(f) for f in [data, out / "al.md", *files]))
     return 0
 
 

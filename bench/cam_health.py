@@ -166,21 +166,37 @@ def _repository_table(args) -> list[dict]:
 # ---- --train: foreign architectures, every target ----
 
 
+def _explainer_class(weighting: str):
+    """The traced explainer with GradCAM's weighting, or HiResCAM's (Draelos & Carin 2020: the
+    gradient times the activation per location, no spatial mean; an exploration, docs/cam.md)."""
+    from segxal.graph.traced_cam import TracedExplainer
+    if weighting == "gradcam":
+        return TracedExplainer
+
+    class HiResCam(TracedExplainer):
+        @staticmethod
+        def cam_map(a, grad):
+            return torch.relu((grad * a).sum(1))
+    return HiResCam
+
+
 def _explain_all(model, layer: str, images: np.ndarray, targets: list[str], grids: list[str],
-                 batch: int = 10) -> dict:
+                 weighting: str = "gradcam", batch: int = 10) -> dict:
     """"target" (on the input's grid) or "target@model" (uncertainty_at="model": target, EBU and
-    p_max on the model's own grid) -> (labels, ebu, cam, pmax) [N, H, W] of the PyTorch explainer
-    (float16 maps, as served)."""
-    from segxal.graph.traced_cam import TracedExplainer, make_target
+    p_max on the model's own grid), "+hirescam" with that weighting -> (labels, ebu, cam, pmax)
+    [N, H, W] of the PyTorch explainer (float16 maps, as served)."""
+    from segxal.graph.traced_cam import make_target
+    explainer_class = _explainer_class(weighting)
     out = {}
     for grid in grids:
         for name in targets:
-            explainer = TracedExplainer(model, layer, make_target(name), MEAN, STD, grid).eval()
+            explainer = explainer_class(model, layer, make_target(name), MEAN, STD, grid).eval()
             parts = []
             for i in range(0, len(images), batch):
                 labels, ebu, cam, pmax, _ = explainer(torch.from_numpy(images[i:i + batch]))
                 parts.append([t.detach().numpy() for t in (labels, ebu, cam, pmax)])
-            out[name if grid == "input" else f"{name}@{grid}"] = tuple(np.concatenate(a) for a in zip(*parts))
+            key = (name if grid == "input" else f"{name}@{grid}") + ("" if weighting == "gradcam" else f"+{weighting}")
+            out[key] = tuple(np.concatenate(a) for a in zip(*parts))
     return out
 
 
@@ -188,7 +204,8 @@ def _measure(arch: str, layer: str, epoch: int, loss: float | None, inner, image
     """Rows of one checkpoint: every target (args.targets) on every grid (args.grids); printed."""
     from segxal.graph.traced_cam import CAM_TARGETS
     rows = []
-    for target, maps in _explain_all(inner, layer, images, args.targets or list(CAM_TARGETS), args.grids).items():
+    for target, maps in _explain_all(inner, layer, images, args.targets or list(CAM_TARGETS), args.grids,
+                                     args.weighting).items():
         row = {"architecture": arch, "layer": layer, "epoch": epoch, "loss": loss, "target": target,
                "train_seconds": time.time() - t0, **health_row(*maps, truth)}
         rows.append(row)
@@ -198,7 +215,7 @@ def _measure(arch: str, layer: str, epoch: int, loss: float | None, inner, image
     return rows
 
 
-def _header(images) -> None:
+def _header() -> None:
     print(f"{'architecture':<18} {'layer':<22} {'ep':>3} {'acc':>5} {'target':<21} {'dead':>5} {'cam>0':>6} "
           f"{'c(ebu)':>7} {'c(pmax)':>8}", flush=True)
 
@@ -217,7 +234,7 @@ def _train_table(args) -> list[dict]:
     rows: list[dict] = []
     print(f"train {len(train)} frames of {args.data}, validation {len(images)} frames, "
           f"{args.threads} thread(s), measured after epochs {args.at}")
-    _header(images)
+    _header()
     for arch in args.archs:
         import_path, kwargs = ARCHITECTURES[arch]
         torch.manual_seed(args.seed)
@@ -252,7 +269,7 @@ def _checkpoint_table(args) -> list[dict]:
     torch.set_num_threads(args.threads)
     images, truth = _val_frames(args.data, args.frames)
     rows: list[dict] = []
-    _header(images)
+    _header()
     for arch in args.archs:
         for epoch in args.at:
             path = Path(args.checkpoints) / arch / f"epoch{epoch}.pt"
@@ -268,17 +285,27 @@ def _checkpoint_table(args) -> list[dict]:
     return rows
 
 
+def _meets(r: dict, max_dead: float, max_abs_corr: float) -> bool:
+    return r["dead_share"] <= max_dead and abs(r["corr_ebu"]) <= max_abs_corr  # NaN (constant maps) fails
+
+
+def target_summary(rows: list[dict], max_dead: float, max_abs_corr: float) -> dict[str, tuple[int, int, float, float]]:
+    """target -> (checkpoints meeting both bounds, checkpoints, worst dead share, worst |corr EBU|)."""
+    out = {}
+    for target in dict.fromkeys(r["target"] for r in rows):
+        mine = [r for r in rows if r["target"] == target]
+        corr = [abs(r["corr_ebu"]) for r in mine if np.isfinite(r["corr_ebu"])]
+        out[target] = (sum(_meets(r, max_dead, max_abs_corr) for r in mine), len(mine),
+                       max(r["dead_share"] for r in mine), max(corr) if corr else float("nan"))
+    return out
+
+
 def _summarise(rows: list[dict], max_dead: float, max_abs_corr: float) -> None:
     """Which target meets dead <= max_dead and |corr(EBU)| <= max_abs_corr at every checkpoint."""
     print(f"\ntarget                checkpoints  meets dead<={max_dead:.0%} and |corr ebu|<={max_abs_corr} "
           f"  worst dead  worst |corr ebu|")
-    for target in dict.fromkeys(r["target"] for r in rows):
-        mine = [r for r in rows if r["target"] == target]
-        ok = sum(r["dead_share"] <= max_dead and abs(r["corr_ebu"]) <= max_abs_corr for r in mine)
-        worst_corr = np.nanmax([abs(r["corr_ebu"]) for r in mine]) if any(
-            np.isfinite(r["corr_ebu"]) for r in mine) else float("nan")
-        print(f"{target:<21} {len(mine):>11}  {ok:>3}/{len(mine):<3} {'ALL' if ok == len(mine) else '':<38}"
-              f"{max(r['dead_share'] for r in mine):>10.2f}  {worst_corr:>15.2f}")
+    for target, (ok, n, dead, corr) in target_summary(rows, max_dead, max_abs_corr).items():
+        print(f"{target:<21} {n:>11}  {ok:>3}/{n:<3} {'ALL' if ok == n else '':<38}{dead:>10.2f}  {corr:>15.2f}")
 
 
 def markdown(rows: list[dict], max_dead: float, max_abs_corr: float) -> str:
@@ -286,7 +313,7 @@ def markdown(rows: list[dict], max_dead: float, max_abs_corr: float) -> str:
     EBU) / corr(CAM, p_max), **bold** where it meets both bounds; then per target the checkpoints that
     meet them, over the architectures that learned (pixel accuracy above 0.5 at the last checkpoint)."""
     targets = list(dict.fromkeys(r["target"] for r in rows))
-    ok = lambda r: r["dead_share"] <= max_dead and abs(r["corr_ebu"]) <= max_abs_corr  # noqa: E731 (NaN fails)
+    ok = lambda r: _meets(r, max_dead, max_abs_corr)  # noqa: E731
     out = ["| architecture (layer) | epoch | pixel acc. | " + " | ".join(targets) + " |",
            "|---|---|---|" + "---|" * len(targets)]
     cells: dict = {}
@@ -306,13 +333,8 @@ def markdown(rows: list[dict], max_dead: float, max_abs_corr: float) -> str:
     out += ["", f"Checkpoints meeting dead <= {max_dead:.0%} and |corr EBU| <= {max_abs_corr}, over the "
             f"{len(learned)} architectures that learned ({', '.join(sorted(learned))}):", "",
             "| target | checkpoints meeting both | worst dead share | worst abs. corr(EBU) |", "|---|---|---|---|"]
-    for t in targets:
-        mine = [r for r in rows if r["target"] == t and r["architecture"] in learned]
-        if not mine:
-            continue
-        corr = [abs(r["corr_ebu"]) for r in mine if np.isfinite(r["corr_ebu"])]
-        out.append(f"| {t} | {sum(map(ok, mine))}/{len(mine)} | {max(r['dead_share'] for r in mine):.2f} | "
-                   f"{max(corr) if corr else float('nan'):.2f} |")
+    summary = target_summary([r for r in rows if r["architecture"] in learned], max_dead, max_abs_corr)
+    out += [f"| {t} | {ok}/{n} | {dead:.2f} | {corr:.2f} |" for t, (ok, n, dead, corr) in summary.items()]
     return "\n".join(out) + "\n"
 
 
@@ -334,6 +356,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--targets", nargs="+", help="CAM targets measured (default: every one)")
     p.add_argument("--grids", nargs="+", default=["input"], choices=("input", "model"),
                    help="--train: the grids of the target, EBU and p_max measured (segxal.graph.traced_cam)")
+    p.add_argument("--weighting", default="gradcam", choices=("gradcam", "hirescam"),
+                   help="the CAM's channel weighting (hirescam: an exploration, not a product option)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)

@@ -7,7 +7,7 @@
 # cells) on as many seeds as the deadline
 # allows (at least 3: the run starts no new seed after FULL_DEADLINE_MIN minutes, default 6), in
 # one process, and writes into $OUT:
-#   $OUT/full-size/{al.json,al.md,al_frame.png,al_region.png}   $OUT/logs/*.log   $OUT/env.txt
+#   $OUT/full-size/{al.json.gz,al.md,al_frame.png,al_region.png}   $OUT/logs/*.log   $OUT/env.txt
 # Run from the repository root:  OUT=/some/dir bash bench/gpu_al.sh
 # Environment: python3 with torch, numpy, scipy, matplotlib, pillow, opencv; the project's other
 # pins from the carried wheelhouse (bench/gpu_env.sh; device run with carry [".device-wheels", "segxalpb"]).

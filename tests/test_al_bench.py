@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.albench.harness import (ALL_ARMS, EEM_VARIANTS, PROTOCOLS, Arm, BenchConfig, PoolOutputs, _SeedContext,
-                                   cell_masks, load_data, pick_cells)
+from bench.albench.harness import (ALL_ARMS, EEM_VARIANTS, PROTOCOLS, REPORT_FILE, Arm, BenchConfig, PoolOutputs,
+                                   _SeedContext, cell_masks, load_data, load_report, pick_cells)
 from segxal.eem.options import EEMOptions
 from segxal.data.synth import SynthConfig, generate
 from segxal.errors import InvalidInput
@@ -43,12 +43,12 @@ def quick_run(tiny, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("al_bench_out")
     data, pre = tiny
     assert _al_curve().main(["--quick", "--data", str(data), "--pretrain-data", str(pre), "--out", str(out)]) == 0
-    return out, json.loads((out / "al.json").read_text())
+    return out, load_report(out / REPORT_FILE)
 
 
 def test_one_invocation_runs_every_arm_of_both_protocols_and_records_its_commit(quick_run):
     out, report = quick_run
-    for name in ("al.json", "al.md", "al_frame.png", "al_region.png"):
+    for name in (REPORT_FILE, "al.md", "al_frame.png", "al_region.png"):
         assert (out / name).stat().st_size > 0, name
     cfg = report["config"]
     assert len(report["commit"]["commit"]) == 40 and report["report_split"] == "test"
@@ -156,7 +156,7 @@ def test_seeds_spread_over_worker_processes_give_the_same_records_as_one_process
     out = tmp_path / "jobs2"
     assert _al_curve().main(["--quick", "--data", str(data), "--pretrain-data", str(pre), "--out", str(out),
                              "--jobs", "2"]) == 0
-    two = json.loads((out / "al.json").read_text())
+    two = load_report(out / REPORT_FILE)
     assert two["jobs"] == 2 and two["skipped_seeds"] == []
 
     def key(r):
@@ -186,13 +186,18 @@ def test_near_field_mask_is_nearer_than_20_m_on_the_report_split(quick_run):
 
 
 def test_report_renders_again_from_its_json(quick_run, tmp_path):
-    out, _ = quick_run
+    out, report = quick_run
     note = tmp_path / "reading.md"
     note.write_text("**Reading.** what the intervals say")
-    assert _al_curve().main(["--report", str(out / "al.json"), "--note", str(note), "--out", str(tmp_path)]) == 0
+    assert _al_curve().main(["--report", str(out / REPORT_FILE), "--note", str(note), "--out", str(tmp_path)]) == 0
     md = (tmp_path / "al.md").read_text()
     assert "what the intervals say" in md  # the reading goes in; every table is what the run wrote
     assert md.replace(note.read_text() + "\n\n", "") == (out / "al.md").read_text()
+    assert (tmp_path / REPORT_FILE).read_bytes() == (out / REPORT_FILE).read_bytes()  # same report, same bytes
+    plain = tmp_path / "old" / "al.json"  # an earlier run's uncompressed report renders too
+    plain.parent.mkdir()
+    plain.write_text(json.dumps(report))
+    assert _al_curve().main(["--report", str(plain), "--out", str(tmp_path / "old")]) == 0
 
 
 def test_bad_configuration_is_a_clear_error(tiny, tmp_path, capsys):

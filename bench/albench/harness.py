@@ -34,6 +34,7 @@ Run it with bench/al_curve.py; statistics in bench.albench.stats, tables in benc
 """
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
@@ -644,8 +645,21 @@ def _seed_context(cfg: BenchConfig, data: _Data, seed: int, need_bald: bool) -> 
     return _SeedContext(seed, seed_idx, pool, model0, out0, evaluate(model0, data))
 
 
-def _write_json(path: Path, report: dict) -> None:
-    imageio.atomic_write_bytes(path, json.dumps(report, indent=1).encode())
+REPORT_FILE = "al.json.gz"  # every cycle record of a run: gzip, as a 23-seed run is ~7 MB of JSON
+
+
+def write_report(out_dir: Path, report: dict) -> Path:
+    """<out_dir>/al.json.gz, atomically (a stopped run keeps what it finished); gzip without a
+    timestamp, so the same report gives the same bytes."""
+    path = Path(out_dir) / REPORT_FILE
+    imageio.atomic_write_bytes(path, gzip.compress(json.dumps(report).encode(), mtime=0))
+    return path
+
+
+def load_report(path: str | Path) -> dict:
+    """A run's report from al.json.gz or, as earlier runs wrote it, al.json."""
+    data = Path(path).read_bytes()
+    return json.loads(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
 
 
 def git_commit() -> dict:
@@ -707,7 +721,7 @@ def _worker_unit(args: tuple) -> dict:
 
 
 def run_benchmark(cfg: BenchConfig, on_arm=None, jobs: int = 1) -> dict:
-    """Run every (seed, protocol, arm) and return the report, also written to <out>/al.json after each
+    """Run every (seed, protocol, arm) and return the report, also written to <out>/al.json.gz after each
     seed (a run stopped early keeps what it finished). One invocation, one commit: with jobs > 1 the
     seeds are spread over that many worker processes (each `cfg.threads` torch threads, its own copy
     of the cached data); a seed's arms always run in one process, in the same order.
@@ -747,7 +761,7 @@ def run_benchmark(cfg: BenchConfig, on_arm=None, jobs: int = 1) -> dict:
             report["runs"].extend(unit["runs"])
             report["schedule"].extend(unit["schedule"])
         report["seconds"] = time.time() - t_start
-        _write_json(out_dir / "al.json", report)
+        write_report(out_dir, report)
 
     if jobs == 1:
         for seed, n, nb, t0 in units:
@@ -764,7 +778,7 @@ def run_benchmark(cfg: BenchConfig, on_arm=None, jobs: int = 1) -> dict:
         report["skipped_seeds"].sort()
     report["seconds"] = time.time() - t_start
     report["loadavg"] = _loadavg()
-    _write_json(out_dir / "al.json", report)
+    write_report(out_dir, report)
     return report
 
 

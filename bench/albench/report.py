@@ -124,7 +124,7 @@ def header(report: dict) -> list[str]:
     return [
         f"Run at commit `{commit.get('commit', 'unknown')}`"
         + (f" (uncommitted changes in: {', '.join(dirty)})" if dirty else " (the benchmark's code clean at it)")
-        + f"; tables rendered from its al.json by bench/albench/report.py at `{_rendering_commit()}`"
+        + f"; tables rendered from its report (al.json.gz) by bench/albench/report.py at `{_rendering_commit()}`"
         + f"; all arms in one invocation: wall time {report.get('seconds', 0) / 60:.1f} min on "
           f"{report.get('jobs', 1)} worker process(es) of {cfg['threads']} torch thread(s), device {cfg['device']}"
           f"{', deadline %g min' % (cfg['deadline_s'] / 60) if cfg.get('deadline_s') else ''}; loadavg at the end "

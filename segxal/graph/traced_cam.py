@@ -497,12 +497,18 @@ class TracedExplainer(nn.Module):
             labels = full.detach().movedim(1, -1).argmax(-1)
             ebu, pmax = (F.interpolate(m[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
                          for m in (ebu, pmax))
-        alpha = grad.mean((2, 3), keepdim=True)  # [B, K, 1, 1]
-        cam = _minmax(torch.relu((alpha * a).sum(1)))  # [B, h, w]
+        cam = _minmax(self.cam_map(a, grad))  # [B, h, w]
         cam = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         pooled = a.mean((2, 3))  # [B, K]
         embedding = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-12)  # [B, K], unit length
         return labels, ebu, pmax, _minmax(cam), embedding
+
+    @staticmethod
+    def cam_map(a: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """GradCAM on the layer's grid: ReLU(sum_k alpha_k A_k), alpha_k = mean_{h,w} dT/dA_k;
+        a, grad [B, K, h, w] -> [B, h, w] (bench/cam_hirescam.py tries another weighting here)."""
+        alpha = grad.mean((2, 3), keepdim=True)  # [B, K, 1, 1]
+        return torch.relu((alpha * a).sum(1))
 
     def forward(self, image: torch.Tensor):
         x = image.permute(0, 3, 1, 2).float() * self.scale - self.shift  # [B, 3, H, W]
