@@ -180,38 +180,70 @@ def _explainer_class(weighting: str):
     return HiResCam
 
 
-def _explain_all(model, layer: str, images: np.ndarray, targets: list[str], grids: list[str],
+def resolve_layers(model, spec: str, hw: tuple[int, int]) -> list[str]:
+    """A layer spec of --layers -> the model's layer names: "last" (the default layer), "strideS" (the
+    last stage at output stride <= S), a layer name, or several of these joined by "+" (a multi-layer
+    CAM, aggregated as pytorch-grad-cam does)."""
+    from segxal.graph.traced_cam import feature_stages
+    stages = feature_stages(model, hw)
+    out = []
+    for part in spec.split("+"):
+        if part == "last":
+            name = stages[-1][0]
+        elif part.startswith("stride") and part[6:].isdigit():
+            name = [n for n, st in stages if st <= int(part[6:])][-1]
+        else:
+            name = part
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _explain_all(model, layers: list[str], images: np.ndarray, targets: list[str], grids: list[str],
                  weighting: str = "gradcam", batch: int = 10) -> dict:
     """"target" (on the input's grid) or "target@model" (uncertainty_at="model": target, EBU and
     p_max on the model's own grid), "+hirescam" with that weighting -> (labels, ebu, cam, pmax)
-    [N, H, W] of the PyTorch explainer (float16 maps, as served)."""
+    [N, H, W] of the PyTorch explainer (float16 maps, as served). Several layers: each layer's CAM
+    as the explainer gives it (min-max scaled, resized), their mean min-max scaled again, as
+    pytorch-grad-cam aggregates target layers."""
     from segxal.graph.traced_cam import make_target
     explainer_class = _explainer_class(weighting)
     out = {}
     for grid in grids:
         for name in targets:
-            explainer = explainer_class(model, layer, make_target(name), MEAN, STD, grid).eval()
-            parts = []
-            for i in range(0, len(images), batch):
-                labels, ebu, cam, pmax, _ = explainer(torch.from_numpy(images[i:i + batch]))
-                parts.append([t.detach().numpy() for t in (labels, ebu, cam, pmax)])
+            per_layer = []
+            for layer in layers:
+                explainer = explainer_class(model, layer, make_target(name), MEAN, STD, grid).eval()
+                parts = []
+                for i in range(0, len(images), batch):
+                    labels, ebu, cam, pmax, _ = explainer(torch.from_numpy(images[i:i + batch]))
+                    parts.append([t.detach().numpy() for t in (labels, ebu, cam, pmax)])
+                per_layer.append(tuple(np.concatenate(a) for a in zip(*parts)))
+            labels, ebu, _, pmax = per_layer[0]
+            cam = np.mean([m[2].astype(np.float32) for m in per_layer], axis=0)
+            lo, hi = cam.min((1, 2), keepdims=True), cam.max((1, 2), keepdims=True)
+            cam = ((cam - lo) / (hi - lo + 1e-7)).astype(np.float16)
             key = (name if grid == "input" else f"{name}@{grid}") + ("" if weighting == "gradcam" else f"+{weighting}")
-            out[key] = tuple(np.concatenate(a) for a in zip(*parts))
+            out[key] = (labels, ebu, cam, pmax)
     return out
 
 
-def _measure(arch: str, layer: str, epoch: int, loss: float | None, inner, images, truth, args, t0: float) -> list[dict]:
-    """Rows of one checkpoint: every target (args.targets) on every grid (args.grids); printed."""
+def _measure(arch: str, epoch: int, loss: float | None, inner, images, truth, args, t0: float) -> list[dict]:
+    """Rows of one checkpoint: every layer spec (args.layers) x target (args.targets) x grid
+    (args.grids); printed."""
     from segxal.graph.traced_cam import CAM_TARGETS
     rows = []
-    for target, maps in _explain_all(inner, layer, images, args.targets or list(CAM_TARGETS), args.grids,
-                                     args.weighting).items():
-        row = {"architecture": arch, "layer": layer, "epoch": epoch, "loss": loss, "target": target,
-               "train_seconds": time.time() - t0, **health_row(*maps, truth)}
-        rows.append(row)
-        print(f"{arch:<18} {layer:<22} {epoch:>3} {row['pixel_accuracy']:>5.3f} {target:<21} "
-              f"{row['dead_share']:>5.2f} {row['cam_positive_fraction']:>6.2f} {row['corr_ebu']:>+7.2f} "
-              f"{row['corr_pmax']:>+8.2f}", flush=True)
+    for spec in args.layers:
+        layer = "+".join(resolve_layers(inner, spec, tuple(images.shape[1:3])))
+        for target, maps in _explain_all(inner, layer.split("+"), images, args.targets or list(CAM_TARGETS),
+                                         args.grids, args.weighting).items():
+            target = target if spec == "last" else f"{target} [{spec}]"  # the variant: layer spec and target
+            row = {"architecture": arch, "layer": layer, "layer_spec": spec, "epoch": epoch, "loss": loss,
+                   "target": target, "train_seconds": time.time() - t0, **health_row(*maps, truth)}
+            rows.append(row)
+            print(f"{arch:<18} {layer:<22} {epoch:>3} {row['pixel_accuracy']:>5.3f} {target:<21} "
+                  f"{row['dead_share']:>5.2f} {row['cam_positive_fraction']:>6.2f} {row['corr_ebu']:>+7.2f} "
+                  f"{row['corr_pmax']:>+8.2f}", flush=True)
     return rows
 
 
@@ -221,7 +253,6 @@ def _header() -> None:
 
 
 def _train_table(args) -> list[dict]:
-    from segxal.graph.traced_cam import default_layer
     from segxal.models.external import ExternalModel, ExternalModelConfig
     from segxal.train import TrainConfig, train_segmentation
     torch.set_num_threads(args.threads)
@@ -239,17 +270,16 @@ def _train_table(args) -> list[dict]:
         import_path, kwargs = ARCHITECTURES[arch]
         torch.manual_seed(args.seed)
         model = ExternalModel(ExternalModelConfig(import_path, kwargs))
-        layer = default_layer(model.inner, tuple(images.shape[1:3]))
         t0 = time.time()
 
-        def measure(epoch: int, loss: float, model=model, arch=arch, layer=layer, t0=t0) -> None:
+        def measure(epoch: int, loss: float, model=model, arch=arch, t0=t0) -> None:
             if epoch not in args.at:
                 return
             model.eval()
             ckpt = out_dir / arch / f"epoch{epoch}.pt"
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"config": model.cfg.to_dict(), "state_dict": model.inner.state_dict(), "loss": loss}, ckpt)
-            rows.extend(_measure(arch, layer, epoch, loss, model.inner, images, truth, args, t0))
+            rows.extend(_measure(arch, epoch, loss, model.inner, images, truth, args, t0))
             if args.json:
                 Path(args.json).write_text(json.dumps(rows, indent=2))
             model.train()
@@ -264,7 +294,6 @@ def _train_table(args) -> list[dict]:
 def _checkpoint_table(args) -> list[dict]:
     """The checkpoints an earlier --train run saved (<dir>/<arch>/epoch<N>.pt), measured again: other
     targets or grids without training again."""
-    from segxal.graph.traced_cam import default_layer
     from segxal.models.external import ExternalModel, ExternalModelConfig
     torch.set_num_threads(args.threads)
     images, truth = _val_frames(args.data, args.frames)
@@ -279,8 +308,7 @@ def _checkpoint_table(args) -> list[dict]:
             model = ExternalModel(ExternalModelConfig(**ckpt["config"]))
             model.inner.load_state_dict(ckpt["state_dict"])
             model.eval()
-            layer = default_layer(model.inner, tuple(images.shape[1:3]))
-            rows.extend(_measure(arch, layer, epoch, ckpt.get("loss"), model.inner, images, truth, args, time.time()))
+            rows.extend(_measure(arch, epoch, ckpt.get("loss"), model.inner, images, truth, args, time.time()))
     _summarise(rows, args.max_dead, args.max_abs_corr)
     return rows
 
@@ -314,17 +342,22 @@ def markdown(rows: list[dict], max_dead: float, max_abs_corr: float) -> str:
     meet them, over the architectures that learned (pixel accuracy above 0.5 at the last checkpoint)."""
     targets = list(dict.fromkeys(r["target"] for r in rows))
     ok = lambda r: _meets(r, max_dead, max_abs_corr)  # noqa: E731
-    out = ["| architecture (layer) | epoch | pixel acc. | " + " | ".join(targets) + " |",
+    several = len({r.get("layer_spec", "last") for r in rows}) > 1  # then a row per checkpoint, layers below
+    out = [f"| architecture{'' if several else ' (layer)'} | epoch | pixel acc. | " + " | ".join(targets) + " |",
            "|---|---|---|" + "---|" * len(targets)]
     cells: dict = {}
     for r in rows:
-        cells.setdefault((r["architecture"], r["layer"], r["epoch"]), {})[r["target"]] = r
+        key = (r["architecture"], None if several else r["layer"], r["epoch"])
+        cells.setdefault(key, {})[r["target"]] = r
     for (arch, layer, epoch), by in cells.items():
         acc = next(iter(by.values()))["pixel_accuracy"]
         txt = [(lambda c: f"**{c}**" if ok(by[t]) else c)(
             f"{by[t]['dead_share']:.2f} / {by[t]['corr_ebu']:+.2f} / {by[t]['corr_pmax']:+.2f}") if t in by else "-"
             for t in targets]
-        out.append(f"| {arch} ({layer}) | {epoch} | {acc:.3f} | " + " | ".join(txt) + " |")
+        out.append(f"| {arch}{'' if layer is None else f' ({layer})'} | {epoch} | {acc:.3f} | " + " | ".join(txt) + " |")
+    if several:
+        layers = {(r["architecture"], r.get("layer_spec", "last")): r["layer"] for r in rows}
+        out += ["", "Layers: " + "; ".join(f"{a} {spec} = `{name}`" for (a, spec), name in layers.items())]
     last = {}
     for r in rows:
         if r["epoch"] >= last.get(r["architecture"], (0, 0))[0]:
@@ -356,6 +389,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--targets", nargs="+", help="CAM targets measured (default: every one)")
     p.add_argument("--grids", nargs="+", default=["input"], choices=("input", "model"),
                    help="--train: the grids of the target, EBU and p_max measured (segxal.graph.traced_cam)")
+    p.add_argument("--layers", nargs="+", default=["last"],
+                   help="--train / --checkpoints: the CAM layers measured, per architecture: last (the default "
+                        "layer), strideS (the last stage at output stride <= S), a layer name, or several joined "
+                        "by + (one multi-layer CAM)")
     p.add_argument("--weighting", default="gradcam", choices=("gradcam", "hirescam"),
                    help="the CAM's channel weighting (hirescam: an exploration, not a product option)")
     p.add_argument("--lr", type=float, default=2e-3)

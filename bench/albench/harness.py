@@ -93,6 +93,7 @@ class Arm:
     score: str  # one of SCORES: the per-pixel map it ranks by ("none": no score, diversity alone)
     selection: str = "score=1"  # segxal.selection.SelectionSpec text form
     eem: str = "multiplicative"  # EEM_VARIANTS key (score "eem" only); the product's default
+    cam_target: str = "class-agnostic"  # the U-Net's CAM target (segxal.graph.traced_cam); the shipped one
     key: bool = False  # a key arm runs on every seed; the others on cfg.exploratory_seeds seeds
 
     @property
@@ -111,6 +112,9 @@ FRAME_ARMS = (  # key arms first: a run stopped by its deadline keeps them
     Arm("eem+div+bal", "frame", "eem", "score=1,diversity=1,balance=1"),
     Arm("eem+div+cap", "frame", "eem", "score=1,diversity=1,log_cap=1"),
     Arm("eem-light", "frame", "eem", eem="light"),
+    # the CAM targets of issue 32 on the U-Net: only the CAM in the product's EEM differs
+    Arm("eem-ebugrad", "frame", "eem", cam_target="ebu-gradient"),
+    Arm("eem-clsbal", "frame", "eem", cam_target="class-balanced"),
     Arm("bald", "frame", "bald"),
     Arm("least-conf", "frame", "least-confidence"),
 )
@@ -121,6 +125,8 @@ REGION_ARMS = (
     Arm("eem", "region", "eem", key=True),
     Arm("eem+div", "region", "eem", "score=1,diversity=1", key=True),
     Arm("entropy+div", "region", "entropy", "score=1,diversity=1"),
+    Arm("eem-ebugrad", "region", "eem", cam_target="ebu-gradient"),
+    Arm("eem-clsbal", "region", "eem", cam_target="class-balanced"),
 )
 ALL_ARMS = FRAME_ARMS + REGION_ARMS
 
@@ -389,9 +395,11 @@ class PoolOutputs:
     bald: np.ndarray | None = None  # float16 [N, H, W] BALD mutual information
 
 
-def pool_outputs(model: UNet, data: _Data, cfg: BenchConfig, with_bald: bool, batch: int = 32) -> PoolOutputs:
+def pool_outputs(model: UNet, data: _Data, cfg: BenchConfig, with_bald: bool, cam_target: str = "class-agnostic",
+                 batch: int = 32) -> PoolOutputs:
     """Labels, EBU, CAM, p_max (the product's ExplainedSegmenter), the frame embedding and class
-    histograms, and optionally BALD, for every training frame."""
+    histograms, and optionally BALD, for every training frame; with another `cam_target`, the CAM
+    is that target's at the same layer (with_cam_target)."""
     model = model.eval()
     explained = ExplainedSegmenter(model).eval()
     parts: dict[str, list] = {k: [] for k in ("labels", "ebu", "cam", "pmax", "embedding")}
@@ -408,7 +416,22 @@ def pool_outputs(model: UNet, data: _Data, cfg: BenchConfig, with_bald: bool, ba
                      for lab in out["labels"]]).astype(np.float32)
     out["class_hist"] = hist / np.maximum(hist.sum(1, keepdims=True), 1)
     bald = fz.bald(model, data.train_feats, cfg.mc_samples, cfg.head_dropout) if with_bald else None
-    return PoolOutputs(**out, bald=bald)
+    outputs = PoolOutputs(**out, bald=bald)
+    return outputs if cam_target == "class-agnostic" else with_cam_target(outputs, model, data, cam_target)
+
+
+def with_cam_target(out: PoolOutputs, model: UNet, data: _Data, target: str, batch: int = 32) -> PoolOutputs:
+    """`out` with the CAM of `target` at the U-Net's bottleneck (the shipped layer), computed by the
+    traced route's explainer in eager mode (segxal.graph.traced_cam; for "class-agnostic" it equals
+    the shipped written-out VJP, tests/test_al_bench.py), float16 as served."""
+    from segxal.graph.traced_cam import TracedExplainer, make_target
+    layer = next(n for n, m in model.named_modules() if m is model.bottleneck_layer)
+    explainer = TracedExplainer(model.eval(), layer, make_target(target), (0, 0, 0), (1, 1, 1)).eval()
+    cams = []
+    for s in range(0, len(data.train_images), batch):
+        x = torch.from_numpy(data.train_images[s:s + batch]).to(data.train_feats.x.device)
+        cams.append(explainer.explain(x)[3].detach().cpu().numpy().astype(np.float16))
+    return replace(out, cam=np.concatenate(cams))
 
 
 def score_maps(arm: Arm, out: PoolOutputs, inv: np.ndarray, idx: list[int]) -> np.ndarray | None:
@@ -436,14 +459,24 @@ class _SeedContext:
     model0: UNet
     out0: PoolOutputs  # model 0's outputs on the training split (shared by every arm of the seed)
     eval0: dict
-    maps0: dict = field(default_factory=dict)  # (score, eem) -> model 0's maps over the pool
+    maps0: dict = field(default_factory=dict)  # (score, eem, cam target) -> model 0's maps over the pool
+    targets0: dict = field(default_factory=dict)  # cam target -> out0 with that target's CAM
+
+
+def _first_outputs(ctx: _SeedContext, arm: Arm, data: _Data) -> PoolOutputs:
+    """Model 0's pool outputs as `arm` sees them: ctx.out0, or with its CAM target's CAM (once a seed)."""
+    if arm.cam_target == "class-agnostic":
+        return ctx.out0
+    if arm.cam_target not in ctx.targets0:
+        ctx.targets0[arm.cam_target] = with_cam_target(ctx.out0, ctx.model0, data, arm.cam_target)
+    return ctx.targets0[arm.cam_target]
 
 
 def _pool_maps(arm: Arm, ctx: _SeedContext, out: PoolOutputs, inv: np.ndarray) -> np.ndarray | None:
     """score_maps over the whole pool (rows in ctx.pool order); model 0's are computed once per seed."""
-    if out is not ctx.out0:
+    if out is not ctx.out0 and out is not ctx.targets0.get(arm.cam_target):
         return score_maps(arm, out, inv, ctx.pool)
-    key = (arm.score, arm.eem)
+    key = (arm.score, arm.eem, arm.cam_target)
     if key not in ctx.maps0:
         ctx.maps0[key] = score_maps(arm, out, inv, ctx.pool)
     return ctx.maps0[key]
@@ -497,7 +530,7 @@ def _run_frame_arm(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, data: _Data, d
     rng = np.random.default_rng([ctx.seed, 7, draw])
     masks = {i: data.train_gt[i] for i in ctx.seed_idx}
     acquired: list[int] = []
-    out = ctx.out0
+    out = _first_outputs(ctx, arm, data)
     h, w = cfg.size
     records = []
     for b, frac in enumerate(cfg.frame_budgets):
@@ -519,7 +552,7 @@ def _run_frame_arm(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, data: _Data, d
                "diag": {"logs": len({data.groups[i] for i in picks}), "n_picks": len(picks),
                         "gt_class_share_of_new_labels": _gt_share(data, {i: None for i in picks})}}
         if b + 1 < len(cfg.frame_budgets) and arm.score != "random":  # random never looks
-            out = pool_outputs(model, data, cfg, with_bald=arm.score == "bald")
+            out = pool_outputs(model, data, cfg, with_bald=arm.score == "bald", cam_target=arm.cam_target)
         rec["seconds"] = time.time() - t0
         records.append(rec)
     return records
@@ -592,7 +625,7 @@ def _run_region_arm(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, data: _Data, 
     pool_cells = len(ctx.pool) * n_per_frame
     taken: dict[int, set[int]] = {}
     cost = {"frames": 0, "regions": 0, "pixels": 0}
-    out = ctx.out0
+    out = _first_outputs(ctx, arm, data)
     records = []
     for b, frac in enumerate(cfg.pixel_budgets):
         t0 = time.time()
@@ -626,7 +659,7 @@ def _run_region_arm(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, data: _Data, 
                         "logs": len({data.groups[i] for i in new_frames}),
                         "region_px": [side * side], "gt_class_share_of_new_labels": _gt_share(data, new)}}
         if b + 1 < len(cfg.pixel_budgets) and arm.score != "random":
-            out = pool_outputs(model, data, cfg, with_bald=arm.score == "bald")
+            out = pool_outputs(model, data, cfg, with_bald=arm.score == "bald", cam_target=arm.cam_target)
         rec["seconds"] = time.time() - t0
         records.append(rec)
     return records

@@ -20,7 +20,8 @@ VULNERABLE = ("person", "rider", "bicycle", "motorcycle")
 REFERENCES = ("random", "entropy")
 # Secondary questions, fixed before the run (one Holm family per protocol): does the product's EEM
 # fusion beat the paper's, does EEM add to diversity, does diversity add to EEM
-SECONDARY = (("eem", "eem-add"), ("eem+div", "coreset"), ("eem+div", "eem"))
+SECONDARY = (("eem", "eem-add"), ("eem+div", "coreset"), ("eem+div", "eem"),
+             ("eem-ebugrad", "eem"), ("eem-clsbal", "eem"))  # CAM targets against the shipped one (issue 32)
 
 
 def curves(runs: list[dict], protocol: str, metric: str = "miou") -> dict[str, dict[int, list[list[float]]]]:

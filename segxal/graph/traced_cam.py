@@ -192,28 +192,37 @@ def _stage_owner(model: nn.Module) -> tuple[str, nn.Module] | None:
     return None
 
 
-def default_layer(model: nn.Module, probe_hw: tuple[int, int] = (64, 64)) -> str:
-    """The default CAM layer of a model family: the backbone's (torchvision) or encoder's (smp)
-    last stage, i.e. the last of its direct children to run whose output is a 4-D feature map; for
-    Hugging Face SegFormer the last encoder block's output as the decode head reads it
-    ("decode_head.linear_projections.<last>:input"; linear_c in transformers 4).
+def feature_stages(model: nn.Module, probe_hw: tuple[int, int] = (64, 64)) -> list[tuple[str, int]]:
+    """The stages of a model family's feature extractor, in the order they run, with their output
+    stride: (layer name, stride). torchvision segmentation models: the direct children of
+    `model.backbone`; smp: of `model.encoder`; either kept where the output is a 4-D feature map.
+    Hugging Face SegFormer: each encoder block's output as the decode head reads it
+    ("decode_head.linear_projections.<i>:input"; linear_c in transformers 4).
 
     Raises:
         InvalidInput: a model of no known family (name a layer instead).
     """
     head = getattr(model, "decode_head", None)
+    owner_name, owner, of_input = None, None, False
     for name in ("linear_projections", "linear_c"):  # HF SegFormer (transformers 5; 4.x)
         if isinstance(getattr(head, name, None), nn.ModuleList):
-            return f"decode_head.{name}.{len(getattr(head, name)) - 1}:input"
-    found = _stage_owner(model)
-    if found is None:
-        raise InvalidInput(f"no default CAM layer for a {type(model).__name__} (no backbone or encoder); "
-                           f"name one with --layer, e.g. one of {[n for n, _ in model.named_children()]}")
-    owner_name, owner = found
-    seen: list[str] = []
-    handles = [child.register_forward_hook(
-        lambda m, i, o, n=name: seen.append(n) if isinstance(o, torch.Tensor) and o.dim() == 4 else None)
-        for name, child in owner.named_children()]
+            owner_name, owner, of_input = f"decode_head.{name}", getattr(head, name), True
+    if owner is None:
+        found = _stage_owner(model)
+        if found is None:
+            raise InvalidInput(f"no default CAM layer for a {type(model).__name__} (no backbone or encoder); "
+                               f"name one with --layer, e.g. one of {[n for n, _ in model.named_children()]}")
+        owner_name, owner = found
+    seen: list[tuple[str, int]] = []
+
+    def record(name):
+        def hook(m, args, output=None):
+            a = args[0] if of_input else output
+            if isinstance(a, torch.Tensor) and a.dim() == 4:
+                seen.append((f"{owner_name}.{name}" + (":input" if of_input else ""), probe_hw[0] // a.shape[-2]))
+        return hook
+    handles = [(child.register_forward_pre_hook(record(name)) if of_input else
+                child.register_forward_hook(record(name))) for name, child in owner.named_children()]
     was_training = model.training
     try:
         model.eval()
@@ -225,7 +234,18 @@ def default_layer(model: nn.Module, probe_hw: tuple[int, int] = (64, 64)) -> str
         model.train(was_training)
     if not seen:
         raise InvalidInput(f"{type(model).__name__}.{owner_name} has no stage with a 4-D output; name a layer")
-    return f"{owner_name}.{seen[-1]}"
+    return seen
+
+
+def default_layer(model: nn.Module, probe_hw: tuple[int, int] = (64, 64)) -> str:
+    """The default CAM layer of a model family: the last stage of its feature extractor that runs
+    (feature_stages), e.g. smp's "encoder.layer4", torchvision's "backbone.layer4" / "backbone.16",
+    SegFormer's "decode_head.linear_projections.3:input".
+
+    Raises:
+        InvalidInput: a model of no known family (name a layer instead).
+    """
+    return feature_stages(model, probe_hw)[-1][0]
 
 
 def resolve_layer(model: nn.Module, layer: str) -> tuple[nn.Module, bool]:
@@ -260,6 +280,8 @@ def capture_activation(module: nn.Module, of_input: bool, store: dict):
         a = _first_tensor(args if of_input else output)
         if a.dim() != 4:
             raise InvalidInput(f"the CAM layer's activation must be a feature map [B, K, h, w], got {list(a.shape)}")
+        if torch.is_grad_enabled() and not a.requires_grad:  # a frozen feature extractor: a is a leaf
+            a.requires_grad_()
         store["a"] = a
     handle = module.register_forward_pre_hook(hook) if of_input else module.register_forward_hook(hook)
     try:
@@ -506,7 +528,7 @@ class TracedExplainer(nn.Module):
     @staticmethod
     def cam_map(a: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """GradCAM on the layer's grid: ReLU(sum_k alpha_k A_k), alpha_k = mean_{h,w} dT/dA_k;
-        a, grad [B, K, h, w] -> [B, h, w] (bench/cam_hirescam.py tries another weighting here)."""
+        a, grad [B, K, h, w] -> [B, h, w] (bench/cam_health.py --weighting tries another here)."""
         alpha = grad.mean((2, 3), keepdim=True)  # [B, K, 1, 1]
         return torch.relu((alpha * a).sum(1))
 
