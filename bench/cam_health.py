@@ -184,10 +184,10 @@ def resolve_layers(model, spec: str, hw: tuple[int, int]) -> list[str]:
     """A layer spec of --layers -> the model's layer names: "last" (the default layer), "strideS" (the
     last stage at output stride <= S), a layer name, or several of these joined by "+" (a multi-layer
     CAM, aggregated as pytorch-grad-cam does)."""
-    from segxal.graph.traced_cam import feature_stages
+    from segxal.graph.traced_cam import LAYER_SEPARATOR, feature_stages
     stages = feature_stages(model, hw)
     out = []
-    for part in spec.split("+"):
+    for part in spec.split(LAYER_SEPARATOR):
         if part == "last":
             name = stages[-1][0]
         elif part.startswith("stride") and part[6:].isdigit():
@@ -199,43 +199,35 @@ def resolve_layers(model, spec: str, hw: tuple[int, int]) -> list[str]:
     return out
 
 
-def _explain_all(model, layers: list[str], images: np.ndarray, targets: list[str], grids: list[str],
+def _explain_all(model, layer: str, images: np.ndarray, targets: list[str], grids: list[str],
                  weighting: str = "gradcam", batch: int = 10) -> dict:
     """"target" (on the input's grid) or "target@model" (uncertainty_at="model": target, EBU and
     p_max on the model's own grid), "+hirescam" with that weighting -> (labels, ebu, cam, pmax)
-    [N, H, W] of the PyTorch explainer (float16 maps, as served). Several layers: each layer's CAM
-    as the explainer gives it (min-max scaled, resized), their mean min-max scaled again, as
-    pytorch-grad-cam aggregates target layers."""
+    [N, H, W] of the PyTorch explainer (float16 maps, as served); `layer` may name several layers
+    ("a+b": one multi-layer CAM)."""
     from segxal.graph.traced_cam import make_target
     explainer_class = _explainer_class(weighting)
     out = {}
     for grid in grids:
         for name in targets:
-            per_layer = []
-            for layer in layers:
-                explainer = explainer_class(model, layer, make_target(name), MEAN, STD, grid).eval()
-                parts = []
-                for i in range(0, len(images), batch):
-                    labels, ebu, cam, pmax, _ = explainer(torch.from_numpy(images[i:i + batch]))
-                    parts.append([t.detach().numpy() for t in (labels, ebu, cam, pmax)])
-                per_layer.append(tuple(np.concatenate(a) for a in zip(*parts)))
-            labels, ebu, _, pmax = per_layer[0]
-            cam = np.mean([m[2].astype(np.float32) for m in per_layer], axis=0)
-            lo, hi = cam.min((1, 2), keepdims=True), cam.max((1, 2), keepdims=True)
-            cam = ((cam - lo) / (hi - lo + 1e-7)).astype(np.float16)
+            explainer = explainer_class(model, layer, make_target(name), MEAN, STD, grid).eval()
+            parts = []
+            for i in range(0, len(images), batch):
+                labels, ebu, cam, pmax, _ = explainer(torch.from_numpy(images[i:i + batch]))
+                parts.append([t.detach().numpy() for t in (labels, ebu, cam, pmax)])
             key = (name if grid == "input" else f"{name}@{grid}") + ("" if weighting == "gradcam" else f"+{weighting}")
-            out[key] = (labels, ebu, cam, pmax)
+            out[key] = tuple(np.concatenate(a) for a in zip(*parts))
     return out
 
 
 def _measure(arch: str, epoch: int, loss: float | None, inner, images, truth, args, t0: float) -> list[dict]:
     """Rows of one checkpoint: every layer spec (args.layers) x target (args.targets) x grid
     (args.grids); printed."""
-    from segxal.graph.traced_cam import CAM_TARGETS
+    from segxal.graph.traced_cam import CAM_TARGETS, LAYER_SEPARATOR
     rows = []
     for spec in args.layers:
-        layer = "+".join(resolve_layers(inner, spec, tuple(images.shape[1:3])))
-        for target, maps in _explain_all(inner, layer.split("+"), images, args.targets or list(CAM_TARGETS),
+        layer = LAYER_SEPARATOR.join(resolve_layers(inner, spec, tuple(images.shape[1:3])))
+        for target, maps in _explain_all(inner, layer, images, args.targets or list(CAM_TARGETS),
                                          args.grids, args.weighting).items():
             target = target if spec == "last" else f"{target} [{spec}]"  # the variant: layer spec and target
             row = {"architecture": arch, "layer": layer, "layer_spec": spec, "epoch": epoch, "loss": loss,

@@ -24,7 +24,8 @@ from segxal.eem.ebu import prediction_statistics
 from segxal.graph.traced_cam import (CAM_TARGETS, DEFAULT_UNCERTAINTY_AT, METADATA_CAM_LAYER, METADATA_CAM_TARGET, METADATA_UNCERTAINTY_AT,
                                      ScoresOf, TracedExplainer,
                                      as_grad_cam_target, capture_activation, default_layer, describe_cam,
-                                     export_traced, make_target, resolve_layer, serving_spec)
+                                     export_traced, feature_stages, make_target, resolve_layer, serving_spec,
+                                     split_layers)
 from segxal.models import zoo
 from segxal.models.depth import DepthConfig, DepthNet
 from segxal.models.external import FullResLogits, build_model
@@ -71,10 +72,11 @@ def _normalised(image: np.ndarray) -> torch.Tensor:
 
 
 def _grad_cam(model, layer: str, target: str, image: np.ndarray, scores=None) -> np.ndarray:
-    """pytorch-grad-cam's GradCAM of one uint8 image [H, W, 3] at `layer` with `target`: [H, W], the
-    target on the logits at the input's size, or on what the module `scores` gives."""
-    module, _ = resolve_layer(model, layer)
-    with GradCAM(model=(scores or FullResLogits(model)).eval(), target_layers=[module]) as cam:
+    """pytorch-grad-cam's GradCAM of one uint8 image [H, W, 3] at `layer` ("a+b": both as its target
+    layers) with `target`: [H, W], the target on the logits at the input's size, or on what the
+    module `scores` gives."""
+    modules = [resolve_layer(model, name)[0] for name in split_layers(layer)]
+    with GradCAM(model=(scores or FullResLogits(model)).eval(), target_layers=modules) as cam:
         return cam(input_tensor=_normalised(image), targets=[as_grad_cam_target(make_target(target, CLASS_NAMES))])[0]
 
 
@@ -208,6 +210,43 @@ def test_on_the_models_own_grid_the_cam_and_maps_come_from_the_logits_before_its
     export = export_traced(model, tmp_path / "m.onnx", (H, W), uncertainty_at="model")  # parity-checked
     props = {p.key: p.value for p in onnx.load(str(export.path)).metadata_props}
     assert props[METADATA_UNCERTAINTY_AT] == "model" and export.parity["cam"] < 2e-3
+
+
+# class-balanced: with these random weights both layers' CAMs are alive (ebu-gradient's die at some)
+@pytest.mark.parametrize("name,layers", [("smp_deeplabv3plus", "encoder.layer4+encoder.layer2"),
+                                         ("smp_unet", "encoder.layer3+encoder.layer2")])
+def test_a_multi_layer_cam_equals_pytorch_grad_cam_with_those_target_layers(name, layers, tmp_path):
+    """"a+b": one CAM over several layers, aggregated as pytorch-grad-cam does (each layer's map
+    scaled and resized, the mean scaled again); the exported graph gives the same and records the
+    spec; the embedding pools the first layer."""
+    model = _model(name)
+    image = _frame()
+    explainer = TracedExplainer(model, layers, make_target("class-balanced", CLASS_NAMES), MEAN, STD,
+                                DEFAULT_UNCERTAINTY_AT).eval()
+    cam = explainer(torch.from_numpy(image[None]))[2][0].float().numpy()
+    scores = ScoresOf(explainer)
+    ref = _grad_cam(model, layers, "class-balanced", image, scores=scores)
+    single = [_grad_cam(model, n, "class-balanced", image, scores=scores) for n in split_layers(layers)]
+    assert all(m.std() > 0.05 for m in single) and min(np.abs(ref - m).max() for m in single) > 0.05
+    assert np.abs(cam - ref).max() < CAM_TOL
+    export = export_traced(model, tmp_path / "m.onnx", (H, W), layer=layers, target="class-balanced",
+                           class_names=CLASS_NAMES)  # parity-checked against the explainer
+    props = {p.key: p.value for p in onnx.load(str(export.path)).metadata_props}
+    assert props[METADATA_CAM_LAYER] == layers and export.parity["cam"] < 2e-3
+    assert export.embedding_dim == {"encoder.layer4": 512, "encoder.layer3": 256}[split_layers(layers)[0]]
+
+
+def test_feature_stages_list_each_familys_stages_with_their_strides():
+    unet = build_model("segmentation_models_pytorch.Unet",
+                       {"encoder_name": "resnet18", "encoder_weights": None, "classes": 3})
+    stages = dict(feature_stages(unet, (64, 128)))
+    assert [stages[f"encoder.layer{i}"] for i in (1, 2, 3, 4)] == [4, 8, 16, 32]
+    segformer = zoo.build("segformer", NUM_CLASSES)[0]
+    assert [st for _, st in feature_stages(segformer, (64, 128))] == [4, 8, 16, 32]
+    with pytest.raises(InvalidInput, match="each once"):
+        split_layers("encoder.layer4+encoder.layer4")
+    with pytest.raises(InvalidInput, match="joined by"):
+        split_layers("encoder.layer4+")
 
 
 def test_default_layer_is_the_last_stage_of_each_family():

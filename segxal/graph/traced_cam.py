@@ -248,6 +248,21 @@ def default_layer(model: nn.Module, probe_hw: tuple[int, int] = (64, 64)) -> str
     return feature_stages(model, probe_hw)[-1][0]
 
 
+LAYER_SEPARATOR = "+"  # "a+b": a multi-layer CAM, as pytorch-grad-cam aggregates target layers
+
+
+def split_layers(layer: str) -> list[str]:
+    """A CAM layer spec -> its layer names: "a" or "a+b+..." (several layers, one CAM).
+
+    Raises:
+        InvalidInput: an empty name, or a name given twice.
+    """
+    names = [n.strip() for n in layer.split(LAYER_SEPARATOR)]
+    if not all(names) or len(set(names)) != len(names):
+        raise InvalidInput(f"layer {layer!r}: give layer names joined by {LAYER_SEPARATOR!r}, each once")
+    return names
+
+
 def resolve_layer(model: nn.Module, layer: str) -> tuple[nn.Module, bool]:
     """"a.b.c" -> (module, False): its output is the activation; "a.b.c:input" -> (module, True):
     its first input is.
@@ -473,7 +488,9 @@ class TracedExplainer(nn.Module):
 
     Args:
         model: the segmentation model, eval mode.
-        layer: a submodule name (resolve_layer), e.g. "encoder.layer4".
+        layer: a submodule name (resolve_layer), e.g. "encoder.layer4", or several joined by "+"
+            (one CAM: each layer's min-max scaled and resized, their mean scaled again, as
+            pytorch-grad-cam aggregates target layers; the embedding pools the first).
         target: the CAM target.
         mean, std: the normalisation statistics applied in the graph.
         uncertainty_at: "input" or "model".
@@ -484,7 +501,7 @@ class TracedExplainer(nn.Module):
         if uncertainty_at not in UNCERTAINTY_AT:
             raise InvalidInput(f"uncertainty_at must be one of {UNCERTAINTY_AT}, got {uncertainty_at!r}")
         self.model, self.layer, self.target, self.uncertainty_at = model, layer, target, uncertainty_at
-        self.module, self.of_input = resolve_layer(model, layer)
+        self.layers = [(name, *resolve_layer(model, name)) for name in split_layers(layer)]  # (name, module, of_input)
         self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(1, 3, 1, 1))
         self.register_buffer("shift", (torch.tensor(mean, dtype=torch.float32) /
                                        torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1))
@@ -503,25 +520,33 @@ class TracedExplainer(nn.Module):
         """Normalised x [B, 3, H, W] -> (labels [B, H, W] int64, ebu, pmax, cam [B, H, W] float32,
         embedding [B, D])."""
         from segxal.eem.ebu import prediction_statistics
-        store: dict = {}
-        with capture_activation(self.module, self.of_input, store), _ResizeRecorder() as rec, torch.enable_grad():
+        stores: list[dict] = [{} for _ in self.layers]
+        with contextlib.ExitStack() as stack:
+            for (_, module, of_input), store in zip(self.layers, stores):
+                stack.enter_context(capture_activation(module, of_input, store))
+            rec = stack.enter_context(_ResizeRecorder())
+            stack.enter_context(torch.enable_grad())
             full, z = self.scores(x, rec)
-            if "a" not in store:
-                raise InvalidInput(f"layer {self.layer!r} did not run in the model's forward pass")
-            a = store["a"]  # [B, K, h, w]
+            for (name, _, _), store in zip(self.layers, stores):
+                if "a" not in store:
+                    raise InvalidInput(f"layer {name!r} did not run in the model's forward pass")
+            acts = [store["a"] for store in stores]  # [B, K_l, h_l, w_l] each
             # classes last: ONNX Runtime's reductions over a strided class axis transpose around themselves
             labels, ebu, pmax = prediction_statistics(z.movedim(1, -1), dim=-1)  # [B, h', w'] each
-            (grad,) = torch.autograd.grad(self.target(z, ebu).sum(), a, allow_unused=True)
-        if grad is None:  # the target does not depend on this layer
-            raise InvalidInput(f"the CAM target does not depend on layer {self.layer!r}")
-        a, grad, ebu, pmax = a.detach(), grad.detach(), ebu.detach(), pmax.detach()
+            grads = torch.autograd.grad(self.target(z, ebu).sum(), acts, allow_unused=True)
+        for (name, _, _), grad in zip(self.layers, grads):
+            if grad is None:  # the target does not depend on this layer
+                raise InvalidInput(f"the CAM target does not depend on layer {name!r}")
+        ebu, pmax = ebu.detach(), pmax.detach()
         if z is not full:  # statistics on the model's grid: the maps to the input's size, the labels from it
             labels = full.detach().movedim(1, -1).argmax(-1)
             ebu, pmax = (F.interpolate(m[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
                          for m in (ebu, pmax))
-        cam = _minmax(self.cam_map(a, grad))  # [B, h, w]
-        cam = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        pooled = a.mean((2, 3))  # [B, K]
+        # per layer min-max scaled and resized; several layers averaged, then scaled again (pytorch-grad-cam)
+        cams = [F.interpolate(_minmax(self.cam_map(a.detach(), g.detach()))[:, None], size=x.shape[-2:],
+                              mode="bilinear", align_corners=False)[:, 0] for a, g in zip(acts, grads)]
+        cam = cams[0] if len(cams) == 1 else torch.stack(cams).mean(0)  # [B, H, W]
+        pooled = acts[0].detach().mean((2, 3))  # [B, K] of the first layer
         embedding = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-12)  # [B, K], unit length
         return labels, ebu, pmax, _minmax(cam), embedding
 
