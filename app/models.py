@@ -186,8 +186,10 @@ def register_cli(sub) -> None:
                    help="the model's class or factory: 'package.module.Name' or 'package.module:Name'")
     t.add_argument("--model-kwargs", default="", help="its keyword arguments as a JSON object")
     t.add_argument("--checkpoint", help="its weights (a state_dict file), or a checkpoint of the project's trainer")
-    t.add_argument("--layer", help="the CAM layer, a submodule name ('encoder.layer4'; 'name:input' for its "
-                                   "input); default: the last encoder/backbone stage of the model's family")
+    t.add_argument("--layer", help="the CAM layer: a submodule name ('encoder.layer4'; 'name:input' for its input), "
+                                   "a stage rule ('last'; 'stride8': the last stage at output stride <= 8), or "
+                                   "several joined by '+' (one multi-layer CAM); default: the last encoder/backbone "
+                                   "stage of the model's family (docs/cam.md)")
     t.add_argument("--cam-target", choices=CAM_TARGETS, default=None,
                    help=f"what the CAM explains (default {DEFAULT_CAM_TARGET}; see docs/cam.md)")
     p.add_argument("--logits", help="the logits output's name (default: the only output)")

@@ -52,8 +52,9 @@ def _module_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
     return next(n for n, m in model.named_modules() if m is module)
 
 
-def _graphs(name: str, hw: tuple[int, int], tmp: Path) -> dict[str, Path]:
-    """label -> ONNX file of every graph measured for one model."""
+def _graphs(name: str, hw: tuple[int, int], tmp: Path, layers: tuple[str, ...] = ()) -> dict[str, Path]:
+    """label -> ONNX file of every graph measured for one model; `layers`: other CAM layer specs of
+    the traced route (segxal.graph.traced_cam.expand_layers), each on the model's grid."""
     from segxal.graph.add_eem import add_eem_file
     from segxal.graph.traced_cam import export_traced
     from segxal.models.external import build_model, export_logits_onnx
@@ -80,6 +81,9 @@ def _graphs(name: str, hw: tuple[int, int], tmp: Path) -> dict[str, Path]:
         out["logits"] = _traced_logits(model, hw, tmp / f"{name}_logits.onnx")
     out["EEM traced"] = export_traced(model, tmp / f"{name}_traced.onnx", hw).path
     out["EEM traced@model"] = export_traced(model, tmp / f"{name}_traced_model.onnx", hw, uncertainty_at="model").path
+    for i, spec in enumerate(layers):
+        out[f"EEM traced@model [{spec}]"] = export_traced(model, tmp / f"{name}_traced_model_{i}.onnx", hw, layer=spec,
+                                                          uncertainty_at="model").path
     add_eem_file(out["logits"], tmp / f"{name}_head.onnx")
     out["EEM head"] = tmp / f"{name}_head.onnx"
     return out
@@ -125,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--calls", type=int, default=5, help="calls per graph per round")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (1 on a shared machine)")
+    p.add_argument("--layers", nargs="+", default=[],
+                   help="also the traced graph with these CAM layer specs (e.g. stride16+stride8), foreign models")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     image = np.random.default_rng(0).integers(0, 256, (1, *args.size, 3), dtype=np.uint8)
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             try:
-                graphs = _graphs(name, args.size, Path(tmp))
+                graphs = _graphs(name, args.size, Path(tmp), tuple(args.layers))
             except Exception as e:  # noqa: BLE001 - e.g. PSPNet's logits refuse the TorchScript exporter
                 print(f"{name:<18} skipped: {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)
                 continue

@@ -180,25 +180,6 @@ def _explainer_class(weighting: str):
     return HiResCam
 
 
-def resolve_layers(model, spec: str, hw: tuple[int, int]) -> list[str]:
-    """A layer spec of --layers -> the model's layer names: "last" (the default layer), "strideS" (the
-    last stage at output stride <= S), a layer name, or several of these joined by "+" (a multi-layer
-    CAM, aggregated as pytorch-grad-cam does)."""
-    from segxal.graph.traced_cam import LAYER_SEPARATOR, feature_stages
-    stages = feature_stages(model, hw)
-    out = []
-    for part in spec.split(LAYER_SEPARATOR):
-        if part == "last":
-            name = stages[-1][0]
-        elif part.startswith("stride") and part[6:].isdigit():
-            name = [n for n, st in stages if st <= int(part[6:])][-1]
-        else:
-            name = part
-        if name not in out:
-            out.append(name)
-    return out
-
-
 def _explain_all(model, layer: str, images: np.ndarray, targets: list[str], grids: list[str],
                  weighting: str = "gradcam", batch: int = 10) -> dict:
     """"target" (on the input's grid) or "target@model" (uncertainty_at="model": target, EBU and
@@ -223,13 +204,13 @@ def _explain_all(model, layer: str, images: np.ndarray, targets: list[str], grid
 def _measure(arch: str, epoch: int, loss: float | None, inner, images, truth, args, t0: float) -> list[dict]:
     """Rows of one checkpoint: every layer spec (args.layers) x target (args.targets) x grid
     (args.grids); printed."""
-    from segxal.graph.traced_cam import CAM_TARGETS, LAYER_SEPARATOR
+    from segxal.graph.traced_cam import CAM_TARGETS, DEFAULT_LAYERS, expand_layers
     rows = []
-    for spec in args.layers:
-        layer = LAYER_SEPARATOR.join(resolve_layers(inner, spec, tuple(images.shape[1:3])))
+    for spec in args.layers or [DEFAULT_LAYERS]:
+        layer = expand_layers(inner, spec, tuple(images.shape[1:3]))
         for target, maps in _explain_all(inner, layer, images, args.targets or list(CAM_TARGETS),
                                          args.grids, args.weighting).items():
-            target = target if spec == "last" else f"{target} [{spec}]"  # the variant: layer spec and target
+            target = target if spec == DEFAULT_LAYERS else f"{target} [{spec}]"  # the variant: layer spec and target
             row = {"architecture": arch, "layer": layer, "layer_spec": spec, "epoch": epoch, "loss": loss,
                    "target": target, "train_seconds": time.time() - t0, **health_row(*maps, truth)}
             rows.append(row)
@@ -381,10 +362,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--targets", nargs="+", help="CAM targets measured (default: every one)")
     p.add_argument("--grids", nargs="+", default=["input"], choices=("input", "model"),
                    help="--train: the grids of the target, EBU and p_max measured (segxal.graph.traced_cam)")
-    p.add_argument("--layers", nargs="+", default=["last"],
-                   help="--train / --checkpoints: the CAM layers measured, per architecture: last (the default "
-                        "layer), strideS (the last stage at output stride <= S), a layer name, or several joined "
-                        "by + (one multi-layer CAM)")
+    p.add_argument("--layers", nargs="+",
+                   help="--train / --checkpoints: the CAM layer specs measured, per architecture (default: the "
+                        "export's, segxal.graph.traced_cam.DEFAULT_LAYERS): last (the last stage), strideS (the "
+                        "last stage at output stride <= S), a layer name, or several joined by + (one CAM)")
     p.add_argument("--weighting", default="gradcam", choices=("gradcam", "hirescam"),
                    help="the CAM's channel weighting (hirescam: an exploration, not a product option)")
     p.add_argument("--lr", type=float, default=2e-3)

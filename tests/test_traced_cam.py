@@ -24,8 +24,8 @@ from segxal.eem.ebu import prediction_statistics
 from segxal.graph.traced_cam import (CAM_TARGETS, DEFAULT_UNCERTAINTY_AT, METADATA_CAM_LAYER, METADATA_CAM_TARGET, METADATA_UNCERTAINTY_AT,
                                      ScoresOf, TracedExplainer,
                                      as_grad_cam_target, capture_activation, default_layer, describe_cam,
-                                     export_traced, feature_stages, make_target, resolve_layer, serving_spec,
-                                     split_layers)
+                                     expand_layers, export_traced, feature_stages, make_target, resolve_layer,
+                                     serving_spec, split_layers)
 from segxal.models import zoo
 from segxal.models.depth import DepthConfig, DepthNet
 from segxal.models.external import FullResLogits, build_model
@@ -243,6 +243,16 @@ def test_feature_stages_list_each_familys_stages_with_their_strides():
     assert [stages[f"encoder.layer{i}"] for i in (1, 2, 3, 4)] == [4, 8, 16, 32]
     segformer = zoo.build("segformer", NUM_CLASSES)[0]
     assert [st for _, st in feature_stages(segformer, (64, 128))] == [4, 8, 16, 32]
+    assert expand_layers(unet, "stride16+stride8", (64, 128)) == "encoder.layer3+encoder.layer2"
+    assert expand_layers(unet, "last+encoder.layer1") == "encoder.layer4+encoder.layer1"
+    deeplab = build_model("segmentation_models_pytorch.DeepLabV3Plus",
+                          {"encoder_name": "resnet18", "encoder_weights": None, "classes": 3})
+    assert expand_layers(deeplab, "stride16+stride8") == "encoder.layer4+encoder.layer2"  # dilated: layer4 at 1/16
+    pspnet = build_model("segmentation_models_pytorch.PSPNet",
+                         {"encoder_name": "resnet18", "encoder_weights": None, "classes": 3})
+    assert expand_layers(pspnet, "stride16+stride8") == "encoder.layer2"  # its encoder stops at 1/8: once
+    with pytest.raises(InvalidInput, match="no stage .* that fine"):
+        expand_layers(segformer, "stride2")
     with pytest.raises(InvalidInput, match="each once"):
         split_layers("encoder.layer4+encoder.layer4")
     with pytest.raises(InvalidInput, match="joined by"):

@@ -237,15 +237,42 @@ def feature_stages(model: nn.Module, probe_hw: tuple[int, int] = (64, 64)) -> li
     return seen
 
 
+DEFAULT_LAYERS = "last"  # the family's last feature stage (docs/cam.md, "Which layer")
+
+
+def expand_layers(model: nn.Module, spec: str, probe_hw: tuple[int, int] = (64, 64)) -> str:
+    """A CAM layer spec with the family's stages by rule -> layer names: "last" (the last stage of
+    feature_stages), "strideS" (the last stage at output stride <= S), any other token kept as a
+    layer name; tokens joined by "+" (a multi-layer CAM), a stage named twice kept once.
+
+    Raises:
+        InvalidInput: a rule for a model of no known family, or no stage at that stride.
+    """
+    stages = None
+    out: list[str] = []
+    for token in split_layers(spec):
+        name = token
+        if token == "last" or (token.startswith("stride") and token[6:].isdigit()):
+            stages = stages or feature_stages(model, probe_hw)
+            fine = [n for n, st in stages if token == "last" or st <= int(token[6:])]
+            if not fine:
+                raise InvalidInput(f"layer rule {token!r}: no stage of {type(model).__name__} is that fine "
+                                   f"(stages: {stages})")
+            name = fine[-1]
+        if name not in out:
+            out.append(name)
+    return LAYER_SEPARATOR.join(out)
+
+
 def default_layer(model: nn.Module, probe_hw: tuple[int, int] = (64, 64)) -> str:
-    """The default CAM layer of a model family: the last stage of its feature extractor that runs
-    (feature_stages), e.g. smp's "encoder.layer4", torchvision's "backbone.layer4" / "backbone.16",
-    SegFormer's "decode_head.linear_projections.3:input".
+    """The default CAM layer(s) of a model family: DEFAULT_LAYERS expanded (expand_layers), e.g.
+    smp's "encoder.layer4", torchvision's "backbone.layer4" / "backbone.16", SegFormer's
+    "decode_head.linear_projections.3:input".
 
     Raises:
         InvalidInput: a model of no known family (name a layer instead).
     """
-    return feature_stages(model, probe_hw)[-1][0]
+    return expand_layers(model, DEFAULT_LAYERS, probe_hw)
 
 
 LAYER_SEPARATOR = "+"  # "a+b": a multi-layer CAM, as pytorch-grad-cam aggregates target layers
@@ -614,7 +641,8 @@ def export_traced(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int
         model: any segmentation nn.Module (exported in eval mode; its mode is restored).
         path: the model.onnx to write (atomically; one self-contained file).
         input_hw: (H, W) of the graph's uint8 input [batch, H, W, 3].
-        layer: the CAM layer (resolve_layer's syntax); None: default_layer(model).
+        layer: the CAM layer (resolve_layer's syntax), several joined by "+", or stage rules
+            (expand_layers: "last", "strideS"); None: DEFAULT_LAYERS.
         target: one of CAM_TARGETS.
         class_names: the model's classes ("objects" picks its object classes among them).
         mean, std: in-graph normalisation (default ImageNet/Cityscapes statistics).
@@ -642,7 +670,7 @@ def export_traced(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int
     was_training = model.training
     model.eval()
     try:
-        layer = layer or default_layer(model, (h, w))
+        layer = expand_layers(model, layer or DEFAULT_LAYERS, (h, w))
         mean, std = MEAN if mean is None else mean, STD if std is None else std
         num_classes = _num_classes(model, (h, w))
         explainer = TracedExplainer(model, layer, make_target(target, class_names, num_classes), mean, std,

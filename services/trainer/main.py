@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add("--model-checkpoint", None,
           help="its initial weights (state_dict file)")
     f.add("--cam-layer", None,
-          help="its CAM layer (default: the last encoder/backbone stage of its family; docs/cam.md)")
+          help="its CAM layer: a name, a stage rule (last, strideS) or several joined by + (default: the last "
+               "encoder/backbone stage of its family; docs/cam.md)")
     f.add("--cam-target", d.cam_target, choices=CAM_TARGETS,
           help="what its CAM explains (docs/cam.md)")
     f.add("--uncertainty-at", d.uncertainty_at, choices=UNCERTAINTY_AT,
