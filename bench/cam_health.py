@@ -82,19 +82,16 @@ def _val_frames(data: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 # ---- a model repository (any architecture) ----
 
 
-class _AllPredictedClassesTarget:
-    """The U-Net's shipped class-agnostic target for pytorch-grad-cam: sum of the predicted logit."""
-
-    def __init__(self, labels: np.ndarray):
-        self.mask = torch.from_numpy(labels)
-
-    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:  # [C, H, W]
-        return model_output.gather(0, self.mask[None].long())[0].sum()
+def _served_target(cam_layer: str) -> str:
+    """The U-Net's CAM target from its config's cam_layer ("bottleneck (class-balanced)"; exports
+    before 2026-12-07 said "bottleneck": class-agnostic)."""
+    return cam_layer.partition("(")[2].rstrip(")") or "class-agnostic"
 
 
-def _grad_cam_diff(ckpt: Path, images: np.ndarray, served_cam: np.ndarray, labels: np.ndarray) -> float | None:
+def _grad_cam_diff(ckpt: Path, images: np.ndarray, served_cam: np.ndarray, spec_cam_layer: str) -> float | None:
     from pytorch_grad_cam import GradCAM  # the independent reference, only where a checkpoint exists
 
+    from segxal.graph.traced_cam import as_grad_cam_target, make_target
     from segxal.models.unet import UNet
     from segxal.train import load_model
     model = load_model(ckpt)
@@ -102,8 +99,9 @@ def _grad_cam_diff(ckpt: Path, images: np.ndarray, served_cam: np.ndarray, label
         return None
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0  # [B, 3, H, W]
     x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    with GradCAM(model=model, target_layers=[model.bottleneck_layer]) as cam:
-        ref = cam(input_tensor=x, targets=[_AllPredictedClassesTarget(lab) for lab in labels])
+    with GradCAM(model=model, target_layers=[model.bottleneck_layer]) as cam:  # the served target, by name
+        target = as_grad_cam_target(make_target(_served_target(spec_cam_layer)))
+        ref = cam(input_tensor=x, targets=[target] * len(x))
     return float(np.abs(ref - served_cam.astype(np.float32)).max())
 
 
@@ -154,7 +152,7 @@ def _repository_table(args) -> list[dict]:
             else truth
         row = {"version": v, **health_row(labels, ebu, cam, pmax, tr)}
         ckpt = work / "state" / "models" / args.model / str(v) / "checkpoint.pt" if work else None
-        row["max_diff_vs_grad_cam"] = _grad_cam_diff(ckpt, images[:8], cam[:8], labels[:8]) \
+        row["max_diff_vs_grad_cam"] = _grad_cam_diff(ckpt, images[:8], cam[:8], spec.cam_layer) \
             if ckpt is not None and ckpt.is_file() else None
         rows.append(row)
         diff = "-" if row["max_diff_vs_grad_cam"] is None else f"{row['max_diff_vs_grad_cam']:.1e}"

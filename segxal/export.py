@@ -294,7 +294,7 @@ def export_segmentation(model: nn.Module, path: str | os.PathLike, cfg: ExportCo
         spec = ModelSpec(kind=SEGMENTATION, inputs=(TensorSpec(INPUT_NAME, "UINT8", (-1, -1, 3)),),
                          outputs=tuple(outputs), preprocessing=Preprocessing(mean=MEAN, std=STD),
                          num_classes=num_classes, spatial_multiple=model.multiple,
-                         cam_layer=explained.cam_layer, class_names=class_names,
+                         cam_layer=explained.cam_description, class_names=class_names,
                          input_size=tuple(cfg.trace_hw) if cfg.declare_input_size else None)
         return _export_checked(module, Path(path), names, spec, cfg, model.multiple, sample_images)
 

@@ -131,7 +131,7 @@ def test_stats_flag_a_model_version_whose_cam_died(tmp_path, caplog):
     seg = export_segmentation(model, tmp_path / "export" / "seg" / "model.onnx", ExportConfig(trace_hw=(H, W)))
     before, after, warned_before, warned, stats = _score_and_watch(tmp_path, seg, caplog)
     [b], [a] = before, after
-    assert b.model_version == a.model_version == "segmentation:1" and a.cam_layer == "bottleneck"
+    assert b.model_version == a.model_version == "segmentation:1" and a.cam_layer == "bottleneck (class-balanced)"
     assert (b.frames, b.frames_dead, b.cam_dead) == (FRAMES - 1, FRAMES - 1, False)  # too few frames yet
     assert (a.frames, a.frames_dead, a.dead_share, a.cam_dead) == (FRAMES, FRAMES, 1.0, True)
     assert not a.cam_confidence_map

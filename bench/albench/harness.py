@@ -55,6 +55,7 @@ from segxal.cache import cache_path
 from segxal.data.cityscapes import SegDataset, disparity_to_depth, list_frames, load_camera
 from segxal.eem.explain import ExplainedSegmenter
 from segxal.eem.frame import score_frame
+from segxal.eem.gradcam import DEFAULT_UNET_CAM_TARGET
 from segxal.eem.options import EEMOptions
 from segxal.errors import InvalidInput
 from segxal.labels import CLASS_NAMES, IGNORE, NUM_CLASSES
@@ -93,7 +94,7 @@ class Arm:
     score: str  # one of SCORES: the per-pixel map it ranks by ("none": no score, diversity alone)
     selection: str = "score=1"  # segxal.selection.SelectionSpec text form
     eem: str = "multiplicative"  # EEM_VARIANTS key (score "eem" only); the product's default
-    cam_target: str = "class-agnostic"  # the U-Net's CAM target (segxal.graph.traced_cam); the shipped one
+    cam_target: str = DEFAULT_UNET_CAM_TARGET  # the U-Net's CAM target (segxal.eem.gradcam); the shipped one
     key: bool = False  # a key arm runs on every seed; the others on cfg.exploratory_seeds seeds
 
     @property
@@ -112,9 +113,9 @@ FRAME_ARMS = (  # key arms first: a run stopped by its deadline keeps them
     Arm("eem+div+bal", "frame", "eem", "score=1,diversity=1,balance=1"),
     Arm("eem+div+cap", "frame", "eem", "score=1,diversity=1,log_cap=1"),
     Arm("eem-light", "frame", "eem", eem="light"),
-    # the CAM targets of issue 32 on the U-Net: only the CAM in the product's EEM differs
+    # other CAM targets on the U-Net (issue 32): only the CAM in the product's EEM differs
     Arm("eem-ebugrad", "frame", "eem", cam_target="ebu-gradient"),
-    Arm("eem-clsbal", "frame", "eem", cam_target="class-balanced"),
+    Arm("eem-clsagn", "frame", "eem", cam_target="class-agnostic"),  # the paper's, shipped until 2026-12-07
     Arm("bald", "frame", "bald"),
     Arm("least-conf", "frame", "least-confidence"),
 )
@@ -126,7 +127,7 @@ REGION_ARMS = (
     Arm("eem+div", "region", "eem", "score=1,diversity=1", key=True),
     Arm("entropy+div", "region", "entropy", "score=1,diversity=1"),
     Arm("eem-ebugrad", "region", "eem", cam_target="ebu-gradient"),
-    Arm("eem-clsbal", "region", "eem", cam_target="class-balanced"),
+    Arm("eem-clsagn", "region", "eem", cam_target="class-agnostic"),
 )
 ALL_ARMS = FRAME_ARMS + REGION_ARMS
 
@@ -417,13 +418,13 @@ def pool_outputs(model: UNet, data: _Data, cfg: BenchConfig, with_bald: bool, ca
     out["class_hist"] = hist / np.maximum(hist.sum(1, keepdims=True), 1)
     bald = fz.bald(model, data.train_feats, cfg.mc_samples, cfg.head_dropout) if with_bald else None
     outputs = PoolOutputs(**out, bald=bald)
-    return outputs if cam_target == "class-agnostic" else with_cam_target(outputs, model, data, cam_target)
+    return outputs if cam_target == DEFAULT_UNET_CAM_TARGET else with_cam_target(outputs, model, data, cam_target)
 
 
 def with_cam_target(out: PoolOutputs, model: UNet, data: _Data, target: str, batch: int = 32) -> PoolOutputs:
     """`out` with the CAM of `target` at the U-Net's bottleneck (the shipped layer), computed by the
-    traced route's explainer in eager mode (segxal.graph.traced_cam; for "class-agnostic" it equals
-    the shipped written-out VJP, tests/test_al_bench.py), float16 as served."""
+    traced route's explainer in eager mode (segxal.graph.traced_cam; for the targets the written-out
+    VJP has, it equals the VJP, tests/test_al_bench.py), float16 as served."""
     from segxal.graph.traced_cam import TracedExplainer, make_target
     layer = next(n for n, m in model.named_modules() if m is model.bottleneck_layer)
     explainer = TracedExplainer(model.eval(), layer, make_target(target), (0, 0, 0), (1, 1, 1)).eval()
@@ -465,7 +466,7 @@ class _SeedContext:
 
 def _first_outputs(ctx: _SeedContext, arm: Arm, data: _Data) -> PoolOutputs:
     """Model 0's pool outputs as `arm` sees them: ctx.out0, or with its CAM target's CAM (once a seed)."""
-    if arm.cam_target == "class-agnostic":
+    if arm.cam_target == DEFAULT_UNET_CAM_TARGET:
         return ctx.out0
     if arm.cam_target not in ctx.targets0:
         ctx.targets0[arm.cam_target] = with_cam_target(ctx.out0, ctx.model0, data, arm.cam_target)

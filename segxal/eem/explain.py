@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from segxal.eem.ebu import prediction_statistics
-from segxal.eem.gradcam import analytic_cam, check_class_weights, explained_forward
+from segxal.eem.gradcam import (DEFAULT_UNET_CAM_TARGET, UNET_CAM_TARGETS, analytic_cam, check_class_weights,
+                                explained_forward)
 from segxal.errors import InvalidInput
 from segxal.models.unet import UNet
 
@@ -29,37 +30,46 @@ CAM_LAYERS = ("bottleneck", "head")
 class ExplainedSegmenter(nn.Module):
     """A UNet plus in-graph explanations: forward(x) -> (labels, ebu, cam, pmax), see OUTPUT_NAMES.
 
-    The CAM is the class-agnostic GradCAM at the bottleneck (model.bottleneck_layer), its gradient
+    The CAM is the GradCAM of `cam_target` at the bottleneck (model.bottleneck_layer), its gradient
     written out through the decoder (segxal.eem.gradcam.explained_forward), so it needs no autograd
     and stays in the exported graph; cam_layer="head" gives the analytic head-input CAM instead. Run
     it under torch.inference_mode() (nothing here needs gradients) and with the model in eval mode.
     """
 
     def __init__(self, model: UNet, class_weights: torch.Tensor | None = None, half_outputs: bool = False,
-                 cam_layer: str = "bottleneck"):
+                 cam_layer: str = "bottleneck", cam_target: str = DEFAULT_UNET_CAM_TARGET):
         """
         Args:
             model: the segmentation model; its head is a 1x1 conv after forward_features, then upsample.
             class_weights: optional GradCAM class weights w_c [C] (segxal.eem.gradcam.safety_class_weights).
             half_outputs: return ebu, cam and pmax as float16, as the exported ONNX graph carries them.
             cam_layer: one of CAM_LAYERS.
+            cam_target: the bottleneck CAM's target, one of segxal.eem.gradcam.UNET_CAM_TARGETS (the
+                head-input CAM is class-agnostic).
 
         Raises:
-            InvalidInput: class_weights has the wrong shape or values, or an unknown cam_layer.
+            InvalidInput: class_weights has the wrong shape or values, an unknown cam_layer or target.
         """
         super().__init__()
         if cam_layer not in CAM_LAYERS:
             raise InvalidInput(f"cam_layer must be one of {CAM_LAYERS}, got {cam_layer!r}")
-        self.cam_layer = cam_layer
+        if cam_target not in UNET_CAM_TARGETS:
+            raise InvalidInput(f"cam_target must be one of {UNET_CAM_TARGETS}, got {cam_target!r}")
+        self.cam_layer, self.cam_target = cam_layer, cam_target
         check_class_weights(class_weights, model.head.out_channels)
         self.model = model
         self.half_outputs = half_outputs
         self.register_buffer("class_weights", None if class_weights is None else class_weights.float().clone())
 
+    @property
+    def cam_description(self) -> str:
+        """The served config's cam_layer: "bottleneck (<target>)", or "head"."""
+        return f"bottleneck ({self.cam_target})" if self.cam_layer == "bottleneck" else self.cam_layer
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, 3, H, W] -> (labels uint8, ebu, cam, pmax), each [B, H, W]; see OUTPUT_NAMES."""
         if self.cam_layer == "bottleneck":
-            logits, cam = explained_forward(self.model, x, self.class_weights)  # [B, C, H, W], [B, H, W]
+            logits, cam = explained_forward(self.model, x, self.class_weights, self.cam_target)  # [B, C, H, W], [B, H, W]
             labels, ebu, pmax = prediction_statistics(logits, dim=1)  # [B, H, W] each, labels int64
         else:
             features = self.model.forward_features(x)  # [B, K, H/s, W/s]
