@@ -338,6 +338,11 @@ def test_label_studio_down_or_refusing_the_token(ls, stack, tmp_path):
 
 # ---------------------------------------------------------------- what a person sees
 
+# (height, width): Label Studio's Regions panel renders only the rows that fit on the screen, so the
+# page is tall enough for every region of the frame (11 with the class-balanced CAM; 900 px showed 9)
+VIEWPORT = (2000, 1400)
+
+
 def test_task_page_in_chromium_shows_the_pre_annotated_regions(ls, stack, tmp_path):
     if ls.chromium == "missing":
         pytest.skip("no Chromium (scripts/setup_label_studio.sh installs it with apt-get as root)")
@@ -348,7 +353,7 @@ def test_task_page_in_chromium_shows_the_pre_annotated_regions(ls, stack, tmp_pa
         cookies = django_login(ls.url, ls.server.username, ls.server.password)
         browser = Chromium(ls.chromium, tmp_path / "chromium-profile")
         try:
-            browser.call("Emulation.setDeviceMetricsOverride", width=1400, height=900, deviceScaleFactor=1,
+            browser.call("Emulation.setDeviceMetricsOverride", width=VIEWPORT[1], height=VIEWPORT[0], deviceScaleFactor=1,
                          mobile=False)
             browser.call("Network.enable")
             for name, value in cookies.items():
@@ -385,7 +390,7 @@ def test_task_page_in_chromium_shows_the_pre_annotated_regions(ls, stack, tmp_pa
     imageio.write_png(tmp_path / "task_page.png", shown)
     imageio.write_png(ARTIFACTS / "task_page_regions_hidden.png", hidden)
     print(f"\nscreenshot of the Label Studio task page: {path}")
-    assert shown.shape == (900, 1400, 3)
+    assert shown.shape == (*VIEWPORT, 3)
     x, y, w, h = frame_box
     assert w > 100 and h > 50, frame_box  # the frame is on screen
     on_frame = np.abs(shown[y:y + h, x:x + w].astype(int) - hidden[y:y + h, x:x + w].astype(int)).max(axis=-1)
@@ -396,4 +401,4 @@ def test_task_page_in_chromium_shows_the_pre_annotated_regions(ls, stack, tmp_pa
 
 def _screenshot(browser: Chromium) -> np.ndarray:
     png = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
-    return imageio.decode_image(png)  # [900, 1400, 3]
+    return imageio.decode_image(png)  # [*VIEWPORT, 3]
