@@ -304,15 +304,13 @@ def _bilinear_up2_adjoint_axis(g: torch.Tensor, dim: int) -> torch.Tensor:
 
     Output m collects 1/4, 3/4, 3/4, 1/4 from inputs 2m-1 .. 2m+2; at the two ends PyTorch clamps the
     source index, so the first and last output also collect the 1/4 that would fall outside.
+    The taps are two average pools, [1/4] * 4 over 2m-1 .. 2m+2 plus [1/2] * 2 over 2m .. 2m+1: pooling
+    runs per channel with no weights, where a convolution with channels folded into the batch ran
+    ONNX Runtime's blocked kernels on 1 of 16 channels (bench/cam_cost.py: 16 of the VJP's 132 ms).
     """
-    taps = [0.25, 0.75, 0.75, 0.25]
-    if dim == 2:
-        kernel, stride, padding = torch.tensor(taps).view(1, 1, 4, 1), (2, 1), (1, 0)
-    else:
-        kernel, stride, padding = torch.tensor(taps).view(1, 1, 1, 4), (1, 2), (0, 1)
-    # every channel alike: fold channels into the batch so the kernel's shape is a graph constant
-    low = F.conv2d(g.flatten(0, 1)[:, None], kernel.to(g.dtype), stride=stride, padding=padding)
-    low = low.reshape(g.shape[0], g.shape[1], low.shape[2], low.shape[3])  # [B, K, ., .] halved along dim
+    kernel4, stride, pad4 = ((4, 1), (2, 1), (1, 0)) if dim == 2 else ((1, 4), (1, 2), (0, 1))
+    kernel2 = (2, 1) if dim == 2 else (1, 2)
+    low = F.avg_pool2d(g, kernel4, stride, pad4, count_include_pad=True) + F.avg_pool2d(g, kernel2, stride)
     n = low.shape[dim]
     first = low.narrow(dim, 0, 1) + 0.25 * g.narrow(dim, 0, 1)
     last = low.narrow(dim, n - 1, 1) + 0.25 * g.narrow(dim, g.shape[dim] - 1, 1)
@@ -340,10 +338,11 @@ def _block_forward_with_tape(block: nn.Sequential, h: torch.Tensor) -> tuple[tor
     return h, tape
 
 
-def _block_vjp(tape: list, g: torch.Tensor) -> torch.Tensor:
+def _block_vjp(tape: list, g: torch.Tensor, keep: int | None = None) -> torch.Tensor:
     """Gradient at a block's input from the gradient at its output, for Conv2d (stride 1, groups 1,
-    no dilation), BatchNorm2d in eval mode, ReLU and eval-mode Dropout/Identity layers."""
-    for layer, out in reversed(tape):
+    no dilation), BatchNorm2d in eval mode, ReLU and eval-mode Dropout/Identity layers; `keep`: only
+    the block input's first `keep` channels are asked for (the first conv then computes no others)."""
+    for i, (layer, out) in reversed(list(enumerate(tape))):
         if isinstance(layer, nn.ReLU):
             g = g * (out > 0).to(g.dtype)
         elif isinstance(layer, nn.BatchNorm2d):
@@ -358,13 +357,15 @@ def _block_vjp(tape: list, g: torch.Tensor) -> torch.Tensor:
             # ConvTranspose (bench/cam_cost.py)
             kh, kw = layer.kernel_size
             flipped = layer.weight.flip(2, 3).transpose(0, 1).to(g.dtype)  # [K_in, K_out, kh, kw]
+            if i == 0 and keep is not None:  # the block's input: its other channels are never used
+                flipped, keep = flipped[:keep], None
             g = F.conv2d(g, flipped, padding=(kh - 1 - layer.padding[0], kw - 1 - layer.padding[1]))
         elif isinstance(layer, (nn.Dropout, nn.Dropout2d, nn.Identity)):
             if layer.training and not isinstance(layer, nn.Identity):
                 raise InvalidInput("the bottleneck GradCAM needs dropout in eval mode (call model.eval())")
         else:
             raise InvalidInput(f"bottleneck GradCAM: no VJP for decoder layer {type(layer).__name__}")
-    return g
+    return g if keep is None else g[:, :keep]
 
 
 def bottleneck_weights(model: nn.Module, x: torch.Tensor, class_weights: torch.Tensor | None = None,
@@ -405,7 +406,9 @@ def bottleneck_weights(model: nn.Module, x: torch.Tensor, class_weights: torch.T
         g = bilinear_up2_adjoint(g)  # [B, C, H/2, W/2]: through the upsampling (C < K: cheaper first)
     g = F.conv2d(g, head_w.transpose(0, 1).to(g.dtype))  # [B, K, H/s, W/s]: through the 1x1 head, W^T
     for up, tape in reversed(tapes):
-        g = _block_vjp(tape, g)[:, :up.out_channels]  # the up-path half of the concat
+        # only the up-path half of the concat: the skips do not depend on the bottleneck, and not
+        # computing their half saves a third of the decoder's VJP (bench/cam_cost.py)
+        g = _block_vjp(tape, g, keep=up.out_channels)
         g = F.conv2d(g, up.weight.to(g.dtype), stride=up.stride)  # adjoint of the 2x2/2 transposed conv
     return logits, bottleneck, g.mean(dim=(2, 3))  # alpha [B, K_b]
 

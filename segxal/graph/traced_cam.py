@@ -449,6 +449,14 @@ def _convolution_backward(grad_output, input, weight, bias_sizes, stride, paddin
         if transposed:
             grad_input = torch.ops.aten.convolution(grad_output, weight, None, stride, padding, dilation,
                                                     False, [0] * len(stride), groups)
+        elif all(s == 1 for s in stride) and all(p <= d * (k - 1) for p, d, k in zip(padding, dilation,
+                                                                                     weight.shape[2:])):
+            # stride 1: the adjoint is also a plain convolution, with the kernel flipped and each
+            # group's in/out channels swapped; ONNX Runtime runs Conv ~2x faster than ConvTranspose
+            grad_input = torch.ops.aten.convolution(
+                grad_output, _adjoint_kernel(weight, groups), None, stride,
+                [d * (k - 1) - p for p, d, k in zip(padding, dilation, weight.shape[2:])], dilation,
+                False, [0] * len(stride), groups)
         else:
             extra = [i - ((o - 1) * s - 2 * p + d * (k - 1) + 1) for i, o, s, p, d, k in zip(
                 input.shape[2:], grad_output.shape[2:], stride, padding, dilation, weight.shape[2:])]
@@ -457,6 +465,41 @@ def _convolution_backward(grad_output, input, weight, bias_sizes, stride, paddin
     if output_mask[1] or output_mask[2]:
         raise InvalidInput("the traced CAM needs no weight gradients; a parameter asked for one")
     return grad_input, None, None
+
+
+def _adjoint_kernel(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """[K_out, K_in/g, kh, kw] -> [K_in, K_out/g, kh, kw]: per group in/out swapped, spatially flipped."""
+    k_out, k_in_g = weight.shape[:2]
+    w = weight.reshape(groups, k_out // groups, k_in_g, *weight.shape[2:]).transpose(1, 2)
+    return w.reshape(groups * k_in_g, k_out // groups, *weight.shape[2:]).flip(-2, -1)
+
+
+def _prune_channel_slices(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A convolution whose every use is a slice of its channels computes only those: the backward
+    of a concatenation slices the input gradient of the convolution after it, and the half that
+    belongs to a skip connection (which does not depend on the CAM layer) is dropped unused."""
+    aten = torch.ops.aten
+    gm.graph.eliminate_dead_code()  # the unused halves go first, so the used slices are the only users
+    for conv in list(gm.graph.nodes):
+        if conv.target is not aten.convolution.default or not conv.users:
+            continue
+        x, weight, bias, stride, padding, dilation, transposed, output_padding, groups = conv.args
+        if groups != 1 or bias is not None or not all(
+                u.target is aten.slice.Tensor and len(u.args) >= 2 and u.args[1] == 1
+                and (len(u.args) < 5 or u.args[4] == 1) for u in conv.users):
+            continue
+        out_dim = 1 if transposed else 0  # the weight's axis of the output channels
+        for use in list(conv.users):
+            start, end = (list(use.args[2:4]) + [None, None])[:2]
+            with gm.graph.inserting_before(use):
+                w = gm.graph.call_function(aten.slice.Tensor, (weight, out_dim, start or 0, end))
+                new = gm.graph.call_function(aten.convolution.default, (x, w, *conv.args[2:]))
+            use.replace_all_uses_with(new)
+            gm.graph.erase_node(use)
+        gm.graph.erase_node(conv)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
 
 
 def _decompositions() -> dict:
@@ -609,7 +652,7 @@ def trace_explainer(explainer: TracedExplainer, example: torch.Tensor) -> torch.
     from torch.fx.experimental.proxy_tensor import make_fx
     with _ResampleAsMatMul(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return make_fx(explainer, decomposition_table=_decompositions())(example)
+        return _prune_channel_slices(make_fx(explainer, decomposition_table=_decompositions())(example))
 
 
 # ---------------------------------------------------------------------------------------------
