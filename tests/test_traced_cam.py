@@ -185,6 +185,21 @@ def test_every_target_equals_pytorch_grad_cam(target, name):
     assert np.abs(cam - ref).max() < CAM_TOL
 
 
+@pytest.mark.parametrize("target", CAM_TARGETS)
+def test_each_targets_written_out_seed_is_the_gradient_of_its_definition(target):
+    """The explainer feeds CamTarget.seed to the backward pass instead of differentiating the
+    target: it must be dT/dlogits of the definition pytorch-grad-cam differentiates."""
+    logits = torch.randn(2, NUM_CLASSES, 9, 13, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
+    logits[1, :, :4] = -5.0  # a block where only the lower classes compete
+    logits[1, 2, :4] = 5.0
+    t = make_target(target, CLASS_NAMES)
+    z = logits.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(t(z).sum(), z)
+    got = t.seed(logits, logits.argmax(1))
+    assert got.shape == logits.shape
+    assert float((got - expected).abs().max()) < 1e-12
+
+
 @pytest.mark.parametrize("name", ["smp_deeplabv3plus", "lraspp_mobilenet_v3_large"])
 def test_on_the_models_own_grid_the_cam_and_maps_come_from_the_logits_before_its_final_resize(name, tmp_path):
     """uncertainty_at="model": the target, EBU and p_max on the class scores the model computes before

@@ -69,14 +69,29 @@ OBJECT_CLASS_NAMES = ("person", "rider", "car", "truck", "bus", "train", "motorc
 # scalar per image [B]; pytorch-grad-cam calls the same objects per image (see as_grad_cam_target).
 
 
+def _onehot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """labels [B, H, W] -> [B, C, H, W] 0/1; a comparison, not F.one_hot: one_hot checks its
+    values, which a traced graph cannot."""
+    return (labels[:, None] == torch.arange(num_classes).view(1, -1, 1, 1)).to(dtype)
+
+
 class CamTarget:
-    """Base of the CAM targets: `__call__(logits [B, C, H, W], ebu=None) -> [B]`; `ebu` [B, H, W] is
-    the normalised entropy of those logits when the caller has it already (the explainer computes it
-    once for the target and the outputs)."""
+    """Base of the CAM targets: `__call__(logits [B, C, H, W], ebu=None) -> [B]` is the definition
+    (what pytorch-grad-cam differentiates in the tests); `ebu` [B, H, W] is the normalised entropy
+    of those logits when the caller has it already. `seed` is its gradient dT/dlogits, which the
+    explainer feeds to the backward pass: written out per target in the logits' own layout, it
+    costs a few elementwise ops where autograd through the statistics' reductions and transposes
+    cost a fifth of a full-resolution model's graph (bench/cam_cost.py)."""
     name = ""
 
     def __call__(self, logits: torch.Tensor, ebu: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def seed(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """dT/dlogits [B, C, H, W] of the summed target; labels [B, H, W] = argmax of the logits."""
+        with torch.enable_grad():
+            z = logits.detach().requires_grad_()
+            return torch.autograd.grad(self(z).sum(), z)[0]
 
 
 class ClassAgnostic(CamTarget):
@@ -87,6 +102,9 @@ class ClassAgnostic(CamTarget):
     def __call__(self, logits, ebu=None):
         z = logits.movedim(1, -1)  # [B, H, W, C]: classes last (see EbuGradient)
         return z.gather(-1, z.argmax(-1, keepdim=True)).sum((1, 2, 3))  # [B]
+
+    def seed(self, logits, labels):
+        return _onehot(labels, logits.shape[1], logits.dtype)
 
 
 class ClassBalanced(CamTarget):
@@ -101,6 +119,10 @@ class ClassBalanced(CamTarget):
         counts = onehot.sum((2, 3))  # [B, C]
         per_class = (onehot * logits).sum((2, 3))  # [B, C]
         return (per_class / counts.clamp_min(1.0)).sum(1)  # [B]; absent classes add 0
+
+    def seed(self, logits, labels):
+        onehot = _onehot(labels, logits.shape[1], logits.dtype)  # [B, C, H, W]
+        return onehot / onehot.sum((2, 3), keepdim=True).clamp_min(1.0)
 
 
 class Objects(CamTarget):
@@ -119,6 +141,11 @@ class Objects(CamTarget):
         keep[list(self.class_ids)] = 1.0
         return (logits.gather(1, labels) * keep[labels]).sum((1, 2, 3))  # [B]
 
+    def seed(self, logits, labels):
+        keep = torch.zeros(1, logits.shape[1], 1, 1, dtype=logits.dtype)
+        keep[0, list(self.class_ids)] = 1.0
+        return _onehot(labels, logits.shape[1], logits.dtype) * keep
+
 
 class EbuGradient(CamTarget):
     """T = sum_i EBU(i), the frame's summed normalised entropy: the CAM shows the features whose
@@ -133,6 +160,17 @@ class EbuGradient(CamTarget):
         log_p = logits.movedim(1, -1).log_softmax(-1)  # [B, H, W, C]
         entropy = -(log_p.exp() * log_p).sum(-1)  # [B, H, W]
         return (entropy / math.log(logits.shape[1])).sum((1, 2))  # [B]
+
+    def seed(self, logits, labels):
+        # dH/dz_c = -p_c (log p_c + H), H = -sum_c p_c log p_c; per class plane (reductions over
+        # the leading class axis of [B, C, H*W] need no transpose)
+        shifted = logits - logits.amax(1, keepdim=True)  # [B, C, H, W]
+        expd = shifted.exp()
+        total = expd.sum(1, keepdim=True)  # [B, 1, H, W]
+        p = expd / total
+        log_p = shifted - total.log()
+        entropy = -(p * log_p).sum(1, keepdim=True)
+        return -p * (log_p + entropy) / math.log(logits.shape[1])
 
 
 CAM_TARGETS = ("class-agnostic", "class-balanced", "objects", "ebu-gradient")
@@ -602,8 +640,10 @@ class TracedExplainer(nn.Module):
                     raise InvalidInput(f"layer {name!r} did not run in the model's forward pass")
             acts = [store["a"] for store in stores]  # [B, K_l, h_l, w_l] each
             # classes last: ONNX Runtime's reductions over a strided class axis transpose around themselves
-            labels, ebu, pmax = prediction_statistics(z.movedim(1, -1), dim=-1)  # [B, h', w'] each
-            grads = torch.autograd.grad(self.target(z, ebu).sum(), acts, allow_unused=True)
+            labels, ebu, pmax = prediction_statistics(z.detach().movedim(1, -1), dim=-1)  # [B, h', w'] each
+            with torch.no_grad():
+                seed = self.target.seed(z.detach(), labels)  # [B, C, h', w']: dT/dz
+            grads = torch.autograd.grad(z, acts, seed, allow_unused=True)
         for (name, _, _), grad in zip(self.layers, grads):
             if grad is None:  # the target does not depend on this layer
                 raise InvalidInput(f"the CAM target does not depend on layer {name!r}")
