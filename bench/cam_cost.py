@@ -9,7 +9,8 @@ Per model:
   * "EEM head"     segxal.graph.add_eem on the logits graph: the analytic head-input CAM (what an
                    ONNX-only model gets), foreign architectures only;
   * the project's U-Net also "EEM VJP": its written-out bottleneck VJP (segxal.eem.gradcam), and
-    "EEM traced" at the same bottleneck, to decide whether the U-Net keeps its own VJP.
+    "EEM traced" at the same bottleneck with the same target and grid, to decide whether the U-Net
+    keeps its own VJP ("EEM traced@model": the same on the model's grid).
 
     python bench/cam_cost.py --size 256x512 --rounds 5 --threads 1
     python bench/cam_cost.py --models unet smp_deeplabv3plus --size 128x256
@@ -67,9 +68,14 @@ def _graphs(name: str, hw: tuple[int, int], tmp: Path, layers: tuple[str, ...] =
         out["logits"] = export_logits_onnx(model, tmp / "unet_logits.onnx", hw, uint8_input=True)
         export_segmentation(model, tmp / "unet_vjp.onnx", ExportConfig(trace_hw=hw))
         out["EEM VJP"] = tmp / "unet_vjp.onnx"
+        from segxal.eem.gradcam import DEFAULT_UNET_CAM_TARGET
         layer = _module_name(model, model.bottleneck_layer)
-        out["EEM traced"] = export_traced(model, tmp / "unet_traced.onnx", hw, layer=layer,
-                                          target="class-agnostic").path  # the VJP's target
+        # the VJP's layer, target and grid (EBU, p_max and the target on the input's grid); and the
+        # traced route's default grid, the model's own (the logits before the 2x head upsampling)
+        out["EEM traced"] = export_traced(model, tmp / "unet_traced.onnx", hw, layer=layer, uncertainty_at="input",
+                                          target=DEFAULT_UNET_CAM_TARGET).path
+        out["EEM traced@model"] = export_traced(model, tmp / "unet_traced_model.onnx", hw, layer=layer,
+                                                uncertainty_at="model", target=DEFAULT_UNET_CAM_TARGET).path
         return out
     import_path, kwargs = MODELS[name]
     model = build_model(import_path, kwargs).eval()
