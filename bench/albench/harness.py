@@ -55,7 +55,7 @@ from segxal.cache import cache_path
 from segxal.data.cityscapes import SegDataset, disparity_to_depth, list_frames, load_camera
 from segxal.eem.explain import ExplainedSegmenter
 from segxal.eem.frame import score_frame
-from segxal.eem.gradcam import DEFAULT_UNET_CAM_TARGET
+from segxal.eem.gradcam import DEFAULT_UNET_CAM_TARGET, UNET_CAM_TARGETS
 from segxal.eem.options import EEMOptions
 from segxal.errors import InvalidInput
 from segxal.labels import CLASS_NAMES, IGNORE, NUM_CLASSES
@@ -396,13 +396,14 @@ class PoolOutputs:
     bald: np.ndarray | None = None  # float16 [N, H, W] BALD mutual information
 
 
-def pool_outputs(model: UNet, data: _Data, cfg: BenchConfig, with_bald: bool, cam_target: str = "class-agnostic",
-                 batch: int = 32) -> PoolOutputs:
+def pool_outputs(model: UNet, data: _Data, cfg: BenchConfig, with_bald: bool,
+                 cam_target: str = DEFAULT_UNET_CAM_TARGET, batch: int = 32) -> PoolOutputs:
     """Labels, EBU, CAM, p_max (the product's ExplainedSegmenter), the frame embedding and class
-    histograms, and optionally BALD, for every training frame; with another `cam_target`, the CAM
-    is that target's at the same layer (with_cam_target)."""
+    histograms, and optionally BALD, for every training frame; the CAM is `cam_target`'s at the
+    bottleneck (the written-out VJP where it has the target, else with_cam_target)."""
     model = model.eval()
-    explained = ExplainedSegmenter(model).eval()
+    vjp_target = cam_target if cam_target in UNET_CAM_TARGETS else DEFAULT_UNET_CAM_TARGET
+    explained = ExplainedSegmenter(model, cam_target=vjp_target).eval()
     parts: dict[str, list] = {k: [] for k in ("labels", "ebu", "cam", "pmax", "embedding")}
     for s in range(0, len(data.train_images), batch):
         x = torch.from_numpy(data.train_images[s:s + batch]).to(data.train_feats.x.device)
@@ -418,7 +419,7 @@ def pool_outputs(model: UNet, data: _Data, cfg: BenchConfig, with_bald: bool, ca
     out["class_hist"] = hist / np.maximum(hist.sum(1, keepdims=True), 1)
     bald = fz.bald(model, data.train_feats, cfg.mc_samples, cfg.head_dropout) if with_bald else None
     outputs = PoolOutputs(**out, bald=bald)
-    return outputs if cam_target == DEFAULT_UNET_CAM_TARGET else with_cam_target(outputs, model, data, cam_target)
+    return outputs if cam_target == vjp_target else with_cam_target(outputs, model, data, cam_target)
 
 
 def with_cam_target(out: PoolOutputs, model: UNet, data: _Data, target: str, batch: int = 32) -> PoolOutputs:
@@ -715,8 +716,9 @@ def _seed_unit(cfg: BenchConfig, data: _Data, seed: int, n_seed: int, need_bald:
     """What one seed adds to the report: model 0's evaluation, the key arms' runs, random's 2 x steps
     check, and on the first `exploratory_seeds` seeds the exploratory arms. A seed that would start
     after the deadline is skipped (a unit's length is the seed's; the key arms' power is what a
-    deadline trades)."""
-    if cfg.deadline_s and n_seed >= cfg.exploratory_seeds and time.time() - t_start > cfg.deadline_s:
+    deadline trades), whatever arms it runs: only the first MIN_SEEDS always run, so that every
+    arm has an interval (exploratory arms on every seed once had no deadline at all)."""
+    if cfg.deadline_s and n_seed >= MIN_SEEDS and time.time() - t_start > cfg.deadline_s:
         return {"seed": seed, "skipped": True}
     exploratory = n_seed < cfg.exploratory_seeds
     ctx = _seed_context(cfg, data, seed, need_bald and exploratory)
@@ -740,6 +742,7 @@ def _seed_unit(cfg: BenchConfig, data: _Data, seed: int, n_seed: int, need_bald:
     return unit
 
 
+MIN_SEEDS = 3  # seeds that run whatever the deadline (a paired interval needs a few)
 _WORKER: dict = {}  # a worker process's configuration and data (run_benchmark with jobs > 1)
 
 
