@@ -168,6 +168,19 @@ def test_seeds_spread_over_worker_processes_give_the_same_records_as_one_process
     assert same(one) == same(two) and len(same(one)) == len(one["runs"])
 
 
+def test_the_deadline_bounds_a_run_whose_exploratory_arms_cover_every_seed(tiny, tmp_path):
+    """Past the deadline no new seed starts, whatever arms it would run; the first MIN_SEEDS always run."""
+    from bench.albench.harness import MIN_SEEDS
+    data, pre = tiny
+    out = tmp_path / "deadline"
+    assert _al_curve().main(["--quick", "--data", str(data), "--pretrain-data", str(pre), "--out", str(out),
+                             "--seeds", "0", "1", "2", "3", "4", "--exploratory-seeds", "5", "--arms", "random",
+                             "eem", "--protocols", "frame", "--deadline-min", "1e-6"]) == 0
+    report = load_report(out / REPORT_FILE)
+    assert MIN_SEEDS == 3 and report["skipped_seeds"] == [3, 4]
+    assert {r["seed"] for r in report["runs"]} == {0, 1, 2}
+
+
 def test_near_field_mask_is_nearer_than_20_m_on_the_report_split(quick_run):
     out, report = quick_run
     cfg = replace(BenchConfig(**{**report["config"], "size": tuple(report["config"]["size"])}),

@@ -7,8 +7,9 @@ dynamo ONNX exporter. What makes every backward op exportable (../shared/FACTS.m
 any torch model inside an ONNX graph"):
 
 * torch's core ATen decompositions (batch-norm and threshold backwards become plain arithmetic),
-  plus `aten.convolution_backward` written as a transposed convolution (input gradient only: the
-  weights are constants of the graph, so their gradient is never asked for);
+  plus `aten.convolution_backward` written as a convolution (input gradient only: the weights are
+  constants of the graph, so their gradient is never asked for): for stride 1 a plain convolution
+  with the kernel flipped, else a transposed one;
 * every resampling a model does through `F.interpolate` (bilinear, nearest) and
   `F.adaptive_avg_pool2d` (PSPNet's pyramid, mobile nets' squeeze-excite) is traced as two
   MatMuls with constant matrices, `Uh @ x @ Uw^T`: all of them are separable and linear, so this
@@ -17,6 +18,12 @@ any torch model inside an ONNX graph"):
   to full resolution) is instead one depthwise transposed convolution with the interpolation
   kernel, equally exact and O(taps) per output pixel. That replaces `upsample_bilinear2d_backward`,
   `upsample_nearest2d_backward` and `_adaptive_avg_pool2d_backward`, which have no ONNX translation.
+
+Three things keep the backward pass cheap (docs/cam.md, Cost): the stride-1 adjoints above are
+Convs (ONNX Runtime runs ConvTranspose about half as fast); a convolution whose input gradient is
+only sliced, as a skip connection's concatenation does, computes only the channels used
+(`_prune_channel_slices`); and each target's gradient with respect to the logits is written out
+(`CamTarget.seed`) instead of differentiated through the statistics.
 
 The graph takes uint8 RGB [B, H, W, 3] at a fixed H x W (the model's declared input size; the
 inference client resizes frames to it), normalises inside, and gives the outputs our other
@@ -174,9 +181,10 @@ class EbuGradient(CamTarget):
 
 
 CAM_TARGETS = ("class-agnostic", "class-balanced", "objects", "ebu-gradient")
-# the traced route's grid of EBU, p_max and the target: the model's own (docs/cam.md, Cost: 1.35-1.68 x
-# the plain forward against 1.66-3.02 x on the input's grid for four of five foreign architectures,
-# the CAM's health the same on both grids); "input" where the logits come at the input's size anyway
+# the traced route's grid of EBU, p_max and the target: the model's own. Chosen when it cost 1.35-1.68 x
+# the plain forward against 1.66-3.02 x on the input's grid; since the targets' gradients are written
+# out (CamTarget.seed) the two grids cost alike (docs/cam.md, Cost), and the CAM's health is the same
+# on both; "input" where the logits come at the input's size anyway
 DEFAULT_UNCERTAINTY_AT = "model"
 DEFAULT_CAM_TARGET = "ebu-gradient"  # bench/cam_health.py --train decided (docs/cam.md)
 
