@@ -60,9 +60,9 @@ class EEMOptions:
     threshold: float = 0.5  # used when threshold_mode == "fixed"; in [0, 1], the EEM's range
     min_region_area: int = DEFAULT_MIN_AREA  # pixels at 256 x 512 (scaled to the map); 0 keeps all
     # "multiplicative" | "additive". Multiplicative by default: in the region protocol (labels on the
-    # map's best cells) it beats the paper's additive fusion by +2.29 mIoU [+1.86, +2.72] over the
-    # curve and is level with random cells, where the additive one loses 2.4 to them; for whole
-    # frames the two do not differ (-0.15 [-0.48, +0.19]); 23 seeds, bench/results/al.md
+    # map's best cells) it beats the paper's additive fusion by +1.65 mIoU [+1.33, +1.97] over the
+    # curve and is level with random cells, where the additive one loses 1.8 to them; for whole
+    # frames the two do not differ (-0.03 [-0.41, +0.35]); 31 seeds, bench/results/al.md
     fusion: str = "multiplicative"
 
     @classmethod

@@ -32,10 +32,11 @@ from segxal.errors import InvalidInput
 
 # The product's default selection (segxal loop, a StartCycle without a selection): EEM score rank
 # and farthest-first diversity at equal strength. Chosen by the label-efficiency benchmark's frame
-# protocol (bench/results/al.md, 23 seeds, paired whole-curve test mIoU; the U-Net's CAM then
-# class-agnostic): +1.04 [+0.71, +1.38] over random and +0.89 [+0.47, +1.32] over entropy, ahead
-# of plain EEM (+0.46; diversity adds +0.58 [+0.23, +0.94] to it) and level with core-set within
-# the interval (+0.20 [-0.23, +0.63]). SelectionSpec() itself stays the plain ranking by score.
+# protocol (bench/results/al.md, 31 seeds, paired whole-curve test mIoU, the shipped CAM): +0.89
+# [+0.61, +1.17] over random and +0.86 [+0.47, +1.26] over entropy, ahead of plain EEM (diversity
+# adds +0.66 [+0.30, +1.02] to it) and no different from core-set (-0.03 [-0.31, +0.26]: the gain
+# is diversity's; the EEM score keeps the regions it highlights for the labeler). SelectionSpec()
+# itself stays the plain ranking by score.
 DEFAULT_SELECTION = "score=1,diversity=1"
 
 
