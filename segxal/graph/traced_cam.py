@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segxal.eem.gradcam import target_seed
 from segxal.errors import InvalidInput
 from segxal.graph.add_eem import METADATA_UNCERTAINTY_AT, UNCERTAINTY_AT  # one rule for both routes
 
@@ -74,12 +75,6 @@ OBJECT_CLASS_NAMES = ("person", "rider", "car", "truck", "bus", "train", "motorc
 # ---------------------------------------------------------------------------------------------
 # CAM targets: what the gradient explains. Each maps logits [B, C, H, W] at the input's size to one
 # scalar per image [B]; pytorch-grad-cam calls the same objects per image (see as_grad_cam_target).
-
-
-def _onehot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
-    """labels [B, H, W] -> [B, C, H, W] 0/1; a comparison, not F.one_hot: one_hot checks its
-    values, which a traced graph cannot."""
-    return (labels[:, None] == torch.arange(num_classes).view(1, -1, 1, 1)).to(dtype)
 
 
 class CamTarget:
@@ -110,8 +105,8 @@ class ClassAgnostic(CamTarget):
         z = logits.movedim(1, -1)  # [B, H, W, C]: classes last (see EbuGradient)
         return z.gather(-1, z.argmax(-1, keepdim=True)).sum((1, 2, 3))  # [B]
 
-    def seed(self, logits, labels):
-        return _onehot(labels, logits.shape[1], logits.dtype)
+    def seed(self, logits, labels):  # the U-Net VJP's seed of the same target
+        return target_seed(labels, logits.shape[1], None, self.name, logits.dtype)
 
 
 class ClassBalanced(CamTarget):
@@ -127,9 +122,8 @@ class ClassBalanced(CamTarget):
         per_class = (onehot * logits).sum((2, 3))  # [B, C]
         return (per_class / counts.clamp_min(1.0)).sum(1)  # [B]; absent classes add 0
 
-    def seed(self, logits, labels):
-        onehot = _onehot(labels, logits.shape[1], logits.dtype)  # [B, C, H, W]
-        return onehot / onehot.sum((2, 3), keepdim=True).clamp_min(1.0)
+    def seed(self, logits, labels):  # the U-Net VJP's seed of the same target
+        return target_seed(labels, logits.shape[1], None, self.name, logits.dtype)
 
 
 class Objects(CamTarget):
@@ -142,16 +136,20 @@ class Objects(CamTarget):
             raise InvalidInput("the objects target needs at least one object class")
         self.class_ids = tuple(int(c) for c in class_ids)
 
+    def keep(self, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+        """[C]: 1 for the object classes, 0 for the others."""
+        keep = torch.zeros(num_classes, dtype=dtype)
+        keep[list(self.class_ids)] = 1.0
+        return keep
+
     def __call__(self, logits, ebu=None):
         labels = logits.argmax(1, keepdim=True)  # [B, 1, H, W]
-        keep = torch.zeros(logits.shape[1], dtype=logits.dtype)
-        keep[list(self.class_ids)] = 1.0
+        keep = self.keep(logits.shape[1], logits.dtype)
         return (logits.gather(1, labels) * keep[labels]).sum((1, 2, 3))  # [B]
 
-    def seed(self, logits, labels):
-        keep = torch.zeros(1, logits.shape[1], 1, 1, dtype=logits.dtype)
-        keep[0, list(self.class_ids)] = 1.0
-        return _onehot(labels, logits.shape[1], logits.dtype) * keep
+    def seed(self, logits, labels):  # the class-agnostic seed, the other classes weighted 0
+        return target_seed(labels, logits.shape[1], self.keep(logits.shape[1], logits.dtype), "class-agnostic",
+                           logits.dtype)
 
 
 class EbuGradient(CamTarget):
