@@ -29,7 +29,7 @@ import onnx
 
 from segxal.errors import InvalidInput
 from segxal.graph.add_eem import UNCERTAINTY_AT, EEMGraphInfo, add_eem_file
-from segxal.graph.traced_cam import CAM_TARGETS, DEFAULT_CAM_TARGET, DEFAULT_UNCERTAINTY_AT
+from segxal.graph.traced_cam import CAM_METHODS, CAM_TARGETS, DEFAULT_CAM_METHOD, DEFAULT_CAM_TARGET, DEFAULT_UNCERTAINTY_AT
 from segxal.labels import read_label_file
 from segxal.modelspec import NO_CAM, SEGMENTATION, ModelSpec, Preprocessing, TensorSpec, numpy_dtype, datatype_of
 
@@ -119,11 +119,12 @@ def _run_traced(args: argparse.Namespace) -> int:
     mean, std = _floats(args.mean, "--mean"), _floats(args.std, "--std")
     model = load_torch_model(args.model_import, args.model_kwargs, args.checkpoint)
     export = export_traced(model, output, size, layer=args.layer, target=args.cam_target or DEFAULT_CAM_TARGET,
+                           method=args.cam_method or DEFAULT_CAM_METHOD,
                            class_names=names, mean=mean, std=std,
                            uncertainty_at=args.uncertainty_at or DEFAULT_UNCERTAINTY_AT)
     summary = {"output": output, "num_classes": export.num_classes, "uncertainty_at": export.uncertainty_at,
-               "cam_layer": describe_cam(export.layer, export.target), "layer": export.layer,
-               "cam_target": export.target, "ebu_only": False, "outputs": list(OUTPUTS),
+               "cam_layer": describe_cam(export.layer, export.target, export.method), "layer": export.layer,
+               "cam_target": export.target, "cam_method": export.method, "ebu_only": False, "outputs": list(OUTPUTS),
                "embedding_dim": export.embedding_dim, "batch": export.batch,
                "parity": {k: round(v, 6) for k, v in export.parity.items()}}
     if args.repo:
@@ -142,8 +143,8 @@ def _run_add_eem(args: argparse.Namespace) -> int:
         return _run_traced(args)
     if args.output is None:
         raise InvalidInput("give the input ONNX and the output path (or --model-import for a torch model)")
-    if args.layer or args.cam_target:
-        raise InvalidInput("--layer and --cam-target need a torch model (--model-import); an ONNX graph gets "
+    if args.layer or args.cam_target or args.cam_method:
+        raise InvalidInput("--layer, --cam-target and --cam-method need a torch model (--model-import); an ONNX graph gets "
                            "the CAM at its classifier's input")
     args.normalization = args.normalization or "client"
     probe = tuple(int(v) for v in _floats(args.probe_size, "--probe-size")) if args.probe_size else None
@@ -192,6 +193,9 @@ def register_cli(sub) -> None:
                                    "stage of the model's family (docs/cam.md)")
     t.add_argument("--cam-target", choices=CAM_TARGETS, default=None,
                    help=f"what the CAM explains (default {DEFAULT_CAM_TARGET}; see docs/cam.md)")
+    t.add_argument("--cam-method", choices=CAM_METHODS, default=None,
+                   help=f"the CAM's channel weighting: gradcam (spatially pooled gradients) or hirescam (per "
+                        f"location) (default {DEFAULT_CAM_METHOD}; see docs/cam.md)")
     p.add_argument("--logits", help="the logits output's name (default: the only output)")
     p.add_argument("--keep-logits", action="store_true", help="keep the logits as an output named 'logits'")
     p.add_argument("--require-cam", action="store_true",

@@ -33,6 +33,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -82,14 +83,16 @@ def _val_frames(data: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 # ---- a model repository (any architecture) ----
 
 
-def _served_target(cam_layer: str) -> str:
-    """The U-Net's CAM target from its config's cam_layer ("bottleneck (class-balanced)"; exports
-    before 2026-12-07 said "bottleneck": class-agnostic)."""
-    return cam_layer.partition("(")[2].rstrip(")") or "class-agnostic"
+def _served_cam(cam_layer: str) -> tuple[str, str]:
+    """The U-Net's CAM target and method from its config's cam_layer ("bottleneck (class-balanced)",
+    "bottleneck (class-balanced, hirescam)"; exports before 2026-12-07 said "bottleneck": class-agnostic)."""
+    inside = cam_layer.partition("(")[2].rstrip(")") or "class-agnostic"
+    target, _, method = (part.strip() for part in inside.partition(","))
+    return target, method or "gradcam"
 
 
 def _grad_cam_diff(ckpt: Path, images: np.ndarray, served_cam: np.ndarray, spec_cam_layer: str) -> float | None:
-    from pytorch_grad_cam import GradCAM  # the independent reference, only where a checkpoint exists
+    from pytorch_grad_cam import GradCAM, HiResCAM  # the independent reference, only where a checkpoint exists
 
     from segxal.graph.traced_cam import as_grad_cam_target, make_target
     from segxal.models.unet import UNet
@@ -99,8 +102,10 @@ def _grad_cam_diff(ckpt: Path, images: np.ndarray, served_cam: np.ndarray, spec_
         return None
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0  # [B, 3, H, W]
     x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    with GradCAM(model=model, target_layers=[model.bottleneck_layer]) as cam:  # the served target, by name
-        target = as_grad_cam_target(make_target(_served_target(spec_cam_layer)))
+    target, method = _served_cam(spec_cam_layer)
+    reference = {"gradcam": GradCAM, "hirescam": HiResCAM}[method]
+    with reference(model=model, target_layers=[model.bottleneck_layer]) as cam:  # the served target, by name
+        target = as_grad_cam_target(make_target(target))
         ref = cam(input_tensor=x, targets=[target] * len(x))
     return float(np.abs(ref - served_cam.astype(np.float32)).max())
 
@@ -164,38 +169,61 @@ def _repository_table(args) -> list[dict]:
 # ---- --train: foreign architectures, every target ----
 
 
-def _explainer_class(weighting: str):
-    """The traced explainer with GradCAM's weighting, or HiResCAM's (Draelos & Carin 2020: the
-    gradient times the activation per location, no spatial mean; an exploration, docs/cam.md)."""
-    from segxal.graph.traced_cam import TracedExplainer
-    if weighting == "gradcam":
-        return TracedExplainer
+def _gradcam_pp(a: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """GradCAM++ (Chattopadhay et al. 2018) as pytorch-grad-cam computes it: per channel the sum of
+    ReLU(dT/dA) weighted by the closed-form alpha; a, grad [B, K, h, w] -> [B, h, w]."""
+    g2 = grad * grad
+    alpha = g2 / (2 * g2 + a.sum((2, 3), keepdim=True) * g2 * grad + 1e-6)
+    alpha = torch.where(grad != 0, alpha, torch.zeros_like(alpha))
+    weights = (torch.relu(grad) * alpha).sum((2, 3), keepdim=True)  # [B, K, 1, 1], >= 0
+    return torch.relu((weights * a).sum(1))
 
-    class HiResCam(TracedExplainer):
-        @staticmethod
-        def cam_map(a, grad):
-            return torch.relu((grad * a).sum(1))
-    return HiResCam
+
+# other channel weightings than the product's (segxal.eem.gradcam.CAM_METHODS), explored here only,
+# a, grad [B, K, h, w] -> [B, h, w]; each equals pytorch-grad-cam's class of that name (tests/test_cam_weightings.py)
+EXPLORATORY = {
+    # LayerCAM (Jiang et al. 2021): only the positive gradients, per location; never negative before the
+    # final ReLU where the activations are not (ReLU networks), so it dies only where no feature pushes T up
+    "layercam": lambda a, grad: torch.relu((torch.relu(grad) * a).sum(1)),
+    "gradcam++": _gradcam_pp,
+}
+
+
+def weightings() -> tuple[str, ...]:
+    from segxal.eem.gradcam import CAM_METHODS
+    return CAM_METHODS + tuple(EXPLORATORY)
+
+
+def _explainer(weighting: str, model, layer: str, target, grid: str):
+    """The traced explainer with the product's CAM method `weighting`, or an EXPLORATORY one."""
+    from segxal.graph.traced_cam import TracedExplainer
+    if weighting not in EXPLORATORY:
+        return TracedExplainer(model, layer, target, MEAN, STD, grid, method=weighting).eval()
+
+    class Weighted(TracedExplainer):
+        def cam_map(self, a, grad):
+            return EXPLORATORY[weighting](a, grad)
+    return Weighted(model, layer, target, MEAN, STD, grid).eval()
 
 
 def _explain_all(model, layer: str, images: np.ndarray, targets: list[str], grids: list[str],
-                 weighting: str = "gradcam", batch: int = 10) -> dict:
+                 weightings: Sequence[str] = ("gradcam",), batch: int = 10) -> dict:
     """"target" (on the input's grid) or "target@model" (uncertainty_at="model": target, EBU and
-    p_max on the model's own grid), "+hirescam" with that weighting -> (labels, ebu, cam, pmax)
+    p_max on the model's own grid), "+<weighting>" with another weighting than GradCAM -> (labels, ebu, cam, pmax)
     [N, H, W] of the PyTorch explainer (float16 maps, as served); `layer` may name several layers
     ("a+b": one multi-layer CAM)."""
     from segxal.graph.traced_cam import make_target
-    explainer_class = _explainer_class(weighting)
     out = {}
-    for grid in grids:
-        for name in targets:
-            explainer = explainer_class(model, layer, make_target(name), MEAN, STD, grid).eval()
-            parts = []
-            for i in range(0, len(images), batch):
-                labels, ebu, cam, pmax, _ = explainer(torch.from_numpy(images[i:i + batch]))
-                parts.append([t.detach().numpy() for t in (labels, ebu, cam, pmax)])
-            key = (name if grid == "input" else f"{name}@{grid}") + ("" if weighting == "gradcam" else f"+{weighting}")
-            out[key] = tuple(np.concatenate(a) for a in zip(*parts))
+    for weighting in weightings:
+        for grid in grids:
+            for name in targets:
+                explainer = _explainer(weighting, model, layer, make_target(name), grid)
+                parts = []
+                for i in range(0, len(images), batch):
+                    labels, ebu, cam, pmax, _ = explainer(torch.from_numpy(images[i:i + batch]))
+                    parts.append([t.detach().numpy() for t in (labels, ebu, cam, pmax)])
+                key = (name if grid == "input" else f"{name}@{grid}") + ("" if weighting == "gradcam" else f"+{weighting}")
+                out[key] = tuple(np.concatenate(a) for a in zip(*parts))
     return out
 
 
@@ -364,8 +392,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="--train / --checkpoints: the CAM layer specs measured, per architecture (default: the "
                         "export's, segxal.graph.traced_cam.DEFAULT_LAYERS): last (the last stage), strideS (the "
                         "last stage at output stride <= S), a layer name, or several joined by + (one CAM)")
-    p.add_argument("--weighting", default="gradcam", choices=("gradcam", "hirescam"),
-                   help="the CAM's channel weighting (hirescam: an exploration, not a product option)")
+    p.add_argument("--weighting", nargs="+", default=["gradcam"], choices=weightings(),
+                   help="the CAM's channel weightings measured: the product's CAM methods (gradcam, hirescam) "
+                        "and explorations (layercam, gradcam++)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)

@@ -255,13 +255,18 @@ def test_cam_target_arms_differ_from_the_shipped_eem_only_in_the_cams_target(tin
     assert np.abs(same.cam.astype(np.float32) - out.cam.astype(np.float32)).max() <= 2e-3
     agnostic = pool_outputs(model, data, cfg, with_bald=False, cam_target="class-agnostic")
     assert np.abs(agnostic.cam[:8].astype(np.float32) - vjp.numpy()).max() <= 2e-3
-    for other in (agnostic, pool_outputs(model, data, cfg, with_bald=False, cam_target="ebu-gradient")):
+    hires = pool_outputs(model, data, cfg, with_bald=False, cam_method="hirescam")  # the VJP's HiResCAM
+    traced_hires = with_cam_target(out, model, data, DEFAULT_UNET_CAM_TARGET, method="hirescam")
+    assert np.abs(hires.cam.astype(np.float32) - traced_hires.cam.astype(np.float32)).max() <= 2e-3
+    for other in (agnostic, hires, pool_outputs(model, data, cfg, with_bald=False, cam_target="ebu-gradient")):
         assert not np.array_equal(other.cam, out.cam)
         for k in ("labels", "ebu", "pmax", "embedding", "class_hist"):
             assert np.array_equal(getattr(other, k), getattr(out, k)), k
     arms = {(a.protocol, a.name): a for a in ALL_ARMS}
     for protocol in PROTOCOLS:
         assert arms[protocol, "eem"].cam_target == DEFAULT_UNET_CAM_TARGET
-        for name, target in (("eem-ebugrad", "ebu-gradient"), ("eem-clsagn", "class-agnostic")):
+        for name, target, method in (("eem-ebugrad", "ebu-gradient", "gradcam"),
+                                     ("eem-clsagn", "class-agnostic", "gradcam"),
+                                     ("eem-hires", DEFAULT_UNET_CAM_TARGET, "hirescam")):
             arm = arms[protocol, name]
-            assert (arm.score, arm.eem, arm.selection, arm.cam_target) == ("eem", "multiplicative", "score=1", target)
+            assert (arm.score, arm.eem, arm.selection, arm.cam) == ("eem", "multiplicative", "score=1", (target, method))

@@ -14,14 +14,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam import GradCAM, HiResCAM
 
 from segxal import imageio
 from segxal.data.cityscapes import MEAN, STD
 from segxal.errors import InvalidInput
 from segxal.export import ExportConfig, export_depth
 from segxal.eem.ebu import prediction_statistics
-from segxal.graph.traced_cam import (CAM_TARGETS, DEFAULT_UNCERTAINTY_AT, METADATA_CAM_LAYER, METADATA_CAM_TARGET, METADATA_UNCERTAINTY_AT,
+from segxal.graph.traced_cam import (CAM_TARGETS, DEFAULT_UNCERTAINTY_AT, METADATA_CAM_LAYER, METADATA_CAM_METHOD,
+                                     METADATA_CAM_TARGET, METADATA_UNCERTAINTY_AT,
                                      ScoresOf, TracedExplainer,
                                      as_grad_cam_target, capture_activation, default_layer, describe_cam,
                                      expand_layers, export_traced, feature_stages, make_target, resolve_layer,
@@ -41,10 +42,11 @@ from tests.zoo_support import H, NUM_CLASSES, W
 
 CLASS_NAMES = ("road", "car", "person", "tree", "sky")  # a non-Cityscapes taxonomy with two object classes
 CAM_TOL = 1e-3
-# architecture -> (the target it is exported with, the default layer expected)
-SERVED = {"smp_deeplabv3plus": ("class-balanced", "encoder.layer4"),
-          "lraspp_mobilenet_v3_large": ("class-agnostic", "backbone.16"),
-          "smp_unet": ("objects", "encoder.layer4")}
+# architecture -> (the target it is exported with, the default layer expected, the CAM method)
+SERVED = {"smp_deeplabv3plus": ("class-balanced", "encoder.layer4", "gradcam"),
+          "lraspp_mobilenet_v3_large": ("class-agnostic", "backbone.16", "gradcam"),
+          "smp_unet": ("objects", "encoder.layer4", "hirescam")}
+REFERENCE = {"gradcam": GradCAM, "hirescam": HiResCAM}  # pytorch-grad-cam's class of each CAM method
 
 
 def _model(name: str) -> torch.nn.Module:
@@ -71,12 +73,12 @@ def _normalised(image: np.ndarray) -> torch.Tensor:
     return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
-def _grad_cam(model, layer: str, target: str, image: np.ndarray, scores=None) -> np.ndarray:
-    """pytorch-grad-cam's GradCAM of one uint8 image [H, W, 3] at `layer` ("a+b": both as its target
-    layers) with `target`: [H, W], the target on the logits at the input's size, or on what the
-    module `scores` gives."""
+def _grad_cam(model, layer: str, target: str, image: np.ndarray, scores=None, method: str = "gradcam") -> np.ndarray:
+    """pytorch-grad-cam's GradCAM (or the class of `method`) of one uint8 image [H, W, 3] at `layer`
+    ("a+b": both as its target layers) with `target`: [H, W], the target on the logits at the input's
+    size, or on what the module `scores` gives."""
     modules = [resolve_layer(model, name)[0] for name in split_layers(layer)]
-    with GradCAM(model=(scores or FullResLogits(model)).eval(), target_layers=modules) as cam:
+    with REFERENCE[method](model=(scores or FullResLogits(model)).eval(), target_layers=modules) as cam:
         return cam(input_tensor=_normalised(image), targets=[as_grad_cam_target(make_target(target, CLASS_NAMES))])[0]
 
 
@@ -90,9 +92,10 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("traced")
     repo = ModelRepository(root / "repo")
     exports = {}
-    for name, (target, _) in SERVED.items():
+    for name, (target, _, method) in SERVED.items():
         model = _model(name)
-        result = export_traced(model, root / name / "model.onnx", (H, W), target=target, class_names=CLASS_NAMES)
+        result = export_traced(model, root / name / "model.onnx", (H, W), target=target, class_names=CLASS_NAMES,
+                               method=method)
         repo.publish(name, result.path, build_config(name, serving_spec(result, CLASS_NAMES)))
         exports[name] = (model, result)
     torch.manual_seed(1)
@@ -127,15 +130,15 @@ def _score(served, seg_model: str):
 @pytest.mark.parametrize("name", SERVED)
 def test_served_cam_equals_pytorch_grad_cam_at_the_named_layer(name, served):
     model, export = served["exports"][name]
-    target, layer = SERVED[name]
-    assert export.layer == layer and export.target == target
+    target, layer, method = SERVED[name]
+    assert export.layer == layer and export.target == target and export.method == method
     result = _score(served, name)
     image = _frame()
-    ref = _grad_cam(model, layer, target, image, scores=_default_scores(model, layer))  # [H, W]
+    ref = _grad_cam(model, layer, target, image, scores=_default_scores(model, layer), method=method)  # [H, W]
     with torch.no_grad():
         x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
         logits = FullResLogits(model)((x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
-    assert result.cam_layer == describe_cam(layer, target) and not result.ebu_only
+    assert result.cam_layer == describe_cam(layer, target, method) and not result.ebu_only
     assert np.mean(result.labels() == logits.argmax(1)[0].numpy()) > 0.999
     assert len(np.unique(result.labels())) > 1  # a non-trivial prediction, else the check is weak
     assert ref.max() > 0.99 and ref.std() > 0.05  # a live reference CAM
@@ -151,6 +154,10 @@ def test_export_records_layer_and_target_in_onnx_metadata_and_config(served):
     assert spec.cam_layer == "encoder.layer4 (class-balanced)" and spec.has_cam
     assert spec.fixed_batch == 1 and spec.input_size == (H, W) and spec.class_names == CLASS_NAMES
     assert spec.embedding_dim == 512  # resnet18's last stage
+    _, other = served["exports"]["smp_unet"]  # exported with HiResCAM
+    props = {p.key: p.value for p in onnx.load(str(other.path)).metadata_props}
+    assert props[METADATA_CAM_METHOD] == "hirescam"
+    assert spec_from_config(served["repo"].read_config("smp_unet")).cam_layer == "encoder.layer4 (objects, hirescam)"
 
 
 def test_embedding_is_the_normalised_pooled_activation_of_the_cam_layer(served):
@@ -308,11 +315,13 @@ def test_models_add_eem_exports_a_torch_model_by_import_path_and_publishes_it(tm
     rc = main(["models", "add-eem", str(out), "--model-import", "segmentation_models_pytorch:FPN",
                "--model-kwargs", '{"encoder_name": "resnet18", "encoder_weights": null, "classes": 5}',
                "--checkpoint", str(tmp_path / "fpn.pt"), "--layer", "encoder.layer3", "--cam-target", "ebu-gradient",
+               "--cam-method", "hirescam",
                "--input-size", f"{H},{W}", "--labels", str(tmp_path / "classes.txt"),
                "--repo", str(tmp_path / "repo"), "--name", "seg"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["cam_layer"] == "encoder.layer3 (ebu-gradient)" and summary["version"] == 1
+    assert summary["cam_layer"] == "encoder.layer3 (ebu-gradient, hirescam)" and summary["version"] == 1
+    assert summary["cam_method"] == "hirescam"
     assert summary["uncertainty_at"] == DEFAULT_UNCERTAINTY_AT == "model"
     assert summary["outputs"] == ["labels", "ebu", "cam", "pmax", "embedding"] and summary["embedding_dim"] == 256
     spec = spec_from_config(ModelRepository(tmp_path / "repo").read_config("seg"))
@@ -321,7 +330,7 @@ def test_models_add_eem_exports_a_torch_model_by_import_path_and_publishes_it(tm
     served = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["cam"], {"image": image[None]})[0]
     model.load_state_dict(torch.load(tmp_path / "fpn.pt"))  # the checkpoint's weights, as served
     ref = _grad_cam(model.eval(), "encoder.layer3", "ebu-gradient", image,
-                    scores=_default_scores(model, "encoder.layer3"))
+                    scores=_default_scores(model, "encoder.layer3"), method="hirescam")
     assert ref.std() > 0.05 and np.abs(served[0].astype(np.float32) - ref).max() < CAM_TOL
 
 
@@ -331,7 +340,7 @@ def test_models_add_eem_exports_a_torch_model_by_import_path_and_publishes_it(tm
      "--model-kwargs is not JSON"),
     (["o.onnx", "--model-import", "segmentation_models_pytorch.FPN"], "--input-size H,W is needed"),
     (["o.onnx", "--model-import", "no_such_package.Model", "--input-size", "64,128"], "cannot import"),
-    (["in.onnx", "out.onnx", "--layer", "encoder.layer4"], "--layer and --cam-target need a torch model"),
+    (["in.onnx", "out.onnx", "--layer", "encoder.layer4"], "--layer, --cam-target and --cam-method need a torch model"),
 ])
 def test_models_add_eem_bad_torch_arguments_are_one_clear_line(argv, message, tmp_path, capsys, monkeypatch):
     from app.cli import main
@@ -385,4 +394,4 @@ def test_cam_health_reads_a_repository_of_another_architecture(served, tiny_data
                        "--frames", "4"])["rows"]
     assert [r["version"] for r in rows] == [1] and rows[0]["frames"] == 4
     assert 0.0 <= rows[0]["dead_share"] <= 1.0 and 0.0 <= rows[0]["pixel_accuracy"] <= 1.0
-    assert "smp_unet: cam_layer encoder.layer4 (objects)" in capsys.readouterr().out
+    assert "smp_unet: cam_layer encoder.layer4 (objects, hirescam)" in capsys.readouterr().out

@@ -55,7 +55,7 @@ from segxal.cache import cache_path
 from segxal.data.cityscapes import SegDataset, disparity_to_depth, list_frames, load_camera
 from segxal.eem.explain import ExplainedSegmenter
 from segxal.eem.frame import score_frame
-from segxal.eem.gradcam import DEFAULT_UNET_CAM_TARGET, UNET_CAM_TARGETS
+from segxal.eem.gradcam import DEFAULT_CAM_METHOD, DEFAULT_UNET_CAM_TARGET, UNET_CAM_TARGETS
 from segxal.eem.options import EEMOptions
 from segxal.errors import InvalidInput
 from segxal.labels import CLASS_NAMES, IGNORE, NUM_CLASSES
@@ -95,11 +95,17 @@ class Arm:
     selection: str = "score=1"  # segxal.selection.SelectionSpec text form
     eem: str = "multiplicative"  # EEM_VARIANTS key (score "eem" only); the product's default
     cam_target: str = DEFAULT_UNET_CAM_TARGET  # the U-Net's CAM target (segxal.eem.gradcam); the shipped one
+    cam_method: str = DEFAULT_CAM_METHOD  # its channel weighting (segxal.eem.gradcam.CAM_METHODS); the shipped one
     key: bool = False  # a key arm runs on every seed; the others on cfg.exploratory_seeds seeds
 
     @property
     def spec(self) -> SelectionSpec:
         return SelectionSpec.parse(self.selection)
+
+    @property
+    def cam(self) -> tuple[str, str]:
+        """(target, method) of the CAM in its EEM."""
+        return self.cam_target, self.cam_method
 
 
 FRAME_ARMS = (  # key arms first: a run stopped by its deadline keeps them
@@ -116,6 +122,7 @@ FRAME_ARMS = (  # key arms first: a run stopped by its deadline keeps them
     # other CAM targets on the U-Net (issue 32): only the CAM in the product's EEM differs
     Arm("eem-ebugrad", "frame", "eem", cam_target="ebu-gradient"),
     Arm("eem-clsagn", "frame", "eem", cam_target="class-agnostic"),  # the paper's, shipped until 2026-12-07
+    Arm("eem-hires", "frame", "eem", cam_method="hirescam"),  # HiResCAM of the shipped target (docs/cam.md)
     Arm("bald", "frame", "bald"),
     Arm("least-conf", "frame", "least-confidence"),
 )
@@ -128,6 +135,7 @@ REGION_ARMS = (
     Arm("entropy+div", "region", "entropy", "score=1,diversity=1"),
     Arm("eem-ebugrad", "region", "eem", cam_target="ebu-gradient"),
     Arm("eem-clsagn", "region", "eem", cam_target="class-agnostic"),
+    Arm("eem-hires", "region", "eem", cam_method="hirescam"),
 )
 ALL_ARMS = FRAME_ARMS + REGION_ARMS
 
@@ -397,13 +405,14 @@ class PoolOutputs:
 
 
 def pool_outputs(model: UNet, data: _Data, cfg: BenchConfig, with_bald: bool,
-                 cam_target: str = DEFAULT_UNET_CAM_TARGET, batch: int = 32) -> PoolOutputs:
+                 cam_target: str = DEFAULT_UNET_CAM_TARGET, batch: int = 32,
+                 cam_method: str = DEFAULT_CAM_METHOD) -> PoolOutputs:
     """Labels, EBU, CAM, p_max (the product's ExplainedSegmenter), the frame embedding and class
     histograms, and optionally BALD, for every training frame; the CAM is `cam_target`'s at the
-    bottleneck (the written-out VJP where it has the target, else with_cam_target)."""
+    bottleneck, by `cam_method` (the written-out VJP where it has the target, else with_cam_target)."""
     model = model.eval()
     vjp_target = cam_target if cam_target in UNET_CAM_TARGETS else DEFAULT_UNET_CAM_TARGET
-    explained = ExplainedSegmenter(model, cam_target=vjp_target).eval()
+    explained = ExplainedSegmenter(model, cam_target=vjp_target, cam_method=cam_method).eval()
     parts: dict[str, list] = {k: [] for k in ("labels", "ebu", "cam", "pmax", "embedding")}
     for s in range(0, len(data.train_images), batch):
         x = torch.from_numpy(data.train_images[s:s + batch]).to(data.train_feats.x.device)
@@ -419,16 +428,18 @@ def pool_outputs(model: UNet, data: _Data, cfg: BenchConfig, with_bald: bool,
     out["class_hist"] = hist / np.maximum(hist.sum(1, keepdims=True), 1)
     bald = fz.bald(model, data.train_feats, cfg.mc_samples, cfg.head_dropout) if with_bald else None
     outputs = PoolOutputs(**out, bald=bald)
-    return outputs if cam_target == vjp_target else with_cam_target(outputs, model, data, cam_target)
+    return outputs if cam_target == vjp_target else with_cam_target(outputs, model, data, cam_target,
+                                                                     method=cam_method)
 
 
-def with_cam_target(out: PoolOutputs, model: UNet, data: _Data, target: str, batch: int = 32) -> PoolOutputs:
-    """`out` with the CAM of `target` at the U-Net's bottleneck (the shipped layer), computed by the
+def with_cam_target(out: PoolOutputs, model: UNet, data: _Data, target: str, batch: int = 32,
+                    method: str = DEFAULT_CAM_METHOD) -> PoolOutputs:
+    """`out` with the `method` CAM of `target` at the U-Net's bottleneck (the shipped layer), computed by the
     traced route's explainer in eager mode (segxal.graph.traced_cam; for the targets the written-out
     VJP has, it equals the VJP, tests/test_al_bench.py), float16 as served."""
     from segxal.graph.traced_cam import TracedExplainer, make_target
     layer = next(n for n, m in model.named_modules() if m is model.bottleneck_layer)
-    explainer = TracedExplainer(model.eval(), layer, make_target(target), (0, 0, 0), (1, 1, 1)).eval()
+    explainer = TracedExplainer(model.eval(), layer, make_target(target), (0, 0, 0), (1, 1, 1), method=method).eval()
     cams = []
     for s in range(0, len(data.train_images), batch):
         x = torch.from_numpy(data.train_images[s:s + batch]).to(data.train_feats.x.device)
@@ -462,23 +473,23 @@ class _SeedContext:
     out0: PoolOutputs  # model 0's outputs on the training split (shared by every arm of the seed)
     eval0: dict
     maps0: dict = field(default_factory=dict)  # (score, eem, cam target) -> model 0's maps over the pool
-    targets0: dict = field(default_factory=dict)  # cam target -> out0 with that target's CAM
+    targets0: dict = field(default_factory=dict)  # (cam target, method) -> out0 with that CAM
 
 
 def _first_outputs(ctx: _SeedContext, arm: Arm, data: _Data) -> PoolOutputs:
-    """Model 0's pool outputs as `arm` sees them: ctx.out0, or with its CAM target's CAM (once a seed)."""
-    if arm.cam_target == DEFAULT_UNET_CAM_TARGET:
+    """Model 0's pool outputs as `arm` sees them: ctx.out0, or with its CAM (target, method) (once a seed)."""
+    if arm.cam == (DEFAULT_UNET_CAM_TARGET, DEFAULT_CAM_METHOD):
         return ctx.out0
-    if arm.cam_target not in ctx.targets0:
-        ctx.targets0[arm.cam_target] = with_cam_target(ctx.out0, ctx.model0, data, arm.cam_target)
-    return ctx.targets0[arm.cam_target]
+    if arm.cam not in ctx.targets0:
+        ctx.targets0[arm.cam] = with_cam_target(ctx.out0, ctx.model0, data, arm.cam_target, method=arm.cam_method)
+    return ctx.targets0[arm.cam]
 
 
 def _pool_maps(arm: Arm, ctx: _SeedContext, out: PoolOutputs, inv: np.ndarray) -> np.ndarray | None:
     """score_maps over the whole pool (rows in ctx.pool order); model 0's are computed once per seed."""
-    if out is not ctx.out0 and out is not ctx.targets0.get(arm.cam_target):
+    if out is not ctx.out0 and out is not ctx.targets0.get(arm.cam):
         return score_maps(arm, out, inv, ctx.pool)
-    key = (arm.score, arm.eem, arm.cam_target)
+    key = (arm.score, arm.eem, arm.cam)
     if key not in ctx.maps0:
         ctx.maps0[key] = score_maps(arm, out, inv, ctx.pool)
     return ctx.maps0[key]
@@ -554,7 +565,8 @@ def _run_frame_arm(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, data: _Data, d
                "diag": {"logs": len({data.groups[i] for i in picks}), "n_picks": len(picks),
                         "gt_class_share_of_new_labels": _gt_share(data, {i: None for i in picks})}}
         if b + 1 < len(cfg.frame_budgets) and arm.score != "random":  # random never looks
-            out = pool_outputs(model, data, cfg, with_bald=arm.score == "bald", cam_target=arm.cam_target)
+            out = pool_outputs(model, data, cfg, with_bald=arm.score == "bald", cam_target=arm.cam_target,
+                               cam_method=arm.cam_method)
         rec["seconds"] = time.time() - t0
         records.append(rec)
     return records
@@ -661,7 +673,8 @@ def _run_region_arm(arm: Arm, cfg: BenchConfig, ctx: _SeedContext, data: _Data, 
                         "logs": len({data.groups[i] for i in new_frames}),
                         "region_px": [side * side], "gt_class_share_of_new_labels": _gt_share(data, new)}}
         if b + 1 < len(cfg.pixel_budgets) and arm.score != "random":
-            out = pool_outputs(model, data, cfg, with_bald=arm.score == "bald", cam_target=arm.cam_target)
+            out = pool_outputs(model, data, cfg, with_bald=arm.score == "bald", cam_target=arm.cam_target,
+                               cam_method=arm.cam_method)
         rec["seconds"] = time.time() - t0
         records.append(rec)
     return records

@@ -22,7 +22,8 @@ REFERENCES = ("random", "entropy")
 # fusion beat the paper's, does EEM add to diversity, does diversity add to EEM
 SECONDARY = (("eem", "eem-add"), ("eem+div", "coreset"), ("eem+div", "eem"),
              ("eem-ebugrad", "eem"), ("eem-clsbal", "eem"),  # CAM targets against the shipped one (issue 32;
-             ("eem-clsagn", "eem"))  # eem-clsbal: cam_targets/al.md's run, when eem was class-agnostic)
+             ("eem-clsagn", "eem"),  # eem-clsbal: cam_targets/al.md's run, when eem was class-agnostic)
+             ("eem-hires", "eem"))  # the CAM method: HiResCAM against the shipped GradCAM (docs/cam.md)
 
 
 def curves(runs: list[dict], protocol: str, metric: str = "miou") -> dict[str, dict[int, list[list[float]]]]:

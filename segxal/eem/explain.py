@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from segxal.eem.ebu import prediction_statistics
-from segxal.eem.gradcam import (DEFAULT_UNET_CAM_TARGET, UNET_CAM_TARGETS, analytic_cam, check_class_weights,
-                                explained_forward)
+from segxal.eem.gradcam import (DEFAULT_CAM_METHOD, DEFAULT_UNET_CAM_TARGET, UNET_CAM_TARGETS, analytic_cam,
+                                check_cam_method, check_class_weights, describe_target, explained_forward)
 from segxal.errors import InvalidInput
 from segxal.models.unet import UNet
 
@@ -37,7 +37,8 @@ class ExplainedSegmenter(nn.Module):
     """
 
     def __init__(self, model: UNet, class_weights: torch.Tensor | None = None, half_outputs: bool = False,
-                 cam_layer: str = "bottleneck", cam_target: str = DEFAULT_UNET_CAM_TARGET):
+                 cam_layer: str = "bottleneck", cam_target: str = DEFAULT_UNET_CAM_TARGET,
+                 cam_method: str = DEFAULT_CAM_METHOD):
         """
         Args:
             model: the segmentation model; its head is a 1x1 conv after forward_features, then upsample.
@@ -46,6 +47,7 @@ class ExplainedSegmenter(nn.Module):
             cam_layer: one of CAM_LAYERS.
             cam_target: the bottleneck CAM's target, one of segxal.eem.gradcam.UNET_CAM_TARGETS (the
                 head-input CAM is class-agnostic).
+            cam_method: the bottleneck CAM's channel weighting, one of segxal.eem.gradcam.CAM_METHODS.
 
         Raises:
             InvalidInput: class_weights has the wrong shape or values, an unknown cam_layer or target.
@@ -55,7 +57,8 @@ class ExplainedSegmenter(nn.Module):
             raise InvalidInput(f"cam_layer must be one of {CAM_LAYERS}, got {cam_layer!r}")
         if cam_target not in UNET_CAM_TARGETS:
             raise InvalidInput(f"cam_target must be one of {UNET_CAM_TARGETS}, got {cam_target!r}")
-        self.cam_layer, self.cam_target = cam_layer, cam_target
+        check_cam_method(cam_method)
+        self.cam_layer, self.cam_target, self.cam_method = cam_layer, cam_target, cam_method
         check_class_weights(class_weights, model.head.out_channels)
         self.model = model
         self.half_outputs = half_outputs
@@ -63,13 +66,17 @@ class ExplainedSegmenter(nn.Module):
 
     @property
     def cam_description(self) -> str:
-        """The served config's cam_layer: "bottleneck (<target>)", or "head"."""
-        return f"bottleneck ({self.cam_target})" if self.cam_layer == "bottleneck" else self.cam_layer
+        """The served config's cam_layer: "bottleneck (<target>)" ("bottleneck (<target>, <method>)"
+        for a method other than GradCAM), or "head"."""
+        if self.cam_layer != "bottleneck":
+            return self.cam_layer
+        return f"bottleneck ({describe_target(self.cam_target, self.cam_method)})"
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, 3, H, W] -> (labels uint8, ebu, cam, pmax), each [B, H, W]; see OUTPUT_NAMES."""
         if self.cam_layer == "bottleneck":
-            logits, cam = explained_forward(self.model, x, self.class_weights, self.cam_target)  # [B, C, H, W], [B, H, W]
+            logits, cam = explained_forward(self.model, x, self.class_weights, self.cam_target,
+                                            self.cam_method)  # [B, C, H, W], [B, H, W]
             labels, ebu, pmax = prediction_statistics(logits, dim=1)  # [B, H, W] each, labels int64
         else:
             features = self.model.forward_features(x)  # [B, K, H/s, W/s]

@@ -100,6 +100,43 @@ def _minmax(cam: torch.Tensor) -> torch.Tensor:
     return cam / (cam.flatten(1).amax(1)[:, None, None] + _EPS)  # [B, h, w]
 
 
+# How a CAM weighs the layer's channels, A and G = dT/dA [B, K, h, w] -> ReLU(map) [B, h, w]:
+#   "gradcam"   sum_k alpha_k A_k, alpha_k = mean_{h,w} G_k (Selvaraju et al. 2017);
+#   "hirescam"  sum_k G_k A_k per location, no spatial mean (Draelos & Carin 2020): the first-order
+#               contribution of each location's features to T, which GradCAM's mean blurs over the frame.
+# Both equal pytorch-grad-cam's GradCAM / HiResCAM; docs/cam.md "Which weighting" says which ships where.
+CAM_METHODS = ("gradcam", "hirescam")
+DEFAULT_CAM_METHOD = "gradcam"
+
+
+def check_cam_method(method: str) -> None:
+    if method not in CAM_METHODS:
+        raise InvalidInput(f"the CAM method must be one of {CAM_METHODS}, got {method!r}")
+
+
+def describe_target(target: str, method: str = DEFAULT_CAM_METHOD) -> str:
+    """A CAM's target and method as served configs name them: "<target>", or "<target>, <method>"
+    for a method other than GradCAM (cam_layer "encoder.layer4 (class-balanced, hirescam)")."""
+    return target if method == DEFAULT_CAM_METHOD else f"{target}, {method}"
+
+
+def layer_cam(features: torch.Tensor, grads: torch.Tensor, method: str = DEFAULT_CAM_METHOD) -> torch.Tensor:
+    """The raw CAM on the layer's grid, ReLU(...) [B, h, w], of `method` (CAM_METHODS) from the
+    layer's activation A and dT/dA, both [B, K, h, w]."""
+    if method == "hirescam":
+        return torch.relu((grads * features).sum(1))
+    return torch.relu((grads.mean((2, 3), keepdim=True) * features).sum(1))
+
+
+def scale_cam(cam: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """A raw CAM [B, h, w] (>= 0) min-max scaled, resized to `size` (H, W) and scaled again, as
+    pytorch-grad-cam's scale_cam_image: [B, H, W] in [0, 1]."""
+    # always resize: at equal size bilinear with align_corners=False is the identity, and no
+    # shape-dependent branch ends up frozen in a traced graph
+    cam = F.interpolate(_minmax(cam)[:, None], size=(size[0], size[1]), mode="bilinear", align_corners=False)
+    return _minmax(cam[:, 0])  # [B, H, W]
+
+
 def cam_from_weights(features: torch.Tensor, weights: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """CAM = ReLU(sum_k alpha_k A_k), scaled to [0, 1] and resized like pytorch-grad-cam.
 
@@ -119,12 +156,7 @@ def cam_from_weights(features: torch.Tensor, weights: torch.Tensor, size: Sequen
                            f"{tuple(features.shape)} and {tuple(weights.shape)}")
     # one matmul per image rather than a broadcast product: a single MatMul node in ONNX
     cam = torch.matmul(weights[:, None, :], features.flatten(2))  # [B, 1, h*w]
-    cam = _minmax(torch.relu(cam.reshape(features.shape[0], *features.shape[2:])))  # [B, h, w]
-    # always resize: at equal size bilinear with align_corners=False is the identity, and no
-    # shape-dependent branch ends up frozen in a traced graph
-    cam = F.interpolate(cam[:, None], size=(size[0], size[1]),
-                        mode="bilinear", align_corners=False)  # [B, 1, H, W]
-    return _minmax(cam[:, 0])  # [B, H, W]
+    return scale_cam(torch.relu(cam.reshape(features.shape[0], *features.shape[2:])), size)
 
 
 # The U-Net's CAM targets (the written-out VJP's; segxal.graph.traced_cam has the same by name):
@@ -368,13 +400,12 @@ def _block_vjp(tape: list, g: torch.Tensor, keep: int | None = None) -> torch.Te
     return g if keep is None else g[:, :keep]
 
 
-def bottleneck_weights(model: nn.Module, x: torch.Tensor, class_weights: torch.Tensor | None = None,
-                       target: str = DEFAULT_UNET_CAM_TARGET) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One U-Net forward pass plus the bottleneck GradCAM weights by the decoder's written-out VJP.
+def bottleneck_gradient(model: nn.Module, x: torch.Tensor, class_weights: torch.Tensor | None = None,
+                        target: str = DEFAULT_UNET_CAM_TARGET) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One U-Net forward pass plus dT/dB at the bottleneck by the decoder's written-out VJP.
 
-    Target T of `target` (UNET_CAM_TARGETS, as gradcam_autograd), alpha_k = mean over the
-    bottleneck's positions of dT/dB_k. Traceable to ONNX (no autograd); equals
-    autograd_weights(model, model.bottleneck_layer, x, class_weights, target).
+    Target T of `target` (UNET_CAM_TARGETS, as gradcam_autograd). Traceable to ONNX (no autograd);
+    its spatial mean equals autograd_weights(model, model.bottleneck_layer, x, class_weights, target).
 
     Args:
         model: segxal.models.unet.UNet in eval mode.
@@ -383,7 +414,7 @@ def bottleneck_weights(model: nn.Module, x: torch.Tensor, class_weights: torch.T
         target: one of UNET_CAM_TARGETS.
 
     Returns:
-        (logits [B, C, H, W], bottleneck B [B, K_b, h_b, w_b], alpha [B, K_b]).
+        (logits [B, C, H, W], bottleneck B [B, K_b, h_b, w_b], dT/dB [B, K_b, h_b, w_b]).
 
     Raises:
         InvalidInput: a layer in training mode or without a VJP here, bad class weights.
@@ -410,19 +441,32 @@ def bottleneck_weights(model: nn.Module, x: torch.Tensor, class_weights: torch.T
         # computing their half saves a third of the decoder's VJP (bench/cam_cost.py)
         g = _block_vjp(tape, g, keep=up.out_channels)
         g = F.conv2d(g, up.weight.to(g.dtype), stride=up.stride)  # adjoint of the 2x2/2 transposed conv
+    return logits, bottleneck, g
+
+
+def bottleneck_weights(model: nn.Module, x: torch.Tensor, class_weights: torch.Tensor | None = None,
+                       target: str = DEFAULT_UNET_CAM_TARGET) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """bottleneck_gradient with GradCAM's weights alpha_k = mean over the bottleneck's positions of
+    dT/dB_k: (logits, B, alpha [B, K_b]); equals autograd_weights(model, model.bottleneck_layer, ...)."""
+    logits, bottleneck, g = bottleneck_gradient(model, x, class_weights, target)
     return logits, bottleneck, g.mean(dim=(2, 3))  # alpha [B, K_b]
 
 
 def explained_forward(model: nn.Module, x: torch.Tensor, class_weights: torch.Tensor | None = None,
-                      target: str = DEFAULT_UNET_CAM_TARGET) -> tuple[torch.Tensor, torch.Tensor]:
-    """One U-Net forward pass plus the shipped CAM: GradCAM of `target` at the bottleneck,
-    CAM = ReLU(sum_k alpha_k B_k) scaled as pytorch-grad-cam. Equals
-    gradcam_autograd(model, model.bottleneck_layer, x, class_weights, target), with no backward pass.
+                      target: str = DEFAULT_UNET_CAM_TARGET, method: str = DEFAULT_CAM_METHOD
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One U-Net forward pass plus the shipped CAM: the `method` CAM (CAM_METHODS; GradCAM:
+    ReLU(sum_k alpha_k B_k)) of `target` at the bottleneck, scaled as pytorch-grad-cam. Equals
+    gradcam_autograd(model, model.bottleneck_layer, x, class_weights, target) for GradCAM, and
+    pytorch-grad-cam's HiResCAM for "hirescam", with no backward pass.
 
-    Args, Raises: as bottleneck_weights.
+    Args, Raises: as bottleneck_gradient; an unknown method.
 
     Returns:
         (logits [B, C, H, W], CAM [B, H, W] in [0, 1]).
     """
-    logits, bottleneck, alpha = bottleneck_weights(model, x, class_weights, target)
-    return logits, cam_from_weights(bottleneck, alpha, logits.shape[-2:])
+    check_cam_method(method)
+    logits, bottleneck, g = bottleneck_gradient(model, x, class_weights, target)
+    if method == "gradcam":  # the weights' matmul form: one MatMul node in ONNX
+        return logits, cam_from_weights(bottleneck, g.mean(dim=(2, 3)), logits.shape[-2:])
+    return logits, scale_cam(layer_cam(bottleneck, g, method), logits.shape[-2:])

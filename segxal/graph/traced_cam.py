@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segxal.eem.gradcam import target_seed
+from segxal.eem.gradcam import CAM_METHODS, DEFAULT_CAM_METHOD, check_cam_method, describe_target, layer_cam, target_seed
 from segxal.errors import InvalidInput
 from segxal.graph.add_eem import METADATA_UNCERTAINTY_AT, UNCERTAINTY_AT  # one rule for both routes
 
@@ -67,6 +67,7 @@ OUTPUTS = ("labels", "ebu", "cam", "pmax", "embedding")
 INPUT_NAME = "image"
 METADATA_CAM_LAYER = "segxal.cam_layer"  # the same keys segxal.graph.add_eem writes
 METADATA_CAM_TARGET = "segxal.cam_target"
+METADATA_CAM_METHOD = "segxal.cam_method"
 _EPS = 1e-7  # pytorch-grad-cam's scale_cam_image adds this to the max
 # Cityscapes classes with instances (cityscapesscripts hasInstances): what "objects" targets
 OBJECT_CLASS_NAMES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
@@ -608,13 +609,17 @@ class TracedExplainer(nn.Module):
         target: the CAM target.
         mean, std: the normalisation statistics applied in the graph.
         uncertainty_at: "input" or "model".
+        method: the channel weighting, one of CAM_METHODS (segxal.eem.gradcam.layer_cam).
     """
 
-    def __init__(self, model: nn.Module, layer: str, target: CamTarget, mean, std, uncertainty_at: str = "input"):
+    def __init__(self, model: nn.Module, layer: str, target: CamTarget, mean, std, uncertainty_at: str = "input",
+                 method: str = DEFAULT_CAM_METHOD):
         super().__init__()
         if uncertainty_at not in UNCERTAINTY_AT:
             raise InvalidInput(f"uncertainty_at must be one of {UNCERTAINTY_AT}, got {uncertainty_at!r}")
+        check_cam_method(method)
         self.model, self.layer, self.target, self.uncertainty_at = model, layer, target, uncertainty_at
+        self.method = method
         self.layers = [(name, *resolve_layer(model, name)) for name in split_layers(layer)]  # (name, module, of_input)
         self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(1, 3, 1, 1))
         self.register_buffer("shift", (torch.tensor(mean, dtype=torch.float32) /
@@ -666,12 +671,10 @@ class TracedExplainer(nn.Module):
         embedding = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-12)  # [B, K], unit length
         return labels, ebu, pmax, _minmax(cam), embedding
 
-    @staticmethod
-    def cam_map(a: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """GradCAM on the layer's grid: ReLU(sum_k alpha_k A_k), alpha_k = mean_{h,w} dT/dA_k;
-        a, grad [B, K, h, w] -> [B, h, w] (bench/cam_health.py --weighting tries another here)."""
-        alpha = grad.mean((2, 3), keepdim=True)  # [B, K, 1, 1]
-        return torch.relu((alpha * a).sum(1))
+    def cam_map(self, a: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The CAM on the layer's grid (GradCAM: ReLU(sum_k alpha_k A_k), alpha_k = mean_{h,w} dT/dA_k);
+        a, grad [B, K, h, w] -> [B, h, w] (bench/cam_health.py --weighting tries others here)."""
+        return layer_cam(a, grad, self.method)
 
     def forward(self, image: torch.Tensor):
         x = image.permute(0, 3, 1, 2).float() * self.scale - self.shift  # [B, 3, H, W]
@@ -716,6 +719,7 @@ class TracedExport:
     batch: int
     input_hw: tuple[int, int]
     uncertainty_at: str = DEFAULT_UNCERTAINTY_AT
+    method: str = DEFAULT_CAM_METHOD
     parity: dict = field(default_factory=dict)  # output -> max |ONNX - PyTorch| (labels: disagreement share)
 
 
@@ -723,7 +727,7 @@ def export_traced(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int
                   target: str = DEFAULT_CAM_TARGET, class_names: Sequence[str] | None = None,
                   mean=None, std=None, batch: int = 1, check: bool = True, seed: int = 0,
                   sample_images: np.ndarray | None = None,
-                  uncertainty_at: str = DEFAULT_UNCERTAINTY_AT) -> TracedExport:
+                  uncertainty_at: str = DEFAULT_UNCERTAINTY_AT, method: str = DEFAULT_CAM_METHOD) -> TracedExport:
     """Export `model` with labels, ebu, cam, pmax and embedding (see the module docstring).
 
     Args:
@@ -741,12 +745,13 @@ def export_traced(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int
         seed: of the check's images.
         sample_images: uint8 [N, h, w, 3] real frames added to the check.
         uncertainty_at: "input" or "model" (TracedExplainer): the grid of EBU, p_max and the target.
+        method: the CAM's channel weighting, one of CAM_METHODS.
 
     Returns:
         TracedExport (the parity figures filled when check is True).
 
     Raises:
-        InvalidInput: no such layer or target, a layer the target does not depend on, or
+        InvalidInput: no such layer, target or method, a layer the target does not depend on, or
             fewer than 2 classes.
         segxal.export.ParityError: ONNX Runtime disagrees with PyTorch (check=True).
     """
@@ -763,7 +768,7 @@ def export_traced(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int
         mean, std = MEAN if mean is None else mean, STD if std is None else std
         num_classes = _num_classes(model, (h, w))
         explainer = TracedExplainer(model, layer, make_target(target, class_names, num_classes), mean, std,
-                                    uncertainty_at).eval()
+                                    uncertainty_at, method).eval()
         example = torch.zeros(batch, h, w, 3, dtype=torch.uint8)
         graph = trace_explainer(explainer, example)
         with torch.no_grad():
@@ -775,13 +780,13 @@ def export_traced(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int
             program.save(str(Path(tmp) / "m.onnx"))
             proto = onnx.load(str(Path(tmp) / "m.onnx"))
         onnx.helper.set_model_props(proto, {METADATA_CAM_LAYER: layer, METADATA_CAM_TARGET: target,
-                                            METADATA_UNCERTAINTY_AT: uncertainty_at})
+                                            METADATA_CAM_METHOD: method, METADATA_UNCERTAINTY_AT: uncertainty_at})
         onnx.checker.check_model(proto)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, proto.SerializeToString())
         result = TracedExport(path=path, layer=layer, target=target, num_classes=num_classes,
                               embedding_dim=int(outs[4].shape[1]), batch=batch, input_hw=(h, w),
-                              uncertainty_at=uncertainty_at)
+                              uncertainty_at=uncertainty_at, method=method)
         if check:
             result.parity = check_traced(explainer, path, batch, (h, w), seed, sample_images)
     finally:
@@ -859,9 +864,10 @@ def check_traced(explainer: TracedExplainer, path: str | os.PathLike, batch: int
     return report
 
 
-def describe_cam(layer: str, target: str) -> str:
-    """The cam_layer parameter of a traced export: "<layer> (<target>)"."""
-    return f"{layer} ({target})"
+def describe_cam(layer: str, target: str, method: str = DEFAULT_CAM_METHOD) -> str:
+    """The cam_layer parameter of a traced export: "<layer> (<target>)", "<layer> (<target>, <method>)"
+    for a method other than GradCAM."""
+    return f"{layer} ({describe_target(target, method)})"
 
 
 def serving_spec(export: TracedExport, class_names: Sequence[str] | None = None, mean=None, std=None):
@@ -881,13 +887,14 @@ def serving_spec(export: TracedExport, class_names: Sequence[str] | None = None,
                      preprocessing=Preprocessing(mean=tuple(MEAN if mean is None else mean),
                                                  std=tuple(STD if std is None else std)),
                      num_classes=export.num_classes, input_size=(h, w),
-                     cam_layer=describe_cam(export.layer, export.target),
+                     cam_layer=describe_cam(export.layer, export.target, export.method),
                      class_names=tuple(class_names) if class_names is not None else None, fixed_batch=export.batch)
 
 
 def export_for_serving(model: nn.Module, path: str | os.PathLike, cfg, class_names: Sequence[str] | None = None,
                        layer: str | None = None, target: str = DEFAULT_CAM_TARGET,
-                       sample_images: np.ndarray | None = None, uncertainty_at: str = DEFAULT_UNCERTAINTY_AT):
+                       sample_images: np.ndarray | None = None, uncertainty_at: str = DEFAULT_UNCERTAINTY_AT,
+                       method: str = DEFAULT_CAM_METHOD):
     """export_traced as segxal.export.export_segmentation is called (the trainer's export of a
     model built by import path): at cfg.trace_hw, with the parity check, returning an ExportResult.
 
@@ -896,7 +903,7 @@ def export_for_serving(model: nn.Module, path: str | os.PathLike, cfg, class_nam
             the inner model's) or any segmentation nn.Module.
         path: the model.onnx to write.
         cfg: segxal.export.ExportConfig (trace_hw, seed).
-        class_names, layer, target, sample_images, uncertainty_at: as export_traced.
+        class_names, layer, target, sample_images, uncertainty_at, method: as export_traced.
 
     Returns:
         segxal.export.ExportResult (spec for config.pbtxt with the fixed batch, parity report).
@@ -908,7 +915,7 @@ def export_for_serving(model: nn.Module, path: str | os.PathLike, cfg, class_nam
     from segxal.models.external import ExternalModel
     inner = model.inner if isinstance(model, ExternalModel) else model
     export = export_traced(inner, path, tuple(cfg.trace_hw), layer=layer, target=target, class_names=class_names,
-                           seed=cfg.seed, sample_images=sample_images, uncertainty_at=uncertainty_at)
+                           seed=cfg.seed, sample_images=sample_images, uncertainty_at=uncertainty_at, method=method)
     report = ParityReport(sizes=[(export.batch, *export.input_hw)], label_agreement=1.0 - export.parity["labels"],
                           max_abs_diff={k: v for k, v in export.parity.items() if k != "labels"})
     return ExportResult(path=export.path, spec=serving_spec(export, class_names), parity=report)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from segxal.errors import InvalidInput
 from segxal.export import ExportConfig
-from segxal.graph.traced_cam import DEFAULT_CAM_TARGET, DEFAULT_UNCERTAINTY_AT
+from segxal.graph.traced_cam import DEFAULT_CAM_METHOD, DEFAULT_CAM_TARGET, DEFAULT_UNCERTAINTY_AT
 from segxal.models.unet import UNetConfig
 from services.common.channel import ChannelConfig
 from services.common.model_repository import BatchingConfig
@@ -36,9 +36,10 @@ class TrainerConfig:
     model_kwargs: dict = field(default_factory=dict)
     model_checkpoint: str | None = None
     # Such a model's CAM (segxal.graph.traced_cam): the layer (None: its family's last encoder
-    # stage) and the target; the U-Net keeps its own bottleneck CAM
+    # stage), the target and the method; the U-Net keeps its own bottleneck CAM
     cam_layer: str | None = None
     cam_target: str = DEFAULT_CAM_TARGET
+    cam_method: str = DEFAULT_CAM_METHOD
     uncertainty_at: str = DEFAULT_UNCERTAINTY_AT  # the grid of its EBU, p_max and CAM target (docs/cam.md)
     # The model's classes, index = label value, written as the published config's label file;
     # None: the 19 Cityscapes trainIds. The training and held-out labels must use the same map.

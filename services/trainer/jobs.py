@@ -495,7 +495,8 @@ class JobRunner:
             if isinstance(model, ExternalModel):  # GradCAM at a named layer, traced into the graph (docs/cam.md)
                 result = export_for_serving(model, candidate / "model.onnx", self._export_cfg,
                                             class_names=self.cfg.class_names, layer=self.cfg.cam_layer,
-                                            target=self.cfg.cam_target, uncertainty_at=self.cfg.uncertainty_at,
+                                            target=self.cfg.cam_target, method=self.cfg.cam_method,
+                                            uncertainty_at=self.cfg.uncertainty_at,
                                             sample_images=dataset.sample_images(self.cfg.parity_frames))
             else:
                 result = export_segmentation(model, candidate / "model.onnx", self._export_cfg,

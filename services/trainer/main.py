@@ -21,7 +21,7 @@ import sys
 
 from segxal.errors import InvalidInput
 from segxal.export import ExportConfig
-from segxal.graph.traced_cam import CAM_TARGETS, UNCERTAINTY_AT
+from segxal.graph.traced_cam import CAM_METHODS, CAM_TARGETS, UNCERTAINTY_AT
 from segxal.labels import read_label_file
 from segxal.models.unet import UNetConfig
 from segxal.train import parse_size
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                "encoder/backbone stage of its family; docs/cam.md)")
     f.add("--cam-target", d.cam_target, choices=CAM_TARGETS,
           help="what its CAM explains (docs/cam.md)")
+    f.add("--cam-method", d.cam_method, choices=CAM_METHODS,
+          help="its CAM's channel weighting: gradcam (spatially pooled gradients) or hirescam (per location; "
+               "docs/cam.md)")
     f.add("--uncertainty-at", d.uncertainty_at, choices=UNCERTAINTY_AT,
           help="grid of its EBU, p_max and CAM target: the input's or the model's own (cheaper; docs/cam.md)")
     f.add("--labels", None,
@@ -118,7 +121,8 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfig:
         seed_frames=args.seed_frames, model_name=args.model_name, size=size,
         unet=UNetConfig(width=args.width, depth=args.unet_depth), epochs=args.epochs,
         model_import=args.model_import, model_kwargs=model_kwargs, model_checkpoint=args.model_checkpoint,
-        cam_layer=args.cam_layer, cam_target=args.cam_target, uncertainty_at=args.uncertainty_at,
+        cam_layer=args.cam_layer, cam_target=args.cam_target, cam_method=args.cam_method,
+        uncertainty_at=args.uncertainty_at,
         class_names=read_label_file(args.labels) if args.labels else None,
         batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, device=args.device,
         max_epochs=args.max_epochs, max_batch_size=args.max_batch_size,
