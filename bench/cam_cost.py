@@ -8,6 +8,7 @@ Per model:
                    model's own grid (before its final resize), foreign architectures only;
   * "EEM head"     segxal.graph.add_eem on the logits graph: the analytic head-input CAM (what an
                    ONNX-only model gets), foreign architectures only;
+  * "... (hirescam)" with --methods hirescam: the same graph with that CAM method (segxal.eem.gradcam);
   * the project's U-Net also "EEM VJP": its written-out bottleneck VJP (segxal.eem.gradcam), and
     "EEM traced" at the same bottleneck with the same target and grid, to decide whether the U-Net
     keeps its own VJP ("EEM traced@model": the same on the model's grid).
@@ -53,9 +54,11 @@ def _module_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
     return next(n for n, m in model.named_modules() if m is module)
 
 
-def _graphs(name: str, hw: tuple[int, int], tmp: Path, layers: tuple[str, ...] = ()) -> dict[str, Path]:
+def _graphs(name: str, hw: tuple[int, int], tmp: Path, layers: tuple[str, ...] = (),
+            methods: tuple[str, ...] = ()) -> dict[str, Path]:
     """label -> ONNX file of every graph measured for one model; `layers`: other CAM layer specs of
-    the traced route (segxal.graph.traced_cam.expand_layers), each on the model's grid."""
+    the traced route (segxal.graph.traced_cam.expand_layers), each on the model's grid; `methods`:
+    other CAM methods than GradCAM, each for the U-Net's VJP or the traced route on the model's grid."""
     from segxal.graph.add_eem import add_eem_file
     from segxal.graph.traced_cam import export_traced
     from segxal.models.external import build_model, export_logits_onnx
@@ -68,6 +71,9 @@ def _graphs(name: str, hw: tuple[int, int], tmp: Path, layers: tuple[str, ...] =
         out["logits"] = export_logits_onnx(model, tmp / "unet_logits.onnx", hw, uint8_input=True)
         export_segmentation(model, tmp / "unet_vjp.onnx", ExportConfig(trace_hw=hw))
         out["EEM VJP"] = tmp / "unet_vjp.onnx"
+        for method in methods:
+            export_segmentation(model, tmp / f"unet_vjp_{method}.onnx", ExportConfig(trace_hw=hw, cam_method=method))
+            out[f"EEM VJP ({method})"] = tmp / f"unet_vjp_{method}.onnx"
         from segxal.eem.gradcam import DEFAULT_UNET_CAM_TARGET
         layer = _module_name(model, model.bottleneck_layer)
         # the VJP's layer, target and grid (EBU, p_max and the target on the input's grid); and the
@@ -87,6 +93,9 @@ def _graphs(name: str, hw: tuple[int, int], tmp: Path, layers: tuple[str, ...] =
         out["logits"] = _traced_logits(model, hw, tmp / f"{name}_logits.onnx")
     out["EEM traced"] = export_traced(model, tmp / f"{name}_traced.onnx", hw).path
     out["EEM traced@model"] = export_traced(model, tmp / f"{name}_traced_model.onnx", hw, uncertainty_at="model").path
+    for method in methods:
+        out[f"EEM traced@model ({method})"] = export_traced(model, tmp / f"{name}_traced_model_{method}.onnx", hw,
+                                                            uncertainty_at="model", method=method).path
     for i, spec in enumerate(layers):
         out[f"EEM traced@model [{spec}]"] = export_traced(model, tmp / f"{name}_traced_model_{i}.onnx", hw, layer=spec,
                                                           uncertainty_at="model").path
@@ -137,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (1 on a shared machine)")
     p.add_argument("--layers", nargs="+", default=[],
                    help="also the traced graph with these CAM layer specs (e.g. stride16+stride8), foreign models")
+    p.add_argument("--methods", nargs="+", default=[], choices=("hirescam",),
+                   help="also the graphs with these CAM methods (segxal.eem.gradcam.CAM_METHODS)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     image = np.random.default_rng(0).integers(0, 256, (1, *args.size, 3), dtype=np.uint8)
@@ -145,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             try:
-                graphs = _graphs(name, args.size, Path(tmp), tuple(args.layers))
+                graphs = _graphs(name, args.size, Path(tmp), tuple(args.layers), tuple(args.methods))
             except Exception as e:  # noqa: BLE001 - e.g. PSPNet's logits refuse the TorchScript exporter
                 print(f"{name:<18} skipped: {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)
                 continue

@@ -92,6 +92,25 @@ def test_export_without_embedding_still_serves_the_maps(tmp_path):
         "labels", "ebu", "cam", "pmax"]
 
 
+def test_the_unets_export_carries_the_cam_method_it_is_given(tmp_path):
+    """ExportConfig.cam_method: the graph serves that CAM (ONNX Runtime = the PyTorch VJP, the parity
+    check), its config says so, and it differs from the GradCAM graph's."""
+    model = tiny_unet()
+    torch.nn.init.normal_(model.head.weight, std=1.0)  # several classes a frame: the methods differ
+    hires = export_segmentation(model, tmp_path / "h" / "model.onnx",
+                                ExportConfig(trace_hw=TRACE.trace_hw, cam_method="hirescam"))
+    plain = export_segmentation(model, tmp_path / "g" / "model.onnx", TRACE)
+    assert hires.parity.passed and hires.spec.cam_layer == "bottleneck (class-balanced, hirescam)"
+    assert plain.spec.cam_layer == "bottleneck (class-balanced)"
+    x = images(batch=1, seed=3)
+    cams = [ort.InferenceSession(str(r.path), providers=["CPUExecutionProvider"]).run(["cam"], {"image": x})[0]
+            for r in (hires, plain)]
+    with torch.inference_mode():
+        ref = ExplainedSegmenter(model.eval(), cam_method="hirescam")(torch.from_numpy(normalize_image(x[0]))[None])[2].numpy()
+    assert np.abs(cams[0].astype(np.float32) - ref).max() < 2e-2 and ref.std() > 0.05
+    assert np.abs(cams[0].astype(np.float32) - cams[1].astype(np.float32)).max() > 0.1
+
+
 def test_logits_output_on_request_and_depth_export(tmp_path):
     r = export_segmentation(tiny_unet(), tmp_path / "l" / "model.onnx",
                             ExportConfig(trace_hw=TRACE.trace_hw, with_logits=True))
