@@ -8,7 +8,9 @@ Per model:
                    model's own grid (before its final resize), foreign architectures only;
   * "EEM head"     segxal.graph.add_eem on the logits graph: the analytic head-input CAM (what an
                    ONNX-only model gets), foreign architectures only;
-  * "... (hirescam)" with --methods hirescam: the same graph with that CAM method (segxal.eem.gradcam);
+  * "EEM traced@model [T:M]" with --cams T:M: the traced graph with CAM target T and method M (the
+    defaults: segxal.graph.traced_cam.DEFAULT_CAM_TARGET / DEFAULT_CAM_METHOD); for the U-Net "EEM VJP
+    (M)", its VJP with method M (segxal.eem.gradcam.CAM_METHODS);
   * the project's U-Net also "EEM VJP": its written-out bottleneck VJP (segxal.eem.gradcam), and
     "EEM traced" at the same bottleneck with the same target and grid, to decide whether the U-Net
     keeps its own VJP ("EEM traced@model": the same on the model's grid).
@@ -55,10 +57,11 @@ def _module_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
 
 
 def _graphs(name: str, hw: tuple[int, int], tmp: Path, layers: tuple[str, ...] = (),
-            methods: tuple[str, ...] = ()) -> dict[str, Path]:
+            cams: tuple[tuple[str, str], ...] = ()) -> dict[str, Path]:
     """label -> ONNX file of every graph measured for one model; `layers`: other CAM layer specs of
-    the traced route (segxal.graph.traced_cam.expand_layers), each on the model's grid; `methods`:
-    other CAM methods than GradCAM, each for the U-Net's VJP or the traced route on the model's grid."""
+    the traced route (segxal.graph.traced_cam.expand_layers), each on the model's grid; `cams`: other
+    (target, method) pairs of the traced route on the model's grid (the U-Net: its VJP with each
+    method but GradCAM)."""
     from segxal.graph.add_eem import add_eem_file
     from segxal.graph.traced_cam import export_traced
     from segxal.models.external import build_model, export_logits_onnx
@@ -71,17 +74,21 @@ def _graphs(name: str, hw: tuple[int, int], tmp: Path, layers: tuple[str, ...] =
         out["logits"] = export_logits_onnx(model, tmp / "unet_logits.onnx", hw, uint8_input=True)
         export_segmentation(model, tmp / "unet_vjp.onnx", ExportConfig(trace_hw=hw))
         out["EEM VJP"] = tmp / "unet_vjp.onnx"
-        for method in methods:
-            export_segmentation(model, tmp / f"unet_vjp_{method}.onnx", ExportConfig(trace_hw=hw, cam_method=method))
+        for method in dict.fromkeys(m for _, m in cams if m != "gradcam"):
+            # random weights predict one class a frame; a per-location CAM then sums gradients that nearly
+            # cancel and the min-max scaling magnifies float32 rounding past the default bound (3e-2 seen)
+            export_segmentation(model, tmp / f"unet_vjp_{method}.onnx",
+                                ExportConfig(trace_hw=hw, cam_method=method, cam_max_abs_diff=0.1))
             out[f"EEM VJP ({method})"] = tmp / f"unet_vjp_{method}.onnx"
-        from segxal.eem.gradcam import DEFAULT_UNET_CAM_TARGET
+        from segxal.eem.gradcam import DEFAULT_UNET_CAM_METHOD, DEFAULT_UNET_CAM_TARGET
         layer = _module_name(model, model.bottleneck_layer)
         # the VJP's layer, target and grid (EBU, p_max and the target on the input's grid); and the
         # traced route's default grid, the model's own (the logits before the 2x head upsampling)
         out["EEM traced"] = export_traced(model, tmp / "unet_traced.onnx", hw, layer=layer, uncertainty_at="input",
-                                          target=DEFAULT_UNET_CAM_TARGET).path
+                                          target=DEFAULT_UNET_CAM_TARGET, method=DEFAULT_UNET_CAM_METHOD).path
         out["EEM traced@model"] = export_traced(model, tmp / "unet_traced_model.onnx", hw, layer=layer,
-                                                uncertainty_at="model", target=DEFAULT_UNET_CAM_TARGET).path
+                                                uncertainty_at="model", target=DEFAULT_UNET_CAM_TARGET,
+                                                method=DEFAULT_UNET_CAM_METHOD).path
         return out
     import_path, kwargs = MODELS[name]
     model = build_model(import_path, kwargs).eval()
@@ -93,9 +100,10 @@ def _graphs(name: str, hw: tuple[int, int], tmp: Path, layers: tuple[str, ...] =
         out["logits"] = _traced_logits(model, hw, tmp / f"{name}_logits.onnx")
     out["EEM traced"] = export_traced(model, tmp / f"{name}_traced.onnx", hw).path
     out["EEM traced@model"] = export_traced(model, tmp / f"{name}_traced_model.onnx", hw, uncertainty_at="model").path
-    for method in methods:
-        out[f"EEM traced@model ({method})"] = export_traced(model, tmp / f"{name}_traced_model_{method}.onnx", hw,
-                                                            uncertainty_at="model", method=method).path
+    for i, (target, method) in enumerate(cams):
+        out[f"EEM traced@model [{target}:{method}]"] = export_traced(
+            model, tmp / f"{name}_traced_model_cam{i}.onnx", hw, uncertainty_at="model", target=target,
+            method=method).path
     for i, spec in enumerate(layers):
         out[f"EEM traced@model [{spec}]"] = export_traced(model, tmp / f"{name}_traced_model_{i}.onnx", hw, layer=spec,
                                                           uncertainty_at="model").path
@@ -136,6 +144,16 @@ def measure(sessions: dict[str, ort.InferenceSession], image: np.ndarray, rounds
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
+def _cam(text: str) -> tuple[str, str]:
+    from segxal.eem.gradcam import CAM_METHODS
+    from segxal.graph.traced_cam import CAM_TARGETS
+    target, _, method = text.partition(":")
+    if target not in CAM_TARGETS or method not in CAM_METHODS:
+        raise argparse.ArgumentTypeError(f"expected TARGET:METHOD with a target of {CAM_TARGETS} and a method of "
+                                         f"{CAM_METHODS}, got {text!r}")
+    return target, method
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=parse_size, default=(256, 512))
@@ -146,17 +164,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (1 on a shared machine)")
     p.add_argument("--layers", nargs="+", default=[],
                    help="also the traced graph with these CAM layer specs (e.g. stride16+stride8), foreign models")
-    p.add_argument("--methods", nargs="+", default=[], choices=("hirescam",),
-                   help="also the graphs with these CAM methods (segxal.eem.gradcam.CAM_METHODS)")
+    p.add_argument("--cams", nargs="+", default=[], type=_cam,
+                   help="also the traced graphs with these CAMs, TARGET:METHOD (e.g. ebu-gradient:gradcam; the "
+                        "U-Net: its VJP with each METHOD)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    from segxal.graph.traced_cam import DEFAULT_CAM_METHOD, DEFAULT_CAM_TARGET
+    print(f"EEM traced: the default CAM, {DEFAULT_CAM_TARGET}:{DEFAULT_CAM_METHOD}")
     image = np.random.default_rng(0).integers(0, 256, (1, *args.size, 3), dtype=np.uint8)
     result = {}
     print(f"{args.size[0]}x{args.size[1]}, {args.threads} ORT thread(s), {args.rounds} rounds x {args.calls} calls")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             try:
-                graphs = _graphs(name, args.size, Path(tmp), tuple(args.layers), tuple(args.methods))
+                graphs = _graphs(name, args.size, Path(tmp), tuple(args.layers), tuple(args.cams))
             except Exception as e:  # noqa: BLE001 - e.g. PSPNet's logits refuse the TorchScript exporter
                 print(f"{name:<18} skipped: {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)
                 continue

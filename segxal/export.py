@@ -32,7 +32,7 @@ from torch import nn
 
 from segxal.data.cityscapes import MEAN, STD
 from segxal.errors import InvalidInput, SegxalError
-from segxal.eem.gradcam import DEFAULT_CAM_METHOD
+from segxal.eem.gradcam import DEFAULT_UNET_CAM_METHOD
 from segxal.models.external import FullResLogits, export_logits_onnx
 from segxal.models.image_input import EvalMode as _EvalMode, ImageInput as _ImageInput
 from segxal.resize import resize_image
@@ -66,7 +66,7 @@ class ExportConfig:
     # head input barely tells frames apart; its bottleneck does (the tests' random-weight models).
     embedding_layer: str | None = None
     depth_half: bool = False  # inverse_depth as float16
-    cam_method: str = DEFAULT_CAM_METHOD  # the U-Net's bottleneck CAM method (segxal.eem.gradcam.CAM_METHODS)
+    cam_method: str = DEFAULT_UNET_CAM_METHOD  # the U-Net's bottleneck CAM method (segxal.eem.gradcam.CAM_METHODS)
     # parity thresholds
     min_label_agreement: float = 0.999  # argmax may flip at exact ties between float paths
     max_abs_diff: float = 5e-3  # float16 outputs in [0, 1] have a step of 4.9e-4 below 1

@@ -9,7 +9,7 @@ import pytest
 from app.loop import ServicesLoopConfig
 from app.loop import run as run_services
 from segxal.al.loop import ALConfig
-from segxal.graph.traced_cam import DEFAULT_CAM_TARGET, describe_cam
+from segxal.graph.traced_cam import DEFAULT_CAM_METHOD, DEFAULT_CAM_TARGET, describe_cam
 from segxal.labels import LABEL_MAP_FILE
 from services.common.model_repository import ModelRepository, spec_from_config
 
@@ -44,7 +44,7 @@ def test_loop_runs_with_deeplab_and_its_own_label_map(loop_report):
     spec = spec_from_config(config)
     assert spec.class_names == tuple(LABEL_MAP) and spec.num_classes == len(LABEL_MAP)
     # the trainer exports a model built by import path with the traced GradCAM (segxal.graph.traced_cam)
-    assert spec.cam_layer == describe_cam("backbone.16", DEFAULT_CAM_TARGET) and spec.input_size == (64, 128)
+    assert spec.cam_layer == describe_cam("backbone.16", DEFAULT_CAM_TARGET, DEFAULT_CAM_METHOD) and spec.input_size == (64, 128)
     assert spec.fixed_batch == 1 and spec.embedding_dim == 960
 
 

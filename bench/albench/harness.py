@@ -55,7 +55,7 @@ from segxal.cache import cache_path
 from segxal.data.cityscapes import SegDataset, disparity_to_depth, list_frames, load_camera
 from segxal.eem.explain import ExplainedSegmenter
 from segxal.eem.frame import score_frame
-from segxal.eem.gradcam import DEFAULT_CAM_METHOD, DEFAULT_UNET_CAM_TARGET, UNET_CAM_TARGETS
+from segxal.eem.gradcam import DEFAULT_UNET_CAM_METHOD, DEFAULT_UNET_CAM_TARGET, UNET_CAM_TARGETS
 from segxal.eem.options import EEMOptions
 from segxal.errors import InvalidInput
 from segxal.labels import CLASS_NAMES, IGNORE, NUM_CLASSES
@@ -95,7 +95,7 @@ class Arm:
     selection: str = "score=1"  # segxal.selection.SelectionSpec text form
     eem: str = "multiplicative"  # EEM_VARIANTS key (score "eem" only); the product's default
     cam_target: str = DEFAULT_UNET_CAM_TARGET  # the U-Net's CAM target (segxal.eem.gradcam); the shipped one
-    cam_method: str = DEFAULT_CAM_METHOD  # its channel weighting (segxal.eem.gradcam.CAM_METHODS); the shipped one
+    cam_method: str = DEFAULT_UNET_CAM_METHOD  # its channel weighting (segxal.eem.gradcam.CAM_METHODS); the shipped one
     key: bool = False  # a key arm runs on every seed; the others on cfg.exploratory_seeds seeds
 
     @property
@@ -406,7 +406,7 @@ class PoolOutputs:
 
 def pool_outputs(model: UNet, data: _Data, cfg: BenchConfig, with_bald: bool,
                  cam_target: str = DEFAULT_UNET_CAM_TARGET, batch: int = 32,
-                 cam_method: str = DEFAULT_CAM_METHOD) -> PoolOutputs:
+                 cam_method: str = DEFAULT_UNET_CAM_METHOD) -> PoolOutputs:
     """Labels, EBU, CAM, p_max (the product's ExplainedSegmenter), the frame embedding and class
     histograms, and optionally BALD, for every training frame; the CAM is `cam_target`'s at the
     bottleneck, by `cam_method` (the written-out VJP where it has the target, else with_cam_target)."""
@@ -433,7 +433,7 @@ def pool_outputs(model: UNet, data: _Data, cfg: BenchConfig, with_bald: bool,
 
 
 def with_cam_target(out: PoolOutputs, model: UNet, data: _Data, target: str, batch: int = 32,
-                    method: str = DEFAULT_CAM_METHOD) -> PoolOutputs:
+                    method: str = DEFAULT_UNET_CAM_METHOD) -> PoolOutputs:
     """`out` with the `method` CAM of `target` at the U-Net's bottleneck (the shipped layer), computed by the
     traced route's explainer in eager mode (segxal.graph.traced_cam; for the targets the written-out
     VJP has, it equals the VJP, tests/test_al_bench.py), float16 as served."""
@@ -478,7 +478,7 @@ class _SeedContext:
 
 def _first_outputs(ctx: _SeedContext, arm: Arm, data: _Data) -> PoolOutputs:
     """Model 0's pool outputs as `arm` sees them: ctx.out0, or with its CAM (target, method) (once a seed)."""
-    if arm.cam == (DEFAULT_UNET_CAM_TARGET, DEFAULT_CAM_METHOD):
+    if arm.cam == (DEFAULT_UNET_CAM_TARGET, DEFAULT_UNET_CAM_METHOD):
         return ctx.out0
     if arm.cam not in ctx.targets0:
         ctx.targets0[arm.cam] = with_cam_target(ctx.out0, ctx.model0, data, arm.cam_target, method=arm.cam_method)

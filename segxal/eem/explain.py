@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from segxal.eem.ebu import prediction_statistics
-from segxal.eem.gradcam import (DEFAULT_CAM_METHOD, DEFAULT_UNET_CAM_TARGET, UNET_CAM_TARGETS, analytic_cam,
+from segxal.eem.gradcam import (DEFAULT_UNET_CAM_METHOD, DEFAULT_UNET_CAM_TARGET, UNET_CAM_TARGETS, analytic_cam,
                                 check_cam_method, check_class_weights, describe_target, explained_forward)
 from segxal.errors import InvalidInput
 from segxal.models.unet import UNet
@@ -38,7 +38,7 @@ class ExplainedSegmenter(nn.Module):
 
     def __init__(self, model: UNet, class_weights: torch.Tensor | None = None, half_outputs: bool = False,
                  cam_layer: str = "bottleneck", cam_target: str = DEFAULT_UNET_CAM_TARGET,
-                 cam_method: str = DEFAULT_CAM_METHOD):
+                 cam_method: str = DEFAULT_UNET_CAM_METHOD):
         """
         Args:
             model: the segmentation model; its head is a 1x1 conv after forward_features, then upsample.

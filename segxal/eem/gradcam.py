@@ -106,7 +106,7 @@ def _minmax(cam: torch.Tensor) -> torch.Tensor:
 #               contribution of each location's features to T, which GradCAM's mean blurs over the frame.
 # Both equal pytorch-grad-cam's GradCAM / HiResCAM; docs/cam.md "Which weighting" says which ships where.
 CAM_METHODS = ("gradcam", "hirescam")
-DEFAULT_CAM_METHOD = "gradcam"
+DEFAULT_UNET_CAM_METHOD = "gradcam"  # the U-Net's (the benchmark decides; docs/cam.md "Which weighting")
 
 
 def check_cam_method(method: str) -> None:
@@ -114,13 +114,13 @@ def check_cam_method(method: str) -> None:
         raise InvalidInput(f"the CAM method must be one of {CAM_METHODS}, got {method!r}")
 
 
-def describe_target(target: str, method: str = DEFAULT_CAM_METHOD) -> str:
+def describe_target(target: str, method: str = "gradcam") -> str:
     """A CAM's target and method as served configs name them: "<target>", or "<target>, <method>"
     for a method other than GradCAM (cam_layer "encoder.layer4 (class-balanced, hirescam)")."""
-    return target if method == DEFAULT_CAM_METHOD else f"{target}, {method}"
+    return target if method == "gradcam" else f"{target}, {method}"
 
 
-def layer_cam(features: torch.Tensor, grads: torch.Tensor, method: str = DEFAULT_CAM_METHOD) -> torch.Tensor:
+def layer_cam(features: torch.Tensor, grads: torch.Tensor, method: str = "gradcam") -> torch.Tensor:
     """The raw CAM on the layer's grid, ReLU(...) [B, h, w], of `method` (CAM_METHODS) from the
     layer's activation A and dT/dA, both [B, K, h, w]."""
     if method == "hirescam":
@@ -453,7 +453,7 @@ def bottleneck_weights(model: nn.Module, x: torch.Tensor, class_weights: torch.T
 
 
 def explained_forward(model: nn.Module, x: torch.Tensor, class_weights: torch.Tensor | None = None,
-                      target: str = DEFAULT_UNET_CAM_TARGET, method: str = DEFAULT_CAM_METHOD
+                      target: str = DEFAULT_UNET_CAM_TARGET, method: str = DEFAULT_UNET_CAM_METHOD
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """One U-Net forward pass plus the shipped CAM: the `method` CAM (CAM_METHODS; GradCAM:
     ReLU(sum_k alpha_k B_k)) of `target` at the bottleneck, scaled as pytorch-grad-cam. Equals
