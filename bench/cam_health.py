@@ -189,7 +189,7 @@ EXPLORATORY = {
 }
 
 
-def weightings() -> tuple[str, ...]:
+def all_weightings() -> tuple[str, ...]:
     from segxal.eem.gradcam import CAM_METHODS
     return CAM_METHODS + tuple(EXPLORATORY)
 
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="--train / --checkpoints: the CAM layer specs measured, per architecture (default: the "
                         "export's, segxal.graph.traced_cam.DEFAULT_LAYERS): last (the last stage), strideS (the "
                         "last stage at output stride <= S), a layer name, or several joined by + (one CAM)")
-    p.add_argument("--weighting", nargs="+", default=["gradcam"], choices=weightings(),
+    p.add_argument("--weighting", nargs="+", default=["gradcam"], choices=all_weightings(),
                    help="the CAM's channel weightings measured: the product's CAM methods (gradcam, hirescam) "
                         "and explorations (layercam, gradcam++)")
     p.add_argument("--lr", type=float, default=2e-3)

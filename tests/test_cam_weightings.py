@@ -6,7 +6,7 @@ import pytest
 import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
 
-from bench.cam_health import _explainer, weightings
+from bench.cam_health import _explainer, all_weightings
 from segxal.graph.traced_cam import as_grad_cam_target, make_target, resolve_layer
 from segxal.models.external import FullResLogits
 from tests.test_traced_cam import CAM_TOL, CLASS_NAMES, _frame, _model, _normalised
@@ -15,7 +15,7 @@ REFERENCE = {"gradcam": GradCAM, "hirescam": HiResCAM, "layercam": LayerCAM, "gr
 
 
 def test_every_weighting_has_its_reference():
-    assert set(weightings()) == set(REFERENCE)
+    assert set(all_weightings()) == set(REFERENCE)
 
 
 @pytest.mark.parametrize("weighting", sorted(REFERENCE))

@@ -104,9 +104,9 @@ def _minmax(cam: torch.Tensor) -> torch.Tensor:
 #   "gradcam"   sum_k alpha_k A_k, alpha_k = mean_{h,w} G_k (Selvaraju et al. 2017);
 #   "hirescam"  sum_k G_k A_k per location, no spatial mean (Draelos & Carin 2020): the first-order
 #               contribution of each location's features to T, which GradCAM's mean blurs over the frame.
-# Both equal pytorch-grad-cam's GradCAM / HiResCAM; docs/cam.md "Which weighting" says which ships where.
+# Both equal pytorch-grad-cam's GradCAM / HiResCAM; docs/cam.md "Which method" says which ships where.
 CAM_METHODS = ("gradcam", "hirescam")
-DEFAULT_UNET_CAM_METHOD = "gradcam"  # the U-Net's (the benchmark decides; docs/cam.md "Which weighting")
+DEFAULT_UNET_CAM_METHOD = "gradcam"  # the U-Net's (the benchmark decides; docs/cam.md "Which method")
 
 
 def check_cam_method(method: str) -> None:

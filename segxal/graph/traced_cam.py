@@ -1,4 +1,4 @@
-"""GradCAM at a named layer of ANY torch segmentation model, inside the exported ONNX graph.
+"""A CAM (HiResCAM or GradCAM) at a named layer of ANY torch segmentation model, inside the exported ONNX graph.
 
 ONNX has no autograd, and torch's exporters do not trace `torch.autograd.grad`. So the forward
 pass and the backward pass to the CAM layer are traced together into one plain ATen graph with
@@ -33,13 +33,15 @@ activation (a descriptor for diversity-aware selection, free once the activation
 B is fixed at trace time (the traced ATen graph bakes its shapes in): 1 by default, which is how
 the EEM service asks (one frame a call); the config then says max_batch_size 0.
 
-CAM (Selvaraju et al., ICCV 2017; scaled exactly as pytorch-grad-cam 1.5.7, `BaseCAM` with one
-target layer): for the target T (a CamTarget over the logits at the input's size), weights
-alpha_k = mean_{h,w} dT/dA_k, map ReLU(sum_k alpha_k A_k), per image min-max, bilinear resize to
-H x W (cv2 INTER_LINEAR = half-pixel), min-max again.
+CAM (scaled exactly as pytorch-grad-cam 1.5.7, `BaseCAM` with one target layer): for the target T
+(a CamTarget over the logits), the map of the method (segxal.eem.gradcam.layer_cam): HiResCAM, the
+default, ReLU(sum_k dT/dA_k * A_k) per location; GradCAM ReLU(sum_k alpha_k A_k) with alpha_k =
+mean_{h,w} dT/dA_k; then per image min-max, bilinear resize to H x W (cv2 INTER_LINEAR =
+half-pixel), min-max again.
 
 References:
-    Selvaraju et al., Grad-CAM, ICCV 2017; jacobgil/pytorch-grad-cam 1.5.7 (`BaseCAM`,
+    Selvaraju et al., Grad-CAM, ICCV 2017; Draelos & Carin, HiResCAM, arXiv 2011.08891;
+    jacobgil/pytorch-grad-cam 1.5.7 (`BaseCAM`,
     `scale_cam_image`, `SemanticSegmentationTarget`); torch._decomp (core ATen decompositions).
 """
 from __future__ import annotations
