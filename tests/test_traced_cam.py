@@ -21,7 +21,7 @@ from segxal.data.cityscapes import MEAN, STD
 from segxal.errors import InvalidInput
 from segxal.export import ExportConfig, export_depth
 from segxal.eem.ebu import prediction_statistics
-from segxal.graph.traced_cam import (CAM_TARGETS, DEFAULT_UNCERTAINTY_AT, METADATA_CAM_LAYER, METADATA_CAM_METHOD,
+from segxal.graph.traced_cam import (CAM_METHODS, CAM_TARGETS, DEFAULT_UNCERTAINTY_AT, METADATA_CAM_LAYER, METADATA_CAM_METHOD,
                                      METADATA_CAM_TARGET, METADATA_UNCERTAINTY_AT,
                                      ScoresOf, TracedExplainer,
                                      as_grad_cam_target, capture_activation, default_layer, describe_cam,
@@ -178,16 +178,18 @@ def test_embedding_is_the_normalised_pooled_activation_of_the_cam_layer(served):
 
 # with random weights a target's CAM can be all zero at a layer; each target is checked on a model
 # where it is alive (the check asserts that)
+@pytest.mark.parametrize("method", CAM_METHODS)
 @pytest.mark.parametrize("target,name", [(t, "smp_unet" if t == "objects" else "smp_deeplabv3plus")
                                          for t in CAM_TARGETS])
-def test_every_target_equals_pytorch_grad_cam(target, name):
-    """The PyTorch explainer export_traced traces, for each target (the served graph is held to it
-    by the export's parity check and by the test above)."""
+def test_every_target_and_method_equals_pytorch_grad_cam(target, name, method):
+    """The PyTorch explainer export_traced traces, for each target and method (the served graph is
+    held to it by the export's parity check and by the test above)."""
     model = _model(name)
     image = _frame()
-    explainer = TracedExplainer(model, "encoder.layer3", make_target(target, CLASS_NAMES), MEAN, STD).eval()
+    explainer = TracedExplainer(model, "encoder.layer3", make_target(target, CLASS_NAMES), MEAN, STD,
+                                method=method).eval()
     cam = explainer(torch.from_numpy(image[None]))[2][0].float().numpy()
-    ref = _grad_cam(model, "encoder.layer3", target, image)
+    ref = _grad_cam(model, "encoder.layer3", target, image, method=method)
     assert ref.std() > 0.05
     assert np.abs(cam - ref).max() < CAM_TOL
 
@@ -215,7 +217,8 @@ def test_on_the_models_own_grid_the_cam_and_maps_come_from_the_logits_before_its
     model = _model(name)
     image = _frame()
     layer = default_layer(model, (H, W))
-    explainer = TracedExplainer(model, layer, make_target("ebu-gradient", CLASS_NAMES), MEAN, STD, "model").eval()
+    explainer = TracedExplainer(model, layer, make_target("ebu-gradient", CLASS_NAMES), MEAN, STD, "model",
+                                method="gradcam").eval()
     labels, ebu, cam, pmax, _ = (t.float().numpy()[0] for t in explainer(torch.from_numpy(image[None])))
     x = _normalised(image)
     with torch.no_grad():
@@ -244,7 +247,7 @@ def test_a_multi_layer_cam_equals_pytorch_grad_cam_with_those_target_layers(name
     model = _model(name)
     image = _frame()
     explainer = TracedExplainer(model, layers, make_target("class-balanced", CLASS_NAMES), MEAN, STD,
-                                DEFAULT_UNCERTAINTY_AT).eval()
+                                DEFAULT_UNCERTAINTY_AT, method="gradcam").eval()
     cam = explainer(torch.from_numpy(image[None]))[2][0].float().numpy()
     scores = ScoresOf(explainer)
     ref = _grad_cam(model, layers, "class-balanced", image, scores=scores)
@@ -252,7 +255,7 @@ def test_a_multi_layer_cam_equals_pytorch_grad_cam_with_those_target_layers(name
     assert all(m.std() > 0.05 for m in single) and min(np.abs(ref - m).max() for m in single) > 0.05
     assert np.abs(cam - ref).max() < CAM_TOL
     export = export_traced(model, tmp_path / "m.onnx", (H, W), layer=layers, target="class-balanced",
-                           class_names=CLASS_NAMES)  # parity-checked against the explainer
+                           class_names=CLASS_NAMES, method="gradcam")  # parity-checked against the explainer
     props = {p.key: p.value for p in onnx.load(str(export.path)).metadata_props}
     assert props[METADATA_CAM_LAYER] == layers and export.parity["cam"] < 2e-3
     assert export.embedding_dim == {"encoder.layer4": 512, "encoder.layer3": 256}[split_layers(layers)[0]]
