@@ -117,7 +117,7 @@ def _traced_logits(model: torch.nn.Module, hw: tuple[int, int], path: Path) -> P
     CAM's resampling (segxal.graph.traced_cam), for a model the TorchScript exporter refuses."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from segxal.graph.traced_cam import _ResampleAsMatMul
+    from segxal.graph.traced_cam import _ResampleAsMatMul, onnx_translations
     from segxal.models.external import ImageInput, _RawLogits
     from segxal.data.cityscapes import MEAN, STD
     module = ImageInput(_RawLogits(model), MEAN, STD).eval()
@@ -125,7 +125,7 @@ def _traced_logits(model: torch.nn.Module, hw: tuple[int, int], path: Path) -> P
     with _ResampleAsMatMul(), torch.no_grad():
         graph = make_fx(module)(example)
     torch.onnx.export(graph, (example,), input_names=["image"], output_names=["logits"], dynamo=True,
-                      external_data=False, verbose=False).save(str(path))
+                      external_data=False, verbose=False, custom_translation_table=onnx_translations()).save(str(path))
     return path
 
 

@@ -398,3 +398,123 @@ def test_cam_health_reads_a_repository_of_another_architecture(served, tiny_data
     assert [r["version"] for r in rows] == [1] and rows[0]["frames"] == 4
     assert 0.0 <= rows[0]["dead_share"] <= 1.0 and 0.0 <= rows[0]["pixel_accuracy"] <= 1.0
     assert "smp_unet: cam_layer encoder.layer4 (objects, hirescam)" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# The backward pass's cost passes (docs/cam.md, Cost): each is exact, so each is held to the
+# computation it replaces and to pytorch-grad-cam, and each is checked to fire where it should.
+
+
+def _traced(fn, *examples):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from segxal.graph.traced_cam import _decompositions, _ResampleAsMatMul
+    with _ResampleAsMatMul():
+        return make_fx(fn, decomposition_table=_decompositions())(*examples)
+
+
+def _sum_pools(gm) -> int:
+    from segxal.graph.traced_cam import _is_sum_pool
+    return sum(_is_sum_pool(n, gm) for n in gm.graph.nodes)
+
+
+def test_a_convolution_then_a_sum_pooling_becomes_one_strided_convolution_with_the_same_result():
+    """The backward of a decoder convolution followed by that of a nearest upsampling (a 2x2 sum
+    pooling), alone and as one term of an Add (FPN's top-down path): one convolution on the pooled
+    grid, equal to the two it replaces."""
+    from segxal.graph.traced_cam import _fuse_pooled_convolutions
+    gen = torch.Generator().manual_seed(0)
+    w1, w2 = torch.randn(6, 4, 3, 3, generator=gen), torch.randn(6, 5, 3, 3, generator=gen)
+    ones = torch.ones(6, 1, 2, 2)
+
+    def alone(x):
+        return torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, w1, padding=1), ones, stride=2, groups=6)
+
+    def in_a_sum(x, y):
+        s = torch.nn.functional.conv2d(x, w1, padding=1) + torch.nn.functional.conv2d(y, w2, padding=1)
+        return torch.nn.functional.conv2d(s, ones, stride=2, groups=6)
+
+    x, y = torch.randn(2, 4, 12, 16, generator=gen), torch.randn(2, 5, 12, 16, generator=gen)
+    for fn, args in ((alone, (x,)), (in_a_sum, (x, y))):
+        gm = _traced(fn, *args)
+        assert _sum_pools(gm) == 1
+        expected = fn(*args)
+        fused = _fuse_pooled_convolutions(gm)
+        assert _sum_pools(fused) == 0
+        convs = [n for n in fused.graph.nodes if n.target is torch.ops.aten.convolution.default and not n.args[6]]
+        assert all(list(n.args[3]) == [2, 2] for n in convs)  # every convolution now runs on the pooled grid
+        assert float((fused(*args) - expected).abs().max()) < 1e-4
+
+
+def test_a_sum_pooling_that_reads_padding_is_left_alone():
+    """Sizes that are not multiples of the pooling's stride: the pooling would read past the
+    convolution's grid, where the fused kernel would not see zeros; the pass keeps both."""
+    from segxal.graph.traced_cam import _fuse_pooled_convolutions
+    w1, ones = torch.randn(3, 2, 3, 3), torch.ones(3, 1, 2, 2)
+
+    def fn(x):
+        return torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, w1, padding=1), ones, stride=2, groups=3,
+                                          padding=1)
+
+    x = torch.randn(1, 2, 7, 9)
+    fused = _fuse_pooled_convolutions(_traced(fn, x))
+    assert sum(n.target is torch.ops.aten.convolution.default for n in fused.graph.nodes) == 2
+    assert float((fused(x) - fn(x)).abs().max()) < 1e-5
+
+
+def test_smp_unets_decoder_backward_runs_each_upsampling_adjoint_fused():
+    """smp Unet (nearest upsampling before each decoder block): after tracing no sum pooling is left
+    behind a convolution; the served CAM of the test above holds the result to pytorch-grad-cam."""
+    from segxal.graph.traced_cam import _prune_channel_slices, trace_explainer
+    model = _model("smp_unet")
+    explainer = TracedExplainer(model, "encoder.layer4", make_target("class-balanced", CLASS_NAMES), MEAN, STD,
+                                "model").eval()
+    example = torch.zeros(1, H, W, 3, dtype=torch.uint8)
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from segxal.graph.traced_cam import _decompositions, _ResampleAsMatMul
+    with _ResampleAsMatMul():
+        before = _prune_channel_slices(make_fx(explainer, decomposition_table=_decompositions())(example))
+    assert _sum_pools(before) == 5  # one a decoder block
+    after = trace_explainer(explainer, example)
+    assert _sum_pools(after) == 0
+    with torch.no_grad():
+        diffs = [float((a.float() - b.float()).abs().max()) for a, b in zip(after(example), before(example))]
+    assert max(diffs) < 2e-3
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_resizes_run_as_the_op_itself_forward_and_their_exact_adjoint_backward(align_corners, tmp_path):
+    """A model that resizes bilinearly (align-corners or half-pixel, an integer and a fractional
+    factor) and upsamples by nearest: its export holds one ONNX Resize per resize (not the MatMuls
+    or transposed convolutions the backward uses), and its CAM equals pytorch-grad-cam's."""
+    import torch.nn.functional as F
+
+    class Resizer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.encoder = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4, padding=1), torch.nn.ReLU(),
+                                               torch.nn.Conv2d(8, 8, 3, stride=2, padding=1), torch.nn.ReLU())
+            self.mix = torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.head = torch.nn.Conv2d(8, NUM_CLASSES, 1)
+            torch.nn.init.normal_(self.head.weight, std=2.0)
+
+        def forward(self, x):
+            a = self.encoder(x)  # 1/8
+            b = F.interpolate(a, scale_factor=2, mode="nearest")  # 1/4
+            c = F.interpolate(torch.relu(self.mix(b)), size=(H // 3, W // 3), mode="bilinear",
+                              align_corners=align_corners)  # a fractional factor
+            z = self.head(c)
+            return F.interpolate(z, size=(H, W), mode="bilinear", align_corners=align_corners)
+
+    model = Resizer().eval()
+    export = export_traced(model, tmp_path / "m.onnx", (H, W), layer="encoder", target="class-balanced",
+                           uncertainty_at="input", method="gradcam")  # parity-checked against eager
+    ops = [n.op_type for n in onnx.load(str(export.path)).graph.node]
+    assert ops.count("Resize") >= 4  # the model's three, the CAM's to the input's size
+    image = _frame()
+    session = ort.InferenceSession(str(export.path), providers=["CPUExecutionProvider"])
+    cam = session.run(["cam"], {"image": image[None]})[0][0].astype(np.float32)
+    ref = _grad_cam(model, "encoder", "class-balanced", image)
+    assert ref.std() > 0.05 and np.abs(cam - ref).max() < CAM_TOL

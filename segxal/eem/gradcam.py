@@ -370,10 +370,16 @@ def _block_forward_with_tape(block: nn.Sequential, h: torch.Tensor) -> tuple[tor
     return h, tape
 
 
-def _block_vjp(tape: list, g: torch.Tensor, keep: int | None = None) -> torch.Tensor:
+def _block_vjp(tape: list, g: torch.Tensor, keep: int | None = None,
+               then: nn.ConvTranspose2d | None = None) -> torch.Tensor:
     """Gradient at a block's input from the gradient at its output, for Conv2d (stride 1, groups 1,
     no dilation), BatchNorm2d in eval mode, ReLU and eval-mode Dropout/Identity layers; `keep`: only
-    the block input's first `keep` channels are asked for (the first conv then computes no others)."""
+    the block input's first `keep` channels are asked for (the first conv then computes no others);
+    `then`: the kernel-2, stride-2 transposed conv that made those channels, whose adjoint (a 2x2
+    stride-2 conv) is composed with the first conv's: the gradient at ITS input, on the coarse grid."""
+    if then is not None and (then.kernel_size != then.stride or any(then.padding) or any(then.output_padding)
+                             or then.groups != 1 or then.dilation != (1, 1)):
+        raise InvalidInput(f"bottleneck GradCAM: unsupported up-sampling layer {then}")
     for i, (layer, out) in reversed(list(enumerate(tape))):
         if isinstance(layer, nn.ReLU):
             g = g * (out > 0).to(g.dtype)
@@ -391,7 +397,15 @@ def _block_vjp(tape: list, g: torch.Tensor, keep: int | None = None) -> torch.Te
             flipped = layer.weight.flip(2, 3).transpose(0, 1).to(g.dtype)  # [K_in, K_out, kh, kw]
             if i == 0 and keep is not None:  # the block's input: its other channels are never used
                 flipped, keep = flipped[:keep], None
-            g = F.conv2d(g, flipped, padding=(kh - 1 - layer.padding[0], kw - 1 - layer.padding[1]))
+            padding, stride = (kh - 1 - layer.padding[0], kw - 1 - layer.padding[1]), 1
+            if i == 0 and then is not None:
+                # one 4x4 stride-2 conv with the two kernels convolved (summed over the middle channels):
+                # 16 taps every 4 pixels instead of 9 every pixel plus 4 every 4 (for 2x2/2); exact, as
+                # the up-sampling's adjoint reads only this grid (kernel = stride, no padding)
+                flipped = F.conv_transpose2d(flipped.transpose(0, 1), then.weight.transpose(0, 1).to(g.dtype)
+                                             ).transpose(0, 1)  # [K_then_in, K_in, kh + 1, kw + 1]
+                stride = then.stride
+            g = F.conv2d(g, flipped, padding=padding, stride=stride)
         elif isinstance(layer, (nn.Dropout, nn.Dropout2d, nn.Identity)):
             if layer.training and not isinstance(layer, nn.Identity):
                 raise InvalidInput("the bottleneck GradCAM needs dropout in eval mode (call model.eval())")
@@ -439,8 +453,7 @@ def bottleneck_gradient(model: nn.Module, x: torch.Tensor, class_weights: torch.
     for up, tape in reversed(tapes):
         # only the up-path half of the concat: the skips do not depend on the bottleneck, and not
         # computing their half saves a third of the decoder's VJP (bench/cam_cost.py)
-        g = _block_vjp(tape, g, keep=up.out_channels)
-        g = F.conv2d(g, up.weight.to(g.dtype), stride=up.stride)  # adjoint of the 2x2/2 transposed conv
+        g = _block_vjp(tape, g, keep=up.out_channels, then=up)  # through the block and the 2x2/2 `up`
     return logits, bottleneck, g
 
 

@@ -18,11 +18,16 @@ any torch model inside an ONNX graph"):
   to full resolution) is instead one depthwise transposed convolution with the interpolation
   kernel, equally exact and O(taps) per output pixel. That replaces `upsample_bilinear2d_backward`,
   `upsample_nearest2d_backward` and `_adaptive_avg_pool2d_backward`, which have no ONNX translation.
+  Only the backward pass uses those forms: the forward pass of a bilinear resize or an integer
+  nearest upsampling is the op itself (`segxal::upsample`, exported as ONNX Resize), its backward
+  the VJP of the exact form (`_ResampledForward`).
 
-Three things keep the backward pass cheap (docs/cam.md, Cost): the stride-1 adjoints above are
+Five things keep the backward pass cheap (docs/cam.md, Cost): the stride-1 adjoints above are
 Convs (ONNX Runtime runs ConvTranspose about half as fast); a convolution whose input gradient is
 only sliced, as a skip connection's concatenation does, computes only the channels used
-(`_prune_channel_slices`); and each target's gradient with respect to the logits is written out
+(`_prune_channel_slices`); a convolution's adjoint followed by a nearest upsampling's (a sum
+pooling) is one convolution on the pooled grid (`_fuse_pooled_convolutions`); resizes run as
+Resize forward (above); and each target's gradient with respect to the logits is written out
 (`CamTarget.seed`) instead of differentiated through the statistics.
 
 The graph takes uint8 RGB [B, H, W, 3] at a fixed H x W (the model's declared input size; the
@@ -444,13 +449,60 @@ def _edge_extension(n: int) -> torch.Tensor:
     return m
 
 
+@torch.library.custom_op("segxal::upsample", mutates_args=())
+def _upsample(x: torch.Tensor, size: list[int], mode: str, align_corners: bool) -> torch.Tensor:
+    """F.interpolate as one op that make_fx and torch.export keep whole (torch decomposes its own
+    upsample ops into gathers on the way to ONNX), exported as ONNX Resize (onnx_translations)."""
+    return F.interpolate(x, size=size, mode=mode, align_corners=align_corners if mode == "bilinear" else None)
+
+
+@_upsample.register_fake
+def _(x, size, mode, align_corners):
+    return x.new_empty(*x.shape[:2], *size)
+
+
+def onnx_translations() -> dict:
+    """The dynamo exporter's custom_translation_table for the ops this module adds: torchlib's own
+    translations of torch's upsampling (ONNX Resize, half-pixel or align-corners; nearest floor)."""
+    from onnxscript.function_libs.torch_lib.ops.nn import aten_upsample_bilinear2d, aten_upsample_nearest2d
+
+    def upsample(x, size, mode: str, align_corners: bool):
+        if mode == "bilinear":
+            return aten_upsample_bilinear2d(x, size, align_corners)
+        return aten_upsample_nearest2d(x, size)
+    return {torch.ops.segxal.upsample.default: upsample}
+
+
+class _ResampledForward(torch.autograd.Function):
+    """A resampling whose forward is the op itself (ONNX Resize: a few multiply-adds an output pixel)
+    and whose backward is the VJP of its exact exportable form (`exportable`: the transposed
+    convolution or the two MatMuls of _ResampleAsMatMul), so only the backward pass pays for that
+    form, and only where the CAM's gradient flows (not the full-resolution logits of the labels)."""
+
+    @staticmethod
+    def forward(ctx, x, size, mode, align_corners, exportable):
+        ctx.shape, ctx.exportable = x.shape, exportable
+        return _upsample(x, list(size), mode, bool(align_corners))
+
+    @staticmethod
+    def backward(ctx, grad):
+        with torch.enable_grad():  # linear: the VJP does not depend on x (the zeros' forward is dead code)
+            x = grad.new_zeros(ctx.shape).requires_grad_()
+            y = ctx.exportable(x)
+        return torch.autograd.grad(y, x, grad)[0], None, None, None, None
+
+
 class _ResampleAsMatMul(torch.overrides.TorchFunctionMode):
-    """Inside: F.interpolate (bilinear/nearest, 4-D) and F.adaptive_avg_pool2d run as two MatMuls."""
+    """Inside: F.interpolate (bilinear/nearest, 4-D) and F.adaptive_avg_pool2d run as two MatMuls
+    (upsampling by integer factors as a transposed convolution); bilinear resizing and integer
+    nearest upsampling keep the op itself in the forward pass (_ResampledForward)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.interpolate and args[0].dim() == 4:
-            out = self._interpolate(*args, **kwargs)
+            out = self._native(*args, **kwargs)
+            if out is None:
+                out = self._interpolate(*args, **kwargs)
             if out is not None:
                 return out
         if func is F.adaptive_avg_pool2d and args[0].dim() == 4:
@@ -462,6 +514,28 @@ class _ResampleAsMatMul(torch.overrides.TorchFunctionMode):
             mw = _matrix(F.adaptive_avg_pool2d, w, output_size=(1, ow))
             return _separable(x, mh, mw)
         return func(*args, **kwargs)
+
+    @classmethod
+    def _native(cls, x, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                recompute_scale_factor=None, antialias=False):
+        """The op itself forward, its exact exportable form backward; None where Resize would not
+        sample where torch does: a scale factor that is not the sizes' ratio (torch then maps
+        coordinates by the factor, Resize by the sizes), nearest by a factor that is not an integer."""
+        if mode not in ("bilinear", "nearest") or antialias:
+            return None
+        h, w = x.shape[-2:]
+        if size is not None:
+            oh, ow = (size, size) if isinstance(size, int) else size
+        else:
+            sh, sw = (scale_factor, scale_factor) if isinstance(scale_factor, (int, float)) else scale_factor
+            oh, ow = int(h * sh), int(w * sw)
+            if oh != h * sh or ow != w * sw:
+                return None
+        if mode == "nearest" and (oh % h or ow % w):
+            return None
+        spec = {"size": (int(oh), int(ow)), "mode": mode, "align_corners": align_corners}
+        return _ResampledForward.apply(x, (int(oh), int(ow)), mode, bool(align_corners),
+                                       lambda t: cls._interpolate(t, **spec))
 
     @staticmethod
     def _interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None,
@@ -545,10 +619,94 @@ def _prune_channel_slices(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             with gm.graph.inserting_before(use):
                 w = gm.graph.call_function(aten.slice.Tensor, (weight, out_dim, start or 0, end))
                 new = gm.graph.call_function(aten.convolution.default, (x, w, *conv.args[2:]))
+            new.meta = dict(use.meta)  # the slice's shape: later passes read it
             use.replace_all_uses_with(new)
             gm.graph.erase_node(use)
         gm.graph.erase_node(conv)
     gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _is_sum_pool(node: torch.fx.Node, gm: torch.fx.GraphModule) -> bool:
+    """A depthwise convolution with one constant kernel for every channel, stride = kernel size and
+    no padding: a (weighted) sum pooling, as the backward of a nearest upsampling is."""
+    aten = torch.ops.aten
+    if node.target is not aten.convolution.default:
+        return False
+    y, k, bias, stride, padding, dilation, transposed, _, groups = node.args
+    if bias is not None or transposed or any(padding) or any(d != 1 for d in dilation) or k.op != "get_attr":
+        return False
+    kv = getattr(gm, k.target)
+    shape = y.meta.get("val", None)
+    return (shape is not None and groups == kv.shape[0] == shape.shape[1] and kv.shape[1] == 1
+            and tuple(kv.shape[2:]) == tuple(stride) and bool((kv == kv[:1]).all())
+            and all(n % s == 0 for n, s in zip(shape.shape[2:], stride)))
+
+
+def _is_fusable_convolution(node: torch.fx.Node) -> bool:
+    """A dense stride-1 convolution without bias used once (by a sum pooling or an Add before one)."""
+    aten = torch.ops.aten
+    if node.target is not aten.convolution.default or len(node.users) != 1:
+        return False
+    _, _, bias, stride, _, dilation, transposed, _, groups = node.args
+    return bias is None and not transposed and groups == 1 and all(s == 1 for s in stride) and all(
+        d == 1 for d in dilation)
+
+
+def _fuse_pooled_convolutions(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A stride-1 convolution followed by a sum pooling (the backward of a nearest upsampling after
+    a decoder convolution's backward) becomes one convolution on the pooled grid whose kernel is the
+    two kernels convolved: (k+s-1)^2 taps every s x s pixels instead of k^2 every pixel, 16/36 of the
+    work for 3x3 and 2x2. A pooling of an Add is split into the pooling of each term first, when a
+    term is such a convolution (FPN's top-down path adds them). Exact: the pooling reads only the
+    convolution's own grid (no padding, sizes multiples of the stride), and the zero padding of the
+    fused convolution is the first one's."""
+    aten = torch.ops.aten
+    graph = gm.graph
+
+    def fused(conv: torch.fx.Node, pool: torch.fx.Node) -> torch.fx.Node:
+        x, weight, _, _, padding = conv.args[:5]
+        kernel, stride = pool.args[1], pool.args[3]
+        sliced = weight.target is aten.slice.Tensor  # _prune_channel_slices's weights: no shape recorded
+        kh, kw = (weight.args[0] if sliced else weight).meta["val"].shape[2:]
+        o, i = conv.meta["val"].shape[1], x.meta["val"].shape[1]
+        one = f"_pool_kernel_{len(list(gm.named_buffers()))}"
+        gm.register_buffer(one, getattr(gm, kernel.target)[:1].clone())  # [1, 1, s, s]
+        sh, sw = stride
+        k1 = graph.get_attr(one)
+        dense = graph.call_function(aten.clone.default, (weight,), {"memory_format": torch.contiguous_format})
+        flat = graph.call_function(aten.view.default, (dense, [o * i, 1, kh, kw]))
+        # full 2-D convolution of each kernel with the pooling's: a transposed convolution
+        both = graph.call_function(aten.convolution.default, (flat, k1, None, [1, 1], [0, 0], [1, 1], True,
+                                                              [0, 0], 1))
+        w = graph.call_function(aten.view.default, (both, [o, i, kh + sh - 1, kw + sw - 1]))
+        out = graph.call_function(aten.convolution.default, (x, w, None, list(stride), list(padding), [1, 1], False,
+                                                             [0, 0], 1))
+        out.meta = dict(pool.meta)
+        return out
+
+    for pool in list(graph.nodes):
+        if not _is_sum_pool(pool, gm):
+            continue
+        y = pool.args[0]
+        with graph.inserting_before(pool):
+            if _is_fusable_convolution(y):
+                new = fused(y, pool)
+            elif (y.target is aten.add.Tensor and len(y.users) == 1 and len(y.args) == 2 and not y.kwargs
+                  and all(isinstance(a, torch.fx.Node) and a.meta.get("val") is not None
+                          and a.meta["val"].shape == y.meta["val"].shape for a in y.args)
+                  and any(_is_fusable_convolution(a) for a in y.args)):
+                terms = [fused(a, pool) if _is_fusable_convolution(a) else
+                         graph.call_function(aten.convolution.default, (a, *pool.args[1:])) for a in y.args]
+                new = graph.call_function(aten.add.Tensor, tuple(terms))
+            else:
+                continue
+        new.meta = dict(pool.meta)
+        pool.replace_all_uses_with(new)
+        graph.erase_node(pool)
+    graph.eliminate_dead_code()
+    graph.lint()
     gm.recompile()
     return gm
 
@@ -707,7 +865,8 @@ def trace_explainer(explainer: TracedExplainer, example: torch.Tensor) -> torch.
     from torch.fx.experimental.proxy_tensor import make_fx
     with _ResampleAsMatMul(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _prune_channel_slices(make_fx(explainer, decomposition_table=_decompositions())(example))
+        return _fuse_pooled_convolutions(_prune_channel_slices(
+            make_fx(explainer, decomposition_table=_decompositions())(example)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -782,7 +941,8 @@ def export_traced(model: nn.Module, path: str | os.PathLike, input_hw: tuple[int
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), _quiet("onnx_ir", "onnxscript"):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(graph, (example,), input_names=[INPUT_NAME], output_names=list(OUTPUTS),
-                                        dynamo=True, external_data=False, verbose=False)
+                                        dynamo=True, external_data=False, verbose=False,
+                                        custom_translation_table=onnx_translations())
             program.save(str(Path(tmp) / "m.onnx"))
             proto = onnx.load(str(Path(tmp) / "m.onnx"))
         onnx.helper.set_model_props(proto, {METADATA_CAM_LAYER: layer, METADATA_CAM_TARGET: target,
