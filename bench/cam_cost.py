@@ -43,6 +43,10 @@ MODELS = {
     "smp_pspnet": ("segmentation_models_pytorch.PSPNet", _SMP),
     "tv_lraspp": ("torchvision.models.segmentation.lraspp_mobilenet_v3_large", _TV),
     "tv_deeplabv3": ("torchvision.models.segmentation.deeplabv3_mobilenet_v3_large", {**_TV, "aux_loss": False}),
+    # bench/cam_health.py's SegFormer (the small hidden sizes it trains)
+    "segformer": ("transformers.SegformerForSemanticSegmentation",
+                  {"num_labels": 19, "hidden_sizes": [32, 64, 160, 256], "decoder_hidden_size": 128,
+                   "depths": [1, 1, 1, 1]}),
 }
 
 

@@ -505,6 +505,8 @@ class _ResampleAsMatMul(torch.overrides.TorchFunctionMode):
                 out = self._interpolate(*args, **kwargs)
             if out is not None:
                 return out
+        if func is F.scaled_dot_product_attention:
+            return self._attention(*args, **kwargs)
         if func is F.adaptive_avg_pool2d and args[0].dim() == 4:
             x, size = args[0], (args[1] if len(args) > 1 else kwargs["output_size"])
             size = (size, size) if isinstance(size, int) else tuple(size)
@@ -514,6 +516,16 @@ class _ResampleAsMatMul(torch.overrides.TorchFunctionMode):
             mw = _matrix(F.adaptive_avg_pool2d, w, output_size=(1, ow))
             return _separable(x, mh, mw)
         return func(*args, **kwargs)
+
+    @staticmethod
+    def _attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        """Attention as its math (MatMul, Softmax): autograd then records their backwards, which
+        export, instead of the fused kernel's (transformers' encoders, e.g. SegFormer's, when the CAM
+        layer is before one)."""
+        if dropout_p or enable_gqa:
+            raise InvalidInput("the traced CAM needs attention without dropout or grouped queries (model.eval())")
+        return torch.ops.aten._scaled_dot_product_attention_math(query, key, value, attn_mask, 0.0, is_causal,
+                                                                 None, scale=scale)[0]
 
     @classmethod
     def _native(cls, x, size=None, scale_factor=None, mode="nearest", align_corners=None,
