@@ -12,7 +12,7 @@ published.
 
 A torch model (import path + keyword arguments + checkpoint, as the trainer takes it) gets the
 GradCAM of a named layer with a chosen target inside its graph (segxal.graph.traced_cam; default
-layer: the encoder's last stage of its family):
+layer: the encoder's last stage of its family, SegFormer's stride-8 stage):
 
     segxal models add-eem deeplab_eem.onnx --model-import segmentation_models_pytorch.DeepLabV3Plus \
         --model-kwargs '{"encoder_name": "resnet18", "encoder_weights": null, "classes": 19}' \
@@ -188,9 +188,9 @@ def register_cli(sub) -> None:
     t.add_argument("--model-kwargs", default="", help="its keyword arguments as a JSON object")
     t.add_argument("--checkpoint", help="its weights (a state_dict file), or a checkpoint of the project's trainer")
     t.add_argument("--layer", help="the CAM layer: a submodule name ('encoder.layer4'; 'name:input' for its input), "
-                                   "a stage rule ('last'; 'stride8': the last stage at output stride <= 8), or "
-                                   "several joined by '+' (one multi-layer CAM); default: the last encoder/backbone "
-                                   "stage of the model's family (docs/cam.md)")
+                                   "a stage rule ('last'; 'stride8': the last stage at output stride <= 8; 'default'), "
+                                   "or several joined by '+' (one multi-layer CAM); default: the last encoder/backbone "
+                                   "stage of the model's family, SegFormer's stride-8 stage (docs/cam.md)")
     t.add_argument("--cam-target", choices=CAM_TARGETS, default=None,
                    help=f"what the CAM explains (default {DEFAULT_CAM_TARGET}; see docs/cam.md)")
     t.add_argument("--cam-method", choices=CAM_METHODS, default=None,

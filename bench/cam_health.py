@@ -390,8 +390,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="--train: the grids of the target, EBU and p_max measured (segxal.graph.traced_cam)")
     p.add_argument("--layers", nargs="+",
                    help="--train / --checkpoints: the CAM layer specs measured, per architecture (default: the "
-                        "export's, segxal.graph.traced_cam.DEFAULT_LAYERS): last (the last stage), strideS (the "
-                        "last stage at output stride <= S), a layer name, or several joined by + (one CAM)")
+                        "export's, segxal.graph.traced_cam.DEFAULT_LAYERS: the family's default), last (the last "
+                        "stage), strideS (the last stage at output stride <= S), a layer name, or several joined "
+                        "by + (one CAM)")
     p.add_argument("--weighting", nargs="+", default=["gradcam"], choices=all_weightings(),
                    help="the CAM's channel weightings measured: the product's CAM methods (gradcam, hirescam) "
                         "and explorations (layercam, gradcam++)")

@@ -284,12 +284,13 @@ def test_feature_stages_list_each_familys_stages_with_their_strides():
         split_layers("encoder.layer4+")
 
 
-def test_default_layer_is_the_last_stage_of_each_family():
+def test_default_layer_is_the_last_stage_of_each_family_and_segformers_stride8_stage():
     pspnet = build_model("segmentation_models_pytorch.PSPNet",
                          {"encoder_name": "resnet18", "encoder_weights": None, "classes": 3})
     assert default_layer(pspnet) == "encoder.layer2"  # PSPNet's encoder stops at depth 3
     segformer = zoo.build("segformer", NUM_CLASSES)[0]
-    assert default_layer(segformer) == "decode_head.linear_projections.3:input"
+    assert default_layer(segformer) == "decode_head.linear_projections.1:input"  # the health table's choice
+    assert expand_layers(segformer, "last") == "decode_head.linear_projections.3:input"
     with pytest.raises(InvalidInput, match="no default CAM layer.*--layer"):
         default_layer(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1)))
 
@@ -518,3 +519,16 @@ def test_resizes_run_as_the_op_itself_forward_and_their_exact_adjoint_backward(a
     cam = session.run(["cam"], {"image": image[None]})[0][0].astype(np.float32)
     ref = _grad_cam(model, "encoder", "class-balanced", image)
     assert ref.std() > 0.05 and np.abs(cam - ref).max() < CAM_TOL
+
+
+def test_a_cam_layer_before_attention_exports_and_serves_what_pytorch_computes(tmp_path):
+    """SegFormer's stride-8 stage feeds the two later transformer stages: the CAM's backward crosses
+    their attention, which is traced as its math (the fused kernel's backward has no ONNX form);
+    ONNX Runtime gives what eager autograd gives (the export's parity check) on a live map."""
+    segformer = zoo.build("segformer", NUM_CLASSES)[0].eval()
+    export = export_traced(segformer, tmp_path / "m.onnx", (H, W), layer="stride8")
+    assert export.layer == "decode_head.linear_projections.1:input"
+    assert export.parity["cam"] < 2e-3 and export.parity["labels"] == 0.0
+    session = ort.InferenceSession(str(export.path), providers=["CPUExecutionProvider"])
+    cam = session.run(["cam"], {"image": _frame()[None]})[0][0].astype(np.float32)
+    assert cam.std() > 0.05
