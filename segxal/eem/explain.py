@@ -77,7 +77,9 @@ class ExplainedSegmenter(nn.Module):
         if self.cam_layer == "bottleneck":
             logits, cam = explained_forward(self.model, x, self.class_weights, self.cam_target,
                                             self.cam_method)  # [B, C, H, W], [B, H, W]
-            labels, ebu, pmax = prediction_statistics(logits, dim=1)  # [B, H, W] each, labels int64
+            # classes last: ONNX Runtime's reductions over a strided class axis transpose around themselves
+            # (one Transpose instead; 19 x 256 x 512: 12 against 18-25 ms, docs/cam.md, Cost)
+            labels, ebu, pmax = prediction_statistics(logits.movedim(1, -1), dim=-1)  # [B, H, W] each, int64
         else:
             features = self.model.forward_features(x)  # [B, K, H/s, W/s]
             logits = self.model.upsample(self.model.head(features))  # [B, C, H, W]

@@ -440,9 +440,10 @@ def bottleneck_gradient(model: nn.Module, x: torch.Tensor, class_weights: torch.
         h, tape = _block_forward_with_tape(dec, torch.cat([up(h), skip], dim=1))
         tapes.append((up, tape))
     logits = model.upsample(model.head(h))  # [B, C, H, W]
-    # argmax as segxal.eem.ebu takes it (max with indices, keepdim): the exported graph then holds the
-    # same ReduceMax/ArgMax nodes twice, and ONNX Runtime's common-subexpression pass computes them once
-    labels = logits.max(1, keepdim=True).indices  # [B, 1, H, W]; ties: the first class, as argmax
+    # argmax as segxal.eem.explain takes it (classes last, max with indices, keepdim): the exported graph
+    # then holds the same Transpose/ReduceMax/ArgMax nodes twice, and ONNX Runtime's common-subexpression
+    # pass computes them once
+    labels = logits.movedim(1, -1).max(-1, keepdim=True).indices[..., 0][:, None]  # [B, 1, H, W]; ties: first class
     head_w = model.head.weight  # [C, K, 1, 1]
     num_classes = head_w.shape[0]
     check_class_weights(class_weights, num_classes)
