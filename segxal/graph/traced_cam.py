@@ -671,14 +671,22 @@ def _is_sum_pool(node: torch.fx.Node, gm: torch.fx.GraphModule) -> bool:
             and all(n % s == 0 for n, s in zip(shape.shape[2:], stride)))
 
 
+def _kernel_shape(weight: torch.fx.Node) -> tuple[int, ...] | None:
+    """A convolution weight's shape as traced (_prune_channel_slices's sliced weights: the sliced one's)."""
+    node = weight.args[0] if weight.target is torch.ops.aten.slice.Tensor else weight
+    val = node.meta.get("val")
+    return None if val is None else tuple(val.shape)
+
+
 def _is_fusable_convolution(node: torch.fx.Node) -> bool:
     """A dense stride-1 convolution without bias used once (by a sum pooling or an Add before one)."""
     aten = torch.ops.aten
     if node.target is not aten.convolution.default or len(node.users) != 1:
         return False
-    _, _, bias, stride, _, dilation, transposed, _, groups = node.args
-    return bias is None and not transposed and groups == 1 and all(s == 1 for s in stride) and all(
-        d == 1 for d in dilation)
+    x, weight, bias, stride, _, dilation, transposed, _, groups = node.args
+    return (bias is None and not transposed and groups == 1 and all(s == 1 for s in stride)
+            and all(d == 1 for d in dilation) and _kernel_shape(weight) is not None
+            and "val" in node.meta and "val" in x.meta)
 
 
 def _fuse_pooled_convolutions(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -695,8 +703,7 @@ def _fuse_pooled_convolutions(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     def fused(conv: torch.fx.Node, pool: torch.fx.Node) -> torch.fx.Node:
         x, weight, _, _, padding = conv.args[:5]
         kernel, stride = pool.args[1], pool.args[3]
-        sliced = weight.target is aten.slice.Tensor  # _prune_channel_slices's weights: no shape recorded
-        kh, kw = (weight.args[0] if sliced else weight).meta["val"].shape[2:]
+        kh, kw = _kernel_shape(weight)[2:]
         o, i = conv.meta["val"].shape[1], x.meta["val"].shape[1]
         one = f"_pool_kernel_{len(list(gm.named_buffers()))}"
         gm.register_buffer(one, getattr(gm, kernel.target)[:1].clone())  # [1, 1, s, s]
