@@ -375,11 +375,12 @@ def _block_vjp(tape: list, g: torch.Tensor, keep: int | None = None,
     """Gradient at a block's input from the gradient at its output, for Conv2d (stride 1, groups 1,
     no dilation), BatchNorm2d in eval mode, ReLU and eval-mode Dropout/Identity layers; `keep`: only
     the block input's first `keep` channels are asked for (the first conv then computes no others);
-    `then`: the kernel-2, stride-2 transposed conv that made those channels, whose adjoint (a 2x2
-    stride-2 conv) is composed with the first conv's: the gradient at ITS input, on the coarse grid."""
+    `then`: the transposed conv (kernel = stride, e.g. 2x2/2) that made those channels, whose adjoint
+    (a strided conv) is composed with the first conv's: the gradient at ITS input, on the coarse grid."""
     if then is not None and (then.kernel_size != then.stride or any(then.padding) or any(then.output_padding)
-                             or then.groups != 1 or then.dilation != (1, 1)):
-        raise InvalidInput(f"bottleneck GradCAM: unsupported up-sampling layer {then}")
+                             or then.groups != 1 or then.dilation != (1, 1)
+                             or not tape or not isinstance(tape[0][0], nn.Conv2d)):
+        raise InvalidInput(f"bottleneck GradCAM: unsupported up-sampling layer {then} before {tape[:1]}")
     for i, (layer, out) in reversed(list(enumerate(tape))):
         if isinstance(layer, nn.ReLU):
             g = g * (out > 0).to(g.dtype)
