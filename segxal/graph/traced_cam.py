@@ -464,6 +464,18 @@ def _edge_extension(n: int) -> torch.Tensor:
     return m
 
 
+def _output_size(x: torch.Tensor, size, scale_factor) -> tuple[int, int, bool]:
+    """F.interpolate's output (H', W') for x [B, C, H, W], and whether H'/H, W'/W are the factors
+    torch samples by (always with `size`; with `scale_factor` only when H x factor is whole)."""
+    h, w = x.shape[-2:]
+    if size is not None:
+        oh, ow = (size, size) if isinstance(size, int) else size
+        return int(oh), int(ow), True
+    sh, sw = (scale_factor, scale_factor) if isinstance(scale_factor, (int, float)) else scale_factor
+    oh, ow = int(h * sh), int(w * sw)
+    return oh, ow, oh == h * sh and ow == w * sw
+
+
 @torch.library.custom_op("segxal::upsample", mutates_args=())
 def _upsample(x: torch.Tensor, size: list[int], mode: str, align_corners: bool) -> torch.Tensor:
     """F.interpolate as one op that make_fx and torch.export keep whole (torch decomposes its own
@@ -551,14 +563,8 @@ class _ResampleAsMatMul(torch.overrides.TorchFunctionMode):
         if mode not in ("bilinear", "nearest") or antialias:
             return None
         h, w = x.shape[-2:]
-        if size is not None:
-            oh, ow = (size, size) if isinstance(size, int) else size
-        else:
-            sh, sw = (scale_factor, scale_factor) if isinstance(scale_factor, (int, float)) else scale_factor
-            oh, ow = int(h * sh), int(w * sw)
-            if oh != h * sh or ow != w * sw:
-                return None
-        if mode == "nearest" and (oh % h or ow % w):
+        oh, ow, by_sizes = _output_size(x, size, scale_factor)
+        if not by_sizes or (mode == "nearest" and (oh % h or ow % w)):
             return None
         spec = {"size": (int(oh), int(ow)), "mode": mode, "align_corners": align_corners}
         return _ResampledForward.apply(x, (int(oh), int(ow)), mode, bool(align_corners),
@@ -570,11 +576,7 @@ class _ResampleAsMatMul(torch.overrides.TorchFunctionMode):
         if mode not in ("bilinear", "nearest", "nearest-exact") or antialias:
             return None
         h, w = x.shape[-2:]
-        if size is not None:
-            oh, ow = (size, size) if isinstance(size, int) else size
-        else:
-            sh, sw = (scale_factor, scale_factor) if isinstance(scale_factor, (int, float)) else scale_factor
-            oh, ow = int(h * sh), int(w * sw)
+        oh, ow, _ = _output_size(x, size, scale_factor)
         if mode in ("bilinear", "nearest") and not align_corners and oh % h == 0 and ow % w == 0:
             fast = _upsample_integer(x, oh // h, ow // w, mode)
             if fast is not None:
