@@ -17,6 +17,7 @@ Per model:
 
     python bench/cam_cost.py --size 256x512 --rounds 5 --threads 1
     python bench/cam_cost.py --models unet smp_deeplabv3plus --size 128x256
+    python bench/cam_cost.py --models smp_fpn --profile     # where the time goes, per ONNX op type
 """
 from __future__ import annotations
 
@@ -148,6 +149,38 @@ def measure(sessions: dict[str, ort.InferenceSession], image: np.ndarray, rounds
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
+def profile(sessions_paths: dict[str, Path], image: np.ndarray, threads: int, calls: int = 5) -> dict:
+    """label -> {ONNX op type: ms per call}, ONNX Runtime's own kernel timings (its profiler) summed
+    per op type: where a graph's time goes, beside the logits graph's."""
+    import collections
+    import json
+    out = {}
+    for k, path in sessions_paths.items():
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.enable_profiling = threads, True
+        opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / "segxal_cam_cost")
+        s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feed = {s.get_inputs()[0].name: image}
+        for _ in range(calls):
+            s.run(None, feed)
+        trace = Path(s.end_profiling())
+        by_op: dict = collections.defaultdict(float)
+        for event in json.loads(trace.read_text()):
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                by_op[event["args"]["op_name"]] += event["dur"] / calls / 1e3
+        trace.unlink()
+        out[k] = dict(by_op)
+    return out
+
+
+def _print_profile(name: str, by_graph: dict) -> None:
+    ops = sorted({op for d in by_graph.values() for op in d}, key=lambda op: -max(d.get(op, 0.0) for d in by_graph.values()))
+    print(f"{name} profile, ms per call (kernel time per op type)\n  {'op':<24}" + "".join(f"{k[:22]:>24}" for k in by_graph))
+    for op in ops[:20] + ["TOTAL"]:
+        cells = [sum(d.values()) if op == "TOTAL" else d.get(op, 0.0) for d in by_graph.values()]
+        print(f"  {op:<24}" + "".join(f"{c:24.2f}" for c in cells), flush=True)
+
+
 def _cam(text: str) -> tuple[str, str]:
     from segxal.eem.gradcam import CAM_METHODS
     from segxal.graph.traced_cam import CAM_TARGETS
@@ -171,6 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cams", nargs="+", default=[], type=_cam,
                    help="also the traced graphs with these CAMs, TARGET:METHOD (e.g. ebu-gradient:gradcam; the "
                         "U-Net: its VJP with each METHOD)")
+    p.add_argument("--profile", action="store_true",
+                   help="also print ONNX Runtime's kernel time per op type of every graph (its profiler)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     from segxal.graph.traced_cam import DEFAULT_CAM_METHOD, DEFAULT_CAM_TARGET
@@ -191,6 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
             result[name] = {k: {"ms": v, "ratio": v / base} for k, v in ms.items()}
             print(f"{name:<18} loadavg {open('/proc/loadavg').read().split()[0]:>5}  " + "  ".join(
                 f"{k} {v:7.1f} ms x{v / base:.2f}" for k, v in ms.items()), flush=True)
+            if args.profile:
+                _print_profile(name, profile(graphs, image, args.threads))
     return result
 
 
