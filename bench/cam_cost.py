@@ -31,24 +31,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from bench.cam_health import ARCHITECTURES
 from segxal.train import parse_size
 
-# name -> (import path, kwargs); "unet" is the project's own (segxal.models.unet)
-_SMP = {"encoder_name": "resnet18", "encoder_weights": None, "classes": 19}
-_TV = {"weights": None, "weights_backbone": None, "num_classes": 19}
-MODELS = {
-    "unet": None,
-    "smp_deeplabv3plus": ("segmentation_models_pytorch.DeepLabV3Plus", _SMP),
-    "smp_fpn": ("segmentation_models_pytorch.FPN", _SMP),
-    "smp_unet": ("segmentation_models_pytorch.Unet", _SMP),
-    "smp_pspnet": ("segmentation_models_pytorch.PSPNet", _SMP),
-    "tv_lraspp": ("torchvision.models.segmentation.lraspp_mobilenet_v3_large", _TV),
-    "tv_deeplabv3": ("torchvision.models.segmentation.deeplabv3_mobilenet_v3_large", {**_TV, "aux_loss": False}),
-    # bench/cam_health.py's SegFormer (the small hidden sizes it trains)
-    "segformer": ("transformers.SegformerForSemanticSegmentation",
-                  {"num_labels": 19, "hidden_sizes": [32, 64, 160, 256], "decoder_hidden_size": 128,
-                   "depths": [1, 1, 1, 1]}),
-}
+# name -> (import path, kwargs): the architectures bench/cam_health.py trains, and "unet", the
+# project's own (segxal.models.unet)
+MODELS = {"unet": None, **ARCHITECTURES}
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
